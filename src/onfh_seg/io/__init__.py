@@ -1,0 +1,1 @@
+"""Input/output: NIfTI, manifests, DICOM."""
