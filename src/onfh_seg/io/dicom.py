@@ -1,0 +1,484 @@
+"""DICOM input: find the series of a study, pick the T1 series, build a NIfTI volume.
+
+Geometry conventions (shared with :mod:`onfh_seg.io.dicom_out`):
+
+* slices are sorted by the projection of ImagePositionPatient on the slice
+  normal ``cross(row_direction, column_direction)`` (ascending);
+* the NIfTI array is indexed ``[i, j, k] = [column, row, sorted slice]``, i.e.
+  ``data[:, :, k] = pixel_array_of_slice_k.T``;
+* the affine maps ``(i, j, k)`` to RAS+ millimetres (DICOM LPS with x and y
+  negated); in-plane spacing comes from PixelSpacing = (row spacing, column
+  spacing) and the slice spacing from the slice positions, never from
+  SliceThickness.
+
+Only patient/study identifiers (PatientID, StudyInstanceUID, AccessionNumber,
+StudyDate) ever leave this module; names and birth dates are never copied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from onfh_seg.io.nifti import make_image
+
+
+class DicomError(ValueError):
+    """A DICOM input problem, described in one line."""
+
+
+# SOP classes that never hold an image volume (prefix match on SOPClassUID).
+NON_IMAGE_SOP_CLASS_PREFIXES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key objects
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, SEG, fiducials
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL
+    "1.2.840.10008.5.1.4.1.1.481.",  # radiotherapy objects
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
+    "1.2.840.10008.5.1.4.1.1.91.",  # bulk annotations
+    "1.2.840.10008.5.1.4.1.1.67",  # real-world value mapping
+    "1.2.840.10008.5.1.4.1.1.4.2",  # MR spectroscopy
+    "1.2.840.10008.5.1.4.38.",  # hanging protocols
+    "1.2.840.10008.5.1.4.39.",  # colour palettes
+    "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
+)
+
+DEFAULT_T1_RULES: dict[str, Any] = {
+    # Regexes (case-insensitive) searched in "SeriesDescription ProtocolName".
+    "include_patterns": [r"t1", r"t1w", r"tse.*t1"],
+    "exclude_patterns": [
+        r"t2",
+        r"stir",
+        r"(^|[^a-z])fs([^a-z]|$)",
+        r"fat.?sat",
+        r"localizer|scout|survey|locali[sz]er",
+        r"dixon.*(water|in)",
+        r"(^|[^a-z])(post|gd|contrast|\+c)([^a-z]|$)",
+    ],
+    "modalities": ["MR"],
+    # Sequence preferences: each satisfied one adds a point; ties broken by
+    # most slices, then the later series (higher SeriesNumber).
+    "prefer_scanning_sequence": "SE",
+    "max_repetition_time_ms": 1000.0,
+    "max_echo_time_ms": 30.0,
+}
+
+ORIENTATION_TOLERANCE = 1e-4  # direction cosine difference between slices
+SPACING_TOLERANCE = 1e-3  # mm, pixel spacing difference between slices
+SLICE_GAP_TOLERANCE = 0.05  # fraction of the slice spacing a gap may deviate
+IN_PLANE_OFFSET_TOLERANCE = 0.05  # mm, slice origins off the slice-normal line
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesInfo:
+    """One DICOM image series: its files and their headers (no pixel data)."""
+
+    series_uid: str
+    files: tuple[Path, ...]
+    headers: tuple[Dataset, ...]
+
+    def _first(self, keyword: str, default: Any = None) -> Any:
+        return self.headers[0].get(keyword, default) if self.headers else default
+
+    @property
+    def description(self) -> str:
+        return str(self._first("SeriesDescription", "") or "")
+
+    @property
+    def protocol_name(self) -> str:
+        return str(self._first("ProtocolName", "") or "")
+
+    @property
+    def series_number(self) -> int | None:
+        value = self._first("SeriesNumber")
+        return int(value) if value not in (None, "") else None
+
+    @property
+    def modality(self) -> str:
+        return str(self._first("Modality", "") or "")
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``#3 't1_tse_cor'``."""
+        return f"#{self.series_number} '{self.description or self.protocol_name}'"
+
+
+# ---------------------------------------------------------------------------
+# finding series
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """Read a DICOM header without pixel data; ``None`` for non-DICOM files."""
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
+def is_image_header(ds: Dataset) -> bool:
+    """True for headers of image objects (not SR, SEG, presentation states, ...)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if not sop_class or "SeriesInstanceUID" not in ds:
+        return False
+    if any(sop_class.startswith(prefix) for prefix in NON_IMAGE_SOP_CLASS_PREFIXES):
+        return False
+    return "Rows" in ds and "Columns" in ds
+
+
+def find_series(folder: str | Path) -> list[SeriesInfo]:
+    """Walk ``folder`` recursively and group its DICOM image files by SeriesInstanceUID."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomError(f"not a folder: {folder}")
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = _read_header(path)
+        if ds is None or not is_image_header(ds):
+            continue
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    series = [
+        SeriesInfo(uid, tuple(p for p, _ in items), tuple(d for _, d in items))
+        for uid, items in groups.items()
+    ]
+    return sorted(series, key=lambda s: (s.series_number or 0, s.series_uid))
+
+
+# ---------------------------------------------------------------------------
+# choosing the T1 series
+
+
+def merge_rules(rules: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults overridden by ``rules``; unknown keys are an error."""
+    merged = dict(DEFAULT_T1_RULES)
+    for key, value in dict(rules or {}).items():
+        if key not in DEFAULT_T1_RULES:
+            raise DicomError(f"unknown series selection rule '{key}' (known: {sorted(DEFAULT_T1_RULES)})")
+        merged[key] = value
+    return merged
+
+
+def _first_match(patterns: Sequence[str], text: str) -> str | None:
+    """The first regex of ``patterns`` found in ``text`` (case-insensitive)."""
+    for pattern in patterns:
+        if re.search(pattern, text, flags=re.IGNORECASE):
+            return pattern
+    return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sequence_points(series: SeriesInfo, rules: Mapping[str, Any]) -> tuple[int, list[str]]:
+    """Count satisfied sequence preferences and describe them."""
+    ds = series.headers[0]
+    points, notes = 0, []
+    wanted = rules.get("prefer_scanning_sequence")
+    scanning = ds.get("ScanningSequence", "")
+    scanning_values = [str(v) for v in scanning] if isinstance(scanning, MultiValue) else [str(scanning)]
+    if wanted and wanted in scanning_values:
+        points += 1
+        notes.append(f"ScanningSequence {wanted}")
+    tr = _float_or_none(ds.get("RepetitionTime"))
+    max_tr = rules.get("max_repetition_time_ms")
+    if tr is not None and max_tr is not None and tr < float(max_tr):
+        points += 1
+        notes.append(f"TR {tr:g} ms < {float(max_tr):g}")
+    te = _float_or_none(ds.get("EchoTime"))
+    max_te = rules.get("max_echo_time_ms")
+    if te is not None and max_te is not None and te < float(max_te):
+        points += 1
+        notes.append(f"TE {te:g} ms < {float(max_te):g}")
+    return points, notes
+
+
+def _timing_is_t1_like(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
+    """Short TR and short TE (both present and below the rule limits)."""
+    ds = series.headers[0]
+    tr, te = _float_or_none(ds.get("RepetitionTime")), _float_or_none(ds.get("EchoTime"))
+    max_tr, max_te = rules.get("max_repetition_time_ms"), rules.get("max_echo_time_ms")
+    if tr is None or te is None or max_tr is None or max_te is None:
+        return False
+    return tr < float(max_tr) and te < float(max_te)
+
+
+def select_t1_series(
+    series: Sequence[SeriesInfo], rules: Mapping[str, Any] | None = None
+) -> tuple[SeriesInfo, str]:
+    """Pick the T1 series; return it and a one-line reason for the choice."""
+    rules = merge_rules(rules)
+    if not series:
+        raise DicomError("no DICOM image series found")
+    modalities = [str(m).upper() for m in (rules.get("modalities") or [])]
+    rejected: list[str] = []
+    matched: list[tuple[SeriesInfo, str]] = []
+    unnamed: list[SeriesInfo] = []
+    for s in series:
+        if modalities and s.modality.upper() not in modalities:
+            rejected.append(f"{s.label()} modality {s.modality or '?'}")
+            continue
+        text = f"{s.description} {s.protocol_name}"
+        excluded = _first_match(rules.get("exclude_patterns") or [], text)
+        if excluded is not None:
+            rejected.append(f"{s.label()} excluded by /{excluded}/")
+            continue
+        included = _first_match(rules.get("include_patterns") or [], text)
+        if included is not None:
+            matched.append((s, f"description matches /{included}/"))
+        else:
+            unnamed.append(s)
+            rejected.append(f"{s.label()} no T1 pattern in description")
+    candidates = matched
+    if not candidates:
+        candidates = [(s, "no description matched; short TR and TE") for s in unnamed if _timing_is_t1_like(s, rules)]
+    if not candidates:
+        detail = "; ".join(rejected) or "none"
+        raise DicomError(f"no T1 series among {len(series)} image series ({detail})")
+
+    def rank(item: tuple[SeriesInfo, str]) -> tuple[int, int, int]:
+        s = item[0]
+        return (_sequence_points(s, rules)[0], s.n_files, s.series_number or 0)
+
+    ranked = sorted(candidates, key=rank, reverse=True)
+    chosen, why = ranked[0]
+    points, notes = _sequence_points(chosen, rules)
+    parts = [f"series {chosen.label()}: {why}"]
+    if notes:
+        parts.append(", ".join(notes))
+    parts.append(f"{chosen.n_files} slices")
+    others = [f"{s.label()} ranked lower" for s, _ in ranked[1:]] + rejected
+    if others:
+        parts.append("not chosen: " + "; ".join(others))
+    return chosen, "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# geometry
+
+
+def _vector(ds: Dataset, keyword: str, length: int) -> np.ndarray:
+    """A numeric multi-value attribute as a float array, or DicomError."""
+    value = ds.get(keyword)
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        raise DicomError(f"missing or invalid {keyword} in instance {ds.get('SOPInstanceUID', '?')}") from None
+    if arr.shape != (length,) or not np.all(np.isfinite(arr)):
+        raise DicomError(f"invalid {keyword} in instance {ds.get('SOPInstanceUID', '?')}")
+    return arr
+
+
+def slice_directions(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit row direction, column direction and slice normal (LPS) of one instance.
+
+    The row direction is the direction of increasing column index (first three
+    ImageOrientationPatient values), the column direction that of increasing
+    row index.
+    """
+    iop = _vector(ds, "ImageOrientationPatient", 6)
+    row_dir, col_dir = iop[:3], iop[3:]
+    if np.linalg.norm(row_dir) < 1e-6 or np.linalg.norm(col_dir) < 1e-6:
+        raise DicomError("ImageOrientationPatient has a zero vector")
+    row_dir = row_dir / np.linalg.norm(row_dir)
+    col_dir = col_dir / np.linalg.norm(col_dir)
+    if abs(float(np.dot(row_dir, col_dir))) > 1e-3:
+        raise DicomError("ImageOrientationPatient rows and columns are not orthogonal")
+    return row_dir, col_dir, np.cross(row_dir, col_dir)
+
+
+def _check_same_geometry(headers: Sequence[Dataset]) -> None:
+    """DicomError unless all slices share orientation, pixel spacing and matrix."""
+    first = headers[0]
+    iop0 = _vector(first, "ImageOrientationPatient", 6)
+    ps0 = _vector(first, "PixelSpacing", 2)
+    shape0 = (first.get("Rows"), first.get("Columns"))
+    for ds in headers[1:]:
+        if np.max(np.abs(_vector(ds, "ImageOrientationPatient", 6) - iop0)) > ORIENTATION_TOLERANCE:
+            raise DicomError("mixed geometry: different ImageOrientationPatient within the series")
+        if np.max(np.abs(_vector(ds, "PixelSpacing", 2) - ps0)) > SPACING_TOLERANCE:
+            raise DicomError("mixed geometry: different PixelSpacing within the series")
+        if (ds.get("Rows"), ds.get("Columns")) != shape0:
+            raise DicomError("mixed geometry: different image matrix (Rows/Columns) within the series")
+
+
+def sort_slices(headers: Sequence[Dataset]) -> list[Dataset]:
+    """Validate a single-frame series and sort it along the slice normal.
+
+    Raises DicomError for multi-frame objects, a single slice, mixed geometry,
+    duplicate positions, missing slices (non-uniform spacing) or sheared stacks.
+    """
+    headers = list(headers)
+    if not headers:
+        raise DicomError("series has no files")
+    for ds in headers:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomError("multi-frame (enhanced) DICOM images are not supported; export single-frame images")
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise DicomError("colour (multi-sample) DICOM images are not supported")
+    if len(headers) < 2:
+        raise DicomError("single-slice series: a 3D volume needs at least 2 slices")
+    _check_same_geometry(headers)
+    _, _, normal = slice_directions(headers[0])
+    positions = [_vector(ds, "ImagePositionPatient", 3) for ds in headers]
+    order = np.argsort([float(np.dot(p, normal)) for p in positions], kind="stable")
+    headers = [headers[i] for i in order]
+    positions = [positions[i] for i in order]
+    _check_slice_positions(np.asarray(positions), normal)
+    return headers
+
+
+def _check_slice_positions(positions: np.ndarray, normal: np.ndarray) -> None:
+    """DicomError on duplicate, missing (uneven) or off-axis slice positions."""
+    heights = positions @ normal
+    gaps = np.diff(heights)
+    if np.any(gaps < 1e-3):
+        raise DicomError("duplicate slice positions in the series (several echoes, phases or time points?)")
+    spacing = float(np.median(gaps))
+    worst = float(np.max(np.abs(gaps - spacing)))
+    if worst > SLICE_GAP_TOLERANCE * spacing:
+        raise DicomError(
+            f"missing slices: slice spacing not uniform (gaps {gaps.min():.3f}..{gaps.max():.3f} mm, "
+            f"median {spacing:.3f} mm)"
+        )
+    offsets = positions - positions[0] - np.outer(heights - heights[0], normal)
+    if float(np.max(np.linalg.norm(offsets, axis=1))) > IN_PLANE_OFFSET_TOLERANCE:
+        raise DicomError("slices are not stacked along the slice normal (gantry tilt or sheared stack)")
+
+
+def series_affine(sorted_headers: Sequence[Dataset]) -> np.ndarray:
+    """RAS+ affine of the volume built from ``sorted_headers`` (see module docstring)."""
+    row_dir, col_dir, normal = slice_directions(sorted_headers[0])
+    row_spacing, col_spacing = _vector(sorted_headers[0], "PixelSpacing", 2)
+    first = _vector(sorted_headers[0], "ImagePositionPatient", 3)
+    last = _vector(sorted_headers[-1], "ImagePositionPatient", 3)
+    slice_spacing = float(np.dot(last - first, normal)) / (len(sorted_headers) - 1)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing  # i: column index, along the row direction
+    lps[:3, 1] = col_dir * row_spacing  # j: row index, along the column direction
+    lps[:3, 2] = normal * slice_spacing
+    lps[:3, 3] = first
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def series_shape(sorted_headers: Sequence[Dataset]) -> tuple[int, int, int]:
+    """NIfTI array shape ``(columns, rows, slices)``."""
+    first = sorted_headers[0]
+    return int(first.Columns), int(first.Rows), len(sorted_headers)
+
+
+# ---------------------------------------------------------------------------
+# pixel data
+
+
+def _decoder_available(syntax: UID) -> bool:
+    """True when pydicom can decode pixel data of this transfer syntax here."""
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _read_pixels(path: Path) -> tuple[np.ndarray, float, float]:
+    """Pixel array (rows, columns) of one file and its rescale slope/intercept."""
+    try:
+        ds = pydicom.dcmread(str(path))
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise DicomError(f"cannot read {path.name}: {exc}") from None
+    if "PixelData" not in ds:
+        raise DicomError(f"{path.name} has no pixel data")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    syntax_name = getattr(syntax, "name", str(syntax))
+    if syntax is not None and not _decoder_available(syntax):
+        raise DicomError(
+            f"compressed transfer syntax '{syntax_name}' has no available decoder; "
+            "decompress the series first (e.g. gdcmconv --raw) or install a pydicom pixel plugin"
+        )
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; report them in one line
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise DicomError(
+            f"cannot decode pixel data with transfer syntax '{syntax_name}' in {path.name}: {detail}"
+        ) from None
+    if pixels.shape != (int(ds.Rows), int(ds.Columns)):
+        raise DicomError(f"{path.name}: pixel array shape {pixels.shape} does not match Rows/Columns")
+    slope = _float_or_none(ds.get("RescaleSlope"))
+    intercept = _float_or_none(ds.get("RescaleIntercept"))
+    return pixels, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept
+
+
+def _stack_slices(slices: Sequence[tuple[np.ndarray, float, float]]) -> np.ndarray:
+    """Stack (rows, cols) slices as [col, row, k]; int16 when exact, else float32."""
+    raw = np.stack([s[0] for s in slices], axis=-1).transpose(1, 0, 2)
+    slopes = np.array([s[1] for s in slices])
+    intercepts = np.array([s[2] for s in slices])
+    scaled = raw.astype(np.float64) * slopes + intercepts
+    exact = np.all(slopes == 1.0) and np.all(intercepts == np.round(intercepts))
+    if exact and scaled.min() >= np.iinfo(np.int16).min and scaled.max() <= np.iinfo(np.int16).max:
+        return scaled.astype(np.int16)
+    return scaled.astype(np.float32)
+
+
+def load_series(series: SeriesInfo) -> nib.Nifti1Image:
+    """Read a series into a NIfTI image (RAS+ affine, rescale applied, geometry checked)."""
+    path_of = {id(ds): path for ds, path in zip(series.headers, series.files)}
+    sorted_headers = sort_slices(series.headers)
+    slices = [_read_pixels(path_of[id(ds)]) for ds in sorted_headers]
+    data = _stack_slices(slices)
+    return make_image(data, series_affine(sorted_headers), data.dtype)
+
+
+# ---------------------------------------------------------------------------
+# convenience
+
+
+IDENTIFIER_KEYWORDS: tuple[str, ...] = ("PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate")
+
+
+def series_identifiers(series: SeriesInfo) -> dict[str, str]:
+    """The only patient/study attributes that may be copied into outputs."""
+    ds = series.headers[0]
+    return {key: str(ds.get(key, "") or "") for key in IDENTIFIER_KEYWORDS}
+
+
+def load_dicom_volume(
+    folder: str | Path, rules: Mapping[str, Any] | None = None
+) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Find, select and load the T1 series of a DICOM study folder.
+
+    Returns the image and an info dict: series uid/number/description, the
+    selection reason, the number of files and the patient/study identifiers.
+    """
+    series = find_series(folder)
+    if not series:
+        raise DicomError(f"no DICOM image series found in {folder}")
+    chosen, reason = select_t1_series(series, rules)
+    image = load_series(chosen)
+    info: dict[str, Any] = {
+        "series_instance_uid": chosen.series_uid,
+        "series_number": chosen.series_number,
+        "series_description": chosen.description,
+        "selection_reason": reason,
+        "n_files": chosen.n_files,
+        "n_series_found": len(series),
+    }
+    info.update(series_identifiers(chosen))
+    return image, info
