@@ -1,0 +1,130 @@
+"""Hip splitting (left/right from the affine) and label clean-up on toy volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onfh_seg.infer.postprocess import (
+    clean_labels,
+    estimate_body_centre_x,
+    find_heads,
+    ras_to_voxel,
+    split_hips,
+    voxel_to_ras,
+    voxel_volume_ml,
+)
+from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
+
+FLIP_X = np.array([[-2.0, 0, 0, 150.0], [0, 2.0, 0, -40.0], [0, 0, 3.0, -45.0], [0, 0, 0, 1]])
+FLIP_SHAPE = (151, 41, 31)
+PERMUTED = np.array([[0, -2.0, 0, 150.0], [0, 0, 2.0, -40.0], [3.0, 0, 0, -45.0], [0, 0, 0, 1]])
+PERMUTED_SHAPE = (31, 151, 41)
+RIGHT, LEFT = np.array([90.0, 0.0, 0.0]), np.array([-90.0, 0.0, 0.0])
+
+
+def world(shape, affine) -> np.ndarray:
+    ijk = np.stack(np.indices(shape), axis=-1).astype(np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def paint_ball(labels, xyz, centre, radius, value):
+    labels[np.linalg.norm(xyz - np.asarray(centre), axis=-1) < radius] = value
+
+
+def two_hips(affine, shape, centres=(RIGHT, LEFT), radius=24.0):
+    xyz = world(shape, affine)
+    labels = np.zeros(shape, np.uint8)
+    for c in centres:
+        # acetabulum: a cap above the head, inside the hip region
+        d = np.linalg.norm(xyz - c, axis=-1)
+        labels[(d > radius + 4) & (d < radius + 14) & (xyz[..., 2] > c[2])] = ACETABULUM
+        paint_ball(labels, xyz, c, radius, HEAD)
+    return labels, xyz
+
+
+def voxel_of(affine, point) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.rint(ras_to_voxel(affine, np.asarray(point))))
+
+
+def test_coordinate_helpers_roundtrip():
+    p = np.array([[1.0, 2.0, 3.0], [10.0, -4.0, 0.5]])
+    assert np.allclose(voxel_to_ras(PERMUTED, ras_to_voxel(PERMUTED, p)), p)
+    assert voxel_volume_ml(PERMUTED) == pytest.approx(0.012)
+
+
+@pytest.mark.parametrize("affine,shape", [(FLIP_X, FLIP_SHAPE), (PERMUTED, PERMUTED_SHAPE)])
+def test_split_hips_sides_from_world_x(affine, shape):
+    labels, xyz = two_hips(affine, shape)
+    hips = split_hips(labels, affine)
+    assert list(hips) == ["right", "left"]
+    assert hips["right"][voxel_of(affine, RIGHT)] and not hips["right"][voxel_of(affine, LEFT)]
+    assert hips["left"][voxel_of(affine, LEFT)] and not hips["left"][voxel_of(affine, RIGHT)]
+    acet = labels == ACETABULUM
+    assert np.array_equal(hips["right"] & acet, acet & (xyz[..., 0] > 0))
+    assert np.array_equal(hips["left"] & acet, acet & (xyz[..., 0] < 0))
+    assert not (hips["right"] & hips["left"]).any()
+
+
+def test_single_head_side_from_body_centre():
+    labels, _ = two_hips(FLIP_X, FLIP_SHAPE, centres=(LEFT,))
+    assert list(split_hips(labels, FLIP_X, body_centre_x=0.0)) == ["left"]
+    assert list(split_hips(labels, FLIP_X, body_centre_x=-200.0)) == ["right"]
+    # no centre and no image: unknown
+    assert list(split_hips(labels, FLIP_X)) == ["unknown"]
+
+
+def test_single_head_centre_estimated_from_image():
+    labels, xyz = two_hips(FLIP_X, FLIP_SHAPE, centres=(RIGHT,))
+    body = ((xyz[..., 0] / 140.0) ** 2 + (xyz[..., 1] / 60.0) ** 2) < 1.0
+    image = np.where(body, 600.0, 5.0).astype(np.float32)
+    assert estimate_body_centre_x(image, FLIP_X) == pytest.approx(0.0, abs=2.0)
+    assert list(split_hips(labels, FLIP_X, image=image)) == ["right"]
+
+
+def test_single_hip_small_fov_is_unknown():
+    affine = np.array([[-1.0, 0, 0, 140.0], [0, 1.0, 0, -40.0], [0, 0, 3.0, -45.0], [0, 0, 0, 1]])
+    shape = (101, 81, 31)  # x from 140 down to 40: only the right hip
+    labels, xyz = two_hips(affine, shape, centres=(RIGHT,))
+    image = np.where(np.abs(xyz[..., 1]) < 35, 600.0, 5.0).astype(np.float32)
+    assert estimate_body_centre_x(image, affine) is None
+    hips = split_hips(labels, affine, image=image)
+    assert list(hips) == ["unknown"]
+    assert hips["unknown"][voxel_of(affine, RIGHT)]
+
+
+def test_small_and_duplicate_components_ignored():
+    labels, xyz = two_hips(FLIP_X, FLIP_SHAPE, centres=(RIGHT,))
+    paint_ball(labels, xyz, (0.0, 0.0, 0.0), 8.0, HEAD)  # ~2 mL blob near the midline
+    paint_ball(labels, xyz, (90.0, 0.0, -38.0), 12.0, HEAD)  # 7 mL fragment under the right head
+    _, heads = find_heads(labels, FLIP_X)
+    assert len(heads) == 2  # the head and the fragment pass min_ml, the 2 mL blob does not
+    hips = split_hips(labels, FLIP_X, body_centre_x=0.0)
+    assert list(hips) == ["right"]
+    assert hips["right"][voxel_of(FLIP_X, RIGHT)]
+
+
+def test_clean_labels():
+    labels, xyz = two_hips(FLIP_X, FLIP_SHAPE)
+    paint_ball(labels, xyz, RIGHT + [0, 0, 18.0], 6.0, NECROTIC)  # lesion inside the right head
+    labels[voxel_of(FLIP_X, RIGHT + [0, 0, -10.0])] = BAND  # one-voxel band speck inside the head
+    paint_ball(labels, xyz, (0.0, 0.0, 30.0), 7.0, NECROTIC)  # necrotic blob outside any head
+    paint_ball(labels, xyz, (0.0, 0.0, -30.0), 6.0, BAND)  # band blob outside any head
+    labels[voxel_of(FLIP_X, (0.0, 20.0, 0.0))] = HEAD  # head speck
+    labels[voxel_of(FLIP_X, (30.0, 20.0, 0.0))] = ACETABULUM  # acetabulum speck
+    before = labels.copy()
+
+    out = clean_labels(labels, FLIP_X, min_speck_ml=0.05)
+
+    assert np.array_equal(labels, before)  # pure
+    assert out.dtype == np.uint8
+    assert out[voxel_of(FLIP_X, (0.0, 0.0, 30.0))] == 0
+    assert out[voxel_of(FLIP_X, (0.0, 0.0, -30.0))] == 0
+    assert out[voxel_of(FLIP_X, (0.0, 20.0, 0.0))] == 0
+    assert out[voxel_of(FLIP_X, (30.0, 20.0, 0.0))] == 0
+    assert out[voxel_of(FLIP_X, RIGHT + [0, 0, -10.0])] == HEAD  # speck inside head -> viable, no hole
+    assert out[voxel_of(FLIP_X, RIGHT + [0, 0, 18.0])] == NECROTIC  # real lesion kept
+    keep = (np.linalg.norm(xyz - RIGHT, axis=-1) < 40) | (np.linalg.norm(xyz - LEFT, axis=-1) < 40)
+    changed = out != before
+    assert changed[keep].sum() == 1  # only the in-head speck changed near the hips
+    assert (out == ACETABULUM).sum() == (before == ACETABULUM).sum() - 1
