@@ -48,7 +48,7 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path, dtype=np.
     raw = img.to_bytes()
     path = Path(path)
     if path.name.endswith(".gz"):
-        raw = gzip.compress(raw, compresslevel=6, mtime=0)
+        raw = gzip.compress(raw, compresslevel=1, mtime=0)
     atomic_write_bytes(path, raw)
 
 

@@ -1,0 +1,470 @@
+"""Anatomy and disease of a synthetic hip phantom, rendered on arbitrary points.
+
+The phantom lives in its own *anatomy frame* (RAS+ mm, pelvis centre near the
+origin, patient right at +x). Each scan places it in the scanner with a rigid
+pose (see ``acquisition``). ``render`` returns the noiseless T1 signal (fat = 1),
+the label map and the ``regenerated`` mask for one timepoint.
+
+Label geometry (see ``onfh_seg.labels``): the femoral head is the (possibly
+collapsed) head sphere cut at the head-neck junction plane, perpendicular to the
+neck axis at 0.55 x radius from the head centre. The acetabulum is pelvic bone
+within 12 mm of the socket surface and inside the cup (the part of the socket
+that covers the head, up to its rim plane).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onfh_seg import labels as L
+from onfh_seg.synth.shapes import (
+    Points,
+    Waves,
+    dot,
+    make_waves,
+    norm,
+    rotation,
+    sd_capsule,
+    sd_ellipsoid,
+    sd_sphere,
+    smin,
+    sub,
+    unit,
+)
+
+# Relative T1 signal, fat = 1.0 (shared/notes/onfh-mri.md).
+T1 = {
+    "fat": 1.0,
+    "yellow_marrow": 0.93,
+    "red_marrow": 0.70,
+    "cartilage": 0.40,
+    "muscle": 0.33,
+    "fluid": 0.22,
+    "urine": 0.18,
+    "cortex": 0.05,
+    "vessel": 0.07,
+    "air": 0.0,
+    "skin": 0.5,
+    "tendon": 0.06,
+}
+MITCHELL_T1 = {"A": 0.88, "B": 0.78, "C": 0.24, "D": 0.13}
+STAGES = ("0", "1", "2", "3A", "3B", "4")
+RESPONSES = ("responder", "stable", "progressor")
+
+
+@dataclass
+class Hip:
+    """Geometry and disease of one hip (side: 'right' at +x or 'left')."""
+
+    side: str
+    centre: np.ndarray
+    radius: float
+    neck_dir: np.ndarray  # unit vector from head centre towards the neck
+    neck_len: float
+    neck_radius: float
+    gt_centre: np.ndarray
+    gt_axes: tuple[float, float, float]
+    shaft_top: np.ndarray
+    shaft_dir: np.ndarray
+    lt_centre: np.ndarray
+    joint_mm: float
+    cup_axis: np.ndarray  # acetabular opening direction
+    rim_h: float
+    head_waves: Waves
+    serp_waves: Waves
+    tex_waves: Waves
+    # disease
+    stage: str = "0"
+    extent: float = 0.0  # fraction of head volume at baseline
+    mitchell: str = "none"
+    edema: float = 0.0  # fractional T1 drop of head/neck marrow at baseline
+    lesion_dir: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    band_mm: float = 0.0
+    lesion_R: float = 0.0  # radius of the lesion ball around the dome point (set by calibration)
+    response: str = "stable"
+    tract_a: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    tract_b: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    regen_radius_mm: float = 0.0
+    shrink_frac: float = 0.0
+    grow_frac: float = 0.0
+    collapse_mm: float = 0.0
+    collapse_growth_mm: float = 0.0
+
+    @property
+    def s(self) -> float:
+        return 1.0 if self.side == "right" else -1.0
+
+    @property
+    def diseased(self) -> bool:
+        return self.stage != "0"
+
+    @property
+    def dome(self) -> np.ndarray:
+        return self.centre + self.radius * self.lesion_dir
+
+
+@dataclass
+class Patient:
+    """Whole-pelvis phantom parameters."""
+
+    patient_id: str
+    body_axes: tuple[float, float]
+    body_y: float
+    fat_mm: float
+    hips: dict[str, Hip]
+    bladder_axes: tuple[float, float, float]
+    body_waves: Waves
+    septa_waves: Waves
+    symphysis: np.ndarray
+
+
+@dataclass(frozen=True)
+class State:
+    """Disease state of one hip at one timepoint (derived from months and response)."""
+
+    lesion_R: float
+    regen_radius: float
+    band_mm: float
+    band_contrast: float  # 1 = full low-signal band, 0 = invisible
+    collapse_mm: float
+    edema: float
+    regen_signal: float  # fraction of the way from necrotic to marrow signal
+
+
+def hip_state(h: Hip, months: float) -> State:
+    """Disease state of a hip ``months`` after baseline."""
+    if not h.diseased:
+        return State(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    g = 1.0 - np.exp(-months / 5.0)  # response progress, 0 at baseline
+    R, regen, band, contrast, collapse, edema = h.lesion_R, 0.0, h.band_mm, 1.0, h.collapse_mm, h.edema
+    if h.response == "responder":
+        R = h.lesion_R * (1.0 - h.shrink_frac * g)
+        regen = h.regen_radius_mm * g
+        band = max(1.5, h.band_mm * (1.0 - 0.3 * g))
+        contrast = 1.0 - 0.45 * g
+        edema = h.edema * (1.0 - g)
+    elif h.response == "progressor":
+        R = h.lesion_R * (1.0 + h.grow_frac * g)
+        collapse = h.collapse_mm + h.collapse_growth_mm * g
+    return State(float(R), float(regen), float(band), float(contrast), float(collapse), float(edema), float(min(1.0, g * 1.3)))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_hip(rng: np.random.Generator, side: str, centre: np.ndarray, radius: float) -> Hip:
+    """Random healthy hip anatomy around a given head centre."""
+    s = 1.0 if side == "right" else -1.0
+    nsa = np.deg2rad(rng.uniform(125, 138))  # neck-shaft angle
+    antev = np.deg2rad(rng.uniform(8, 18))
+    elev = nsa - np.pi / 2  # neck elevation above horizontal
+    neck_dir = unit([s * np.cos(elev) * np.cos(antev), -np.cos(elev) * np.sin(antev), -np.sin(elev)])
+    neck_len = radius * rng.uniform(2.1, 2.5)
+    base = centre + neck_dir * neck_len
+    shaft_dir = unit([-s * np.tan(np.deg2rad(rng.uniform(5, 9))), rng.uniform(-0.05, 0.05), -1.0])
+    gt_centre = base + np.array([s * rng.uniform(12, 18), rng.uniform(-14, -6), rng.uniform(14, 22)])
+    lt_centre = base + np.array([-s * 8, -12.0, -radius * 1.3])
+    incl = np.deg2rad(rng.uniform(38, 50))
+    av = np.deg2rad(rng.uniform(12, 22))
+    cup_axis = unit([s * np.sin(incl), np.sin(av) * np.cos(incl), -np.cos(incl)])
+    return Hip(
+        side=side,
+        centre=np.asarray(centre, float),
+        radius=float(radius),
+        neck_dir=neck_dir,
+        neck_len=float(neck_len),
+        neck_radius=float(radius * rng.uniform(0.60, 0.68)),
+        gt_centre=gt_centre,
+        gt_axes=(rng.uniform(12, 16), rng.uniform(17, 22), rng.uniform(20, 26)),
+        shaft_top=base,
+        shaft_dir=shaft_dir,
+        lt_centre=lt_centre,
+        joint_mm=float(rng.uniform(3.5, 5.0)),
+        cup_axis=cup_axis,
+        rim_h=float(radius * rng.uniform(0.15, 0.3)),
+        head_waves=make_waves(rng, 6, 30, 70),
+        serp_waves=make_waves(rng, 8, 9, 22),
+        tex_waves=make_waves(rng, 6, 2.5, 7),
+    )
+
+
+def add_disease(rng: np.random.Generator, h: Hip, stage: str, extent: float, mitchell: str,
+                response: str, edema: bool) -> None:
+    """Put a necrotic segment in the anterosuperior head of ``h`` (in place)."""
+    s = h.s
+    h.stage, h.extent, h.mitchell, h.response = stage, float(extent), mitchell, response
+    lat = rng.uniform(-0.15, 0.75)
+    h.lesion_dir = unit([s * lat, rng.uniform(0.35, 0.8), 1.0])
+    h.band_mm = float(rng.uniform(1.8, 3.5))
+    h.edema = float(rng.uniform(0.3, 0.45)) if edema else 0.0
+    h.collapse_mm = {"3A": rng.uniform(0.8, 2.0), "3B": rng.uniform(2.5, 4.0), "4": rng.uniform(3.0, 5.0)}.get(stage, 0.0)
+    if stage == "4":
+        h.joint_mm = float(rng.uniform(1.6, 2.4))
+    # injection tract: posterolateral entry below the greater trochanter, aimed at the lesion
+    entry = h.shaft_top + np.array([s * 22.0, -12.0, -18.0])
+    h.tract_a = entry
+    h.tract_b = h.centre + 0.55 * h.radius * h.lesion_dir
+    h.regen_radius_mm = float(rng.uniform(4.0, 8.0))
+    h.shrink_frac = float(rng.uniform(0.08, 0.2))
+    h.grow_frac = float(rng.uniform(0.08, 0.18))
+    h.collapse_growth_mm = float(rng.uniform(0.8, 2.5)) if response == "progressor" else 0.0
+
+
+def calibrate_lesion(h: Hip, spacing: float = 0.6) -> None:
+    """Choose the lesion ball radius so the lesion takes ``h.extent`` of the head volume."""
+    if not h.diseased:
+        return
+    r = h.radius + 2
+    ax = np.arange(-r, r + spacing, spacing, dtype=np.float32)
+    P = np.meshgrid(ax + h.centre[0], ax + h.centre[1], ax + h.centre[2], indexing="ij")
+    st = hip_state(h, 0.0)
+    head = head_region(P, h, st.collapse_mm)
+    D = lesion_distance(P, h)[head]
+    h.lesion_R = float(np.quantile(D, h.extent))
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def head_radius_field(P: Points, h: Hip, collapse_mm: float) -> np.ndarray:
+    """Deformed head radius along the direction of each point (dome flattened by collapse)."""
+    q = sub(P, h.centre)
+    rr = norm(q) + 1e-6
+    r = np.float32(h.radius) * (1.0 + np.float32(0.02) * h.head_waves(P))
+    if collapse_mm > 0:
+        cosang = dot(q, h.lesion_dir) / rr
+        bump = np.clip((cosang - np.float32(np.cos(np.deg2rad(40)))) / np.float32(1 - np.cos(np.deg2rad(40))), 0, 1)
+        r = r - np.float32(collapse_mm) * np.sqrt(bump)
+    return r
+
+
+def head_region(P: Points, h: Hip, collapse_mm: float) -> np.ndarray:
+    """Femoral head bone down to the head-neck junction plane (boolean)."""
+    q = sub(P, h.centre)
+    inside = norm(q) <= head_radius_field(P, h, collapse_mm)
+    return inside & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
+
+
+def lesion_distance(P: Points, h: Hip) -> np.ndarray:
+    """Serpiginous distance from the dome point; the lesion is where it is below ``R``."""
+    d = norm(sub(P, h.dome))
+    return d * (1.0 + np.float32(0.09) * h.serp_waves(P))
+
+
+def tract_distance(P: Points, h: Hip) -> np.ndarray:
+    """Distance to the injection tract (segment)."""
+    return sd_capsule(P, h.tract_a, h.tract_b, 0.0)
+
+
+def femur_sdf(P: Points, h: Hip, collapse_mm: float, head_r: np.ndarray | None = None) -> np.ndarray:
+    """Signed distance to the proximal femur (head, neck, trochanters, shaft)."""
+    if head_r is None:
+        head_r = head_radius_field(P, h, collapse_mm)
+    head = norm(sub(P, h.centre)) - head_r
+    neck = sd_capsule(P, h.centre, h.shaft_top, h.neck_radius)
+    gt = sd_ellipsoid(P, h.gt_centre, h.gt_axes)
+    shaft = sd_capsule(P, h.shaft_top + h.shaft_dir * 10, h.shaft_top + h.shaft_dir * 400, 14.0)
+    lt = sd_sphere(P, h.lt_centre, 9.0)
+    f = smin(neck, shaft, 14.0)
+    f = smin(f, gt, 8.0)
+    f = smin(f, lt, 6.0)
+    return np.minimum(f, head)
+
+
+def pelvis_sdf(P: Points, pat: Patient) -> np.ndarray:
+    """Signed distance to the pelvic bones in the field of view, sockets carved out."""
+    out = sd_ellipsoid(P, (0, -92, 45), (42, 16, 55), rotation([1, 0, 0], -0.35))  # sacrum
+    sym = pat.symphysis
+    for h in pat.hips.values():
+        s = h.s
+        c = h.centre
+        R_out = h.radius + h.joint_mm + 11.0
+        cup = np.maximum(norm(sub(P, c)) - np.float32(R_out), dot(sub(P, c), h.cup_axis) - np.float32(h.rim_h))
+        ilium = sd_ellipsoid(P, c + np.array([s * 6, -12, 55]), (11, 48, 50), rotation([0, 0, 1], -s * 0.5))
+        pubis = sd_capsule(P, c + np.array([-s * 18, 16, -6]), sym + np.array([s * 6, 0, 0]), 8.0)
+        isch = sd_capsule(P, c + np.array([-s * 6, -20, -20]), c + np.array([-s * 30, -32, -62]), 11.0)
+        ramus = sd_capsule(P, c + np.array([-s * 30, -32, -62]), sym + np.array([s * 10, -4, -22]), 7.0)
+        b = smin(cup, ilium, 10.0)
+        b = smin(b, pubis, 8.0)
+        b = smin(b, isch, 8.0)
+        b = smin(b, ramus, 5.0)
+        out = np.minimum(out, b)
+    for h in pat.hips.values():
+        out = np.maximum(out, -(norm(sub(P, h.centre)) - np.float32(h.radius + h.joint_mm)))
+    return out
+
+
+def body_sdf(P: Points, pat: Patient) -> np.ndarray:
+    """Signed distance to the skin: pelvis ellipse above, two thighs below the perineum."""
+    ax, ay = pat.body_axes
+    x, y, z = P
+    yy = y - np.float32(pat.body_y)
+    ay_eff = np.where(yy < 0, np.float32(ay * 1.08), np.float32(ay))
+    trunk = (np.sqrt((x / np.float32(ax)) ** 2 + (yy / ay_eff) ** 2) - 1.0) * np.float32(min(ax, ay))
+    thighs = None
+    for h in pat.hips.values():
+        t = np.sqrt((x - np.float32(h.s * ax * 0.48)) ** 2 + (yy + 5) ** 2) - np.float32(ay * 0.9)
+        thighs = t if thighs is None else np.minimum(thighs, t)
+    w = np.clip((np.float32(-70) - z) / np.float32(40), 0, 1)
+    body = trunk * (1 - w) + thighs * w
+    return body + np.float32(6.0) * pat.body_waves(P)
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def _take(P: Points, m: np.ndarray) -> Points:
+    return (P[0][m], P[1][m], P[2][m])
+
+
+def hip_near(P: Points, h: Hip) -> np.ndarray:
+    """Points close enough to a hip's femur or acetabulum to need its geometry."""
+    q = sub(P, h.centre)
+    near = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]) < np.float32((h.radius + 75) ** 2)
+    shaft_x = np.float32(h.shaft_top[0]) + (P[2] - np.float32(h.shaft_top[2])) * np.float32(h.shaft_dir[0] / h.shaft_dir[2])
+    along = (P[2] < np.float32(h.shaft_top[2] + 10)) & (np.abs(P[0] - shaft_x) < 40) & (np.abs(q[1]) < 45)
+    return near | along
+
+
+def render(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noiseless T1 signal (float32, fat=1), labels (uint8) and regenerated mask at ``months``.
+
+    Points are 1-D arrays (flattened grids). The result at a point depends only on
+    that point, so rendering any subset gives the same values as a full render.
+    """
+    n = np.shape(P[0])[0]
+    img = np.zeros(n, np.float32)
+    lab = np.zeros(n, np.uint8)
+    regen = np.zeros(n, bool)
+    x, y, z = P
+
+    body = body_sdf(P, pat)
+    inside = body < 0
+    img[inside] = T1["muscle"]
+    septa = pat.septa_waves((P[0], P[1], P[2] * 0.3))
+    img[inside & (np.abs(septa) < 0.035)] = T1["fat"] * 0.9  # intermuscular fat planes (curvilinear)
+    img[inside & (body > -np.float32(pat.fat_mm))] = T1["fat"]
+    img[inside & (body > -1.2)] = T1["skin"]
+
+    # pelvic cavity: fat, bladder, rectum; femoral vessels
+    cav = sd_ellipsoid(P, (0, 5, 15), (44, 60, 60)) < 0
+    img[cav] = T1["fat"] * 0.95
+    bl = sd_ellipsoid(P, (0, 35, 5), pat.bladder_axes)
+    img[(bl < 0) & (bl > -2.0)] = T1["muscle"]
+    img[bl < -2.0] = T1["urine"]
+    rect = np.sqrt(x * x + (y + 48) ** 2)
+    img[(rect < 14) & cav] = T1["muscle"] * 0.9
+    img[(rect < 9) & cav] = 0.05
+    for h in pat.hips.values():
+        for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
+            v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
+            img[(v < r) & inside] = T1["vessel"]
+
+    # pelvic bone: cortex and red marrow
+    pel = np.full(n, np.float32(100.0))
+    hip_masks = {side: hip_near(P, h) for side, h in pat.hips.items()}
+    anyhip = np.zeros(n, bool)
+    for m in hip_masks.values():
+        anyhip |= m
+    sac = (np.abs(x) < 60) & (y < -60)
+    sub_m = anyhip | sac
+    pel[sub_m] = pelvis_sdf(_take(P, sub_m), pat)
+    img[pel < 0] = T1["cortex"]
+    img[pel < -1.8] = T1["red_marrow"]
+
+    for side, h in pat.hips.items():
+        m = hip_masks[side]
+        if not m.any():
+            continue
+        Q = _take(P, m)
+        im_h, lab_h, rg_h = img[m], lab[m], regen[m]
+        _render_hip(Q, h, months, pel[m], im_h, lab_h, rg_h)
+        img[m], lab[m], regen[m] = im_h, lab_h, rg_h
+    return img, lab, regen
+
+
+def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarray,
+                lab: np.ndarray, regen: np.ndarray) -> None:
+    """Paint joint, femur, head labels and disease of one hip into the given arrays."""
+    st = hip_state(h, months)
+    q = sub(P, h.centre)
+    rq = norm(q)
+    tex = 1.0 + np.float32(0.06) * h.tex_waves(P)
+    in_cup = dot(q, h.cup_axis) < np.float32(h.rim_h)
+    Rs = np.float32(h.radius + h.joint_mm)
+    hr = head_radius_field(P, h, st.collapse_mm)
+    jt = (rq > hr) & (rq < Rs) & in_cup
+    img[jt] = T1["fluid"]
+    img[jt & (rq > Rs - np.float32(min(1.8, h.joint_mm * 0.45)))] = T1["cartilage"]
+    img[(rq > hr) & (rq < hr + np.float32(min(1.6, h.joint_mm * 0.4)))] = T1["cartilage"]
+    acet = (pel < 0) & in_cup & (rq < Rs + np.float32(L.ACETABULUM_SHELL_MM))
+    lab[acet] = L.ACETABULUM
+    if h.stage == "4":
+        img[acet & (rq < Rs + 3.5) & (dot(q, h.cup_axis) < 0)] = T1["cortex"] * 2
+    img[acet] *= tex[acet]
+
+    fem = femur_sdf(P, h, st.collapse_mm, hr)
+    depth = np.clip((dot(sub(P, h.shaft_top), h.shaft_dir) - 20) / 40, 0, 1)
+    marrow = fem < -(1.3 + 3.7 * depth)
+    img[fem < 0] = T1["cortex"]
+    w_head = np.clip((h.radius + 4 - rq) / 10, 0, 1)
+    w_gt = np.clip(-sd_ellipsoid(P, h.gt_centre, h.gt_axes) / 6, 0, 1)
+    w = np.maximum(np.maximum(w_head, w_gt), depth)
+    msig = (T1["red_marrow"] + (T1["yellow_marrow"] - T1["red_marrow"]) * w) * tex
+    if st.edema > 0:
+        msig = msig * (1 - np.clip((h.radius + 12 - rq) / 14, 0, 1) * np.float32(st.edema))
+    img[marrow] = msig[marrow]
+    head = (rq <= hr) & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
+    lab[head] = L.HEAD
+    if not h.diseased:
+        return
+    D = lesion_distance(P, h)
+    base_les = head & (D < np.float32(h.lesion_R))
+    les = head & (D < np.float32(st.lesion_R))
+    if st.regen_radius > 0:
+        les &= tract_distance(P, h) >= np.float32(st.regen_radius)
+    band = les & (D >= np.float32(st.lesion_R - st.band_mm))
+    core = les & ~band
+    rg = base_les & ~les
+    regen |= rg
+    if h.mitchell == "mixed":
+        mix = np.clip(0.5 + 0.8 * h.serp_waves((P[0] * 1.7, P[1] * 1.7, P[2] * 1.7)), 0, 1)
+        csig = MITCHELL_T1["D"] + (MITCHELL_T1["A"] - MITCHELL_T1["D"]) * mix
+    else:
+        csig = np.full(rq.shape, MITCHELL_T1[h.mitchell], np.float32)
+    csig = csig * tex
+    img[core] = csig[core]
+    dark = np.float32(T1["cortex"] * 2.2)
+    bsig = dark + (msig - dark) * np.float32(1 - st.band_contrast)
+    img[band] = bsig[band]
+    rsig = csig + (msig * 0.92 - csig) * np.float32(st.regen_signal)
+    img[rg] = rsig[rg]
+    lab[core] = L.NECROTIC
+    lab[band] = L.BAND
+
+
+# ----------------------------------------------------------------------------- patients
+
+
+def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
+    """Random healthy pelvis with two hips (disease is added by the cohort sampler)."""
+    r = rng.uniform(21.0, 27.5)
+    half = rng.uniform(84, 96)
+    y0 = rng.uniform(-4, 4)
+    hips = {}
+    for side, s in (("right", 1.0), ("left", -1.0)):
+        c = np.array([s * half + rng.normal(0, 1), y0 + rng.normal(0, 1.5), rng.normal(0, 1.5)])
+        hips[side] = sample_hip(rng, side, c, r * rng.uniform(0.97, 1.03))
+    return Patient(
+        patient_id=patient_id,
+        body_axes=(float(rng.uniform(165, 195)), float(rng.uniform(105, 130))),
+        body_y=float(rng.uniform(-12, -2)),
+        fat_mm=float(rng.uniform(10, 32)),
+        hips=hips,
+        bladder_axes=(float(rng.uniform(25, 42)), float(rng.uniform(18, 30)), float(rng.uniform(20, 35))),
+        body_waves=make_waves(rng, 5, 80, 200),
+        septa_waves=make_waves(rng, 6, 12, 40),
+        symphysis=np.array([0.0, 48.0 + rng.normal(0, 3), -32.0 + rng.normal(0, 3)]),
+    )
