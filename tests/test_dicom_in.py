@@ -219,8 +219,23 @@ def test_custom_rules_and_unknown_rule(tmp_path: Path) -> None:
     write_series(tmp_path / "b", "cor_weighted_B", series_number=2)
     chosen, _ = select_t1_series(find_series(tmp_path), {"include_patterns": ["weighted_a"]})
     assert chosen.description == "cor_weighted_A"
+    chosen, _ = select_t1_series(find_series(tmp_path), {"include_patterns": "weighted_b"})
+    assert chosen.description == "cor_weighted_B"
     with pytest.raises(DicomError, match="unknown series selection rule"):
         select_t1_series(find_series(tmp_path), {"include": ["x"]})
+    with pytest.raises(DicomError, match="invalid regex in rule 'exclude_patterns'"):
+        select_t1_series(find_series(tmp_path), {"exclude_patterns": ["t2("]})
+    with pytest.raises(DicomError, match="must be a number"):
+        select_t1_series(find_series(tmp_path), {"max_echo_time_ms": "short"})
+
+
+def test_unnamed_series_chosen_by_timing(tmp_path: Path) -> None:
+    write_series(tmp_path / "a", "cor_seq_1", series_number=1, tr=3500, te=90)
+    write_series(tmp_path / "b", "cor_seq_2", series_number=2, tr=550, te=10)
+    chosen, reason = select_t1_series(find_series(tmp_path))
+    assert chosen.description == "cor_seq_2"
+    assert "no description matched; short TR and TE" in reason
+    assert "#2 'cor_seq_2' no T1 pattern" not in reason
 
 
 def test_no_t1_series_is_a_clear_error(tmp_path: Path) -> None:

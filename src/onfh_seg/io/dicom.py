@@ -126,7 +126,7 @@ def _read_header(path: Path) -> Dataset | None:
     """Read a DICOM header without pixel data; ``None`` for non-DICOM files."""
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+    except Exception:  # unreadable or corrupt files belong to no series
         return None
 
 
@@ -162,13 +162,42 @@ def find_series(folder: str | Path) -> list[SeriesInfo]:
 # choosing the T1 series
 
 
+def _pattern_list(key: str, value: Any) -> list[str]:
+    """A list of valid regexes from a string or a sequence of strings."""
+    patterns = [value] if isinstance(value, str) else list(value or [])
+    for pattern in patterns:
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            raise DicomError(f"invalid regex in rule '{key}': {pattern!r} ({exc})") from None
+    return [str(p) for p in patterns]
+
+
+def _limit(key: str, value: Any) -> float | None:
+    """A numeric rule limit (None disables it)."""
+    if value is None:
+        return None
+    number = _float_or_none(value)
+    if number is None:
+        raise DicomError(f"rule '{key}' must be a number, got {value!r}")
+    return number
+
+
 def merge_rules(rules: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults overridden by ``rules``; unknown keys are an error."""
+    """Defaults overridden by ``rules``, validated; unknown keys are an error."""
     merged = dict(DEFAULT_T1_RULES)
     for key, value in dict(rules or {}).items():
         if key not in DEFAULT_T1_RULES:
             raise DicomError(f"unknown series selection rule '{key}' (known: {sorted(DEFAULT_T1_RULES)})")
         merged[key] = value
+    for key in ("include_patterns", "exclude_patterns"):
+        merged[key] = _pattern_list(key, merged[key])
+    for key in ("max_repetition_time_ms", "max_echo_time_ms"):
+        merged[key] = _limit(key, merged[key])
+    modalities = merged["modalities"]
+    merged["modalities"] = [str(m).upper() for m in ([modalities] if isinstance(modalities, str) else modalities or [])]
+    wanted = merged["prefer_scanning_sequence"]
+    merged["prefer_scanning_sequence"] = str(wanted).upper() if wanted else None
     return merged
 
 
@@ -188,69 +217,69 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def _sequence_points(series: SeriesInfo, rules: Mapping[str, Any]) -> tuple[int, list[str]]:
-    """Count satisfied sequence preferences and describe them."""
+    """Count satisfied sequence preferences (SE, short TR, short TE) and describe them."""
     ds = series.headers[0]
     points, notes = 0, []
-    wanted = rules.get("prefer_scanning_sequence")
+    wanted = rules["prefer_scanning_sequence"]
     scanning = ds.get("ScanningSequence", "")
     scanning_values = [str(v) for v in scanning] if isinstance(scanning, MultiValue) else [str(scanning)]
     if wanted and wanted in scanning_values:
         points += 1
         notes.append(f"ScanningSequence {wanted}")
-    tr = _float_or_none(ds.get("RepetitionTime"))
-    max_tr = rules.get("max_repetition_time_ms")
-    if tr is not None and max_tr is not None and tr < float(max_tr):
-        points += 1
-        notes.append(f"TR {tr:g} ms < {float(max_tr):g}")
-    te = _float_or_none(ds.get("EchoTime"))
-    max_te = rules.get("max_echo_time_ms")
-    if te is not None and max_te is not None and te < float(max_te):
-        points += 1
-        notes.append(f"TE {te:g} ms < {float(max_te):g}")
+    for keyword, rule, name in (
+        ("RepetitionTime", "max_repetition_time_ms", "TR"),
+        ("EchoTime", "max_echo_time_ms", "TE"),
+    ):
+        value, limit = _float_or_none(ds.get(keyword)), rules[rule]
+        if value is not None and limit is not None and value < limit:
+            points += 1
+            notes.append(f"{name} {value:g} ms < {limit:g}")
     return points, notes
 
 
 def _timing_is_t1_like(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
     """Short TR and short TE (both present and below the rule limits)."""
-    ds = series.headers[0]
-    tr, te = _float_or_none(ds.get("RepetitionTime")), _float_or_none(ds.get("EchoTime"))
-    max_tr, max_te = rules.get("max_repetition_time_ms"), rules.get("max_echo_time_ms")
-    if tr is None or te is None or max_tr is None or max_te is None:
-        return False
-    return tr < float(max_tr) and te < float(max_te)
+    notes = _sequence_points(series, rules)[1]
+    return any(n.startswith("TR ") for n in notes) and any(n.startswith("TE ") for n in notes)
 
 
 def select_t1_series(
     series: Sequence[SeriesInfo], rules: Mapping[str, Any] | None = None
 ) -> tuple[SeriesInfo, str]:
-    """Pick the T1 series; return it and a one-line reason for the choice."""
+    """Pick the T1 series; return it and a one-line reason for the choice.
+
+    A series qualifies when its SeriesDescription/ProtocolName matches an
+    include pattern and no exclude pattern (if none does: any non-excluded
+    series with short TR and TE). Qualifying series are ranked by satisfied
+    sequence preferences, then most slices, then the later series (higher
+    SeriesNumber: a repeat usually replaces a failed acquisition).
+    """
     rules = merge_rules(rules)
     if not series:
         raise DicomError("no DICOM image series found")
-    modalities = [str(m).upper() for m in (rules.get("modalities") or [])]
-    rejected: list[str] = []
+    rejected: list[tuple[SeriesInfo, str]] = []
     matched: list[tuple[SeriesInfo, str]] = []
     unnamed: list[SeriesInfo] = []
     for s in series:
-        if modalities and s.modality.upper() not in modalities:
-            rejected.append(f"{s.label()} modality {s.modality or '?'}")
+        if rules["modalities"] and s.modality.upper() not in rules["modalities"]:
+            rejected.append((s, f"modality {s.modality or '?'}"))
             continue
         text = f"{s.description} {s.protocol_name}"
-        excluded = _first_match(rules.get("exclude_patterns") or [], text)
+        excluded = _first_match(rules["exclude_patterns"], text)
         if excluded is not None:
-            rejected.append(f"{s.label()} excluded by /{excluded}/")
+            rejected.append((s, f"excluded by /{excluded}/"))
             continue
-        included = _first_match(rules.get("include_patterns") or [], text)
+        included = _first_match(rules["include_patterns"], text)
         if included is not None:
             matched.append((s, f"description matches /{included}/"))
         else:
             unnamed.append(s)
-            rejected.append(f"{s.label()} no T1 pattern in description")
-    candidates = matched
+            rejected.append((s, "no T1 pattern in description"))
+    candidates = matched or [
+        (s, "no description matched; short TR and TE") for s in unnamed if _timing_is_t1_like(s, rules)
+    ]
     if not candidates:
-        candidates = [(s, "no description matched; short TR and TE") for s in unnamed if _timing_is_t1_like(s, rules)]
-    if not candidates:
-        detail = "; ".join(rejected) or "none"
+        detail = "; ".join(f"{s.label()} {why}" for s, why in rejected) or "none"
         raise DicomError(f"no T1 series among {len(series)} image series ({detail})")
 
     def rank(item: tuple[SeriesInfo, str]) -> tuple[int, int, int]:
@@ -259,12 +288,11 @@ def select_t1_series(
 
     ranked = sorted(candidates, key=rank, reverse=True)
     chosen, why = ranked[0]
-    points, notes = _sequence_points(chosen, rules)
-    parts = [f"series {chosen.label()}: {why}"]
-    if notes:
-        parts.append(", ".join(notes))
+    notes = _sequence_points(chosen, rules)[1]
+    parts = [f"series {chosen.label()}: {why}"] + ([", ".join(notes)] if notes else [])
     parts.append(f"{chosen.n_files} slices")
-    others = [f"{s.label()} ranked lower" for s, _ in ranked[1:]] + rejected
+    others = [f"{s.label()} ranked lower" for s, _ in ranked[1:]]
+    others += [f"{s.label()} {reason}" for s, reason in rejected if s is not chosen]
     if others:
         parts.append("not chosen: " + "; ".join(others))
     return chosen, "; ".join(parts)
