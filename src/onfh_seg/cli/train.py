@@ -1,0 +1,25 @@
+"""``onfh-train``: train (or fine-tune) a segmentation stage. Hydra config: configs/train.yaml."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from onfh_seg.cli.common import hydra_main, to_dict
+
+
+def run(cfg: DictConfig) -> int:
+    from onfh_seg.train import train
+
+    c = to_dict(cfg)
+    print(OmegaConf.to_yaml(cfg))
+    res = train(c)
+    print(f"best checkpoint: {res['best']}\nlast checkpoint: {res['last']}")
+    return 0
+
+
+def main() -> None:
+    hydra_main("train", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Training data: cached model-space volumes/crops, foreground-oversampled patches, augmentation.
+
+Caching uses the same ``onfh_seg.preprocess`` functions as inference:
+* stage ``coarse``: the whole scan on an RAS grid at the coarse spacing;
+* stage ``fine``: a cube around each femoral head (found from the label map) at
+  the fine spacing.
+Any manifest of image/label NIfTI pairs works (synthetic or a site's own data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from onfh_seg.infer.postprocess import find_heads, select_heads
+from onfh_seg.io.manifest import read_manifest, resolve
+from onfh_seg.io.nifti import atomic_write_bytes
+from onfh_seg.labels import NUM_CLASSES
+from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample, resample_labels
+
+
+def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:
+    st = image.stat()
+    raw = f"{image.resolve()}|{st.st_size}|{st.st_mtime_ns}|{stage}|{spacing}|{crop_vox}|v1"
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cache_scan(image_path: Path, label_path: Path, cache_dir: Path, stage: str, spacing: float, crop_vox: int,
+               coarse_multiple: int = 8) -> list[Path]:
+    """Preprocess one labelled scan into cached model-space arrays; returns the cache files."""
+    key = _key(image_path, stage, spacing, crop_vox)
+    done = sorted(cache_dir.glob(f"{key}_*.npz"))
+    if done:
+        return done
+    img_nii, lab_nii = nib.load(str(image_path)), nib.load(str(label_path))
+    img = normalise(np.asanyarray(img_nii.dataobj))
+    lab = np.asanyarray(lab_nii.dataobj).astype(np.uint8)
+    aff = img_nii.affine
+    out = []
+    if stage == "coarse":
+        g_aff, g_shape = covering_grid(img.shape, aff, spacing, multiple=coarse_multiple)
+        grids = [(g_aff, g_shape)]
+    else:
+        _, heads = find_heads(lab, aff, min_ml=5.0)
+        grids = [crop_grid(h.centre_ras, crop_vox, spacing) for h in select_heads(heads)]
+    for i, (g_aff, g_shape) in enumerate(grids):
+        x = resample(img, aff, g_aff, g_shape, order=1)
+        y = resample_labels(lab, aff, g_aff, g_shape, NUM_CLASSES)
+        p = cache_dir / f"{key}_{i}.npz"
+        _save_npz(p, image=x.astype(np.float16), labels=y, affine=g_aff)
+        out.append(p)
+    if not out:  # no head in this scan: remember that, so it is not retried
+        p = cache_dir / f"{key}_none.npz"
+        _save_npz(p, image=np.zeros((0,), np.float16), labels=np.zeros((0,), np.uint8), affine=np.eye(4))
+        out.append(p)
+    return out
+
+
+def _cache_job(args) -> list[Path]:
+    return cache_scan(*args)
+
+
+def build_cache(manifests: list[str], cache_dir: str | Path, stage: str, spacing: float, crop_vox: int,
+                progress: bool = True, workers: int = 2) -> list[Path]:
+    """Cache every labelled scan of the manifests (``workers`` processes); returns the non-empty cache files."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    cache_dir = Path(cache_dir) / f"{stage}_{spacing:g}mm_{crop_vox}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for m in manifests:
+        for r in read_manifest(m):
+            if r.get("image") and r.get("labels"):
+                pairs.append((resolve(m, r["image"]), resolve(m, r["labels"])))
+    jobs = [(img, lab, cache_dir, stage, spacing, crop_vox) for img, lab in pairs]
+    files: list[Path] = []
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_cache_job, jobs), total=len(jobs), desc=f"cache {stage}", disable=not progress))
+    else:
+        results = [_cache_job(j) for j in tqdm(jobs, desc=f"cache {stage}", disable=not progress)]
+    for r in results:
+        files.extend(p for p in r if not p.name.endswith("_none.npz"))
+    return files
+
+
+def load_items(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Load cached (image float32, labels uint8) pairs into memory."""
+    items = []
+    for f in files:
+        with np.load(f) as z:
+            items.append((z["image"].astype(np.float32), z["labels"]))
+    return items
+
+
+def extract_patch(img: np.ndarray, lab: np.ndarray, centre: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Patch of ``size`` centred at ``centre`` (voxel), zero-padded outside the volume."""
+    out_i = np.zeros(size, np.float32)
+    out_l = np.zeros(size, np.uint8)
+    lo = np.asarray(centre, int) - np.asarray(size) // 2
+    src_lo = np.maximum(lo, 0)
+    src_hi = np.minimum(lo + np.asarray(size), img.shape)
+    if np.any(src_hi <= src_lo):
+        return out_i, out_l
+    dst_lo = src_lo - lo
+    dst_hi = dst_lo + (src_hi - src_lo)
+    ss = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+    ds = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+    out_i[ds] = img[ss]
+    out_l[ds] = lab[ss]
+    return out_i, out_l
+
+
+def sample_centre(rng: np.random.Generator, lab: np.ndarray, size: tuple[int, int, int], fg_prob: float) -> np.ndarray:
+    """nnU-Net-style: with ``fg_prob`` centre on a voxel of a random present foreground class, else uniform."""
+    if rng.uniform() < fg_prob:
+        present = [c for c in range(1, NUM_CLASSES) if np.any(lab == c)]
+        if present:
+            c = present[int(rng.integers(len(present)))]
+            idx = np.flatnonzero(lab == c)
+            return np.array(np.unravel_index(int(idx[rng.integers(idx.size)]), lab.shape))
+    half = np.asarray(size) // 2
+    hi = np.maximum(np.asarray(lab.shape) - half, half + 1)
+    return np.array([rng.integers(h, max(h + 1, e)) for h, e in zip(half, hi)])
+
+
+def build_augment():
+    """Training-only augmentation (TorchIO). Left/right flips keep label meaning (labels are side-free)."""
+    import torchio as tio
+
+    return tio.Compose([
+        tio.RandomFlip(axes=(0,), flip_probability=0.5),  # axis 0 = patient left-right in RAS model space
+        tio.RandomAffine(scales=(0.9, 1.1), degrees=12, translation=4, p=0.5),
+        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.5, 4.0), p=0.2),
+        tio.RandomBiasField(coefficients=0.3, p=0.3),
+        tio.RandomGamma(log_gamma=(-0.3, 0.3), p=0.3),
+        tio.RandomNoise(std=(0, 0.05), p=0.3),
+        tio.RandomBlur(std=(0, 0.8), p=0.1),
+    ])
+
+
+class PatchDataset(Dataset):
+    """Random training patches; patch ``i`` of epoch ``e`` is a pure function of (seed, e, i)."""
+
+    def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, augment: bool, seed: int):
+        self.items, self.patch, self.length, self.fg_prob, self.seed = items, tuple(patch), length, fg_prob, seed
+        self.augment = build_augment() if augment else None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img, lab = self.items[int(rng.integers(len(self.items)))]
+        centre = sample_centre(rng, lab, self.patch, self.fg_prob)
+        x, y = extract_patch(img, lab, centre, self.patch)
+        xt, yt = torch.from_numpy(x)[None], torch.from_numpy(y.astype(np.int64))[None]
+        if self.augment is not None:
+            import torchio as tio
+
+            torch.manual_seed(int(rng.integers(2**31)))
+            s = self.augment(tio.Subject(image=tio.ScalarImage(tensor=xt), label=tio.LabelMap(tensor=yt)))
+            xt, yt = s["image"].data.float(), s["label"].data.long()
+        return xt, yt
+
+
+class VolumeDataset(Dataset):
+    """Whole cached volumes (validation), optionally centre-cropped to ``size``."""
+
+    def __init__(self, items, size: tuple[int, int, int] | None):
+        self.items, self.size = items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        img, lab = self.items[i]
+        if self.size is not None:
+            img, lab = extract_patch(img, lab, np.asarray(img.shape) // 2, self.size)
+        return torch.from_numpy(img)[None], torch.from_numpy(lab.astype(np.int64))[None]
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Caches manifests for one stage and serves patches (train) and volumes (val)."""
+
+    def __init__(self, stage: str, train_manifests: list[str], val_manifests: list[str], cache_dir: str,
+                 spacing_mm: float, crop_vox: int, patch_vox: list[int], val_vox: list[int] | None,
+                 batch_size: int, samples_per_epoch: int, fg_oversample: float, num_workers: int,
+                 augment: bool, seed: int = 0, **_: object):
+        super().__init__()
+        self.cfg = dict(stage=stage, train=list(train_manifests), val=list(val_manifests), cache=cache_dir,
+                        spacing=float(spacing_mm), crop=int(crop_vox), patch=tuple(patch_vox),
+                        val_vox=tuple(val_vox) if val_vox else None, bs=int(batch_size), n=int(samples_per_epoch),
+                        fg=float(fg_oversample), workers=int(num_workers), augment=bool(augment), seed=int(seed))
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.cfg
+        if hasattr(self, "train_ds"):
+            return
+        tr = load_items(build_cache(c["train"], c["cache"], c["stage"], c["spacing"], c["crop"]))
+        va = load_items(build_cache(c["val"], c["cache"], c["stage"], c["spacing"], c["crop"])) if c["val"] else []
+        if not tr:
+            raise ValueError("no labelled training scans with a femoral head found in the training manifests")
+        self.train_ds = PatchDataset(tr, c["patch"], c["n"], c["fg"], c["augment"], c["seed"])
+        self.val_ds = VolumeDataset(va, c["val_vox"])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, batch_size=self.cfg["bs"], shuffle=False, num_workers=self.cfg["workers"],
+                          persistent_workers=self.cfg["workers"] > 0, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)

@@ -1,0 +1,66 @@
+"""LightningModule: U-Net, Dice + cross-entropy loss, per-label validation Dice."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from monai.losses import DiceCELoss
+
+from onfh_seg.labels import LABELS, NUM_CLASSES
+from onfh_seg.model.network import build_unet
+
+
+def dice_per_label(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Dice of each foreground label (NaN where absent in both)."""
+    out = []
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        denom = p.sum() + t.sum()
+        out.append(torch.tensor(float("nan")) if denom == 0 else 2.0 * (p & t).sum().float() / denom.float())
+    return torch.stack(out)
+
+
+class SegModule(pl.LightningModule):
+    """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4)."""
+
+    def __init__(self, net: dict, lr: float = 2e-3, weight_decay: float = 1e-5, max_steps: int = 1000,
+                 stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_unet(**net, out_channels=NUM_CLASSES)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.val_scores: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        pred = self(x).argmax(1, keepdim=True)
+        self.val_scores.append(dice_per_label(pred, y))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.val_scores:
+            return
+        d = torch.nanmean(torch.stack(self.val_scores), dim=0)
+        for c, v in zip(range(1, NUM_CLASSES), d):
+            self.log(f"val/dice_{LABELS[c]}", torch.nan_to_num(v, nan=0.0))
+        self.log("val/dice_mean", torch.nan_to_num(d, nan=0.0).mean(), prog_bar=True)
+        self.val_scores.clear()
+
+    def on_train_epoch_start(self) -> None:
+        ds = getattr(self.trainer.datamodule, "train_ds", None)
+        if ds is not None:
+            ds.epoch = self.current_epoch
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.hparams.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.02, (1 - min(s, total) / total) ** 0.9))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
