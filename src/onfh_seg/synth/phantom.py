@@ -423,9 +423,11 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
     D = lesion_distance(P, h)
     base_les = head & (D < np.float32(h.lesion_R))
     les = head & (D < np.float32(st.lesion_R))
-    if st.regen_radius > 0:
-        les &= tract_distance(P, h) >= np.float32(st.regen_radius)
     band = les & (D >= np.float32(st.lesion_R - st.band_mm))
+    if st.regen_radius > 0:  # regenerated channel along the injection tract, lined by the band
+        td = tract_distance(P, h)
+        les &= td >= np.float32(st.regen_radius)
+        band = les & (band | (td < np.float32(st.regen_radius + st.band_mm)))
     core = les & ~band
     rg = base_les & ~les
     regen |= rg

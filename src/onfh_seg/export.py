@@ -1,0 +1,99 @@
+"""Export trained checkpoints to ONNX plus the metadata inference needs (``model.json``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onfh_seg import __version__
+from onfh_seg.labels import LABELS
+from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_module(ckpt: str | Path):
+    """Load a ``SegModule`` from a Lightning checkpoint (CPU, eval mode)."""
+    from onfh_seg.model.module import SegModule
+
+    m = SegModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    return m.eval()
+
+
+class _Softmax(torch.nn.Module):
+    """Wraps the network so the ONNX graph outputs softmax probabilities."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+def export_onnx(module, out_path: str | Path, example_size: tuple[int, int, int]) -> Path:
+    """Export a SegModule's network (softmax output) to ONNX with dynamic spatial axes."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    wrapped = _Softmax(module.net).eval()
+    x = torch.zeros((1, 1) + tuple(example_size), dtype=torch.float32)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped, (x,), str(tmp), input_names=["image"], output_names=["probs"], opset_version=17,
+            dynamic_axes={"image": {0: "batch", 2: "x", 3: "y", 4: "z"}, "probs": {0: "batch", 2: "x", 3: "y", 4: "z"}},
+            dynamo=False,
+        )
+    tmp.replace(out_path)
+    return out_path
+
+
+def stage_meta(module, onnx_path: Path, crop_vox: int | None) -> dict:
+    """Metadata of one exported stage."""
+    hp = module.hparams
+    return {
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "spacing_mm": float(hp.spacing_mm),
+        "train_patch_vox": list(hp.patch_vox or []),
+        "crop_vox": crop_vox,
+        "divisor": int(np.prod(hp.net["strides"])),
+        "net": dict(hp.net),
+    }
+
+
+def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | Path, fine_crop_vox: int = 96,
+                 extra: dict | None = None) -> dict:
+    """Export both cascade stages and write ``model.json``; returns the metadata."""
+    out_dir = Path(out_dir)
+    coarse, fine = load_module(coarse_ckpt), load_module(fine_ckpt)
+    c_path = export_onnx(coarse, out_dir / "coarse.onnx", (64, 64, 64))
+    f_path = export_onnx(fine, out_dir / "fine.onnx", (fine_crop_vox,) * 3)
+    meta = {
+        "name": "onfh-seg",
+        "software_version": __version__,
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "normalisation": {"method": "divide by percentile of non-zero voxels, clip",
+                          "percentile": NORM_PERCENTILE, "clip": list(NORM_CLIP)},
+        "orientation": "RAS-aligned model grids (canonical)",
+        "coarse": stage_meta(coarse, c_path, None),
+        "fine": stage_meta(fine, f_path, fine_crop_vox),
+        "training_data": "synthetic (onfh-synth); research only, not for clinical use",
+        **(extra or {}),
+    }
+    meta["model_version"] = f"{__version__}+synth.{meta['fine']['sha256'][:8]}"
+    from onfh_seg.io.nifti import atomic_write_text
+
+    atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))
+    return meta

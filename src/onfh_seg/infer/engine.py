@@ -1,0 +1,186 @@
+"""ONNX Runtime segmentation engine: coarse head localisation, then fine crops per head.
+
+No torch here: numpy, scipy and onnxruntime only (the GPU container has no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onfh_seg.infer.postprocess import clean_labels, find_heads, select_heads
+from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample, resample_probs
+
+log = logging.getLogger("onfh_seg.engine")
+
+
+@dataclass
+class SegResult:
+    """Segmentation of one scan on its own grid."""
+
+    labels: np.ndarray
+    mean_confidence: float
+    head_centres_ras: list[np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
+    """ONNX Runtime providers for ``auto|cpu|cuda`` and a one-line explanation."""
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if provider == "cpu":
+        return ["CPUExecutionProvider"], "CPU execution provider (requested)"
+    if "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDA execution provider"
+    if provider == "cuda":
+        raise RuntimeError("CUDA execution provider requested but not available in this onnxruntime")
+    return ["CPUExecutionProvider"], "CUDA not available; falling back to the CPU execution provider"
+
+
+def gaussian_importance(size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """nnU-Net style Gaussian weight map for blending sliding-window patches."""
+    g = np.ones(size, np.float32)
+    for ax, n in enumerate(size):
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2
+        w = np.exp(-0.5 * (x / (n * sigma_scale)) ** 2)
+        shape = [1] * len(size)
+        shape[ax] = n
+        g = g * w.reshape(shape)
+    g /= g.max()
+    return np.maximum(g, 1e-3)
+
+
+def _starts(n: int, roi: int, step: int) -> list[int]:
+    if n <= roi:
+        return [0]
+    s = list(range(0, n - roi, step)) + [n - roi]
+    return sorted(set(s))
+
+
+def sliding_window(run, x: np.ndarray, roi: tuple[int, int, int], overlap: float = 0.5, divisor: int = 16) -> np.ndarray:
+    """Gaussian-blended sliding-window inference of ``run`` (1,1,D,H,W)->(1,C,D,H,W) over ``x`` (D,H,W).
+
+    A volume no larger than ``roi`` is processed in one pass (padded to ``divisor``).
+    """
+    shape = np.array(x.shape)
+    roi = tuple(int(min(r, int(np.ceil(n / divisor) * divisor))) for r, n in zip(roi, shape))
+    pad = [max(0, r - n) for r, n in zip(roi, shape)]
+    xp = np.pad(x, [(0, p) for p in pad]) if any(pad) else x
+    full = xp.shape
+    steps = [max(1, int(r * (1 - overlap))) for r in roi]
+    weight = gaussian_importance(roi)
+    acc = None
+    norm = np.zeros(full, np.float32)
+    for i in _starts(full[0], roi[0], steps[0]):
+        for j in _starts(full[1], roi[1], steps[1]):
+            for k in _starts(full[2], roi[2], steps[2]):
+                patch = xp[i:i + roi[0], j:j + roi[1], k:k + roi[2]][None, None]
+                p = run(np.ascontiguousarray(patch, np.float32))[0]
+                if acc is None:
+                    acc = np.zeros((p.shape[0],) + full, np.float32)
+                acc[:, i:i + roi[0], j:j + roi[1], k:k + roi[2]] += p * weight
+                norm[i:i + roi[0], j:j + roi[1], k:k + roi[2]] += weight
+    out = acc / norm[None]
+    return out[:, : shape[0], : shape[1], : shape[2]]
+
+
+class Segmenter:
+    """The shipped cascade: ``coarse.onnx`` finds femoral heads, ``fine.onnx`` segments around each."""
+
+    def __init__(self, model_dir: str | Path = "models", provider: str = "auto", threads: int = 0, tta: bool = False,
+                 fast: bool = False):
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        meta_path = model_dir / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no model found: {meta_path} is missing")
+        self.meta = json.loads(meta_path.read_text())
+        self.version: str = self.meta["model_version"]
+        self.sha256: str = self.meta["fine"]["sha256"]
+        providers, why = choose_providers(provider)
+        log.info(why)
+        self.provider_note = why
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.coarse = ort.InferenceSession(str(model_dir / self.meta["coarse"]["file"]), so, providers=providers)
+        self.fine = ort.InferenceSession(str(model_dir / self.meta["fine"]["file"]), so, providers=providers)
+        self.providers = self.fine.get_providers()
+        self.tta, self.fast = bool(tta) and not fast, bool(fast)
+
+    def _run(self, sess, x: np.ndarray) -> np.ndarray:
+        p = sess.run(None, {"image": x})[0]
+        if self.tta:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
+            p = 0.5 * (p + sess.run(None, {"image": np.ascontiguousarray(x[:, :, ::-1])})[0][:, :, ::-1])
+        return p
+
+    def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
+        """Head centres (RAS mm) from the coarse stage."""
+        c = self.meta["coarse"]
+        g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
+        xc = resample(x, affine, g_aff, g_shape, order=1)
+        probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
+        lab = probs.argmax(0).astype(np.uint8)
+        _, heads = find_heads(lab, g_aff, min_ml=8.0)
+        return [h.centre_ras for h in select_heads(heads)]
+
+    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+        f = self.meta["fine"]
+        n = int(f["crop_vox"])
+        f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
+        xf = resample(x, affine, f_aff, f_shape, order=1)
+        probs = sliding_window(lambda a: self._run(self.fine, a), xf, (n, n, n), 0.5, f["divisor"])
+        return probs, f_aff, f_shape
+
+    def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
+        """Segment one scan (any orientation); labels come back on the input grid."""
+        t = {"start": time.perf_counter()}
+        x = normalise(image)
+        centres = self.locate_heads(x, affine)
+        t["coarse"] = time.perf_counter()
+        labels = np.zeros(image.shape, np.uint8)
+        best = np.zeros(image.shape, np.float32)
+        conf_sum, conf_n = 0.0, 0
+        inv = np.linalg.inv(affine)
+        for centre in centres:
+            probs, f_aff, f_shape = self._fine(x, affine, centre)
+            lab = probs.argmax(0)
+            if not self.fast:  # re-centre once if the fine head centre is far from the coarse one
+                head = np.isin(lab, (1, 2, 3))
+                if head.sum() > 0:
+                    c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
+                    if np.linalg.norm(c2 - centre) > 6.0:
+                        probs, f_aff, f_shape = self._fine(x, affine, c2)
+                        lab = probs.argmax(0)
+            fg = lab > 0
+            if fg.any():
+                conf_sum += float(probs.max(0)[fg].sum())
+                conf_n += int(fg.sum())
+            # back to the input grid, on the input voxels covered by the crop
+            corners = np.array([[a, b, c] for a in (0, f_shape[0] - 1) for b in (0, f_shape[1] - 1) for c in (0, f_shape[2] - 1)], float)
+            world = corners @ f_aff[:3, :3].T + f_aff[:3, 3]
+            vox = world @ inv[:3, :3].T + inv[:3, 3]
+            lo = np.clip(np.floor(vox.min(0)).astype(int), 0, np.array(image.shape) - 1)
+            hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 1, np.array(image.shape))
+            sub_aff = affine.copy()
+            sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+            sub_shape = tuple(int(v) for v in hi - lo)
+            p_in = resample_probs(probs, f_aff, sub_aff, sub_shape)
+            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            fgp = 1.0 - p_in[0]
+            take = fgp > best[sl]
+            labels[sl][take] = p_in.argmax(0).astype(np.uint8)[take]
+            best[sl][take] = fgp[take]
+        t["fine"] = time.perf_counter()
+        labels = clean_labels(labels, affine)
+        t["post"] = time.perf_counter()
+        timings = {"coarse_s": t["coarse"] - t["start"], "fine_s": t["fine"] - t["coarse"], "post_s": t["post"] - t["fine"]}
+        return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, centres, {k: round(v, 3) for k, v in timings.items()})
