@@ -1,0 +1,370 @@
+"""Batch inference: many scans, N worker processes, resume, failure isolation, run records.
+
+:func:`run_batch` expands ``cfg["input"]`` into scan jobs
+(:mod:`onfh_seg.infer.inputs`) and runs :func:`onfh_seg.infer.pipeline.process_scan`
+on each:
+
+* ``workers=1`` runs in this process; ``workers=N`` uses a
+  ``ProcessPoolExecutor`` (spawn) whose initializer builds one segmenter per
+  worker; ONNX Runtime threads per worker = ``threads`` or, when 0,
+  ``max(1, cores // N)``;
+* resume: a scan whose ``<name>_measurements.json`` says ok with the same
+  ``input_sha256`` and ``model_version`` and whose seg file exists is skipped;
+* a failing scan goes to ``errors.csv`` with its one-line reason and the
+  others carry on;
+* per run: ``measurements.csv`` (one row per scan and hip, sorted by scan
+  name then side, so it does not depend on worker count or completion order),
+  ``errors.csv`` and ``run_manifest.json`` (versions, model, providers,
+  timings, start/finish, command line and config).
+
+The summary line is ``done N, skipped M, failed K``; the exit code is 1 when
+no scan succeeded (done + skipped == 0), else 0. No torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from onfh_seg.infer.inputs import ScanJob, expand_input
+from onfh_seg.infer.pipeline import (
+    completed_measurements,
+    one_line,
+    process_scan,
+    row_sort_key,
+    rows_from_measurements,
+    segmenter_info,
+    software_versions,
+)
+from onfh_seg.io.manifest import write_manifest
+from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.measure import CSV_COLUMNS
+
+log = logging.getLogger("onfh_seg.batch")
+
+DEFAULT_ENGINE = "onfh_seg.infer.engine:Segmenter"
+ERROR_COLUMNS = ["scan", "image", "error"]
+SegmenterFactory = Callable[[int], Any]
+
+
+@dataclass
+class BatchSummary:
+    """Outcome of a run; ``results`` are per-scan dicts in job order."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    results: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.done + self.skipped > 0 else 1
+
+    def line(self) -> str:
+        return f"done {self.done}, skipped {self.skipped}, failed {self.failed}"
+
+
+# ---------------------------------------------------------------- segmenter construction
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(threads: int, workers: int) -> int:
+    """``threads`` if > 0, else ``max(1, cores // workers)``."""
+    return int(threads) if int(threads) > 0 else max(1, available_cores() // max(1, int(workers)))
+
+
+def load_engine_class(spec: str) -> Any:
+    """Import ``"package.module:Name"``; one-line error if that is not possible."""
+    module_name, _, attr = str(spec).partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"engine must look like 'package.module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(f"segmentation engine {spec!r} is not available ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RuntimeError(f"segmentation engine {spec!r}: {module_name} has no {attr}") from None
+
+
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` as given if it exists (absolute, or relative to the working folder), else
+    relative to the project root (the folder holding ``configs/``)."""
+    path = Path(str(model_dir)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    try:
+        from onfh_seg.cli.common import config_dir
+
+        beside = Path(config_dir()).parent / path
+        if beside.exists():
+            return beside
+    except SystemExit:
+        pass
+    return path
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything a worker needs to build its own segmenter (picklable)."""
+
+    engine: str
+    model_dir: str
+    provider: str
+    threads: int
+    tta: bool
+    fast: bool
+
+    def build(self) -> Any:
+        cls = load_engine_class(self.engine)
+        return cls(self.model_dir, provider=self.provider, threads=self.threads, tta=self.tta, fast=self.fast)
+
+
+def engine_spec(cfg: Mapping[str, Any], workers: int) -> EngineSpec:
+    return EngineSpec(
+        engine=str(cfg.get("engine") or DEFAULT_ENGINE),
+        model_dir=str(resolve_model_dir(cfg.get("model_dir") or "models")),
+        provider=str(cfg.get("provider") or "auto"),
+        threads=threads_per_worker(int(cfg.get("threads") or 0), workers),
+        tta=bool(cfg.get("tta", False)),
+        fast=bool(cfg.get("fast", False)),
+    )
+
+
+# ---------------------------------------------------------------- one job (in a worker or here)
+
+
+def run_job(job: ScanJob, out_dir: Path, segmenter: Any, cfg: Mapping[str, Any]) -> dict:
+    """Skip (resume) or process one job; never raises for a bad scan."""
+    t0 = time.perf_counter()
+    info = segmenter_info(segmenter)
+    try:
+        if cfg.get("resume", True):
+            meas = completed_measurements(job, out_dir, info["model_version"])
+            if meas is not None:
+                return {"name": job.name, "input": job.image_ref, "status": "skipped", "error": None,
+                        "rows": rows_from_measurements(meas), "timings": {"total": round(time.perf_counter() - t0, 3)},
+                        "outputs": [], **info}
+        return process_scan(job, out_dir, segmenter, cfg)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # e.g. the error record itself could not be written
+        return {"name": job.name, "input": job.image_ref, "status": "error", "error": one_line(exc),
+                "rows": [], "timings": {"total": round(time.perf_counter() - t0, 3)}, "outputs": [], **info}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: EngineSpec, log_level: int) -> None:
+    """Pool initializer: logging to stderr and one segmenter per worker process."""
+    logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
+    try:
+        _WORKER["segmenter"] = spec.build()
+    except Exception as exc:  # reported with every job of this worker
+        _WORKER["error"] = one_line(exc)
+
+
+def _worker_job(job: ScanJob, out_dir: Path, cfg: Mapping[str, Any]) -> dict:
+    if "error" in _WORKER:
+        return {"name": job.name, "input": job.image_ref, "status": "error",
+                "error": f"segmenter not available: {_WORKER['error']}", "rows": [], "timings": {},
+                "outputs": [], "model_version": None, "model_sha256": None, "providers": []}
+    return run_job(job, out_dir, _WORKER["segmenter"], cfg)
+
+
+# ---------------------------------------------------------------- run records
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files left in ``out_dir`` by a killed run (atomic-write leftovers)."""
+    removed = []
+    for p in sorted(out_dir.glob(".*.tmp")):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def write_measurements_csv(out_dir: Path, results: list[dict]) -> Path:
+    rows = [row for r in results if r["status"] in ("ok", "skipped") for row in r["rows"]]
+    rows.sort(key=row_sort_key)
+    path = out_dir / "measurements.csv"
+    write_manifest(path, rows, columns=list(CSV_COLUMNS))
+    return path
+
+
+def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
+    rows = [{"scan": r["name"], "image": r["input"], "error": r["error"]} for r in results if r["status"] == "error"]
+    rows.sort(key=lambda r: r["scan"])
+    path = out_dir / "errors.csv"
+    write_manifest(path, rows, columns=ERROR_COLUMNS)
+    return path
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_run_manifest(
+    out_dir: Path, cfg: Mapping[str, Any], summary: BatchSummary, spec: EngineSpec, workers: int,
+    started: str, duration_s: float, command_line: list[str] | None,
+) -> Path:
+    """``run_manifest.json``: what ran, on what, with which model, and how long each scan took."""
+    model = next((r for r in summary.results if r.get("model_version")), {})
+    providers = sorted({p for r in summary.results for p in (r.get("providers") or [])})
+    record = {
+        "tool": "onfh-infer",
+        "note": "research use only; the model is trained on synthetic data",
+        "versions": software_versions(),
+        "model": {"dir": spec.model_dir, "version": model.get("model_version"), "sha256": model.get("model_sha256")},
+        "engine": spec.engine,
+        "providers": providers,
+        "provider_requested": spec.provider,
+        "workers": workers,
+        "threads_per_worker": spec.threads,
+        "started": started,
+        "finished": _now(),
+        "duration_s": round(duration_s, 3),
+        "command_line": list(command_line) if command_line is not None else list(sys.argv),
+        "config": dict(cfg),
+        "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,
+                   "failed": summary.failed},
+        "scans": [
+            {"name": r["name"], "input": r["input"], "status": r["status"], "error": r["error"],
+             "timings": r.get("timings", {})}
+            for r in summary.results
+        ],
+    }
+    path = out_dir / "run_manifest.json"
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="scan", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def _report(result: dict) -> None:
+    if result["status"] == "error":
+        log.warning("failed %s: %s", result["name"], result["error"])
+
+
+def _run_here(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec,
+              factory: SegmenterFactory | None) -> list[dict]:
+    segmenter = factory(spec.threads) if factory is not None else spec.build()
+    results = []
+    with _progress(len(jobs), "onfh-infer") as bar:
+        for job in jobs:
+            result = run_job(job, out_dir, segmenter, cfg)
+            _report(result)
+            results.append(result)
+            bar.update(1)
+    return results
+
+
+def _run_pool(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec, workers: int) -> list[dict]:
+    ctx = multiprocessing.get_context("spawn")
+    results: list[dict | None] = [None] * len(jobs)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(spec, logging.getLogger().getEffectiveLevel()))
+    try:
+        with _progress(len(jobs), "onfh-infer") as bar:
+            pending = {executor.submit(_worker_job, job, out_dir, dict(cfg)): i for i, job in enumerate(jobs)}
+            while pending:
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except Exception as exc:  # a worker died (e.g. killed, out of memory)
+                        result = {"name": jobs[i].name, "input": jobs[i].image_ref, "status": "error",
+                                  "error": f"worker failed: {one_line(exc)}", "rows": [], "timings": {},
+                                  "outputs": [], "model_version": None, "model_sha256": None, "providers": []}
+                    _report(result)
+                    results[i] = result
+                    bar.update(1)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return [r for r in results if r is not None]
+
+
+def run_batch(
+    cfg: Mapping[str, Any],
+    segmenter_factory: SegmenterFactory | None = None,
+    command_line: list[str] | None = None,
+) -> BatchSummary:
+    """Run inference as configured (keys of configs/infer.yaml) and write the run records.
+
+    ``segmenter_factory(threads)`` replaces the configured engine for an
+    in-process run (``workers=1``); pool workers always build
+    ``cfg["engine"]`` themselves.
+    """
+    t0 = time.perf_counter()
+    started = _now()
+    out_dir = Path(str(cfg.get("out_dir") or ""))
+    if not str(cfg.get("out_dir") or "").strip():
+        raise ValueError("out_dir is empty")
+    reference = str(cfg.get("reference", "acetabulum"))
+    if reference not in ("acetabulum", "viable_head"):
+        raise ValueError(f"reference must be acetabulum or viable_head, got {reference!r}")
+    provider = str(cfg.get("provider", "auto")).lower()
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"provider must be auto, cpu or cuda, got {provider!r}")
+    workers_wanted = int(cfg.get("workers") or 1)
+    if workers_wanted < 1:
+        raise ValueError("workers must be >= 1")
+
+    dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
+    jobs = expand_input(cfg.get("input"), dicom_rules)
+    workers = min(workers_wanted, len(jobs))
+    spec = engine_spec({**cfg, "provider": provider}, workers)
+    if segmenter_factory is None and not Path(spec.model_dir).exists():
+        raise FileNotFoundError(f"model folder not found: {spec.model_dir} (set model_dir=...)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    log.info("onfh-infer: %d scan(s) from %s -> %s (workers %d, %d thread(s) each)",
+             len(jobs), cfg.get("input"), out_dir, workers, spec.threads)
+    if workers > 1 and segmenter_factory is None:
+        results = _run_pool(jobs, out_dir, cfg, spec, workers)
+    else:
+        results = _run_here(jobs, out_dir, cfg, spec, segmenter_factory)
+
+    summary = BatchSummary(out_dir=out_dir, results=results)
+    summary.done = sum(r["status"] == "ok" for r in results)
+    summary.skipped = sum(r["status"] == "skipped" for r in results)
+    summary.failed = sum(r["status"] == "error" for r in results)
+    write_measurements_csv(out_dir, results)
+    write_errors_csv(out_dir, results)
+    write_run_manifest(out_dir, cfg, summary, spec, workers, started, time.perf_counter() - t0, command_line)
+    return summary

@@ -1,0 +1,31 @@
+"""``onfh-infer``: segment and measure ONFH on T1 hip MRI. Hydra config: configs/infer.yaml.
+
+Thin entry point around :func:`onfh_seg.batch.run_batch`; no torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig
+
+from onfh_seg.cli.common import hydra_main, to_dict
+
+
+def run(cfg: DictConfig) -> int:
+    """Run inference on ``cfg.input``; print the summary line; 1 if no scan succeeded."""
+    from onfh_seg.batch import run_batch
+
+    summary = run_batch(to_dict(cfg), command_line=["onfh-infer", *sys.argv[1:]])
+    print(f"{summary.line()} -> {summary.out_dir}")
+    if summary.failed:
+        print(f"errors: {summary.out_dir / 'errors.csv'}", file=sys.stderr)
+    return summary.exit_code
+
+
+def main() -> None:
+    hydra_main("infer", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Per-scan inference: load -> validate -> segment -> measure -> QC -> write outputs.
+
+For a job named ``<name>`` (see :mod:`onfh_seg.infer.inputs`) the outputs in
+``out_dir`` are (docs/CONTRACTS.md):
+
+* ``<name>_seg.nii.gz``: uint8 label map with the input's exact shape, affine,
+  sform and qform (codes included), so it overlays the input in ITK-SNAP/Slicer;
+* ``<name>_overlay.png``: label contours through each head centre (``overlay``);
+* ``<name>_seg.dcm`` / ``<name>_sr.dcm``: DICOM SEG and TID 1500 SR (DICOM
+  input only; no SR without a right/left hip);
+* ``<name>_measurements.json``: written last, so it marks a complete scan.
+
+Every file is written atomically (temporary name, then rename). A scan that
+fails leaves only ``<name>_measurements.json`` with ``status: "error"`` and
+the one-line reason; its other outputs (from this or an earlier run) are
+removed so what is on disk always belongs together.
+
+numpy/scipy/nibabel/matplotlib only (no torch); the segmenter is any object
+with the ``onfh_seg.infer.engine.Segmenter`` interface.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import platform
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
+from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
+from onfh_seg.labels import LABELS
+from onfh_seg.measure import SIDE_ORDER, measure_scan, measurements_row, qc_flags
+
+OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
+EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
+OUTPUT_SUFFIXES = {
+    "seg": "_seg.nii.gz",
+    "overlay": "_overlay.png",
+    "dicom_seg": "_seg.dcm",
+    "dicom_sr": "_sr.dcm",
+    "measurements": "_measurements.json",
+}
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
+    """All per-scan output paths of ``name`` in ``out_dir``."""
+    out = Path(out_dir)
+    return {key: out / f"{name}{suffix}" for key, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an exception (type name added for unexpected ones)."""
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}" if text else f"file not found: {exc.filename}"
+    if not isinstance(exc, EXPECTED_ERRORS) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:500]
+
+
+def _package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=1)
+def software_versions() -> dict[str, str | None]:
+    """Versions of onfh-seg and the libraries the inference path uses (no imports needed)."""
+    from onfh_seg import __version__
+
+    return {
+        "onfh_seg": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": _package_version("scipy"),
+        "nibabel": nib.__version__,
+        "onnxruntime": _package_version("onnxruntime", "onnxruntime-gpu"),
+        "SimpleITK": _package_version("SimpleITK", "simpleitk"),
+        "matplotlib": _package_version("matplotlib"),
+        "pydicom": _package_version("pydicom"),
+        "highdicom": _package_version("highdicom"),
+    }
+
+
+def segmenter_info(segmenter: Any) -> dict[str, Any]:
+    """Model version, model sha256 and execution providers of a segmenter."""
+    return {
+        "model_version": str(getattr(segmenter, "version", "unknown")),
+        "model_sha256": getattr(segmenter, "sha256", None),
+        "providers": list(getattr(segmenter, "providers", []) or []),
+    }
+
+
+def _round_timings(timings: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in timings.items():
+        if isinstance(value, Mapping):
+            out[key] = _round_timings(value)
+        elif isinstance(value, (int, float)):
+            out[key] = round(float(value), 3)
+    return out
+
+
+def _cfg(cfg: Mapping[str, Any] | None, dotted: str, default: Any) -> Any:
+    node: Any = cfg or {}
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node or node[part] is None:
+            return default
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------- writers
+
+
+def seg_image_like(source: nib.Nifti1Image, labels: np.ndarray) -> nib.Nifti1Image:
+    """A uint8 label image carrying ``source``'s header geometry (affine, sform, qform and their codes)."""
+    hdr = source.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_data_shape(labels.shape)
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"], hdr["cal_max"] = 0.0, float(max(LABELS))
+    hdr["descrip"] = b"onfh-seg labels 0-4"
+    hdr.set_intent("label")
+    cls = type(source) if isinstance(source, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
+    return cls(np.asarray(labels, np.uint8), None, hdr)
+
+
+def write_seg(path: str | Path, source: nib.Nifti1Image, labels: np.ndarray) -> None:
+    """Write the label map atomically as gzip NIfTI (mtime 0: byte-reproducible)."""
+    raw = seg_image_like(source, labels).to_bytes()
+    atomic_write_bytes(path, gzip.compress(raw, compresslevel=6, mtime=0))
+
+
+def _orientation(affine: np.ndarray) -> str:
+    return "".join(nib.aff2axcodes(affine))
+
+
+def rows_from_measurements(meas: Mapping[str, Any]) -> list[dict]:
+    """``measurements.csv`` rows of one scan's measurements dict (one per hip, or one empty-hip row)."""
+    hips = list(meas.get("hips") or []) or [None]
+    return [
+        measurements_row(meas["name"], meas["input"], hip, meas.get("qc_flags") or [], meas.get("model_version") or "")
+        for hip in hips
+    ]
+
+
+def row_sort_key(row: Mapping[str, Any]) -> tuple:
+    side = row.get("side")
+    return (str(row["scan"]), SIDE_ORDER.index(side) if side in SIDE_ORDER else -1)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def completed_measurements(job: ScanJob, out_dir: str | Path, model_version: str) -> dict | None:
+    """The existing measurements of ``job`` if it is already done for this input and model.
+
+    Done means: ``<name>_measurements.json`` has status ok, the same
+    ``input_sha256`` as the input now and the same ``model_version``, and
+    ``<name>_seg.nii.gz`` exists.
+    """
+    paths = output_paths(out_dir, job.name)
+    if not paths["measurements"].is_file() or not paths["seg"].is_file():
+        return None
+    try:
+        meas = json.loads(paths["measurements"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meas, dict) or meas.get("status") != "ok" or meas.get("model_version") != model_version:
+        return None
+    sha = input_sha256(job)
+    if sha is None or sha != meas.get("input_sha256"):
+        return None
+    return meas
+
+
+# ---------------------------------------------------------------- the scan
+
+
+def _base_record(job: ScanJob, info: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "input": job.image_ref,
+        "name": job.name,
+        "input_sha256": None,
+        "model_version": info["model_version"],
+        "model_sha256": info["model_sha256"],
+        "status": "error",
+        "error": None,
+        "qc_flags": [],
+        "mean_confidence": None,
+        "hips": [],
+    }
+
+
+def _job_context(job: ScanJob) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    extra.update(job.meta or {})
+    if job.labels is not None:
+        extra["labels"] = str(job.labels)
+    if job.kind == "dicom" and job.dicom:
+        extra["dicom"] = dict(job.dicom)
+    return extra
+
+
+def _write_dicom_outputs(
+    scan: LoadedScan, labels: np.ndarray, meas: dict, paths: dict[str, Path], cfg: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """SEG (always) and SR (when a right/left hip was measured) next to the NIfTI seg."""
+    from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
+
+    out: dict[str, str | None] = {}
+    version = meas["model_version"]
+    if _cfg(cfg, "dicom.write_seg", True):
+        label_img = make_image(labels, scan.affine, np.uint8)
+        write_dicom_seg(label_img, scan.source_datasets, paths["dicom_seg"], model_version=version)
+        out["dicom_seg"] = paths["dicom_seg"].name
+    if _cfg(cfg, "dicom.write_sr", True):
+        sided = [h for h in meas["hips"] if h["side"] in ("right", "left")]
+        if sided:
+            write_dicom_sr({**meas, "hips": sided}, scan.source_datasets, paths["dicom_sr"], model_version=version)
+            out["dicom_sr"] = paths["dicom_sr"].name
+        else:
+            out["dicom_sr"] = None  # nothing to report: no right/left hip
+    return out
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping[str, Any] | None = None) -> dict:
+    """Segment and measure one scan, write its outputs; never raises for a bad scan.
+
+    ``cfg`` keys (all optional): ``reference`` (acetabulum | viable_head),
+    ``overlay`` (bool), ``dicom.write_seg`` / ``dicom.write_sr`` (bool),
+    ``qc.head_ml_range`` ([lo, hi] mL), ``qc.min_confidence``.
+
+    Returns ``{"name", "input", "status": "ok"|"error", "error", "rows",
+    "timings", "model_version", "model_sha256", "providers", "outputs"}``;
+    ``rows`` are this scan's ``measurements.csv`` rows (empty on error).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(out_dir, job.name)
+    info = segmenter_info(segmenter)
+    meas = _base_record(job, info)
+    timings: dict[str, Any] = {}
+    produced: list[Path] = []
+    reference = str(_cfg(cfg, "reference", "acetabulum"))
+    try:
+        t = time.perf_counter()
+        scan = load_scan(job)
+        meas["input_sha256"] = scan.sha256
+        timings["load"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        result = segmenter.segment(scan.image, scan.affine)
+        labels = np.asarray(result.labels)
+        if labels.shape != scan.image.shape:
+            raise RuntimeError(f"segmenter returned labels of shape {labels.shape} for an image of shape {scan.image.shape}")
+        labels = labels.astype(np.uint8, copy=False)
+        confidence = float(result.mean_confidence)
+        timings["segment"] = time.perf_counter() - t
+        timings["engine"] = dict(getattr(result, "timings", {}) or {})
+
+        t = time.perf_counter()
+        hips = measure_scan(scan.image, labels, scan.affine, reference=reference)
+        lo, hi = _cfg(cfg, "qc.head_ml_range", (15.0, 120.0))
+        flags = qc_flags(
+            scan.image, labels, scan.affine, hips, confidence,
+            head_ml_range=(float(lo), float(hi)), min_confidence=float(_cfg(cfg, "qc.min_confidence", 0.6)),
+        )
+        timings["measure"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        outputs: dict[str, str | None] = {}
+        write_seg(paths["seg"], scan.header_image, labels)
+        produced.append(paths["seg"])
+        outputs["seg"] = paths["seg"].name
+        if _cfg(cfg, "overlay", True):
+            centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
+            overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
+                             f"{job.name} | {OVERLAY_TITLE_NOTE}")
+            produced.append(paths["overlay"])
+            outputs["overlay"] = paths["overlay"].name
+        meas.update(status="ok", qc_flags=flags, mean_confidence=round(confidence, 4), hips=hips)
+        if job.kind == "dicom":
+            dicom_out = _write_dicom_outputs(scan, labels, meas, paths, cfg or {})
+            produced += [paths[k] for k, v in dicom_out.items() if v]
+            outputs.update(dicom_out)
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+
+        meas.update(
+            warnings=scan.warnings,
+            image={
+                "shape": list(scan.image.shape),
+                "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(scan.affine[:3, :3], axis=0)],
+                "orientation": _orientation(scan.affine),
+            },
+            outputs=outputs,
+            **_job_context(job),
+            providers=info["providers"],
+            timings=_round_timings(timings),
+            software=software_versions(),
+        )
+        # outputs of an earlier run that this run did not produce (overlay off, no SR now)
+        _remove([p for k, p in paths.items() if k != "measurements" and p not in produced])
+        atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
+        status, error, rows = "ok", None, rows_from_measurements(meas)
+    except KeyboardInterrupt:
+        _remove(produced)
+        raise
+    except Exception as exc:  # failure isolation: any problem with this scan is reported, not raised
+        error = one_line(exc)
+        _remove([p for k, p in paths.items() if k != "measurements"])
+        timings["total"] = time.perf_counter() - t_start
+        meas.update(status="error", error=error, qc_flags=[], mean_confidence=None, hips=[])
+        meas.update(**_job_context(job), providers=info["providers"], timings=_round_timings(timings),
+                    software=software_versions())
+        atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
+        status, rows = "error", []
+    return {
+        "name": job.name,
+        "input": job.image_ref,
+        "status": status,
+        "error": error,
+        "rows": rows,
+        "timings": _round_timings(timings),
+        "outputs": sorted(p.name for p in produced) + [paths["measurements"].name],
+        **info,
+    }
+
+
+def overlay_png_lazy(*args: Any, **kwargs: Any) -> None:
+    """``onfh_seg.report.overlay.overlay_png`` imported on first use (matplotlib is slow to import)."""
+    from onfh_seg.report.overlay import overlay_png
+
+    overlay_png(*args, **kwargs)
