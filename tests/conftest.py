@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -13,10 +12,9 @@ SHARED = ROOT.parent / "shared"
 
 def synth_cfg(**over) -> dict:
     """configs/synth.yaml as a plain dict with overrides (nested keys via dicts)."""
-    base = OmegaConf.load(ROOT / "configs" / "synth.yaml")
-    base.pop("defaults")
-    base.pop("hydra")
-    return OmegaConf.to_container(OmegaConf.merge(base, over), resolve=True)
+    from onfh_seg.synth.cohort import synth_config
+
+    return synth_config(over)
 
 
 @pytest.fixture(scope="session")

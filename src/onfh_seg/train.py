@@ -8,19 +8,13 @@ from pathlib import Path
 
 import torch
 
-from onfh_seg.cli.common import config_dir
 
 
 def generate_training_cohort(gen: dict, cache_dir: str) -> str:
     """Generate (once) a synthetic cohort for training; returns its manifest path."""
-    from omegaconf import OmegaConf
+    from onfh_seg.synth.cohort import generate_cohort, synth_config
 
-    from onfh_seg.synth.cohort import generate_cohort
-
-    base = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "synth.yaml"), resolve=False)
-    base.pop("defaults", None)
-    base.pop("hydra", None)
-    cfg = OmegaConf.to_container(OmegaConf.merge(base, gen), resolve=True)
+    cfg = synth_config(gen)
     out = Path(cache_dir) / f"synth_seed{cfg['seed']}_n{cfg['n_patients']}"
     manifest = out / "manifest.csv"
     if not manifest.exists():

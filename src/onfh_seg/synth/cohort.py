@@ -331,3 +331,15 @@ def generate_cohort(cfg: dict, out_dir: str | Path, progress=None) -> Path:
     manifest = out_dir / "manifest.csv"
     write_manifest(manifest, rows, cols + score_cols)
     return manifest
+
+
+def synth_config(overrides: dict | None = None) -> dict:
+    """configs/synth.yaml as a plain dict, merged with ``overrides`` (nested dicts)."""
+    from omegaconf import OmegaConf
+
+    from onfh_seg.cli.common import config_dir
+
+    base = OmegaConf.load(Path(config_dir()) / "synth.yaml")
+    base.pop("defaults", None)
+    base.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.merge(base, overrides or {}), resolve=True)
