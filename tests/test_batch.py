@@ -334,3 +334,30 @@ def test_kill_and_resume_via_cli(batch_set, reference_run, tmp_path) -> None:
             d.pop("timings"), d.pop("input")
         assert a == b, p.name
     assert no_temporaries(out) == []
+
+
+def test_sigterm_stops_a_pool_run_cleanly(batch_set, tmp_path) -> None:
+    """SIGTERM (docker stop) to onfh-infer with 2 workers: exit 130, only complete scans on disk."""
+    scans, model = batch_set
+    out = tmp_path / "out"
+    args = [f"input={scans}", f"out_dir={out}", f"model_dir={model}", f"engine={FAKE_ENGINE}", "overlay=false",
+            "workers=2"]
+    proc = subprocess.Popen([str(BIN / "onfh-infer"), *args], cwd=tmp_path, env=cli_env(FAKE_SEGMENTER_DELAY="1.0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("*_measurements.json"))) < 2 and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    for seg in out.glob("*_seg.nii.gz"):
+        meas = json.loads((out / seg.name.replace("_seg.nii.gz", "_measurements.json")).read_text())
+        assert meas["status"] == "ok"
+    assert no_temporaries(out) == []
+    res = run_cli(args[:-1], tmp_path)
+    assert res.returncode == 0 and "failed 1" in res.stdout.strip().splitlines()[-1], res.stderr[-2000:]

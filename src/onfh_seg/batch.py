@@ -28,6 +28,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -175,8 +176,21 @@ def run_job(job: ScanJob, out_dir: Path, segmenter: Any, cfg: Mapping[str, Any])
 _WORKER: dict[str, Any] = {}
 
 
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    if _WORKER.get("busy"):
+        raise KeyboardInterrupt  # process_scan removes this scan's partial outputs, then the worker ends
+    os._exit(143)
+
+
 def _init_worker(spec: EngineSpec, log_level: int) -> None:
-    """Pool initializer: logging to stderr and one segmenter per worker process."""
+    """Pool initializer: signals, logging to stderr and one segmenter per worker process.
+
+    Ctrl-C goes to the main process only (it stops the workers); SIGTERM from
+    the main process interrupts the current scan, which removes its partial
+    outputs, and then ends the worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
     try:
         _WORKER["segmenter"] = spec.build()
@@ -188,8 +202,14 @@ def _worker_job(job: ScanJob, out_dir: Path, cfg: Mapping[str, Any]) -> dict:
     if "error" in _WORKER:
         return {"name": job.name, "input": job.image_ref, "status": "error",
                 "error": f"segmenter not available: {_WORKER['error']}", "rows": [], "timings": {},
-                "outputs": [], "model_version": None, "model_sha256": None, "providers": []}
-    return run_job(job, out_dir, _WORKER["segmenter"], cfg)
+                "outputs": [], "model_version": None, "model_sha256": None, "providers": [], "init_error": True}
+    _WORKER["busy"] = True
+    try:
+        return run_job(job, out_dir, _WORKER["segmenter"], cfg)
+    except KeyboardInterrupt:  # stopped by the main process; partial outputs are already removed
+        os._exit(143)
+    finally:
+        _WORKER["busy"] = False
 
 
 # ---------------------------------------------------------------- run records
@@ -290,6 +310,22 @@ def _run_here(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: 
     return results
 
 
+def _stop_pool(executor: ProcessPoolExecutor) -> None:
+    """Cancel queued scans, stop the running ones (SIGTERM: they clean up) and wait for the workers."""
+    processes = list(getattr(executor, "_processes", {}).values())  # no public API before Python 3.14
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for proc in processes:
+        try:
+            proc.join(timeout=30)
+        except (OSError, ValueError, AttributeError, AssertionError):
+            pass
+
+
 def _run_pool(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec, workers: int) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     results: list[dict | None] = [None] * len(jobs)
@@ -308,11 +344,13 @@ def _run_pool(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: 
                         result = {"name": jobs[i].name, "input": jobs[i].image_ref, "status": "error",
                                   "error": f"worker failed: {one_line(exc)}", "rows": [], "timings": {},
                                   "outputs": [], "model_version": None, "model_sha256": None, "providers": []}
+                    if result.get("init_error"):
+                        raise RuntimeError(result["error"])  # every worker would fail the same way
                     _report(result)
                     results[i] = result
                     bar.update(1)
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
+        _stop_pool(executor)
         raise
     executor.shutdown(wait=True)
     return [r for r in results if r is not None]

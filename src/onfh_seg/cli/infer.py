@@ -5,6 +5,7 @@ Thin entry point around :func:`onfh_seg.batch.run_batch`; no torch.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from omegaconf import DictConfig
@@ -16,11 +17,17 @@ def run(cfg: DictConfig) -> int:
     """Run inference on ``cfg.input``; print the summary line; 1 if no scan succeeded."""
     from onfh_seg.batch import run_batch
 
+    # `docker stop` / kill send SIGTERM: stop like Ctrl-C, so no partial outputs are left behind
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_batch(to_dict(cfg), command_line=["onfh-infer", *sys.argv[1:]])
     print(f"{summary.line()} -> {summary.out_dir}")
     if summary.failed:
         print(f"errors: {summary.out_dir / 'errors.csv'}", file=sys.stderr)
     return summary.exit_code
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
