@@ -9,7 +9,6 @@ engine is exercised by tests/test_entrypoint.py.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import os

@@ -59,6 +59,7 @@ def test_names() -> None:
     assert scan_stem(Path("a/scan.nii.gz")) == "scan"
     assert scan_stem(Path("scan.NII")) == "scan"
     assert scan_stem(Path("x.y.nii.gz")) == "x.y"
+    assert scan_stem(Path("my scan (2).nii.gz")) == "my scan (2)"  # kept as is: onfh-track derives the same name
     assert sanitise("T1 TSE cor / fs?") == "T1_TSE_cor_fs"
     assert dicom_series_name(3, "t1_tse cor") == "3_t1_tse_cor"
     assert dicom_series_name(None, "") == "S_series"
@@ -84,6 +85,7 @@ def test_expand_file_folder_manifest(tmp_path: Path) -> None:
         "P1,m00,0,s1/scan.nii.gz,lab/s1.nii.gz\n"
         "P1,m03,3,,\n"
         "P2,m00,0,s2/scan.nii.gz,\n"
+        "P2,m00,0,s2/./scan.nii.gz,\n"
         "P3,m00,0,missing.nii.gz,\n"
     )
     jobs = expand_input(manifest)

@@ -163,7 +163,7 @@ def run_job(job: ScanJob, out_dir: Path, segmenter: Any, cfg: Mapping[str, Any])
             meas = completed_measurements(job, out_dir, info["model_version"])
             if meas is not None:
                 return {"name": job.name, "input": job.image_ref, "status": "skipped", "error": None,
-                        "rows": rows_from_measurements(meas), "timings": {"total": round(time.perf_counter() - t0, 3)},
+                        "rows": rows_from_measurements({**meas, "name": job.name, "input": job.image_ref}), "timings": {"total": round(time.perf_counter() - t0, 3)},
                         "outputs": [], **info}
         return process_scan(job, out_dir, segmenter, cfg)
     except KeyboardInterrupt:

@@ -3,13 +3,15 @@
 ``input`` may be
 
 * one NIfTI file (``.nii`` / ``.nii.gz``) -> one job named after the file
-  (``scan.nii.gz`` -> ``scan``);
+  (``scan.nii.gz`` -> ``scan``: the file name without its extension, unchanged,
+  which is how onfh-track finds the outputs of a manifest's images);
 * a folder: its top-level NIfTI files (sorted by name), one job each; a folder
   without NIfTI files but with DICOM files (at any depth) is one DICOM study
   -> one job, named after the chosen T1 series (``<SeriesNumber>_<description>``);
 * a cohort manifest CSV (``.csv``): one job per row with a non-empty ``image``
   (a NIfTI file or a DICOM study folder, relative to the manifest's folder);
-  ``labels``, ``patient_id``, ``timepoint`` and ``months`` are kept with the job.
+  ``labels``, ``patient_id``, ``timepoint`` and ``months`` are kept with the job
+  (an image listed on several rows is one job, with the first row's values).
 
 Duplicate names (e.g. ``a/scan.nii.gz`` and ``b/scan.nii.gz`` in a manifest)
 get their parent folder name prepended, then a numeric suffix.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -91,7 +94,7 @@ def scan_stem(path: Path) -> str:
     name = path.name
     for suffix in NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or name
+            return name[: -len(suffix)] or "scan"
     return path.stem or name
 
 
@@ -186,11 +189,16 @@ def _manifest_jobs(manifest: Path, rules: dict | None) -> list[ScanJob]:
             raise InputError(f"manifest {manifest} has no 'image' column")
         rows = list(reader)
     jobs = []
+    seen: set[Path] = set()
     for row in rows:
         ref = (row.get("image") or "").strip()
         if not ref:
             continue  # a clinic visit without a scan
         path = Path(ref) if Path(ref).is_absolute() else manifest.parent / ref
+        key = Path(os.path.normpath(path.absolute()))
+        if key in seen:
+            continue  # the same image on several rows (e.g. one row per hip) is segmented once
+        seen.add(key)
         label_ref = (row.get("labels") or "").strip()
         labels = None
         if label_ref:
@@ -199,7 +207,7 @@ def _manifest_jobs(manifest: Path, rules: dict | None) -> list[ScanJob]:
         if path.is_dir():
             job = dicom_job(path, ref, rules)
         else:
-            job = ScanJob("nifti", path, sanitise(scan_stem(path)) or "scan", ref)
+            job = ScanJob("nifti", path, scan_stem(path), ref)
         job.labels, job.meta = labels, meta
         jobs.append(job)
     if not jobs:
@@ -217,7 +225,7 @@ def expand_input(input_path: str | Path, dicom_rules: dict | None = None) -> lis
     if path.is_dir():
         niftis = sorted(p for p in path.iterdir() if p.is_file() and is_nifti_name(p) and not p.name.startswith("."))
         if niftis:
-            jobs = [ScanJob("nifti", p, sanitise(scan_stem(p)) or "scan", str(p)) for p in niftis]
+            jobs = [ScanJob("nifti", p, scan_stem(p), str(p)) for p in niftis]
         elif folder_has_dicom(path):
             jobs = [dicom_job(path, str(path), dicom_rules)]
         else:
@@ -225,7 +233,7 @@ def expand_input(input_path: str | Path, dicom_rules: dict | None = None) -> lis
     elif path.suffix.lower() == ".csv":
         jobs = _manifest_jobs(path, dicom_rules)
     else:
-        jobs = [ScanJob("nifti", path, sanitise(scan_stem(path)) or "scan", str(path))]
+        jobs = [ScanJob("nifti", path, scan_stem(path), str(path))]
     return _dedupe(jobs)
 
 
