@@ -132,13 +132,13 @@ def test_jic_types_both_hips(phi, expected, affine, shape):
 
 
 def test_jic_for_single_hip_of_unknown_side():
-    # small field of view over the right hip only: side unknown, lateral inferred from the cup
+    # small field of view over the right hip only: the side comes from anatomy (the cup is medial)
     affine = np.array([[-1.0, 0, 0, 140.0], [0, 1.25, 0, -40.0], [0, 0, 2.5, -50.0], [0, 0, 0, 1]])
     shape = (101, 65, 41)
     labels = np.zeros(shape, np.uint8)
     add_hip(labels, world(shape, affine), (90.0, 5.0, 0.0), +1, lesion_phi=20.0)
     (hip,) = measure_scan(LUT[labels], labels, affine)
-    assert hip["side"] == "unknown" and hip["jic_type"] == "C1"
+    assert hip["side"] == "right" and hip["jic_type"] == "C1"
     json.dumps(hip)
 
 

@@ -128,3 +128,24 @@ def test_clean_labels():
     changed = out != before
     assert changed[keep].sum() == 1  # only the in-head speck changed near the hips
     assert (out == ACETABULUM).sum() == (before == ACETABULUM).sum() - 1
+
+
+def test_single_hip_side_from_acetabulum_under_any_affine():
+    """A one-hip field of view: side from the socket's medial position, whatever the array order."""
+    from onfh_seg.infer.postprocess import split_hips
+
+    for lateral, side in ((+1, "right"), (-1, "left")):
+        for affine in (np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-1.0, 1.0, 1.0, 1.0])):
+            shape = (90, 90, 90)
+            idx = np.indices(shape).reshape(3, -1).T
+            xyz = idx @ affine[:3, :3].T + affine[:3, 3]
+            centre = (affine[:3, :3] @ np.array([45.0, 45.0, 45.0])) + affine[:3, 3]
+            d = xyz - centre
+            r = np.linalg.norm(d, axis=1)
+            lab = np.zeros(len(r), np.uint8)
+            lab[r < 24] = 1
+            # cup: shell above and medial (medial = -lateral * x)
+            cup = (r > 28) & (r < 36) & (d[:, 2] > -5) & (-lateral * d[:, 0] > -8)
+            lab[cup] = 4
+            hips = split_hips(lab.reshape(shape), affine)
+            assert list(hips) == [side], (lateral, affine[0, 0])

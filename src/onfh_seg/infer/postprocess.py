@@ -189,6 +189,22 @@ def assign_sides(heads: list[Head], body_centre_x: float | None, min_offset_mm: 
     return {}
 
 
+def side_from_acetabulum(labels: np.ndarray, affine: np.ndarray, head: Head, min_offset_mm: float = 3.0) -> str | None:
+    """Side of a single head from its acetabulum: the socket lies medial to the head centre.
+
+    Medial is towards smaller x for the right hip and larger x for the left hip
+    (RAS+). Uses label-4 voxels within 2.5 head radii; None if absent or ambiguous.
+    """
+    ball = ball_mask(labels.shape, affine, head.centre_ras, 2.5 * head.radius_mm)
+    acet = mask_centroid_ras(ball & (labels == ACETABULUM), affine)
+    if acet is None:
+        return None
+    dx = acet[0] - head.centre_ras[0]
+    if abs(dx) < min_offset_mm:
+        return None
+    return "right" if dx < 0 else "left"
+
+
 def split_hips(
     labels: np.ndarray,
     affine: np.ndarray,
@@ -196,24 +212,31 @@ def split_hips(
     image: np.ndarray | None = None,
     min_ml: float = 5.0,
     radius_factor: float = 2.5,
-    min_fov_x_mm: float = 180.0,
+    min_fov_x_mm: float = 280.0,
 ) -> dict[str, np.ndarray]:
     """Per-hip region masks keyed "right" / "left" (or "unknown"), in that order.
 
     Femoral heads are connected components of labels 1-3 of at least ``min_ml``
     mL (see ``select_heads``: at most one per side). Sides come from world x
-    (``assign_sides``); with a single head the body centre is ``body_centre_x``
-    if given, else estimated from ``image`` (``estimate_body_centre_x``), else
-    unknown. Each hip region is the ball of radius ``radius_factor`` x head
+    (``assign_sides``). With a single head (a one-hip field of view) the side
+    comes from anatomy first (``side_from_acetabulum``: the socket lies medial to
+    its head), then from ``body_centre_x`` if given or estimated from a wide
+    enough ``image`` (``estimate_body_centre_x``), else unknown. Each hip region is the ball of radius ``radius_factor`` x head
     radius (equal-volume sphere) around the head centroid, so acetabulum voxels
     near that head belong to that hip; a voxel in two balls goes to the nearer
     centre.
     """
     _, heads = find_heads(labels, affine, min_ml)
     heads = select_heads(heads)
-    if len(heads) == 1 and body_centre_x is None and image is not None:
-        body_centre_x = estimate_body_centre_x(image, affine, min_fov_x_mm)
-    sides = assign_sides(heads, body_centre_x)
+    sides = None
+    if len(heads) == 1 and body_centre_x is None:
+        side = side_from_acetabulum(labels, affine, heads[0])
+        if side is not None:
+            sides = {side: heads[0]}
+        elif image is not None:
+            body_centre_x = estimate_body_centre_x(image, affine, min_fov_x_mm)
+    if sides is None:
+        sides = assign_sides(heads, body_centre_x)
     balls = {s: ball_mask(labels.shape, affine, h.centre_ras, radius_factor * h.radius_mm) for s, h in sides.items()}
     if len(balls) == 2:
         both = balls["right"] & balls["left"]

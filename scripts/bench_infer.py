@@ -1,0 +1,130 @@
+"""Benchmark inference: torch eager vs ONNX Runtime per scan, end to end, peak RSS.
+
+    .venv/bin/python scripts/bench_infer.py [--scan PATH] [--coarse-ckpt C --fine-ckpt F] [--repeats 3]
+
+Without --scan, the demo cohort's first pelvic scan is generated (onfh-synth +preset=demo).
+The torch numbers need the training checkpoints (default: the paths in models/model.json).
+Prints a table: network time per scan (coarse + fine passes) for torch eager and ONNX Runtime,
+the ratio, end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def network_inputs(scan: Path, meta: dict) -> list[np.ndarray]:
+    """The exact arrays the engine feeds the networks for this scan (coarse grid + one crop per head)."""
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample
+
+    img = nib.load(str(scan))
+    x = normalise(np.asarray(img.dataobj, np.float32))
+    seg = Segmenter(ROOT / "models", provider="cpu")
+    centres = seg.locate_heads(x, img.affine)
+    c = meta["coarse"]
+    g_aff, g_shape = covering_grid(x.shape, img.affine, c["spacing_mm"], multiple=c["divisor"])
+    arrays = [resample(x, img.affine, g_aff, g_shape, order=1)]
+    f = meta["fine"]
+    for centre in centres:
+        a, s = crop_grid(centre, f["crop_vox"], f["spacing_mm"])
+        arrays.append(resample(x, img.affine, a, s, order=1))
+    return arrays
+
+
+def time_ort(arrays: list[np.ndarray], repeats: int, threads: int) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = [ort.InferenceSession(str(ROOT / "models" / n), so, providers=["CPUExecutionProvider"]) for n in ("coarse.onnx", "fine.onnx")]
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i, a in enumerate(arrays):
+            sess[min(i, 1)].run(None, {"image": a[None, None]})
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def time_torch(arrays: list[np.ndarray], ckpts: list[str], repeats: int, threads: int) -> float:
+    import torch
+
+    from onfh_seg.export import load_module
+
+    torch.set_num_threads(threads)
+    mods = [load_module(c) for c in ckpts]
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for i, a in enumerate(arrays):
+                torch.softmax(mods[min(i, 1)](torch.from_numpy(a[None, None])), 1)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def end_to_end(scan: Path, repeats: int) -> tuple[float, float]:
+    """Wall time and peak RSS (MiB) of `onfh-infer` on one scan (separate process each run)."""
+    best = float("inf")
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).parent / "onfh-infer"), f"input={scan}", f"out_dir={d}", "resume=false"],
+                           check=True, capture_output=True, cwd=ROOT)
+            best = min(best, time.perf_counter() - t)
+    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return best, rss_kib / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scan", type=Path)
+    ap.add_argument("--coarse-ckpt")
+    ap.add_argument("--fine-ckpt")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    meta = json.loads((ROOT / "models" / "model.json").read_text())
+    scan = args.scan
+    tmp = None
+    if scan is None:
+        tmp = tempfile.TemporaryDirectory()
+        subprocess.run([str(Path(sys.executable).parent / "onfh-synth"), f"out_dir={tmp.name}", "+preset=demo"], check=True,
+                       capture_output=True, cwd=ROOT)
+        scan = Path(tmp.name) / "images" / "P01_m00.nii.gz"
+    img = nib.load(str(scan))
+    arrays = network_inputs(scan, meta)
+    ckpts = [args.coarse_ckpt or meta.get("checkpoints", {}).get("coarse"), args.fine_ckpt or meta.get("checkpoints", {}).get("fine")]
+    t_ort = time_ort(arrays, args.repeats, args.threads)
+    t_torch = time_torch(arrays, ckpts, args.repeats, args.threads) if all(c and Path(ROOT / c).exists() for c in ckpts) else float("nan")
+    e2e, rss = end_to_end(scan, args.repeats)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={args.threads}")
+    print(f"scan: {scan.name} shape {img.shape} zooms {tuple(round(float(z), 2) for z in img.header.get_zooms())}; "
+          f"network inputs {[a.shape for a in arrays]}")
+    print("| measure | time (s) | ratio |")
+    print("|---|---|---|")
+    print(f"| torch eager, networks per scan | {t_torch:.2f} | 1.00 |")
+    print(f"| ONNX Runtime, networks per scan | {t_ort:.2f} | {t_torch / t_ort:.2f}x faster |")
+    print(f"| onfh-infer end to end (load -> measurements written), 1 scan | {e2e:.2f} | |")
+    print(f"| peak RSS of onfh-infer | {rss:.0f} MiB | |")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
