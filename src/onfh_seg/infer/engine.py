@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onfh_seg.infer.postprocess import clean_labels, find_heads, select_heads
+from onfh_seg.infer.postprocess import clean_labels, estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample, resample_probs
 
 log = logging.getLogger("onfh_seg.engine")
+
+MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
 
 
 @dataclass
@@ -132,6 +134,21 @@ class Segmenter:
         _, heads = find_heads(lab, g_aff, min_ml=8.0)
         return [h.centre_ras for h in select_heads(heads)]
 
+    @staticmethod
+    def mirror_candidate(image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
+        """Where the other hip should be: ``centre`` mirrored about the body midline (wide fields of view only).
+
+        The coarse stage sometimes misses one head; the fine stage then checks this candidate.
+        """
+        bx = estimate_body_centre_x(image, affine, min_fov_x_mm=280.0)
+        if bx is None or abs(centre[0] - bx) < 50:
+            return []
+        cand = np.array([2 * bx - centre[0], centre[1], centre[2]])
+        v = np.linalg.inv(affine) @ np.append(cand, 1.0)
+        if np.any(v[:3] < 0) or np.any(v[:3] > np.array(image.shape) - 1):
+            return []
+        return [cand]
+
     def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         f = self.meta["fine"]
         n = int(f["crop_vox"])
@@ -145,11 +162,14 @@ class Segmenter:
         t = {"start": time.perf_counter()}
         x = normalise(image)
         centres = self.locate_heads(x, affine)
+        if len(centres) == 1 and not self.fast:
+            centres += self.mirror_candidate(image, affine, centres[0])
         t["coarse"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
         conf_sum, conf_n = 0.0, 0
         inv = np.linalg.inv(affine)
+        found: list[np.ndarray] = []
         for centre in centres:
             probs, f_aff, f_shape = self._fine(x, affine, centre)
             lab = probs.argmax(0)
@@ -160,6 +180,10 @@ class Segmenter:
                     if np.linalg.norm(c2 - centre) > 6.0:
                         probs, f_aff, f_shape = self._fine(x, affine, c2)
                         lab = probs.argmax(0)
+            head_ml = np.isin(lab, (1, 2, 3)).sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
+            if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
+                continue
+            found.append(centre)
             fg = lab > 0
             if fg.any():
                 conf_sum += float(probs.max(0)[fg].sum())
@@ -183,4 +207,4 @@ class Segmenter:
         labels = clean_labels(labels, affine)
         t["post"] = time.perf_counter()
         timings = {"coarse_s": t["coarse"] - t["start"], "fine_s": t["fine"] - t["coarse"], "post_s": t["post"] - t["fine"]}
-        return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, centres, {k: round(v, 3) for k, v in timings.items()})
+        return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, found, {k: round(v, 3) for k, v in timings.items()})
