@@ -1,0 +1,47 @@
+"""``onfh-track``: follow each patient's hips over time. Hydra config: configs/track.yaml."""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig
+
+from onfh_seg.cli.common import hydra_main, to_dict
+
+
+def run(cfg: DictConfig) -> int:
+    """Track the cohort of ``cfg.manifest`` from the onfh-infer outputs in ``cfg.infer_dir``."""
+    from tqdm import tqdm
+
+    from onfh_seg.io.manifest import read_manifest
+    from onfh_seg.track.longitudinal import track_cohort
+
+    c = to_dict(cfg)
+    if c.get("reference") not in ("acetabulum", "viable_head"):
+        raise ValueError(f"reference must be acetabulum or viable_head, not {c.get('reference')!r}")
+    if int(c.get("workers", 1)) < 1:
+        raise ValueError("workers must be >= 1")
+    t0 = time.time()
+    try:
+        n = len({r.get("patient_id") for r in read_manifest(c["manifest"])})
+    except FileNotFoundError:
+        raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
+    with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
+        res = track_cohort(c, progress=lambda pid, status: bar.update(1))
+    n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
+    print(
+        f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "
+        f"({len(res.tracked)} new, {len(res.resumed)} unchanged and skipped), {n_err} with errors "
+        f"(see {res.out_dir / 'errors.csv'}), {time.time() - t0:.1f} s. "
+        f"Reports: {res.out_dir / 'reports'}; tables: {res.out_dir / 'longitudinal.csv'}, "
+        f"{res.out_dir / 'cohort_summary.csv'}, {res.out_dir / 'correlations.csv'}"
+    )
+    return 0
+
+
+def main() -> None:
+    hydra_main("track", run)
+
+
+if __name__ == "__main__":
+    main()
