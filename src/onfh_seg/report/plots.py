@@ -162,18 +162,23 @@ def trajectory_png(record: dict) -> bytes:
     fig = Figure(figsize=(12.0, 6.4), dpi=DPI)
     FigureCanvasAgg(fig)
     fig.suptitle(f"{record['patient_id']}: trajectories (months from baseline)", fontsize=11)
-    for i, (label, key, scale) in enumerate(panels):
+    for i, (title, key, scale) in enumerate(panels):
         ax = fig.add_subplot(2, 3, i + 1)
+        top = 0.0
         for h in hips:
             colour = HIP_COLOURS.get(h["hip"], "tab:green")
             xs, ys = _series(record, h, key, scale)
             if xs:
-                ax.plot(xs, ys, marker="o", color=colour, label=f"{h['hip']} hip")
+                name = f"{h['hip']}: baseline zone" if key == "sir_baseline_zone" else f"{h['hip']} hip"
+                ax.plot(xs, ys, marker="o", color=colour, label=name)
+                top = max(top, max(ys))
             if key == "sir_baseline_zone":
                 xs2, ys2 = _series(record, h, "sir_lesion")
                 if xs2:
                     ax.plot(xs2, ys2, marker=".", linestyle=":", color=colour, label=f"{h['hip']}: current lesion")
-        ax.set_title(label, fontsize=9)
+        if key == "regenerated_fraction":
+            ax.set_ylim(-2.0, max(10.0, 1.1 * top))
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("months", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
