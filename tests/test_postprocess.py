@@ -149,3 +149,19 @@ def test_single_hip_side_from_acetabulum_under_any_affine():
             lab[cup] = 4
             hips = split_hips(lab.reshape(shape), affine)
             assert list(hips) == [side], (lateral, affine[0, 0])
+
+
+def test_engine_keeps_one_head_component_per_crop():
+    """A second bright blob (e.g. the greater trochanter) labelled head is removed in crop space."""
+    from onfh_seg.infer.engine import keep_main_components
+
+    probs = np.zeros((5, 40, 40, 40), np.float32)
+    probs[0] = 1.0
+    for sl, c in (((slice(5, 20),) * 3, 1), ((slice(30, 34),) * 3, 1), ((slice(8, 12),) * 3, 2), ((slice(22, 38), slice(2, 6), slice(2, 6)), 4)):
+        probs[(0,) + sl] = 0.0
+        probs[(c,) + sl] = 1.0
+    out, lab = keep_main_components(probs)
+    assert lab[10, 10, 10] == 2 and lab[15, 15, 15] == 1  # main head with its lesion kept
+    assert lab[32, 32, 32] == 0 and out[0, 32, 32, 32] == 1.0  # stray head blob dropped
+    assert lab[30, 4, 4] == 4  # acetabulum kept
+    assert np.allclose(out.sum(0), 1.0)

@@ -92,6 +92,35 @@ def sliding_window(run, x: np.ndarray, roi: tuple[int, int, int], overlap: float
     return out[:, : shape[0], : shape[1], : shape[2]]
 
 
+def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net-style clean-up in crop space: one femoral head per crop, main acetabulum pieces.
+
+    The largest connected component of labels 1-3 is the head (others, e.g. a
+    bright greater trochanter, become background); label-4 components smaller
+    than 10% of the largest are dropped. Returns (probs, labels) with removed
+    voxels set to background.
+    """
+    from scipy import ndimage
+
+    lab = probs.argmax(0).astype(np.uint8)
+    drop = np.zeros(lab.shape, bool)
+    cc, n = ndimage.label(np.isin(lab, (1, 2, 3)))
+    if n > 1:
+        sizes = np.bincount(cc.ravel())[1:]
+        drop |= (cc > 0) & (cc != int(np.argmax(sizes)) + 1)
+    cc, n = ndimage.label(lab == 4)
+    if n > 1:
+        sizes = np.bincount(cc.ravel())
+        small = np.flatnonzero(sizes < 0.1 * sizes[1:].max())
+        drop |= np.isin(cc, small[small > 0])
+    if drop.any():
+        probs = probs.copy()
+        probs[:, drop] = 0.0
+        probs[0, drop] = 1.0
+        lab[drop] = 0
+    return probs, lab
+
+
 class Segmenter:
     """The shipped cascade: ``coarse.onnx`` finds femoral heads, ``fine.onnx`` segments around each."""
 
@@ -155,6 +184,7 @@ class Segmenter:
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = resample(x, affine, f_aff, f_shape, order=1)
         probs = sliding_window(lambda a: self._run(self.fine, a), xf, (n, n, n), 0.5, f["divisor"])
+        probs, _ = keep_main_components(probs)
         return probs, f_aff, f_shape
 
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
