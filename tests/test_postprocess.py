@@ -158,7 +158,7 @@ def test_engine_keeps_one_head_component_per_crop():
     probs = np.zeros((5, 40, 40, 40), np.float32)
     probs[0] = 1.0
     for sl, c in (((slice(5, 20),) * 3, 1), ((slice(30, 34),) * 3, 1), ((slice(8, 12),) * 3, 2), ((slice(22, 38), slice(2, 6), slice(2, 6)), 4)):
-        probs[(0,) + sl] = 0.0
+        probs[(slice(None),) + sl] = 0.0
         probs[(c,) + sl] = 1.0
     out, lab = keep_main_components(probs)
     assert lab[10, 10, 10] == 2 and lab[15, 15, 15] == 1  # main head with its lesion kept
