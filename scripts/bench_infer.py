@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_infer.py [--scan PATH] [--coarse-ckpt C --fine-ckpt F] [--repeats 3]
 
 Without --scan, the demo cohort's first pelvic scan is generated (onfh-synth +preset=demo).
-The torch numbers need the training checkpoints (default: the paths in models/model.json).
+The torch numbers use the weights-only checkpoints shipped beside the ONNX files (models/*.ckpt).
 Prints a table: network time per scan (coarse + fine passes) for torch eager and ONNX Runtime,
 the ratio, end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
 """
@@ -109,7 +109,7 @@ def main() -> None:
         scan = Path(tmp.name) / "images" / "P01_m00.nii.gz"
     img = nib.load(str(scan))
     arrays = network_inputs(scan, meta)
-    ckpts = [args.coarse_ckpt or meta.get("checkpoints", {}).get("coarse"), args.fine_ckpt or meta.get("checkpoints", {}).get("fine")]
+    ckpts = [args.coarse_ckpt or str(ROOT / "models" / "coarse.ckpt"), args.fine_ckpt or str(ROOT / "models" / "fine.ckpt")]
     t_ort = time_ort(arrays, args.repeats, args.threads)
     t_torch = time_torch(arrays, ckpts, args.repeats, args.threads) if all(c and Path(ROOT / c).exists() for c in ckpts) else float("nan")
     e2e, rss = end_to_end(scan, args.repeats)

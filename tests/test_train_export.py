@@ -65,8 +65,10 @@ def test_onnx_matches_torch(smoke_runs, tmp_path):
 
     from onfh_seg.export import export_model, load_module
 
-    meta = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path, fine_crop_vox=48)
+    meta = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path, fine_crop_vox=48,
+                        ship_checkpoints=True)
     assert (tmp_path / "model.json").is_file() and meta["fine"]["sha256"] and meta["model_version"]
+    assert load_module(tmp_path / "fine.ckpt").hparams.stage == "fine"  # weights-only copy loads
     for stage in ("coarse", "fine"):
         module = load_module(smoke_runs[stage]["last"])
         rng = np.random.default_rng(0)

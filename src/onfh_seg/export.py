@@ -73,8 +73,19 @@ def stage_meta(module, onnx_path: Path, crop_vox: int | None) -> dict:
     }
 
 
+def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Weights-only copy of a Lightning checkpoint (no optimizer state), loadable with ``load_module``."""
+    ck = torch.load(str(src), map_location="cpu", weights_only=False)
+    keep = {k: ck[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in ck}
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(keep, str(tmp))
+    tmp.replace(dst)
+    return dst
+
+
 def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | Path, fine_crop_vox: int = 96,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, ship_checkpoints: bool = False) -> dict:
     """Export both cascade stages and write ``model.json``; returns the metadata."""
     out_dir = Path(out_dir)
     coarse, fine = load_module(coarse_ckpt), load_module(fine_ckpt)
@@ -93,6 +104,10 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         **(extra or {}),
     }
     meta["model_version"] = f"{__version__}+synth.{meta['fine']['sha256'][:8]}"
+    if ship_checkpoints:
+        strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
+        strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")
+        meta["checkpoints_shipped"] = {"coarse": "coarse.ckpt", "fine": "fine.ckpt"}
     from onfh_seg.io.nifti import atomic_write_text
 
     atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))
