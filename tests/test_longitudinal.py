@@ -252,3 +252,29 @@ def test_phantom_transform_files(phantom):
     tp = hip["timepoints"][1]
     assert tp["transform"] == f"transforms/P002_{hip['hip']}_{tp['timepoint']}.json"
     assert tp["registration_shift_mm"] < 5.0
+
+
+def test_tiny_baseline_lesion_counts_as_none(tmp_path):
+    """A baseline lesion below min_lesion_ml (e.g. specks on a healthy hip) gives no regenerated fraction or zone SIR."""
+    from onfh_seg.track.longitudinal import TrackParams
+
+    root = tmp_path
+    aff = toy_affine()
+    lut = np.array([INTENS[k] for k in range(5)], np.float32)
+    rows = []
+    for m, regen in ((0, False), (6, True)):
+        name = f"T002_m{m:02d}"
+        lab = toy_labels(np.zeros(3), regen)
+        save_nifti(lut[lab], aff, root / "images" / f"{name}.nii.gz", np.int16)
+        save_nifti(lab, aff, root / "labels" / f"{name}.nii.gz", np.uint8)
+        rows.append({"patient_id": "T002", "timepoint": f"m{m:02d}", "months": m, "image": f"images/{name}.nii.gz",
+                     "labels": f"labels/{name}.nii.gz"})
+    write_manifest(root / "manifest.csv", rows)
+    patients, _ = collect_patients(root / "manifest.csv", write_truth_infer_outputs(root / "manifest.csv", root / "infer"))
+    big = TrackParams(min_lesion_ml=1000.0)  # the toy lesion (a few mL) now counts as "no lesion"
+    rec = track_patient(patients["T002"], root / "out", params=big, fixed_transforms={"m06": np.eye(4)})
+    b, f = rec["hips"][0]["timepoints"]
+    assert b["regenerated_fraction"] is None and f["regenerated_fraction"] is None
+    assert f["sir_baseline_zone"] is None
+    rec = track_patient(patients["T002"], root / "out2", fixed_transforms={"m06": np.eye(4)})
+    assert rec["hips"][0]["timepoints"][1]["regenerated_fraction"] > 0

@@ -69,7 +69,7 @@ from onfh_seg.track.register import (
     write_tfm,
 )
 
-TRACK_VERSION = "onfh-track/1"
+TRACK_VERSION = "onfh-track/2"
 TIDY_COLUMNS = ("patient_id", "hip", "months", "metric", "value")
 # numeric per-hip metrics, in table order
 HIP_METRICS = (
@@ -111,6 +111,7 @@ class TrackParams:
     hip_match_max_mm: float = 60.0
     write_tfm: bool = False
     min_correlation_n: int = 3
+    min_lesion_ml: float = 0.5  # smaller baseline lesions count as none (no regenerated fraction, no zone SIR)
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "TrackParams":
@@ -548,6 +549,10 @@ def track_patient(
         n_b_les = int(b_les_grid.sum())
         vox_ml = params.grid_mm**3 / 1000.0
         les_native = np.isin(b_lab, LESION_LABELS)
+        if n_b_les * vox_ml < params.min_lesion_ml:  # no measurable baseline lesion (healthy hip, specks)
+            b_les_grid[:] = False
+            les_native[:] = False
+            n_b_les = 0
         les_centroid = None
         if les_native.any():
             les_centroid = voxel_to_ras(b_aff, np.argwhere(les_native).mean(axis=0))
