@@ -52,6 +52,9 @@ def smoke_runs(tmp_path_factory):
 def test_smoke_training_loss_falls_and_checkpoints(smoke_runs):
     for stage, res in smoke_runs.items():
         assert Path(res["last"]).is_file() and Path(res["best"]).is_file(), stage
+        import torch
+
+        assert torch.load(res["last"], map_location="cpu", weights_only=False)["global_step"] == 24  # final weights
         rows = list(csv.DictReader(open(next((res["run_dir"] / "logs").rglob("metrics.csv")))))
         losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
         assert len(losses) >= 20

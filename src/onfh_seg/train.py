@@ -59,6 +59,7 @@ def train(cfg: dict) -> dict:
                          callbacks=[ckpt], enable_model_summary=False)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))  # the final weights, whatever the monitor did
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {"best": ckpt.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt"),
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
