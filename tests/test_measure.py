@@ -245,3 +245,20 @@ def test_measurements_row(flipped):
     assert row["qc_flags"] == "low_confidence;not_mr_like"
     empty = measurements_row("s", "s.nii.gz", None, ["no_femoral_head_found"], "v1")
     assert list(empty) == CSV_COLUMNS and empty["side"] is None and empty["lesion_centroid_ras_mm_x"] is None
+
+
+def test_speck_lesion_is_measured_but_not_classed():
+    """A lesion under MIN_LESION_ML keeps its volume but gets ARCO/JIC "none"."""
+    from onfh_seg.measure import MIN_LESION_ML, measure_hip
+
+    shape = (40, 40, 40)
+    lab = np.zeros(shape, np.uint8)
+    idx = np.indices(shape).transpose(1, 2, 3, 0) - 20
+    lab[np.linalg.norm(idx, axis=-1) < 12] = 1
+    lab[20:23, 20:23, 28:30] = 2  # 18 voxels of 1 mm^3 = 0.018 mL
+    img = np.where(lab > 0, 900.0, 100.0).astype(np.float32)
+    hip = measure_hip(img, lab, np.eye(4), np.ones(shape, bool), "right")
+    assert 0 < hip["lesion_volume_ml"] < MIN_LESION_ML
+    assert hip["arco_extent"] == "none" and hip["jic_type"] == "none"
+    hip = measure_hip(img, lab, np.eye(4), np.ones(shape, bool), "right", min_lesion_ml=0.0)
+    assert hip["arco_extent"] == "A"

@@ -48,6 +48,9 @@ SIDE_ORDER = ("right", "left", "unknown")
 # ---------------------------------------------------------------- small pieces
 
 
+MIN_LESION_ML = 0.5  # smallest lesion that gets an ARCO / JIC class
+
+
 def arco_extent(percent_head_involved: float, has_lesion: bool) -> str:
     """ARCO/Steinberg extent class: "none" without lesion, A < 15 %, B 15-30 %, C > 30 %."""
     if not has_lesion:
@@ -216,8 +219,12 @@ def measure_hip(
     hip_mask: np.ndarray,
     side: str,
     reference: str = "acetabulum",
+    min_lesion_ml: float = MIN_LESION_ML,
 ) -> dict:
     """Measurements of one hip (the ``hips`` entry of CONTRACTS.md).
+
+    A lesion smaller than ``min_lesion_ml`` is reported with its volumes but
+    classed as no lesion (ARCO and JIC "none"): specks are not a diagnosis.
 
     Only voxels inside ``hip_mask`` count. Volumes are voxel counts x
     |det(affine[:3, :3])| / 1000 mL; head = 1+2+3, lesion = 2+3. SIR is the
@@ -237,11 +244,14 @@ def measure_hip(
 
     head_centre = mask_centroid_ras(np.isin(hip_labels, HEAD_LABELS), affine)
     lesion_centroid = mask_centroid_ras(np.isin(hip_labels, LESION_LABELS), affine)
-    if head_centre is not None:
+    has_lesion = n_lesion * vml >= min_lesion_ml
+    if not has_lesion:
+        jic = "none"
+    elif head_centre is not None:
         radius = (3.0 * head_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
         jic = jic_type(hip_labels, affine, side, head_centre, radius)
     else:
-        jic = "none" if n_lesion == 0 else "unknown"
+        jic = "unknown"
 
     sir = sir_of_mask(image, hip_labels == NECROTIC, reference_mask(hip_labels, reference))
     return {
@@ -251,7 +261,7 @@ def measure_hip(
         "necrotic_core_volume_ml": round(n_nec * vml, 4),
         "band_volume_ml": round(n_band * vml, 4),
         "percent_head_involved": round(percent, 3),
-        "arco_extent": arco_extent(percent, n_lesion > 0),
+        "arco_extent": arco_extent(percent, has_lesion),
         "jic_type": jic,
         "sir_necrotic": _round(sir, 4),
         "sir_reference": reference,
