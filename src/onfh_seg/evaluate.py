@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from onfh_seg import labels as L
+from onfh_seg.infer.postprocess import voxel_volume_ml
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.measure import arco_extent, measure_scan
 
@@ -85,7 +86,7 @@ def evaluate_scan(args: tuple[str, dict, str]) -> dict:
     res = _SEG.segment(image, img_nii.affine)
     pred = res.labels
     spacing = np.linalg.norm(img_nii.affine[:3, :3], axis=0)
-    vml = float(abs(np.linalg.det(img_nii.affine[:3, :3])) / 1000)
+    vml = voxel_volume_ml(img_nii.affine)
     scan = {"scan": Path(row["image"]).name, "orientation": truth["acquisition"]["orientation"],
             "slice_mm": truth["acquisition"]["slice_thickness_mm"], "snr": truth["acquisition"]["snr"],
             "mean_confidence": res.mean_confidence, **{f"t_{k}": v for k, v in res.timings.items()}}

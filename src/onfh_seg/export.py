@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,17 +9,9 @@ import numpy as np
 import torch
 
 from onfh_seg import __version__
+from onfh_seg.io.nifti import sha256_file
 from onfh_seg.labels import LABELS
 from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_module(ckpt: str | Path):

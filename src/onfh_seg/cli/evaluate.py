@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -13,17 +11,9 @@ from omegaconf import DictConfig
 from onfh_seg.cli.common import hydra_main, to_dict
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
 def run(cfg: DictConfig) -> int:
     from onfh_seg.evaluate import evaluate, format_summary
+    from onfh_seg.io.manifest import write_manifest
     from onfh_seg.io.nifti import atomic_write_text
     from onfh_seg.synth.cohort import generate_cohort, synth_config
 
@@ -39,8 +29,8 @@ def run(cfg: DictConfig) -> int:
     summary, scans, hips = evaluate(manifest, c["model_dir"], int(c["workers"]), bool(c["tta"]), c["reference"])
     summary["command"] = " ".join(["onfh-eval"] + sys.argv[1:])
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-    atomic_write_text(out / "scans.csv", _csv(scans))
-    atomic_write_text(out / "hips.csv", _csv(hips))
+    write_manifest(out / "scans.csv", scans, list(scans[0]))
+    write_manifest(out / "hips.csv", hips, list(dict.fromkeys(k for h in hips for k in h)))
     print(format_summary({k: v for k, v in summary.items() if k != "command"}))
     print(f"wrote {out / 'summary.json'}, scans.csv, hips.csv")
     return 0

@@ -57,7 +57,7 @@ from scipy import ndimage
 
 from onfh_seg.infer.postprocess import ball_mask, split_hips, voxel_spacing, voxel_to_ras
 from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti
+from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
 from onfh_seg.labels import HEAD, HEAD_LABELS, LESION_LABELS
 from onfh_seg.measure import reference_mask, sir_of_mask
 from onfh_seg.track.register import (
@@ -144,14 +144,6 @@ def _num(v) -> float | None:
 
 def _r(v, nd: int = 4) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else round(float(v), nd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def timepoint_label(row: Mapping) -> str:
