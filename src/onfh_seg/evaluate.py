@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from onfh_seg import labels as L
-from onfh_seg.infer.postprocess import voxel_volume_ml
+from onfh_seg.infer.postprocess import ball_mask, voxel_volume_ml
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.measure import arco_extent, measure_scan
 
@@ -110,19 +110,7 @@ def evaluate_scan(args: tuple[str, dict, str]) -> dict:
                "pred_arco": mp["arco_extent"] if mp else "none",
                "true_sir": mt["sir_necrotic"], "pred_sir": mp["sir_necrotic"] if mp else None}
         if th["stage"] == "0":
-            ball = np.zeros(pred.shape, bool)
-            c = np.array(th["head_centre_ras_mm"])
-            idx = np.argwhere(np.ones(pred.shape, bool)) if pred.size < 2e6 else None
-            if idx is not None:
-                w = idx @ img_nii.affine[:3, :3].T + img_nii.affine[:3, 3]
-                ball = (np.linalg.norm(w - c, axis=1) < 2.5 * th["head_radius_mm"]).reshape(pred.shape)
-            else:
-                inv = np.linalg.inv(img_nii.affine)
-                v = inv[:3, :3] @ c + inv[:3, 3]
-                r = 2.5 * th["head_radius_mm"] / spacing
-                lo = np.maximum(np.floor(v - r).astype(int), 0)
-                hi = np.minimum(np.ceil(v + r).astype(int) + 1, pred.shape)
-                ball[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+            ball = ball_mask(pred.shape, img_nii.affine, np.array(th["head_centre_ras_mm"]), 2.5 * th["head_radius_mm"])
             hip["false_lesion_ml"] = false_lesion_components_ml(pred, ball, vml)
         hips.append(hip)
     return {"scan": scan, "hips": hips}
