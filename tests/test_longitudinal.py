@@ -183,18 +183,7 @@ def test_correlations_over_hips_with_lesion():
 
 @pytest.fixture(scope="module")
 def phantom(request, tmp_path_factory):
-    try:
-        manifest = request.getfixturevalue("small_cohort")
-    except pytest.FixtureLookupError:
-        from omegaconf import OmegaConf
-
-        from onfh_seg.synth.cohort import generate_cohort
-
-        base = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "synth.yaml")
-        base.pop("defaults"), base.pop("hydra")
-        cfg = OmegaConf.to_container(OmegaConf.merge(
-            base, {"n_patients": 2, "seed": 5, "months": [0, 6, 12], "acquisition": {"max_matrix": 200}}))
-        manifest = generate_cohort(cfg, tmp_path_factory.mktemp("cohort"))
+    manifest = request.getfixturevalue("small_cohort")  # tests/conftest.py
     infer = write_truth_infer_outputs(manifest, tmp_path_factory.mktemp("infer"))
     patients, _ = collect_patients(manifest, infer)
     out = tmp_path_factory.mktemp("track")

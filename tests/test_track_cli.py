@@ -48,18 +48,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
 @pytest.fixture(scope="module")
 def cohort(request, tmp_path_factory):
     """P001 with its 12-month segmentation missing, P002 at 0 and 6 months, P003 whose image is missing."""
-    try:
-        src = request.getfixturevalue("small_cohort")
-    except pytest.FixtureLookupError:
-        from omegaconf import OmegaConf
-
-        from onfh_seg.synth.cohort import generate_cohort
-
-        base = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "synth.yaml")
-        base.pop("defaults"), base.pop("hydra")
-        cfg = OmegaConf.to_container(OmegaConf.merge(
-            base, {"n_patients": 2, "seed": 5, "months": [0, 6, 12], "acquisition": {"max_matrix": 200}}))
-        src = generate_cohort(cfg, tmp_path_factory.mktemp("cohort"))
+    src = request.getfixturevalue("small_cohort")  # tests/conftest.py
     root = tmp_path_factory.mktemp("cli")
     rows = []
     for r in read_manifest(src):
