@@ -59,7 +59,7 @@ from onfh_seg.infer.postprocess import ball_mask, split_hips, voxel_spacing, vox
 from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
 from onfh_seg.labels import HEAD, HEAD_LABELS, LESION_LABELS
-from onfh_seg.measure import reference_mask, sir_of_mask
+from onfh_seg.measure import MIN_LESION_ML, reference_mask, sir_of_mask
 from onfh_seg.track.register import (
     RegistrationParams,
     apply,
@@ -111,7 +111,7 @@ class TrackParams:
     hip_match_max_mm: float = 60.0
     write_tfm: bool = False
     min_correlation_n: int = 3
-    min_lesion_ml: float = 0.5  # smaller baseline lesions count as none (no regenerated fraction, no zone SIR)
+    min_lesion_ml: float = MIN_LESION_ML  # smaller baseline lesions count as none (as in measure: no ARCO class)
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "TrackParams":
