@@ -1,0 +1,34 @@
+"""Network factory: legacy (MONAI default) and nnU-Net-style up-sampling variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onfh_seg.model.network import UNetK2, build_unet
+
+
+def test_default_is_monai_unet_with_prelu_and_kernel3_up():
+    net = build_unet([4, 8, 16], [2, 2])
+    assert type(net).__name__ == "UNet" and not isinstance(net, UNetK2)
+    ups = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert ups and all(m.kernel_size == (3, 3, 3) for m in ups)
+    assert any(isinstance(m, torch.nn.PReLU) for m in net.modules())
+
+
+def test_kernel2_upsampling_keeps_shape_and_uses_leaky_relu():
+    net = build_unet([4, 8, 16], [2, 2], act="leakyrelu", up_kernel_size=2).eval()
+    ups = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert ups and all(m.kernel_size == (2, 2, 2) and m.stride == (2, 2, 2) for m in ups)
+    assert not any(isinstance(m, torch.nn.PReLU) for m in net.modules())
+    acts = [m for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert acts and all(m.negative_slope == 0.01 for m in acts)
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 16, 24, 8)).shape == (1, 5, 16, 24, 8)
+
+
+@pytest.mark.parametrize("kw", [{"act": "gelu"}, {"up_kernel_size": 4}, {"up_kernel_size": 2, "strides": [2, 1]}])
+def test_bad_network_options_raise(kw):
+    args = {"channels": [4, 8, 16], "strides": [2, 2]} | kw
+    with pytest.raises(ValueError):
+        build_unet(**args)
