@@ -5,7 +5,7 @@
 Without --scan, the demo cohort's first pelvic scan is generated (onfh-synth +preset=demo).
 The torch numbers use the weights-only checkpoints shipped beside the ONNX files (models/*.ckpt).
 Prints a table: network time per scan (coarse + fine passes) for torch eager and ONNX Runtime,
-the ratio, end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
+the ratio (also per network input; best of --repeats after a warm-up pass), end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -46,36 +46,37 @@ def network_inputs(scan: Path, meta: dict) -> list[np.ndarray]:
     return arrays
 
 
-def time_ort(arrays: list[np.ndarray], repeats: int, threads: int) -> float:
+def best_times(run, arrays: list[np.ndarray], repeats: int) -> list[float]:
+    """Best-of-``repeats`` seconds per array (after one warm-up pass); ``run(i, array)`` runs one network."""
+    for i, a in enumerate(arrays):
+        run(i, a)
+    best = [float("inf")] * len(arrays)
+    for _ in range(repeats):
+        for i, a in enumerate(arrays):
+            t = time.perf_counter()
+            run(i, a)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
+def time_ort(arrays: list[np.ndarray], repeats: int, threads: int) -> list[float]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = [ort.InferenceSession(str(ROOT / "models" / n), so, providers=["CPUExecutionProvider"]) for n in ("coarse.onnx", "fine.onnx")]
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for i, a in enumerate(arrays):
-            sess[min(i, 1)].run(None, {"image": a[None, None]})
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_times(lambda i, a: sess[min(i, 1)].run(None, {"image": a[None, None]}), arrays, repeats)
 
 
-def time_torch(arrays: list[np.ndarray], ckpts: list[str], repeats: int, threads: int) -> float:
+def time_torch(arrays: list[np.ndarray], ckpts: list[str], repeats: int, threads: int) -> list[float]:
     import torch
 
     from onfh_seg.export import load_module
 
     torch.set_num_threads(threads)
     mods = [load_module(c) for c in ckpts]
-    best = float("inf")
     with torch.inference_mode():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for i, a in enumerate(arrays):
-                torch.softmax(mods[min(i, 1)](torch.from_numpy(a[None, None])), 1)
-            best = min(best, time.perf_counter() - t)
-    return best
+        return best_times(lambda i, a: torch.softmax(mods[min(i, 1)](torch.from_numpy(a[None, None])), 1), arrays, repeats)
 
 
 def end_to_end(scan: Path, repeats: int) -> tuple[float, float]:
@@ -110,8 +111,10 @@ def main() -> None:
     img = nib.load(str(scan))
     arrays = network_inputs(scan, meta)
     ckpts = [args.coarse_ckpt or str(ROOT / "models" / "coarse.ckpt"), args.fine_ckpt or str(ROOT / "models" / "fine.ckpt")]
-    t_ort = time_ort(arrays, args.repeats, args.threads)
-    t_torch = time_torch(arrays, ckpts, args.repeats, args.threads) if all(c and Path(ROOT / c).exists() for c in ckpts) else float("nan")
+    per_ort = time_ort(arrays, args.repeats, args.threads)
+    have_ckpts = all(c and Path(ROOT / c).exists() for c in ckpts)
+    per_torch = time_torch(arrays, ckpts, args.repeats, args.threads) if have_ckpts else [float("nan")] * len(arrays)
+    t_ort, t_torch = sum(per_ort), sum(per_torch)
     e2e, rss = end_to_end(scan, args.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={args.threads}")
     print(f"scan: {scan.name} shape {img.shape} zooms {tuple(round(float(z), 2) for z in img.header.get_zooms())}; "
@@ -120,6 +123,9 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| torch eager, networks per scan | {t_torch:.2f} | 1.00 |")
     print(f"| ONNX Runtime, networks per scan | {t_ort:.2f} | {t_torch / t_ort:.2f}x faster |")
+    for i, a in enumerate(arrays):
+        name = "coarse" if i == 0 else f"fine crop {i}"
+        print(f"| {name} {a.shape}: torch / ONNX Runtime | {per_torch[i]:.3f} / {per_ort[i]:.3f} | {per_torch[i] / per_ort[i]:.2f}x |")
     print(f"| onfh-infer end to end (load -> measurements written), 1 scan | {e2e:.2f} | |")
     print(f"| peak RSS of onfh-infer | {rss:.0f} MiB | |")
     if tmp:
