@@ -32,3 +32,18 @@ def test_bad_network_options_raise(kw):
     args = {"channels": [4, 8, 16], "strides": [2, 2]} | kw
     with pytest.raises(ValueError):
         build_unet(**args)
+
+
+def test_loss_weights_mix_dice_and_cross_entropy():
+    from onfh_seg.model.module import SegModule
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8, 8)
+    y = torch.randint(0, 5, (2, 1, 8, 8, 8))
+    net = {"channels": [4, 8], "strides": [2]}
+    ce = SegModule(net, dice_weight=0.0, ce_weight=1.0).loss(logits, y)
+    assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits, y[:, 0]))
+    both = SegModule(net).loss(logits, y)
+    dice = SegModule(net, dice_weight=1.0, ce_weight=0.0).loss(logits, y)
+    assert torch.allclose(both, dice + ce)
+    assert torch.allclose(SegModule(net, dice_weight=0.25, ce_weight=1.0).loss(logits, y), 0.25 * dice + ce)

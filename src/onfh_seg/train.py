@@ -49,7 +49,8 @@ def train(cfg: dict) -> dict:
     mcfg = cfg["model"]
     module = SegModule(net=mcfg["net"], lr=mcfg["lr"], weight_decay=mcfg["weight_decay"],
                        max_steps=cfg["trainer"]["max_steps"], stage=data["stage"], spacing_mm=data["spacing_mm"],
-                       patch_vox=list(data["patch_vox"]))
+                       patch_vox=list(data["patch_vox"]), dice_weight=float(mcfg.get("dice_weight", 1.0)),
+                       ce_weight=float(mcfg.get("ce_weight", 1.0)))
     if cfg.get("init_from"):
         state = torch.load(cfg["init_from"], map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)

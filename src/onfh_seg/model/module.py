@@ -24,11 +24,15 @@ class SegModule(pl.LightningModule):
     """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4)."""
 
     def __init__(self, net: dict, lr: float = 2e-3, weight_decay: float = 1e-5, max_steps: int = 1000,
-                 stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None):
+                 stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None,
+                 dice_weight: float = 1.0, ce_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_unet(**net, out_channels=NUM_CLASSES)
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        # Dice alone over-segments thin uncertain structures (the band, hence the lesion border);
+        # a larger cross-entropy share keeps probabilities calibrated (volumes unbiased)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                               lambda_dice=dice_weight, lambda_ce=ce_weight)
         self.val_scores: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
