@@ -71,6 +71,10 @@ def test_onnx_matches_torch(smoke_runs, tmp_path):
     meta = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path, fine_crop_vox=48,
                         ship_checkpoints=True)
     assert (tmp_path / "model.json").is_file() and meta["fine"]["sha256"] and meta["model_version"]
+    import hashlib
+
+    both = hashlib.sha256((meta["coarse"]["sha256"] + meta["fine"]["sha256"]).encode()).hexdigest()
+    assert meta["model_version"].endswith(f"+synth.{both[:8]}")  # either network changing changes the version
     assert load_module(tmp_path / "fine.ckpt").hparams.stage == "fine"  # weights-only copy loads
     for stage in ("coarse", "fine"):
         module = load_module(smoke_runs[stage]["last"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         "training_data": "synthetic (onfh-synth); research only, not for clinical use",
         **(extra or {}),
     }
-    meta["model_version"] = f"{__version__}+synth.{meta['fine']['sha256'][:8]}"
+    both = hashlib.sha256((meta["coarse"]["sha256"] + meta["fine"]["sha256"]).encode()).hexdigest()
+    meta["model_version"] = f"{__version__}+synth.{both[:8]}"  # changes when either network changes
     if ship_checkpoints:
         strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")
