@@ -5,7 +5,7 @@
 Without --scan, the demo cohort's first pelvic scan is generated (onfh-synth +preset=demo).
 The torch numbers use the weights-only checkpoints shipped beside the ONNX files (models/*.ckpt).
 Prints a table: network time per scan (coarse + fine passes) for torch eager and ONNX Runtime,
-the ratio (also per network input; best of --repeats after a warm-up pass), end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
+the ratio (each backend in a fresh process; also per network input; best of --repeats after a warm-up pass), end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -92,14 +92,37 @@ def end_to_end(scan: Path, repeats: int) -> tuple[float, float]:
     return best, rss_kib / 1024
 
 
+def time_in_subprocess(backend: str, arrays_npz: Path, ckpts: list[str], repeats: int, threads: int) -> list[float]:
+    """Time one backend in a fresh process, so neither library's idle (spinning) thread pool competes."""
+    cmd = [sys.executable, __file__, "--worker", backend, "--arrays", str(arrays_npz), "--repeats", str(repeats),
+           "--threads", str(threads), "--coarse-ckpt", ckpts[0], "--fine-ckpt", ckpts[1]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def worker(args: argparse.Namespace) -> None:
+    """``--worker ort|torch``: print the per-array best times (JSON) for the arrays in ``--arrays``."""
+    z = np.load(args.arrays)
+    arrays = [z[f"a{i}"] for i in range(len(z.files))]
+    if args.worker == "ort":
+        print(json.dumps(time_ort(arrays, args.repeats, args.threads)))
+    else:
+        print(json.dumps(time_torch(arrays, [args.coarse_ckpt, args.fine_ckpt], args.repeats, args.threads)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=["ort", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--arrays", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--scan", type=Path)
     ap.add_argument("--coarse-ckpt")
     ap.add_argument("--fine-ckpt")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
     meta = json.loads((ROOT / "models" / "model.json").read_text())
     scan = args.scan
     tmp = None
@@ -111,9 +134,12 @@ def main() -> None:
     img = nib.load(str(scan))
     arrays = network_inputs(scan, meta)
     ckpts = [args.coarse_ckpt or str(ROOT / "models" / "coarse.ckpt"), args.fine_ckpt or str(ROOT / "models" / "fine.ckpt")]
-    per_ort = time_ort(arrays, args.repeats, args.threads)
-    have_ckpts = all(c and Path(ROOT / c).exists() for c in ckpts)
-    per_torch = time_torch(arrays, ckpts, args.repeats, args.threads) if have_ckpts else [float("nan")] * len(arrays)
+    with tempfile.TemporaryDirectory() as d:
+        npz = Path(d) / "arrays.npz"
+        np.savez(npz, **{f"a{i}": a for i, a in enumerate(arrays)})
+        per_ort = time_in_subprocess("ort", npz, ckpts, args.repeats, args.threads)
+        have_ckpts = all(c and Path(ROOT / c).exists() for c in ckpts)
+        per_torch = time_in_subprocess("torch", npz, ckpts, args.repeats, args.threads) if have_ckpts else [float("nan")] * len(arrays)
     t_ort, t_torch = sum(per_ort), sum(per_torch)
     e2e, rss = end_to_end(scan, args.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={args.threads}")

@@ -165,3 +165,20 @@ def test_engine_keeps_one_head_component_per_crop():
     assert lab[32, 32, 32] == 0 and out[0, 32, 32, 32] == 1.0  # stray head blob dropped
     assert lab[30, 4, 4] == 4  # acetabulum kept
     assert np.allclose(out.sum(0), 1.0)
+
+
+def test_lesion_decision_threshold_inside_head_only():
+    from onfh_seg.infer.engine import lesion_decision
+
+    #            bg    head  nec   band  acet
+    p = np.array([
+        [0.00, 0.30, 0.40, 0.30, 0.00],  # argmax necrotic, lesion 0.70 -> necrotic
+        [0.00, 0.35, 0.40, 0.25, 0.00],  # argmax necrotic, lesion 0.65 -> viable head
+        [0.00, 0.28, 0.30, 0.42, 0.00],  # lesion 0.72, band likelier -> band
+        [0.00, 0.40, 0.35, 0.25, 0.00],  # argmax head, lesion 0.60 -> head
+        [0.60, 0.10, 0.20, 0.10, 0.00],  # background stays
+        [0.00, 0.05, 0.30, 0.05, 0.60],  # acetabulum stays
+    ], np.float32).T.reshape(5, 6, 1, 1)
+    assert lesion_decision(p, None).ravel().tolist() == [2, 2, 3, 1, 0, 4]  # plain argmax
+    assert lesion_decision(p, 0.7).ravel().tolist() == [2, 1, 3, 1, 0, 4]
+    assert lesion_decision(p, 0.5).ravel().tolist() == [2, 2, 3, 2, 0, 4]  # head vs lesion first, as region-based training

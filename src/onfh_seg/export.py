@@ -99,8 +99,11 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         "training_data": "synthetic (onfh-synth); research only, not for clinical use",
         **(extra or {}),
     }
-    both = hashlib.sha256((meta["coarse"]["sha256"] + meta["fine"]["sha256"]).encode()).hexdigest()
-    meta["model_version"] = f"{__version__}+synth.{both[:8]}"  # changes when either network changes
+    key = meta["coarse"]["sha256"] + meta["fine"]["sha256"]
+    if meta.get("lesion_threshold") is not None:
+        key += f"|lesion_threshold={meta['lesion_threshold']}"
+    both = hashlib.sha256(key.encode()).hexdigest()
+    meta["model_version"] = f"{__version__}+synth.{both[:8]}"  # changes when either network or the decision rule changes
     if ship_checkpoints:
         strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")

@@ -92,6 +92,22 @@ def sliding_window(run, x: np.ndarray, roi: tuple[int, int, int], overlap: float
     return out[:, : shape[0], : shape[1], : shape[2]]
 
 
+def lesion_decision(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Labels from class probabilities (C, ...): argmax, then inside the head (labels 1-3) a voxel is
+    lesion (2 or 3, whichever is likelier) iff p(2) + p(3) >= ``threshold``, else viable head (1).
+
+    ``None`` keeps the plain argmax. The threshold is calibrated per model on the validation cohort
+    (``model.json`` ``lesion_threshold``) so that lesion volumes are not biased.
+    """
+    lab = probs.argmax(0).astype(np.uint8)
+    if threshold is None:
+        return lab
+    head = (lab >= 1) & (lab <= 3)
+    les = probs[2] + probs[3]
+    lab[head] = np.where(les[head] >= threshold, np.where(probs[3][head] > probs[2][head], 3, 2), 1).astype(np.uint8)
+    return lab
+
+
 def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net-style clean-up in crop space: one femoral head per crop, main acetabulum pieces.
 
@@ -146,10 +162,12 @@ class Segmenter:
         self.fine = ort.InferenceSession(str(model_dir / self.meta["fine"]["file"]), so, providers=providers)
         self.providers = self.fine.get_providers()
         self.tta, self.fast = bool(tta) and not fast, bool(fast)
+        lt = self.meta.get("lesion_threshold")
+        self.lesion_threshold: float | None = None if lt is None else float(lt)
 
-    def _run(self, sess, x: np.ndarray) -> np.ndarray:
+    def _run(self, sess, x: np.ndarray, mirror: bool = False) -> np.ndarray:
         p = sess.run(None, {"image": x})[0]
-        if self.tta:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
+        if mirror:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
             p = 0.5 * (p + sess.run(None, {"image": np.ascontiguousarray(x[:, :, ::-1])})[0][:, :, ::-1])
         return p
 
@@ -158,6 +176,7 @@ class Segmenter:
         c = self.meta["coarse"]
         g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
         xc = resample(x, affine, g_aff, g_shape, order=1)
+        # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
         lab = probs.argmax(0).astype(np.uint8)
         _, heads = find_heads(lab, g_aff, min_ml=8.0)
@@ -183,7 +202,7 @@ class Segmenter:
         n = int(f["crop_vox"])
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = resample(x, affine, f_aff, f_shape, order=1)
-        probs = sliding_window(lambda a: self._run(self.fine, a), xf, (n, n, n), 0.5, f["divisor"])
+        probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, (n, n, n), 0.5, f["divisor"])
         probs, _ = keep_main_components(probs)
         return probs, f_aff, f_shape
 
@@ -231,7 +250,7 @@ class Segmenter:
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             fgp = 1.0 - p_in[0]
             take = fgp > best[sl]
-            labels[sl][take] = p_in.argmax(0).astype(np.uint8)[take]
+            labels[sl][take] = lesion_decision(p_in, self.lesion_threshold)[take]
             best[sl][take] = fgp[take]
         t["fine"] = time.perf_counter()
         labels = clean_labels(labels, affine)
