@@ -62,7 +62,10 @@ def train(cfg: dict) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))  # the final weights, whatever the monitor did
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    result = {"best": ckpt.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt"),
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir / "checkpoints" / "last.ckpt"
+    if best.is_absolute() and best.is_relative_to(Path.cwd()):
+        best = best.relative_to(Path.cwd())  # no machine-specific paths in the run record
+    result = {"best": str(best), "last": str(run_dir / "checkpoints" / "last.ckpt"),
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
