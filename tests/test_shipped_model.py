@@ -48,3 +48,41 @@ def test_shipped_model_segments_demo_scan(demo_scan):
     assert dice(res.labels == L.NECROTIC, truth == L.NECROTIC) > FLOOR_NECROTIC
     hips = {h["side"]: h for h in measure_scan(np.asarray(img.dataobj, np.float32), res.labels, img.affine)}
     assert hips["right"]["lesion_volume_ml"] > 5.0  # the diseased hip is the patient's right
+
+
+def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(demo_scan, tmp_path):
+    """tta=True runs each fine crop twice and the coarse grid once; model.json's lesion_threshold is used."""
+    import json
+    import shutil
+
+    from onfh_seg.infer.engine import Segmenter
+
+    img = nib.load(str(demo_scan[0]))
+    data = np.asarray(img.dataobj, np.float32)
+    seg = Segmenter(MODELS, provider="cpu", tta=True)
+    assert seg.lesion_threshold == json.loads((MODELS / "model.json").read_text()).get("lesion_threshold")
+    calls = {"coarse": 0, "fine": 0}
+    for name in calls:
+        sess = getattr(seg, name)
+
+        class Counting:
+            def __init__(self, s, n):
+                self.s, self.n = s, n
+
+            def run(self, *a, **k):
+                calls[self.n] += 1
+                return self.s.run(*a, **k)
+
+        setattr(seg, name, Counting(sess, name))
+    res = seg.segment(data, img.affine)
+    assert calls["coarse"] == 1 and calls["fine"] >= 2 * len(res.head_centres_ras) and calls["fine"] % 2 == 0
+
+    strict = tmp_path / "models"
+    shutil.copytree(MODELS, strict, ignore=shutil.ignore_patterns("*.ckpt", "training"))
+    meta = json.loads((strict / "model.json").read_text())
+    meta["lesion_threshold"] = 0.99
+    (strict / "model.json").write_text(json.dumps(meta))
+    res99 = Segmenter(strict, provider="cpu", tta=True).segment(data, img.affine)
+    lesion = np.isin(res.labels, L.LESION_LABELS).sum()
+    assert 0 < np.isin(res99.labels, L.LESION_LABELS).sum() < lesion  # a stricter rule calls less lesion
+    assert (np.isin(res99.labels, L.HEAD_LABELS) == np.isin(res.labels, L.HEAD_LABELS)).all()  # head unchanged

@@ -75,6 +75,10 @@ def test_onnx_matches_torch(smoke_runs, tmp_path):
 
     both = hashlib.sha256((meta["coarse"]["sha256"] + meta["fine"]["sha256"]).encode()).hexdigest()
     assert meta["model_version"].endswith(f"+synth.{both[:8]}")  # either network changing changes the version
+    with pytest.raises(ValueError):
+        export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path / "bad", 48, lesion_threshold=1.5)
+    thr = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path / "thr", 48, lesion_threshold=0.7)
+    assert thr["lesion_threshold"] == 0.7 and thr["model_version"] != meta["model_version"]  # the rule is part of the version
     assert load_module(tmp_path / "fine.ckpt").hparams.stage == "fine"  # weights-only copy loads
     for stage in ("coarse", "fine"):
         module = load_module(smoke_runs[stage]["last"])

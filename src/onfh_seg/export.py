@@ -81,8 +81,15 @@ def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 
 def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | Path, fine_crop_vox: int = 96,
-                 extra: dict | None = None, ship_checkpoints: bool = False) -> dict:
-    """Export both cascade stages and write ``model.json``; returns the metadata."""
+                 extra: dict | None = None, ship_checkpoints: bool = False,
+                 lesion_threshold: float | None = None) -> dict:
+    """Export both cascade stages and write ``model.json``; returns the metadata.
+
+    ``lesion_threshold``: the engine's lesion decision rule (``infer.engine.lesion_decision``), stored
+    in ``model.json``; None keeps the plain argmax.
+    """
+    if lesion_threshold is not None and not 0.0 < float(lesion_threshold) < 1.0:
+        raise ValueError(f"lesion_threshold must be in (0, 1), got {lesion_threshold}")
     out_dir = Path(out_dir)
     coarse, fine = load_module(coarse_ckpt), load_module(fine_ckpt)
     c_path = export_onnx(coarse, out_dir / "coarse.onnx", (64, 64, 64))
@@ -99,6 +106,8 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         "training_data": "synthetic (onfh-synth); research only, not for clinical use",
         **(extra or {}),
     }
+    if lesion_threshold is not None:
+        meta["lesion_threshold"] = float(lesion_threshold)
     key = meta["coarse"]["sha256"] + meta["fine"]["sha256"]
     if meta.get("lesion_threshold") is not None:
         key += f"|lesion_threshold={meta['lesion_threshold']}"

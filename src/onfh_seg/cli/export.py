@@ -17,13 +17,8 @@ def run(cfg: DictConfig) -> int:
         if not Path(c[k]).is_file():
             raise FileNotFoundError(f"{k} not found: {c[k]}")
     extra = {"checkpoints": {"coarse": c["coarse_ckpt"], "fine": c["fine_ckpt"]}, "training": c.get("training") or {}}
-    if c.get("lesion_threshold") is not None:
-        t = float(c["lesion_threshold"])
-        if not 0.0 < t < 1.0:
-            raise ValueError(f"lesion_threshold must be in (0, 1), got {t}")
-        extra["lesion_threshold"] = t
     meta = export_model(c["coarse_ckpt"], c["fine_ckpt"], c["out_dir"], int(c["fine_crop_vox"]), extra,
-                        ship_checkpoints=bool(c["ship_checkpoints"]))
+                        ship_checkpoints=bool(c["ship_checkpoints"]), lesion_threshold=c.get("lesion_threshold"))
     print(f"wrote {c['out_dir']}/coarse.onnx, fine.onnx, model.json (model_version {meta['model_version']})")
     return 0
 
