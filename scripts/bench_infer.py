@@ -5,7 +5,8 @@
 Without --scan, the demo cohort's first pelvic scan is generated (onfh-synth +preset=demo).
 The torch numbers use the weights-only checkpoints shipped beside the ONNX files (models/*.ckpt).
 Prints a table: network time per scan (coarse + fine passes) for torch eager and ONNX Runtime,
-the ratio (each backend in a fresh process; also per network input; best of --repeats after a warm-up pass), end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
+the ratio (each backend in a fresh process; also per network and head; best of --repeats after a warm-up pass;
+network inputs exactly as the engine feeds them, mirroring off), end-to-end onfh-infer wall time (load -> measurements written) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def network_inputs(scan: Path, meta: dict) -> list[np.ndarray]:
-    """The exact arrays the engine feeds the networks for this scan (coarse grid + one crop per head)."""
-    from onfh_seg.infer.engine import Segmenter
+def network_inputs(scan: Path, meta: dict) -> tuple[list[np.ndarray], list[str]]:
+    """The exact arrays the engine feeds the networks for this scan (without mirroring): the coarse
+    grid, then the fine sliding windows of each head crop; returns (arrays, group name per array)."""
+    from onfh_seg.infer.engine import Segmenter, sliding_window
     from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample
 
     img = nib.load(str(scan))
@@ -38,12 +40,20 @@ def network_inputs(scan: Path, meta: dict) -> list[np.ndarray]:
     centres = seg.locate_heads(x, img.affine)
     c = meta["coarse"]
     g_aff, g_shape = covering_grid(x.shape, img.affine, c["spacing_mm"], multiple=c["divisor"])
-    arrays = [resample(x, img.affine, g_aff, g_shape, order=1)]
+    arrays, groups = [resample(x, img.affine, g_aff, g_shape, order=1)], ["coarse"]
     f = meta["fine"]
-    for centre in centres:
+    for i, centre in enumerate(centres):
         a, s = crop_grid(centre, f["crop_vox"], f["spacing_mm"])
-        arrays.append(resample(x, img.affine, a, s, order=1))
-    return arrays
+        windows: list[np.ndarray] = []
+
+        def record(w: np.ndarray) -> np.ndarray:
+            windows.append(w[0, 0].copy())
+            return np.zeros((1, len(meta["labels"])) + w.shape[2:], np.float32)
+
+        sliding_window(record, resample(x, img.affine, a, s, order=1), seg.window_vox, seg.overlap, f["divisor"])
+        arrays += windows
+        groups += [f"fine head {i + 1} ({len(windows)} x {windows[0].shape})"] * len(windows)
+    return arrays, groups
 
 
 def best_times(run, arrays: list[np.ndarray], repeats: int) -> list[float]:
@@ -132,7 +142,7 @@ def main() -> None:
                        capture_output=True, cwd=ROOT)
         scan = Path(tmp.name) / "images" / "P01_m00.nii.gz"
     img = nib.load(str(scan))
-    arrays = network_inputs(scan, meta)
+    arrays, groups = network_inputs(scan, meta)
     ckpts = [args.coarse_ckpt or str(ROOT / "models" / "coarse.ckpt"), args.fine_ckpt or str(ROOT / "models" / "fine.ckpt")]
     with tempfile.TemporaryDirectory() as d:
         npz = Path(d) / "arrays.npz"
@@ -144,14 +154,15 @@ def main() -> None:
     e2e, rss = end_to_end(scan, args.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={args.threads}")
     print(f"scan: {scan.name} shape {img.shape} zooms {tuple(round(float(z), 2) for z in img.header.get_zooms())}; "
-          f"network inputs {[a.shape for a in arrays]}")
+          f"network inputs (no mirroring): {', '.join(dict.fromkeys(groups))}; coarse {arrays[0].shape}")
     print("| measure | time (s) | ratio |")
     print("|---|---|---|")
     print(f"| torch eager, networks per scan | {t_torch:.2f} | 1.00 |")
     print(f"| ONNX Runtime, networks per scan | {t_ort:.2f} | {t_torch / t_ort:.2f}x faster |")
-    for i, a in enumerate(arrays):
-        name = "coarse" if i == 0 else f"fine crop {i}"
-        print(f"| {name} {a.shape}: torch / ONNX Runtime | {per_torch[i]:.3f} / {per_ort[i]:.3f} | {per_torch[i] / per_ort[i]:.2f}x |")
+    for g in dict.fromkeys(groups):
+        tt = sum(t for t, gg in zip(per_torch, groups) if gg == g)
+        to = sum(t for t, gg in zip(per_ort, groups) if gg == g)
+        print(f"| {g}: torch / ONNX Runtime | {tt:.3f} / {to:.3f} | {tt / to:.2f}x |")
     print(f"| onfh-infer end to end (load -> measurements written), 1 scan | {e2e:.2f} | |")
     print(f"| peak RSS of onfh-infer | {rss:.0f} MiB | |")
     if tmp:

@@ -47,3 +47,18 @@ def test_loss_weights_mix_dice_and_cross_entropy():
     dice = SegModule(net, dice_weight=1.0, ce_weight=0.0).loss(logits, y)
     assert torch.allclose(both, dice + ce)
     assert torch.allclose(SegModule(net, dice_weight=0.25, ce_weight=1.0).loss(logits, y), 0.25 * dice + ce)
+
+
+def test_fine_validation_runs_training_patch_windows_coarse_one_pass():
+    """Validation predicts like the engine: fine volumes in patch-size windows, coarse in one pass."""
+    from onfh_seg.model.module import SegModule
+
+    net = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+    seen: list[tuple[int, ...]] = []
+    for stage, expect in (("fine", {(16, 16, 16)}), ("coarse", {(32, 32, 32)})):
+        m = SegModule(net, stage=stage, patch_vox=[16, 16, 16]).eval()
+        seen.clear()
+        m.net.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[2:])))
+        with torch.no_grad():
+            out = m.predict_volume(torch.zeros(1, 1, 32, 32, 32))
+        assert out.shape == (1, 5, 32, 32, 32) and set(seen) == expect, (stage, seen)

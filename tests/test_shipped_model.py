@@ -51,7 +51,7 @@ def test_shipped_model_segments_demo_scan(demo_scan):
 
 
 def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(demo_scan, tmp_path):
-    """tta=True runs each fine crop twice and the coarse grid once; model.json's lesion_threshold is used."""
+    """tta=True runs each fine window twice and the coarse grid once; model.json's lesion_threshold is used."""
     import json
     import shutil
 
@@ -75,7 +75,10 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
 
         setattr(seg, name, Counting(sess, name))
     res = seg.segment(data, img.affine)
-    assert calls["coarse"] == 1 and calls["fine"] >= 2 * len(res.head_centres_ras) and calls["fine"] % 2 == 0
+    # fine stage: training-patch windows (64^3, overlap 0.5 -> 8 per 96^3 crop), each run twice (mirroring)
+    n_win = 8 * len(res.head_centres_ras)
+    assert seg.window_vox == tuple(json.loads((MODELS / "model.json").read_text())["fine"]["train_patch_vox"])
+    assert calls["coarse"] == 1 and calls["fine"] >= 2 * n_win and calls["fine"] % (2 * 8) == 0
 
     strict = tmp_path / "models"
     shutil.copytree(MODELS, strict, ignore=shutil.ignore_patterns("*.ckpt", "training"))
@@ -86,3 +89,29 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
     lesion = np.isin(res.labels, L.LESION_LABELS).sum()
     assert 0 < np.isin(res99.labels, L.LESION_LABELS).sum() < lesion  # a stricter rule calls less lesion
     assert (np.isin(res99.labels, L.HEAD_LABELS) == np.isin(res.labels, L.HEAD_LABELS)).all()  # head unchanged
+
+
+def test_fine_window_patch_keeps_head_volume_unbiased(demo_scan):
+    """Regression: one 96^3 pass (instance-norm statistics unlike the 64^3 training patches) inflated
+    the femoral head by 10-50%; training-patch windows keep it close to the label volume."""
+    from onfh_seg.infer.engine import Segmenter
+
+    img = nib.load(str(demo_scan[0]))
+    truth = np.asarray(nib.load(str(demo_scan[1])).dataobj)
+    data = np.asarray(img.dataobj, np.float32)
+    vols = {}
+    for window in ("patch", "crop"):
+        lab = Segmenter(MODELS, provider="cpu", window=window, lesion_threshold=None).segment(data, img.affine).labels
+        vols[window] = np.isin(lab, L.HEAD_LABELS).sum() / np.isin(truth, L.HEAD_LABELS).sum() - 1.0
+    assert abs(vols["patch"]) < 0.06, vols
+    assert vols["crop"] > vols["patch"] + 0.03, vols
+
+
+def test_fine_window_choice():
+    from onfh_seg.infer.engine import fine_window
+
+    meta = {"crop_vox": 96, "train_patch_vox": [64, 64, 64]}
+    assert fine_window(meta, "patch") == (64, 64, 64) and fine_window(meta, "crop") == (96, 96, 96)
+    assert fine_window({"crop_vox": 96}, "patch") == (96, 96, 96)  # older model.json: no patch recorded
+    with pytest.raises(ValueError):
+        fine_window(meta, "whole")

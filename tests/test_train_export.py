@@ -71,10 +71,12 @@ def test_onnx_matches_torch(smoke_runs, tmp_path):
     meta = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path, fine_crop_vox=48,
                         ship_checkpoints=True)
     assert (tmp_path / "model.json").is_file() and meta["fine"]["sha256"] and meta["model_version"]
-    import hashlib
+    from onfh_seg.export import model_version
 
-    both = hashlib.sha256((meta["coarse"]["sha256"] + meta["fine"]["sha256"]).encode()).hexdigest()
-    assert meta["model_version"].endswith(f"+synth.{both[:8]}")  # either network changing changes the version
+    assert meta["model_version"] == model_version(meta) and (meta["fine_window"], meta["overlap"]) == ("patch", 0.5)
+    for key, value in (("fine", {**meta["fine"], "sha256": "0" * 64}), ("coarse", {**meta["coarse"], "sha256": "0" * 64}),
+                       ("fine_window", "crop"), ("overlap", 0.25)):
+        assert model_version({**meta, key: value}) != meta["model_version"], key  # networks and rule are in the version
     with pytest.raises(ValueError):
         export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path / "bad", 48, lesion_threshold=1.5)
     thr = export_model(smoke_runs["coarse"]["last"], smoke_runs["fine"]["last"], tmp_path / "thr", 48, lesion_threshold=0.7)

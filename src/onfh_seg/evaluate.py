@@ -69,11 +69,11 @@ def _match(hips: list[dict], truth_hips: list[dict]) -> dict[str, dict]:
 _SEG = None
 
 
-def _init(model_dir: str, threads: int, tta: bool) -> None:
+def _init(model_dir: str, threads: int, tta: bool, engine_kw: dict) -> None:
     global _SEG
     from onfh_seg.infer.engine import Segmenter
 
-    _SEG = Segmenter(model_dir, provider="cpu", threads=threads, tta=tta)
+    _SEG = Segmenter(model_dir, provider="cpu", threads=threads, tta=tta, **engine_kw)
 
 
 def evaluate_scan(args: tuple[str, dict, str]) -> dict:
@@ -143,8 +143,11 @@ def summarise(scans: list[dict], hips: list[dict]) -> dict:
 
 
 def evaluate(manifest: str | Path, model_dir: str | Path, workers: int = 2, tta: bool = False,
-             reference: str = "acetabulum", progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
-    """Run the model on every labelled scan of ``manifest``; returns (summary, scans, hips)."""
+             reference: str = "acetabulum", progress: bool = True,
+             engine_kw: dict | None = None) -> tuple[dict, list[dict], list[dict]]:
+    """Run the model on every labelled scan of ``manifest``; returns (summary, scans, hips).
+
+    ``engine_kw`` goes to ``Segmenter`` (e.g. ``window``, ``overlap``, ``lesion_threshold``)."""
     from tqdm import tqdm
 
     rows = [r for r in read_manifest(manifest) if r.get("image") and r.get("labels") and r.get("truth")]
@@ -152,7 +155,7 @@ def evaluate(manifest: str | Path, model_dir: str | Path, workers: int = 2, tta:
         raise ValueError(f"no labelled scans with truth in {manifest}")
     threads = max(1, 2 // max(1, workers))
     jobs = [(str(manifest), r, reference) for r in rows]
-    with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(model_dir), threads, tta)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init, initargs=(str(model_dir), threads, tta, dict(engine_kw or {}))) as pool:
         results = list(tqdm(pool.map(evaluate_scan, jobs), total=len(jobs), desc="evaluate", disable=not progress))
     scans = [r["scan"] for r in results]
     hips = [h for r in results for h in r["hips"]]

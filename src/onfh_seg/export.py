@@ -80,6 +80,17 @@ def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
+def model_version(meta: dict) -> str:
+    """``<software>+synth.<hash>``: changes when either network or the inference rule (lesion threshold,
+    fine-stage window, overlap) changes."""
+    key = meta["coarse"]["sha256"] + meta["fine"]["sha256"]
+    if meta.get("lesion_threshold") is not None:
+        key += f"|lesion_threshold={meta['lesion_threshold']}"
+    if "fine_window" in meta:
+        key += f"|fine_window={meta['fine_window']}|overlap={meta.get('overlap', 0.5)}"
+    return f"{meta.get('software_version', __version__)}+synth.{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
 def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | Path, fine_crop_vox: int = 96,
                  extra: dict | None = None, ship_checkpoints: bool = False,
                  lesion_threshold: float | None = None) -> dict:
@@ -108,11 +119,8 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
     }
     if lesion_threshold is not None:
         meta["lesion_threshold"] = float(lesion_threshold)
-    key = meta["coarse"]["sha256"] + meta["fine"]["sha256"]
-    if meta.get("lesion_threshold") is not None:
-        key += f"|lesion_threshold={meta['lesion_threshold']}"
-    both = hashlib.sha256(key.encode()).hexdigest()
-    meta["model_version"] = f"{__version__}+synth.{both[:8]}"  # changes when either network or the decision rule changes
+    meta["fine_window"], meta["overlap"] = "patch", 0.5  # the engine's sliding window (training patch size)
+    meta["model_version"] = model_version(meta)
     if ship_checkpoints:
         strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")

@@ -137,11 +137,24 @@ def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, lab
 
 
+def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
+    """Sliding-window size of the fine stage: ``patch`` = the training patch (as nnU-Net: instance
+    normalisation then sees the statistics it was trained with), ``crop`` = the whole crop in one pass."""
+    if window == "patch" and fine_meta.get("train_patch_vox"):
+        return tuple(int(v) for v in fine_meta["train_patch_vox"])
+    if window in ("patch", "crop"):
+        return (int(fine_meta["crop_vox"]),) * 3
+    raise ValueError(f"window must be 'patch' or 'crop', got {window!r}")
+
+
 class Segmenter:
     """The shipped cascade: ``coarse.onnx`` finds femoral heads, ``fine.onnx`` segments around each."""
 
     def __init__(self, model_dir: str | Path = "models", provider: str = "auto", threads: int = 0, tta: bool = False,
-                 fast: bool = False):
+                 fast: bool = False, window: str | None = None, overlap: float | None = None,
+                 lesion_threshold: float | str | None = "model"):
+        """``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
+        ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
@@ -162,8 +175,13 @@ class Segmenter:
         self.fine = ort.InferenceSession(str(model_dir / self.meta["fine"]["file"]), so, providers=providers)
         self.providers = self.fine.get_providers()
         self.tta, self.fast = bool(tta) and not fast, bool(fast)
-        lt = self.meta.get("lesion_threshold")
+        lt = self.meta.get("lesion_threshold") if lesion_threshold == "model" else lesion_threshold
         self.lesion_threshold: float | None = None if lt is None else float(lt)
+        self.window_vox = fine_window(self.meta["fine"], window or self.meta.get("fine_window", "patch"))
+        overlap = self.meta.get("overlap", 0.5) if overlap is None else overlap
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.overlap = float(overlap)
 
     def _run(self, sess, x: np.ndarray, mirror: bool = False) -> np.ndarray:
         p = sess.run(None, {"image": x})[0]
@@ -202,7 +220,7 @@ class Segmenter:
         n = int(f["crop_vox"])
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = resample(x, affine, f_aff, f_shape, order=1)
-        probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, (n, n, n), 0.5, f["divisor"])
+        probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, self.window_vox, self.overlap, f["divisor"])
         probs, _ = keep_main_components(probs)
         return probs, f_aff, f_shape
 

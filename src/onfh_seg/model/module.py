@@ -44,9 +44,20 @@ class SegModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
+    def predict_volume(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a whole validation volume, the way the inference engine runs the stage: the fine
+        stage in Gaussian-blended training-patch windows (overlap 0.5, instance-norm statistics as in
+        training), the coarse stage in one pass."""
+        patch = self.hparams.patch_vox
+        if self.hparams.stage != "fine" or not patch or all(s <= p for s, p in zip(x.shape[2:], patch)):
+            return self(x)
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(x, tuple(patch), sw_batch_size=2, predictor=self, overlap=0.5, mode="gaussian")
+
     def validation_step(self, batch, _):
         x, y = batch
-        pred = self(x).argmax(1, keepdim=True)
+        pred = self.predict_volume(x).argmax(1, keepdim=True)
         self.val_scores.append(dice_per_label(pred, y))
 
     def on_validation_epoch_end(self) -> None:
