@@ -182,3 +182,20 @@ def test_lesion_decision_threshold_inside_head_only():
     assert lesion_decision(p, None).ravel().tolist() == [2, 2, 3, 1, 0, 4]  # plain argmax
     assert lesion_decision(p, 0.7).ravel().tolist() == [2, 1, 3, 1, 0, 4]
     assert lesion_decision(p, 0.5).ravel().tolist() == [2, 2, 3, 2, 0, 4]  # head vs lesion first, as region-based training
+
+
+def test_clean_labels_empty_and_far_apart_pieces():
+    """Empty maps pass through; pieces at opposite corners (a large bounding box) are cleaned as before."""
+    from onfh_seg.infer.postprocess import clean_labels
+
+    aff = np.eye(4)
+    empty = np.zeros((20, 20, 20), np.uint8)
+    assert not clean_labels(empty, aff).any()
+    lab = np.zeros((40, 40, 40), np.uint8)
+    lab[2:14, 2:14, 2:14] = 1          # a head (1.7 mL at 1 mm)
+    lab[5:8, 5:8, 5:8] = 2             # lesion inside it
+    lab[38, 38, 38] = 4                # acetabulum speck far away: dropped
+    lab[36, 1, 37] = 2                 # necrotic blob without a head: dropped
+    out = clean_labels(lab, aff, min_speck_ml=0.01)
+    assert out[38, 38, 38] == 0 and out[36, 1, 37] == 0
+    assert (out[2:14, 2:14, 2:14] == lab[2:14, 2:14, 2:14]).all()

@@ -273,8 +273,14 @@ def clean_labels(labels: np.ndarray, affine: np.ndarray, min_speck_ml: float = 0
     2. Inside the surviving heads, lesion (2+3) components smaller than
        ``min_speck_ml`` become viable head (1), so no holes are punched.
     3. Acetabulum (4) components smaller than ``min_speck_ml`` become background.
+
+    Works on the bounding box of the labelled voxels (components never reach outside it).
     """
-    out = np.asarray(labels).astype(np.uint8, copy=True)
+    result = np.asarray(labels).astype(np.uint8, copy=True)
+    box = ndimage.find_objects((result > 0).astype(np.uint8))
+    if not box:
+        return result
+    out = result[box[0]]  # a view: edits land in ``result``
     min_vox = min_speck_ml / voxel_volume_ml(affine)
 
     head = np.isin(out, HEAD_LABELS)
@@ -288,4 +294,4 @@ def clean_labels(labels: np.ndarray, affine: np.ndarray, min_speck_ml: float = 0
 
     out[_small_components(np.isin(out, LESION_LABELS), min_vox)] = HEAD
     out[_small_components(out == ACETABULUM, min_vox)] = BACKGROUND
-    return out
+    return result
