@@ -78,7 +78,10 @@ def find_heads(labels: np.ndarray, affine: np.ndarray, min_ml: float = 5.0) -> t
     ids = [i for i in range(1, n + 1) if counts[i] * vml >= min_ml]
     if not ids:
         return cc, []
-    centres_ijk = ndimage.center_of_mass(np.ones(labels.shape, np.float32), cc, ids)
+    vox = np.nonzero(cc)  # centroids by bincount over the labelled voxels only (fast on large scans)
+    comp = cc[vox]
+    sums = np.stack([np.bincount(comp, weights=v, minlength=n + 1) for v in vox], axis=1)
+    centres_ijk = [sums[i] / counts[i] for i in ids]
     heads = []
     for i, c in zip(ids, centres_ijk):
         vol = float(counts[i] * vml)
