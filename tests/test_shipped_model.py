@@ -113,3 +113,31 @@ def test_fine_window_choice():
     assert fine_window({"crop_vox": 96}, "patch") == (96, 96, 96)  # older model.json: no patch recorded
     with pytest.raises(ValueError):
         fine_window(meta, "whole")
+
+
+def test_fine_stage_uses_training_patch_windows_when_smaller_than_the_crop(demo_scan, tmp_path):
+    """With a 48^3 training patch recorded in model.json, each 96^3 crop runs as 3^3 = 27 overlapping
+    48^3 windows (step 24), never as one 96^3 pass."""
+    import json
+    import shutil
+
+    from onfh_seg.infer.engine import Segmenter
+
+    small = tmp_path / "models"
+    shutil.copytree(MODELS, small, ignore=shutil.ignore_patterns("*.ckpt", "training"))
+    meta = json.loads((small / "model.json").read_text())
+    meta["fine"]["train_patch_vox"] = [48, 48, 48]
+    (small / "model.json").write_text(json.dumps(meta))
+    seg = Segmenter(small, provider="cpu", fast=True)
+    shapes: list[tuple[int, ...]] = []
+    fine = seg.fine
+
+    class Recording:
+        def run(self, out, feed):
+            shapes.append(feed["image"].shape[2:])
+            return fine.run(out, feed)
+
+    seg.fine = Recording()
+    img = nib.load(str(demo_scan[0]))
+    seg.segment(np.asarray(img.dataobj, np.float32), img.affine)  # (the 96^3-trained net does badly on 48^3)
+    assert set(shapes) == {(48, 48, 48)} and len(shapes) > 0 and len(shapes) % 27 == 0

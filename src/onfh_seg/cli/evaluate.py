@@ -26,9 +26,8 @@ def run(cfg: DictConfig) -> int:
         if not manifest.exists():
             print(f"generating held-out cohort (seed {gen['seed']}, {gen['n_patients']} patients) ...", flush=True)
             generate_cohort(gen, manifest.parent)
-    engine_kw = {"window": c.get("window"), "overlap": c.get("overlap")}
-    if c.get("lesion_threshold") != "model":
-        engine_kw["lesion_threshold"] = c.get("lesion_threshold")
+    engine_kw = {"window": c.get("window"), "overlap": c.get("overlap"),
+                 "lesion_threshold": c.get("lesion_threshold", "model")}
     summary, scans, hips = evaluate(manifest, c["model_dir"], int(c["workers"]), bool(c["tta"]), c["reference"],
                                     engine_kw=engine_kw)
     summary["command"] = " ".join(["onfh-eval"] + sys.argv[1:])

@@ -29,8 +29,7 @@ class SegModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_unet(**net, out_channels=NUM_CLASSES)
-        # Dice alone over-segments thin uncertain structures (the band, hence the lesion border);
-        # a larger cross-entropy share keeps probabilities calibrated (volumes unbiased)
+        # dice_weight / ce_weight: the shipped fine stage was fine-tuned on cross-entropy only (model card)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
                                lambda_dice=dice_weight, lambda_ce=ce_weight)
         self.val_scores: list[torch.Tensor] = []
