@@ -220,24 +220,38 @@ def _job_context(job: ScanJob) -> dict[str, Any]:
 
 def _write_dicom_outputs(
     scan: LoadedScan, labels: np.ndarray, meas: dict, paths: dict[str, Path], cfg: Mapping[str, Any]
-) -> dict[str, str | None]:
-    """SEG (always) and SR (when a right/left hip was measured) next to the NIfTI seg."""
+) -> tuple[dict[str, Any], list[str]]:
+    """SEG (always) and SR (when a right/left hip was measured) next to the NIfTI seg.
+
+    A writer that fails does not fail the scan: its entry in ``outputs`` becomes
+    ``{"status": "error", "error": "..."}`` and a warning is returned, so the
+    NIfTI segmentation, JSON and CSV rows are kept.
+    """
     from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
 
-    out: dict[str, str | None] = {}
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
     version = meas["model_version"]
+
+    def attempt(key: str, what: str, write: Any) -> None:
+        try:
+            write()
+            out[key] = paths[key].name
+        except Exception as exc:  # a writer's failure is recorded per output, never loses the scan
+            out[key] = {"status": "error", "error": one_line(exc)}
+            warnings.append(f"{what} not written: {one_line(exc)}")
+
     if _cfg(cfg, "dicom.write_seg", True):
-        label_img = make_image(labels, scan.affine, np.uint8)
-        write_dicom_seg(label_img, scan.source_datasets, paths["dicom_seg"], model_version=version)
-        out["dicom_seg"] = paths["dicom_seg"].name
+        attempt("dicom_seg", "DICOM SEG", lambda: write_dicom_seg(
+            make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"], model_version=version))
     if _cfg(cfg, "dicom.write_sr", True):
         sided = [h for h in meas["hips"] if h["side"] in ("right", "left")]
         if sided:
-            write_dicom_sr({**meas, "hips": sided}, scan.source_datasets, paths["dicom_sr"], model_version=version)
-            out["dicom_sr"] = paths["dicom_sr"].name
+            attempt("dicom_sr", "DICOM SR", lambda: write_dicom_sr(
+                {**meas, "hips": sided}, scan.source_datasets, paths["dicom_sr"], model_version=version))
         else:
             out["dicom_sr"] = None  # nothing to report: no right/left hip
-    return out
+    return out, warnings
 
 
 def _remove(paths: list[Path]) -> None:
@@ -294,7 +308,8 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         timings["measure"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        outputs: dict[str, str | None] = {}
+        outputs: dict[str, Any] = {}
+        writer_warnings: list[str] = []
         write_seg(paths["seg"], scan.header_image, labels)
         produced.append(paths["seg"])
         outputs["seg"] = paths["seg"].name
@@ -306,14 +321,14 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
             outputs["overlay"] = paths["overlay"].name
         meas.update(status="ok", qc_flags=flags, mean_confidence=round(confidence, 4), hips=hips)
         if job.kind == "dicom":
-            dicom_out = _write_dicom_outputs(scan, labels, meas, paths, cfg or {})
-            produced += [paths[k] for k, v in dicom_out.items() if v]
+            dicom_out, writer_warnings = _write_dicom_outputs(scan, labels, meas, paths, cfg or {})
+            produced += [paths[k] for k, v in dicom_out.items() if isinstance(v, str)]
             outputs.update(dicom_out)
         timings["write"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
 
         meas.update(
-            warnings=scan.warnings,
+            warnings=scan.warnings + writer_warnings,
             image={
                 "shape": list(scan.image.shape),
                 "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(scan.affine[:3, :3], axis=0)],

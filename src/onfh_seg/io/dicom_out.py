@@ -29,7 +29,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from onfh_seg import labels
-from onfh_seg.io.dicom import DicomError, series_affine, series_shape, sort_slices
+from onfh_seg.io.dicom import ORIENTATION_TOLERANCE, DicomError, series_affine, series_shape, sort_slices
 from onfh_seg.io.nifti import atomic_write_bytes, make_image
 
 MANUFACTURER = "onfh-seg"
@@ -104,6 +104,32 @@ def reference_copy(ds: Dataset) -> Dataset:
         if keyword not in out:
             setattr(out, keyword, "")
     return out
+
+
+def snap_orientation(refs: Sequence[Dataset]) -> list[Dataset]:
+    """Give every reference the first one's ImageOrientationPatient when all agree within the reader's tolerance.
+
+    Scanners write orientation vectors that differ by float noise (~1e-8)
+    between slices; the volume reader accepts differences up to
+    ``ORIENTATION_TOLERANCE`` but highdicom requires exactly equal values.
+    Only this attribute is changed (in place on the given copies; nothing is
+    recomputed). References that disagree by more are left as they are.
+    """
+    refs = list(refs)
+    with_iop = [ds for ds in refs if "ImageOrientationPatient" in ds]
+    if len(with_iop) < 2:
+        return refs
+    try:
+        vectors = np.asarray([[float(v) for v in ds.ImageOrientationPatient] for ds in with_iop], dtype=float)
+    except (TypeError, ValueError):
+        return refs
+    if vectors.shape[1] != 6 or not np.all(np.isfinite(vectors)):
+        return refs
+    if float(np.max(np.abs(vectors - vectors[0]))) <= ORIENTATION_TOLERANCE:
+        first = with_iop[0].ImageOrientationPatient
+        for ds in with_iop[1:]:
+            ds.ImageOrientationPatient = copy.deepcopy(first)
+    return refs
 
 
 def _scrub(ds: Dataset) -> None:
@@ -225,7 +251,7 @@ def build_dicom_seg(
 ) -> hd.seg.Segmentation:
     """A BINARY DICOM Segmentation of labels 1-4 referencing the source instances."""
     frames, sorted_sources = label_map_to_frames(label_img, source_datasets)
-    refs = [reference_copy(ds) for ds in sorted_sources]
+    refs = snap_orientation([reference_copy(ds) for ds in sorted_sources])
     seg = hd.seg.Segmentation(
         source_images=refs,
         pixel_array=frames,
@@ -338,7 +364,7 @@ def build_dicom_sr(
         procedure_reported=SCT_IMAGING_PROCEDURE,
         imaging_measurements=[_hip_group(hip, version) for hip in hips],
     )
-    refs = [reference_copy(ds) for ds in source_datasets]
+    refs = snap_orientation([reference_copy(ds) for ds in source_datasets])
     sr = hd.sr.Comprehensive3DSR(
         evidence=refs,
         content=report[0],
