@@ -11,12 +11,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+TMP_MARK = ".onfh-tmp-"  # in the name of every temporary file this package writes (see atomic_write_bytes)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # ".<name>.onfh-tmp-<pid>-<random>.tmp": start-up clean-up removes only these, and only when <pid> is gone
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
