@@ -23,7 +23,6 @@ can record it and carry on. No torch; pydicom is imported only for DICOM jobs.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import os
@@ -35,6 +34,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from onfh_seg.io.manifest import ManifestError, read_manifest
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MIN_SPACING_MM = 0.1
@@ -183,11 +184,10 @@ def dicom_job(folder: Path, image_ref: str, rules: dict | None = None) -> ScanJo
 
 
 def _manifest_jobs(manifest: Path, rules: dict | None) -> list[ScanJob]:
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if "image" not in (reader.fieldnames or []):
-            raise InputError(f"manifest {manifest} has no 'image' column")
-        rows = list(reader)
+    try:
+        rows = read_manifest(manifest, required=("image",))
+    except ManifestError as exc:
+        raise InputError(str(exc)) from None
     jobs = []
     seen: set[Path] = set()
     for row in rows:

@@ -1,18 +1,32 @@
-"""Cohort manifest (CSV) reading and writing.
+"""Cohort manifest (CSV) reading and writing: the one reader every stage uses.
 
 Required columns: ``patient_id, timepoint, months, image``. Optional: ``labels``
 (truth), ``truth`` (JSON record), ``regenerated``, ``hip``/``side`` and clinical
 scores. Paths are relative to the manifest's folder. Rows may carry scores with
 an empty ``image`` (a clinic visit without a scan).
+
+:func:`read_manifest` is the only manifest reader (onfh-infer inputs,
+onfh-track, training data, evaluation). It accepts a UTF-8 byte-order mark,
+Windows (CRLF) line endings and surrounding whitespace in names and values;
+it skips blank lines (also lines of commas only) and drops a row that repeats
+an earlier row exactly (with a logged warning). Everything it cannot use is a
+:class:`ManifestError` (a ``ValueError``) with a one-line message naming the
+file and, where there is one, the line: a missing file, an empty file,
+non-UTF-8 text, a missing or repeated column, a row with more fields than the
+header.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from onfh_seg.io.nifti import atomic_write_text
+
+log = logging.getLogger("onfh_seg.manifest")
 
 REQUIRED_COLUMNS = ("patient_id", "timepoint", "months", "image")
 CLINICAL_COLUMNS = (
@@ -26,18 +40,81 @@ CLINICAL_COLUMNS = (
     "rom_adduction_deg",
     "rom_adduction_vas",
 )
+DEFAULT_REQUIRED = ("patient_id", "image")
 
 
-def read_manifest(path: str | Path) -> list[dict[str, str]]:
-    """Read a manifest; raise ``ValueError`` if a required column is missing."""
+class ManifestError(ValueError):
+    """An unusable manifest, described in one line."""
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest's text (BOM removed); one-line errors for a missing, unreadable or non-UTF-8 file."""
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    if not path.is_file():
+        raise ManifestError(f"manifest is not a file: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+
+
+def _header(path: Path, fields: list[str] | None, required: Sequence[str]) -> list[str]:
+    """Stripped column names; one-line errors for no header, repeated or missing columns."""
+    if not fields or not any(f.strip() for f in fields):
+        raise ManifestError(f"manifest {path} is empty (no header line)")
+    names = [f.strip() for f in fields]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise ManifestError(f"manifest {path}: column(s) named twice: {', '.join(repeated)}")
+    missing = [c for c in required if c not in names]
+    if missing:
+        which = ", ".join(repr(c) for c in missing)
+        raise ManifestError(
+            f"manifest {path} has no {which} column{'s' if len(missing) > 1 else ''} "
+            f"(columns: {', '.join(n for n in names if n)})"
+        )
+    return names
+
+
+def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED) -> list[dict[str, str]]:
+    """Rows of a manifest CSV as dicts of stripped strings, in file order (see the module docstring).
+
+    ``required`` are the columns the caller needs. Blank lines are skipped and
+    an exact repeat of an earlier row is dropped with a warning; a short row
+    gets empty values for its missing fields.
+    """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        missing = [c for c in ("patient_id", "image") if c not in cols]
-        if missing:
-            raise ValueError(f"manifest {path} lacks column(s): {', '.join(missing)}")
-        return [dict(r) for r in reader]
+    text = _manifest_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        names = _header(path, next(reader, None), required)
+        rows: list[dict[str, str]] = []
+        seen: dict[tuple[str, ...], int] = {}
+        for fields in reader:
+            values = [v.strip() for v in fields]
+            if not any(values):
+                continue  # blank line (or commas only)
+            line = reader.line_num
+            if len(values) > len(names):
+                raise ManifestError(
+                    f"manifest {path} line {line}: {len(values)} fields but the header has {len(names)} "
+                    "(an unquoted comma in a value?)"
+                )
+            values += [""] * (len(names) - len(values))
+            key = tuple(values)
+            if key in seen:
+                log.warning("manifest %s line %d repeats line %d; the repeat is ignored", path, line, seen[key])
+                continue
+            seen[key] = line
+            rows.append({n: v for n, v in zip(names, values) if n})
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {path} line {reader.line_num}: malformed CSV ({exc})") from None
+    return rows
 
 
 def resolve(manifest_path: str | Path, rel: str) -> Path:
