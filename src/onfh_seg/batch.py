@@ -9,7 +9,10 @@ on each:
   worker; ONNX Runtime threads per worker = ``threads`` or, when 0,
   ``max(1, cores // N)``;
 * resume: a scan whose ``<name>_measurements.json`` says ok with the same
-  ``input_sha256`` and ``model_version`` and whose seg file exists is skipped;
+  ``input_sha256``, ``model_version`` and result settings
+  (``pipeline.RESULT_SETTINGS``) and whose outputs exist is skipped; a
+  finished scan that runs again is counted with its reason
+  (``re-run 1: settings changed (tta)``); ``resume=false`` re-runs all;
 * a failing scan goes to ``errors.csv`` with its one-line reason and the
   others carry on;
 * per run: ``measurements.csv`` (one row per scan and hip, sorted by scan
@@ -17,7 +20,8 @@ on each:
   ``errors.csv`` and ``run_manifest.json`` (versions, model, providers,
   timings, start/finish, command line and config).
 
-The summary line is ``done N, skipped M, failed K``; the exit code is 1 when
+The summary line is ``done N, skipped M, failed K`` (``; re-run R: reason``
+when finished scans ran again); the exit code is 1 when
 no scan succeeded (done + skipped == 0), else 0. No torch.
 """
 
@@ -40,9 +44,10 @@ from typing import Any
 
 from onfh_seg.infer.inputs import ScanJob, expand_input
 from onfh_seg.infer.pipeline import (
-    completed_measurements,
     one_line,
     process_scan,
+    result_settings,
+    resume_check,
     row_sort_key,
     rows_from_measurements,
     segmenter_info,
@@ -73,8 +78,23 @@ class BatchSummary:
     def exit_code(self) -> int:
         return 0 if self.done + self.skipped > 0 else 1
 
+    @property
+    def reruns(self) -> dict[str, int]:
+        """Why finished scans ran again: reason -> count (first seen first)."""
+        out: dict[str, int] = {}
+        for r in self.results:
+            if r.get("rerun_reason"):
+                out[r["rerun_reason"]] = out.get(r["rerun_reason"], 0) + 1
+        return out
+
     def line(self) -> str:
-        return f"done {self.done}, skipped {self.skipped}, failed {self.failed}"
+        text = f"done {self.done}, skipped {self.skipped}, failed {self.failed}"
+        reruns = self.reruns
+        if reruns:
+            n = sum(reruns.values())
+            why = next(iter(reruns)) if len(reruns) == 1 else ", ".join(f"{c} {r}" for r, c in reruns.items())
+            text += f"; re-run {n}: {why}"
+        return text
 
 
 # ---------------------------------------------------------------- segmenter construction
@@ -159,13 +179,15 @@ def run_job(job: ScanJob, out_dir: Path, segmenter: Any, cfg: Mapping[str, Any])
     t0 = time.perf_counter()
     info = segmenter_info(segmenter)
     try:
-        if cfg.get("resume", True):
-            meas = completed_measurements(job, out_dir, info["model_version"])
-            if meas is not None:
-                return {"name": job.name, "input": job.image_ref, "status": "skipped", "error": None,
-                        "rows": rows_from_measurements({**meas, "name": job.name, "input": job.image_ref}), "timings": {"total": round(time.perf_counter() - t0, 3)},
-                        "outputs": [], **info}
-        return process_scan(job, out_dir, segmenter, cfg)
+        settings = result_settings(cfg)
+        meas, why = resume_check(job, out_dir, info["model_version"], settings, bool(cfg.get("resume", True)))
+        if meas is not None:
+            return {"name": job.name, "input": job.image_ref, "input_path": meas.get("input_path"),
+                    "input_sha256": meas.get("input_sha256"), "settings": meas.get("settings"),
+                    "status": "skipped", "error": None,
+                    "rows": rows_from_measurements({**meas, "name": job.name, "input": job.image_ref}),
+                    "timings": {"total": round(time.perf_counter() - t0, 3)}, "outputs": [], **info}
+        return {**process_scan(job, out_dir, segmenter, cfg), "rerun_reason": why}
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # e.g. the error record itself could not be written
@@ -272,9 +294,11 @@ def write_run_manifest(
         "config": dict(cfg),
         "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,
                    "failed": summary.failed},
-        "scans": [
-            {"name": r["name"], "input": r["input"], "status": r["status"], "error": r["error"],
-             "timings": r.get("timings", {})}
+        "scans": [  # per scan: the identity onfh-track reads and the settings its outputs were made with
+            {"name": r["name"], "input": r["input"], "input_path": r.get("input_path"),
+             "input_sha256": r.get("input_sha256"), "status": r["status"], "error": r["error"],
+             "model_version": r.get("model_version"), "settings": r.get("settings"),
+             "rerun_reason": r.get("rerun_reason"), "timings": r.get("timings", {})}
             for r in summary.results
         ],
     }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -167,36 +168,104 @@ def row_sort_key(row: Mapping[str, Any]) -> tuple:
 
 # ---------------------------------------------------------------- resume
 
+# Settings that change a scan's outputs (dotted config key -> the default the code uses). Each scan's
+# measurements JSON records them ("settings"); resume re-runs a scan when one differs. Not here because
+# results do not depend on them: workers, threads, provider, resume, progress, out_dir. The model's own
+# settings (lesion threshold, window, overlap) are part of its version.
+RESULT_SETTINGS: dict[str, Any] = {
+    "tta": False,
+    "fast": False,
+    "reference": "acetabulum",
+    "overlay": True,
+    "qc.head_ml_range": [15.0, 120.0],
+    "qc.min_confidence": 0.6,
+    "dicom.write_seg": True,
+    "dicom.write_sr": True,
+    "dicom.rules": {},
+}
 
-def completed_measurements(job: ScanJob, out_dir: str | Path, model_version: str) -> dict | None:
-    """The existing measurements of ``job`` if it is already done for this input and model.
 
-    Done means: ``<name>_measurements.json`` has status ok, the same
-    ``input_sha256`` as the input now and the same ``model_version``, and
-    ``<name>_seg.nii.gz`` exists.
+def _plain(value: Any) -> Any:
+    """A JSON-comparable copy of a setting (numbers as floats, mappings sorted, sequences as lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def result_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings of ``cfg`` that change a scan's outputs (``RESULT_SETTINGS`` keys, defaults filled in)."""
+    return {key: _plain(_cfg(cfg, key, default)) for key, default in RESULT_SETTINGS.items()}
+
+
+def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys of ``current`` whose value differs from (or is missing in) ``recorded``."""
+    return [k for k, v in current.items() if k not in recorded or _plain(recorded[k]) != v]
+
+
+def resume_check(job: ScanJob, out_dir: str | Path, model_version: str, settings: Mapping[str, Any],
+                 resume: bool = True) -> tuple[dict | None, str | None]:
+    """``(measurements, None)`` when ``job`` is already done as asked, else ``(None, reason)``.
+
+    Done means ``<name>_measurements.json`` has status ok, the same
+    ``input_sha256`` as the input now, the same ``model_version`` and
+    ``settings``, and every output it lists exists. ``reason`` says why a
+    finished scan runs again (``"input changed"``, ``"model changed"``,
+    ``"settings changed (tta)"``, ``"outputs missing (seg)"``, ``"resume=false"``);
+    it is None for a scan without a finished earlier output (new, or failed before).
     """
     paths = output_paths(out_dir, job.name)
-    if not paths["measurements"].is_file() or not paths["seg"].is_file():
-        return None
     try:
         meas = json.loads(paths["measurements"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(meas, dict) or meas.get("status") != "ok" or meas.get("model_version") != model_version:
-        return None
+        return None, None
+    if not isinstance(meas, dict) or meas.get("status") != "ok":
+        return None, None
+    if not resume:
+        return None, "resume=false"
+    recorded_outputs = [k for k, v in (meas.get("outputs") or {"seg": paths["seg"].name}).items() if v]
+    missing = [k for k in recorded_outputs if k in paths and not paths[k].is_file()]
+    if missing:
+        return None, f"outputs missing ({', '.join(missing)})"
     sha = input_sha256(job)
     if sha is None or sha != meas.get("input_sha256"):
-        return None
-    return meas
+        return None, "input changed"
+    if meas.get("model_version") != model_version:
+        return None, "model changed"
+    if not isinstance(meas.get("settings"), Mapping):
+        return None, "settings not recorded"
+    changed = changed_settings(meas["settings"], settings)
+    if changed:
+        return None, f"settings changed ({', '.join(changed)})"
+    return meas, None
+
+
+def completed_measurements(job: ScanJob, out_dir: str | Path, model_version: str,
+                           settings: Mapping[str, Any] | None = None) -> dict | None:
+    """The existing measurements of ``job`` if it is already done as asked (see :func:`resume_check`)."""
+    return resume_check(job, out_dir, model_version, result_settings(None) if settings is None else settings)[0]
 
 
 # ---------------------------------------------------------------- the scan
 
 
-def _base_record(job: ScanJob, info: Mapping[str, Any]) -> dict[str, Any]:
+def input_path(job: ScanJob) -> str:
+    """The job's input as an absolute, normalised path (symlinks resolved): what onfh-track matches on."""
+    return os.path.realpath(job.path)
+
+
+def _base_record(job: ScanJob, info: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "input": job.image_ref,
+        "input_path": input_path(job),
+        "input_kind": job.kind,
         "name": job.name,
+        "settings": dict(settings),
         "input_sha256": None,
         "model_version": info["model_version"],
         "model_sha256": info["model_sha256"],
@@ -269,8 +338,9 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     ``overlay`` (bool), ``dicom.write_seg`` / ``dicom.write_sr`` (bool),
     ``qc.head_ml_range`` ([lo, hi] mL), ``qc.min_confidence``.
 
-    Returns ``{"name", "input", "status": "ok"|"error", "error", "rows",
-    "timings", "model_version", "model_sha256", "providers", "outputs"}``;
+    Returns ``{"name", "input", "input_path", "input_sha256", "settings",
+    "status": "ok"|"error", "error", "rows", "timings", "model_version",
+    "model_sha256", "providers", "outputs"}``;
     ``rows`` are this scan's ``measurements.csv`` rows (empty on error).
     """
     t_start = time.perf_counter()
@@ -278,7 +348,8 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(out_dir, job.name)
     info = segmenter_info(segmenter)
-    meas = _base_record(job, info)
+    settings = result_settings(cfg)
+    meas = _base_record(job, info, settings)
     timings: dict[str, Any] = {}
     produced: list[Path] = []
     reference = str(_cfg(cfg, "reference", "acetabulum"))
@@ -359,6 +430,9 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     return {
         "name": job.name,
         "input": job.image_ref,
+        "input_path": meas["input_path"],
+        "input_sha256": meas["input_sha256"],
+        "settings": settings,
         "status": status,
         "error": error,
         "rows": rows,
