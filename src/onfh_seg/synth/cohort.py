@@ -314,7 +314,11 @@ def generate_cohort(cfg: dict, out_dir: str | Path, progress=None) -> Path:
     if workers == 1:
         results = map(_job, jobs)
     else:
-        pool = ProcessPoolExecutor(workers)
+        import os
+
+        from onfh_seg.lifecycle import die_with_parent
+
+        pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))  # no orphans
         results = pool.map(_job, jobs)
     for r in results:
         rows.extend(r)
@@ -337,7 +341,7 @@ def synth_config(overrides: dict | None = None) -> dict:
     """configs/synth.yaml as a plain dict, merged with ``overrides`` (nested dicts)."""
     from omegaconf import OmegaConf
 
-    from onfh_seg.cli.common import config_dir
+    from onfh_seg.config import config_dir
 
     base = OmegaConf.load(Path(config_dir()) / "synth.yaml")
     base.pop("defaults", None)

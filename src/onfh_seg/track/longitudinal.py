@@ -941,9 +941,13 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
         pool = None
     else:
         import multiprocessing as mp
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"))
+        from onfh_seg.lifecycle import die_with_parent
+
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))  # no orphans
         results = pool.map(_patient_job, todo)
     try:
         for pid, status, payload in results:
@@ -955,7 +959,7 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
                 progress(pid, status)
     finally:
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)  # interrupted: do not start the patients still queued
     records = dict(sorted(records.items()))
     errors = [{"patient_id": r["patient_id"], "timepoint": r["timepoint"], "reason": r["reason"]} for r in bad_rows]
     for pid in sorted(set(records) | set(failed)):
