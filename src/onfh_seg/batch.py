@@ -407,7 +407,8 @@ def run_batch(
         raise ValueError("workers must be >= 1")
 
     dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
-    jobs = expand_input(cfg.get("input"), dicom_rules)
+    jobs = expand_input(cfg.get("input"), dicom_rules, out_dir=out_dir, max_image_mb=cfg.get("max_image_mb"),
+                        allow_unknown_orientation=bool(cfg.get("allow_unknown_orientation", False)))
     workers = min(workers_wanted, len(jobs))
     spec = engine_spec({**cfg, "provider": provider}, workers)
     if segmenter_factory is None and not Path(spec.model_dir).exists():

@@ -91,16 +91,28 @@ def model_version(meta: dict) -> str:
     return f"{meta.get('software_version', __version__)}+synth.{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+def check_export_target(out_dir: str | Path, force: bool = False) -> None:
+    """Refuse (``FileExistsError``, one line) to write into the shipped model's folder unless ``force``."""
+    from onfh_seg.config import default_model_dir
+
+    shipped = default_model_dir()
+    if not force and shipped.exists() and Path(out_dir).resolve() == shipped.resolve():
+        raise FileExistsError(f"out_dir {out_dir} holds the shipped model; choose another out_dir "
+                              f"or set force=true to replace it")
+
+
 def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | Path, fine_crop_vox: int = 96,
                  extra: dict | None = None, ship_checkpoints: bool = False,
-                 lesion_threshold: float | None = None) -> dict:
+                 lesion_threshold: float | None = None, force: bool = False) -> dict:
     """Export both cascade stages and write ``model.json``; returns the metadata.
 
     ``lesion_threshold``: the engine's lesion decision rule (``infer.engine.lesion_decision``), stored
-    in ``model.json``; None keeps the plain argmax.
+    in ``model.json``; None keeps the plain argmax. The shipped model's folder is only
+    overwritten with ``force`` (:func:`check_export_target`).
     """
     if lesion_threshold is not None and not 0.0 < float(lesion_threshold) < 1.0:
         raise ValueError(f"lesion_threshold must be in (0, 1), got {lesion_threshold}")
+    check_export_target(out_dir, force)
     out_dir = Path(out_dir)
     coarse, fine = load_module(coarse_ckpt), load_module(fine_ckpt)
     c_path = export_onnx(coarse, out_dir / "coarse.onnx", (64, 64, 64))

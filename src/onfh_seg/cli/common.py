@@ -1,8 +1,11 @@
-"""Shared helpers for the Hydra command-line entry points."""
+"""Shared helpers for the Hydra command-line entry points.
+
+Configuration lookup and validation live in the library (:mod:`onfh_seg.config`);
+this module only turns their exceptions into one-line messages and exit codes.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -10,17 +13,16 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from onfh_seg import config as _config
+from onfh_seg.config import ConfigError
+
 
 def config_dir() -> str:
-    """Absolute path of the configs/ folder (``ONFH_SEG_CONFIGS`` overrides)."""
-    env = os.environ.get("ONFH_SEG_CONFIGS")
-    if env:
-        return str(Path(env).resolve())
-    here = Path(__file__).resolve()
-    for cand in (here.parents[3] / "configs", here.parents[1] / "configs", Path.cwd() / "configs"):
-        if cand.is_dir():
-            return str(cand)
-    raise SystemExit("error: cannot find the configs/ folder; set ONFH_SEG_CONFIGS")
+    """Absolute path of the configs/ folder (``ONFH_SEG_CONFIGS`` overrides); exits with a message if absent."""
+    try:
+        return str(_config.config_dir())
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def to_dict(cfg: DictConfig) -> dict:
@@ -41,18 +43,53 @@ def run_guarded(fn: Callable[[], int | None]) -> None:
     raise SystemExit(rc or 0)
 
 
+def config_groups(folder: str) -> list[str]:
+    """Names of the config groups (sub-folders of configs/), e.g. ``preset``."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+
+
+def version_line(config_name: str) -> str:
+    """``<tool> <package version> (model <model version>)`` for ``--version``."""
+    from onfh_seg import __version__
+
+    model = _config.model_version() or "not found"
+    return f"{_config.TOOLS.get(config_name, config_name)} {__version__} (onfh-seg {__version__}, model {model})"
+
+
 def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:
-    """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``."""
+    """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``.
+
+    Before Hydra runs, ``--version`` is answered and the override keys are
+    checked; the composed configuration is validated (:func:`onfh_seg.config.validate`)
+    before ``task`` sees it. Every problem is one line on stderr (exit code 1 for a
+    bad setting, 2 for an override Hydra cannot parse).
+    """
     import hydra
 
-    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)
+    folder = config_dir()
+    if "--version" in sys.argv[1:]:
+        print(version_line(config_name))
+        raise SystemExit(0)
+    try:
+        _config.check_override_keys(config_name, sys.argv[1:], groups=config_groups(folder))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1)
+
+    @hydra.main(version_base="1.3", config_path=folder, config_name=config_name)
     def _app(cfg: DictConfig) -> None:
-        run_guarded(lambda: task(cfg))
+        try:
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            checked = _config.validate(config_name, plain)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1)
+        run_guarded(lambda: task(OmegaConf.create(checked)))
 
     try:
         _app()
     except SystemExit:
         raise
-    except Exception as exc:  # Hydra config errors (missing keys, bad overrides)
+    except Exception as exc:  # Hydra config errors (bad override syntax, unknown groups)
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2)

@@ -371,6 +371,8 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
 
         t = time.perf_counter()
         hips = measure_scan(scan.image, labels, scan.affine, reference=reference)
+        if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
+            hips = [{**hip, "side": "unknown"} for hip in hips]
         lo, hi = _cfg(cfg, "qc.head_ml_range", (15.0, 120.0))
         flags = qc_flags(
             scan.image, labels, scan.affine, hips, confidence,

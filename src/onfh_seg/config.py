@@ -1,0 +1,461 @@
+"""Configuration: where configs/ and models/ live, the defaults, and one validator for every entry point.
+
+Defaults live in one place, ``configs/<name>.yaml``. Their types and allowed
+values live in the schema dataclasses below (no defaults there). The command
+lines (:mod:`onfh_seg.cli`) and the Python API (:mod:`onfh_seg.api`) both go
+through :func:`validate`, so an unknown key or a wrong type is the same one-line
+:class:`ConfigError` everywhere, e.g.::
+
+    onfh-infer: unknown key 'provder' (did you mean 'provider'?)
+    onfh-infer: tta='flase' is not allowed: expected true or false
+
+Lookup of ``configs/`` and the model folder works in a source checkout, in an
+installed wheel (both are package data under ``onfh_seg/_data``) and with the
+environment variables ``ONFH_SEG_CONFIGS`` / ``ONFH_SEG_MODELS``. No import of
+:mod:`onfh_seg.cli`; errors are exceptions, never ``SystemExit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Union
+
+MISSING = "???"  # OmegaConf's mark for a mandatory value
+PACKAGE_DATA = Path(__file__).resolve().parent / "_data"  # filled in when a wheel is built (setup.py)
+
+
+class ConfigError(ValueError):
+    """A bad setting, described in one line (key, value and what is allowed)."""
+
+
+# ---------------------------------------------------------------- where things are
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: ``ONFH_SEG_CONFIGS``, else the package data, else the source checkout."""
+    env = os.environ.get("ONFH_SEG_CONFIGS")
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"ONFH_SEG_CONFIGS={env} is not a folder")
+        return path
+    here = Path(__file__).resolve()
+    for cand in (PACKAGE_DATA / "configs", here.parents[2] / "configs", Path.cwd() / "configs"):
+        if (cand / "infer.yaml").is_file():
+            return cand
+    raise ConfigError("cannot find the configs/ folder; set ONFH_SEG_CONFIGS")
+
+
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` as given if it exists (absolute, or relative to the working folder), else relative
+    to the folder holding ``configs/`` (the source checkout or the installed package data)."""
+    path = Path(str(model_dir)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    try:
+        beside = config_dir().parent / path
+    except ConfigError:
+        return path
+    return beside if beside.exists() else path
+
+
+def default_model_dir() -> Path:
+    """The model folder onfh-infer uses by default (``model_dir`` of configs/infer.yaml, resolved)."""
+    return resolve_model_dir(defaults("infer")["model_dir"])
+
+
+def model_version(model_dir: str | Path | None = None) -> str | None:
+    """``model_version`` of ``model_dir``'s model.json (default model when None); None if unreadable."""
+    import json
+
+    path = (resolve_model_dir(model_dir) if model_dir is not None else default_model_dir()) / "model.json"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["model_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------- schemas (types only; defaults are in the YAML)
+
+Path_ = str  # a path given as text
+Reference = Literal["acetabulum", "viable_head"]
+
+
+@dataclass
+class QCSettings:
+    head_ml_range: tuple[float, float]
+    min_confidence: float
+
+
+@dataclass
+class DicomSettings:
+    write_seg: bool
+    write_sr: bool
+    rules: Union[dict[str, Any], None]
+
+
+@dataclass
+class InferSettings:
+    """configs/infer.yaml (onfh-infer, :func:`onfh_seg.segment`)."""
+
+    input: Path_
+    out_dir: Path_
+    model_dir: Path_
+    provider: Literal["auto", "cpu", "cuda"]
+    threads: int = dataclasses.field(metadata={"min": 0})
+    workers: int = dataclasses.field(metadata={"min": 1})
+    tta: bool = dataclasses.field()
+    fast: bool = dataclasses.field()
+    reference: Reference = dataclasses.field()
+    overlay: bool = dataclasses.field()
+    resume: bool = dataclasses.field()
+    wait_lock: bool = dataclasses.field()
+    engine: str = dataclasses.field()
+    qc: QCSettings = dataclasses.field()
+    dicom: DicomSettings = dataclasses.field()
+
+
+@dataclass
+class RegistrationSettings:
+    radius_factor: float
+    crop_margin_mm: float
+    histogram_bins: int
+    sampling_percentage: float
+    shrink_factors: list[int]
+    smoothing_sigmas_mm: list[float]
+    learning_rate: float
+    min_step: float
+    iterations: int
+    relaxation: float
+    seed: int
+    threads: int
+
+
+@dataclass
+class TrackSettings:
+    """configs/track.yaml (onfh-track, :func:`onfh_seg.track`)."""
+
+    manifest: Path_
+    infer_dir: Path_
+    out_dir: Path_
+    workers: int = dataclasses.field(metadata={"min": 1})
+    resume: bool = dataclasses.field()
+    wait_lock: bool = dataclasses.field()
+    report: bool = dataclasses.field()
+    reference: Reference = dataclasses.field()
+    grid_mm: float = dataclasses.field(metadata={"min": 0.05})
+    boundary_mm: Union[float, None] = dataclasses.field()
+    collapse_cone_deg: float = dataclasses.field()
+    hip_match_max_mm: float = dataclasses.field()
+    write_tfm: bool = dataclasses.field()
+    min_correlation_n: int = dataclasses.field(metadata={"min": 2})
+    min_lesion_ml: float = dataclasses.field(metadata={"min": 0})
+    registration: RegistrationSettings = dataclasses.field()
+
+
+@dataclass
+class ExportSettings:
+    """configs/export.yaml (onfh-export)."""
+
+    coarse_ckpt: Path_
+    fine_ckpt: Path_
+    out_dir: Path_
+    force: bool
+    fine_crop_vox: int = dataclasses.field(metadata={"min": 16})
+    lesion_threshold: Union[float, None] = dataclasses.field()
+    ship_checkpoints: bool = dataclasses.field()
+    training: Any = dataclasses.field()
+
+
+@dataclass
+class DiseaseSettings:
+    stages: dict[str, float]
+    extent: tuple[float, float]
+    mitchell: dict[str, float]
+    responses: dict[str, float]
+    edema_fraction: float
+
+
+@dataclass
+class AcquisitionSettings:
+    orientations: dict[str, float]
+    small_fov_fraction: float
+    inplane_mm: tuple[float, float]
+    slice_mm: tuple[float, float]
+    gap_mm: tuple[float, float]
+    snr: tuple[float, float]
+    bias: float
+    max_matrix: int
+    baseline_rotation_deg: float
+    baseline_translation_mm: float
+    rotation_deg: float
+    translation_mm: float
+
+
+@dataclass
+class SynthSettings:
+    """configs/synth.yaml (onfh-synth)."""
+
+    out_dir: Path_
+    seed: int
+    n_patients: int = dataclasses.field(metadata={"min": 1})
+    months: list[float] = dataclasses.field()
+    demo: bool = dataclasses.field()
+    workers: int = dataclasses.field(metadata={"min": 1})
+    preview: bool = dataclasses.field()
+    disease: DiseaseSettings = dataclasses.field()
+    acquisition: AcquisitionSettings = dataclasses.field()
+
+
+@dataclass
+class EvalSettings:
+    """configs/eval.yaml (onfh-eval)."""
+
+    model_dir: Path_
+    out_dir: Path_
+    cohort: Union[Path_, None]
+    workers: int = dataclasses.field(metadata={"min": 1})
+    tta: bool = dataclasses.field()
+    reference: Reference = dataclasses.field()
+    window: Union[Literal["patch", "crop"], None] = dataclasses.field()
+    overlap: Union[float, None] = dataclasses.field()
+    lesion_threshold: Union[Literal["model"], float, None] = dataclasses.field()
+    generate: dict[str, Any] = dataclasses.field()
+
+
+SCHEMAS: dict[str, type] = {
+    "infer": InferSettings,
+    "track": TrackSettings,
+    "export": ExportSettings,
+    "synth": SynthSettings,
+    "eval": EvalSettings,
+}
+TOOLS = {"infer": "onfh-infer", "track": "onfh-track", "export": "onfh-export", "synth": "onfh-synth",
+         "eval": "onfh-eval", "train": "onfh-train"}
+
+
+# ---------------------------------------------------------------- defaults
+
+
+@lru_cache(maxsize=None)
+def _defaults_cached(name: str, folder: str) -> dict:
+    from omegaconf import OmegaConf
+
+    path = Path(folder) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no such configuration: {path}")
+    cfg = OmegaConf.load(path)
+    for key in ("defaults", "hydra"):
+        cfg.pop(key, None)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def defaults(name: str) -> dict:
+    """The defaults of ``configs/<name>.yaml`` as a plain dict (mandatory values are ``"???"``)."""
+    import copy
+
+    return copy.deepcopy(_defaults_cached(name, str(config_dir())))
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    """``base`` updated by ``over``; nested mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings(name: str, overrides: Mapping[str, Any] | None = None, require: bool = True) -> dict:
+    """Defaults of ``name`` merged with ``overrides`` (nested dicts), validated; see :func:`validate`."""
+    over = dict(overrides or {})
+    check_keys(name, over)  # before merging, so a misspelt nested key is reported as such
+    return validate(name, merge(defaults(name), over), require=require)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _tool(name: str) -> str:
+    return TOOLS.get(name, name)
+
+
+def _unknown(name: str, key: str, allowed: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(allowed), n=1, cutoff=0.6)
+    hint = f"did you mean '{_join(key, close[0])}'?" if close else f"allowed: {', '.join(allowed)}"
+    return ConfigError(f"{_tool(name)}: unknown key '{key}' ({hint})")
+
+
+def _join(key: str, last: str) -> str:
+    return f"{key.rsplit('.', 1)[0]}.{last}" if "." in key else last
+
+
+def _fields(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: (hints[f.name], dict(f.metadata)) for f in dataclasses.fields(schema)}
+
+
+def _allowed(schema: Any, dflt: Any) -> dict[str, tuple[Any, dict, Any]]:
+    """Keys allowed at one level: ``{key: (type, metadata, default)}``.
+
+    The schema gives the types; a key that is in the YAML but not (yet) in the
+    schema is allowed too, typed by its default (bool, int, number, text, or
+    anything for null), so a new YAML key never breaks a command.
+    """
+    dflt = dflt if isinstance(dflt, Mapping) else {}
+    out: dict[str, tuple[Any, dict, Any]] = {}
+    if dataclasses.is_dataclass(schema):
+        for key, (tp, meta) in _fields(schema).items():
+            out[key] = (tp, meta, dflt.get(key))
+    for key, value in dflt.items():
+        if key not in out:
+            out[key] = (_type_of(value), {}, value)
+    return out
+
+
+def _type_of(value: Any) -> Any:
+    """Schema type for a YAML default that has no schema field."""
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int):
+        return int
+    if isinstance(value, float):
+        return float
+    if isinstance(value, str) and value != MISSING:
+        return str
+    return Any
+
+
+def check_keys(name: str, cfg: Mapping[str, Any]) -> None:
+    """Every key of ``cfg`` (nested) exists in ``name``'s schema or YAML; one-line error with a suggestion."""
+    schema = SCHEMAS.get(name)
+    if schema is not None:
+        _check_keys(name, schema, cfg, defaults(name), "")
+
+
+def _check_keys(name: str, schema: Any, cfg: Mapping[str, Any], dflt: Any, prefix: str) -> None:
+    allowed = _allowed(schema, dflt)
+    for key, value in cfg.items():
+        if key not in allowed:
+            raise _unknown(name, prefix + str(key), list(allowed))
+        tp, _, sub = allowed[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            _check_keys(name, tp, value, sub, f"{prefix}{key}.")
+
+
+def check_override_keys(name: str, overrides: Sequence[str], groups: Sequence[str] = ()) -> None:
+    """Check the keys of command-line overrides (``key=value``, ``+key=value``, ``~key``) before Hydra runs.
+
+    ``hydra.*`` keys, config ``groups`` and anything that is not an override (``--help``) pass.
+    """
+    schema = SCHEMAS.get(name)
+    if schema is None:
+        return
+    for item in overrides:
+        if item.startswith("-") or ("=" not in item and not item.startswith("~")):
+            continue
+        key = item.split("=", 1)[0].lstrip("+~").strip()
+        if not key or key.split(".")[0] in ("hydra", *groups):
+            continue
+        node, dflt = schema, defaults(name)
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not dataclasses.is_dataclass(node):
+                break  # inside a free-form mapping (e.g. dicom.rules.include_patterns)
+            allowed = _allowed(node, dflt)
+            if part not in allowed:
+                raise _unknown(name, ".".join(parts[: depth + 1]), list(allowed))
+            node, _, dflt = allowed[part]
+
+
+def validate(name: str, cfg: Mapping[str, Any], require: bool = True) -> dict:
+    """Check a full configuration of ``name`` against its schema; return it as a plain dict.
+
+    Unknown keys, missing keys, wrong types, values outside a choice or range:
+    :class:`ConfigError` with one line naming the key, the value and what is
+    allowed. ``require=False`` lets mandatory values stay ``"???"``.
+    """
+    schema = SCHEMAS.get(name)
+    if schema is None:
+        return dict(cfg)
+    return _validate(name, schema, cfg, defaults(name), "", require)
+
+
+def _validate(name: str, schema: Any, cfg: Any, dflt: Any, prefix: str, require: bool) -> dict:
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{_tool(name)}: {prefix.rstrip('.')}={_show(cfg)} is not allowed: expected a mapping")
+    allowed = _allowed(schema, dflt)
+    for key in cfg:
+        if key not in allowed:
+            raise _unknown(name, prefix + str(key), list(allowed))
+    out: dict[str, Any] = {}
+    for key, (tp, meta, sub) in allowed.items():
+        full = prefix + key
+        if key not in cfg:
+            raise ConfigError(f"{_tool(name)}: missing key '{full}'")
+        value = cfg[key]
+        if isinstance(value, str) and value == MISSING:
+            if require:
+                raise ConfigError(f"{_tool(name)}: missing value for '{full}' (give {full}=...)")
+            out[key] = value
+            continue
+        if dataclasses.is_dataclass(tp):
+            out[key] = _validate(name, tp, value, sub, full + ".", require)
+            continue
+        ok, what = _check(tp, value)
+        if not ok:
+            raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected {what}")
+        low = meta.get("min")
+        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+            raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected a number >= {low}")
+        out[key] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).replace("True", "true").replace("False", "false")
+
+
+def _check(tp: Any, value: Any) -> tuple[bool, str]:
+    """(value fits type ``tp``, description of what is allowed)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True, "anything"
+    if origin in (Union, types.UnionType):
+        results = [_check(a, value) for a in args]
+        return any(ok for ok, _ in results), " or ".join(desc for _, desc in results)
+    if tp is type(None):
+        return value is None, "null"
+    if origin is Literal:
+        return value in args, "one of " + ", ".join(str(a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool), "true or false"
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), "an integer"
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    if tp is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool), "text (a path or name)"
+    if origin is tuple:
+        desc = f"a list of {len(args)} ({', '.join(_check(a, None)[1] for a in args)})"
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, desc
+        return all(_check(a, v)[0] for a, v in zip(args, value)), desc
+    if origin is list:
+        desc = f"a list of {_check(args[0], None)[1]}"
+        return isinstance(value, (list, tuple)) and all(_check(args[0], v)[0] for v in value), desc
+    if origin is dict:
+        desc = f"a mapping of {_check(args[1], None)[1]}" if args[1] is not Any else "a mapping"
+        return isinstance(value, Mapping) and all(_check(args[1], v)[0] for v in value.values()), desc
+    raise TypeError(f"unsupported schema type {tp!r}")

@@ -1,0 +1,154 @@
+"""Configs are validated once, in the library: typed schemas, one-line errors naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onfh_seg import config
+from onfh_seg.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _schema_keys(schema) -> dict:
+    return {key: (_schema_keys(tp) if dataclasses.is_dataclass(tp) else None)
+            for key, (tp, _) in config._fields(schema).items()}
+
+
+def _yaml_keys(d: dict, schema) -> dict:
+    fields = config._fields(schema)
+    return {key: (_yaml_keys(value, fields[key][0]) if key in fields and dataclasses.is_dataclass(fields[key][0])
+                  else None) for key, value in d.items()}
+
+
+@pytest.mark.parametrize("name", sorted(config.SCHEMAS))
+def test_schema_matches_yaml_and_defaults_validate(name: str) -> None:
+    """Every YAML key has a typed schema field and vice versa; the defaults themselves pass."""
+    schema = config.SCHEMAS[name]
+    assert _yaml_keys(config.defaults(name), schema) == _schema_keys(schema)
+    checked = config.validate(name, config.defaults(name), require=False)
+    assert checked == config.defaults(name)
+
+
+@pytest.mark.parametrize(
+    "name, over, expected",
+    [
+        ("infer", {"tta": "flase"}, "onfh-infer: tta='flase' is not allowed: expected true or false"),
+        ("infer", {"workers": "two"}, "onfh-infer: workers='two' is not allowed: expected an integer"),
+        ("infer", {"workers": 0}, "onfh-infer: workers=0 is not allowed: expected a number >= 1"),
+        ("infer", {"provder": "cpu"}, "onfh-infer: unknown key 'provder' (did you mean 'provider'?)"),
+        ("infer", {"inptu": "x"}, "onfh-infer: unknown key 'inptu' (did you mean 'input'?)"),
+        ("infer", {"qc": {"min_confidance": 0.5}},
+         "onfh-infer: unknown key 'qc.min_confidance' (did you mean 'qc.min_confidence'?)"),
+        ("infer", {"reference": "bone"},
+         "onfh-infer: reference='bone' is not allowed: expected one of acetabulum, viable_head"),
+        ("infer", {"qc": {"head_ml_range": [15]}},
+         "onfh-infer: qc.head_ml_range=[15] is not allowed: expected a list of 2 (a number, a number)"),
+        ("track", {"grid_mm": "fine"}, "onfh-track: grid_mm='fine' is not allowed: expected a number"),
+        ("track", {"registration": {"iteratons": 5}},
+         "onfh-track: unknown key 'registration.iteratons' (did you mean 'registration.iterations'?)"),
+        ("export", {"force": "yes"}, "onfh-export: force='yes' is not allowed: expected true or false"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(name: str, over: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.settings(name, over, require=False)
+    assert str(err.value) == expected
+
+
+def test_good_settings_merge_with_the_yaml_defaults() -> None:
+    s = config.settings("infer", {"input": "a.nii.gz", "out_dir": "o", "tta": False, "qc": {"min_confidence": 0.5}})
+    d = config.defaults("infer")
+    assert s["tta"] is False and s["qc"]["min_confidence"] == 0.5
+    assert s["qc"]["head_ml_range"] == d["qc"]["head_ml_range"] and s["provider"] == d["provider"]
+    with pytest.raises(ConfigError, match="missing value for 'out_dir'"):
+        config.settings("infer", {"input": "a.nii.gz"})
+
+
+def test_override_keys_are_checked_before_hydra() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'provder' \(did you mean 'provider'\?\)"):
+        config.check_override_keys("infer", ["input=x", "+provder=cpu"])
+    with pytest.raises(ConfigError, match="unknown key 'dicom.write_sg'"):
+        config.check_override_keys("infer", ["dicom.write_sg=false"])
+    # hydra keys, groups, free-form mappings and flags pass
+    config.check_override_keys("infer", ["hydra.run.dir=.", "--help", "dicom.rules.include_patterns=[t1]"])
+    config.check_override_keys("synth", ["+preset=demo", "acquisition.snr=[8,15]"], groups=["preset"])
+
+
+def test_a_yaml_key_missing_from_the_schema_is_typed_by_its_default() -> None:
+    allowed = config._allowed(config.InferSettings, {**config.defaults("infer"), "new_flag": False})
+    assert allowed["new_flag"][0] is bool
+
+
+def test_config_lookup_raises_an_exception_not_systemexit(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ONFH_SEG_CONFIGS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="ONFH_SEG_CONFIGS"):
+        config.config_dir()
+    monkeypatch.delenv("ONFH_SEG_CONFIGS")
+    assert (config.config_dir() / "infer.yaml").is_file()
+    assert (config.default_model_dir() / "model.json").is_file()
+
+
+def _cli(tool: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name(tool)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONFH_SEG_")}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_bad_keys_and_values_are_one_line(tmp_path: Path) -> None:
+    """As a user would type them: a typo'd value, a typo'd appended key, a word for a number."""
+    base = [f"input={tmp_path}", f"out_dir={tmp_path / 'out'}"]
+    for extra, expected in [
+        ("tta=flase", "error: onfh-infer: tta='flase' is not allowed: expected true or false"),
+        ("+provder=cpu", "error: onfh-infer: unknown key 'provder' (did you mean 'provider'?)"),
+        ("workers=two", "error: onfh-infer: workers='two' is not allowed: expected an integer"),
+    ]:
+        res = _cli("onfh-infer", [*base, extra], tmp_path)
+        assert res.returncode == 1, res.stderr
+        assert res.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "out").exists()
+    res = _cli("onfh-track", ["manifest=m.csv", "infer_dir=.", "out_dir=o", "wokers=2"], tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: onfh-track: unknown key 'wokers' (did you mean 'workers'?)"]
+
+
+def test_cli_version_prints_package_and_model_versions(tmp_path: Path) -> None:
+    from onfh_seg import __version__
+
+    res = _cli("onfh-infer", ["--version"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert __version__ in res.stdout and str(config.model_version()) in res.stdout
+    assert config.model_version() is not None
+
+
+def test_library_modules_do_not_import_cli() -> None:
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "src" / "onfh_seg").rglob("*.py")):
+        if "cli" in path.relative_to(ROOT / "src" / "onfh_seg").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "onfh_seg.cli" or n.startswith("onfh_seg.cli.") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_export_refuses_the_shipped_model_folder_unless_forced(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from onfh_seg.export import check_export_target
+
+    shipped = config.default_model_dir()
+    with pytest.raises(FileExistsError, match="force=true"):
+        check_export_target(shipped)
+    check_export_target(shipped, force=True)
+    check_export_target(tmp_path / "export")
+    assert config.defaults("export")["out_dir"] != "models" and config.defaults("export")["force"] is False
