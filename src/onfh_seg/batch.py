@@ -20,6 +20,14 @@ on each:
   ``errors.csv`` and ``run_manifest.json`` (versions, model, providers,
   timings, start/finish, command line and config).
 
+Lifecycle (:mod:`onfh_seg.lifecycle`): ``out_dir`` is checked for
+writability before any work and locked for the run (``.onfh-infer.lock``; a
+second run refuses with one line, or waits with ``wait_lock=true``); start-up
+clean-up removes only this package's temporaries of dead processes; workers
+end with the main process, even when it is SIGKILLed (SIGTERM from the kernel,
+then the scan in progress removes its partial outputs), and hold the lock
+until they have ended.
+
 The summary line is ``done N, skipped M, failed K`` (``; re-run R: reason``
 when finished scans ran again); the exit code is 1 when
 no scan succeeded (done + skipped == 0), else 0. No torch.
@@ -55,6 +63,7 @@ from onfh_seg.infer.pipeline import (
 )
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.lifecycle import DirLock, InheritedFd, check_writable, die_with_parent, remove_own_temporaries
 from onfh_seg.measure import CSV_COLUMNS
 
 log = logging.getLogger("onfh_seg.batch")
@@ -199,20 +208,29 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_sigterm(signum: int, frame: Any) -> None:
+    if _WORKER.get("stopping"):
+        return  # a second SIGTERM (e.g. kernel and watchdog) must not interrupt the clean-up
+    _WORKER["stopping"] = True
     if _WORKER.get("busy"):
         raise KeyboardInterrupt  # process_scan removes this scan's partial outputs, then the worker ends
     os._exit(143)
 
 
-def _init_worker(spec: EngineSpec, log_level: int) -> None:
-    """Pool initializer: signals, logging to stderr and one segmenter per worker process.
+def _init_worker(spec: EngineSpec, log_level: int, parent_pid: int | None = None, lock_fd: int | None = None) -> None:
+    """Pool initializer: signals, parent watch, logging to stderr and one segmenter per worker process.
 
     Ctrl-C goes to the main process only (it stops the workers); SIGTERM from
-    the main process interrupts the current scan, which removes its partial
-    outputs, and then ends the worker.
+    the main process, or from the kernel when the main process dies, interrupts
+    the current scan, which removes its partial outputs, and then ends the
+    worker. ``lock_fd`` (the out_dir lock, inherited) is kept open for the
+    worker's lifetime.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
+    if lock_fd is not None:
+        _WORKER["lock_fd"] = lock_fd
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
     try:
         _WORKER["segmenter"] = spec.build()
@@ -238,16 +256,9 @@ def _worker_job(job: ScanJob, out_dir: Path, cfg: Mapping[str, Any]) -> dict:
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete ``.<name>.*.tmp`` files left in ``out_dir`` by a killed run (atomic-write leftovers)."""
-    removed = []
-    for p in sorted(out_dir.glob(".*.tmp")):
-        if p.is_file():
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
-    return removed
+    """Delete atomic-write leftovers of killed runs in ``out_dir``: only this package's own
+    ``.<name>.onfh-tmp-<pid>-<random>.tmp`` files whose process is gone (a user's ``.x.tmp`` stays)."""
+    return remove_own_temporaries(out_dir)
 
 
 def write_measurements_csv(out_dir: Path, results: list[dict]) -> Path:
@@ -334,27 +345,52 @@ def _run_here(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: 
     return results
 
 
-def _stop_pool(executor: ProcessPoolExecutor) -> None:
-    """Cancel queued scans, stop the running ones (SIGTERM: they clean up) and wait for the workers."""
-    processes = list(getattr(executor, "_processes", {}).values())  # no public API before Python 3.14
-    executor.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
+def _ignore_stop_signals() -> dict[int, Any]:
+    """Ignore SIGINT/SIGTERM while the workers are being stopped (a second Ctrl-C must not cut the
+    clean-up short); returns the previous handlers. No-op outside the main thread."""
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            proc.terminate()
-        except (OSError, ValueError, AttributeError):
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
             pass
-    for proc in processes:
-        try:
-            proc.join(timeout=30)
-        except (OSError, ValueError, AttributeError, AssertionError):
-            pass
+    return previous
 
 
-def _run_pool(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec, workers: int) -> list[dict]:
+def _stop_pool(executor: ProcessPoolExecutor, grace_s: float = 30.0) -> None:
+    """Cancel queued scans, stop the running ones (SIGTERM: they clean up), wait up to ``grace_s``
+    for the workers, then kill any that is left."""
+    previous = _ignore_stop_signals()
+    try:
+        processes = list(getattr(executor, "_processes", {}).values())  # no public API before Python 3.14
+        executor.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            try:
+                proc.terminate()
+            except (OSError, ValueError, AttributeError):
+                pass
+        deadline = time.monotonic() + grace_s
+        for proc in processes:
+            try:
+                proc.join(timeout=max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    log.warning("worker %s did not stop in %.0f s; killing it", proc.pid, grace_s)
+                    proc.kill()
+                    proc.join(timeout=5)
+            except (OSError, ValueError, AttributeError, AssertionError):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_pool(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec, workers: int,
+              lock: DirLock | None = None) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     results: list[dict | None] = [None] * len(jobs)
+    lock_fd = InheritedFd(lock.fd) if lock is not None and lock.fd is not None else None
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(spec, logging.getLogger().getEffectiveLevel()))
+                                   initargs=(spec, logging.getLogger().getEffectiveLevel(), os.getpid(), lock_fd))
     try:
         with _progress(len(jobs), "onfh-infer") as bar:
             pending = {executor.submit(_worker_job, job, out_dir, dict(cfg)): i for i, job in enumerate(jobs)}
@@ -406,6 +442,8 @@ def run_batch(
     if workers_wanted < 1:
         raise ValueError("workers must be >= 1")
 
+    check_writable(out_dir)  # before any work: a read-only out_dir is a one-line error at once
+
     dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
     jobs = expand_input(cfg.get("input"), dicom_rules, out_dir=out_dir, max_image_mb=cfg.get("max_image_mb"),
                         allow_unknown_orientation=bool(cfg.get("allow_unknown_orientation", False)))
@@ -415,19 +453,21 @@ def run_batch(
         raise FileNotFoundError(f"model folder not found: {spec.model_dir} (set model_dir=...)")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    log.info("onfh-infer: %d scan(s) from %s -> %s (workers %d, %d thread(s) each)",
-             len(jobs), cfg.get("input"), out_dir, workers, spec.threads)
-    if workers > 1 and segmenter_factory is None:
-        results = _run_pool(jobs, out_dir, cfg, spec, workers)
-    else:
-        results = _run_here(jobs, out_dir, cfg, spec, segmenter_factory)
+    check_writable(out_dir)
+    with DirLock(out_dir, "onfh-infer", wait=bool(cfg.get("wait_lock", False))) as lock:
+        remove_stale_temporaries(out_dir)
+        log.info("onfh-infer: %d scan(s) from %s -> %s (workers %d, %d thread(s) each)",
+                 len(jobs), cfg.get("input"), out_dir, workers, spec.threads)
+        if workers > 1 and segmenter_factory is None:
+            results = _run_pool(jobs, out_dir, cfg, spec, workers, lock)
+        else:
+            results = _run_here(jobs, out_dir, cfg, spec, segmenter_factory)
 
-    summary = BatchSummary(out_dir=out_dir, results=results)
-    summary.done = sum(r["status"] == "ok" for r in results)
-    summary.skipped = sum(r["status"] == "skipped" for r in results)
-    summary.failed = sum(r["status"] == "error" for r in results)
-    write_measurements_csv(out_dir, results)
-    write_errors_csv(out_dir, results)
-    write_run_manifest(out_dir, cfg, summary, spec, workers, started, time.perf_counter() - t0, command_line)
+        summary = BatchSummary(out_dir=out_dir, results=results)
+        summary.done = sum(r["status"] == "ok" for r in results)
+        summary.skipped = sum(r["status"] == "skipped" for r in results)
+        summary.failed = sum(r["status"] == "error" for r in results)
+        write_measurements_csv(out_dir, results)
+        write_errors_csv(out_dir, results)
+        write_run_manifest(out_dir, cfg, summary, spec, workers, started, time.perf_counter() - t0, command_line)
     return summary

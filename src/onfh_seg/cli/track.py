@@ -1,8 +1,16 @@
-"""``onfh-track``: follow each patient's hips over time. Hydra config: configs/track.yaml."""
+"""``onfh-track``: follow each patient's hips over time. Hydra config: configs/track.yaml.
+
+Lifecycle as onfh-infer: out_dir checked for writability before any work and
+locked for the run (``.onfh-track.lock``; ``wait_lock=true`` waits), only this
+package's own temporaries of ended processes removed at start, SIGTERM stops
+like Ctrl-C, and pool workers end with this process (even on SIGKILL).
+"""
 
 from __future__ import annotations
 
+import signal
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -14,6 +22,7 @@ def run(cfg: DictConfig) -> int:
     from tqdm import tqdm
 
     from onfh_seg.io.manifest import read_manifest
+    from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
     from onfh_seg.track.longitudinal import track_cohort
 
     c = to_dict(cfg)
@@ -21,13 +30,23 @@ def run(cfg: DictConfig) -> int:
         raise ValueError(f"reference must be acetabulum or viable_head, not {c.get('reference')!r}")
     if int(c.get("workers", 1)) < 1:
         raise ValueError("workers must be >= 1")
+    if not str(c.get("out_dir") or "").strip():
+        raise ValueError("out_dir is empty")
+    out_dir = Path(str(c["out_dir"]))
+    check_writable(out_dir)
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / kill: stop like Ctrl-C
     t0 = time.time()
     try:
         n = len({r.get("patient_id") for r in read_manifest(c["manifest"])})
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
-    with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
-        res = track_cohort(c, progress=lambda pid, status: bar.update(1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
+    with DirLock(out_dir, "onfh-track", wait=bool(c.get("wait_lock", False))):
+        for folder in (out_dir, out_dir / "patients", out_dir / "reports", out_dir / "transforms"):
+            remove_own_temporaries(folder)
+        with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
+            res = track_cohort(c, progress=lambda pid, status: bar.update(1))
     n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
     print(
         f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "
@@ -37,6 +56,10 @@ def run(cfg: DictConfig) -> int:
         f"{res.out_dir / 'cohort_summary.csv'}, {res.out_dir / 'correlations.csv'}"
     )
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
