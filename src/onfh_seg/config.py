@@ -112,6 +112,8 @@ class InferSettings:
     provider: Literal["auto", "cpu", "cuda"]
     threads: int = dataclasses.field(metadata={"min": 0})
     workers: int = dataclasses.field(metadata={"min": 1})
+    max_image_mb: float = dataclasses.field(metadata={"min": 1})
+    allow_unknown_orientation: bool = dataclasses.field()
     tta: bool = dataclasses.field()
     fast: bool = dataclasses.field()
     reference: Reference = dataclasses.field()
@@ -211,6 +213,8 @@ class SynthSettings:
     demo: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
     preview: bool = dataclasses.field()
+    style: Literal["a", "b"] = dataclasses.field()
+    style_b: dict[str, Any] = dataclasses.field()
     disease: DiseaseSettings = dataclasses.field()
     acquisition: AcquisitionSettings = dataclasses.field()
 
