@@ -17,6 +17,7 @@ StudyDate) ever leave this module; names and birth dates are never copied.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,19 @@ DEFAULT_T1_RULES: dict[str, Any] = {
         r"(^|[^a-z])(post|gd|contrast|\+c)([^a-z]|$)",
     ],
     "modalities": ["MR"],
+    # Anatomy (first filter): a series whose BodyPartExamined fully matches one of
+    # these regexes, or whose SeriesDescription/ProtocolName/StudyDescription
+    # matches a refused description pattern, is not a hip series. Empty or other
+    # body parts pass (the image-based anatomy gate still checks them).
+    "refused_body_parts": [
+        "BRAIN", "HEAD", "HEADNECK", "NECK", "SKULL", "ORBIT", "IAC", "SINUS", "[CTL]?SPINE", "[CTL]SPINE",
+        "KNEE", "ANKLE", "FOOT", "TOE", "SHOULDER", "ELBOW", "WRIST", "HAND", "FINGER", "ARM", "FOREARM",
+        "CHEST", "THORAX", "BREAST", "HEART", "CARDIAC", "ABDOMEN", "LIVER", "KIDNEY",
+    ],
+    "refused_description_patterns": [
+        r"(^|[^a-z])(brain|knee|shoulder|cardiac|breast|ankle|wrist|elbow)([^a-z]|$)",
+        r"(^|[^a-z])([ctl]-?spine|spine|cervical|thoracic)([^a-z]|$)",
+    ],
     # Sequence preferences: each satisfied one adds a point; ties broken by
     # most slices, then the later series (higher SeriesNumber).
     "prefer_scanning_sequence": "SE",
@@ -88,6 +102,7 @@ class SeriesInfo:
     series_uid: str
     files: tuple[Path, ...]
     headers: tuple[Dataset, ...]
+    duplicates: int = 0  # files skipped because their SOPInstanceUID was already read (series copied twice)
 
     def _first(self, keyword: str, default: Any = None) -> Any:
         return self.headers[0].get(keyword, default) if self.headers else default
@@ -140,19 +155,44 @@ def is_image_header(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
-def find_series(folder: str | Path) -> list[SeriesInfo]:
-    """Walk ``folder`` recursively and group its DICOM image files by SeriesInstanceUID."""
+def _under(path: Path, folder: Path | None) -> bool:
+    """True when ``path`` is ``folder`` or lies below it (absolute, symlinks resolved)."""
+    if folder is None:
+        return False
+    p, f = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return p == f or f in p.parents
+
+
+def find_series(folder: str | Path, exclude: str | Path | None = None) -> list[SeriesInfo]:
+    """Walk ``folder`` recursively and group its DICOM image files by SeriesInstanceUID.
+
+    Only regular files are read, and none under ``exclude`` (e.g. the run's
+    out_dir). An instance found twice (the same
+    SOPInstanceUID, e.g. a series copied into two sub-folders) is read once:
+    the first file in path order is kept and the others are counted in
+    ``SeriesInfo.duplicates``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomError(f"not a folder: {folder}")
+    skip = Path(exclude) if exclude is not None else None
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    seen: set[str] = set()
+    duplicates: dict[str, int] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _under(p, skip)):
         ds = _read_header(path)
         if ds is None or not is_image_header(ds):
             continue
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+        uid = str(ds.SeriesInstanceUID)
+        sop = str(ds.get("SOPInstanceUID", "") or "")
+        if sop and sop in seen:
+            duplicates[uid] = duplicates.get(uid, 0) + 1
+            continue
+        if sop:
+            seen.add(sop)
+        groups.setdefault(uid, []).append((path, ds))
     series = [
-        SeriesInfo(uid, tuple(p for p, _ in items), tuple(d for _, d in items))
+        SeriesInfo(uid, tuple(p for p, _ in items), tuple(d for _, d in items), duplicates.get(uid, 0))
         for uid, items in groups.items()
     ]
     return sorted(series, key=lambda s: (s.series_number or 0, s.series_uid))
@@ -190,7 +230,7 @@ def merge_rules(rules: Mapping[str, Any] | None) -> dict[str, Any]:
         if key not in DEFAULT_T1_RULES:
             raise DicomError(f"unknown series selection rule '{key}' (known: {sorted(DEFAULT_T1_RULES)})")
         merged[key] = value
-    for key in ("include_patterns", "exclude_patterns"):
+    for key in ("include_patterns", "exclude_patterns", "refused_body_parts", "refused_description_patterns"):
         merged[key] = _pattern_list(key, merged[key])
     for key in ("max_repetition_time_ms", "max_echo_time_ms"):
         merged[key] = _limit(key, merged[key])
@@ -214,6 +254,23 @@ def _float_or_none(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+NOT_HIP_ANATOMY = "not_hip_anatomy"  # prefix of the error when every series is refused for its anatomy
+
+
+def refused_anatomy(series: SeriesInfo, rules: Mapping[str, Any]) -> str | None:
+    """Why the series' headers say it is not a hip (BodyPartExamined, descriptions), or None."""
+    ds = series.headers[0] if series.headers else Dataset()
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip()
+    for pattern in rules["refused_body_parts"]:
+        if body_part and re.fullmatch(pattern, body_part, flags=re.IGNORECASE):
+            return f"BodyPartExamined {body_part} (refused by dicom.rules.refused_body_parts)"
+    text = f"{series.description} {series.protocol_name} {ds.get('StudyDescription', '') or ''}"
+    refused = _first_match(rules["refused_description_patterns"], text)
+    if refused is not None:
+        return f"description '{' '.join(text.split())}' matches /{refused}/ (dicom.rules.refused_description_patterns)"
+    return None
 
 
 def _sequence_points(series: SeriesInfo, rules: Mapping[str, Any]) -> tuple[int, list[str]]:
@@ -248,8 +305,10 @@ def select_t1_series(
 ) -> tuple[SeriesInfo, str]:
     """Pick the T1 series; return it and a one-line reason for the choice.
 
-    A series qualifies when its SeriesDescription/ProtocolName matches an
-    include pattern and no exclude pattern (if none does: any non-excluded
+    First filter: series whose headers name another body part
+    (``refused_anatomy``) are refused; when that leaves no T1 series the
+    error starts with ``not_hip_anatomy:``. A series qualifies when its
+    SeriesDescription/ProtocolName matches an include pattern and no exclude pattern (if none does: any non-excluded
     series with short TR and TE). Qualifying series are ranked by satisfied
     sequence preferences, then most slices, then the later series (higher
     SeriesNumber: a repeat usually replaces a failed acquisition).
@@ -263,6 +322,10 @@ def select_t1_series(
     for s in series:
         if rules["modalities"] and s.modality.upper() not in rules["modalities"]:
             rejected.append((s, f"modality {s.modality or '?'}"))
+            continue
+        anatomy = refused_anatomy(s, rules)
+        if anatomy is not None:
+            rejected.append((s, f"not a hip: {anatomy}"))
             continue
         text = f"{s.description} {s.protocol_name}"
         excluded = _first_match(rules["exclude_patterns"], text)
@@ -280,6 +343,8 @@ def select_t1_series(
     ]
     if not candidates:
         detail = "; ".join(f"{s.label()} {why}" for s, why in rejected) or "none"
+        if any(why.startswith("not a hip: ") for _, why in rejected):
+            raise DicomError(f"{NOT_HIP_ANATOMY}: no hip T1 series among {len(series)} image series ({detail})")
         raise DicomError(f"no T1 series among {len(series)} image series ({detail})")
 
     def rank(item: tuple[SeriesInfo, str]) -> tuple[int, int, int]:
