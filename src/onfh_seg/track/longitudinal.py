@@ -1,8 +1,11 @@
 """Longitudinal tracking of each hip across a patient's scans.
 
 Inputs per scan (docs/CONTRACTS.md): the image, onfh-infer's ``<name>_seg.nii.gz``
-and ``<name>_measurements.json``; clinical scores come from the cohort manifest
-(rows with an empty ``image`` are clinic visits without a scan).
+and ``<name>_measurements.json``, where ``<name>`` and the input hash are what
+onfh-infer recorded for that image (``track.identity``; a changed image or a
+failed inference is an error of that timepoint, never tracked with a stale
+segmentation); clinical scores come from the cohort manifest (rows with an
+empty ``image`` are clinic visits without a scan).
 
 Per patient, per hip, per timepoint (baseline = the earliest scan):
 
@@ -60,6 +63,17 @@ from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
 from onfh_seg.labels import HEAD, HEAD_LABELS, LESION_LABELS
 from onfh_seg.measure import MIN_LESION_ML, reference_mask, sir_of_mask
+from onfh_seg.track.identity import (
+    MEASUREMENTS_SUFFIX,
+    SEG_SUFFIX,
+    InferIndex,
+    RecordedScan,
+    current_sha256,
+    legacy_name,
+    normalised_path,
+    read_infer_dir,
+    recorded_error,
+)
 from onfh_seg.track.register import (
     RegistrationParams,
     apply,
@@ -122,15 +136,6 @@ class TrackParams:
 # ---------------------------------------------------------------- small helpers
 
 
-def scan_name(image: str) -> str:
-    """``<name>`` of an image path: file name without .nii/.nii.gz."""
-    name = Path(image).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _num(v) -> float | None:
     """Float of a value, None if empty/non-numeric/non-finite."""
     if v is None or v == "":
@@ -159,7 +164,12 @@ def timepoint_label(row: Mapping) -> str:
 
 @dataclass
 class ScanInput:
-    """One scanned timepoint of a patient."""
+    """One scanned timepoint of a patient.
+
+    ``image`` is the manifest's image (a NIfTI file or a DICOM folder),
+    ``name`` / ``kind`` / ``series_uid`` what onfh-infer recorded for it and
+    ``sha256`` the image's hash now (equal to the recorded one when usable).
+    """
 
     timepoint: str
     months: float
@@ -168,6 +178,10 @@ class ScanInput:
     measurements: Path
     meas: dict | None = None
     error: str | None = None
+    name: str = ""
+    kind: str = "nifti"
+    series_uid: str | None = None
+    sha256: str | None = None
 
 
 @dataclass
@@ -186,21 +200,19 @@ class PatientInput:
 
 
 def collect_patients(manifest_path: str | Path, infer_dir: str | Path) -> tuple[dict[str, PatientInput], list[dict]]:
-    """Group manifest rows by patient and check each scan's onfh-infer outputs.
+    """Group manifest rows by patient and find each scan's onfh-infer outputs (``track.identity``).
 
-    Returns ``(patients, manifest_errors)``; a scan with a missing or failed
-    output keeps a one-line ``error``. Raises ``FileNotFoundError`` /
-    ``ValueError`` for a missing or malformed manifest.
+    Returns ``(patients, manifest_errors)``; a scan that is missing, failed in
+    onfh-infer, or changed since, keeps a one-line ``error``. The same image
+    on several rows of a patient (e.g. one row per hip) is one scan. Raises
+    ``FileNotFoundError`` / ``ValueError`` for a missing or malformed manifest.
     """
     manifest_path = Path(manifest_path)
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest_path}")
     infer_dir = Path(infer_dir)
     if not infer_dir.is_dir():
         raise FileNotFoundError(f"infer_dir not found: {infer_dir}")
-    rows = read_manifest(manifest_path)
-    if rows and "months" not in rows[0]:
-        raise ValueError(f"manifest {manifest_path} lacks column: months")
+    rows = read_manifest(manifest_path, required=("patient_id", "months", "image"))
+    index = read_infer_dir(infer_dir)
     patients: dict[str, PatientInput] = {}
     bad: list[dict] = []
     for r in rows:
@@ -221,11 +233,10 @@ def collect_patients(manifest_path: str | Path, infer_dir: str | Path) -> tuple[
         image = (r.get("image") or "").strip()
         if not image:
             continue
-        name = scan_name(image)
-        s = ScanInput(tp, months, resolve(manifest_path, image), infer_dir / f"{name}_seg.nii.gz",
-                      infer_dir / f"{name}_measurements.json")
-        s.error = _check_scan(s)
-        p.scans.append(s)
+        path = resolve(manifest_path, image)
+        if any(normalised_path(s.image) == normalised_path(path) for s in p.scans):
+            continue  # the same scan on another row of this patient
+        p.scans.append(_scan_input(tp, months, path, image, index))
     for p in patients.values():
         p.scans.sort(key=lambda s: (s.months, s.timepoint))
         p.visits.sort(key=lambda v: (v["months"], v["timepoint"]))
@@ -235,19 +246,38 @@ def collect_patients(manifest_path: str | Path, infer_dir: str | Path) -> tuple[
     return dict(sorted(patients.items())), bad
 
 
-def _check_scan(s: ScanInput) -> str | None:
-    if not s.image.is_file():
-        return f"image not found: {s.image.name}"
+def _scan_input(tp: str, months: float, path: Path, image_ref: str, index: InferIndex) -> ScanInput:
+    """A timepoint's scan with onfh-infer's recorded identity; ``error`` set when it cannot be tracked."""
+    rec = index.find(path, image_ref)
+    name = rec.name if rec is not None else legacy_name(image_ref)
+    s = ScanInput(tp, months, path, index.infer_dir / f"{name}{SEG_SUFFIX}",
+                  index.infer_dir / f"{name}{MEASUREMENTS_SUFFIX}", name=name)
+    if rec is not None:
+        s.kind, s.series_uid = rec.input_kind, rec.series_uid
+    s.error = _check_scan(s, rec, index, image_ref)
+    return s
+
+
+def _check_scan(s: ScanInput, rec: RecordedScan | None, index: InferIndex, image_ref: str) -> str | None:
+    """Why a scan cannot be tracked (one line), or None; sets ``s.meas`` and ``s.sha256``."""
+    if not s.image.exists():
+        return f"image not found: {image_ref}"
+    if rec is None:
+        return f"not segmented by onfh-infer: {image_ref} has no record in {index.infer_dir}"
+    if rec.status != "ok":
+        return f"onfh-infer failed: {recorded_error(index, rec)}"
     if not s.seg.is_file():
         return f"segmentation not found: {s.seg.name}"
-    if not s.measurements.is_file():
-        return f"measurements not found: {s.measurements.name}"
     try:
         s.meas = json.loads(s.measurements.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"unreadable measurements {s.measurements.name}: {str(exc).splitlines()[0]}"
-    if s.meas.get("status", "ok") != "ok":
-        return f"onfh-infer failed: {s.meas.get('error') or 'status ' + str(s.meas.get('status'))}"
+    s.sha256 = current_sha256(rec, s.image)
+    if s.sha256 is None:
+        return f"cannot read image {image_ref}"
+    if rec.input_sha256 and s.sha256 != rec.input_sha256:
+        return (f"image changed after onfh-infer segmented it: {image_ref} (sha256 differs from "
+                f"{s.measurements.name}); run onfh-infer again")
     hips = [h for h in s.meas.get("hips") or [] if h.get("head_centre_ras_mm")]
     if not hips:
         return "no femoral head found"
@@ -262,7 +292,9 @@ def input_hash(p: PatientInput, config: Mapping) -> str:
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(json.dumps(sorted(p.rows, key=lambda r: json.dumps(r, sort_keys=True)), sort_keys=True).encode())
     for s in p.scans:
-        for f in (s.image, s.seg, s.measurements):
+        h.update(s.image.name.encode())
+        h.update((s.sha256 or "missing").encode())
+        for f in (s.seg, s.measurements):
             h.update(f.name.encode())
             h.update((sha256_file(f) if f.is_file() else "missing").encode())
     return h.hexdigest()
@@ -287,17 +319,34 @@ class ScanData:
         return str((self.scan.meas or {}).get("model_version", ""))
 
 
+def read_image(s: ScanInput) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's image as onfh-infer read it (float32, its affine): NIfTI file or the recorded DICOM series.
+
+    Raises ``ValueError`` when the image changed since :func:`collect_patients` checked it.
+    """
+    from onfh_seg.infer.inputs import ScanJob, load_scan as load_input
+
+    job = ScanJob(s.kind, s.image, s.name, str(s.image))
+    if s.kind == "dicom":
+        from onfh_seg.io.dicom import find_series
+
+        found = [x for x in find_series(s.image) if x.series_uid == s.series_uid]
+        if not found:
+            raise ValueError(f"DICOM series of {s.timepoint} no longer in {s.image}")
+        job.series = found[0]
+    scan = load_input(job)
+    if s.sha256 and scan.sha256 != s.sha256:
+        raise ValueError(f"image of {s.timepoint} changed while tracking: {s.image.name}")
+    return scan.image, scan.affine
+
+
 def load_scan(s: ScanInput) -> ScanData:
     """Load image and seg; check they share a grid; hip regions via ``split_hips``."""
-    img = load_nifti(s.image)
+    image, affine = read_image(s)
     seg = load_nifti(s.seg)
-    image = img.get_fdata(dtype=np.float32)
     labels = np.asarray(seg.dataobj).astype(np.uint8)
-    if image.ndim == 4 and image.shape[3] == 1:
-        image = image[..., 0]
-    if image.shape != labels.shape or not np.allclose(img.affine, seg.affine, atol=1e-3):
+    if image.shape != labels.shape or not np.allclose(affine, seg.affine, atol=1e-3):
         raise ValueError(f"segmentation grid of {s.timepoint} does not match its image")
-    affine = np.asarray(img.affine, np.float64)
     hips = [h for h in s.meas["hips"] if h.get("head_centre_ras_mm")]
     split = split_hips(labels, affine, image=image)
     regions = {}
@@ -817,34 +866,34 @@ def write_truth_infer_outputs(manifest_path: str | Path, infer_dir: str | Path, 
                               model_version: str = "truth-labels", progress: Callable[[str], None] | None = None) -> Path:
     """Emulate onfh-infer outputs from a synthetic cohort's truth labels.
 
-    For each manifest row with an image and labels: copies ``labels`` to
-    ``<infer_dir>/<name>_seg.nii.gz`` and writes ``<name>_measurements.json``
-    computed with ``measure.measure_scan`` / ``measure.qc_flags`` (the contract
-    of docs/CONTRACTS.md). Used by the tests and ``scripts/eval_tracking.py``
+    For each NIfTI image of the manifest with ``labels`` (one job per image,
+    named as onfh-infer names it: ``infer.inputs.expand_input``): copies the
+    labels to ``<infer_dir>/<name>_seg.nii.gz`` and writes
+    ``<name>_measurements.json`` with the identity onfh-infer records and
+    measurements from ``measure.measure_scan`` / ``measure.qc_flags``
+    (docs/CONTRACTS.md). Used by the tests and ``scripts/eval_tracking.py``
     to separate tracking errors from segmentation errors.
     """
+    from onfh_seg.infer.inputs import expand_input
     from onfh_seg.measure import measure_scan, qc_flags
 
-    manifest_path = Path(manifest_path)
     infer_dir = Path(infer_dir)
     infer_dir.mkdir(parents=True, exist_ok=True)
-    for r in read_manifest(manifest_path):
-        if not (r.get("image") or "").strip() or not (r.get("labels") or "").strip():
+    for job in expand_input(Path(manifest_path)):
+        if job.kind != "nifti" or job.labels is None or not job.path.is_file():
             continue
-        name = scan_name(r["image"])
-        img_path = resolve(manifest_path, r["image"])
-        lab_path = resolve(manifest_path, r["labels"])
-        img = load_nifti(img_path)
+        img = load_nifti(job.path)
         image = img.get_fdata(dtype=np.float32)
-        labels = np.asarray(load_nifti(lab_path).dataobj).astype(np.uint8)
+        labels = np.asarray(load_nifti(job.labels).dataobj).astype(np.uint8)
         hips = measure_scan(image, labels, img.affine, reference)
-        meas = {"input": img_path.name, "input_sha256": sha256_file(img_path), "model_version": model_version,
+        meas = {"input": job.image_ref, "input_path": normalised_path(job.path), "input_kind": "nifti",
+                "name": job.name, "input_sha256": sha256_file(job.path), "model_version": model_version,
                 "status": "ok", "error": None, "qc_flags": qc_flags(image, labels, img.affine, hips),
-                "mean_confidence": 1.0, "hips": hips}
-        atomic_write_bytes(infer_dir / f"{name}_seg.nii.gz", lab_path.read_bytes())
-        atomic_write_text(infer_dir / f"{name}_measurements.json", json.dumps(meas, indent=1) + "\n")
+                "mean_confidence": 1.0, "hips": hips, **job.meta}
+        atomic_write_bytes(infer_dir / f"{job.name}{SEG_SUFFIX}", job.labels.read_bytes())
+        atomic_write_text(infer_dir / f"{job.name}{MEASUREMENTS_SUFFIX}", json.dumps(meas, indent=1) + "\n")
         if progress:
-            progress(name)
+            progress(job.name)
     return infer_dir
 
 
