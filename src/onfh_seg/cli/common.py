@@ -56,6 +56,30 @@ def version_line(config_name: str) -> str:
     return f"{_config.TOOLS.get(config_name, config_name)} {__version__} (onfh-seg {__version__}, model {model})"
 
 
+def override_hint(args: list[str]) -> str | None:
+    """A one-line error for the first ``key=value`` Hydra cannot take as one plain value, else None.
+
+    Paths with spaces, non-ASCII letters, ``( ) [ ] = ,`` break Hydra's override
+    grammar (or turn into a sweep); the hint shows how to quote the value.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            sweep = parser.parse_override(arg).is_sweep_override()
+        except HydraException:  # the grammar rejects the value (parse errors are HydraException)
+            sweep = True
+        if sweep and not multirun:
+            key, value = arg.split("=", 1)
+            return f"could not parse '{arg}': quote the value, e.g. {key}=\"'{value}'\""
+    return None
+
+
 def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:
     """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``.
 
@@ -70,6 +94,10 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
     if "--version" in sys.argv[1:]:
         print(version_line(config_name))
         raise SystemExit(0)
+    hint = override_hint(sys.argv[1:])
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         _config.check_override_keys(config_name, sys.argv[1:], groups=config_groups(folder))
     except ConfigError as exc:
