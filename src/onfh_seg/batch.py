@@ -137,20 +137,10 @@ def load_engine_class(spec: str) -> Any:
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:
-    """``model_dir`` as given if it exists (absolute, or relative to the working folder), else
-    relative to the project root (the folder holding ``configs/``)."""
-    path = Path(str(model_dir)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    try:
-        from onfh_seg.cli.common import config_dir
+    """``model_dir`` as given if it exists, else beside ``configs/`` (see :func:`onfh_seg.config.resolve_model_dir`)."""
+    from onfh_seg.config import resolve_model_dir as resolve
 
-        beside = Path(config_dir()).parent / path
-        if beside.exists():
-            return beside
-    except SystemExit:
-        pass
-    return path
+    return resolve(model_dir)
 
 
 @dataclass(frozen=True)
