@@ -1,0 +1,322 @@
+"""Reliability of the input/output layer (issue 11): hostile files, our own outputs, writer failures.
+
+A tiny synthetic "pelvis" (two femoral heads 180 mm apart, each with a socket,
+a necrotic core in the right one) is segmented by ``ThresholdSegmenter``, a
+stand-in for the engine that labels intensity bands after a robust min-max
+normalisation: it is invariant to intensity scaling, like the real model, but
+follows the image content, so a shifted or mirrored image gives a shifted or
+mirrored result (a hash-lookup stand-in would hide that). DICOM cases write the
+same phantom as a small DICOM series; the SEG orientation case uses the shared
+Siemens series (skipped when ../shared is absent).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from onfh_seg.infer.inputs import InputError, expand_input, load_scan
+from onfh_seg.infer.pipeline import OUTPUT_SUFFIXES, process_scan
+from onfh_seg.infer.postprocess import clean_labels
+from onfh_seg.io.dicom import find_series, load_series
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+HFS = SHARED / "data" / "dicom" / "siemens_t1_decubitus" / "HFS"
+BIN = Path(sys.executable).parent
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+VOXEL_MM = 4.0
+SHAPE = (70, 30, 30)  # x 280 mm, y 120 mm, z 120 mm
+HEAD_R, LESION_R, SOCKET_R = 22.0, 8.0, (24.0, 32.0)
+HEAD_X = 90.0  # heads at x = +-90 mm (right hip at larger x in RAS)
+LEVELS = {"background": 100.0, "head": 600.0, "lesion": 250.0, "socket": 400.0}
+
+
+# ---------------------------------------------------------------- phantom and stand-in segmenter
+
+
+def phantom_values(world: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Image intensities at RAS points ``world`` (..., 3): heads, sockets, a lesion in the right head."""
+    image = np.full(world.shape[:-1], LEVELS["background"])
+    for sign in (1.0, -1.0):
+        centre = np.array([sign * HEAD_X, 0.0, 0.0])
+        d = np.linalg.norm(world - centre, axis=-1)
+        above = world[..., 2] > centre[2] + 2.0
+        image[(d >= SOCKET_R[0]) & (d <= SOCKET_R[1]) & above] = LEVELS["socket"]
+        image[d < HEAD_R] = LEVELS["head"]
+        if sign > 0:
+            image[np.linalg.norm(world - (centre + [0.0, 0.0, 8.0]), axis=-1) < LESION_R] = LEVELS["lesion"]
+    noise = np.random.default_rng(seed).normal(0.0, 10.0, size=image.shape)
+    return np.clip(image + noise, 0, None)
+
+
+def grid_world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    ijk = np.indices(shape).reshape(3, -1).T
+    return (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*shape, 3)
+
+
+def phantom_affine() -> np.ndarray:
+    """RAS affine of the phantom grid, centred on the world origin (axes L->R flipped: LAS, as scanners write)."""
+    affine = np.diag([-VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.array(SHAPE) - 1) / 2.0)
+    return affine
+
+
+def write_phantom_nifti(path: Path, affine: np.ndarray | None = None) -> Path:
+    """The phantom as int16 NIfTI (sform = qform, codes 1)."""
+    affine = phantom_affine() if affine is None else affine
+    data = phantom_values(grid_world(SHAPE, affine)).astype(np.int16)
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, 1)
+    img.set_qform(affine, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def write_phantom_dicom(folder: Path, body_part: str = "HIP") -> list[Path]:
+    """The phantom as an axial single-frame MR series (LPS: rows along x, columns along y)."""
+    cols, rows, n_slices = SHAPE
+    spacing = VOXEL_MM
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    r, c = np.mgrid[0:rows, 0:cols]
+    paths = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n_slices):
+        ipp_lps = np.array([-(cols - 1) / 2, -(rows - 1) / 2, k - (n_slices - 1) / 2]) * spacing  # centred grid
+        lps = np.stack([ipp_lps[0] + c * spacing, ipp_lps[1] + r * spacing, np.full(c.shape, ipp_lps[2])], -1)
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        pixels = phantom_values(ras, seed=k).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.BodyPartExamined = "MR", body_part
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.AccessionNumber = "Doe^Jane", "P001", "20240102", "ACC1"
+        ds.SeriesDescription = ds.ProtocolName = "t1_tse_tra"
+        ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
+        ds.ScanningSequence, ds.RepetitionTime, ds.EchoTime = "SE", 500.0, 12.0
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in ipp_lps]
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = spacing
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = pixels.tobytes()
+        path = folder / f"IM{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class StandInResult:
+    labels: np.ndarray
+    mean_confidence: float
+    head_centres_ras: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+class ThresholdSegmenter:
+    """Engine stand-in: intensity bands after a robust min-max normalisation (1st-99.5th percentile)."""
+
+    version = "threshold-1"
+    sha256 = None
+    providers = ["CPUExecutionProvider"]
+
+    def segment(self, image: np.ndarray, affine: np.ndarray) -> StandInResult:
+        lo, hi = np.percentile(image, [1.0, 99.5])
+        norm = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+        labels = np.zeros(image.shape, np.uint8)
+        labels[(norm > 0.15) & (norm <= 0.45)] = 2
+        labels[(norm > 0.45) & (norm <= 0.8)] = 4
+        labels[norm > 0.8] = 1
+        return StandInResult(clean_labels(labels, affine), 0.95)
+
+
+CFG: dict[str, Any] = {"overlay": False, "dicom": {"write_seg": True, "write_sr": True}}
+
+
+def run_one(path: Path, out: Path, **expand: Any) -> tuple[dict, dict]:
+    """process_scan of the single job of ``path``: (result, measurements JSON)."""
+    [job] = expand_input(path, **expand)
+    result = process_scan(job, out, ThresholdSegmenter(), CFG)
+    meas = json.loads((out / f"{job.name}_measurements.json").read_text())
+    return result, meas
+
+
+def summary(meas: dict) -> dict[str, tuple[float, float, np.ndarray]]:
+    """Per side: head volume, lesion volume, head centre."""
+    return {h["side"]: (h["head_volume_ml"], h["lesion_volume_ml"], np.asarray(h["head_centre_ras_mm"], float))
+            for h in meas["hips"]}
+
+
+def same_result(a: dict, b: dict) -> bool:
+    """Same sides, volumes within 2 % or 0.25 mL, head centres within 1 mm."""
+    sa, sb = summary(a), summary(b)
+    if sorted(sa) != sorted(sb):
+        return False
+    for side, (head, lesion, centre) in sa.items():
+        head_b, lesion_b, centre_b = sb[side]
+        for x, y in ((head, head_b), (lesion, lesion_b)):
+            if abs(x - y) > max(0.25, 0.02 * abs(y)):
+                return False
+        if float(np.max(np.abs(centre - centre_b))) > 1.0:
+            return False
+    return True
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) when the block takes longer than ``seconds`` (SIGALRM)."""
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"took longer than {seconds} s (hang?)")
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> tuple[Path, dict]:
+    """The phantom NIfTI and its measurements JSON (both hips found, right lesion, no flag)."""
+    root = tmp_path_factory.mktemp("phantom")
+    path = write_phantom_nifti(root / "hip.nii")
+    result, meas = run_one(path, root / "out")
+    assert result["status"] == "ok", result["error"]
+    return path, meas
+
+
+def test_phantom_is_measured_as_two_hips(phantom) -> None:
+    _, meas = phantom
+    assert [h["side"] for h in meas["hips"]] == ["right", "left"], meas
+    assert meas["qc_flags"] == [] and meas["warnings"] == [], meas
+    right, left = meas["hips"]
+    assert right["lesion_volume_ml"] > 1.0 and left["lesion_volume_ml"] == 0.0
+    assert right["head_centre_ras_mm"][0] > 0 > left["head_centre_ras_mm"][0]
+
+
+# ---------------------------------------------------------------- item 2: a writer's failure never loses the rest
+
+
+def perturb_orientation(folder: Path, scale: float = 1e-8, seed: int = 0) -> int:
+    """Add float noise (different per file, |d| <= scale) to every ImageOrientationPatient; files changed."""
+    rng = np.random.default_rng(seed)
+    changed = 0
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        iop = [float(v) + float(rng.uniform(-scale, scale)) for v in ds.ImageOrientationPatient]
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in iop]  # DS: at most 16 characters
+        ds.save_as(path)
+        changed += 1
+    return changed
+
+
+@pytest.mark.skipif(not HFS.is_dir(), reason=f"shared DICOM data not found at {HFS}")
+def test_seg_written_despite_orientation_noise(tmp_path: Path) -> None:
+    from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
+    from onfh_seg.io.nifti import make_image
+
+    series_dir = tmp_path / "HFS"
+    shutil.copytree(HFS, series_dir)
+    assert perturb_orientation(series_dir) == 35
+    [series] = find_series(series_dir)
+    iops = {tuple(str(v) for v in ds.ImageOrientationPatient) for ds in series.headers}
+    assert len(iops) > 1, "the copy must have differing orientations"
+    image = load_series(series)  # the reader accepts noise below its tolerance
+    labels = np.zeros(image.shape, np.uint8)
+    labels[100:140, 100:140, 10:20] = 1
+    labels[110:120, 110:120, 12:16] = 2
+    seg_path = write_dicom_seg(make_image(labels, image.affine, np.uint8), list(series.headers), tmp_path / "x_seg.dcm")
+    seg = pydicom.dcmread(seg_path)
+    assert seg.Modality == "SEG"
+    shared_iop = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                  .ImageOrientationPatient]
+    first = sorted(series.headers, key=lambda d: float(d.InstanceNumber))[0]
+    np.testing.assert_allclose(shared_iop, [float(v) for v in first.ImageOrientationPatient], atol=1e-6)
+    sr = pydicom.dcmread(write_dicom_sr({"hips": [{"side": "right", "lesion_volume_ml": 1.0}]},
+                                        list(series.headers), tmp_path / "x_sr.dcm"))
+    assert sr.Modality == "SR"
+    # the source headers themselves are left untouched
+    assert len({tuple(str(v) for v in ds.ImageOrientationPatient) for ds in series.headers}) == len(iops)
+
+
+def test_orientation_beyond_tolerance_is_not_snapped() -> None:
+    from onfh_seg.io.dicom_out import snap_orientation
+
+    a, b, c = Dataset(), Dataset(), Dataset()
+    a.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    b.ImageOrientationPatient = [1, 0, 1e-8, 0, 1, 0]
+    c.ImageOrientationPatient = [1, 0, 0.01, 0, 1, 0]
+    snapped = snap_orientation([a, b])
+    assert [float(v) for v in snapped[1].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    kept = snap_orientation([a, c])
+    assert float(kept[1].ImageOrientationPatient[2]) == 0.01
+
+
+@pytest.fixture(scope="module")
+def hip_dicom(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hip_dicom") / "study"
+    write_phantom_dicom(folder)
+    return folder
+
+
+def test_dicom_phantom_writes_seg_and_sr(hip_dicom: Path, tmp_path: Path) -> None:
+    result, meas = run_one(hip_dicom, tmp_path / "out")
+    assert result["status"] == "ok", result["error"]
+    assert [h["side"] for h in meas["hips"]] == ["right", "left"]
+    assert isinstance(meas["outputs"]["dicom_seg"], str) and isinstance(meas["outputs"]["dicom_sr"], str)
+
+
+@pytest.mark.parametrize("failing", ["write_dicom_seg", "write_dicom_sr"])
+def test_failing_dicom_writer_keeps_nifti_json_and_rows(hip_dicom: Path, tmp_path: Path, monkeypatch, failing: str) -> None:
+    import onfh_seg.io.dicom_out as dicom_out
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("Source images must have a shared orientation.")
+
+    monkeypatch.setattr(dicom_out, failing, broken)
+    out = tmp_path / "out"
+    result, meas = run_one(hip_dicom, out)
+    name = result["name"]
+    assert result["status"] == "ok" and meas["status"] == "ok" and meas["error"] is None
+    assert len(result["rows"]) == 2 and [h["side"] for h in meas["hips"]] == ["right", "left"]
+    assert (out / f"{name}_seg.nii.gz").is_file()
+    key, other = ("dicom_seg", "dicom_sr") if failing == "write_dicom_seg" else ("dicom_sr", "dicom_seg")
+    assert meas["outputs"][key] == {"status": "error", "error": "Source images must have a shared orientation."}
+    assert not (out / f"{name}{OUTPUT_SUFFIXES[key]}").exists()
+    assert meas["outputs"][other] == f"{name}{OUTPUT_SUFFIXES[other]}" and (out / meas["outputs"][other]).is_file()
+    assert any("not written: Source images must have a shared orientation" in w for w in meas["warnings"])
+    assert [p for p in out.iterdir() if p.name.endswith(".tmp")] == []
