@@ -46,7 +46,9 @@ def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
 
 
 def gaussian_importance(size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
-    """nnU-Net style Gaussian weight map for blending sliding-window patches."""
+    """Gaussian weight map for blending sliding-window patches, as MONAI's ``compute_importance_map``
+    (mode gaussian): sigma = ``sigma_scale`` x size per axis, centred on the patch, floored at
+    max(min, 1e-3). Only ratios matter for the blend; tests/test_sliding_window.py checks the match."""
     g = np.ones(size, np.float32)
     for ax, n in enumerate(size):
         x = np.arange(n, dtype=np.float32) - (n - 1) / 2
@@ -54,8 +56,7 @@ def gaussian_importance(size: tuple[int, ...], sigma_scale: float = 0.125) -> np
         shape = [1] * len(size)
         shape[ax] = n
         g = g * w.reshape(shape)
-    g /= g.max()
-    return np.maximum(g, 1e-3)
+    return np.maximum(g, max(float(g.min()), 1e-3)).astype(np.float32)
 
 
 def _starts(n: int, roi: int, step: int) -> list[int]:
@@ -150,14 +151,23 @@ def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
 class Segmenter:
     """The shipped cascade: ``coarse.onnx`` finds femoral heads, ``fine.onnx`` segments around each."""
 
-    def __init__(self, model_dir: str | Path = "models", provider: str = "auto", threads: int = 0, tta: bool = False,
-                 fast: bool = False, window: str | None = None, overlap: float | None = None,
-                 lesion_threshold: float | str | None = "model"):
-        """``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
+    def __init__(self, model_dir: str | Path | None = None, provider: str | None = None, threads: int | None = None,
+                 tta: bool | None = None, fast: bool | None = None, window: str | None = None,
+                 overlap: float | None = None, lesion_threshold: float | str | None = "model"):
+        """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
+        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
+        fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         import onnxruntime as ort
 
-        model_dir = Path(model_dir)
+        from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
+
+        cli = defaults("infer")
+        model_dir = default_model_dir() if model_dir is None else resolve_model_dir(model_dir)
+        provider = cli["provider"] if provider is None else provider
+        threads = cli["threads"] if threads is None else threads
+        tta = cli["tta"] if tta is None else tta
+        fast = cli["fast"] if fast is None else fast
         meta_path = model_dir / "model.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"no model found: {meta_path} is missing")
@@ -174,6 +184,8 @@ class Segmenter:
         self.coarse = ort.InferenceSession(str(model_dir / self.meta["coarse"]["file"]), so, providers=providers)
         self.fine = ort.InferenceSession(str(model_dir / self.meta["fine"]["file"]), so, providers=providers)
         self.providers = self.fine.get_providers()
+        self.provider = self.providers[0]  # the one actually used (ONNX Runtime falls back silently)
+        self.model_dir = model_dir
         self.tta, self.fast = bool(tta) and not fast, bool(fast)
         lt = self.meta.get("lesion_threshold") if lesion_threshold == "model" else lesion_threshold
         self.lesion_threshold: float | None = None if lt is None else float(lt)
