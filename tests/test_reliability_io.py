@@ -320,3 +320,130 @@ def test_failing_dicom_writer_keeps_nifti_json_and_rows(hip_dicom: Path, tmp_pat
     assert meas["outputs"][other] == f"{name}{OUTPUT_SUFFIXES[other]}" and (out / meas["outputs"][other]).is_file()
     assert any("not written: Source images must have a shared orientation" in w for w in meas["warnings"])
     assert [p for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ---------------------------------------------------------------- item 3: inputs are only inputs
+
+
+def test_second_run_into_the_input_folder_ignores_own_outputs(phantom, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(phantom[0], folder / "hip.nii")
+    first = [process_scan(job, folder, ThresholdSegmenter(), CFG) for job in expand_input(folder, out_dir=folder)]
+    assert [r["status"] for r in first] == ["ok"] and (folder / "hip_seg.nii.gz").is_file()
+    jobs = expand_input(folder, out_dir=folder)
+    assert [j.path.name for j in jobs] == ["hip.nii"]
+
+
+def test_dicom_folder_with_our_outputs_is_still_read_as_dicom(hip_dicom: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(hip_dicom, study)
+    result, _ = run_one(study, study)  # out_dir = the DICOM folder
+    assert result["status"] == "ok", result["error"]
+    assert any(p.name.endswith("_seg.nii.gz") for p in study.iterdir())
+    assert any(p.name.endswith("_seg.dcm") for p in study.iterdir())
+    [job] = expand_input(study, out_dir=study)
+    assert job.kind == "dicom" and job.error is None and job.series.n_files == SHAPE[2]
+
+
+def test_out_dir_inside_the_input_folder_is_not_searched(hip_dicom: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(hip_dicom, study)
+    out = study / "results"
+    shutil.copytree(hip_dicom, out / "copy")  # a DICOM copy inside out_dir must not be read
+    [job] = expand_input(study, out_dir=out)
+    assert job.error is None and job.series.n_files == SHAPE[2]
+    assert not any(out in p.parents for p in job.series.files)
+
+
+def test_outputs_named_as_inputs_are_refused(phantom, tmp_path: Path) -> None:
+    seg = tmp_path / "hip_seg.nii.gz"
+    shutil.copy(phantom[0], seg)
+    with pytest.raises(InputError, match="is an onfh-infer output"):
+        expand_input(seg)
+    manifest = tmp_path / "manifest.csv"
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(phantom[0], out / "inside.nii")
+    shutil.copy(phantom[0], tmp_path / "good.nii")
+    manifest.write_text("patient_id,timepoint,months,image\nP1,m0,0,good.nii\nP1,m6,6,hip_seg.nii.gz\n"
+                        "P1,m12,12,out/inside.nii\n")
+    jobs = {j.path.name: j for j in expand_input(manifest, out_dir=out)}
+    assert jobs["good.nii"].error is None
+    assert "onfh-infer output" in jobs["hip_seg.nii.gz"].error
+    assert "lies in out_dir" in jobs["out/inside.nii".split("/")[-1]].error
+
+
+def test_fifo_and_devices_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    csv_fifo = tmp_path / "list.csv"
+    os.mkfifo(csv_fifo)
+    with time_limit(20):
+        for path, kind in ((fifo, "FIFO"), (csv_fifo, "FIFO"), (Path("/dev/zero"), "character device")):
+            with pytest.raises(InputError, match=f"not a regular file \\(.*{kind}") as info:
+                expand_input(path)
+            assert "\n" not in str(info.value)
+        # a FIFO named in a manifest: that scan fails with one line, the others run
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text("image\nscan.nii.gz\n/dev/zero\n")
+        jobs = expand_input(manifest)
+        for job in jobs:
+            with pytest.raises(InputError, match="not a regular file"):
+                load_scan(job)
+        # a FIFO inside a DICOM folder is skipped, never opened
+        study = tmp_path / "study"
+        write_phantom_dicom(study)
+        os.mkfifo(study / "zz_pipe")
+        [job] = expand_input(study)
+        assert job.error is None and job.series.n_files == SHAPE[2]
+
+
+def nifti_bytes(shape: tuple[int, ...], dtype=np.int16, data: bytes | None = None) -> bytes:
+    """A single-file NIfTI-1 (header + extension flag) declaring ``shape``, followed by ``data``."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr.set_sform(np.eye(4), 1)
+    hdr.set_qform(np.eye(4), 1)
+    hdr["vox_offset"] = 352
+    return hdr.binaryblock + b"\0\0\0\0" + (data if data is not None else b"")
+
+
+def test_header_size_checked_before_reading(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(nifti_bytes((2048, 2048, 800)) + bytes(1 << 20)))  # claims 6.4 GB
+    [job] = expand_input(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"image too large: 2048x2048x800 voxels .*max_image_mb=1024"):
+            load_scan(job)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB before refusing"
+    small = tmp_path / "small.nii"
+    small.write_bytes(nifti_bytes((64, 64, 64), np.float32, bytes(64**3 * 4)))
+    [job] = expand_input(small, max_image_mb=0.5)
+    with pytest.raises(InputError, match="above max_image_mb=0.5"):
+        load_scan(job)
+
+
+def test_gzip_larger_than_its_header_is_bounded(tmp_path: Path) -> None:
+    """The header promises 16 kB; the gzip unpacks to 200 MB: refused after reading one byte too many."""
+    path = tmp_path / "liar.nii.gz"
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        fh.write(nifti_bytes((32, 32, 8)))
+        chunk = bytes(1 << 20)
+        for _ in range(200):
+            fh.write(chunk)
+    assert path.stat().st_size < 1 << 20
+    [job] = expand_input(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="data size does not match the header: more than"):
+            load_scan(job)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB while refusing"

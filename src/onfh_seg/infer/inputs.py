@@ -65,6 +65,7 @@ MANIFEST_KEEP = ("patient_id", "timepoint", "months")
 DEFAULT_MAX_IMAGE_MB = 1024.0  # float32 image size: 268 M voxels, e.g. 1024 x 1024 x 256; fits 2 workers in 24 GB
 # Per-scan output names of onfh-infer (onfh_seg.infer.pipeline.OUTPUT_SUFFIXES): never inputs.
 TOOL_OUTPUT_SUFFIXES = ("_seg.nii.gz", "_seg.dcm", "_sr.dcm", "_overlay.png", "_measurements.json")
+MAX_VOX_OFFSET = 64 * 2**20  # header extensions larger than this are not plausible
 MIN_VOX_OFFSET = {1: 352, 2: 544}  # single-file NIfTI-1 / NIfTI-2: header + 4 extension bytes
 SHEAR_TOLERANCE = 1e-3  # |cos| between voxel axes above which an affine counts as sheared (0.06 degrees)
 QFORM_SFORM_TOLERANCE_MM = 0.1  # larger differences between sform and qform are reported in the warnings
@@ -435,6 +436,8 @@ def data_layout(hdr: nib.Nifti1Header, path: Path) -> tuple[tuple[int, ...], int
     version = 2 if isinstance(hdr, nib.Nifti2Header) else 1
     if not math.isfinite(offset) or offset != int(offset):
         raise InputError(f"corrupt NIfTI header in {path.name}: vox_offset {offset}")
+    if offset > MAX_VOX_OFFSET:
+        raise InputError(f"corrupt NIfTI header in {path.name}: vox_offset {offset:g} beyond {MAX_VOX_OFFSET} bytes")
     if offset < MIN_VOX_OFFSET[version]:
         raise InputError(
             f"vox_offset {offset:g} < {MIN_VOX_OFFSET[version]} in a single-file NIfTI-{version}: "
@@ -475,7 +478,7 @@ def read_nifti_bytes(path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> 
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise InputError(f"not a regular file: {path}")
-        raw = fh.read(max_file + 1)
+        raw = fh.read(min(st.st_size, max_file) + 1)  # read(n) allocates n bytes: never more than the file
     sha = sha256_bytes(raw)
     stream: io.BufferedIOBase = io.BytesIO(raw)
     gz = raw[:2] == b"\x1f\x8b"
