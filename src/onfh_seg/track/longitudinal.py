@@ -273,6 +273,9 @@ def _check_scan(s: ScanInput, rec: RecordedScan | None, index: InferIndex, image
     except (OSError, ValueError) as exc:
         return f"unreadable measurements {s.measurements.name}: {str(exc).splitlines()[0]}"
     s.sha256 = current_sha256(rec, s.image)
+    if s.sha256 is None and rec.input_kind == "dicom" and s.image.is_dir():
+        return (f"image changed after onfh-infer segmented it: {image_ref} (its DICOM series "
+                f"{rec.series_uid} is no longer there); run onfh-infer again")
     if s.sha256 is None:
         return f"cannot read image {image_ref}"
     if rec.input_sha256 and s.sha256 != rec.input_sha256:

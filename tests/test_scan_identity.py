@@ -1,0 +1,346 @@
+"""One identity for a scan from onfh-infer to onfh-track; one manifest reader; settings-aware resume.
+
+A small onfh-synth cohort is laid out the awkward ways users lay out theirs
+(a DICOM folder, an upper-case ``.NII.GZ``, two ``scan.nii.gz`` in different
+folders, a manifest with a byte-order mark and CRLF line endings, a repeated
+row), segmented by onfh-infer's batch runner with ``WorldTruthSegmenter``
+(a stand-in engine, tests only: the truth labels of the cohort scan that
+shares the input's world grid) and then tracked by onfh-track.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from onfh_seg.batch import run_batch
+from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
+from onfh_seg.track.identity import read_infer_dir
+from onfh_seg.track.longitudinal import collect_patients, track_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+# ---------------------------------------------------------------- stand-in engine (tests only)
+
+
+@dataclass
+class TruthResult:
+    labels: np.ndarray
+    mean_confidence: float
+    timings: dict = field(default_factory=dict)
+
+
+class WorldTruthSegmenter:
+    """Returns the truth labels of the known scan whose voxels lie on the input's world grid.
+
+    ``pairs`` are (image path, labels path). A known scan matches when the
+    input grid is the known grid up to axis order and flips (a DICOM copy,
+    a renamed copy) and the intensities agree; anything else gets all zeros.
+    """
+
+    version = "world-truth-1"
+    sha256 = None
+    providers = ["CPUExecutionProvider"]
+
+    def __init__(self, pairs: list[tuple[Path, Path]]):
+        self.known = [(nib.load(str(i)), nib.load(str(lab))) for i, lab in pairs]
+
+    @staticmethod
+    def _index_map(known_affine: np.ndarray, known_shape, affine: np.ndarray, shape) -> tuple | None:
+        """Index arrays taking the known grid onto the input grid, None if the grids differ."""
+        m = np.linalg.inv(known_affine) @ affine
+        rot = np.round(m[:3, :3])
+        if not np.allclose(m[:3, :3], rot, atol=1e-3) or not np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3):
+            return None
+        ijk = np.indices(shape).reshape(3, -1)
+        src = (rot @ ijk + np.round(m[:3, 3])[:, None]).astype(int)
+        if np.any(src < 0) or np.any(src >= np.asarray(known_shape)[:, None]):
+            return None
+        return tuple(src)
+
+    def segment(self, image: np.ndarray, affine: np.ndarray) -> TruthResult:
+        for img, lab in self.known:
+            idx = self._index_map(img.affine, img.shape, affine, image.shape)
+            if idx is None:
+                continue
+            known = np.asarray(img.dataobj, np.float32)[idx].reshape(image.shape)
+            if np.allclose(known, image, atol=1e-3 * float(np.ptp(image))):
+                labels = np.asarray(lab.dataobj, np.uint8)[idx].reshape(image.shape)
+                return TruthResult(labels, 0.95)
+        return TruthResult(np.zeros(image.shape, np.uint8), 0.5)
+
+
+# ---------------------------------------------------------------- awkward layouts
+
+
+def write_dicom_series(src: Path, folder: Path, description: str = "t1_tse_cor", series_number: int = 3) -> None:
+    """The NIfTI ``src`` as a single-frame MR DICOM series (int16, same world geometry)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    img = nib.load(str(src))
+    data = np.asarray(img.dataobj).astype(np.int16)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(data.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.PatientID, ds.PatientName, ds.StudyDate = "MR", "P001", "Synthetic^P001", "20240101"
+        ds.SeriesDescription = ds.ProtocolName = description
+        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
+        ds.ScanningSequence, ds.RepetitionTime, ds.EchoTime = "SE", 500.0, 12.0
+        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
+        ds.save_as(folder / f"IM{k:04d}", enforce_file_format=True)
+
+
+def write_csv_bom_crlf(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """A manifest as a spreadsheet on Windows saves it: UTF-8 BOM, CRLF line endings."""
+    lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+
+
+def infer_cfg(input_path: Path, out_dir: Path, **over) -> dict:
+    cfg = {"input": str(input_path), "out_dir": str(out_dir), "model_dir": "unused", "provider": "auto",
+           "threads": 1, "workers": 1, "tta": False, "fast": False, "reference": "acetabulum", "overlay": False,
+           "resume": True, "qc": {"head_ml_range": [15.0, 120.0], "min_confidence": 0.6},
+           "dicom": {"write_seg": False, "write_sr": False, "rules": {}}}
+    cfg.update(over)
+    return cfg
+
+
+def track_cfg(manifest: Path, infer_dir: Path, out_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "track.yaml"))
+    cfg.update(manifest=str(manifest), infer_dir=str(infer_dir), out_dir=str(out_dir), report=False, workers=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def layout(request, tmp_path_factory):
+    """P001: DICOM folder + ``.NII.GZ``; P002: ``a/scan.nii.gz`` + ``b/scan.nii.gz``; P003: good + truncated."""
+    src = request.getfixturevalue("small_cohort")  # tests/conftest.py
+    rows = {(r["patient_id"], r["timepoint"]): r for r in read_manifest(src)}
+    img = {k: resolve(src, r["image"]) for k, r in rows.items()}
+    lab = {k: resolve(src, r["labels"]) for k, r in rows.items()}
+    root = tmp_path_factory.mktemp("identity")
+    write_dicom_series(img["P001", "m00"], root / "dicom" / "P001_m00")
+    shutil.copy(img["P001", "m06"], root / "P001_M06.NII.GZ")
+    for sub, tp in (("a", "m00"), ("b", "m06")):
+        (root / sub).mkdir()
+        shutil.copy(img["P002", tp], root / sub / "scan.nii.gz")
+    shutil.copy(img["P001", "m06"], root / "P003_m00.nii.gz")
+    raw = img["P002", "m00"].read_bytes()
+    (root / "P003_m06.nii.gz").write_bytes(raw[: len(raw) // 2])
+    manifest_rows = [
+        {"patient_id": "P001", "timepoint": "m00", "months": 0, "image": "dicom/P001_m00", "harris_hip_score": 50},
+        {"patient_id": "P001", "timepoint": "m06", "months": 6, "image": "P001_M06.NII.GZ", "harris_hip_score": 60},
+        {"patient_id": "P001", "timepoint": "m06", "months": 6, "image": "P001_M06.NII.GZ", "harris_hip_score": 60},
+        {"patient_id": "P002", "timepoint": "m00", "months": 0, "image": "a/scan.nii.gz"},
+        {"patient_id": "P002", "timepoint": "m06", "months": 6, "image": "b/scan.nii.gz"},
+        {"patient_id": "P002", "timepoint": "m09", "months": 9, "image": "", "harris_hip_score": 70},
+        {"patient_id": "P003", "timepoint": "m00", "months": 0, "image": "P003_m00.nii.gz"},
+        {"patient_id": "P003", "timepoint": "m06", "months": 6, "image": "P003_m06.nii.gz"},
+    ]
+    write_csv_bom_crlf(root / "manifest.csv", manifest_rows,
+                       ["patient_id", "timepoint", "months", "image", "harris_hip_score"])
+    pairs = [(img[k], lab[k]) for k in rows]
+    summary = run_batch(infer_cfg(root / "manifest.csv", root / "infer"),
+                        segmenter_factory=lambda threads: WorldTruthSegmenter(pairs))
+    return root, summary, pairs
+
+
+def test_infer_names_and_records_each_awkward_row(layout):
+    root, summary, _ = layout
+    assert (summary.done, summary.skipped, summary.failed) == (5, 0, 1), summary.line()
+    names = {r["input"]: r["name"] for r in summary.results}
+    assert names["dicom/P001_m00"] == "3_t1_tse_cor"
+    assert names["P001_M06.NII.GZ"] == "P001_M06"
+    assert names["a/scan.nii.gz"] == "a_scan" and names["b/scan.nii.gz"] == "b_scan"
+    for ref, name in names.items():
+        meas = json.loads((root / "infer" / f"{name}_measurements.json").read_text())
+        assert meas["name"] == name and meas["input"] == ref
+        assert meas["input_path"] == str((root / ref).resolve())
+        assert meas["input_kind"] == ("dicom" if ref.startswith("dicom/") else "nifti")
+    record = json.loads((root / "infer" / "run_manifest.json").read_text())
+    by_name = {s["name"]: s for s in record["scans"]}
+    assert by_name["b_scan"]["input_path"] == str((root / "b" / "scan.nii.gz").resolve())
+    assert by_name["b_scan"]["settings"]["tta"] is False and by_name["b_scan"]["input_sha256"]
+    ok = json.loads((root / "infer" / "a_scan_measurements.json").read_text())
+    assert [h["side"] for h in ok["hips"]] == ["right", "left"]  # the stand-in engine found the truth
+
+
+def test_track_finds_every_scan_onfh_infer_segmented(layout, tmp_path):
+    root, _, _ = layout
+    res = track_cohort(track_cfg(root / "manifest.csv", root / "infer", tmp_path / "track"))
+    assert sorted(res.records) == ["P001", "P002", "P003"] and not res.failed
+    for pid in ("P001", "P002"):
+        rec = res.records[pid]
+        assert [s["timepoint"] for s in rec["scans"]] == ["m00", "m06"], pid
+        assert all([tp["timepoint"] for tp in h["timepoints"]] == ["m00", "m06"] for h in rec["hips"]), pid
+        assert rec["hips"] and not rec["errors"], (pid, rec["errors"])
+    assert res.records["P002"]["visits"][-1]["months"] == 9.0  # the clinic visit row
+    reasons = {(e["patient_id"], e["timepoint"]): e["reason"] for e in res.errors}
+    assert set(reasons) == {("P003", "m06")}
+    # the failed follow-up carries onfh-infer's error, not "segmentation not found"
+    assert reasons["P003", "m06"].startswith("onfh-infer failed:") and "truncated" in reasons["P003", "m06"]
+
+
+def test_failed_scan_error_comes_from_the_run_records_without_its_json(layout, tmp_path):
+    root, _, _ = layout
+    infer = tmp_path / "infer"
+    shutil.copytree(root / "infer", infer)
+    (infer / "P003_m06_measurements.json").unlink()  # e.g. its worker died before writing it
+    patients, _ = collect_patients(root / "manifest.csv", infer)
+    reason = {e["timepoint"]: e["reason"] for e in patients["P003"].errors}["m06"]
+    assert "truncated" in reason and "not found" not in reason
+    (infer / "run_manifest.json").unlink()  # errors.csv alone still names the error
+    patients, _ = collect_patients(root / "manifest.csv", infer)
+    assert "truncated" in {e["timepoint"]: e["reason"] for e in patients["P003"].errors}["m06"]
+
+
+def test_changed_image_is_named_not_tracked(layout, tmp_path):
+    root, _, _ = layout
+    work = tmp_path / "copy"
+    shutil.copytree(root, work, ignore=shutil.ignore_patterns("infer"))
+    shutil.copytree(root / "infer", work / "infer")
+    img = nib.load(str(work / "b" / "scan.nii.gz"))
+    changed = nib.Nifti1Image(np.asanyarray(img.dataobj) + np.int16(1), img.affine, img.header)
+    nib.save(changed, str(work / "b" / "scan.nii.gz"))
+    shutil.rmtree(work / "dicom" / "P001_m00")
+    write_dicom_series(root / "P001_M06.NII.GZ", work / "dicom" / "P001_m00")  # another image, same folder
+    # the old infer_dir recorded the original files (paths in root/): match by the image as written
+    patients, _ = collect_patients(work / "manifest.csv", work / "infer")
+    reasons = {(p.patient_id, e["timepoint"]): e["reason"] for p in patients.values() for e in p.errors}
+    assert "image changed after onfh-infer" in reasons["P002", "m06"] and "b/scan.nii.gz" in reasons["P002", "m06"]
+    assert "image changed after onfh-infer" in reasons["P001", "m00"] and "dicom/P001_m00" in reasons["P001", "m00"]
+    assert ("P002", "m00") not in reasons and ("P001", "m06") not in reasons
+
+
+def test_not_segmented_image_is_named(layout, tmp_path):
+    root, _, _ = layout
+    shutil.copy(root / "P001_M06.NII.GZ", tmp_path / "new.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,months,image\nP9,0,{tmp_path / 'new.nii.gz'}\n")
+    patients, _ = collect_patients(tmp_path / "m.csv", root / "infer")
+    assert patients["P9"].errors[0]["reason"].startswith("not segmented by onfh-infer:")
+
+
+def test_index_prefers_the_latest_run_for_one_image_under_two_names(layout, tmp_path):
+    root, _, _ = layout
+    infer = tmp_path / "infer"
+    shutil.copytree(root / "infer", infer)
+    old = json.loads((infer / "a_scan_measurements.json").read_text())
+    (infer / "scan_measurements.json").write_text(json.dumps({**old, "name": "scan"}))  # an older run's name
+    rec = read_infer_dir(infer).find(root / "a" / "scan.nii.gz", "a/scan.nii.gz")
+    assert rec is not None and rec.name == "a_scan"
+
+
+# ---------------------------------------------------------------- resume keyed on what changes outputs
+
+
+def test_resume_reruns_on_changed_settings_only(layout, tmp_path):
+    root, _, pairs = layout
+    out = tmp_path / "out"
+    scan = root / "P001_M06.NII.GZ"
+
+    def run(**over):
+        return run_batch(infer_cfg(scan, out, **over), segmenter_factory=lambda threads: WorldTruthSegmenter(pairs))
+
+    assert run().line() == "done 1, skipped 0, failed 0"
+    assert run(threads=2, workers=3, provider="cpu").line() == "done 0, skipped 1, failed 0"  # no result change
+    assert run(tta=True).line() == "done 1, skipped 0, failed 0; re-run 1: settings changed (tta)"
+    meas = json.loads((out / "P001_M06_measurements.json").read_text())
+    record = json.loads((out / "run_manifest.json").read_text())
+    assert meas["settings"]["tta"] is True and record["scans"][0]["settings"]["tta"] is True
+    assert record["scans"][0]["rerun_reason"] == "settings changed (tta)"
+    assert run(tta=True).line() == "done 0, skipped 1, failed 0"
+    record = json.loads((out / "run_manifest.json").read_text())
+    assert record["config"]["tta"] is True and record["scans"][0]["settings"]["tta"] is True
+
+    line = run(tta=True, reference="viable_head", qc={"head_ml_range": [15, 120], "min_confidence": 0.7}).line()
+    assert line.endswith("re-run 1: settings changed (reference, qc.min_confidence)")
+    same = {"tta": True, "reference": "viable_head", "qc": {"head_ml_range": [15, 120], "min_confidence": 0.7}}
+    assert run(**same, resume=False).line() == "done 1, skipped 0, failed 0; re-run 1: resume=false"
+    assert run(**same, overlay=True).line().endswith("re-run 1: settings changed (overlay)")
+    (out / "P001_M06_overlay.png").unlink()
+    assert run(**same, overlay=True).line().endswith("re-run 1: outputs missing (overlay)")
+
+    meas = json.loads((out / "P001_M06_measurements.json").read_text())
+    del meas["settings"]  # outputs of a version that did not record settings
+    (out / "P001_M06_measurements.json").write_text(json.dumps(meas))
+    assert run(**same, overlay=True).line().endswith("re-run 1: settings not recorded")
+
+
+# ---------------------------------------------------------------- the one manifest reader
+
+
+def test_manifest_reader_tolerates_bom_crlf_blank_and_repeated_rows(tmp_path, caplog):
+    path = tmp_path / "m.csv"
+    text = "\ufeffpatient_id , months,image\r\nP1, 0 ,a.nii.gz\r\n\r\n,,\r\nP1,0,a.nii.gz\r\nP1,6\r\n"
+    path.write_bytes(text.encode("utf-8"))
+    with caplog.at_level(logging.WARNING, logger="onfh_seg.manifest"):
+        rows = read_manifest(path, required=("patient_id", "months", "image"))
+    assert rows == [{"patient_id": "P1", "months": "0", "image": "a.nii.gz"},
+                    {"patient_id": "P1", "months": "6", "image": ""}]
+    assert "line 5 repeats line 2" in caplog.text
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"patient_id,months,file\nP1,0,x\n", "has no 'image' column"),
+    (b"patient_id\nP1\n", "has no 'months', 'image' columns"),
+    (b"patient_id,image,image\nP1,a,b\n", "named twice: image"),
+    (b"patient_id,months,image\nP1,0,a,b\n", "line 2: 4 fields but the header has 3"),
+    (b"patient_id,months,image\nP\xe9,0,a\n", "is not UTF-8"),
+    (b'patient_id,months,image\nP1,0,"a\n', "malformed CSV"),
+])
+def test_manifest_reader_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "m.csv"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError, match=message) as info:
+        read_manifest(path, required=("patient_id", "months", "image"))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest(tmp_path / "missing.csv")
+
+
+@pytest.mark.slow
+def test_onfh_track_cli_reads_the_bom_manifest(layout, tmp_path):
+    """The same manifest (BOM, CRLF) through onfh-track's own entry point: the counts it prints."""
+    import subprocess
+    import sys
+
+    root, _, _ = layout
+    exe = str(Path(sys.executable).parent / "onfh-track")
+    res = subprocess.run([exe, f"manifest={root / 'manifest.csv'}", f"infer_dir={root / 'infer'}",
+                          f"out_dir={tmp_path / 'o'}", "report=false"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "3 of 3 patients tracked" in res.stdout
+    with open(tmp_path / "o" / "errors.csv", newline="") as fh:
+        assert [(r["patient_id"], r["timepoint"]) for r in csv.DictReader(fh)] == [("P003", "m06")]
