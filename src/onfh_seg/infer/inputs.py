@@ -2,9 +2,10 @@
 
 ``input`` may be
 
-* one NIfTI file (``.nii`` / ``.nii.gz``) -> one job named after the file
-  (``scan.nii.gz`` -> ``scan``: the file name without its extension, unchanged,
-  which is how onfh-track finds the outputs of a manifest's images);
+* one NIfTI file (``.nii`` / ``.nii.gz``, any case) -> one job named after the
+  file (``scan.nii.gz`` -> ``scan``: the file name without its extension; each
+  scan's measurements JSON records its name, image and resolved path, which is
+  how onfh-track finds the outputs of a manifest's images);
 * a folder: its top-level NIfTI files (sorted by name), one job each; a folder
   without NIfTI files but with DICOM files (at any depth) is one DICOM study
   -> one job, named after the chosen T1 series (``<SeriesNumber>_<description>``);
@@ -530,6 +531,19 @@ def load_nifti_checked(path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -
     return _nifti_from_bytes(raw, path), sha
 
 
+def load_nifti_gated(
+    path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB, allow_unknown_orientation: bool = False
+) -> tuple[nib.Nifti1Image, str, list[str], bool]:
+    """:func:`load_nifti_checked` plus :func:`header_gate` on the header as stored: image, sha256,
+    warnings and whether the orientation is unknown."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    raw, sha = read_nifti_bytes(path, max_image_mb)
+    warnings, unknown = header_gate(_header_of(raw[:540], path), path.name, allow_unknown_orientation)
+    return _nifti_from_bytes(raw, path), sha, warnings, unknown
+
+
 # ---------------------------------------------------------------- header gate
 
 
@@ -546,7 +560,7 @@ def shear_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arcsin(min(1.0, worst))))
 
 
-def header_gate(img: nib.Nifti1Image, name: str, allow_unknown_orientation: bool = False) -> tuple[list[str], bool]:
+def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: bool = False) -> tuple[list[str], bool]:
     """Refuse NIfTI headers that cannot be measured safely; return warnings and "orientation unknown".
 
     Refused (InputError, one line): invalid xform codes; no orientation at all
@@ -554,9 +568,8 @@ def header_gate(img: nib.Nifti1Image, name: str, allow_unknown_orientation: bool
     zooms; an sform and a qform that disagree on the axis orientation (which
     side is left). Warned: sform and qform that differ by more than
     ``QFORM_SFORM_TOLERANCE_MM``, an unusable qform next to a good sform, and
-    a sheared affine.
+    a sheared affine. ``hdr`` is the header as stored (before nibabel's fixes).
     """
-    hdr = img.header
     warnings: list[str] = []
     q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
     if not (0 <= q_code <= 5 and 0 <= s_code <= 5):
@@ -574,7 +587,12 @@ def header_gate(img: nib.Nifti1Image, name: str, allow_unknown_orientation: bool
         warnings.append("header has no sform/qform orientation: sides reported as 'unknown'")
     if q_code > 0 and s_code > 0:
         warnings += _compare_qform_sform(hdr, name)
-    shear = shear_degrees(img.affine) if np.all(np.isfinite(img.affine)) else 0.0
+    try:
+        affine = np.asarray(hdr.get_best_affine(), np.float64)
+    except Exception:  # an unusable qform/sform: refused by check_affine on the loaded image
+        affine = np.full((4, 4), np.nan)
+    finite = np.all(np.isfinite(affine)) and np.all(np.linalg.norm(affine[:3, :3], axis=0) > 0)
+    shear = shear_degrees(affine) if finite else 0.0
     if shear > np.degrees(np.arcsin(SHEAR_TOLERANCE)):
         warnings.append(
             f"sheared affine: voxel axes {shear:.2f} degrees from orthogonal (the DICOM reader refuses sheared "
@@ -686,8 +704,7 @@ def load_scan(job: ScanJob) -> LoadedScan:
         img = load_series(job.series)
         image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
         return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
-    img, sha = load_nifti_checked(job.path, job.max_image_mb)
-    gate_warnings, unknown = header_gate(img, Path(job.path).name, job.allow_unknown_orientation)
+    img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation)
     image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
     return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
                       orientation_unknown=unknown)
