@@ -447,3 +447,125 @@ def test_gzip_larger_than_its_header_is_bounded(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB while refusing"
+
+
+# ---------------------------------------------------------------- item 6: header gate
+
+
+HDR = nib.nifti1.header_dtype
+
+
+def set_fields(raw: bytes, **values: Any) -> bytes:
+    """``raw`` (uncompressed little-endian NIfTI-1) with header fields replaced."""
+    hdr = np.frombuffer(bytearray(raw[:348]), dtype=HDR.newbyteorder("<")).copy()
+    for name, value in values.items():
+        hdr[name] = value
+    return hdr.tobytes() + raw[348:]
+
+
+def refused(path: Path, pattern: str, **expand: Any) -> str:
+    [job] = expand_input(path, **expand)
+    with pytest.raises(InputError, match=pattern) as info:
+        load_scan(job)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_vox_offset_below_352_refused(phantom, tmp_path: Path) -> None:
+    raw = phantom[0].read_bytes()
+    for offset in (0.0, 348.0, 344.0):
+        path = tmp_path / f"off{int(offset)}.nii"
+        # keep the data size consistent with the header, as a shifted reader would see it
+        path.write_bytes(set_fields(raw, vox_offset=offset)[: len(raw) - (352 - int(offset))])
+        refused(path, r"vox_offset .* < 352 in a single-file NIfTI-1")
+
+
+def test_no_orientation_refused_or_measured_without_sides(phantom, tmp_path: Path) -> None:
+    path = tmp_path / "noorient.nii"
+    path.write_bytes(set_fields(phantom[0].read_bytes(), qform_code=0, sform_code=0))
+    refused(path, "qform_code and sform_code both 0")
+    result, meas = run_one(path, tmp_path / "out", allow_unknown_orientation=True)
+    assert result["status"] == "ok", result["error"]
+    assert [h["side"] for h in meas["hips"]] == ["unknown", "unknown"]
+    assert any("sides reported as 'unknown'" in w for w in meas["warnings"])
+    assert {r["side"] for r in result["rows"]} == {"unknown"}
+    assert not (tmp_path / "out" / "noorient_sr.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "pattern"),
+    [
+        ({"pixdim": (1, np.nan)}, "invalid voxel sizes"),
+        ({"pixdim": (2, 0.0)}, "invalid voxel sizes"),
+        ({"srow_x": [0.0, 0.0, 0.0, 0.0], "qform_code": 0}, "not invertible"),
+        ({"srow_y": [0.0, np.inf, 0.0, 0.0], "qform_code": 0}, "not finite"),
+        ({"srow_x": [4.0, 0.0, 0.0, -138.0]}, r"sform \(RAS\) and qform \(LAS\) disagree"),
+        ({"qform_code": 9}, "invalid qform_code"),
+        ({"datatype": 77}, "corrupt NIfTI header"),
+    ],
+)
+def test_bad_geometry_refused(phantom, tmp_path: Path, fields: dict, pattern: str) -> None:
+    path = tmp_path / "bad.nii"
+    raw = phantom[0].read_bytes()
+    if "pixdim" in fields:  # (index, value): one element of the stored pixdim
+        index, value = fields["pixdim"]
+        pixdim = nib.Nifti1Header(raw[:348], check=False)["pixdim"].copy()
+        pixdim[index] = value
+        fields = {**fields, "pixdim": pixdim}
+    path.write_bytes(set_fields(raw, **fields))
+    refused(path, pattern)
+
+
+def test_data_size_must_match_header(phantom, tmp_path: Path) -> None:
+    raw = phantom[0].read_bytes()
+    (tmp_path / "long.nii").write_bytes(raw + bytes(100))
+    refused(tmp_path / "long.nii", "more than the .* bytes it promises")
+    (tmp_path / "short.nii").write_bytes(raw[:-100])
+    refused(tmp_path / "short.nii", "truncated NIfTI data")
+    dims = np.array([3, SHAPE[0], SHAPE[1], SHAPE[2] - 1, 1, 1, 1, 1], np.int16)  # one slice fewer
+    (tmp_path / "dims.nii").write_bytes(set_fields(raw, dim=dims))
+    refused(tmp_path / "dims.nii", "more than the .* bytes it promises")
+
+
+# ---------------------------------------------------------------- item 7: shear, duplicate DICOM, quoting
+
+
+def test_sheared_affine_is_warned_in_json(phantom, tmp_path: Path) -> None:
+    affine = phantom_affine()
+    affine[0, 2] = 0.4  # z axis leans 5.7 degrees towards x: a sheared grid
+    path = write_phantom_nifti(tmp_path / "shear.nii", affine)
+    result, meas = run_one(path, tmp_path / "out")
+    assert result["status"] == "ok", result["error"]
+    assert any(w.startswith("sheared affine: voxel axes 5.71 degrees") for w in meas["warnings"]), meas["warnings"]
+    result, meas = run_one(phantom[0], tmp_path / "out2")
+    assert not any("sheared" in w for w in meas["warnings"])
+
+
+def test_duplicate_dicom_instances_are_deduplicated(hip_dicom: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(hip_dicom, study / "a")
+    shutil.copytree(hip_dicom, study / "b")
+    [job] = expand_input(study)
+    assert job.error is None, job.error
+    assert job.series.n_files == SHAPE[2] and job.series.duplicates == SHAPE[2]
+    assert job.dicom["duplicate_instances_skipped"] == SHAPE[2]
+    assert all(p.parent.name == "a" for p in job.series.files)
+    scan = load_scan(job)
+    assert scan.image.shape == SHAPE
+
+
+def test_override_parse_errors_hint_at_quoting() -> None:
+    from onfh_seg.cli.common import override_hint
+
+    for value in ("my (1).nii.gz", "scan[1].nii.gz", "a=b.nii.gz", "a,b.nii.gz", "ñandú.nii.gz"):
+        hint = override_hint([f"input={value}", "out_dir=out"])
+        assert hint == f"could not parse 'input={value}': quote the value, e.g. input=\"'{value}'\""
+    assert override_hint(["input='my (1).nii.gz'", "out_dir=out", "dicom.rules={include_patterns: [t1]}"]) is None
+
+
+def test_cli_prints_the_quoting_hint(tmp_path: Path) -> None:
+    env = dict(os.environ, ONFH_SEG_CONFIGS=str(ROOT / "configs"))
+    res = subprocess.run([str(BIN / "onfh-infer"), "input=my (1).nii.gz", f"out_dir={tmp_path / 'o'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: could not parse 'input=my (1).nii.gz': quote the value, e.g. input=\"'my (1).nii.gz'\""
