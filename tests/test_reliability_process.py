@@ -181,12 +181,15 @@ def scan_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_out(scan_set, tmp_path_factory):
-    """An uninterrupted CLI run (workers=1) of the scan set."""
+    """An uninterrupted run (workers=1, in this process) with the settings the CLI composes."""
+    from onfh_seg.config import settings
+
     scans, model, _ = scan_set
     out = tmp_path_factory.mktemp("ref") / "out"
-    res = run(infer_cmd(scans, out, model), out.parent)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1].startswith("done 8, skipped 0, failed 0"), res.stdout
+    cfg = settings("infer", {"input": str(scans), "out_dir": str(out), "model_dir": str(model),
+                             "engine": FAKE_ENGINE, "overlay": False})
+    summary = run_batch(cfg)
+    assert (summary.done, summary.skipped, summary.failed) == (8, 0, 0)
     return out
 
 
@@ -215,7 +218,7 @@ def test_kill9_of_main_process_leaves_no_worker_and_resume_equals_uninterrupted(
     late = [p.name for p in out.iterdir() if p.stat().st_mtime > t_kill + 1.0]
     assert late == [], f"written after the main process was killed: {late}"
 
-    res = run(infer_cmd(scans, out, model, "workers=2"), tmp_path)
+    res = run(infer_cmd(scans, out, model), tmp_path)  # resume (in one process: cheaper to start)
     assert res.returncode == 0, res.stderr[-2000:]
     last = res.stdout.strip().splitlines()[-1]
     assert f"skipped {len(finished)}" in last and "failed 0" in last, last
@@ -293,16 +296,14 @@ def test_second_run_into_a_locked_out_dir_refuses_with_one_line_or_waits(scan_se
     out = tmp_path / "out"
     out.mkdir()
     with DirLock(out, "onfh-infer"):  # this test process plays the running onfh-infer
-        res = run(infer_cmd(one, out, model), tmp_path)
-        assert res.returncode == 1
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: out_dir"), res.stderr
-        assert f"in use by onfh-infer pid {os.getpid()}" in lines[0] and "wait_lock=true" in lines[0]
-        assert sorted(p.name for p in out.iterdir()) == [".onfh-infer.lock"]
-
         waiting = start(infer_cmd(one, out, model, "wait_lock=true"), tmp_path)
         try:
-            time.sleep(4.0)
+            res = run(infer_cmd(one, out, model), tmp_path)  # meanwhile the waiting run starts up
+            assert res.returncode == 1
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: out_dir"), res.stderr
+            assert f"in use by onfh-infer pid {os.getpid()}" in lines[0] and "wait_lock=true" in lines[0]
+            time.sleep(1.0)
             assert waiting.poll() is None, waiting.communicate()[1][-2000:]
             assert sorted(p.name for p in out.iterdir()) == [".onfh-infer.lock"]
         except BaseException:
