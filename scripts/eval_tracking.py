@@ -140,10 +140,10 @@ def evaluate_arm(name: str, manifest: Path, infer_dir: Path, out: Path, ref_reco
                         pts["lesion_centroid"] = lc
                     tre = target_registration_error(est, T, np.array(list(pts.values())))
                     row.update({f"tre_{n}_mm": float(e) for n, e in zip(pts, tre)})
-                if tp.get("regenerated_fraction") is not None and base_truth_hip.get("lesion_volume_ml"):
-                    row["regen_est"] = tp["regenerated_fraction"]
-                    row["regen_truth"] = th["regenerated_fraction"]
-                    row["regen_err_pp"] = 100.0 * (tp["regenerated_fraction"] - th["regenerated_fraction"])
+                if tp.get("regenerated_pct") is not None and base_truth_hip.get("lesion_volume_ml"):
+                    row["regen_est"] = tp["regenerated_pct"]  # % (onfh-track)
+                    row["regen_truth"] = 100.0 * th["regenerated_fraction"]  # truth JSON: fraction 0-1
+                    row["regen_err_pp"] = row["regen_est"] - row["regen_truth"]
                 if ref_records is not None and pid in ref_records and tp.get("sir_change") is not None:
                     ref_hip = min(ref_records[pid]["hips"], key=lambda h: np.linalg.norm(
                         np.subtract(h["baseline_head_centre_ras_mm"], c0)))
@@ -202,7 +202,7 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         tre = "/".join(f"{r[k]:.2f}" for k in ("tre_head_centre_mm", "tre_dome_point_mm", "tre_lesion_centroid_mm")
                        if k in r)
-        reg = f"{r['regen_est']:.3f}/{r['regen_truth']:.3f}" if "regen_est" in r else "-"
+        reg = f"{r['regen_est']:.1f}/{r['regen_truth']:.1f}%" if "regen_est" in r else "-"
         sir = f"{r['sir_change_est']:+.3f}/{r['sir_change_ref']:+.3f}" if "sir_change_est" in r else "-"
         col = f"{r['collapse_est_mm']:+.1f}/{r['collapse_truth_mm']:+.1f}" if "collapse_est_mm" in r else "-"
         print(f"{r['arm']:6} {r['patient_id']:5} {r['hip']:7} {r['timepoint']:4} {str(r['response']):10} {tre:>18} "

@@ -87,8 +87,8 @@ def test_toy_regenerated_fraction_and_sir(toy):
     b, f = hip["timepoints"]
     lesion = np.isin(base_lab, (NECROTIC, BAND))
     expected_regen = (base_lab == NECROTIC)[N // 2:].sum() / lesion.sum()  # core with x > 0
-    assert b["regenerated_fraction"] == 0.0 and b["sir_change"] == 0.0
-    assert f["regenerated_fraction"] == pytest.approx(expected_regen, abs=0.02)
+    assert b["regenerated_pct"] == 0.0 and b["sir_change"] == 0.0
+    assert f["regenerated_pct"] == pytest.approx(100.0 * expected_regen, abs=2.0)
     assert f["new_necrosis_ml"] == pytest.approx(0.0, abs=0.05)
     # baseline zone at baseline: core 300 + band 80 over the eroded acetabulum (600)
     n_core, n_band = (base_lab == NECROTIC).sum(), (base_lab == BAND).sum()
@@ -113,7 +113,7 @@ def test_toy_scores_and_tidy_rows(toy):
     rows = tidy_rows(rec)
     assert all(tuple(r) == TIDY_COLUMNS for r in rows)
     metrics = {r["metric"] for r in rows}
-    assert {"lesion_volume_ml", "percent_head_involved", "regenerated_fraction", "sir_baseline_zone",
+    assert {"lesion_volume_ml", "percent_head_involved", "regenerated_pct", "sir_baseline_zone",
             "sir_change", "band_volume_ml", "new_necrosis_ml", "collapse_mm", "harris_hip_score"} <= metrics
     assert {r["hip"] for r in rows if r["metric"] == "harris_hip_score"} == {"patient"}
     json.dumps(rec)  # the record is plain JSON
@@ -163,18 +163,18 @@ def test_correlations_over_hips_with_lesion():
         return {"patient_id": pid, "hips": [{"hip": "right", "timepoints": [
             {"months": 0.0, "lesion_volume_ml": les, "sir_baseline_zone": 0.5},
             {"months": 6.0, "lesion_volume_ml": les, "lesion_change_ml": 0.0, "lesion_change_pct": chg,
-             "regenerated_fraction": regen, "sir_baseline_zone": 0.5 + sir, "sir_change": sir}]}],
+             "regenerated_pct": regen, "sir_baseline_zone": 0.5 + sir, "sir_change": sir}]}],
             "score_changes": {"harris_hip_score": {"baseline": 40, "last": 40 + hhs, "change": hhs}}}
 
-    recs = [rec("P1", 10, -20, 0.3, 0.2, 30), rec("P2", 8, -5, 0.1, 0.05, 10), rec("P3", 0, 0, None, 0.0, 0)]
+    recs = [rec("P1", 10, -20, 30.0, 0.2, 30), rec("P2", 8, -5, 10.0, 0.05, 10), rec("P3", 0, 0, None, 0.0, 0)]
     summary = [r for x in recs for r in summary_rows(x)]
     assert summary[0]["harris_hip_score_change"] == 30
     corr = correlations(summary)
-    assert {c["imaging_metric"] for c in corr} == {"lesion_change_pct", "regenerated_fraction", "sir_change"}
+    assert {c["imaging_metric"] for c in corr} == {"lesion_change_pct", "regenerated_pct", "sir_change"}
     assert all(c["n"] == 2 and c["rho"] == "n/a" for c in corr)  # the lesion-free hip does not count
-    recs.append(rec("P4", 12, -30, 0.5, 0.3, 45))
+    recs.append(rec("P4", 12, -30, 50.0, 0.3, 45))
     corr = correlations([r for x in recs for r in summary_rows(x)])
-    regen = next(c for c in corr if c["imaging_metric"] == "regenerated_fraction")
+    regen = next(c for c in corr if c["imaging_metric"] == "regenerated_pct")
     assert regen["n"] == 3 and regen["rho"] == pytest.approx(1.0)
 
 
@@ -210,11 +210,11 @@ def test_phantom_regenerated_fraction_within_5_points(phantom):
         for hip in est["hips"]:
             c0 = np.array(hip["baseline_head_centre_ras_mm"])
             for tp in hip["timepoints"][1:]:
-                if tp["regenerated_fraction"] is None:
+                if tp["regenerated_pct"] is None:
                     continue
                 centre = apply(np.linalg.inv(true_T[tp["timepoint"]]), c0)
                 t_hip = _truth_hip(truth[tp["timepoint"]], centre)
-                assert abs(tp["regenerated_fraction"] - t_hip["regenerated_fraction"]) <= 0.05, (pid, hip["hip"], tp)
+                assert abs(tp["regenerated_pct"] - 100.0 * t_hip["regenerated_fraction"]) <= 5.0, (pid, hip["hip"], tp)
                 checked += 1
     assert checked >= 3
 
@@ -263,7 +263,7 @@ def test_tiny_baseline_lesion_counts_as_none(tmp_path):
     big = TrackParams(min_lesion_ml=1000.0)  # the toy lesion (a few mL) now counts as "no lesion"
     rec = track_patient(patients["T002"], root / "out", params=big, fixed_transforms={"m06": np.eye(4)})
     b, f = rec["hips"][0]["timepoints"]
-    assert b["regenerated_fraction"] is None and f["regenerated_fraction"] is None
+    assert b["regenerated_pct"] is None and f["regenerated_pct"] is None
     assert f["sir_baseline_zone"] is None
     rec = track_patient(patients["T002"], root / "out2", fixed_transforms={"m06": np.eye(4)})
-    assert rec["hips"][0]["timepoints"][1]["regenerated_fraction"] > 0
+    assert rec["hips"][0]["timepoints"][1]["regenerated_pct"] > 0

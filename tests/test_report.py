@@ -38,7 +38,7 @@ def record():
         tps.append({"timepoint": f"m{int(m):02d}", "months": m, "lesion_volume_ml": 10.0 - 2 * i,
                     "percent_head_involved": 30.0 - 5 * i, "band_volume_ml": 2.0, "head_volume_ml": 33.0,
                     "lesion_change_ml": -2.0 * i, "lesion_change_pct": -20.0 * i,
-                    "regenerated_fraction": 0.1 * i if i else 0.0, "sir_baseline_zone": 0.4 + 0.1 * i,
+                    "regenerated_pct": 10.0 * i if i else 0.0, "sir_baseline_zone": 0.4 + 0.1 * i,
                     "sir_lesion": 0.4, "sir_change": 0.1 * i, "new_necrosis_ml": 0.0, "collapse_mm": None,
                     "arco_extent": "C", "jic_type": "C1"})
     return {
@@ -105,8 +105,8 @@ def test_report_without_images_or_scores():
     assert DISCLAIMER in html and "No clinical scores" in html and "<img" not in html
 
 
-@pytest.mark.parametrize("value,expected", [(None, "&ndash;"), (float("nan"), "&ndash;"), (0.256, "25.6")])
+@pytest.mark.parametrize("value,expected", [(None, "&ndash;"), (float("nan"), "&ndash;"), (25.6, "25.6")])
 def test_regenerated_fraction_shown_in_percent(value, expected):
     from onfh_seg.report.html import fmt
 
-    assert fmt("regenerated_fraction", value) == expected
+    assert fmt("regenerated_pct", value) == expected

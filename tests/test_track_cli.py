@@ -77,7 +77,7 @@ def test_cli_end_to_end_errors_and_resume(cohort):
     cols, rows = read_csv(out / "longitudinal.csv")
     assert tuple(cols) == TIDY_COLUMNS
     assert {r["patient_id"] for r in rows} == {"P001", "P002"}
-    assert {r["metric"] for r in rows} >= {"lesion_volume_ml", "regenerated_fraction", "sir_change"}
+    assert {r["metric"] for r in rows} >= {"lesion_volume_ml", "regenerated_pct", "sir_change"}
     assert {float(r["months"]) for r in rows if r["patient_id"] == "P001" and r["hip"] != "patient"} == {0.0, 6.0}
 
     cols, errors = read_csv(out / "errors.csv")
@@ -96,7 +96,7 @@ def test_cli_end_to_end_errors_and_resume(cohort):
     assert "not for clinical use" in html and "segmentation not found" in html
 
     cols, summary = read_csv(out / "cohort_summary.csv")
-    assert {"patient_id", "hip", "baseline_lesion_ml", "last_lesion_ml", "lesion_change_ml", "regenerated_fraction",
+    assert {"patient_id", "hip", "baseline_lesion_ml", "last_lesion_ml", "lesion_change_ml", "regenerated_pct",
             "sir_change", "harris_hip_score_change"} <= set(cols)
     cols, corr = read_csv(out / "correlations.csv")
     assert tuple(cols) == ("imaging_metric", "score_change", "n", "rho", "p_value", "note")

@@ -29,7 +29,7 @@ METRICS: dict[str, tuple[str, str, int, float]] = {
     "band_volume_ml": ("Interface band volume", "mL", 2, 1.0),
     "lesion_change_ml": ("Lesion change from baseline", "mL", 2, 1.0),
     "lesion_change_pct": ("Lesion change from baseline", "%", 1, 1.0),
-    "regenerated_fraction": ("Regenerated fraction of the baseline lesion", "%", 1, 100.0),
+    "regenerated_pct": ("Regenerated fraction of the baseline lesion", "%", 1, 1.0),
     "regenerated_volume_ml": ("Regenerated volume", "mL", 2, 1.0),
     "new_necrosis_ml": ("New necrosis outside the baseline zone", "mL", 2, 1.0),
     "sir_baseline_zone": ("T1 SIR in the baseline lesion zone", "ratio", 3, 1.0),
@@ -122,9 +122,9 @@ def hip_summary(hip: dict) -> str:
     if len(tps) > 1:
         parts.append(f"At {_months(last['months'])}: {fmt('lesion_volume_ml', last.get('lesion_volume_ml'))} mL "
                      f"({fmt('lesion_change_pct', last.get('lesion_change_pct'), signed=True)}%).")
-        if last.get("regenerated_fraction") is not None:
+        if last.get("regenerated_pct") is not None:
             parts.append(f"Regenerated fraction of the baseline lesion: "
-                         f"{fmt('regenerated_fraction', last['regenerated_fraction'])}%.")
+                         f"{fmt('regenerated_pct', last['regenerated_pct'])}%.")
         if last.get("sir_change") is not None:
             parts.append(f"SIR of the baseline zone changed by {fmt('sir_change', last['sir_change'], signed=True)}.")
         if last.get("new_necrosis_ml"):

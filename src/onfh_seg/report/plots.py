@@ -156,7 +156,7 @@ def trajectory_png(record: dict) -> bytes:
     panels = [
         ("Lesion volume (mL)", "lesion_volume_ml", 1.0),
         ("Lesion, % of head", "percent_head_involved", 1.0),
-        ("Regenerated fraction (%)", "regenerated_fraction", 100.0),
+        ("Regenerated fraction (%)", "regenerated_pct", 1.0),
         ("SIR vs reference", "sir_baseline_zone", 1.0),
     ]
     fig = Figure(figsize=(12.0, 6.4), dpi=DPI)
@@ -176,7 +176,7 @@ def trajectory_png(record: dict) -> bytes:
                 xs2, ys2 = _series(record, h, "sir_lesion")
                 if xs2:
                     ax.plot(xs2, ys2, marker=".", linestyle=":", color=colour, label=f"{h['hip']}: current lesion")
-        if key == "regenerated_fraction":
+        if key == "regenerated_pct":
             ax.set_ylim(-2.0, max(10.0, 1.1 * top))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("months", fontsize=8)

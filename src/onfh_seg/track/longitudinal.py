@@ -19,7 +19,7 @@ Per patient, per hip, per timepoint (baseline = the earliest scan):
   radius + 8 mm around the baseline head centre), both label maps sampled
   nearest-neighbour (the follow-up through its transform), see
   ``lesion_changes``:
-  - ``regenerated_fraction``: share of the baseline lesion (2+3) that is viable
+  - ``regenerated_pct``: share (%) of the baseline lesion (2+3) that is viable
     head (1) now; ``regenerated_volume_ml`` the same in mL.
   - ``new_necrosis_ml``: current lesion (2+3) where the baseline had viable
     head (1), i.e. outside the baseline zone.
@@ -83,7 +83,7 @@ from onfh_seg.track.register import (
     write_tfm,
 )
 
-TRACK_VERSION = "onfh-track/2"
+TRACK_VERSION = "onfh-track/3"  # 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
 TIDY_COLUMNS = ("patient_id", "hip", "months", "metric", "value")
 # numeric per-hip metrics, in table order
 HIP_METRICS = (
@@ -94,7 +94,7 @@ HIP_METRICS = (
     "band_volume_ml",
     "lesion_change_ml",
     "lesion_change_pct",
-    "regenerated_fraction",
+    "regenerated_pct",
     "regenerated_volume_ml",
     "new_necrosis_ml",
     "sir_necrotic",
@@ -105,10 +105,10 @@ HIP_METRICS = (
     "registration_shift_mm",
 )
 CATEGORICAL = ("arco_extent", "jic_type")
-IMAGING_CHANGE = ("lesion_change_pct", "regenerated_fraction", "sir_change")
+IMAGING_CHANGE = ("lesion_change_pct", "regenerated_pct", "sir_change")
 SUMMARY_COLUMNS = (
     "patient_id", "hip", "baseline_months", "last_months", "baseline_lesion_ml", "last_lesion_ml",
-    "lesion_change_ml", "lesion_change_pct", "regenerated_fraction", "sir_baseline_zone_baseline",
+    "lesion_change_ml", "lesion_change_pct", "regenerated_pct", "sir_baseline_zone_baseline",
     "sir_baseline_zone_last", "sir_change", "new_necrosis_ml", "collapse_mm",
 )
 CORRELATION_COLUMNS = ("imaging_metric", "score_change", "n", "rho", "p_value", "note")
@@ -612,7 +612,7 @@ def track_patient(
         b_ref = reference_mask(b_lab, params.reference)
         sir_zone0 = sir_of_mask(b_img, les_native, b_ref)
         tps = [_timepoint_record(base, bh, None, p.patient_id, name, {
-            "regenerated_fraction": 0.0 if n_b_les else None,
+            "regenerated_pct": 0.0 if n_b_les else None,
             "regenerated_volume_ml": 0.0 if n_b_les else None,
             "new_necrosis_ml": 0.0,
             "sir_lesion": sir_zone0,
@@ -676,7 +676,7 @@ def track_patient(
                 views[name].append((f.scan.timepoint, f.scan.months,
                                     sample_views(f.image, f.labels, f.affine, T, view_centre, 1.8 * radius)))
             tps.append(_timepoint_record(f, fh, base, p.patient_id, name, {
-                "regenerated_fraction": regen / n_b_les if n_b_les else None,
+                "regenerated_pct": 100.0 * regen / n_b_les if n_b_les else None,
                 "regenerated_volume_ml": regen * vox_ml if n_b_les else None,
                 "boundary_mm": width,
                 "new_necrosis_ml": new_nec * vox_ml,
@@ -794,7 +794,7 @@ def summary_rows(record: dict) -> list[dict]:
             "last_months": last["months"], "baseline_lesion_ml": b.get("lesion_volume_ml"),
             "last_lesion_ml": last.get("lesion_volume_ml"), "lesion_change_ml": last.get("lesion_change_ml"),
             "lesion_change_pct": last.get("lesion_change_pct"),
-            "regenerated_fraction": last.get("regenerated_fraction"),
+            "regenerated_pct": last.get("regenerated_pct"),
             "sir_baseline_zone_baseline": b.get("sir_baseline_zone"),
             "sir_baseline_zone_last": last.get("sir_baseline_zone"), "sir_change": last.get("sir_change"),
             "new_necrosis_ml": last.get("new_necrosis_ml"), "collapse_mm": last.get("collapse_mm"),
