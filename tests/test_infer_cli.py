@@ -31,7 +31,7 @@ from test_batch import (
 
 from onfh_seg.batch import run_batch
 from onfh_seg.infer.inputs import dicom_series_name, expand_input, load_scan
-from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS
+from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS, HIP_QC_KEYS, QC_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -172,8 +172,8 @@ def test_outputs_names_grid_json_csv(cohort, fake_model, tmp_path: Path) -> None
     assert meas["model_version"] == "fake-1.0" and meas["providers"] == ["CPUExecutionProvider"]
     assert [h["side"] for h in meas["hips"]] == ["right", "left"]
     for hip in meas["hips"]:
-        assert tuple(hip) == HIP_KEYS
-    assert set(meas["qc_flags"]) <= {"no_femoral_head_found", "implausible_head_volume", "low_confidence", "not_mr_like"}
+        assert tuple(hip) == HIP_KEYS + HIP_QC_KEYS
+    assert set(meas["qc_flags"]) <= set(QC_FLAGS)
     assert (out / "P002_m00_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     cols, rows = read_csv(out / "measurements.csv")
@@ -292,15 +292,18 @@ def test_abdominal_mr_has_no_femoral_head(fake_model, tmp_path: Path) -> None:
 
 
 def two_hip_labels(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """Two 'femoral heads' (spheres of ~34 mL, 70 mm apart in world x) with a necrotic core in one."""
+    """Two 'femoral heads' (spheres of ~39 mL, 150 mm apart, each under an acetabular cup) with a
+    necrotic core in one: what the anatomy gate accepts as a pair of hips."""
     ijk = np.indices(shape).reshape(3, -1).T
     world = (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*shape, 3)
     centre = world.reshape(-1, 3).mean(0)
     labels = np.zeros(shape, np.uint8)
-    for dx, lesion in ((35.0, True), (-35.0, False)):
-        c = centre + np.array([dx, 0.0, 0.0])
-        d = np.linalg.norm(world - c, axis=-1)
-        labels[d < 20.0] = 1
+    for dx, dy, lesion in ((45.0, 60.0, True), (-45.0, -60.0, False)):
+        c = centre + np.array([dx, dy, 0.0])
+        off = world - c
+        d = np.linalg.norm(off, axis=-1)
+        labels[(d > 23.0) & (d < 33.0) & (off[..., 2] > 0.3 * d)] = 4  # socket over the top of the head
+        labels[d < 21.0] = 1
         if lesion:
             labels[np.linalg.norm(world - (c + np.array([0, 0, 8.0])), axis=-1) < 8.0] = 2
     return labels
@@ -308,7 +311,10 @@ def two_hip_labels(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
 
 @pytest.mark.skipif(not HFS.is_dir(), reason=f"shared DICOM data not found at {HFS}")
 def test_dicom_study_writes_seg_sr_and_series_info(tmp_path: Path) -> None:
-    [job] = expand_input(HFS)
+    # the real series is a head (refused as a hip by its BodyPartExamined): here it only carries
+    # DICOM geometry and identifiers for the fake hip labels, so the header filter is off
+    rules = {"refused_body_parts": []}
+    [job] = expand_input(HFS, rules)
     scan = load_scan(job)
     model = tmp_path / "fake_model"
     (model / "images").mkdir(parents=True)
@@ -317,7 +323,8 @@ def test_dicom_study_writes_seg_sr_and_series_info(tmp_path: Path) -> None:
     save_like(model / "labels" / "hfs.nii.gz", two_hip_labels(scan.image.shape, scan.affine), scan.affine)
 
     out = tmp_path / "out"
-    summary = run_batch(base_cfg(HFS, out, model, overlay=True), segmenter_factory=factory(model))
+    dicom_cfg = {"write_seg": True, "write_sr": True, "rules": rules}
+    summary = run_batch(base_cfg(HFS, out, model, overlay=True, dicom=dicom_cfg), segmenter_factory=factory(model))
     assert (summary.done, summary.failed) == (1, 0), summary.results[0]["error"]
     name = job.name
     assert name == dicom_series_name(job.dicom["series_number"], job.dicom["series_description"])
@@ -338,12 +345,13 @@ def test_dicom_study_writes_seg_sr_and_series_info(tmp_path: Path) -> None:
         assert str(ds.StudyInstanceUID) == str(src.StudyInstanceUID)
         assert str(ds.get("PatientName", "")) == "" and str(ds.get("PatientBirthDate", "")) == ""
 
-    # no hip -> SEG but no SR, and a stale SR from the earlier run is removed
+    # no hip -> neither SEG nor SR (the reason recorded), and the stale ones from the earlier run are removed
     (model / "labels" / "hfs.nii.gz").unlink()
-    summary = run_batch(base_cfg(HFS, out, model, resume=False), segmenter_factory=factory(model))
+    summary = run_batch(base_cfg(HFS, out, model, resume=False, dicom=dicom_cfg), segmenter_factory=factory(model))
     assert summary.done == 1
     meas = json.loads((out / f"{name}_measurements.json").read_text())
     assert meas["hips"] == [] and "no_femoral_head_found" in meas["qc_flags"]
-    assert (out / f"{name}_seg.dcm").is_file() and not (out / f"{name}_sr.dcm").exists()
-    assert meas["outputs"]["dicom_sr"] is None
+    assert not (out / f"{name}_seg.dcm").exists() and not (out / f"{name}_sr.dcm").exists()
+    assert meas["outputs"]["dicom_seg"]["status"] == "not_written"
+    assert meas["outputs"]["dicom_sr"]["status"] == "not_written"
     assert no_temporaries(out) == []

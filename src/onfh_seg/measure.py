@@ -7,10 +7,13 @@ patient's right, so "lateral" is +x for the right hip and -x for the left hip.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy
 from onfh_seg.infer.postprocess import (
     mask_centroid_ras,
     ras_to_voxel,
@@ -34,13 +37,24 @@ HIP_KEYS = (
     "lesion_centroid_ras_mm",
     "head_centre_ras_mm",
 )
+HIP_QC_KEYS = ("qc_flags", "trusted")  # added to each hip by measure_gated (after HIP_KEYS)
 VECTOR_KEYS = ("lesion_centroid_ras_mm", "head_centre_ras_mm")
 CSV_COLUMNS = (
     ["scan", "image"]
     + [c for k in HIP_KEYS for c in ([f"{k}_x", f"{k}_y", f"{k}_z"] if k in VECTOR_KEYS else [k])]
-    + ["qc_flags", "model_version"]
+    + ["trusted", "hip_qc_flags", "qc_flags", "model_version"]
 )
-QC_FLAGS = ("no_femoral_head_found", "implausible_head_volume", "low_confidence", "not_mr_like")
+QC_FLAGS = (
+    "no_femoral_head_found",
+    "not_hip_anatomy",
+    "implausible_head_volume",
+    "implausible_head_shape",
+    "low_confidence",
+    "not_mr_like",
+)
+# Flags after which a scan's numbers are not to be trusted (kept out of the DICOM SR, marked in CSV/JSON/HTML).
+UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "low_confidence", "not_mr_like")
+HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape")  # flags that belong to one hip
 SIR_REFERENCES = ("acetabulum", "viable_head")
 SIDE_ORDER = ("right", "left", "unknown")
 
@@ -314,23 +328,95 @@ def qc_flags(
     mean_confidence: float | None = None,
     head_ml_range: tuple[float, float] = (15.0, 120.0),
     min_confidence: float = 0.6,
+    anatomy_flag: str | None = None,
 ) -> list[str]:
     """QC flags of CONTRACTS.md, in their contract order.
 
-    ``hips`` are ``measure_hip`` dicts. ``labels``/``affine`` are accepted for
-    future checks and to keep one signature across stages.
+    ``hips`` are ``measure_hip`` dicts (a hip's own ``qc_flags``, e.g.
+    ``implausible_head_shape``, are carried up to the scan). ``anatomy_flag``
+    is the failed anatomy gate's flag (``not_hip_anatomy`` or
+    ``no_femoral_head_found``); without hips and without it the flag is
+    ``no_femoral_head_found``. ``labels``/``affine`` keep one signature across stages.
     """
-    flags = []
-    if not hips:
-        flags.append("no_femoral_head_found")
+    found = set()
+    if anatomy_flag is not None:
+        found.add(anatomy_flag)
+    elif not hips:
+        found.add("no_femoral_head_found")
     lo, hi = head_ml_range
     if any(not (lo <= h["head_volume_ml"] <= hi) for h in hips):
-        flags.append("implausible_head_volume")
+        found.add("implausible_head_volume")
+    found.update(f for h in hips for f in (h.get("qc_flags") or []))
     if mean_confidence is not None and mean_confidence < min_confidence:
-        flags.append("low_confidence")
+        found.add("low_confidence")
     if not is_mr_like(image):
-        flags.append("not_mr_like")
+        found.add("not_mr_like")
+    return [f for f in QC_FLAGS if f in found] + sorted(found - set(QC_FLAGS))
+
+
+def hip_flags(hip: dict, head_ml_range: tuple[float, float], implausible_centres: Sequence[np.ndarray]) -> list[str]:
+    """A hip's own QC flags: head volume outside ``head_ml_range``; head centre at an implausible head.
+
+    A head of ``implausible_centres`` (anatomy gate) belongs to this hip when it
+    lies within 15 mm of the hip's head centroid.
+    """
+    flags = []
+    lo, hi = head_ml_range
+    if not lo <= hip["head_volume_ml"] <= hi:
+        flags.append("implausible_head_volume")
+    centre = hip.get("head_centre_ras_mm")
+    if centre is not None and any(np.linalg.norm(np.asarray(centre) - c) <= 15.0 for c in implausible_centres):
+        flags.append("implausible_head_shape")
     return flags
+
+
+def mark_trust(hips: Sequence[dict], scan_flags: Sequence[str]) -> list[dict]:
+    """Hips with ``trusted``: False when the hip has a flag of its own or the scan an untrusting one.
+
+    Scan-level ``implausible_head_volume`` / ``implausible_head_shape`` are the
+    union of the hips' own flags, so they do not untrust the other hip.
+    """
+    scan_wide = [f for f in scan_flags if f in UNTRUSTED_FLAGS and f not in HIP_FLAGS]
+    return [{**h, "trusted": not (h.get("qc_flags") or scan_wide)} for h in hips]
+
+
+@dataclass
+class GatedMeasurement:
+    """What ``measure_gated`` decided: the label map to write, hips, scan flags and the gate's record."""
+
+    labels: np.ndarray
+    hips: list[dict]
+    flags: list[str]
+    anatomy: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_gated(
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    mean_confidence: float | None = None,
+    reference: str = "acetabulum",
+    head_ml_range: tuple[float, float] = (15.0, 120.0),
+    min_confidence: float = 0.6,
+    limits: AnatomyLimits | None = None,
+    gate: bool = True,
+) -> GatedMeasurement:
+    """Anatomy gate, then per-hip measurements, per-hip and scan QC flags, and trust.
+
+    A scan that fails the gate (``check_anatomy``: no head, or nothing that
+    looks like a femoral head in a socket) gets its flag, no hips and an empty
+    label map (nothing in the outputs claims a femoral head). ``gate=False``
+    skips the image-based check (hips are still flagged and marked).
+    """
+    result = check_anatomy(labels, affine, limits) if gate else AnatomyResult(None, [], [])
+    if gate and not result.passed:
+        flags = qc_flags(image, labels, affine, [], mean_confidence, head_ml_range, min_confidence, result.flag)
+        return GatedMeasurement(np.zeros(np.shape(labels), np.uint8), [], flags, result.to_json())
+    hips = measure_scan(image, labels, affine, reference=reference)
+    bad = result.implausible_centres()
+    hips = [{**h, "qc_flags": hip_flags(h, head_ml_range, bad)} for h in hips]
+    flags = qc_flags(image, labels, affine, hips, mean_confidence, head_ml_range, min_confidence)
+    return GatedMeasurement(np.asarray(labels), mark_trust(hips, flags), flags, result.to_json() if gate else {})
 
 
 def measurements_row(
@@ -339,6 +425,9 @@ def measurements_row(
     """One ``measurements.csv`` row (keys = ``CSV_COLUMNS``); vectors become ``_x,_y,_z``.
 
     ``hip`` None (no hip found) leaves the hip columns None (written empty).
+    ``trusted`` (true/false) and ``hip_qc_flags`` (``;``-joined) come from the
+    hip's own keys; a hip without ``trusted`` is trusted unless ``qc`` holds an
+    untrusting flag.
     """
     row: dict = {"scan": scan_name, "image": image_name}
     for key in HIP_KEYS:
@@ -348,6 +437,14 @@ def measurements_row(
             row.update({f"{key}_x": vec[0], f"{key}_y": vec[1], f"{key}_z": vec[2]})
         else:
             row[key] = value
+    if hip is None:
+        row["trusted"], row["hip_qc_flags"] = None, None
+    else:
+        trusted = hip.get("trusted")
+        if trusted is None:
+            trusted = not any(f in UNTRUSTED_FLAGS for f in qc)
+        row["trusted"] = "true" if trusted else "false"
+        row["hip_qc_flags"] = ";".join(hip.get("qc_flags") or [])
     row["qc_flags"] = ";".join(qc)
     row["model_version"] = model_version
     return row

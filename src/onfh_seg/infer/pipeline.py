@@ -38,9 +38,11 @@ import numpy as np
 from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
 from onfh_seg.labels import LABELS
-from onfh_seg.measure import SIDE_ORDER, measure_scan, measurements_row, qc_flags
+from onfh_seg.infer.anatomy import limits_from_config
+from onfh_seg.measure import SIDE_ORDER, measure_gated, measurements_row
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
+NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
 OUTPUT_SUFFIXES = {
     "seg": "_seg.nii.gz",
@@ -182,6 +184,7 @@ RESULT_SETTINGS: dict[str, Any] = {
     "dicom.write_seg": True,
     "dicom.write_sr": True,
     "dicom.rules": {},
+    "anatomy": {},
 }
 
 
@@ -228,7 +231,8 @@ def resume_check(job: ScanJob, out_dir: str | Path, model_version: str, settings
         return None, None
     if not resume:
         return None, "resume=false"
-    recorded_outputs = [k for k, v in (meas.get("outputs") or {"seg": paths["seg"].name}).items() if v]
+    recorded_outputs = [k for k, v in (meas.get("outputs") or {"seg": paths["seg"].name}).items()
+                        if v and not (isinstance(v, Mapping) and v.get("status") == "not_written")]
     missing = [k for k in recorded_outputs if k in paths and not paths[k].is_file()]
     if missing:
         return None, f"outputs missing ({', '.join(missing)})"
@@ -310,16 +314,23 @@ def _write_dicom_outputs(
             out[key] = {"status": "error", "error": one_line(exc)}
             warnings.append(f"{what} not written: {one_line(exc)}")
 
+    no_head = [f for f in meas["qc_flags"] if f in ("no_femoral_head_found", "not_hip_anatomy")]
     if _cfg(cfg, "dicom.write_seg", True):
-        attempt("dicom_seg", "DICOM SEG", lambda: write_dicom_seg(
-            make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"], model_version=version))
+        if no_head:  # the anatomy gate failed: no SEG that claims a femoral head
+            out["dicom_seg"] = {"status": "not_written", "reason": f"{no_head[0]}: no femoral head to segment"}
+        else:
+            attempt("dicom_seg", "DICOM SEG", lambda: write_dicom_seg(
+                make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"],
+                model_version=version))
     if _cfg(cfg, "dicom.write_sr", True):
-        sided = [h for h in meas["hips"] if h["side"] in ("right", "left")]
+        sided = [h for h in meas["hips"] if h["side"] in ("right", "left") and h.get("trusted", True)]
         if sided:
             attempt("dicom_sr", "DICOM SR", lambda: write_dicom_sr(
                 {**meas, "hips": sided}, scan.source_datasets, paths["dicom_sr"], model_version=version))
-        else:
-            out["dicom_sr"] = None  # nothing to report: no right/left hip
+        else:  # nothing trustworthy to report
+            why = no_head or [f for h in meas["hips"] for f in h.get("qc_flags") or []] or meas["qc_flags"]
+            out["dicom_sr"] = {"status": "not_written",
+                               "reason": f"no trusted right/left hip ({', '.join(dict.fromkeys(why)) or 'side unknown'})"}
     return out, warnings
 
 
@@ -370,14 +381,16 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         timings["engine"] = dict(getattr(result, "timings", {}) or {})
 
         t = time.perf_counter()
-        hips = measure_scan(scan.image, labels, scan.affine, reference=reference)
+        lo, hi = _cfg(cfg, "qc.head_ml_range", (15.0, 120.0))
+        gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
+            scan.image, labels, scan.affine, confidence, reference, (float(lo), float(hi)),
+            float(_cfg(cfg, "qc.min_confidence", 0.6)), limits_from_config(_cfg(cfg, "anatomy", {})),
+            gate=bool(_cfg(cfg, "anatomy.enabled", True)),
+        )
+        labels, hips, flags = gated.labels, gated.hips, gated.flags
+        meas["anatomy"] = gated.anatomy
         if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
             hips = [{**hip, "side": "unknown"} for hip in hips]
-        lo, hi = _cfg(cfg, "qc.head_ml_range", (15.0, 120.0))
-        flags = qc_flags(
-            scan.image, labels, scan.affine, hips, confidence,
-            head_ml_range=(float(lo), float(hi)), min_confidence=float(_cfg(cfg, "qc.min_confidence", 0.6)),
-        )
         timings["measure"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -424,7 +437,8 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         error = one_line(exc)
         _remove([p for k, p in paths.items() if k != "measurements"])
         timings["total"] = time.perf_counter() - t_start
-        meas.update(status="error", error=error, qc_flags=[], mean_confidence=None, hips=[])
+        refused = [NOT_HIP_ANATOMY] if error.startswith(f"{NOT_HIP_ANATOMY}:") else []  # DICOM headers: not a hip
+        meas.update(status="error", error=error, qc_flags=refused, mean_confidence=None, hips=[])
         meas.update(**_job_context(job), providers=info["providers"], timings=_round_timings(timings),
                     software=software_versions())
         atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")

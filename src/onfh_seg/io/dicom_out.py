@@ -342,7 +342,11 @@ def build_dicom_sr(
     model_version: str | None = None,
     series_number: int = 9002,
 ) -> hd.sr.Comprehensive3DSR:
-    """A TID 1500 Measurement Report (Comprehensive 3D SR) with one group per hip."""
+    """A TID 1500 Measurement Report (Comprehensive 3D SR) with one group per trusted hip.
+
+    Hips with ``trusted: false`` (a QC flag makes their numbers untrustworthy)
+    get no measurement group; DicomError when no hip is left.
+    """
     if not source_datasets:
         raise DicomError("no source instances to reference in the SR")
     version = str(model_version or measurements.get("model_version") or "unknown")
@@ -351,6 +355,9 @@ def build_dicom_sr(
         raise DicomError("measurements 'hips' must be a list")
     if not hips:
         raise DicomError("no hip measurements to report (empty 'hips'): write no SR for this scan")
+    hips = [h for h in hips if isinstance(h, Mapping) and h.get("trusted", True) is not False]
+    if not hips:  # a QC flag made every hip untrustworthy (measurements JSON 'trusted': false)
+        raise DicomError("no trusted hip measurements to report (all hips flagged by QC): write no SR for this scan")
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=hd.UID(), name="onfh-seg", manufacturer_name=MANUFACTURER, model_name=MODEL_NAME
     )

@@ -1,0 +1,300 @@
+"""Anatomy gate: is what the segmentation found a femoral head in a hip joint?
+
+Header-free plausibility check run on the label map before any measurement
+(docs/CONTRACTS.md, QC flags ``no_femoral_head_found``, ``not_hip_anatomy``,
+``implausible_head_shape``). For every femoral head the post-processing would
+measure (``postprocess.find_heads`` + ``select_heads``: at most one per side):
+
+* a sphere is fitted to the head's surface voxels (least squares, then refitted
+  on the 80 % of points nearest to the sphere: the flat head-neck cut and a
+  collapsed dome are partly ignored); its radius must lie in an adult range and
+  the RMS distance of the kept surface points from the sphere must be small
+  relative to the radius;
+* the head must not be a flat or elongated blob: sqrt of the smallest over the
+  largest eigenvalue of its voxel covariance (1 for a ball);
+* a socket must surround it: acetabulum (label 4) within a shell around the
+  fitted sphere, covering a share of the directions of the superior cap (world
+  +z, within ``cap_deg`` of straight up) and amounting to a minimum volume;
+* the lesion (2+3) must leave some viable head (1).
+
+With two heads their centres must lie at an adult inter-head distance. A scan
+passes when every head passes and the pair distance (if two) is plausible; a
+scan with two heads of which only one passes keeps the plausible one and flags
+the other ``implausible_head_shape`` (whatever their distance); two plausible
+heads at an implausible distance, or no plausible head, make the scan
+``not_hip_anatomy`` (``no_femoral_head_found`` without any head component).
+
+numpy/scipy only. Thresholds: ``AnatomyLimits`` (configs/infer.yaml
+``anatomy``); how they were chosen: docs/CONTRACTS.md, "Anatomy gate".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from onfh_seg.infer.postprocess import Head, find_heads, select_heads, voxel_to_ras, voxel_volume_ml
+from onfh_seg.labels import ACETABULUM, HEAD, HEAD_LABELS, LESION_LABELS
+
+
+@dataclass(frozen=True)
+class AnatomyLimits:
+    """Thresholds of the anatomy gate (all world mm unless stated)."""
+
+    min_head_ml: float = 5.0  # smallest head component considered (as split_hips)
+    radius_mm: tuple[float, float] = (16.0, 31.0)  # fitted sphere radius
+    max_rel_rms: float = 0.11  # RMS surface-to-sphere distance / radius (inner 80 % of points)
+    min_axis_ratio: float = 0.58  # sqrt(smallest / largest covariance eigenvalue) of the head voxels
+    shell_mm: tuple[float, float] = (-4.0, 20.0)  # acetabulum searched from r + lo to r + hi around the sphere
+    cap_deg: float = 45.0  # superior cap: directions within this angle of world +z
+    min_cap_coverage: float = 0.35  # share of cap directions with acetabulum in the shell
+    min_acetabulum_ml: float = 10.0  # acetabulum volume in the shell
+    max_lesion_fraction: float = 0.93  # lesion (2+3) / head (1+2+3)
+    pair_distance_mm: tuple[float, float] = (130.0, 230.0)  # centre-to-centre distance of two heads
+
+
+def limits_from_config(cfg: Mapping[str, Any] | None) -> AnatomyLimits:
+    """``AnatomyLimits`` with the keys given in ``cfg`` (a mapping; unknown keys are an error)."""
+    known = {f.name for f in fields(AnatomyLimits)}
+    values: dict[str, Any] = {}
+    for key, value in dict(cfg or {}).items():
+        if key == "enabled":
+            continue
+        if key not in known:
+            raise ValueError(f"unknown anatomy setting '{key}' (known: {sorted(known)})")
+        if isinstance(getattr(AnatomyLimits(), key), tuple):
+            pair = [float(v) for v in value]
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise ValueError(f"anatomy.{key} must be [low, high], got {value!r}")
+            values[key] = (pair[0], pair[1])
+        else:
+            values[key] = float(value)
+    return AnatomyLimits(**values)
+
+
+@dataclass
+class HeadCheck:
+    """Measured shape and context of one head component, and what failed."""
+
+    centre_ras_mm: list[float]
+    volume_ml: float
+    radius_fit_mm: float
+    rel_rms: float
+    axis_ratio: float
+    cap_coverage: float
+    acetabulum_ml: float
+    lesion_fraction: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def plausible(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class AnatomyResult:
+    """Verdict of the gate: ``flag`` is None (pass), "no_femoral_head_found" or "not_hip_anatomy"."""
+
+    flag: str | None
+    reasons: list[str]
+    heads: list[HeadCheck]
+    pair_distance_mm: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.flag is None
+
+    def implausible_centres(self) -> list[np.ndarray]:
+        """Centres of the heads that failed while the scan passed (per-hip ``implausible_head_shape``)."""
+        return [np.asarray(h.centre_ras_mm) for h in self.heads if not h.plausible]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "flag": self.flag,
+            "reasons": list(self.reasons),
+            "pair_distance_mm": None if self.pair_distance_mm is None else round(self.pair_distance_mm, 1),
+            "heads": [_rounded(asdict(h)) for h in self.heads],
+        }
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = round(v, 3)
+        elif isinstance(v, list) and v and isinstance(v[0], float):
+            out[k] = [round(x, 2) for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------- geometry pieces
+
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through ``points`` (n, 3): centre and radius (algebraic fit)."""
+    p = np.asarray(points, np.float64)
+    a = np.column_stack([2.0 * p, np.ones(len(p))])
+    b = np.sum(p * p, axis=1)
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    centre = sol[:3]
+    radius = float(np.sqrt(max(sol[3] + centre @ centre, 0.0)))
+    return centre, radius
+
+
+def robust_sphere(points: np.ndarray, keep: float = 0.8) -> tuple[np.ndarray, float, float]:
+    """Sphere fit, refitted on the ``keep`` share of points nearest to it.
+
+    Returns centre, radius and the RMS distance of the kept points from the
+    refitted sphere.
+    """
+    centre, radius = fit_sphere(points)
+    dist = np.abs(np.linalg.norm(points - centre, axis=1) - radius)
+    n_keep = max(4, int(round(keep * len(points))))
+    inner = points[np.argsort(dist)[:n_keep]]
+    centre, radius = fit_sphere(inner)
+    resid = np.linalg.norm(inner - centre, axis=1) - radius
+    return centre, radius, float(np.sqrt(np.mean(resid**2)))
+
+
+def surface_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (n, 3) of the mask's boundary voxels (mask minus its face erosion)."""
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    return voxel_to_ras(affine, np.argwhere(boundary))
+
+
+def axis_ratio(points: np.ndarray) -> float:
+    """sqrt(smallest / largest eigenvalue) of the covariance of ``points``: 1 for a ball, ~0 for a disc."""
+    if len(points) < 4:
+        return 0.0
+    ev = np.linalg.eigvalsh(np.cov(np.asarray(points, np.float64).T))
+    return float(np.sqrt(max(ev[0], 0.0) / ev[-1])) if ev[-1] > 0 else 0.0
+
+
+def fibonacci_directions(n: int) -> np.ndarray:
+    """``n`` near-uniform unit vectors on the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (1.0 + 5**0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
+
+
+CAP_DIRECTIONS = fibonacci_directions(400)
+
+
+def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
+    """Share of the superior-cap directions (within ``cap_deg`` of +z) hit by some offset vector.
+
+    ``offsets`` (n, 3) are world vectors from the head centre to acetabulum
+    voxels; each is assigned to its nearest direction of a 400-point lattice.
+    """
+    cap = CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))
+    if not len(offsets):
+        return 0.0
+    unit = offsets / np.maximum(np.linalg.norm(offsets, axis=1, keepdims=True), 1e-9)
+    hit = np.zeros(len(CAP_DIRECTIONS), bool)
+    hit[np.unique(np.argmax(unit @ CAP_DIRECTIONS.T, axis=1))] = True
+    return float(hit[cap].mean())
+
+
+def _box(shape: tuple[int, ...], affine: np.ndarray, centre: np.ndarray, half_mm: float) -> tuple[slice, ...]:
+    """Index box of the voxels within ``half_mm`` of ``centre`` along each world axis (clipped)."""
+    corners = np.array([[centre[0] + sx * half_mm, centre[1] + sy * half_mm, centre[2] + sz * half_mm]
+                        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    ijk = corners @ inv[:3, :3].T + inv[:3, 3]
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, np.array(shape))
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 0, np.array(shape))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+# ---------------------------------------------------------------- per head and scan
+
+
+def check_head(labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Head, limits: AnatomyLimits) -> HeadCheck:
+    """Shape, socket and lesion checks of one head component (``cc == head.component``)."""
+    half = 2.0 * head.radius_mm + limits.shell_mm[1] + 10.0
+    box = _box(labels.shape, affine, head.centre_ras, half)
+    lab = labels[box]
+    offset = np.array([s.start for s in box], np.float64)
+    box_affine = np.asarray(affine, np.float64).copy()
+    box_affine[:3, 3] = voxel_to_ras(affine, offset)
+    mask = cc[box] == head.component
+
+    pts = surface_points(mask, box_affine)
+    centre, radius, rms = robust_sphere(pts) if len(pts) >= 10 else (head.centre_ras, 0.0, np.inf)
+    ratio = axis_ratio(voxel_to_ras(box_affine, np.argwhere(mask)))
+
+    acet_idx = np.argwhere(lab == ACETABULUM)
+    acet_off = voxel_to_ras(box_affine, acet_idx) - centre
+    dist = np.linalg.norm(acet_off, axis=1)
+    in_shell = (dist >= radius + limits.shell_mm[0]) & (dist <= radius + limits.shell_mm[1])
+    coverage = cap_coverage(acet_off[in_shell], limits.cap_deg)
+    acet_ml = float(in_shell.sum()) * voxel_volume_ml(affine)
+
+    n_head = int(mask.sum())
+    n_lesion = int(np.isin(lab[mask], LESION_LABELS).sum())
+    lesion_fraction = n_lesion / n_head if n_head else 0.0
+    has_viable = bool(np.any(lab[mask] == HEAD))
+
+    check = HeadCheck(
+        centre_ras_mm=[float(v) for v in centre], volume_ml=head.volume_ml, radius_fit_mm=radius,
+        rel_rms=float(rms / radius) if radius > 0 else float("inf"), axis_ratio=ratio,
+        cap_coverage=coverage, acetabulum_ml=acet_ml, lesion_fraction=lesion_fraction,
+    )
+    lo, hi = limits.radius_mm
+    if not lo <= radius <= hi:
+        check.failures.append(f"head sphere radius {radius:.1f} mm outside {lo:g}-{hi:g} mm")
+    if not check.rel_rms <= limits.max_rel_rms:
+        check.failures.append(f"head surface not spherical (RMS {check.rel_rms:.2f} x radius > {limits.max_rel_rms:g})")
+    if ratio < limits.min_axis_ratio:
+        check.failures.append(f"head flat or elongated (axis ratio {ratio:.2f} < {limits.min_axis_ratio:g})")
+    if coverage < limits.min_cap_coverage:
+        check.failures.append(f"no acetabulum over the head (superior cap {100 * coverage:.0f}% covered "
+                              f"< {100 * limits.min_cap_coverage:.0f}%)")
+    if acet_ml < limits.min_acetabulum_ml:
+        check.failures.append(f"too little acetabulum around the head ({acet_ml:.1f} mL < {limits.min_acetabulum_ml:g} mL)")
+    if lesion_fraction > limits.max_lesion_fraction or not has_viable:
+        check.failures.append(f"lesion fills the head ({100 * lesion_fraction:.0f}%)")
+    return check
+
+
+def check_anatomy(labels: np.ndarray, affine: np.ndarray, limits: AnatomyLimits | None = None) -> AnatomyResult:
+    """The anatomy gate on a cleaned label map (see the module docstring)."""
+    limits = limits or AnatomyLimits()
+    labels = np.asarray(labels)
+    cc, heads = find_heads(labels, affine, limits.min_head_ml)
+    heads = select_heads(heads)
+    if not heads:
+        if np.isin(labels, HEAD_LABELS).any():
+            return AnatomyResult("no_femoral_head_found", ["no head component of at least "
+                                                           f"{limits.min_head_ml:g} mL"], [])
+        return AnatomyResult("no_femoral_head_found", ["no femoral head label"], [])
+    checks = [check_head(labels, affine, cc, h, limits) for h in heads]
+    reasons = [f"head at {_xyz(c.centre_ras_mm)}: {f}" for c in checks for f in c.failures]
+    distance = None
+    if len(checks) == 2:
+        distance = float(np.linalg.norm(np.subtract(checks[0].centre_ras_mm, checks[1].centre_ras_mm)))
+        lo, hi = limits.pair_distance_mm
+        if not lo <= distance <= hi:
+            why = f"two heads {distance:.0f} mm apart (a hip pair: {lo:g}-{hi:g} mm)"
+            if sum(c.plausible for c in checks) != 1:
+                return AnatomyResult("not_hip_anatomy", reasons + [why], checks, distance)
+            for c in checks:  # one convincing head: keep it, the other one is not its partner
+                if not c.plausible:
+                    c.failures.append(why)
+            reasons.append(why)
+    if not any(c.plausible for c in checks):
+        return AnatomyResult("not_hip_anatomy", reasons, checks, distance)
+    return AnatomyResult(None, reasons, checks, distance)
+
+
+def _xyz(v: list[float]) -> str:
+    return "(" + ", ".join(f"{a:.0f}" for a in v) + ") mm"
