@@ -299,11 +299,17 @@ def _merge_scores(rows: list[dict], plan: PatientPlan) -> list[dict]:
 def _job(args) -> list[dict]:
     kind, index, cfg, out_dir = args
     plan = plan_demo(index, cfg) if kind == "demo" else plan_patient(index, cfg)
+    if cfg.get("style", "a") == "b":  # out-of-style renderer (held out from training)
+        from onfh_seg.synth.style_b import generate_patient_b
+
+        return generate_patient_b(plan, Path(out_dir), cfg, index)
     return generate_patient(plan, Path(out_dir), int(cfg["seed"]))
 
 
 def generate_cohort(cfg: dict, out_dir: str | Path, progress=None) -> Path:
     """Generate a whole cohort and its manifest; returns the manifest path."""
+    if cfg.get("style", "a") not in ("a", "b"):
+        raise ValueError(f"style must be a or b, got {cfg.get('style')!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = "demo" if cfg.get("demo") else "random"

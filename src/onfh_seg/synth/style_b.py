@@ -1,0 +1,813 @@
+"""Style B: a second hip T1 renderer, written apart from the default one, for out-of-style evaluation.
+
+Only the *anatomy and disease geometry* is shared with ``phantom`` (patients,
+hips, signed-distance shapes, disease course), so the label maps mean exactly
+the same thing (``onfh_seg.labels``: lesion = 2+3 with the band on the viable
+side, the subchondral plate is head). Everything that decides how a scan looks
+is this module's own:
+
+- **Tissue model**: another T1 contrast (brighter cartilage and muscle, darker
+  fluid), marrow as red/yellow islands (thresholded band-limited noise, more red
+  in the neck and pelvis), a thick dark subchondral plate, a dark labrum,
+  necrotic cores split into fat-like / hemorrhagic / fluid-like / fibrous
+  sub-regions, and an interface band whose dark part varies in width and fades
+  to invisible in places.
+- **Texture**: smoothed random lattices (value noise, several octaves),
+  not sums of plane waves.
+- **Acquisition**: 2D oblique planes with thick slices and a 4-point slice
+  profile, or 3D isotropic slabs; image formation in k-space from a 2x
+  oversampled object (truncation gives Gibbs ringing), motion ghosts along the
+  phase-encoding direction, phased-array receive sensitivity (root-sum-of-squares
+  of surface-coil elements) as the bias field, complex noise scaled by a
+  parallel-imaging g-factor map, magnitude image (Rician statistics).
+
+Labels and the regenerated mask are evaluated exactly at each scan voxel centre.
+The output layout and truth JSON are those of ``cohort.generate_patient``.
+Selected with ``style: b`` in ``configs/synth.yaml`` (options under ``style_b``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from onfh_seg import labels as L
+from onfh_seg.io.nifti import atomic_write_text, save_nifti
+from onfh_seg.synth.phantom import (
+    Hip,
+    Patient,
+    body_sdf,
+    femur_sdf,
+    head_radius_field,
+    hip_near,
+    hip_state,
+    lesion_distance,
+    pelvis_sdf,
+    tract_distance,
+)
+from onfh_seg.synth.shapes import Points, dot, norm, rotation, sd_ellipsoid, sub, unit
+
+FINE_MM = 0.7  # per-hip intensity grid (default; option ``fine_mm``)
+FINE_HALF_MM = 46.0
+COARSE_MM = 2.5  # whole-body intensity grid (default; option ``coarse_mm``)
+TRUTH_MM = 0.6  # grid of the continuous truth volumes
+OVERSAMPLE = 2  # in-plane object oversampling before k-space truncation
+LABEL_RADIUS_PAD_MM = L.ACETABULUM_SHELL_MM + 3.0  # labels live within head radius + joint + this
+
+# Voxel axis directions (world RAS rows) of the un-tilted scan planes.
+BASE_AXES = {
+    "axial": np.array([[-1, 0, 0], [0, -1, 0], [0, 0, 1]], float),
+    "coronal": np.array([[-1, 0, 0], [0, 0, -1], [0, 1, 0]], float),
+    "sagittal": np.array([[0, -1, 0], [0, 0, -1], [1, 0, 0]], float),
+}
+
+DEFAULTS: dict = {
+    "protocols": {"oblique_2d": 0.6, "iso_3d": 0.4},
+    "orientations_2d": {"axial": 0.35, "coronal": 0.45, "sagittal": 0.2},
+    "orientations_3d": {"axial": 0.5, "coronal": 0.5},
+    "small_fov_fraction": 0.25,
+    "oblique_deg": [8.0, 30.0],
+    "inplane_mm": [0.6, 1.0],
+    "slice_mm": [3.0, 6.0],
+    "gap_mm": [0.0, 1.5],
+    "iso_mm": [0.8, 1.4],
+    "snr": [10.0, 35.0],
+    "max_matrix": 320,
+    "ghost": [0.0, 0.6],
+    "gfactor": [1.0, 1.8],
+    "fine_mm": FINE_MM,
+    "coarse_mm": COARSE_MM,
+}
+
+
+# ----------------------------------------------------------------------------- texture
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Band-limited random field: Gaussian-smoothed white noise on a lattice, trilinear between nodes, std ~1."""
+
+    origin: np.ndarray
+    cell_mm: float
+    values: np.ndarray
+
+    def __call__(self, P: Points) -> np.ndarray:
+        idx = np.stack([(np.asarray(P[i], np.float32) - np.float32(self.origin[i])) / np.float32(self.cell_mm)
+                        for i in range(3)])
+        return ndimage.map_coordinates(self.values, idx, order=1, mode="nearest", prefilter=False)
+
+
+def make_lattice(rng: np.random.Generator, lo, hi, cell_mm: float) -> Lattice:
+    """Random field over the box [lo, hi] (mm) with features about 2-3 cells wide."""
+    lo = np.asarray(lo, float) - 2 * cell_mm
+    hi = np.asarray(hi, float) + 2 * cell_mm
+    shape = tuple(int(v) for v in np.ceil((hi - lo) / cell_mm) + 1)
+    v = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0, mode="wrap")
+    v = (v - v.mean()) / max(float(v.std()), 1e-6)
+    return Lattice(lo, float(cell_mm), v.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Octaves:
+    """Sum of lattices (fractal value noise), normalised to std ~1."""
+
+    layers: tuple[Lattice, ...]
+    weights: tuple[float, ...]
+
+    def __call__(self, P: Points) -> np.ndarray:
+        out = np.zeros(np.shape(P[0]), np.float32)
+        for f, w in zip(self.layers, self.weights):
+            out += np.float32(w) * f(P)
+        return out
+
+
+def make_octaves(rng: np.random.Generator, lo, hi, cell_mm: float, n: int = 2) -> Octaves:
+    """``n`` lattices with cells ``cell_mm``, ``cell_mm/2``, ... and amplitudes 1, 0.5, ... (std ~1)."""
+    layers = tuple(make_lattice(rng, lo, hi, cell_mm / 2**i) for i in range(n))
+    w = np.array([0.5**i for i in range(n)])
+    w = w / np.sqrt((w**2).sum())
+    return Octaves(layers, tuple(float(x) for x in w))
+
+
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    """Cubic 0..1 ramp of x clipped to [0, 1]."""
+    t = np.clip(x, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+# ----------------------------------------------------------------------------- tissue model
+
+
+@dataclass
+class HipFields:
+    """Random fields of one hip (anatomy frame, around the head)."""
+
+    islands: Octaves  # red/yellow marrow islands
+    grain: Lattice  # fine trabecular grain
+    core_a: Lattice  # necrotic-core sub-regions
+    core_b: Lattice
+    band_vis: Lattice  # where the band is visible
+    band_width: Lattice  # how much of the band is dark
+    edema: Lattice
+
+
+@dataclass
+class Look:
+    """Per-patient style-B appearance: tissue signals (fat = 1) and texture fields."""
+
+    protocol: str
+    t: dict[str, float]
+    core: dict[str, float]
+    red_bias: float  # patient-level shift of the red-marrow share (younger: more red)
+    plate_mm: float  # subchondral plate / cortex thickness in the head
+    body: Octaves
+    septa: Lattice
+    pelvic_islands: Octaves
+    hips: dict[str, HipFields]
+
+
+def sample_look(rng: np.random.Generator, pat: Patient, protocol: str) -> Look:
+    """Draw style-B tissue signals and texture fields for one patient."""
+    u = rng.uniform
+    t = {
+        "fat": 1.0, "muscle": u(0.36, 0.46), "fluid": u(0.08, 0.16), "cartilage": u(0.52, 0.66),
+        "cortex": u(0.02, 0.06), "yellow": u(0.85, 0.96), "red": u(0.46, 0.62), "skin": u(0.5, 0.65),
+        "labrum": u(0.05, 0.1), "band": u(0.03, 0.1), "bowel": u(0.3, 0.5), "tendon": u(0.04, 0.09),
+        "vessel": u(0.7, 0.9) if protocol == "iso_3d" else u(0.02, 0.06),  # inflow-bright (3D GRE) or flow void
+    }
+    t["urine"] = t["fluid"] * u(0.8, 1.0)
+    core = {"fat": u(0.78, 0.92), "hemorrhagic": u(0.6, 0.8), "fluid": u(0.1, 0.2), "fibrous": u(0.04, 0.12)}
+    ax, ay = pat.body_axes
+    lo = (-ax - 40, pat.body_y - ay * 1.1 - 40, -170.0)
+    hi = (ax + 40, pat.body_y + ay + 40, 140.0)
+    hips = {}
+    for side, h in pat.hips.items():
+        hlo, hhi = h.centre - FINE_HALF_MM - 4, h.centre + FINE_HALF_MM + 4
+        hips[side] = HipFields(
+            islands=make_octaves(rng, hlo, hhi, u(3.0, 5.0), 2),
+            grain=make_lattice(rng, hlo, hhi, 0.9),
+            core_a=make_lattice(rng, hlo, hhi, u(2.0, 3.5)),
+            core_b=make_lattice(rng, hlo, hhi, u(1.5, 2.5)),
+            band_vis=make_lattice(rng, hlo, hhi, u(3.0, 5.0)),
+            band_width=make_lattice(rng, hlo, hhi, u(2.0, 3.5)),
+            edema=make_lattice(rng, hlo, hhi, 4.0),
+        )
+    return Look(
+        protocol=protocol, t=t, core=core, red_bias=float(u(-0.6, 0.6)), plate_mm=float(u(1.4, 2.4)),
+        body=make_octaves(rng, lo, hi, 24.0, 1), septa=make_lattice(rng, lo, hi, 12.0),
+        pelvic_islands=make_octaves(rng, lo, hi, 8.0, 2), hips=hips,
+    )
+
+
+# ----------------------------------------------------------------------------- geometry shared with the labels
+
+
+@dataclass
+class HipGeometry:
+    """Label-defining regions of one hip on a set of points (same definitions as ``phantom``)."""
+
+    rq: np.ndarray  # distance to the head centre
+    hr: np.ndarray  # deformed head radius along each point's direction
+    in_cup: np.ndarray
+    acet: np.ndarray
+    head: np.ndarray
+    core: np.ndarray
+    band: np.ndarray
+    regen: np.ndarray
+    band_depth: np.ndarray | None  # 0 at the viable edge of the band, 1 at the core edge (band points)
+
+
+def hip_geometry(P: Points, h: Hip, months: float, pel: np.ndarray) -> HipGeometry:
+    """Acetabulum, head, necrotic core, band and regenerated regions of hip ``h`` at ``months``."""
+    st = hip_state(h, months)
+    q = sub(P, h.centre)
+    rq = norm(q)
+    in_cup = dot(q, h.cup_axis) < np.float32(h.rim_h)
+    Rs = np.float32(h.radius + h.joint_mm)
+    hr = head_radius_field(P, h, st.collapse_mm)
+    acet = (pel < 0) & in_cup & (rq < Rs + np.float32(L.ACETABULUM_SHELL_MM))
+    head = (rq <= hr) & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
+    none = np.zeros(rq.shape, bool)
+    if not h.diseased:
+        return HipGeometry(rq, hr, in_cup, acet, head, none, none, none, None)
+    D = lesion_distance(P, h)
+    base_les = head & (D < np.float32(h.lesion_R))
+    les = head & (D < np.float32(st.lesion_R))
+    band = les & (D >= np.float32(st.lesion_R - st.band_mm))
+    depth = (np.float32(st.lesion_R) - D) / np.float32(max(st.band_mm, 1e-3))
+    if st.regen_radius > 0:  # regenerated channel along the injection tract, lined by the band
+        td = tract_distance(P, h)
+        les &= td >= np.float32(st.regen_radius)
+        band = les & (band | (td < np.float32(st.regen_radius + st.band_mm)))
+        depth = np.minimum(depth, (td - np.float32(st.regen_radius)) / np.float32(max(st.band_mm, 1e-3)))
+    core = les & ~band
+    return HipGeometry(rq, hr, in_cup, acet, head, core, band, base_les & ~les, np.clip(depth, 0, 1))
+
+
+def _take(P: Points, m: np.ndarray) -> Points:
+    return (P[0][m], P[1][m], P[2][m])
+
+
+def label_points(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (uint8) and regenerated mask at points, by the label definitions of ``onfh_seg.labels``."""
+    n = np.shape(P[0])[0]
+    lab = np.zeros(n, np.uint8)
+    regen = np.zeros(n, bool)
+    for h in pat.hips.values():
+        q = sub(P, h.centre)
+        r = np.float32(h.radius * 1.1 + h.joint_mm + LABEL_RADIUS_PAD_MM)
+        m = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]) < r * r
+        if not m.any():
+            continue
+        Q = _take(P, m)
+        g = hip_geometry(Q, h, months, pelvis_sdf(Q, pat))
+        sub_lab, sub_rg = lab[m], regen[m]
+        sub_lab[g.acet] = L.ACETABULUM
+        sub_lab[g.head] = L.HEAD
+        sub_lab[g.core] = L.NECROTIC
+        sub_lab[g.band] = L.BAND
+        sub_rg |= g.regen
+        lab[m], regen[m] = sub_lab, sub_rg
+    return lab, regen
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render_b(P: Points, pat: Patient, months: float, look: Look) -> np.ndarray:
+    """Noiseless style-B T1 signal (float32, fat ~1) at points; depends on each point alone."""
+    t = look.t
+    n = np.shape(P[0])[0]
+    img = np.zeros(n, np.float32)
+    x, y, z = P
+    body = body_sdf(P, pat)
+    inside = body < 0
+    if inside.any():
+        Pi = _take(P, inside)
+        sig = np.float32(t["muscle"]) * (1 + np.float32(0.05) * look.body(Pi))
+        septa = np.abs(look.septa((Pi[0], Pi[1], Pi[2] * np.float32(0.35)))) < 0.06  # fascial fat planes along the limb
+        sig[septa] = np.float32(0.9 * t["fat"])
+        img[inside] = sig
+    img[inside & (body > -np.float32(pat.fat_mm))] = t["fat"]
+    img[inside & (body > -1.0)] = t["skin"]
+    cav = sd_ellipsoid(P, (0, 5, 15), (44, 60, 60)) < 0
+    img[cav] = 0.93 * t["fat"]
+    bl = sd_ellipsoid(P, (0, 35, 5), pat.bladder_axes)
+    img[(bl < 0) & (bl > -1.5)] = t["muscle"]
+    img[bl < -1.5] = t["urine"]
+    rect = np.sqrt(x * x + (y + 48) ** 2)
+    img[(rect < 14) & cav] = t["muscle"]
+    img[(rect < 10) & cav] = t["bowel"]
+    img[(rect < 5) & cav & (y > -48)] = 0.0  # gas
+    for h in pat.hips.values():
+        for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
+            v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
+            img[(v < r) & inside] = t["vessel"]
+
+    pel = np.full(n, np.float32(100.0))
+    near = {side: hip_near(P, h) for side, h in pat.hips.items()}
+    anyhip = np.zeros(n, bool)
+    for m in near.values():
+        anyhip |= m
+    sm = anyhip | ((np.abs(x) < 60) & (y < -60))
+    if sm.any():
+        pel[sm] = pelvis_sdf(_take(P, sm), pat)
+    bone = pel < 0
+    img[bone] = t["cortex"]
+    pm = pel < -1.6
+    if pm.any():
+        red = smoothstep(0.5 + 0.6 * (look.pelvic_islands(_take(P, pm)) + np.float32(0.8 + look.red_bias)))
+        img[pm] = np.float32(t["yellow"]) + (np.float32(t["red"]) - np.float32(t["yellow"])) * red
+    for side, h in pat.hips.items():
+        m = near[side]
+        if m.any():
+            img[m] = _render_hip_b(_take(P, m), h, months, pel[m], img[m], look, look.hips[side])
+    return img
+
+
+def _marrow(P: Points, h: Hip, rq: np.ndarray, look: Look, f: HipFields) -> np.ndarray:
+    """Red/yellow marrow islands: mostly yellow in the head, more red towards the neck and trochanters."""
+    t = look.t
+    along = dot(sub(P, h.centre), h.neck_dir) / np.float32(h.radius)  # < 0.55 in the head, larger in the neck
+    bias = np.float32(-1.2) + np.float32(0.6) * np.clip(along, -1.0, 2.5) + np.float32(look.red_bias)
+    red = smoothstep(0.5 + 0.7 * (f.islands(P) + bias))
+    sig = np.float32(t["yellow"]) + (np.float32(t["red"]) - np.float32(t["yellow"])) * red
+    return sig * (1 + np.float32(0.04) * f.grain(P))
+
+
+def _core_signal(P: Points, mitchell: str, look: Look, f: HipFields) -> np.ndarray:
+    """Necrotic core: a main tissue with islands of a second (mixed: three tissues)."""
+    c = look.core
+    main, second, share = {"A": ("fat", "fibrous", 0.25), "B": ("hemorrhagic", "fibrous", 0.3),
+                           "C": ("fluid", "hemorrhagic", 0.25), "D": ("fibrous", "fluid", 0.3)}.get(
+        mitchell, ("fluid", "fat", 0.45))
+    a = f.core_a(P)
+    s = smoothstep((a - np.float32(np.sqrt(2) * _erfinv(1 - 2 * share)) + 0.4) / 0.8)
+    sig = np.float32(c[main]) + (np.float32(c[second]) - np.float32(c[main])) * s
+    if mitchell == "mixed":  # fibrous strands through the mixed core
+        b = np.abs(f.core_b(P)) < 0.25
+        sig[b] = np.float32(c["fibrous"])
+    return sig * (1 + np.float32(0.05) * f.grain(P))
+
+
+def _erfinv(y: float) -> float:
+    """Inverse error function (scalar, via scipy.special)."""
+    from scipy.special import erfinv
+
+    return float(erfinv(y))
+
+
+def _render_hip_b(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarray, look: Look,
+                  f: HipFields) -> np.ndarray:
+    """Joint, femur and disease of one hip painted over ``img`` (returns the new values)."""
+    t = look.t
+    st = hip_state(h, months)
+    img = img.copy()
+    g = hip_geometry(P, h, months, pel)
+    q = sub(P, h.centre)
+    Rs = np.float32(h.radius + h.joint_mm)
+    # joint: thin fluid line between thick bright cartilage layers; dark labrum at the rim
+    jt = (g.rq > g.hr) & (g.rq < Rs) & g.in_cup
+    img[jt] = t["fluid"]
+    c = np.float32(min(2.2, 0.45 * h.joint_mm))
+    img[jt & (g.rq > Rs - c)] = t["cartilage"]
+    fc = (g.rq > g.hr) & (g.rq < g.hr + c) & (dot(q, h.neck_dir) < np.float32(0.35 * h.radius))
+    img[fc] = t["cartilage"]
+    ch = dot(q, h.cup_axis)
+    lab_rim = (ch > np.float32(h.rim_h - 5)) & (ch < np.float32(h.rim_h + 1.5)) & (g.rq > g.hr) & (g.rq < Rs + 3) & (pel >= 0)
+    img[lab_rim] = t["labrum"]
+    if h.stage == "4":  # acetabular sclerosis
+        img[g.acet & (g.rq < Rs + 3.0) & (ch < 0)] = 1.8 * t["cortex"]
+    # femur: cortex (thicker subchondral plate in the head), marrow islands
+    fem = femur_sdf(P, h, st.collapse_mm, g.hr)
+    img[fem < 0] = t["cortex"]
+    depth = np.clip((dot(sub(P, h.shaft_top), h.shaft_dir) - 20) / 40, 0, 1)
+    in_head = g.rq < np.float32(h.radius + 3)
+    thick = np.where(in_head, np.float32(look.plate_mm), np.float32(1.4) + np.float32(3.6) * depth)
+    marrow = fem < -thick
+    if not marrow.any():
+        return img
+    Pm = _take(P, marrow)
+    msig = _marrow(Pm, h, g.rq[marrow], look, f)
+    if st.edema > 0:  # patchy marrow edema in head and neck (not labelled necrotic)
+        rqm = g.rq[marrow]
+        w = np.clip((np.float32(h.radius + 12) - rqm) / 14, 0, 1) * (0.7 + 0.3 * smoothstep(0.5 + 0.5 * f.edema(Pm)))
+        msig = msig * (1 - w * np.float32(st.edema))
+    img[marrow] = msig
+    if not h.diseased:
+        return img
+    full_m = np.zeros(img.shape, np.float32)  # marrow signal where the lesion is (viable side of the band)
+    full_m[marrow] = msig
+    les = (g.core | g.band | g.regen) & marrow  # the dark subchondral plate stays over the lesion
+    if not les.any():
+        return img
+    Pl = _take(P, les)
+    csig = _core_signal(Pl, h.mitchell, look, f)
+    core_l, band_l, rg_l = g.core[les], g.band[les], g.regen[les]
+    out = img[les]
+    out[core_l] = csig[core_l]
+    if band_l.any():
+        Pb = _take(Pl, band_l)
+        d = g.band_depth[les][band_l]
+        width = np.float32(0.3) + np.float32(0.7) * smoothstep(0.5 + 0.5 * f.band_width(Pb))
+        vis = np.clip(np.float32(0.55) + np.float32(0.75) * f.band_vis(Pb), 0, 1) * np.float32(st.band_contrast)
+        mb = full_m[les][band_l]
+        mb = np.where(mb > 0, mb, np.float32(t["yellow"]))
+        dark = mb + (np.float32(t["band"]) - mb) * vis
+        out[band_l] = np.where(d < width, dark, csig[band_l])
+    if rg_l.any():
+        heal = np.float32(t["red"]) * (1 + np.float32(0.08) * f.grain(_take(Pl, rg_l)))
+        out[rg_l] = csig[rg_l] + (heal - csig[rg_l]) * np.float32(st.regen_signal)
+    img[les] = out
+    return img
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclass
+class GridB:
+    """Axis-aligned anatomy-frame grid with rendered style-B signal."""
+
+    origin: np.ndarray
+    spacing: float
+    shape: tuple[int, int, int]
+    img: np.ndarray
+
+    def index(self, P: Points) -> np.ndarray:
+        return np.stack([(P[i] - np.float32(self.origin[i])) / np.float32(self.spacing) for i in range(3)])
+
+
+def _grid_points(origin: np.ndarray, spacing: float, shape: tuple[int, int, int]) -> Points:
+    ax = [np.float32(origin[i]) + np.arange(shape[i], dtype=np.float32) * np.float32(spacing) for i in range(3)]
+    g = np.meshgrid(*ax, indexing="ij")
+    return tuple(a.ravel() for a in g)
+
+
+def render_grids_b(pat: Patient, months: float, look: Look, previous: dict | None = None,
+                   fine_mm: float = FINE_MM, coarse_mm: float = COARSE_MM) -> dict:
+    """Whole-body coarse grid and one fine grid per hip; follow-ups re-render only around diseased heads."""
+    if previous is None:
+        ax_, ay_ = pat.body_axes
+        lo = np.array([-ax_ - 30, pat.body_y - ay_ * 1.1 - 30, -160.0])
+        hi = np.array([ax_ + 30, pat.body_y + ay_ + 30, 130.0])
+        shape = tuple(int(v) for v in np.ceil((hi - lo) / coarse_mm) + 1)
+        coarse = GridB(lo, coarse_mm, shape, render_b(_grid_points(lo, coarse_mm, shape), pat, months, look).reshape(shape))
+        fine = {}
+        nf = int(round(2 * FINE_HALF_MM / fine_mm)) + 1
+        for side, h in pat.hips.items():
+            o = h.centre - FINE_HALF_MM
+            fine[side] = GridB(o, fine_mm, (nf,) * 3, render_b(_grid_points(o, fine_mm, (nf,) * 3), pat, months, look).reshape((nf,) * 3))
+        return {"coarse": coarse, "fine": fine}
+    fine = {}
+    for side, g0 in previous["fine"].items():
+        h = pat.hips[side]
+        img = g0.img.copy()
+        if h.diseased:
+            P = _grid_points(g0.origin, g0.spacing, g0.shape)
+            d2 = (P[0] - h.centre[0]) ** 2 + (P[1] - h.centre[1]) ** 2 + (P[2] - h.centre[2]) ** 2
+            m = d2 < (h.radius + 18.0) ** 2
+            flat = img.reshape(-1)
+            flat[m] = render_b(_take(P, m), pat, months, look)
+        fine[side] = GridB(g0.origin, g0.spacing, g0.shape, img)
+    return {"coarse": previous["coarse"], "fine": fine}
+
+
+# ----------------------------------------------------------------------------- acquisition
+
+
+@dataclass
+class ScanB:
+    """One style-B acquisition (scanner world RAS mm)."""
+
+    protocol: str  # "oblique_2d" | "iso_3d"
+    orientation: str  # the base plane: axial | coronal | sagittal
+    oblique_deg: float
+    fov_kind: str  # "pelvis" | "hip"
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    inplane_mm: float
+    slice_mm: float
+    gap_mm: float
+    snr: float
+    phase_axis: int  # in-plane voxel axis of phase encoding (0 or 1)
+    ghost_mm: float  # amplitude of periodic motion along the phase direction
+    ghost_period: float  # lines per motion cycle
+    gfactor_max: float
+    kspace_taper: float  # 0: plain truncation (strong ringing) .. 0.4: tapered edge of k-space
+    coils: np.ndarray  # (n, 3) receive element positions, anatomy frame
+    coil_mm: float  # element sensitivity length scale
+    scale: float
+
+
+def _choice(rng: np.random.Generator, probs: dict) -> str:
+    keys = list(probs)
+    p = np.array([float(probs[k]) for k in keys])
+    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def coil_positions(pat: Patient, rng: np.random.Generator) -> np.ndarray:
+    """Anterior and posterior phased-array elements on the body surface (anatomy frame)."""
+    ax, ay = pat.body_axes
+    pos = []
+    for sy, yy in ((1, pat.body_y + ay + 15), (-1, pat.body_y - ay * 1.08 - 15)):
+        for xx in np.linspace(-0.6 * ax, 0.6 * ax, 3):
+            for zz in (-60.0, 40.0):
+                pos.append([xx + rng.normal(0, 8), yy + sy * rng.normal(0, 5), zz + rng.normal(0, 10)])
+    return np.array(pos)
+
+
+def coil_sensitivity(P: Points, coils: np.ndarray, length_mm: float) -> np.ndarray:
+    """Root-sum-of-squares receive sensitivity of surface elements, normalised to ~1 at the pelvis centre."""
+    acc = np.zeros(np.shape(P[0]), np.float32)
+    ref = 0.0
+    for c in coils:
+        d2 = (P[0] - np.float32(c[0])) ** 2 + (P[1] - np.float32(c[1])) ** 2 + (P[2] - np.float32(c[2])) ** 2
+        acc += (1.0 / (1.0 + d2 / np.float32(length_mm**2))) ** 3
+        ref += float((1.0 / (1.0 + float(c @ c) / length_mm**2)) ** 3)
+    return np.sqrt(acc / np.float32(ref)).astype(np.float32)
+
+
+def sample_scan(rng: np.random.Generator, opt: dict, pat: Patient, pose: np.ndarray, protocol: str,
+                orientation: str, fov_kind: str, tilt: np.ndarray, res: tuple[float, float, float]) -> ScanB:
+    """Grid, tilt and artefact settings of one style-B scan around the posed pelvis or hip."""
+    diseased = [s for s, h in pat.hips.items() if h.diseased]
+    side = diseased[0] if diseased else "right"
+    inplane, slice_mm, gap = res
+    if fov_kind == "hip":
+        target = pat.hips[side].centre
+        fov = rng.uniform(160, 210)
+        coverage = rng.uniform(95, 115) if protocol == "oblique_2d" else rng.uniform(90, 110)
+    else:
+        target = np.array([0.0, np.mean([h.centre[1] for h in pat.hips.values()]), -10.0])
+        fov = float(np.clip(2 * pat.body_axes[0] + 40, 340, 440))
+        coverage = {"axial": 160.0, "coronal": 130.0, "sagittal": 250.0}[orientation]
+        if protocol == "iso_3d":
+            coverage = {"axial": 130.0, "coronal": 110.0}[orientation]
+    matrix = int(min(round(fov / inplane), int(opt["max_matrix"])))
+    matrix += matrix % 2
+    inplane = fov / matrix
+    step = slice_mm + gap
+    nsl = int(np.ceil(coverage / step))
+    centre = pose[:3, :3] @ target + pose[:3, 3] + rng.uniform(-6, 6, size=3)
+    shape = (matrix, matrix, nsl)
+    R = tilt @ BASE_AXES[orientation].T  # columns: voxel axis directions in world
+    aff = np.eye(4)
+    aff[:3, :3] = R * np.array([inplane, inplane, step])[None, :]
+    aff[:3, 3] = centre - aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+    ang = float(np.degrees(np.arccos(np.clip((np.trace(tilt) - 1) / 2, -1, 1))))
+    return ScanB(
+        protocol=protocol, orientation=orientation, oblique_deg=ang, fov_kind=fov_kind, shape=shape, affine=aff,
+        inplane_mm=float(inplane), slice_mm=float(slice_mm), gap_mm=float(gap), snr=float(rng.uniform(*opt["snr"])),
+        phase_axis=int(rng.integers(2)), ghost_mm=float(rng.uniform(*opt["ghost"])),
+        ghost_period=float(rng.uniform(5, 24)), gfactor_max=float(rng.uniform(*opt["gfactor"])),
+        kspace_taper=float(rng.choice([0.0, 0.0, 0.15, 0.35])), coils=coil_positions(pat, rng),
+        coil_mm=float(rng.uniform(110, 220)), scale=float(np.exp(rng.uniform(np.log(300), np.log(4000)))),
+    )
+
+
+def _slice_profile(scan: ScanB) -> tuple[np.ndarray, np.ndarray]:
+    """Through-plane sample offsets (voxel units of the slice axis) and weights."""
+    if scan.protocol == "iso_3d":
+        return np.array([-0.25, 0.25]), np.array([0.5, 0.5])
+    frac = scan.slice_mm / (scan.slice_mm + scan.gap_mm)  # slice thickness in units of the slice step
+    return np.array([-0.42, -0.14, 0.14, 0.42]) * frac, np.array([0.18, 0.32, 0.32, 0.18])
+
+
+def _sample(grids: dict, P: Points, prof: list[Points], w: np.ndarray) -> np.ndarray:
+    """Object signal at points: fine hip grids (slice profile) where they cover, the coarse grid elsewhere."""
+    c = grids["coarse"]
+    out = ndimage.map_coordinates(c.img, c.index(P), order=1, mode="constant", cval=0.0, prefilter=False)
+    done = np.zeros(out.shape, bool)
+    for f in grids["fine"].values():
+        idx = f.index(P)
+        hi = np.array(f.shape, np.float32)[:, None] - 2
+        inside = np.all((idx >= 1) & (idx <= hi), axis=0) & ~done
+        if not inside.any():
+            continue
+        acc = np.zeros(int(inside.sum()), np.float32)
+        for Q, wk in zip(prof, w):
+            qi = f.index(_take(Q, inside))
+            acc += np.float32(wk) * ndimage.map_coordinates(f.img, qi, order=1, mode="nearest", prefilter=False)
+        out[inside] = acc
+        done |= inside
+    return out
+
+
+def _kspace_window(n: int, taper: float) -> np.ndarray:
+    """Tukey window over ``n`` k-space lines (taper 0: none)."""
+    if taper <= 0:
+        return np.ones(n, np.float32)
+    x = np.abs(np.arange(n) - (n - 1) / 2) / (n / 2)
+    edge = 1 - taper
+    w = np.where(x <= edge, 1.0, 0.5 * (1 + np.cos(np.pi * (x - edge) / taper)))
+    return w.astype(np.float32)
+
+
+def _form_slice(obj: np.ndarray, scan: ScanB, n: int, win: np.ndarray, phase_shift: np.ndarray) -> np.ndarray:
+    """k-space truncation of an oversampled slice (OS*n x OS*n) to n x n, with motion phase along phase encoding."""
+    N = obj.shape[0]
+    K = np.fft.fftshift(np.fft.fft2(obj))
+    s = N // 2 - n // 2
+    K = K[s:s + n, s:s + n] * (win[:, None] * win[None, :])
+    if scan.phase_axis == 0:
+        K = K * phase_shift[:, None]
+    else:
+        K = K * phase_shift[None, :]
+    return (np.fft.ifft2(np.fft.ifftshift(K)) * np.float32((n / N) ** 2)).astype(np.complex64)
+
+
+def _gfactor(n: int, scan: ScanB, rng: np.random.Generator) -> np.ndarray:
+    """Parallel-imaging noise amplification over a slice: worst mid-FOV along the phase direction."""
+    u = (np.arange(n) + 0.5) / n
+    prof = 1 + (scan.gfactor_max - 1) * np.exp(-(((u - 0.5) / 0.22) ** 2))
+    read = 1 + 0.08 * np.cos(2 * np.pi * (u + rng.uniform()))
+    g = prof[:, None] * read[None, :] if scan.phase_axis == 0 else read[:, None] * prof[None, :]
+    return g.astype(np.float32)
+
+
+def acquire_b(grids: dict, scan: ScanB, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Simulate one style-B scan; returns the int16 magnitude image on the scan grid."""
+    A = (np.linalg.inv(pose) @ scan.affine).astype(np.float32)  # voxel -> anatomy
+    n, _, nsl = scan.shape
+    N = OVERSAMPLE * n
+    u = np.arange(N, dtype=np.float32) / OVERSAMPLE  # oversampled positions in voxel units
+    gi, gj = np.meshgrid(u, u, indexing="ij")
+    gi, gj = gi.ravel(), gj.ravel()
+    offs, wts = _slice_profile(scan)
+    win = _kspace_window(n, scan.kspace_taper)
+    k = np.arange(n) - n // 2  # phase-encoding line frequencies
+    disp = scan.ghost_mm / scan.inplane_mm * np.sin(2 * np.pi * np.arange(n) / scan.ghost_period + rng.uniform(0, 2 * np.pi))
+    phase_shift = np.exp(-2j * np.pi * k * disp / n).astype(np.complex64)
+    g = _gfactor(n, scan, rng)
+    sigma = np.float32(0.5 / scan.snr)
+    out = np.zeros(scan.shape, np.float32)
+    for s in range(nsl):
+        def pts(ks: float) -> Points:
+            return tuple(A[r, 0] * gi + A[r, 1] * gj + A[r, 2] * np.float32(s + ks) + A[r, 3] for r in range(3))
+        P = pts(0.0)
+        obj = _sample(grids, P, [pts(o) for o in offs], wts)
+        obj *= coil_sensitivity(P, scan.coils, scan.coil_mm)
+        img = _form_slice(obj.reshape(N, N), scan, n, win, phase_shift)
+        noise = (rng.standard_normal((n, n), dtype=np.float32) + 1j * rng.standard_normal((n, n), dtype=np.float32))
+        out[:, :, s] = np.abs(img + noise * (sigma * g))
+    return np.clip(np.round(out * np.float32(scan.scale)), 0, 32767).astype(np.int16)
+
+
+def scan_labels(scan: ScanB, pose: np.ndarray, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and regenerated mask at the scan voxel centres (exact geometry, no resampling)."""
+    A = np.linalg.inv(pose) @ scan.affine
+    g = np.meshgrid(*[np.arange(v, dtype=np.float32) for v in scan.shape], indexing="ij")
+    P = tuple((A[r, 0] * g[0] + A[r, 1] * g[1] + A[r, 2] * g[2] + A[r, 3]).astype(np.float32).ravel() for r in range(3))
+    lab, rg = label_points(P, pat, months)
+    return lab.reshape(scan.shape), rg.astype(np.uint8).reshape(scan.shape)
+
+
+def fine_truth(pat: Patient, months: float, spacing: float = TRUTH_MM) -> dict[str, dict]:
+    """Continuous ground-truth volumes per hip from a ``spacing`` grid around each head."""
+    vox = spacing**3 / 1000.0
+    out = {}
+    for side, h in pat.hips.items():
+        half = h.radius + 6
+        nn = int(np.ceil(2 * half / spacing)) + 1
+        P = _grid_points(h.centre - half, spacing, (nn,) * 3)
+        q = sub(P, h.centre)
+        Q = _take(P, q[0] ** 2 + q[1] ** 2 + q[2] ** 2 < np.float32((h.radius + 5) ** 2))
+        g = hip_geometry(Q, h, months, np.full(Q[0].shape, np.float32(100.0)))
+        head = g.head.sum() * vox
+        core, band = g.core.sum() * vox, g.band.sum() * vox
+        out[side] = {
+            "head_volume_ml": round(float(head), 4),
+            "lesion_volume_ml": round(float(core + band), 4),
+            "necrotic_core_volume_ml": round(float(core), 4),
+            "band_volume_ml": round(float(band), 4),
+            "regenerated_volume_ml": round(float(g.regen.sum() * vox), 4),
+            "extent_percent": round(float(100 * (core + band) / head), 3) if head else 0.0,
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- cohort
+
+
+def style_options(cfg: dict) -> dict:
+    """``cfg['style_b']`` over the module defaults."""
+    opt = dict(DEFAULTS)
+    opt.update(cfg.get("style_b") or {})
+    return opt
+
+
+def plan_scans_b(plan, cfg: dict, index: int) -> tuple[str, list[ScanB]]:
+    """Style-B protocol and one scan per timepoint (same protocol, tilt and resolution at every visit)."""
+    opt = style_options(cfg)
+    pat = plan.patient
+    rng = np.random.default_rng([int(cfg["seed"]), 0xB, index])
+    protocol = _choice(rng, opt["protocols"])
+    if protocol == "oblique_2d":
+        orientation = _choice(rng, opt["orientations_2d"])
+        fov_kind = "hip" if (orientation == "sagittal" or rng.uniform() < opt["small_fov_fraction"]) else "pelvis"
+        res = (rng.uniform(*opt["inplane_mm"]), rng.uniform(*opt["slice_mm"]), rng.uniform(*opt["gap_mm"]))
+    else:
+        orientation = _choice(rng, opt["orientations_3d"])
+        fov_kind = "hip" if rng.uniform() < 0.5 else "pelvis"
+        iso = rng.uniform(*opt["iso_mm"])
+        res = (iso, iso, 0.0)
+    lo, hi = opt["oblique_deg"] if protocol == "oblique_2d" else (0.0, 0.4 * opt["oblique_deg"][1])
+    tilt = rotation(unit(rng.normal(size=3)), np.deg2rad(rng.uniform(lo, hi)))
+    scans = [sample_scan(rng, opt, pat, pose, protocol, orientation, fov_kind, tilt, res) for pose in plan.poses]
+    return protocol, scans
+
+
+def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
+    """Render, acquire and write all style-B scans of one patient; return manifest rows."""
+    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes
+
+    pat = plan.patient
+    seed = int(cfg["seed"])
+    opt = style_options(cfg)
+    protocol, scans = plan_scans_b(plan, cfg, index)
+    look = sample_look(np.random.default_rng([seed, 0xB0, index]), pat, protocol)
+    rng = np.random.default_rng([seed, 0xB1, index])
+    rows: list[dict] = []
+    base_grids = None
+    base_lesion_ml: dict[str, float] = {}
+    for i, (m, pose, scan) in enumerate(zip(plan.months, plan.poses, scans)):
+        grids = render_grids_b(pat, m, look, base_grids, float(opt["fine_mm"]), float(opt["coarse_mm"]))
+        if base_grids is None:
+            base_grids = grids
+        img = acquire_b(grids, scan, pose, rng)
+        lab, rg = scan_labels(scan, pose, pat, m)
+        name = f"{pat.patient_id}_m{int(round(m)):02d}"
+        save_nifti(img, scan.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
+        save_nifti(lab, scan.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
+        save_nifti(rg, scan.affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
+        fine = fine_truth(pat, m)
+        if i == 0:
+            base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
+        centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
+        scan_vols = _scan_label_volumes(lab, scan.affine, centres)
+        to_base = plan.poses[0] @ np.linalg.inv(pose)
+        hips = []
+        for side, h in pat.hips.items():
+            st = hip_state(h, m)
+            rec = {
+                "side": side,
+                "head_centre_ras_mm": [round(float(v), 4) for v in centres[side]],
+                "head_radius_mm": round(h.radius, 3),
+                "stage": h.stage,
+                "mitchell": h.mitchell,
+                "response": h.response if h.diseased else "none",
+                "edema": bool(st.edema > 0),
+                "collapse_mm": round(st.collapse_mm, 3),
+                **fine[side],
+                "regenerated_fraction": round(fine[side]["regenerated_volume_ml"] / base_lesion_ml[side], 4)
+                if base_lesion_ml.get(side) else 0.0,
+                "scan_label_volumes_ml": scan_vols.get(side, {}),
+            }
+            if h.diseased:
+                dome = pose[:3, :3] @ h.dome + pose[:3, 3]
+                rec["dome_point_ras_mm"] = [round(float(v), 4) for v in dome]
+            hips.append(rec)
+        truth = {
+            "patient_id": pat.patient_id,
+            "timepoint": f"m{int(round(m)):02d}",
+            "months": m,
+            "synthetic": True,
+            "style": "b",
+            "acquisition": {
+                "orientation": scan.orientation, "fov": scan.fov_kind, "shape": list(scan.shape),
+                "inplane_mm": round(scan.inplane_mm, 4), "slice_thickness_mm": round(scan.slice_mm, 4),
+                "slice_gap_mm": round(scan.gap_mm, 4), "snr": round(scan.snr, 3),
+                "bias_amplitude": round(_coil_range(scan, pose), 4), "intensity_scale": round(scan.scale, 3),
+                "protocol": scan.protocol, "oblique_deg": round(scan.oblique_deg, 3),
+                "phase_axis": scan.phase_axis, "ghost_mm": round(scan.ghost_mm, 4),
+                "gfactor_max": round(scan.gfactor_max, 4), "kspace_taper": scan.kspace_taper,
+            },
+            "affine": np.round(scan.affine, 6).tolist(),
+            "transform_to_baseline": np.round(to_base, 8).tolist(),
+            "transform_note": "4x4, maps this scan's world RAS mm onto the baseline scan's world RAS mm",
+            "hips": hips,
+        }
+        atomic_write_text(out_dir / "truth" / f"{name}.json", json.dumps(truth, indent=1))
+        rows.append({
+            "patient_id": pat.patient_id, "timepoint": truth["timepoint"], "months": m,
+            "image": f"images/{name}.nii.gz", "labels": f"labels/{name}.nii.gz",
+            "regenerated": f"regenerated/{name}.nii.gz", "truth": f"truth/{name}.json",
+            "age": plan.age, "sex": plan.sex, "orientation": scan.orientation,
+            "affected_sides": ";".join(s for s, h in pat.hips.items() if h.diseased),
+        })
+    return _merge_scores(rows, plan)
+
+
+def _coil_range(scan: ScanB, pose: np.ndarray) -> float:
+    """Half the relative spread (max-min)/(max+min) of the receive sensitivity within 120 mm of the FOV centre."""
+    A = np.linalg.inv(pose) @ scan.affine
+    c = A[:3, :3] @ ((np.array(scan.shape) - 1) / 2.0) + A[:3, 3]
+    rng = np.random.default_rng(0)
+    pts = c + rng.uniform(-120, 120, size=(2000, 3))
+    s = coil_sensitivity(tuple(pts[:, i].astype(np.float32) for i in range(3)), scan.coils, scan.coil_mm)
+    return float((s.max() - s.min()) / (s.max() + s.min()))
