@@ -61,6 +61,7 @@ from onfh_seg.infer.pipeline import (
     segmenter_info,
     software_versions,
 )
+from onfh_seg.io.label_tables import write_label_tables
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.lifecycle import DirLock, InheritedFd, check_writable, die_with_parent, remove_own_temporaries
@@ -70,6 +71,7 @@ log = logging.getLogger("onfh_seg.batch")
 
 DEFAULT_ENGINE = "onfh_seg.infer.engine:Segmenter"
 ERROR_COLUMNS = ["scan", "image", "error"]
+MANIFEST_CSV_COLUMNS = ("patient_id", "timepoint", "months")  # carried into measurements.csv for manifest input
 SegmenterFactory = Callable[[int], Any]
 
 
@@ -251,11 +253,24 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     return remove_own_temporaries(out_dir)
 
 
-def write_measurements_csv(out_dir: Path, results: list[dict]) -> Path:
+def _number(text: Any) -> Any:
+    """A manifest value as a number when it is one (``"6"`` -> 6.0), else unchanged."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def write_measurements_csv(out_dir: Path, results: list[dict], jobs: list[ScanJob] | None = None) -> Path:
+    """``measurements.csv``; for manifest input, ``patient_id``, ``timepoint`` and ``months`` follow ``image``."""
     rows = [row for r in results if r["status"] in ("ok", "skipped") for row in r["rows"]]
     rows.sort(key=row_sort_key)
+    meta = {job.name: job.meta or {} for job in jobs or []}
+    extra = [c for c in MANIFEST_CSV_COLUMNS if any(c in m for m in meta.values())]
+    rows = [{**row, **{c: _number(meta.get(row["scan"], {}).get(c)) if c == "months"
+                       else meta.get(row["scan"], {}).get(c) for c in extra}} for row in rows]
     path = out_dir / "measurements.csv"
-    write_manifest(path, rows, columns=list(CSV_COLUMNS))
+    write_manifest(path, rows, columns=list(CSV_COLUMNS[:2]) + extra + list(CSV_COLUMNS[2:]))
     return path
 
 
@@ -269,6 +284,13 @@ def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provider_used(results: list[dict]) -> str | None:
+    """The execution provider the segmenters actually ran on (first of ONNX Runtime's list), e.g.
+    ``CUDAExecutionProvider``; several joined by ``,`` if workers differed; None if no segmenter ran."""
+    used = sorted({r["providers"][0] for r in results if r.get("providers")})
+    return ",".join(used) if used else None
 
 
 def write_run_manifest(
@@ -286,6 +308,7 @@ def write_run_manifest(
         "engine": spec.engine,
         "providers": providers,
         "provider_requested": spec.provider,
+        "provider_used": provider_used(summary.results),
         "workers": workers,
         "threads_per_worker": spec.threads,
         "started": started,
@@ -457,7 +480,8 @@ def run_batch(
         summary.done = sum(r["status"] == "ok" for r in results)
         summary.skipped = sum(r["status"] == "skipped" for r in results)
         summary.failed = sum(r["status"] == "error" for r in results)
-        write_measurements_csv(out_dir, results)
+        write_measurements_csv(out_dir, results, jobs)
         write_errors_csv(out_dir, results)
+        write_label_tables(out_dir)
         write_run_manifest(out_dir, cfg, summary, spec, workers, started, time.perf_counter() - t0, command_line)
     return summary

@@ -31,6 +31,21 @@ LABELS: dict[int, str] = {
     ACETABULUM: "acetabulum",
 }
 NUM_CLASSES = len(LABELS)
+LABEL_DESCRIPTIONS: dict[int, str] = {
+    BACKGROUND: "background",
+    HEAD: "femoral head: viable bone and marrow down to the head-neck junction (incl. subchondral plate)",
+    NECROTIC: "necrotic zone (core) inside the reactive interface",
+    BAND: "reactive interface band (T1 low-signal band)",
+    ACETABULUM: "acetabulum: bony socket within 12 mm of the cartilage surface",
+}
+# display colours (RGB 0-255), as in the overlays and reports: yellow, red, cyan, green
+LABEL_RGB: dict[int, tuple[int, int, int]] = {
+    BACKGROUND: (0, 0, 0),
+    HEAD: (255, 255, 0),
+    NECROTIC: (255, 0, 0),
+    BAND: (0, 255, 255),
+    ACETABULUM: (0, 255, 0),
+}
 LESION_LABELS = (NECROTIC, BAND)
 HEAD_LABELS = (HEAD, NECROTIC, BAND)
 

@@ -15,11 +15,14 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 def run(cfg: DictConfig) -> int:
     """Run inference on ``cfg.input``; print the summary line; 1 if no scan succeeded."""
-    from onfh_seg.batch import run_batch
+    from onfh_seg.batch import provider_used, run_batch
 
     # `docker stop` / kill send SIGTERM: stop like Ctrl-C, so no partial outputs are left behind
     signal.signal(signal.SIGTERM, _interrupt)
     summary = run_batch(to_dict(cfg), command_line=["onfh-infer", *sys.argv[1:]])
+    used = provider_used(summary.results)
+    if used:
+        print(f"execution provider: {used}")  # what ONNX Runtime ran on, not what was asked for
     print(f"{summary.line()} -> {summary.out_dir}")
     if summary.failed:
         print(f"errors: {summary.out_dir / 'errors.csv'}", file=sys.stderr)
