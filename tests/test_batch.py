@@ -302,7 +302,8 @@ def test_kill_and_resume_via_cli(batch_set, reference_run, tmp_path) -> None:
     scans, model = batch_set
     ref_out, _ = reference_run
     out = tmp_path / "out"
-    args = [f"input={scans}", f"out_dir={out}", f"model_dir={model}", f"engine={FAKE_ENGINE}", "overlay=false"]
+    args = [f"input={scans}", f"out_dir={out}", f"model_dir={model}", f"engine={FAKE_ENGINE}", "overlay=false",
+            "tta=false"]  # the reference run's settings (each measurements JSON records them)
     proc = subprocess.Popen([str(BIN / "onfh-infer"), *args], cwd=tmp_path, env=cli_env(FAKE_SEGMENTER_DELAY="1.0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
