@@ -184,7 +184,7 @@ RESULT_SETTINGS: dict[str, Any] = {
     "dicom.write_seg": True,
     "dicom.write_sr": True,
     "dicom.rules": {},
-    "anatomy": {},
+    "anatomy": {"enabled": True},  # plus any AnatomyLimits overrides
 }
 
 
@@ -202,8 +202,15 @@ def _plain(value: Any) -> Any:
 
 
 def result_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The settings of ``cfg`` that change a scan's outputs (``RESULT_SETTINGS`` keys, defaults filled in)."""
-    return {key: _plain(_cfg(cfg, key, default)) for key, default in RESULT_SETTINGS.items()}
+    """The settings of ``cfg`` that change a scan's outputs (``RESULT_SETTINGS`` keys, defaults filled in;
+    a mapping setting is its default updated with the given keys, so ``{}`` and the defaults compare equal)."""
+    out = {}
+    for key, default in RESULT_SETTINGS.items():
+        value = _cfg(cfg, key, default)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            value = {**default, **value}
+        out[key] = _plain(value)
+    return out
 
 
 def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
