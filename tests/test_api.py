@@ -86,6 +86,7 @@ def test_segment_reports_a_bad_scan_in_one_line(tmp_path: Path) -> None:
 
 def _wheel_tree(dst: Path) -> Path:
     """What an sdist of the project holds (pyproject, setup.py, src, configs, the ONNX model)."""
+    dst.mkdir(parents=True)
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, dst / name)
     shutil.copytree(ROOT / "src" / "onfh_seg", dst / "src" / "onfh_seg",
