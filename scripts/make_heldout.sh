@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Generate the two held-out OUT-OF-STYLE test cohorts of issue 12 (fixed seeds, never used for training or
+# model selection; evaluate each shipped model on them once, with onfh-eval):
+#   cache/heldout_a  today's onfh-synth renderer (phantom + acquisition), held out whole
+#   cache/heldout_b  the independently written style-B renderer (onfh_seg.synth.style_b)
+# 8 patients x 3 timepoints each (months 0, 3, 12): every 4th patient bilateral, the others unilateral,
+# so diseased and healthy hips mix. An existing cohort is kept (FORCE=1 regenerates it). Each cohort is
+# written to a temporary folder and renamed when complete.
+# Usage: scripts/make_heldout.sh [WORKERS]   (default 2; ~10 min on 2 idle cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+WORKERS=${1:-2}
+N=${N_PATIENTS:-8}
+
+make_one() {  # name, then onfh-synth overrides
+  local name=$1; shift
+  local out=cache/$name
+  if [[ -f $out/manifest.csv && -z ${FORCE:-} ]]; then
+    echo "$out exists (FORCE=1 to regenerate)"; return
+  fi
+  rm -rf "$out.tmp"
+  "$BIN/onfh-synth" out_dir="$out.tmp" n_patients="$N" months=[0,3,12] workers="$WORKERS" "$@"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+  echo "wrote $out/manifest.csv"
+}
+
+make_one heldout_a seed=9101 style=a \
+  'acquisition.orientations={axial: 0.4, coronal: 0.3, sagittal: 0.3}' acquisition.small_fov_fraction=0.2
+make_one heldout_b seed=9102 style=b
+
+cat <<'MSG'
+Held-out test cohorts ready. Evaluate a shipped model once (and say so in the model card):
+  onfh-eval out_dir=outputs/eval_heldout cohorts.in_style=[<validation manifests of the training styles>] \
+            cohorts.out_of_style_a=cache/heldout_a/manifest.csv cohorts.out_of_style_b=cache/heldout_b/manifest.csv
+MSG
