@@ -1,0 +1,333 @@
+"""Anatomy gate: what is not a hip is never measured (issue 11, item 1).
+
+Unit tests of the plausibility check on synthetic label maps, the DICOM header
+filter on synthetic headers, the SR without untrusted hips, and the shipped
+model on the shared head series and abdominal MR (refused) and on demo-style
+synthetic scans (measured).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
+from onfh_seg.io.dicom import DicomError, SeriesInfo, select_t1_series
+from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
+from onfh_seg.measure import CSV_COLUMNS, measure_gated, measurements_row
+from test_dicom_out import read_sr_hips
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DECUBITUS = SHARED / "data" / "dicom" / "siemens_t1_decubitus"
+ABDOMEN = SHARED / "data" / "nifti" / "abdomen_mr_t1_3mm.nii.gz"
+MODELS = ROOT / "models"
+HAVE_MODEL = (MODELS / "fine.onnx").is_file() and (MODELS / "coarse.onnx").is_file()
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="models/coarse.onnx, fine.onnx are not shipped")
+needs_shared = pytest.mark.skipif(not DECUBITUS.is_dir() or not ABDOMEN.is_file(),
+                                  reason=f"shared data not found under {SHARED / 'data'}")
+
+SPACING = 2.0
+SHAPE = (150, 60, 60)  # 300 x 120 x 120 mm
+AFFINE = np.diag([SPACING, SPACING, SPACING, 1.0])
+AFFINE[:3, 3] = [-150.0, -60.0, -60.0]  # world origin at the grid centre
+
+
+@lru_cache(maxsize=1)
+def world_grid() -> np.ndarray:
+    ijk = np.indices(SHAPE, dtype=np.float32).reshape(3, -1).T
+    return (ijk @ AFFINE[:3, :3].T.astype(np.float32) + AFFINE[:3, 3].astype(np.float32)).reshape(*SHAPE, 3)
+
+
+def add_hip(labels: np.ndarray, centre, radius: float = 22.0, socket: bool = True, lesion: bool = False,
+            flat: bool = False) -> None:
+    """A femoral head (sphere, or a flat disc) at ``centre`` (mm), optionally under a socket cap."""
+    off = world_grid() - np.asarray(centre, float)
+    d = np.linalg.norm(off, axis=-1)
+    if socket:  # bone 3-13 mm beyond the head surface, over the upper part (as the phantom's cup)
+        labels[(d > radius + 3) & (d < radius + 13) & (off[..., 2] > -0.2 * d)] = ACETABULUM
+    if flat:
+        labels[(np.linalg.norm(off[..., :2], axis=-1) < 1.5 * radius) & (np.abs(off[..., 2]) < 5.0)] = HEAD
+    else:
+        labels[d < radius] = HEAD
+    if lesion:
+        labels[np.linalg.norm(off - [0.0, 0.0, 0.5 * radius], axis=-1) < 0.45 * radius] = NECROTIC
+
+
+def labels_with(*hips: dict) -> np.ndarray:
+    labels = np.zeros(SHAPE, np.uint8)
+    for hip in hips:
+        add_hip(labels, **hip)
+    return labels
+
+
+# ---------------------------------------------------------------- plausibility on label maps
+
+
+def test_sphere_in_socket_passes_with_measured_shape() -> None:
+    result = check_anatomy(labels_with({"centre": (0, 0, 0), "lesion": True}), AFFINE)
+    assert result.passed and result.flag is None and result.reasons == []
+    [head] = result.heads
+    assert abs(head.radius_fit_mm - 22.0) < 1.5 and head.rel_rms < 0.05 and head.axis_ratio > 0.9
+    assert head.cap_coverage > 0.9 and head.acetabulum_ml > 10.0 and 0.0 < head.lesion_fraction < 0.5
+
+
+def test_two_hips_at_a_pelvic_distance_pass() -> None:
+    result = check_anatomy(labels_with({"centre": (-90, 0, 0)}, {"centre": (90, 0, 0), "lesion": True}), AFFINE)
+    assert result.passed and len(result.heads) == 2 and abs(result.pair_distance_mm - 180.0) < 1.0
+
+
+def test_blob_without_socket_is_not_a_hip() -> None:
+    result = check_anatomy(labels_with({"centre": (0, 0, 0), "socket": False}), AFFINE)
+    assert result.flag == "not_hip_anatomy"
+    assert any("acetabulum" in r for r in result.reasons)
+
+
+def test_flat_disc_is_not_a_femoral_head() -> None:
+    result = check_anatomy(labels_with({"centre": (0, 0, 0), "flat": True}), AFFINE)
+    assert result.flag == "not_hip_anatomy"
+    assert any("flat" in r or "spherical" in r for r in result.reasons)
+
+
+def test_two_heads_40_mm_apart_are_not_a_hip_pair() -> None:
+    labels = labels_with({"centre": (-22, 0, 0), "radius": 17.0}, {"centre": (22, 0, 0), "radius": 17.0})
+    result = check_anatomy(labels, AFFINE)
+    assert len(result.heads) == 2 and all(h.plausible for h in result.heads)
+    assert result.flag == "not_hip_anatomy" and result.pair_distance_mm < 50.0
+    assert any("apart" in r for r in result.reasons)
+
+
+def test_too_small_head_and_lesion_filling_the_head_fail() -> None:
+    small = check_anatomy(labels_with({"centre": (0, 0, 0), "radius": 12.0}), AFFINE)
+    assert small.flag == "not_hip_anatomy" and any("radius" in r for r in small.reasons)
+    labels = labels_with({"centre": (0, 0, 0)})
+    labels[labels == HEAD] = NECROTIC
+    labels[tuple(np.argwhere(labels == NECROTIC)[0])] = HEAD  # one viable voxel left
+    filled = check_anatomy(labels, AFFINE)
+    assert filled.flag == "not_hip_anatomy" and any("lesion fills" in r for r in filled.reasons)
+
+
+def test_no_head_component_is_no_femoral_head_found() -> None:
+    labels = np.zeros(SHAPE, np.uint8)
+    assert check_anatomy(labels, AFFINE).flag == "no_femoral_head_found"
+    add_hip(labels, (0, 0, 0), radius=6.0)  # < 5 mL: a speck, not a head
+    assert check_anatomy(labels, AFFINE).flag == "no_femoral_head_found"
+
+
+def test_limits_from_config() -> None:
+    limits = limits_from_config({"enabled": True, "radius_mm": [10, 40], "max_rel_rms": 0.2})
+    assert limits.radius_mm == (10.0, 40.0) and limits.max_rel_rms == 0.2
+    assert limits.min_axis_ratio == AnatomyLimits().min_axis_ratio
+    with pytest.raises(ValueError, match="unknown anatomy setting"):
+        limits_from_config({"radius": [1, 2]})
+    with pytest.raises(ValueError, match="low, high"):
+        limits_from_config({"radius_mm": [40, 10]})
+
+
+# ---------------------------------------------------------------- gated measurement, CSV, SR
+
+
+def mr_image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(50, 1000, SHAPE).astype(np.float32)
+
+
+def test_failed_gate_measures_nothing_and_empties_the_label_map() -> None:
+    labels = labels_with({"centre": (0, 0, 0), "socket": False, "lesion": True})
+    gated = measure_gated(mr_image(), labels, AFFINE, mean_confidence=0.9)
+    assert gated.hips == [] and gated.flags == ["not_hip_anatomy"]
+    assert not gated.labels.any() and gated.labels.shape == labels.shape
+    assert gated.anatomy["passed"] is False and gated.anatomy["heads"][0]["failures"]
+    row = measurements_row("s", "s.nii.gz", None, gated.flags, "v")
+    assert list(row) == CSV_COLUMNS and row["side"] is None and row["arco_extent"] is None
+
+
+def test_implausible_second_head_is_flagged_and_untrusted() -> None:
+    labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0), "socket": False})
+    gated = measure_gated(mr_image(), labels, AFFINE, mean_confidence=0.9)
+    hips = {h["side"]: h for h in gated.hips}
+    assert set(hips) == {"right", "left"}
+    assert hips["right"]["trusted"] is True and hips["right"]["qc_flags"] == []
+    assert hips["left"]["trusted"] is False and hips["left"]["qc_flags"] == ["implausible_head_shape"]
+    assert gated.flags == ["implausible_head_shape"]
+    row = measurements_row("s", "s.nii.gz", hips["left"], gated.flags, "v")
+    assert row["trusted"] == "false" and row["hip_qc_flags"] == "implausible_head_shape"
+
+
+def test_scan_wide_flags_untrust_every_hip() -> None:
+    labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0)})
+    gated = measure_gated(mr_image(), labels, AFFINE, mean_confidence=0.3)
+    assert gated.flags == ["low_confidence"] and [h["trusted"] for h in gated.hips] == [False, False]
+    # a head volume outside the range untrusts that hip only (left: r 18 mm, 24 mL; right: 45 mL)
+    labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0), "radius": 18.0})
+    gated = measure_gated(mr_image(), labels, AFFINE, 0.9, head_ml_range=(30.0, 120.0))
+    assert gated.flags == ["implausible_head_volume"]
+    assert [(h["side"], h["trusted"], h["qc_flags"]) for h in gated.hips] == [
+        ("right", True, []), ("left", False, ["implausible_head_volume"])]
+
+
+@pytest.mark.skipif(not (DECUBITUS / "HFS").is_dir(), reason=f"shared DICOM data not found at {DECUBITUS}")
+def test_sr_has_no_measurement_group_for_an_untrusted_hip(tmp_path: Path) -> None:
+    from onfh_seg.io.dicom import find_series
+    from onfh_seg.io.dicom_out import write_dicom_sr
+
+    headers = list(find_series(DECUBITUS / "HFS")[0].headers)
+    hips = [
+        {"side": "right", "lesion_volume_ml": 12.5, "percent_head_involved": 25.0, "arco_extent": "B",
+         "qc_flags": [], "trusted": True},
+        {"side": "left", "lesion_volume_ml": 7.0, "percent_head_involved": 90.0, "arco_extent": "C",
+         "qc_flags": ["implausible_head_shape"], "trusted": False},
+    ]
+    groups = read_sr_hips(write_dicom_sr({"hips": hips}, headers, tmp_path / "sr.dcm"))
+    assert list(groups) == ["right"]  # one measurement group: the trusted hip
+    assert 12.5 in [v[0] for v in groups["right"].values() if isinstance(v[0], float)]
+    with pytest.raises(DicomError, match="no trusted hip"):
+        write_dicom_sr({"hips": hips[1:]}, headers, tmp_path / "none.dcm")
+
+
+# ---------------------------------------------------------------- DICOM header filter
+
+
+def header(body_part: str = "", description: str = "t1_tse_cor", study: str = "") -> SeriesInfo:
+    ds = Dataset()
+    ds.Modality, ds.SeriesDescription, ds.ProtocolName = "MR", description, description
+    ds.SeriesNumber, ds.RepetitionTime, ds.EchoTime, ds.ScanningSequence = 3, 500.0, 12.0, "SE"
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if study:
+        ds.StudyDescription = study
+    return SeriesInfo(f"1.2.3.{abs(hash((body_part, description, study))) % 10**8}", (Path("x.dcm"),), (ds,))
+
+
+@pytest.mark.parametrize("body_part", ["HIP", "PELVIS", "", "FEMUR", "LEG", "ABDOMENPELVIS", "BECKEN"])
+def test_hip_or_unknown_body_part_is_kept(body_part: str) -> None:
+    chosen, reason = select_t1_series([header(body_part)])
+    assert chosen.description == "t1_tse_cor" and "not a hip" not in reason
+
+
+@pytest.mark.parametrize("body_part, description, study", [
+    ("BRAIN", "t1_fl2d_sag", ""), ("KNEE", "t1_tse_cor", ""), ("LSPINE", "t1_tse_sag", ""),
+    ("CHEST", "t1", ""), ("ABDOMEN", "t1_vibe", ""), ("", "t1_se_brain_tra", ""), ("", "t1_tse_sag", "MR KNEE LEFT"),
+])
+def test_other_anatomy_is_refused_with_the_reason(body_part: str, description: str, study: str) -> None:
+    with pytest.raises(DicomError, match="^not_hip_anatomy: .*not a hip"):
+        select_t1_series([header(body_part, description, study)])
+
+
+def test_hip_series_chosen_over_a_head_series_and_rules_configurable() -> None:
+    brain, hip = header("BRAIN", "t1_se_sag"), header("PELVIS", "t1_tse_cor")
+    chosen, reason = select_t1_series([brain, hip])
+    assert chosen is hip and "not a hip: BodyPartExamined BRAIN" in reason
+    assert select_t1_series([brain], {"refused_body_parts": []})[0] is brain
+    with pytest.raises(DicomError, match="not_hip_anatomy"):
+        select_t1_series([header("FOOBAR")], {"refused_body_parts": ["FOO.*"]})
+
+
+# ---------------------------------------------------------------- the shipped model, real and synthetic scans
+
+
+def run_scans(inputs: list[Path], out: Path, cfg: dict | None = None) -> list[dict]:
+    """process_scan with the shipped model for each input; returns the measurements JSON of each."""
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.infer.inputs import expand_input
+    from onfh_seg.infer.pipeline import output_paths, process_scan
+
+    cfg = {"overlay": False, **(cfg or {})}
+    segmenter = Segmenter(MODELS, provider="cpu", threads=2)
+    records = []
+    for path in inputs:
+        for job in expand_input(path, (cfg.get("dicom") or {}).get("rules")):
+            result = process_scan(job, out / path.name, segmenter, cfg)
+            meas = json.loads(output_paths(out / path.name, job.name)["measurements"].read_text())
+            records.append({**meas, "result": result})
+    return records
+
+
+def assert_refused_without_hip_outputs(rec: dict, folder: Path) -> None:
+    flags = rec["qc_flags"]
+    assert "not_hip_anatomy" in flags or "no_femoral_head_found" in flags, flags
+    assert rec["hips"] == [] and all(not row["side"] and not row["arco_extent"] for row in rec["result"]["rows"])
+    assert not list(folder.glob("*_seg.dcm")) and not list(folder.glob("*_sr.dcm"))
+    seg = list(folder.glob("*_seg.nii.gz"))
+    assert all(not np.asarray(nib.load(str(p)).dataobj).any() for p in seg)  # nothing claims a femoral head
+
+
+@needs_shared
+def test_head_series_refused_by_their_headers(tmp_path: Path) -> None:
+    """Default rules: the four head series never reach the model (BodyPartExamined BRAIN)."""
+    for rec in run_scans_no_model([DECUBITUS / p for p in ("HFS", "HFP", "HFDL", "HFDR")], tmp_path):
+        assert rec["status"] == "error" and rec["qc_flags"] == ["not_hip_anatomy"]
+        assert rec["error"].startswith("not_hip_anatomy:") and "BodyPartExamined BRAIN" in rec["error"]
+        assert rec["result"]["rows"] == [] and sorted(p.name for p in rec["folder"].iterdir()) == [
+            f"{rec['name']}_measurements.json"]
+
+
+def run_scans_no_model(inputs: list[Path], out: Path) -> list[dict]:
+    """process_scan with a segmenter that must not be called (the header filter refuses first)."""
+    from onfh_seg.infer.inputs import expand_input
+    from onfh_seg.infer.pipeline import output_paths, process_scan
+
+    class NoModel:
+        version, sha256, providers = "none", None, []
+
+        def segment(self, image, affine):
+            raise AssertionError("the model must not run on a refused series")
+
+    records = []
+    for path in inputs:
+        [job] = expand_input(path)
+        result = process_scan(job, out / path.name, NoModel(), {})
+        meas = json.loads(output_paths(out / path.name, job.name)["measurements"].read_text())
+        records.append({**meas, "result": result, "folder": out / path.name})
+    return records
+
+
+@needs_shared
+@needs_model
+def test_image_gate_refuses_head_series_and_abdomen_without_headers(tmp_path: Path) -> None:
+    """With the header filter off, the image-based gate alone refuses all four head series and the abdomen."""
+    inputs = [DECUBITUS / p for p in ("HFS", "HFP", "HFDL", "HFDR")] + [ABDOMEN]
+    records = run_scans(inputs, tmp_path, {"dicom": {"rules": {"refused_body_parts": []}}})
+    assert len(records) == 5
+    for rec, path in zip(records, inputs):
+        assert rec["status"] == "ok", rec["error"]
+        assert_refused_without_hip_outputs(rec, tmp_path / path.name)
+        if rec["result"]["input"].endswith(("HFS", "HFDL", "HFDR", "HFP")):
+            assert rec["outputs"]["dicom_seg"]["status"] == "not_written"
+            assert rec["outputs"]["dicom_sr"]["status"] == "not_written"
+    assert records[-1]["qc_flags"][:1] == ["no_femoral_head_found"]  # the abdomen
+
+
+@pytest.fixture(scope="module")
+def hip_scans(tmp_path_factory) -> list[Path]:
+    """Demo patient 1 at baseline (stage 4, collapsed right head) and a single-hip small-FOV sagittal scan."""
+    from onfh_seg.synth.cohort import generate_cohort, generate_patient, plan_demo, synth_config
+
+    out = tmp_path_factory.mktemp("hips")
+    cfg = synth_config({"demo": True})
+    plan = plan_demo(0, cfg)
+    plan.months, plan.poses, plan.geoms = plan.months[:1], plan.poses[:1], plan.geoms[:1]
+    generate_patient(plan, out / "demo", int(cfg["seed"]))
+    small = synth_config({"n_patients": 1, "seed": 77, "months": [0],
+                          "acquisition": {"small_fov_fraction": 1.0,
+                                          "orientations": {"axial": 0.0, "coronal": 0.0, "sagittal": 1.0}}})
+    generate_cohort(small, out / "small")
+    return [out / "demo" / "images" / "P01_m00.nii.gz", out / "small" / "images" / "P001_m00.nii.gz"]
+
+
+@needs_model
+def test_demo_and_single_hip_sagittal_scans_still_measured(hip_scans: list[Path], tmp_path: Path) -> None:
+    records = run_scans(hip_scans, tmp_path)
+    demo, small = records
+    assert demo["status"] == "ok" and demo["anatomy"]["passed"] and "not_hip_anatomy" not in demo["qc_flags"]
+    assert [h["side"] for h in demo["hips"]] == ["right", "left"]
+    assert all(h["trusted"] for h in demo["hips"]) and demo["hips"][0]["arco_extent"] in ("B", "C")
+    assert small["status"] == "ok" and small["anatomy"]["passed"] and len(small["hips"]) == 1
+    assert small["hips"][0]["trusted"] and small["hips"][0]["head_volume_ml"] > 15.0
+    truth = json.loads((hip_scans[1].parents[1] / "truth" / "P001_m00.json").read_text())
+    assert truth["acquisition"]["orientation"] == "sagittal" and truth["acquisition"]["fov"] == "hip"
