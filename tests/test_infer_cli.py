@@ -147,6 +147,7 @@ def test_outputs_names_grid_json_csv(cohort, fake_model, tmp_path: Path) -> None
         "P002_m00_seg.nii.gz", "P002_m00_measurements.json", "P002_m00_overlay.png",
         "plain_seg.nii.gz", "plain_measurements.json", "plain_overlay.png",
         "measurements.csv", "errors.csv", "run_manifest.json",
+        "labels.json", "labels.ctbl", "labels_itksnap.txt",  # label tables for viewers, once per out_dir
     ])
     assert no_temporaries(out) == [] and not (tmp_path / "infer.log").exists()
 

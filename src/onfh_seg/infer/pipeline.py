@@ -106,6 +106,8 @@ def segmenter_info(segmenter: Any) -> dict[str, Any]:
         "model_version": str(getattr(segmenter, "version", "unknown")),
         "model_sha256": getattr(segmenter, "sha256", None),
         "providers": list(getattr(segmenter, "providers", []) or []),
+        # the execution provider actually used (ONNX Runtime may fall back from the one asked for)
+        "provider": getattr(segmenter, "provider", None) or next(iter(getattr(segmenter, "providers", []) or []), None),
     }
 
 
@@ -174,18 +176,27 @@ def row_sort_key(row: Mapping[str, Any]) -> tuple:
 # measurements JSON records them ("settings"); resume re-runs a scan when one differs. Not here because
 # results do not depend on them: workers, threads, provider, resume, progress, out_dir. The model's own
 # settings (lesion threshold, window, overlap) are part of its version.
-RESULT_SETTINGS: dict[str, Any] = {
-    "tta": False,
-    "fast": False,
-    "reference": "acetabulum",
-    "overlay": True,
-    "qc.head_ml_range": [15.0, 120.0],
-    "qc.min_confidence": 0.6,
-    "dicom.write_seg": True,
-    "dicom.write_sr": True,
-    "dicom.rules": {},
-    "anatomy": {"enabled": True},  # plus any AnatomyLimits overrides
-}
+RESULT_SETTINGS: tuple[str, ...] = (
+    "tta", "fast", "reference", "overlay", "qc.head_ml_range", "qc.min_confidence",
+    "dicom.write_seg", "dicom.write_sr", "dicom.rules",
+    "anatomy",  # {enabled: ...} plus any AnatomyLimits overrides
+)
+
+
+def default_setting(dotted: str) -> Any:
+    """onfh-infer's default for a dotted key (configs/infer.yaml, the one place defaults live);
+    a null mapping setting (``dicom.rules``) is ``{}``."""
+    from onfh_seg.config import defaults
+
+    node: Any = defaults("infer")
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return {} if node is None and dotted in ("dicom.rules", "anatomy") else node
+
+
+def setting(cfg: Mapping[str, Any] | None, dotted: str) -> Any:
+    """``cfg``'s value of a dotted key, else onfh-infer's default."""
+    return _cfg(cfg, dotted, default_setting(dotted))
 
 
 def _plain(value: Any) -> Any:
@@ -205,7 +216,8 @@ def result_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The settings of ``cfg`` that change a scan's outputs (``RESULT_SETTINGS`` keys, defaults filled in;
     a mapping setting is its default updated with the given keys, so ``{}`` and the defaults compare equal)."""
     out = {}
-    for key, default in RESULT_SETTINGS.items():
+    for key in RESULT_SETTINGS:
+        default = default_setting(key)
         value = _cfg(cfg, key, default)
         if isinstance(default, Mapping) and isinstance(value, Mapping):
             value = {**default, **value}
@@ -291,6 +303,11 @@ def _base_record(job: ScanJob, info: Mapping[str, Any], settings: Mapping[str, A
 def _job_context(job: ScanJob) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     extra.update(job.meta or {})
+    if "months" in extra:  # a number in JSON, as in the manifest
+        try:
+            extra["months"] = float(extra["months"])
+        except (TypeError, ValueError):
+            pass
     if job.labels is not None:
         extra["labels"] = str(job.labels)
     if job.kind == "dicom" and job.dicom:
@@ -322,14 +339,14 @@ def _write_dicom_outputs(
             warnings.append(f"{what} not written: {one_line(exc)}")
 
     no_head = [f for f in meas["qc_flags"] if f in ("no_femoral_head_found", "not_hip_anatomy")]
-    if _cfg(cfg, "dicom.write_seg", True):
+    if setting(cfg, "dicom.write_seg"):
         if no_head:  # the anatomy gate failed: no SEG that claims a femoral head
             out["dicom_seg"] = {"status": "not_written", "reason": f"{no_head[0]}: no femoral head to segment"}
         else:
             attempt("dicom_seg", "DICOM SEG", lambda: write_dicom_seg(
                 make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"],
                 model_version=version))
-    if _cfg(cfg, "dicom.write_sr", True):
+    if setting(cfg, "dicom.write_sr"):
         sided = [h for h in meas["hips"] if h["side"] in ("right", "left") and h.get("trusted", True)]
         if sided:
             attempt("dicom_sr", "DICOM SR", lambda: write_dicom_sr(
@@ -370,7 +387,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     meas = _base_record(job, info, settings)
     timings: dict[str, Any] = {}
     produced: list[Path] = []
-    reference = str(_cfg(cfg, "reference", "acetabulum"))
+    reference = str(setting(cfg, "reference"))
     try:
         t = time.perf_counter()
         scan = load_scan(job)
@@ -388,11 +405,11 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         timings["engine"] = dict(getattr(result, "timings", {}) or {})
 
         t = time.perf_counter()
-        lo, hi = _cfg(cfg, "qc.head_ml_range", (15.0, 120.0))
+        lo, hi = setting(cfg, "qc.head_ml_range")
         gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
             scan.image, labels, scan.affine, confidence, reference, (float(lo), float(hi)),
-            float(_cfg(cfg, "qc.min_confidence", 0.6)), limits_from_config(_cfg(cfg, "anatomy", {})),
-            gate=bool(_cfg(cfg, "anatomy.enabled", True)),
+            float(setting(cfg, "qc.min_confidence")), limits_from_config(setting(cfg, "anatomy")),
+            gate=bool(setting(cfg, "anatomy.enabled")),
         )
         labels, hips, flags = gated.labels, gated.hips, gated.flags
         meas["anatomy"] = gated.anatomy
@@ -406,7 +423,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         write_seg(paths["seg"], scan.header_image, labels)
         produced.append(paths["seg"])
         outputs["seg"] = paths["seg"].name
-        if _cfg(cfg, "overlay", True):
+        if setting(cfg, "overlay"):
             centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
             overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
                              f"{job.name} | {OVERLAY_TITLE_NOTE}")
@@ -429,7 +446,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
             },
             outputs=outputs,
             **_job_context(job),
-            providers=info["providers"],
+            providers=info["providers"], provider=info["provider"],
             timings=_round_timings(timings),
             software=software_versions(),
         )
@@ -446,7 +463,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         timings["total"] = time.perf_counter() - t_start
         refused = [NOT_HIP_ANATOMY] if error.startswith(f"{NOT_HIP_ANATOMY}:") else []  # DICOM headers: not a hip
         meas.update(status="error", error=error, qc_flags=refused, mean_confidence=None, hips=[])
-        meas.update(**_job_context(job), providers=info["providers"], timings=_round_timings(timings),
+        meas.update(**_job_context(job), providers=info["providers"], provider=info["provider"], timings=_round_timings(timings),
                     software=software_versions())
         atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
         status, rows = "error", []
