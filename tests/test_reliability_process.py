@@ -349,6 +349,43 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     assert not (tmp_path / ".onfh-infer.lock").exists()
 
 
+_HELD: dict[str, int] = {}
+
+
+def _keep_fd(fd: int) -> None:
+    _HELD["fd"] = fd
+
+
+def _held_fd_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return _HELD["fd"]
+
+
+def test_pool_workers_hold_the_lock_until_they_end(tmp_path):
+    """A worker that outlives its parent still holds out_dir's lock: no new run can start beside it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from onfh_seg.lifecycle import DirLockBusy, InheritedFd
+
+    lock = DirLock(tmp_path, "onfh-infer").acquire()
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_keep_fd,
+                               initargs=(InheritedFd(lock.fd),))
+    try:
+        busy = pool.submit(_held_fd_after, 4.0)
+        assert wait_until(lambda: len(children_of(os.getpid())) >= 1, 30)
+        time.sleep(1.0)
+        os.close(lock.fd)  # the parent's own descriptor is gone, as when it is killed
+        lock.fd = None
+        with pytest.raises(DirLockBusy, match="in use by onfh-infer"):
+            DirLock(tmp_path, "onfh-infer").acquire()
+        assert busy.result(timeout=60) >= 0
+    finally:
+        pool.shutdown()
+    with DirLock(tmp_path, "onfh-infer"):  # the worker has ended: free
+        pass
+
+
 # ---------------------------------------------------------------- read-only out_dir
 
 
