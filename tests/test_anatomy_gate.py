@@ -331,3 +331,25 @@ def test_demo_and_single_hip_sagittal_scans_still_measured(hip_scans: list[Path]
     assert small["hips"][0]["trusted"] and small["hips"][0]["head_volume_ml"] > 15.0
     truth = json.loads((hip_scans[1].parents[1] / "truth" / "P001_m00.json").read_text())
     assert truth["acquisition"]["orientation"] == "sagittal" and truth["acquisition"]["fov"] == "hip"
+
+
+# ---------------------------------------------------------------- HTML report
+
+
+def test_html_report_warns_about_untrusted_measurements() -> None:
+    from onfh_seg.report.html import render_report
+    from test_report import record
+
+    rec = record()  # scan m12 has low_confidence
+    tps = rec["hips"][0]["timepoints"]
+    tps[1].update(qc_flags=["implausible_head_shape"], hip_qc_flags=["implausible_head_shape"], trusted=False)
+    tps[0].update(qc_flags=["implausible_head_shape"], hip_qc_flags=[], trusted=True)  # the other hip's flag
+    html = render_report(rec, {}, None)
+    assert '<div class="qcwarn"><b>Warning: measurements not trustworthy.' in html and "m12: low_confidence" in html
+    assert html.count("&#9888; QC: implausible_head_shape") == 1  # the m03 column of this hip only
+    for tp in tps:
+        tp.pop("qc_flags", None), tp.pop("hip_qc_flags", None), tp.pop("trusted", None)
+    for scan in rec["scans"]:
+        scan["qc_flags"] = []
+    clean = render_report(rec, {}, None)
+    assert "qcwarn\"" not in clean and "&#9888;" not in clean

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
 from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
 
 DISCLAIMER = (
     "Research software. The segmentation model was trained on synthetic data only and is not for clinical use."
@@ -51,6 +52,8 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #bbb;padding:3px 8px;text-align:right} th{background:#eee}
 td.l,th.l{text-align:left}
 .warn{color:#8a1c1c} .muted{color:#555;font-size:12px}
+.qcwarn{background:#fde2e2;border:2px solid #b00020;padding:8px 12px;margin:10px 0;color:#5c0010}
+th.untrusted,td.untrusted{background:#fde2e2}
 img{max-width:100%;height:auto;border:1px solid #444}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 """
@@ -88,6 +91,33 @@ def _months(m) -> str:
     return f"{m:g} mo"
 
 
+def untrusted_flags(item: Mapping) -> list[str]:
+    """The QC flags of a scan or timepoint record that make its measurements untrustworthy.
+
+    Scan-wide flags (``qc_flags``) count; when the record carries its hip's own
+    flags (``hip_qc_flags``, with ``trusted``), those replace the scan's per-hip
+    ones (another hip's implausible head does not untrust this one).
+    """
+    flags = [f for f in item.get("qc_flags") or [] if f in UNTRUSTED_FLAGS]
+    if "hip_qc_flags" in item:
+        flags = [f for f in flags if f not in HIP_FLAGS] + list(item.get("hip_qc_flags") or [])
+    if item.get("trusted") is False and not flags:
+        flags = ["untrusted"]
+    return list(dict.fromkeys(flags))
+
+
+def qc_warning(record: dict) -> str:
+    """A visible warning box naming every scan whose measurements a QC flag makes untrustworthy ('' if none)."""
+    flagged = [(s["timepoint"], untrusted_flags(s)) for s in record.get("scans", [])]
+    flagged = [(tp, flags) for tp, flags in flagged if flags]
+    if not flagged:
+        return ""
+    items = "".join(f"<li>{_esc(tp)}: {_esc(', '.join(flags))}</li>" for tp, flags in flagged)
+    return ('<div class="qcwarn"><b>Warning: measurements not trustworthy.</b> Quality control flagged these '
+            "scans; their values are shown (marked in the tables) but are left out of the DICOM measurement "
+            f"report and should not be used for decisions.<ul>{items}</ul></div>")
+
+
 def _header(record: dict) -> str:
     scans = record.get("scans", [])
     versions = sorted({s.get("model_version") or "unknown" for s in scans})
@@ -102,7 +132,8 @@ def _header(record: dict) -> str:
         ("SIR reference region", _esc(record.get("reference", "acetabulum"))),
         ("Software", _esc(record.get("software", ""))),
     ]
-    out = ["<table>"] + [f'<tr><th class="l">{k}</th><td class="l">{v}</td></tr>' for k, v in rows] + ["</table>"]
+    out = [qc_warning(record), "<table>"]
+    out += [f'<tr><th class="l">{k}</th><td class="l">{v}</td></tr>' for k, v in rows] + ["</table>"]
     problems = [*(f"{e['timepoint']}: {e['reason']}" for e in record.get("errors", []))]
     problems += [w for w in record.get("warnings", []) if w not in problems]
     if problems:
@@ -136,12 +167,16 @@ def hip_summary(hip: dict) -> str:
 
 def metrics_table(hip: dict) -> str:
     tps = hip["timepoints"]
-    head = "".join(f"<th>{_esc(t['timepoint'])}<br>{_months(t['months'])}</th>" for t in tps)
+    bad = [bool(untrusted_flags(t)) for t in tps]
+    cls = ['' if not b else ' class="untrusted"' for b in bad]
+    head = "".join(f"<th{c}>{_esc(t['timepoint'])}<br>{_months(t['months'])}"
+                   f"{'<br>&#9888; QC: ' + _esc(', '.join(untrusted_flags(t))) if b else ''}</th>"
+                   for t, b, c in zip(tps, bad, cls))
     out = [f'<table><tr><th class="l">Measure</th><th class="l">Unit</th>{head}</tr>']
     for key, (label, unit, _, _) in METRICS.items():
         if all(t.get(key) is None for t in tps):
             continue
-        cells = "".join(f"<td>{fmt(key, t.get(key))}</td>" for t in tps)
+        cells = "".join(f"<td{c}>{fmt(key, t.get(key))}</td>" for t, c in zip(tps, cls))
         out.append(f'<tr><td class="l">{_esc(label)}</td><td class="l">{_esc(unit)}</td>{cells}</tr>')
     out.append("</table>")
     return "\n".join(out)

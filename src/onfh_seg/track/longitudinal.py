@@ -732,6 +732,8 @@ def _timepoint_record(d: ScanData, hip: dict, base: ScanData | None, pid: str, n
         rec[k] = _r(rec.get(k), 4) if rec.get(k) is not None else None
     rec["model_version"] = d.model_version
     rec["qc_flags"] = list((d.scan.meas or {}).get("qc_flags") or [])
+    if "trusted" in hip:  # onfh-infer's per-hip QC (measure.measure_gated), shown by the HTML report
+        rec["trusted"], rec["hip_qc_flags"] = bool(hip["trusted"]), list(hip.get("qc_flags") or [])
     if transform:
         rec["transform"] = transform
     if registration:
