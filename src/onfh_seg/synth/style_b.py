@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import erfinv
 
 from onfh_seg import labels as L
 from onfh_seg.io.nifti import atomic_write_text, save_nifti
@@ -346,19 +347,12 @@ def _core_signal(P: Points, mitchell: str, look: Look, f: HipFields) -> np.ndarr
                            "C": ("fluid", "hemorrhagic", 0.25), "D": ("fibrous", "fluid", 0.3)}.get(
         mitchell, ("fluid", "fat", 0.45))
     a = f.core_a(P)
-    s = smoothstep((a - np.float32(np.sqrt(2) * _erfinv(1 - 2 * share)) + 0.4) / 0.8)
+    s = smoothstep((a - np.float32(np.sqrt(2) * erfinv(1 - 2 * share)) + 0.4) / 0.8)  # ~share of the core
     sig = np.float32(c[main]) + (np.float32(c[second]) - np.float32(c[main])) * s
     if mitchell == "mixed":  # fibrous strands through the mixed core
         b = np.abs(f.core_b(P)) < 0.25
         sig[b] = np.float32(c["fibrous"])
     return sig * (1 + np.float32(0.05) * f.grain(P))
-
-
-def _erfinv(y: float) -> float:
-    """Inverse error function (scalar, via scipy.special)."""
-    from scipy.special import erfinv
-
-    return float(erfinv(y))
 
 
 def _render_hip_b(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarray, look: Look,
@@ -598,7 +592,7 @@ def _sample(grids: dict, P: Points, prof: list[Points], w: np.ndarray) -> np.nda
     return out
 
 
-def _kspace_window(n: int, taper: float) -> np.ndarray:
+def kspace_window(n: int, taper: float) -> np.ndarray:
     """Tukey window over ``n`` k-space lines (taper 0: none)."""
     if taper <= 0:
         return np.ones(n, np.float32)
@@ -608,13 +602,14 @@ def _kspace_window(n: int, taper: float) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _form_slice(obj: np.ndarray, scan: ScanB, n: int, win: np.ndarray, phase_shift: np.ndarray) -> np.ndarray:
-    """k-space truncation of an oversampled slice (OS*n x OS*n) to n x n, with motion phase along phase encoding."""
+def form_slice(obj: np.ndarray, n: int, win: np.ndarray, phase_shift: np.ndarray, phase_axis: int) -> np.ndarray:
+    """Complex n x n image of an oversampled slice (N x N object, N >= n): the central n x n of its k-space,
+    windowed by ``win`` on both axes, each phase-encoding line (along ``phase_axis``) times ``phase_shift``."""
     N = obj.shape[0]
     K = np.fft.fftshift(np.fft.fft2(obj))
     s = N // 2 - n // 2
     K = K[s:s + n, s:s + n] * (win[:, None] * win[None, :])
-    if scan.phase_axis == 0:
+    if phase_axis == 0:
         K = K * phase_shift[:, None]
     else:
         K = K * phase_shift[None, :]
@@ -639,7 +634,7 @@ def acquire_b(grids: dict, scan: ScanB, pose: np.ndarray, rng: np.random.Generat
     gi, gj = np.meshgrid(u, u, indexing="ij")
     gi, gj = gi.ravel(), gj.ravel()
     offs, wts = _slice_profile(scan)
-    win = _kspace_window(n, scan.kspace_taper)
+    win = kspace_window(n, scan.kspace_taper)
     k = np.arange(n) - n // 2  # phase-encoding line frequencies
     disp = scan.ghost_mm / scan.inplane_mm * np.sin(2 * np.pi * np.arange(n) / scan.ghost_period + rng.uniform(0, 2 * np.pi))
     phase_shift = np.exp(-2j * np.pi * k * disp / n).astype(np.complex64)
@@ -652,7 +647,7 @@ def acquire_b(grids: dict, scan: ScanB, pose: np.ndarray, rng: np.random.Generat
         P = pts(0.0)
         obj = _sample(grids, P, [pts(o) for o in offs], wts)
         obj *= coil_sensitivity(P, scan.coils, scan.coil_mm)
-        img = _form_slice(obj.reshape(N, N), scan, n, win, phase_shift)
+        img = form_slice(obj.reshape(N, N), n, win, phase_shift, scan.phase_axis)
         noise = (rng.standard_normal((n, n), dtype=np.float32) + 1j * rng.standard_normal((n, n), dtype=np.float32))
         out[:, :, s] = np.abs(img + noise * (sigma * g))
     return np.clip(np.round(out * np.float32(scan.scale)), 0, 32767).astype(np.int16)
