@@ -165,6 +165,7 @@ def test_cli_table_with_several_cohorts(tiny_b, monkeypatch, tmp_path, capsys):
     assert len(list((tmp_path / "eval" / "in_style" / "pred").glob("*_seg.nii.gz"))) == 4
     with pytest.raises(ValueError, match="twice"):
         E.cohort_rows([tiny_b, tiny_b])
+    assert E.manifest_tags([Path("a/v/m.csv"), Path("b/v/m.csv")]) == {Path("a/v/m.csv"): "0_v", Path("b/v/m.csv"): "1_v"}
 
 
 def test_cli_rejects_bad_cohort(tmp_path):

@@ -317,6 +317,14 @@ def cohort_rows(manifests: str | Path | Sequence[str | Path]) -> list[tuple[Path
     return out
 
 
+def manifest_tags(manifests: Sequence[Path]) -> dict[Path, str]:
+    """Short unique name per manifest: its folder name, prefixed by its position if folder names repeat."""
+    names = [m.parent.name for m in manifests]
+    if len(set(names)) < len(names):
+        names = [f"{i}_{n}" for i, n in enumerate(names)]
+    return dict(zip(manifests, names))
+
+
 def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path, workers: int = 2, tta: bool = False,
              reference: str = "acetabulum", progress: bool = True, engine_kw: dict | None = None,
              pred_dir: str | Path | None = None) -> tuple[dict, list[dict], list[dict]]:
@@ -329,12 +337,13 @@ def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path,
     from tqdm import tqdm
 
     pairs = cohort_rows(manifest)
-    multi = len({str(m) for m, _ in pairs}) > 1
+    tags = manifest_tags(list(dict.fromkeys(m for m, _ in pairs)))
+    multi = len(tags) > 1
     preds = []
     for m, r in pairs:
         stem = Path(r["image"]).name.replace(".nii.gz", "").replace(".nii", "")
         if multi:
-            stem = f"{m.parent.name}_{stem}"
+            stem = f"{tags[m]}_{stem}"
         preds.append(None if pred_dir is None else str(Path(pred_dir) / f"{stem}_seg.nii.gz"))
     jobs = [(str(m), r, reference, p) for (m, r), p in zip(pairs, preds)]
     initargs = (str(model_dir), max(1, 2 // max(1, workers)), tta, dict(engine_kw or {}))
@@ -347,7 +356,7 @@ def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path,
     scans = [r["scan"] for r in results]
     if multi:
         for (m, _), sc, res in zip(pairs, scans, results):
-            sc["scan"] = f"{m.parent.name}/{sc['scan']}"
+            sc["scan"] = f"{tags[m]}/{sc['scan']}"
             for h in res["hips"]:
                 h["scan"] = sc["scan"]
     hips = [h for r in results for h in r["hips"]]
