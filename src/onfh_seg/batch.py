@@ -59,6 +59,7 @@ from onfh_seg.infer.pipeline import (
     row_sort_key,
     rows_from_measurements,
     segmenter_info,
+    setting,
     software_versions,
 )
 from onfh_seg.io.label_tables import write_label_tables
@@ -161,14 +162,24 @@ class EngineSpec:
         return cls(self.model_dir, provider=self.provider, threads=self.threads, tta=self.tta, fast=self.fast)
 
 
+def with_defaults(cfg: Mapping[str, Any]) -> dict:
+    """``cfg`` with every missing key set to onfh-infer's default (configs/infer.yaml, the one place
+    defaults live; nested keys merge)."""
+    from onfh_seg.config import defaults, merge
+
+    return merge(defaults("infer"), cfg)
+
+
 def engine_spec(cfg: Mapping[str, Any], workers: int) -> EngineSpec:
+    """The segmenter a run builds (missing keys: onfh-infer's defaults)."""
+    c = with_defaults(cfg)
     return EngineSpec(
-        engine=str(cfg.get("engine") or DEFAULT_ENGINE),
-        model_dir=str(resolve_model_dir(cfg.get("model_dir") or "models")),
-        provider=str(cfg.get("provider") or "auto"),
-        threads=threads_per_worker(int(cfg.get("threads") or 0), workers),
-        tta=bool(cfg.get("tta", False)),
-        fast=bool(cfg.get("fast", False)),
+        engine=str(c["engine"]),
+        model_dir=str(resolve_model_dir(c["model_dir"])),
+        provider=str(c["provider"]).lower(),
+        threads=threads_per_worker(int(c["threads"]), workers),
+        tta=bool(c["tta"]),
+        fast=bool(c["fast"]),
     )
 
 
@@ -181,7 +192,7 @@ def run_job(job: ScanJob, out_dir: Path, segmenter: Any, cfg: Mapping[str, Any])
     info = segmenter_info(segmenter)
     try:
         settings = result_settings(cfg)
-        meas, why = resume_check(job, out_dir, info["model_version"], settings, bool(cfg.get("resume", True)))
+        meas, why = resume_check(job, out_dir, info["model_version"], settings, bool(setting(cfg, "resume")))
         if meas is not None:
             return {"name": job.name, "input": job.image_ref, "input_path": meas.get("input_path"),
                     "input_sha256": meas.get("input_sha256"), "settings": meas.get("settings"),
@@ -438,20 +449,21 @@ def run_batch(
 
     ``segmenter_factory(threads)`` replaces the configured engine for an
     in-process run (``workers=1``); pool workers always build
-    ``cfg["engine"]`` themselves.
+    ``cfg["engine"]`` themselves. Keys missing from ``cfg`` take onfh-infer's defaults.
     """
     t0 = time.perf_counter()
     started = _now()
-    out_dir = Path(str(cfg.get("out_dir") or ""))
-    if not str(cfg.get("out_dir") or "").strip():
+    cfg = with_defaults(cfg)
+    if str(cfg["out_dir"] or "").strip() in ("", "???"):
         raise ValueError("out_dir is empty")
-    reference = str(cfg.get("reference", "acetabulum"))
+    out_dir = Path(str(cfg["out_dir"]))
+    reference = str(cfg["reference"])
     if reference not in ("acetabulum", "viable_head"):
         raise ValueError(f"reference must be acetabulum or viable_head, got {reference!r}")
-    provider = str(cfg.get("provider", "auto")).lower()
+    provider = str(cfg["provider"]).lower()
     if provider not in ("auto", "cpu", "cuda"):
         raise ValueError(f"provider must be auto, cpu or cuda, got {provider!r}")
-    workers_wanted = int(cfg.get("workers") or 1)
+    workers_wanted = int(cfg["workers"])
     if workers_wanted < 1:
         raise ValueError("workers must be >= 1")
 
@@ -459,7 +471,7 @@ def run_batch(
 
     dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
     jobs = expand_input(cfg.get("input"), dicom_rules, out_dir=out_dir, max_image_mb=cfg.get("max_image_mb"),
-                        allow_unknown_orientation=bool(cfg.get("allow_unknown_orientation", False)))
+                        allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]))
     workers = min(workers_wanted, len(jobs))
     spec = engine_spec({**cfg, "provider": provider}, workers)
     if segmenter_factory is None and not Path(spec.model_dir).exists():
@@ -467,7 +479,7 @@ def run_batch(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     check_writable(out_dir)
-    with DirLock(out_dir, "onfh-infer", wait=bool(cfg.get("wait_lock", False))) as lock:
+    with DirLock(out_dir, "onfh-infer", wait=bool(cfg["wait_lock"])) as lock:
         remove_stale_temporaries(out_dir)
         log.info("onfh-infer: %d scan(s) from %s -> %s (workers %d, %d thread(s) each)",
                  len(jobs), cfg.get("input"), out_dir, workers, spec.threads)
