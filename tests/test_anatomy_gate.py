@@ -147,8 +147,9 @@ def test_failed_gate_measures_nothing_and_empties_the_label_map() -> None:
     assert list(row) == CSV_COLUMNS and row["side"] is None and row["arco_extent"] is None
 
 
-def test_implausible_second_head_is_flagged_and_untrusted() -> None:
-    labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0), "socket": False})
+@pytest.mark.parametrize("bad", [{"socket": False}, {"flat": True}], ids=["no_socket", "flat"])
+def test_implausible_second_head_is_flagged_and_untrusted(bad: dict) -> None:
+    labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0), **bad})
     gated = measure_gated(mr_image(), labels, AFFINE, mean_confidence=0.9)
     hips = {h["side"]: h for h in gated.hips}
     assert set(hips) == {"right", "left"}

@@ -354,19 +354,21 @@ def qc_flags(
     return [f for f in QC_FLAGS if f in found] + sorted(found - set(QC_FLAGS))
 
 
-def hip_flags(hip: dict, head_ml_range: tuple[float, float], implausible_centres: Sequence[np.ndarray]) -> list[str]:
-    """A hip's own QC flags: head volume outside ``head_ml_range``; head centre at an implausible head.
+def hip_flags(
+    hips: Sequence[dict], head_ml_range: tuple[float, float], implausible_centres: Sequence[np.ndarray]
+) -> list[list[str]]:
+    """Each hip's own QC flags: head volume outside ``head_ml_range``; an implausible head (anatomy gate).
 
-    A head of ``implausible_centres`` (anatomy gate) belongs to this hip when it
-    lies within 15 mm of the hip's head centroid.
+    An implausible head (its component centroid in ``implausible_centres``)
+    belongs to the hip whose head centre is nearest to it.
     """
-    flags = []
     lo, hi = head_ml_range
-    if not lo <= hip["head_volume_ml"] <= hi:
-        flags.append("implausible_head_volume")
-    centre = hip.get("head_centre_ras_mm")
-    if centre is not None and any(np.linalg.norm(np.asarray(centre) - c) <= 15.0 for c in implausible_centres):
-        flags.append("implausible_head_shape")
+    flags = [[] if lo <= h["head_volume_ml"] <= hi else ["implausible_head_volume"] for h in hips]
+    centres = [h.get("head_centre_ras_mm") for h in hips]
+    for bad in implausible_centres:
+        dist = [np.inf if c is None else float(np.linalg.norm(np.asarray(c) - bad)) for c in centres]
+        if dist and np.isfinite(min(dist)):
+            flags[int(np.argmin(dist))].append("implausible_head_shape")
     return flags
 
 
@@ -413,8 +415,8 @@ def measure_gated(
         flags = qc_flags(image, labels, affine, [], mean_confidence, head_ml_range, min_confidence, result.flag)
         return GatedMeasurement(np.zeros(np.shape(labels), np.uint8), [], flags, result.to_json())
     hips = measure_scan(image, labels, affine, reference=reference)
-    bad = result.implausible_centres()
-    hips = [{**h, "qc_flags": hip_flags(h, head_ml_range, bad)} for h in hips]
+    own = hip_flags(hips, head_ml_range, result.implausible_centres())
+    hips = [{**h, "qc_flags": f} for h, f in zip(hips, own)]
     flags = qc_flags(image, labels, affine, hips, mean_confidence, head_ml_range, min_confidence)
     return GatedMeasurement(np.asarray(labels), mark_trust(hips, flags), flags, result.to_json() if gate else {})
 

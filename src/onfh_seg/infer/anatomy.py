@@ -80,7 +80,8 @@ def limits_from_config(cfg: Mapping[str, Any] | None) -> AnatomyLimits:
 class HeadCheck:
     """Measured shape and context of one head component, and what failed."""
 
-    centre_ras_mm: list[float]
+    centre_ras_mm: list[float]  # fitted sphere centre
+    component_centre_ras_mm: list[float]  # centroid of the head component (what measure.py calls the head centre)
     volume_ml: float
     radius_fit_mm: float
     rel_rms: float
@@ -109,8 +110,8 @@ class AnatomyResult:
         return self.flag is None
 
     def implausible_centres(self) -> list[np.ndarray]:
-        """Centres of the heads that failed while the scan passed (per-hip ``implausible_head_shape``)."""
-        return [np.asarray(h.centre_ras_mm) for h in self.heads if not h.plausible]
+        """Component centroids of the heads that failed (per-hip ``implausible_head_shape`` when the scan passed)."""
+        return [np.asarray(h.component_centre_ras_mm) for h in self.heads if not h.plausible]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -245,7 +246,8 @@ def check_head(labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Hea
     has_viable = bool(np.any(lab[mask] == HEAD))
 
     check = HeadCheck(
-        centre_ras_mm=[float(v) for v in centre], volume_ml=head.volume_ml, radius_fit_mm=radius,
+        centre_ras_mm=[float(v) for v in centre], component_centre_ras_mm=[float(v) for v in head.centre_ras],
+        volume_ml=head.volume_ml, radius_fit_mm=radius,
         rel_rms=float(rms / radius) if radius > 0 else float("inf"), axis_ratio=ratio,
         cap_coverage=coverage, acetabulum_ml=acet_ml, lesion_fraction=lesion_fraction,
     )
