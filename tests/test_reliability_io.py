@@ -569,3 +569,133 @@ def test_cli_prints_the_quoting_hint(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
     assert res.stderr.strip() == "error: could not parse 'input=my (1).nii.gz': quote the value, e.g. input=\"'my (1).nii.gz'\""
+
+
+# ---------------------------------------------------------------- item 6: seeded fuzz of header fields and bytes
+
+
+FUZZ_N = 300  # default suite: ~15 s of CPU (about 45 s wall on a busy 2-core machine)
+UNEXPECTED = re.compile(r"^[A-Za-z_.]*(Error|Exception|Warning)\b:?")  # one_line() prefixes unexpected types
+
+
+def _field_values(value: np.ndarray, rng: np.random.Generator) -> list[Any]:
+    """Candidate replacement values for one header element (specials, neighbours, random)."""
+    if value.dtype.kind == "f":
+        v = float(value)
+        return [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e30, -1e30, 1e-30, -v, 2 * v, v + 1, v + 0.5,
+                float(rng.normal(0, 1000))]
+    if value.dtype.kind in "iu":
+        info = np.iinfo(value.dtype)
+        v = int(value)
+        candidates = [0, 1, -1, 2, 3, 4, 5, 7, 8, 16, 127, 348, 352, info.max, info.min, v + 1, v - 1, -v,
+                      int(rng.integers(info.min, info.max))]
+        return [c for c in candidates if info.min <= c <= info.max]
+    return [bytes(rng.integers(0, 256, size=value.dtype.itemsize, dtype=np.uint8))]
+
+
+def mutate_field(raw: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    hdr = np.frombuffer(bytearray(raw[:348]), dtype=HDR.newbyteorder("<")).copy()
+    name = str(rng.choice([n for n in HDR.names if n not in ("descrip", "aux_file", "db_name", "data_type")]))
+    target = hdr[name][0]
+    index: tuple[int, ...] = ()
+    if np.ndim(target):
+        index = (int(rng.integers(0, len(target))),)
+    element = np.asarray(target[index] if index else target)
+    values = _field_values(element, rng)
+    value = values[int(rng.integers(0, len(values)))]
+    with np.errstate(all="ignore"):
+        if index:
+            hdr[name][0][index] = value
+        else:
+            hdr[name][0] = value
+    return f"{name}{list(index) if index else ''}={value!r}", hdr.tobytes() + raw[348:]
+
+
+def mutate_bytes(raw: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    data = bytearray(raw)
+    spots = []
+    for _ in range(int(rng.integers(1, 5))):
+        pos = int(rng.integers(0, 352)) if rng.random() < 0.6 else int(rng.integers(0, len(data)))
+        data[pos] = int(rng.integers(0, 256))
+        spots.append(pos)
+    return f"bytes at {spots}", bytes(data)
+
+
+def mutate_structure(raw: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    kind = int(rng.integers(0, 3))
+    pos = int(rng.integers(0, len(raw)))
+    if kind == 0:
+        return f"truncated at {pos}", raw[:pos]
+    extra = bytes(rng.integers(0, 256, size=int(rng.integers(1, 2000)), dtype=np.uint8))
+    if kind == 1:
+        return f"{len(extra)} bytes appended", raw + extra
+    return f"{len(extra)} bytes inserted at {pos}", raw[:pos] + extra + raw[pos:]
+
+
+def fuzz_cases(raw: bytes, n: int, seed: int) -> list[tuple[str, bytes, bool]]:
+    """``n`` seeded mutations of an uncompressed NIfTI: (description, file bytes, gzip?)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        pick = rng.random()
+        if pick < 0.55:
+            what, data = mutate_field(raw, rng)
+        elif pick < 0.85:
+            what, data = mutate_bytes(raw, rng)
+        else:
+            what, data = mutate_structure(raw, rng)
+        gz = rng.random() < 0.25
+        if gz:
+            data = gzip.compress(data, compresslevel=1, mtime=0)
+            if rng.random() < 0.3:  # damage the compressed stream too
+                damaged = bytearray(data)
+                pos = int(rng.integers(0, len(damaged)))
+                damaged[pos] ^= 1 << int(rng.integers(0, 8))
+                data, what = bytes(damaged), f"{what}; gzip byte {pos} flipped"
+        cases.append((what, data, gz))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("n", "seed"), [(FUZZ_N, 11), pytest.param(1500, 12, marks=pytest.mark.slow)], ids=["300", "1500-slow"]
+)
+def test_fuzzed_headers_are_refused_flagged_or_unchanged(phantom, tmp_path: Path, n: int, seed: int) -> None:
+    """Seeded mutations: no traceback, no hang, every file accounted for, and no accepted file
+    whose result differs from the unmutated scan's without a QC flag or warning."""
+    path, baseline = phantom
+    raw = path.read_bytes()
+    cases = fuzz_cases(raw, n, seed=seed)
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    names = []
+    for i, (_, data, gz) in enumerate(cases):
+        name = f"m{i:04d}"
+        (scans / f"{name}{'.nii.gz' if gz else '.nii'}").write_bytes(data)
+        names.append(name)
+    segmenter = ThresholdSegmenter()
+    outcome: dict[str, int] = {"refused": 0, "flagged": 0, "same": 0}
+    silent_changes, slow = [], []
+    with time_limit(60 * n // 30):
+        for (what, _, _), job in zip(cases, expand_input(scans, out_dir=out)):
+            t0 = time.perf_counter()
+            result = process_scan(job, out, segmenter, CFG)
+            if time.perf_counter() - t0 > 10.0:
+                slow.append((job.name, what))
+            meas = json.loads((out / f"{job.name}_measurements.json").read_text())
+            assert meas["status"] == result["status"] in ("ok", "error"), (job.name, what)
+            if result["status"] == "error":
+                error = result["error"]
+                assert error and "\n" not in error and not UNEXPECTED.match(error), (what, error)
+                outcome["refused"] += 1
+            elif meas["qc_flags"] or meas.get("warnings"):
+                outcome["flagged"] += 1
+            elif same_result(meas, baseline):
+                outcome["same"] += 1
+            else:
+                silent_changes.append((job.name, what, summary(meas), summary(baseline)))
+    accounted = sorted(p.name[: -len("_measurements.json")] for p in out.glob("*_measurements.json"))
+    assert accounted == sorted(names), "every mutated file must have its measurements JSON"
+    assert not slow, slow
+    assert not silent_changes, silent_changes[:5]
+    assert sum(outcome.values()) == n
+    print(f"fuzz {n}: {outcome}")

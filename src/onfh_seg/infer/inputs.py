@@ -514,10 +514,14 @@ def _nifti_from_bytes(raw: bytes, path: Path) -> nib.Nifti1Image:
     cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
     try:
         img = cls.from_bytes(raw)
+        if not np.all(np.isfinite(img.affine)):
+            raise InputError(f"image affine is not finite (sform/qform): {path.name}")
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises several types for bad headers / short data
+        return cls(data, img.affine, img.header)
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises several types for bad headers / short data / odd affines
         raise InputError(f"corrupt or truncated NIfTI image {path.name}: {_first_line(exc)}") from None
-    return cls(data, img.affine, img.header)
 
 
 def load_nifti_checked(path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> tuple[nib.Nifti1Image, str]:
