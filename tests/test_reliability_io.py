@@ -699,3 +699,20 @@ def test_fuzzed_headers_are_refused_flagged_or_unchanged(phantom, tmp_path: Path
     assert not silent_changes, silent_changes[:5]
     assert sum(outcome.values()) == n
     print(f"fuzz {n}: {outcome}")
+
+
+def test_run_batch_wires_out_dir_and_size_limit(phantom, tmp_path: Path) -> None:
+    """onfh-infer's batch passes out_dir and max_image_mb to the input layer."""
+    from onfh_seg.batch import run_batch
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(phantom[0], folder / "hip.nii")
+    cfg = {"input": str(folder), "out_dir": str(folder), "workers": 1, "overlay": False, "resume": False}
+    for _ in range(2):  # the second run finds hip_seg.nii.gz etc. beside the scan
+        summary = run_batch(cfg, segmenter_factory=lambda threads: ThresholdSegmenter())
+        assert (summary.done, summary.failed) == (1, 0), [r["error"] for r in summary.results]
+    assert sorted(p.name for p in folder.glob("*_measurements.json")) == ["hip_measurements.json"]
+    summary = run_batch({**cfg, "out_dir": str(tmp_path / "small"), "max_image_mb": 0.1},
+                        segmenter_factory=lambda threads: ThresholdSegmenter())
+    assert summary.failed == 1 and "above max_image_mb=0.1" in summary.results[0]["error"]
