@@ -261,6 +261,38 @@ def test_index_prefers_the_latest_run_for_one_image_under_two_names(layout, tmp_
     assert rec is not None and rec.name == "a_scan"
 
 
+def test_same_file_name_elsewhere_is_not_taken_for_a_recorded_scan(layout, tmp_path):
+    """Only records from before ``input_path`` fall back to the old name rule (file name without .nii.gz)."""
+    root, _, _ = layout
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(root / "P003_m00.nii.gz", other / "P003_m00.nii.gz")
+    (tmp_path / "m.csv").write_text(f"patient_id,months,image\nP9,0,{other / 'P003_m00.nii.gz'}\n")
+    patients, _ = collect_patients(tmp_path / "m.csv", root / "infer")
+    assert patients["P9"].errors[0]["reason"].startswith("not segmented by onfh-infer:")
+
+    infer = tmp_path / "legacy"
+    shutil.copytree(root / "infer", infer)
+    (infer / "run_manifest.json").unlink()
+    meas = json.loads((infer / "P003_m00_measurements.json").read_text())
+    for key in ("input_path", "input_kind", "name"):
+        del meas[key]
+    meas["input"] = "P003_m00.nii.gz"  # as the old truth stand-in wrote it
+    (infer / "P003_m00_measurements.json").write_text(json.dumps(meas))
+    patients, _ = collect_patients(tmp_path / "m.csv", infer)
+    assert patients["P9"].errors == [] and patients["P9"].scans[0].name == "P003_m00"
+
+
+def test_one_image_on_two_rows_of_a_patient_is_one_scan(layout, tmp_path):
+    root, _, _ = layout
+    (tmp_path / "m.csv").write_text(
+        "patient_id,months,image,side\n"
+        f"P1,0,{root / 'a' / 'scan.nii.gz'},right\nP1,0,{root / 'a' / 'scan.nii.gz'},left\n"
+        f"P1,6,{root / 'b' / 'scan.nii.gz'},right\n")
+    patients, _ = collect_patients(tmp_path / "m.csv", root / "infer")
+    assert [s.name for s in patients["P1"].scans] == ["a_scan", "b_scan"] and patients["P1"].errors == []
+
+
 # ---------------------------------------------------------------- resume keyed on what changes outputs
 
 
