@@ -422,6 +422,19 @@ def test_header_size_checked_before_reading(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB before refusing"
+    sparse = tmp_path / "huge.nii"  # a 2.4 GB plain file (sparse on disk): refused from its header
+    with open(sparse, "wb") as fh:
+        fh.write(nifti_bytes((1024, 1024, 600), np.float32))
+        fh.truncate(352 + 1024 * 1024 * 600 * 4)
+    [job] = expand_input(sparse)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"image too large: 1024x1024x600 voxels = 2400 MiB"):
+            load_scan(job)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB before refusing"
     small = tmp_path / "small.nii"
     small.write_bytes(nifti_bytes((64, 64, 64), np.float32, bytes(64**3 * 4)))
     [job] = expand_input(small, max_image_mb=0.5)
