@@ -334,7 +334,7 @@ def test_resume_reruns_on_changed_settings_only(layout, tmp_path):
 
 def test_manifest_reader_tolerates_bom_crlf_blank_and_repeated_rows(tmp_path, caplog):
     path = tmp_path / "m.csv"
-    text = "\ufeffpatient_id , months,image\r\nP1, 0 ,a.nii.gz\r\n\r\n,,\r\nP1,0,a.nii.gz\r\nP1,6\r\n"
+    text = "\ufeffpatient_id , months,image\r\nP1, 0 ,a.nii.gz\r\n\r\n,,\r\nP1,0,a.nii.gz,,\r\nP1,6\r\n"
     path.write_bytes(text.encode("utf-8"))
     with caplog.at_level(logging.WARNING, logger="onfh_seg.manifest"):
         rows = read_manifest(path, required=("patient_id", "months", "image"))

@@ -7,13 +7,13 @@ an empty ``image`` (a clinic visit without a scan).
 
 :func:`read_manifest` is the only manifest reader (onfh-infer inputs,
 onfh-track, training data, evaluation). It accepts a UTF-8 byte-order mark,
-Windows (CRLF) line endings and surrounding whitespace in names and values;
-it skips blank lines (also lines of commas only) and drops a row that repeats
-an earlier row exactly (with a logged warning). Everything it cannot use is a
+Windows (CRLF) line endings, surrounding whitespace in names and values and
+trailing empty fields; it skips blank lines (also lines of commas only) and
+drops a row that repeats an earlier row exactly (with a logged warning). Everything it cannot use is a
 :class:`ManifestError` (a ``ValueError``) with a one-line message naming the
 file and, where there is one, the line: a missing file, an empty file,
-non-UTF-8 text, a missing or repeated column, a row with more fields than the
-header.
+non-UTF-8 text, a missing or repeated column, a row with more (non-empty)
+fields than the header, broken quoting.
 """
 
 from __future__ import annotations
@@ -81,12 +81,13 @@ def _header(path: Path, fields: list[str] | None, required: Sequence[str]) -> li
     return names
 
 
-def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED) -> list[dict[str, str]]:
+def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED, warn: bool = True) -> list[dict[str, str]]:
     """Rows of a manifest CSV as dicts of stripped strings, in file order (see the module docstring).
 
     ``required`` are the columns the caller needs. Blank lines are skipped and
-    an exact repeat of an earlier row is dropped with a warning; a short row
-    gets empty values for its missing fields.
+    an exact repeat of an earlier row is dropped with a warning (``warn=False``:
+    silently, for a second reading of the same file); a short row gets empty
+    values for its missing fields.
     """
     path = Path(path)
     text = _manifest_text(path)
@@ -100,15 +101,17 @@ def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED) 
             if not any(values):
                 continue  # blank line (or commas only)
             line = reader.line_num
-            if len(values) > len(names):
+            if len(values) > len(names) and any(values[len(names):]):
                 raise ManifestError(
                     f"manifest {path} line {line}: {len(values)} fields but the header has {len(names)} "
                     "(an unquoted comma in a value?)"
                 )
-            values += [""] * (len(names) - len(values))
+            values = values[: len(names)] + [""] * (len(names) - len(values))  # trailing empty fields dropped
             key = tuple(values)
             if key in seen:
-                log.warning("manifest %s line %d repeats line %d; the repeat is ignored", path, line, seen[key])
+                if warn:
+                    log.warning("manifest %s line %d repeats line %d; the repeat is ignored", path, line,
+                                seen[key])
                 continue
             seen[key] = line
             rows.append({n: v for n, v in zip(names, values) if n})
