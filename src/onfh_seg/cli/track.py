@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / kill: stop like Ctrl-C
     t0 = time.time()
     try:
-        n = len({r.get("patient_id") for r in read_manifest(c["manifest"])})
+        n = len({r.get("patient_id") for r in read_manifest(c["manifest"], warn=False)})
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
