@@ -127,17 +127,27 @@ class InferIndex:
     infer_dir: Path
     scans: dict[str, RecordedScan] = field(default_factory=dict)
     latest: set[str] = field(default_factory=set)  # names in the latest run_manifest.json
+    _by_path: dict[str, list[str]] | None = field(default=None, repr=False)
 
     def _best(self, names: list[str]) -> RecordedScan | None:
         if not names:
             return None
         return max((self.scans[n] for n in names), key=lambda r: (r.name in self.latest, r.mtime, r.name))
 
+    def names_by_path(self) -> dict[str, list[str]]:
+        """Recorded ``input_path`` -> scan names (as recorded: already absolute and resolved)."""
+        out: dict[str, list[str]] = {}
+        for name, rec in self.scans.items():
+            if rec.input_path:
+                out.setdefault(str(rec.input_path), []).append(name)
+        return out
+
     def find(self, path: str | Path, image_ref: str) -> RecordedScan | None:
         """The recorded scan of a manifest image (``path`` resolved against the manifest's folder,
         ``image_ref`` as written), or None; see the module docstring."""
-        wanted = normalised_path(path)
-        by_path = [n for n, r in self.scans.items() if r.input_path and normalised_path(r.input_path) == wanted]
+        if self._by_path is None:
+            self._by_path = self.names_by_path()
+        by_path = self._by_path.get(normalised_path(path), [])
         if by_path:
             return self._best(by_path)
         by_ref = [n for n, r in self.scans.items() if r.image_ref == image_ref]
