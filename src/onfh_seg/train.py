@@ -40,7 +40,9 @@ def train(cfg: dict) -> dict:
         data["train_manifests"] = [generate_training_cohort(data["generate"], data["cache_dir"])]
         if data.get("generate_val"):
             data["val_manifests"] = [generate_training_cohort(data["generate_val"], data["cache_dir"])]
-    if not data.get("train_manifests"):
+    if data.get("randomise"):  # domain-randomised tissue maps are rendered by the data module itself
+        data["train_manifests"], data["val_manifests"] = [], []
+    elif not data.get("train_manifests"):
         raise ValueError("no training data: set data.train_manifests=[...] or data.generate")
     for m in list(data["train_manifests"]) + list(data.get("val_manifests") or []):
         if not Path(m).is_file():

@@ -22,7 +22,7 @@ from onfh_seg.infer.postprocess import find_heads, select_heads
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
-from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample, resample_labels
+from onfh_seg.preprocess import NORM_CLIP, covering_grid, crop_grid, normalise, resample, resample_labels
 
 
 def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:
@@ -181,6 +181,92 @@ class PatchDataset(Dataset):
         return xt, yt
 
 
+def build_dr_augment():
+    """Acquisition effects for domain-randomised images (TorchIO), applied to the image only,
+    then a spatial part applied to image and labels (rotating thick slices makes them oblique)."""
+    import torchio as tio
+
+    acquisition = tio.Compose([
+        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.4, 7.0), p=0.8, include=["image"]),  # 1.5-7.7 mm slices
+        tio.RandomGhosting(num_ghosts=(2, 8), intensity=(0.2, 0.7), p=0.12, include=["image"]),
+        tio.RandomMotion(degrees=4, translation=4, num_transforms=2, p=0.08, include=["image"]),
+        tio.RandomBiasField(coefficients=0.5, order=3, p=0.7, include=["image"]),
+    ])
+    spatial = tio.Compose([
+        tio.RandomFlip(axes=(0,), flip_probability=0.5),
+        tio.RandomAffine(scales=(0.85, 1.15), degrees=25, translation=6, p=0.8),
+        tio.RandomGamma(log_gamma=(-0.4, 0.4), p=0.4, include=["image"]),
+    ])
+    return acquisition, spatial
+
+
+def rician(img: np.ndarray, rng: np.random.Generator, snr: tuple[float, float] = (5.0, 60.0)) -> np.ndarray:
+    """Magnitude (Rician) noise at an SNR drawn log-uniformly, relative to the bright-tissue signal."""
+    s = float(np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]))))
+    ref = float(np.percentile(img[img > 0], 95)) if np.any(img > 0) else 1.0
+    sigma = np.float32(ref / s)
+    n1 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
+    n2 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
+    return np.sqrt((img + n1) ** 2 + n2**2)
+
+
+def dr_normalise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The inference normalisation (99th percentile of non-zero voxels) with a random scale: a crop's
+    percentile differs from the whole scan's that inference divides by."""
+    try:
+        x = normalise(img)
+    except ValueError:
+        return np.zeros_like(img, np.float32)
+    return np.clip(x * np.float32(rng.uniform(0.75, 1.3)), *NORM_CLIP).astype(np.float32)
+
+
+class RandomisedPatchDataset(Dataset):
+    """Domain-randomised patches from tissue maps: a new random contrast, resolution, bias, noise and
+    orientation for every sample (SynthSeg-style); sample ``i`` of epoch ``e`` is a pure function of (seed, e, i)."""
+
+    def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1):
+        self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
+        self.acquisition, self.spatial = build_dr_augment()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        import torchio as tio
+
+        from onfh_seg.synth.randomise import render_random
+
+        rng = np.random.default_rng([self.seed, self.epoch, i, 7])
+        tis, lab = self.items[int(rng.integers(len(self.items)))]
+        size = tuple(p * self.pool for p in self.patch)
+        centre = sample_centre(rng, lab, size, self.fg_prob)
+        t, y = extract_patch(tis, lab, centre, size)
+        x = render_random(t.astype(np.uint8), y, rng)
+        if self.pool > 1:  # render finer than the network grid (partial volume), then average down
+            p = self.pool
+            x = x.reshape(self.patch[0], p, self.patch[1], p, self.patch[2], p).mean(axis=(1, 3, 5))
+            y = y[p // 2::p, p // 2::p, p // 2::p]
+        torch.manual_seed(int(rng.integers(2**31)))
+        s = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(x))[None]),
+                        label=tio.LabelMap(tensor=torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))[None]))
+        s = self.acquisition(s)
+        noisy = rician(s["image"].data[0].numpy().astype(np.float32), rng)
+        s["image"].set_data(torch.from_numpy(noisy)[None])
+        s = self.spatial(s)
+        xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
+        return torch.from_numpy(xn)[None], s["label"].data.long()
+
+
+def load_dr_items(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Load (tissue uint8, labels uint8) training items written by ``synth.randomise``."""
+    items = []
+    for f in paths:
+        with np.load(f) as z:
+            items.append((z["tissue"], z["labels"]))
+    return items
+
+
 class VolumeDataset(Dataset):
     """Whole cached volumes (validation), optionally centre-cropped to ``size``."""
 
@@ -203,8 +289,9 @@ class SegDataModule(pl.LightningDataModule):
     def __init__(self, stage: str, train_manifests: list[str], val_manifests: list[str], cache_dir: str,
                  spacing_mm: float, crop_vox: int, patch_vox: list[int], val_vox: list[int] | None,
                  batch_size: int, samples_per_epoch: int, fg_oversample: float, num_workers: int,
-                 augment: bool, seed: int = 0, **_: object):
+                 augment: bool, seed: int = 0, randomise: dict | None = None, **_: object):
         super().__init__()
+        self.randomise = dict(randomise) if randomise else None
         self.cfg = dict(stage=stage, train=list(train_manifests), val=list(val_manifests), cache=cache_dir,
                         spacing=float(spacing_mm), crop=int(crop_vox), patch=tuple(patch_vox),
                         val_vox=tuple(val_vox) if val_vox else None, bs=int(batch_size), n=int(samples_per_epoch),
@@ -214,12 +301,42 @@ class SegDataModule(pl.LightningDataModule):
         c = self.cfg
         if hasattr(self, "train_ds"):
             return
+        if self.randomise:
+            self._setup_randomised()
+            return
         tr = load_items(build_cache(c["train"], c["cache"], c["stage"], c["spacing"], c["crop"]))
         va = load_items(build_cache(c["val"], c["cache"], c["stage"], c["spacing"], c["crop"])) if c["val"] else []
         if not tr:
             raise ValueError("no labelled training scans with a femoral head found in the training manifests")
         self.train_ds = PatchDataset(tr, c["patch"], c["n"], c["fg"], c["augment"], c["seed"])
         self.val_ds = VolumeDataset(va, c["val_vox"])
+
+    def _setup_randomised(self) -> None:
+        """Domain-randomised training (tissue maps, random contrast per sample) and a fixed validation
+        set rendered the same way from other patients (training styles only: no held-out renderer)."""
+        from omegaconf import OmegaConf
+
+        from onfh_seg.synth.cohort import synth_config
+        from onfh_seg.synth.randomise import build_dr_cohort
+
+        c, r = self.cfg, self.randomise
+        r = OmegaConf.to_container(r, resolve=True) if not isinstance(r, dict) else r
+        pool = int(r.get("pool", 1))
+        grid_mm = c["spacing"] / pool
+        size = c["crop"] * pool
+        base = Path(r["out_dir"]) / f"{c['stage']}_{grid_mm:g}mm_{size}"
+        cohorts = {}
+        for split in ("train", "val"):
+            gen = dict(r[split])
+            cfg = synth_config({k: v for k, v in gen.items() if k in ("seed", "n_patients", "months", "disease", "acquisition")})
+            out = base / f"seed{cfg['seed']}"  # a patient's content does not depend on the cohort size
+            cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
+        tr = load_dr_items(cohorts["train"])
+        self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool)
+        val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
+                                        int(r.get("val_samples", 16)), 1.0, int(r["val"]["seed"]), pool=pool)
+        self.val_ds = [tuple(t[0] for t in val_ds[i]) for i in range(len(val_ds))]  # fixed: rendered once
+        self.val_ds = VolumeDataset([(x.numpy(), y.numpy().astype(np.uint8)) for x, y in self.val_ds], None)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_ds, batch_size=self.cfg["bs"], shuffle=False, num_workers=self.cfg["workers"],

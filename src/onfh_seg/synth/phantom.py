@@ -50,6 +50,19 @@ T1 = {
     "tendon": 0.06,
 }
 MITCHELL_T1 = {"A": 0.88, "B": 0.78, "C": 0.24, "D": 0.13}
+
+# Tissue sub-labels (finer than the segmentation labels), for the domain-randomised
+# training renderer (``onfh_seg.synth.randomise``), which draws an intensity per
+# sub-label and per image. ``render(..., with_tissue=True)`` returns them.
+TISSUES: dict[str, int] = {
+    "air": 0, "muscle": 1, "fat_septa": 2, "subcutaneous_fat": 3, "skin": 4, "pelvic_fat": 5,
+    "bladder_wall": 6, "urine": 7, "rectum_wall": 8, "rectum_content": 9, "vessel": 10,
+    "pelvic_cortex": 11, "pelvic_marrow": 12, "joint_fluid": 13, "cartilage": 14, "acetabular_sclerosis": 15,
+    "femoral_cortex": 16, "subchondral_plate": 17, "red_marrow": 18, "yellow_marrow": 19, "edema_marrow": 20,
+    "core_fat": 21, "core_blood": 22, "core_fluid": 23, "core_fibrous": 24, "band": 25, "regenerated": 26,
+}
+N_TISSUES = max(TISSUES.values()) + 1
+CORE_TISSUE = {"A": TISSUES["core_fat"], "B": TISSUES["core_blood"], "C": TISSUES["core_fluid"], "D": TISSUES["core_fibrous"]}
 STAGES = ("0", "1", "2", "3A", "3B", "4")
 RESPONSES = ("responder", "stable", "progressor")
 
@@ -328,13 +341,17 @@ def hip_near(P: Points, h: Hip) -> np.ndarray:
     return near | along
 
 
-def render(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(P: Points, pat: Patient, months: float, with_tissue: bool = False):
     """Noiseless T1 signal (float32, fat=1), labels (uint8) and regenerated mask at ``months``.
 
     Points are 1-D arrays (flattened grids). The result at a point depends only on
     that point, so rendering any subset gives the same values as a full render.
+    With ``with_tissue`` a fourth array holds the tissue sub-label (``TISSUES``)
+    of each point; the first three are unchanged by it.
     """
     n = np.shape(P[0])[0]
+    T = TISSUES
+    tis = np.zeros(n, np.uint8)
     img = np.zeros(n, np.float32)
     lab = np.zeros(n, np.uint8)
     regen = np.zeros(n, bool)
@@ -343,24 +360,34 @@ def render(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarr
     body = body_sdf(P, pat)
     inside = body < 0
     img[inside] = T1["muscle"]
+    tis[inside] = T["muscle"]
     septa = pat.septa_waves((P[0], P[1], P[2] * 0.3))
     img[inside & (np.abs(septa) < 0.035)] = T1["fat"] * 0.9  # intermuscular fat planes (curvilinear)
+    tis[inside & (np.abs(septa) < 0.035)] = T["fat_septa"]
     img[inside & (body > -np.float32(pat.fat_mm))] = T1["fat"]
+    tis[inside & (body > -np.float32(pat.fat_mm))] = T["subcutaneous_fat"]
     img[inside & (body > -1.2)] = T1["skin"]
+    tis[inside & (body > -1.2)] = T["skin"]
 
     # pelvic cavity: fat, bladder, rectum; femoral vessels
     cav = sd_ellipsoid(P, (0, 5, 15), (44, 60, 60)) < 0
     img[cav] = T1["fat"] * 0.95
+    tis[cav] = T["pelvic_fat"]
     bl = sd_ellipsoid(P, (0, 35, 5), pat.bladder_axes)
     img[(bl < 0) & (bl > -2.0)] = T1["muscle"]
+    tis[(bl < 0) & (bl > -2.0)] = T["bladder_wall"]
     img[bl < -2.0] = T1["urine"]
+    tis[bl < -2.0] = T["urine"]
     rect = np.sqrt(x * x + (y + 48) ** 2)
     img[(rect < 14) & cav] = T1["muscle"] * 0.9
+    tis[(rect < 14) & cav] = T["rectum_wall"]
     img[(rect < 9) & cav] = 0.05
+    tis[(rect < 9) & cav] = T["rectum_content"]
     for h in pat.hips.values():
         for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
             v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
             img[(v < r) & inside] = T1["vessel"]
+            tis[(v < r) & inside] = T["vessel"]
 
     # pelvic bone: cortex and red marrow
     pel = np.full(n, np.float32(100.0))
@@ -372,22 +399,27 @@ def render(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarr
     sub_m = anyhip | sac
     pel[sub_m] = pelvis_sdf(_take(P, sub_m), pat)
     img[pel < 0] = T1["cortex"]
+    tis[pel < 0] = T["pelvic_cortex"]
     img[pel < -1.8] = T1["red_marrow"]
+    tis[pel < -1.8] = T["pelvic_marrow"]
 
     for side, h in pat.hips.items():
         m = hip_masks[side]
         if not m.any():
             continue
         Q = _take(P, m)
-        im_h, lab_h, rg_h = img[m], lab[m], regen[m]
-        _render_hip(Q, h, months, pel[m], im_h, lab_h, rg_h)
-        img[m], lab[m], regen[m] = im_h, lab_h, rg_h
+        im_h, lab_h, rg_h, tis_h = img[m], lab[m], regen[m], tis[m]
+        _render_hip(Q, h, months, pel[m], im_h, lab_h, rg_h, tis_h)
+        img[m], lab[m], regen[m], tis[m] = im_h, lab_h, rg_h, tis_h
+    if with_tissue:
+        return img, lab, regen, tis
     return img, lab, regen
 
 
 def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarray,
-                lab: np.ndarray, regen: np.ndarray) -> None:
+                lab: np.ndarray, regen: np.ndarray, tis: np.ndarray) -> None:
     """Paint joint, femur, head labels and disease of one hip into the given arrays."""
+    T = TISSUES
     st = hip_state(h, months)
     q = sub(P, h.centre)
     rq = norm(q)
@@ -397,18 +429,23 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
     hr = head_radius_field(P, h, st.collapse_mm)
     jt = (rq > hr) & (rq < Rs) & in_cup
     img[jt] = T1["fluid"]
+    tis[jt] = T["joint_fluid"]
     img[jt & (rq > Rs - np.float32(min(1.8, h.joint_mm * 0.45)))] = T1["cartilage"]
+    tis[jt & (rq > Rs - np.float32(min(1.8, h.joint_mm * 0.45)))] = T["cartilage"]
     img[(rq > hr) & (rq < hr + np.float32(min(1.6, h.joint_mm * 0.4)))] = T1["cartilage"]
+    tis[(rq > hr) & (rq < hr + np.float32(min(1.6, h.joint_mm * 0.4)))] = T["cartilage"]
     acet = (pel < 0) & in_cup & (rq < Rs + np.float32(L.ACETABULUM_SHELL_MM))
     lab[acet] = L.ACETABULUM
     if h.stage == "4":
         img[acet & (rq < Rs + 3.5) & (dot(q, h.cup_axis) < 0)] = T1["cortex"] * 2
+        tis[acet & (rq < Rs + 3.5) & (dot(q, h.cup_axis) < 0)] = T["acetabular_sclerosis"]
     img[acet] *= tex[acet]
 
     fem = femur_sdf(P, h, st.collapse_mm, hr)
     depth = np.clip((dot(sub(P, h.shaft_top), h.shaft_dir) - 20) / 40, 0, 1)
     marrow = fem < -(1.3 + 3.7 * depth)
     img[fem < 0] = T1["cortex"]
+    tis[fem < 0] = T["femoral_cortex"]
     w_head = np.clip((h.radius + 4 - rq) / 10, 0, 1)
     w_gt = np.clip(-sd_ellipsoid(P, h.gt_centre, h.gt_axes) / 6, 0, 1)
     w = np.maximum(np.maximum(w_head, w_gt), depth)
@@ -416,8 +453,13 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
     if st.edema > 0:
         msig = msig * (1 - np.clip((h.radius + 12 - rq) / 14, 0, 1) * np.float32(st.edema))
     img[marrow] = msig[marrow]
+    mtis = np.where(w > 0.5, np.uint8(T["yellow_marrow"]), np.uint8(T["red_marrow"]))
+    if st.edema > 0:
+        mtis[np.clip((h.radius + 12 - rq) / 14, 0, 1) * st.edema > 0.08] = T["edema_marrow"]
+    tis[marrow] = mtis[marrow]
     head = (rq <= hr) & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
     lab[head] = L.HEAD
+    tis[head & (fem < 0) & ~marrow] = T["subchondral_plate"]
     if not h.diseased:
         return
     D = lesion_distance(P, h)
@@ -438,11 +480,18 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
         csig = np.full(rq.shape, MITCHELL_T1[h.mitchell], np.float32)
     csig = csig * tex
     img[core] = csig[core]
+    if h.mitchell == "mixed":
+        ctis = np.where(mix > 0.5, np.uint8(T["core_fat"]), np.uint8(T["core_fibrous"]))
+        tis[core] = ctis[core]
+    else:
+        tis[core] = CORE_TISSUE[h.mitchell]
     dark = np.float32(T1["cortex"] * 2.2)
     bsig = dark + (msig - dark) * np.float32(1 - st.band_contrast)
     img[band] = bsig[band]
+    tis[band] = T["band"]
     rsig = csig + (msig * 0.92 - csig) * np.float32(st.regen_signal)
     img[rg] = rsig[rg]
+    tis[rg] = T["regenerated"]
     lab[core] = L.NECROTIC
     lab[band] = L.BAND
 

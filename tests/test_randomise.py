@@ -1,0 +1,84 @@
+"""Domain-randomised training data: tissue maps, random contrast with the disease constraints, dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onfh_seg import labels as L
+from onfh_seg.synth.cohort import plan_patient, synth_config
+from onfh_seg.synth.phantom import N_TISSUES, TISSUES, render
+from onfh_seg.synth.randomise import (head_phantom_labels, random_contrast, ras_cube, render_random,
+                                      render_tissue)
+
+
+def _diseased_patient():
+    cfg = synth_config({"seed": 5})
+    for i in range(8):
+        plan = plan_patient(i, cfg)
+        if any(h.diseased for h in plan.patient.hips.values()):
+            return plan
+    raise AssertionError("no diseased patient in 8")
+
+
+def test_tissue_map_leaves_default_render_unchanged_and_matches_labels():
+    plan = _diseased_patient()
+    h = next(h for h in plan.patient.hips.values() if h.diseased)
+    n, sp = 48, 1.2
+    ax = [(h.centre[i] + (np.arange(n) - (n - 1) / 2) * sp).astype(np.float32) for i in range(3)]
+    P = tuple(a.ravel() for a in np.meshgrid(*ax, indexing="ij"))
+    img, lab, rg = render(P, plan.patient, 0.0)
+    img2, lab2, rg2, tis = render(P, plan.patient, 0.0, with_tissue=True)
+    assert np.array_equal(img, img2) and np.array_equal(lab, lab2) and np.array_equal(rg, rg2)
+    assert tis.max() < N_TISSUES
+    # the band tissue is exactly the band label; core tissues are exactly the necrotic label
+    assert np.array_equal(tis == TISSUES["band"], lab == L.BAND)
+    cores = np.isin(tis, [TISSUES[k] for k in ("core_fat", "core_blood", "core_fluid", "core_fibrous")])
+    assert np.array_equal(cores, lab == L.NECROTIC)
+    assert (lab == L.BAND).sum() > 0
+
+
+def test_random_contrast_keeps_band_darker_than_marrow():
+    rng = np.random.default_rng(0)
+    T = TISSUES
+    for _ in range(300):
+        c = random_contrast(rng)
+        viable = min(c.mean[T["yellow_marrow"]], c.mean[T["red_marrow"]])
+        assert c.mean[T["band"]] < viable
+        assert c.mean[T["band"]] <= c.mean[T["core_fat"]]
+        assert c.mean[T["band"]] <= c.mean[T["core_blood"]] or c.mean[T["core_blood"]] >= 0.45 * viable
+
+
+def test_render_random_is_seeded_and_varies_contrast():
+    plan = _diseased_patient()
+    h = next(h for h in plan.patient.hips.values() if h.diseased)
+    aff = ras_cube(plan.poses[0][:3, :3] @ h.centre + plan.poses[0][:3, 3], 40, 1.5)
+    tis, lab = render_tissue(plan.patient, 0.0, aff, (40, 40, 40), plan.poses[0])
+    assert (lab == L.HEAD).any()
+    a = render_random(tis, lab, np.random.default_rng(1))
+    b = render_random(tis, lab, np.random.default_rng(1))
+    c = render_random(tis, lab, np.random.default_rng(2))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    assert a.dtype == np.float32 and np.isfinite(a).all() and (a >= 0).all()
+
+
+def test_head_negative_has_no_hip():
+    t = head_phantom_labels((40, 48, 44), 5.0, np.random.default_rng(3))
+    assert t.shape == (40, 48, 44) and len(np.unique(t)) > 4
+
+
+def test_randomised_dataset_sample(tmp_path):
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    paths = build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False)
+    assert len(paths) == 2 and all(p.exists() for p in paths)
+    again = build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False)  # resumable: no re-render
+    assert [p.stat().st_mtime_ns for p in again] == [p.stat().st_mtime_ns for p in paths]
+    ds = RandomisedPatchDataset(load_dr_items(paths), (32, 32, 32), 4, 1.0, seed=0)
+    x, y = ds[0]
+    x2, y2 = ds[0]
+    assert x.shape == (1, 32, 32, 32) and y.shape == (1, 32, 32, 32)
+    assert float(x.max()) <= 2.0 and float(x.min()) >= 0.0
+    assert (x == x2).all() and (y == y2).all()  # a pure function of (seed, epoch, index)
+    assert set(np.unique(y.numpy())) <= set(range(L.NUM_CLASSES))
