@@ -71,6 +71,15 @@ def test_good_settings_merge_with_the_yaml_defaults() -> None:
         config.settings("infer", {"input": "a.nii.gz"})
 
 
+def test_numbers_given_for_text_settings_become_text() -> None:
+    """Hydra reads out_dir=2024 as an int; the library gets the text it expects."""
+    s = config.settings("infer", {"input": 123, "out_dir": 2024})
+    assert s["input"] == "123" and s["out_dir"] == "2024"
+    e = config.settings("eval", {"cohorts": {"in_style": 5, "out_of_style_a": [1, "b.csv"]}})
+    assert e["cohorts"]["in_style"] == "5" and e["cohorts"]["out_of_style_a"] == ["1", "b.csv"]
+    assert e["cohorts"]["out_of_style_b"] is None and e["workers"] == config.defaults("eval")["workers"]
+
+
 def test_override_keys_are_checked_before_hydra() -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'provder' \(did you mean 'provider'\?\)"):
         config.check_override_keys("infer", ["input=x", "+provder=cpu"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,26 @@ def track(manifest: str | Path, infer_dir: str | Path, out_dir: str | Path, **se
     correlations.csv, errors.csv). The result has ``records`` (per patient:
     every number), ``tracked``, ``resumed``, ``failed``, ``errors`` and ``out_dir``.
     """
-    from onfh_seg.track.longitudinal import track_cohort
-
     cfg = config.settings("track", {**settings, "manifest": str(manifest), "infer_dir": str(infer_dir),
                                     "out_dir": str(out_dir)})
     if not Path(cfg["manifest"]).is_file():
         raise FileNotFoundError(f"manifest not found: {cfg['manifest']}")
-    return track_cohort(cfg)
+    return run_tracking(cfg)
+
+
+def run_tracking(cfg: Mapping[str, Any], progress: Callable[[str, str], None] | None = None) -> Any:
+    """onfh-track's run on a validated configuration: ``out_dir`` checked for writability, locked for
+    the run (``wait_lock``), this package's dead temporaries removed, then every patient tracked."""
+    from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
+    from onfh_seg.track.longitudinal import track_cohort
+
+    if not str(cfg["out_dir"] or "").strip():
+        raise ValueError("out_dir is empty")
+    out_dir = Path(str(cfg["out_dir"]))
+    check_writable(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
+    with DirLock(out_dir, "onfh-track", wait=bool(cfg["wait_lock"])):
+        for folder in (out_dir, out_dir / "patients", out_dir / "reports", out_dir / "transforms"):
+            remove_own_temporaries(folder)
+        return track_cohort(cfg, progress=progress)

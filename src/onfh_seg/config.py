@@ -121,6 +121,7 @@ class InferSettings:
     resume: bool = dataclasses.field()
     wait_lock: bool = dataclasses.field()
     engine: str = dataclasses.field()
+    anatomy: dict[str, Any] = dataclasses.field()  # enabled + AnatomyLimits overrides (infer/anatomy.py checks them)
     qc: QCSettings = dataclasses.field()
     dicom: DicomSettings = dataclasses.field()
 
@@ -226,6 +227,7 @@ class EvalSettings:
     model_dir: Path_
     out_dir: Path_
     cohort: Union[Path_, None]
+    cohorts: dict[str, Union[Path_, list[Path_], None]]
     workers: int = dataclasses.field(metadata={"min": 1})
     tta: bool = dataclasses.field()
     reference: Reference = dataclasses.field()
@@ -422,8 +424,24 @@ def _validate(name: str, schema: Any, cfg: Any, dflt: Any, prefix: str, require:
         low = meta.get("min")
         if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected a number >= {low}")
-        out[key] = value
+        out[key] = _coerce(tp, value)
     return out
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """A number given for a text setting becomes text (Hydra reads ``out_dir=2024`` as an int); else unchanged."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if origin is list and args and isinstance(value, (list, tuple)):
+        return [_coerce(args[0], v) for v in value]
+    if origin is dict and len(args) == 2 and isinstance(value, Mapping):
+        return {k: _coerce(args[1], v) for k, v in value.items()}
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            if _check(arg, value)[0]:
+                return _coerce(arg, value)
+    return value
 
 
 def _show(value: Any) -> str:

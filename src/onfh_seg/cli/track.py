@@ -21,32 +21,22 @@ def run(cfg: DictConfig) -> int:
     """Track the cohort of ``cfg.manifest`` from the onfh-infer outputs in ``cfg.infer_dir``."""
     from tqdm import tqdm
 
+    from onfh_seg.api import run_tracking
     from onfh_seg.io.manifest import read_manifest
-    from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
-    from onfh_seg.track.longitudinal import track_cohort
+    from onfh_seg.lifecycle import check_writable
 
-    c = to_dict(cfg)
-    if c.get("reference") not in ("acetabulum", "viable_head"):
-        raise ValueError(f"reference must be acetabulum or viable_head, not {c.get('reference')!r}")
-    if int(c.get("workers", 1)) < 1:
-        raise ValueError("workers must be >= 1")
-    if not str(c.get("out_dir") or "").strip():
+    c = to_dict(cfg)  # validated by hydra_main (onfh_seg.config)
+    if not str(c["out_dir"] or "").strip():
         raise ValueError("out_dir is empty")
-    out_dir = Path(str(c["out_dir"]))
-    check_writable(out_dir)
+    check_writable(Path(str(c["out_dir"])))  # before reading anything
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / kill: stop like Ctrl-C
     t0 = time.time()
     try:
         n = len({r.get("patient_id") for r in read_manifest(c["manifest"], warn=False)})
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_writable(out_dir)
-    with DirLock(out_dir, "onfh-track", wait=bool(c.get("wait_lock", False))):
-        for folder in (out_dir, out_dir / "patients", out_dir / "reports", out_dir / "transforms"):
-            remove_own_temporaries(folder)
-        with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
-            res = track_cohort(c, progress=lambda pid, status: bar.update(1))
+    with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
+        res = run_tracking(c, progress=lambda pid, status: bar.update(1))
     n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
     print(
         f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "
