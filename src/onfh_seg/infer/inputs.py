@@ -68,7 +68,7 @@ TOOL_OUTPUT_SUFFIXES = ("_seg.nii.gz", "_seg.dcm", "_sr.dcm", "_overlay.png", "_
 MAX_VOX_OFFSET = 64 * 2**20  # header extensions larger than this are not plausible
 MIN_VOX_OFFSET = {1: 352, 2: 544}  # single-file NIfTI-1 / NIfTI-2: header + 4 extension bytes
 SHEAR_TOLERANCE = 1e-3  # |cos| between voxel axes above which an affine counts as sheared (0.06 degrees)
-QFORM_SFORM_TOLERANCE_MM = 0.1  # larger differences between sform and qform are reported in the warnings
+QFORM_SFORM_TOLERANCE_MM = 0.5  # sform and qform placing a grid corner farther apart than this: a warning
 
 
 class InputError(ValueError):
@@ -613,10 +613,17 @@ def _compare_qform_sform(hdr: nib.Nifti1Header, name: str) -> list[str]:
         raise InputError(
             f"sform ({s_axes}) and qform ({q_axes}) disagree on the orientation: left/right is ambiguous: {name}"
         )
-    diff = float(np.max(np.abs(sform - qform)))
+    diff = corner_distance_mm(sform, qform, hdr.get_data_shape()[:3])
     if diff > QFORM_SFORM_TOLERANCE_MM:
-        return [f"sform and qform differ (largest element difference {diff:.3g}); the sform is used"]
+        return [f"sform and qform place the image up to {diff:.3g} mm apart; the sform is used"]
     return []
+
+
+def corner_distance_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between where affines ``a`` and ``b`` put the corners of a grid of ``shape``."""
+    extent = [max(int(n) - 1, 0) for n in tuple(shape)[:3]] + [0] * (3 - len(tuple(shape)[:3]))
+    corners = np.array([[i, j, k, 1.0] for i in (0, extent[0]) for j in (0, extent[1]) for k in (0, extent[2])])
+    return float(np.max(np.linalg.norm((corners @ (a - b).T)[:, :3], axis=1)))
 
 
 # ---------------------------------------------------------------- validation

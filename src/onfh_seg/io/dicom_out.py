@@ -6,6 +6,9 @@ RAS+ affine). :func:`label_map_to_frames` turns it back into one
 ``[row, column]`` frame per source instance (in the sorted slice order), which
 is what the SEG references frame by frame. A label map that was reoriented
 (e.g. ``nib.as_closest_canonical``) is brought back to the source grid first.
+Slice orientations that differ by float noise (within the reader's
+``ORIENTATION_TOLERANCE``) are written as the first slice's
+(:func:`snap_orientation`): highdicom requires exactly equal values.
 
 Only PatientID, StudyInstanceUID, AccessionNumber, StudyDate, StudyTime and
 StudyID (the study's identity) are taken from the source; names, birth dates, sex, age and everything else about
