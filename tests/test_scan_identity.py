@@ -225,6 +225,18 @@ def test_failed_scan_error_comes_from_the_run_records_without_its_json(layout, t
     assert "truncated" in {e["timepoint"]: e["reason"] for e in patients["P003"].errors}["m06"]
 
 
+def test_scan_without_a_head_names_onfh_infers_qc_flag(layout, tmp_path):
+    root, _, _ = layout
+    infer = tmp_path / "infer"
+    shutil.copytree(root / "infer", infer)
+    meas = json.loads((infer / "b_scan_measurements.json").read_text())
+    meas.update(hips=[], qc_flags=["not_hip_anatomy"])  # what the anatomy gate records
+    (infer / "b_scan_measurements.json").write_text(json.dumps(meas))
+    patients, _ = collect_patients(root / "manifest.csv", infer)
+    reasons = {e["timepoint"]: e["reason"] for e in patients["P002"].errors}
+    assert reasons == {"m06": "no femoral head found (onfh-infer QC: not_hip_anatomy)"}
+
+
 def test_changed_image_is_named_not_tracked(layout, tmp_path):
     root, _, _ = layout
     work = tmp_path / "copy"

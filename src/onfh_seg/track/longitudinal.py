@@ -283,7 +283,8 @@ def _check_scan(s: ScanInput, rec: RecordedScan | None, index: InferIndex, image
                 f"{s.measurements.name}); run onfh-infer again")
     hips = [h for h in s.meas.get("hips") or [] if h.get("head_centre_ras_mm")]
     if not hips:
-        return "no femoral head found"
+        flags = [str(f) for f in s.meas.get("qc_flags") or []]
+        return "no femoral head found" + (f" (onfh-infer QC: {', '.join(flags)})" if flags else "")
     return None
 
 
