@@ -127,7 +127,7 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, float):
-            out[k] = round(v, 3)
+            out[k] = round(v, 3) if np.isfinite(v) else None  # JSON has no inf/nan
         elif isinstance(v, list) and v and isinstance(v[0], float):
             out[k] = [round(x, 2) for x in v]
         else:
@@ -219,10 +219,19 @@ def _box(shape: tuple[int, ...], affine: np.ndarray, centre: np.ndarray, half_mm
 # ---------------------------------------------------------------- per head and scan
 
 
-def check_head(labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Head, limits: AnatomyLimits) -> HeadCheck:
-    """Shape, socket and lesion checks of one head component (``cc == head.component``)."""
+def check_head(
+    labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Head, limits: AnatomyLimits,
+    component_box: tuple[slice, ...] | None = None,
+) -> HeadCheck:
+    """Shape, socket and lesion checks of one head component (``cc == head.component``).
+
+    Works on the index box around the head that holds its socket shell and
+    ``component_box`` (the component's own bounding box, if given).
+    """
     half = 2.0 * head.radius_mm + limits.shell_mm[1] + 10.0
     box = _box(labels.shape, affine, head.centre_ras, half)
+    if component_box is not None:
+        box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, component_box))
     lab = labels[box]
     offset = np.array([s.start for s in box], np.float64)
     box_affine = np.asarray(affine, np.float64).copy()
@@ -279,8 +288,9 @@ def check_anatomy(labels: np.ndarray, affine: np.ndarray, limits: AnatomyLimits 
             return AnatomyResult("no_femoral_head_found", ["no head component of at least "
                                                            f"{limits.min_head_ml:g} mL"], [])
         return AnatomyResult("no_femoral_head_found", ["no femoral head label"], [])
-    checks = [check_head(labels, affine, cc, h, limits) for h in heads]
-    reasons = [f"head at {_xyz(c.centre_ras_mm)}: {f}" for c in checks for f in c.failures]
+    boxes = ndimage.find_objects(cc)
+    checks = [check_head(labels, affine, cc, h, limits, boxes[h.component - 1]) for h in heads]
+    reasons = [f"head at {_xyz(c.component_centre_ras_mm)}: {f}" for c in checks for f in c.failures]
     distance = None
     if len(checks) == 2:
         distance = float(np.linalg.norm(np.subtract(checks[0].centre_ras_mm, checks[1].centre_ras_mm)))
