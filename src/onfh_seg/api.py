@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,17 @@ def track(manifest: str | Path, infer_dir: str | Path, out_dir: str | Path, **se
                                     "out_dir": str(out_dir)})
     if not Path(cfg["manifest"]).is_file():
         raise FileNotFoundError(f"manifest not found: {cfg['manifest']}")
-    return run_tracking(cfg)
-
-
-def run_tracking(cfg: Mapping[str, Any], progress: Callable[[str, str], None] | None = None) -> Any:
-    """onfh-track's run on a validated configuration: ``out_dir`` checked for writability, locked for
-    the run (``wait_lock``), this package's dead temporaries removed, then every patient tracked."""
-    from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
     from onfh_seg.track.longitudinal import track_cohort
+
+    with tracking_run(cfg):
+        return track_cohort(cfg)
+
+
+@contextmanager
+def tracking_run(cfg: Mapping[str, Any]) -> Iterator[Path]:
+    """onfh-track's run lifecycle around tracking a validated configuration: ``out_dir`` checked for
+    writability, locked while the block runs (``wait_lock``), this package's dead temporaries removed."""
+    from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
 
     if not str(cfg["out_dir"] or "").strip():
         raise ValueError("out_dir is empty")
@@ -125,4 +129,4 @@ def run_tracking(cfg: Mapping[str, Any], progress: Callable[[str, str], None] | 
     with DirLock(out_dir, "onfh-track", wait=bool(cfg["wait_lock"])):
         for folder in (out_dir, out_dir / "patients", out_dir / "reports", out_dir / "transforms"):
             remove_own_temporaries(folder)
-        return track_cohort(cfg, progress=progress)
+        yield out_dir

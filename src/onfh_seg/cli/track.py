@@ -21,9 +21,10 @@ def run(cfg: DictConfig) -> int:
     """Track the cohort of ``cfg.manifest`` from the onfh-infer outputs in ``cfg.infer_dir``."""
     from tqdm import tqdm
 
-    from onfh_seg.api import run_tracking
+    from onfh_seg.api import tracking_run
     from onfh_seg.io.manifest import read_manifest
     from onfh_seg.lifecycle import check_writable
+    from onfh_seg.track.longitudinal import track_cohort
 
     c = to_dict(cfg)  # validated by hydra_main (onfh_seg.config)
     if not str(c["out_dir"] or "").strip():
@@ -35,8 +36,8 @@ def run(cfg: DictConfig) -> int:
         n = len({r.get("patient_id") for r in read_manifest(c["manifest"], warn=False)})
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
-    with tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
-        res = run_tracking(c, progress=lambda pid, status: bar.update(1))
+    with tracking_run(c), tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
+        res = track_cohort(c, progress=lambda pid, status: bar.update(1))
     n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
     print(
         f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "
