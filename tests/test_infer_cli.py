@@ -141,6 +141,7 @@ def test_outputs_names_grid_json_csv(cohort, fake_model, tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1].startswith("done 2, skipped 0, failed 0")
     assert "Traceback" not in res.stderr
+    assert "execution provider: CPUExecutionProvider" in res.stdout  # the one used, printed
 
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([
