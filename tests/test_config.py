@@ -161,3 +161,22 @@ def test_export_refuses_the_shipped_model_folder_unless_forced(tmp_path: Path) -
     check_export_target(shipped, force=True)
     check_export_target(tmp_path / "export")
     assert config.defaults("export")["out_dir"] != "models" and config.defaults("export")["force"] is False
+
+
+def test_tracking_parameter_defaults_equal_the_yaml() -> None:
+    """TrackParams / RegistrationParams (library defaults for direct callers) cannot drift from track.yaml."""
+    from onfh_seg.track.longitudinal import TrackParams
+    from onfh_seg.track.register import RegistrationParams
+
+    yaml = config.defaults("track")
+    compared = []
+    for f in dataclasses.fields(TrackParams):
+        if f.name in yaml:
+            assert getattr(TrackParams(), f.name) == yaml[f.name], f.name
+            compared.append(f.name)
+    for f in dataclasses.fields(RegistrationParams):
+        if f.name in yaml["registration"]:
+            value = getattr(RegistrationParams(), f.name)
+            assert (list(value) if isinstance(value, tuple) else value) == yaml["registration"][f.name], f.name
+            compared.append(f.name)
+    assert len(compared) >= 12, compared
