@@ -20,18 +20,11 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "segment", "track"]
 
 
-def segment(*args: Any, **kwargs: Any) -> Any:
-    """:func:`onfh_seg.api.segment` (imported on first use, so ``import onfh_seg`` stays light)."""
-    from onfh_seg.api import segment as _segment
+def __getattr__(name: str) -> Any:
+    """``segment`` and ``track`` from :mod:`onfh_seg.api`, imported on first use (so ``import onfh_seg``
+    and the command lines stay light)."""
+    if name in ("segment", "track"):
+        from onfh_seg import api
 
-    return _segment(*args, **kwargs)
-
-
-def track(*args: Any, **kwargs: Any) -> Any:
-    """:func:`onfh_seg.api.track` (imported on first use)."""
-    from onfh_seg.api import track as _track
-
-    return _track(*args, **kwargs)
-
-
-segment.__doc__ = "Segment and measure like onfh-infer; see onfh_seg.api.segment.\n\n" + (segment.__doc__ or "")
+        return getattr(api, name)
+    raise AttributeError(f"module 'onfh_seg' has no attribute {name!r}")
