@@ -300,6 +300,19 @@ def test_dicom_phantom_writes_seg_and_sr(hip_dicom: Path, tmp_path: Path) -> Non
     assert isinstance(meas["outputs"]["dicom_seg"], str) and isinstance(meas["outputs"]["dicom_sr"], str)
 
 
+def test_orientation_noise_does_not_lose_the_dicom_outputs(hip_dicom: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(hip_dicom, study)
+    perturb_orientation(study, scale=3.3e-8)  # as the GE series of issue 11
+    result, meas = run_one(study, tmp_path / "out")
+    assert result["status"] == "ok", result["error"]
+    assert meas["outputs"]["dicom_seg"] == f"{result['name']}_seg.dcm", meas["outputs"]
+    assert meas["outputs"]["dicom_sr"] == f"{result['name']}_sr.dcm", meas["outputs"]
+    assert not any("not written" in w for w in meas["warnings"])
+    seg = pydicom.dcmread(tmp_path / "out" / meas["outputs"]["dicom_seg"])
+    assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) > 0
+
+
 @pytest.mark.parametrize("failing", ["write_dicom_seg", "write_dicom_sr"])
 def test_failing_dicom_writer_keeps_nifti_json_and_rows(hip_dicom: Path, tmp_path: Path, monkeypatch, failing: str) -> None:
     import onfh_seg.io.dicom_out as dicom_out
