@@ -214,7 +214,7 @@ class SynthSettings:
     demo: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
     preview: bool = dataclasses.field()
-    style: Literal["a", "b"] = dataclasses.field()
+    style: Literal["a", "b", "dr"] = dataclasses.field()
     style_b: dict[str, Any] = dataclasses.field()
     disease: DiseaseSettings = dataclasses.field()
     acquisition: AcquisitionSettings = dataclasses.field()

@@ -212,10 +212,14 @@ def _scan_label_volumes(lab: np.ndarray, affine: np.ndarray, centres_world: dict
     return out
 
 
-def generate_patient(plan: PatientPlan, out_dir: Path, seed: int) -> list[dict]:
-    """Render, acquire and write all scans of one patient; return manifest rows."""
+def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "a") -> list[dict]:
+    """Render, acquire and write all scans of one patient; return manifest rows.
+
+    ``style="dr"`` replaces the phantom's T1 contrast by a random one per scan (the training
+    renderer's style, ``synth.randomise.restyle_grids``), for in-style evaluation."""
     pat = plan.patient
     rng = np.random.default_rng([seed, 7, int(pat.patient_id[1:])])
+    style_rng = np.random.default_rng([seed, 8, int(pat.patient_id[1:])])
     rows = []
     base_grids = None
     base_lesion_ml = {}
@@ -223,7 +227,12 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int) -> list[dict]:
         grids = render_grids(pat, m, previous=base_grids)
         if base_grids is None:
             base_grids = grids
-        img, lab, rg = acquire(grids, geom, pose, rng)
+        acq_grids = grids
+        if style == "dr":
+            from onfh_seg.synth.randomise import restyle_grids
+
+            acq_grids = restyle_grids(grids, pat, m, style_rng)
+        img, lab, rg = acquire(acq_grids, geom, pose, rng)
         name = f"{pat.patient_id}_m{int(round(m)):02d}"
         save_nifti(img, geom.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
         save_nifti(lab, geom.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
@@ -303,13 +312,13 @@ def _job(args) -> list[dict]:
         from onfh_seg.synth.style_b import generate_patient_b
 
         return generate_patient_b(plan, Path(out_dir), cfg, index)
-    return generate_patient(plan, Path(out_dir), int(cfg["seed"]))
+    return generate_patient(plan, Path(out_dir), int(cfg["seed"]), style=cfg.get("style", "a"))
 
 
 def generate_cohort(cfg: dict, out_dir: str | Path, progress=None) -> Path:
     """Generate a whole cohort and its manifest; returns the manifest path."""
-    if cfg.get("style", "a") not in ("a", "b"):
-        raise ValueError(f"style must be a or b, got {cfg.get('style')!r}")
+    if cfg.get("style", "a") not in ("a", "b", "dr"):
+        raise ValueError(f"style must be a, b or dr, got {cfg.get('style')!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = "demo" if cfg.get("demo") else "random"

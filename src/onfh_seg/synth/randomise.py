@@ -306,3 +306,24 @@ def label_fraction(labels: np.ndarray) -> dict[str, float]:
     """Share of voxels per segmentation label (for logging what a cohort contains)."""
     n = max(1, labels.size)
     return {L.LABELS[k]: float((labels == k).sum() / n) for k in L.LABELS}
+
+
+def restyle_grids(grids: dict, pat: Patient, months: float, rng: np.random.Generator) -> dict:
+    """The generator's rendered grids with the phantom's T1 signal replaced by one random contrast
+    (``random_contrast``) per scan: full scans in the *training* style, for in-style evaluation
+    (``onfh-synth style=dr``); acquisition (slices, bias, noise) is then simulated as usual."""
+    from onfh_seg.synth.acquisition import Grid
+
+    contrast = random_contrast(rng)
+    out: dict = {"fine": {}}
+
+    def one(g: Grid) -> Grid:
+        _, _, _, tis = render(g.points(), pat, months, with_tissue=True)
+        tis = tis.reshape(g.shape)
+        img = render_random(tis, g.lab, rng, contrast)
+        return Grid(g.origin, g.spacing, g.shape, img, g.lab, g.regen)
+
+    out["coarse"] = one(grids["coarse"])
+    for side, g in grids["fine"].items():
+        out["fine"][side] = one(g)
+    return out
