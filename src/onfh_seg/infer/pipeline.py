@@ -389,6 +389,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     produced: list[Path] = []
     reference = str(setting(cfg, "reference"))
     try:
+        limits = limits_from_config(setting(cfg, "anatomy"))  # a bad anatomy setting fails before any work
         t = time.perf_counter()
         scan = load_scan(job)
         meas["input_sha256"] = scan.sha256
@@ -408,7 +409,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         lo, hi = setting(cfg, "qc.head_ml_range")
         gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
             scan.image, labels, scan.affine, confidence, reference, (float(lo), float(hi)),
-            float(setting(cfg, "qc.min_confidence")), limits_from_config(setting(cfg, "anatomy")),
+            float(setting(cfg, "qc.min_confidence")), limits,
             gate=bool(setting(cfg, "anatomy.enabled")),
         )
         labels, hips, flags = gated.labels, gated.hips, gated.flags
