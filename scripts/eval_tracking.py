@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from onfh_seg.infer.postprocess import mask_centroid_ras  # noqa: E402
+from onfh_seg.geometry import mask_centroid_ras  # noqa: E402
 from onfh_seg.io.manifest import read_manifest, resolve  # noqa: E402
 from onfh_seg.io.nifti import atomic_write_text, load_nifti  # noqa: E402
 from onfh_seg.labels import LESION_LABELS  # noqa: E402

@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
 from onfh_seg.io.dicom import DicomError, SeriesInfo, select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
-from onfh_seg.measure import CSV_COLUMNS, measure_gated, measurements_row
+from onfh_seg.infer.gate import measure_gated
+from onfh_seg.measure import CSV_COLUMNS, measurements_row
 from test_dicom_out import read_sr_hips
 
 ROOT = Path(__file__).resolve().parents[1]

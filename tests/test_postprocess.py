@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onfh_seg.infer.postprocess import (
-    clean_labels,
-    estimate_body_centre_x,
-    find_heads,
-    ras_to_voxel,
-    split_hips,
-    voxel_to_ras,
-    voxel_volume_ml,
-)
+from onfh_seg.geometry import ras_to_voxel, voxel_to_ras, voxel_volume_ml
+from onfh_seg.hips import estimate_body_centre_x, find_heads, split_hips
+from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
 
 FLIP_X = np.array([[-2.0, 0, 0, 150.0], [0, 2.0, 0, -40.0], [0, 0, 3.0, -45.0], [0, 0, 0, 1]])
@@ -132,7 +126,7 @@ def test_clean_labels():
 
 def test_single_hip_side_from_acetabulum_under_any_affine():
     """A one-hip field of view: side from the socket's medial position, whatever the array order."""
-    from onfh_seg.infer.postprocess import split_hips
+    from onfh_seg.hips import split_hips
 
     for lateral, side in ((+1, "right"), (-1, "left")):
         for affine in (np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([-1.0, 1.0, 1.0, 1.0])):

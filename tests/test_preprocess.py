@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onfh_seg.preprocess import (
+from onfh_seg.geometry import (
     covering_grid,
     crop_grid,
-    normalise,
     resample,
     resample_labels,
     resample_probs,
     voxel_spacing,
     world_bounds,
 )
+from onfh_seg.preprocess import normalise
 
 
 def _oblique_affine(spacing=(0.8, 0.9, 4.0), angle_deg=20.0, origin=(-100.0, 40.0, 12.0)) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from onfh_seg.geometry import resample
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import load_nifti
 from onfh_seg.track.register import (
@@ -16,7 +17,6 @@ from onfh_seg.track.register import (
     apply,
     ras_matrix_from_sitk,
     register_hip,
-    resample_to_reference,
     sitk_image,
     sitk_transform_from_ras,
     target_registration_error,
@@ -63,17 +63,17 @@ def test_sitk_transform_from_ras_round_trip():
     np.testing.assert_allclose(q, p_fu, atol=1e-9)
 
 
-def test_resample_to_reference_moves_content_by_the_transform():
+def test_resample_through_a_world_map_moves_content_by_the_transform():
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     lab = np.zeros((30, 30, 30), np.uint8)
     lab[10:14, 12:16, 8:12] = 2
     shift = np.eye(4)
     shift[:3, 3] = [4.0, -2.0, 6.0]  # follow-up world -> baseline world
-    out = resample_to_reference(lab, aff, lab.shape, aff, shift, order=0)
+    out = resample(lab, aff, aff, lab.shape, order=0, src_to_dst=shift)
     assert out.dtype == np.uint8
     got = np.argwhere(out == 2).mean(axis=0)
     np.testing.assert_allclose(got, np.argwhere(lab == 2).mean(axis=0) + [2, -1, 3])
-    img = resample_to_reference(lab.astype(np.float32), aff, lab.shape, aff, shift, order=1)
+    img = resample(lab.astype(np.float32), aff, aff, lab.shape, order=1, src_to_dst=shift)
     np.testing.assert_allclose(img, out.astype(np.float32), atol=1e-5)
 
 

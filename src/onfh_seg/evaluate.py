@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from onfh_seg import labels as L
-from onfh_seg.infer.postprocess import ball_mask, voxel_volume_ml
+from onfh_seg.geometry import ball_mask, voxel_volume_ml
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.measure import arco_extent, measure_scan
 

@@ -7,20 +7,12 @@ patient's right, so "lateral" is +x for the right hip and -x for the left hip.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy
-from onfh_seg.infer.postprocess import (
-    mask_centroid_ras,
-    ras_to_voxel,
-    split_hips,
-    voxel_spacing,
-    voxel_volume_ml,
-)
+from onfh_seg.geometry import mask_centroid_ras, ras_to_voxel, voxel_spacing, voxel_volume_ml
+from onfh_seg.hips import split_hips
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
 
 HIP_KEYS = (
@@ -37,7 +29,7 @@ HIP_KEYS = (
     "lesion_centroid_ras_mm",
     "head_centre_ras_mm",
 )
-HIP_QC_KEYS = ("qc_flags", "trusted")  # added to each hip by measure_gated (after HIP_KEYS)
+HIP_QC_KEYS = ("qc_flags", "trusted")  # added to each hip by infer.gate.measure_gated (after HIP_KEYS)
 VECTOR_KEYS = ("lesion_centroid_ras_mm", "head_centre_ras_mm")
 CSV_COLUMNS = (
     ["scan", "image"]
@@ -380,45 +372,6 @@ def mark_trust(hips: Sequence[dict], scan_flags: Sequence[str]) -> list[dict]:
     """
     scan_wide = [f for f in scan_flags if f in UNTRUSTED_FLAGS and f not in HIP_FLAGS]
     return [{**h, "trusted": not (h.get("qc_flags") or scan_wide)} for h in hips]
-
-
-@dataclass
-class GatedMeasurement:
-    """What ``measure_gated`` decided: the label map to write, hips, scan flags and the gate's record."""
-
-    labels: np.ndarray
-    hips: list[dict]
-    flags: list[str]
-    anatomy: dict[str, Any] = field(default_factory=dict)
-
-
-def measure_gated(
-    image: np.ndarray,
-    labels: np.ndarray,
-    affine: np.ndarray,
-    mean_confidence: float | None = None,
-    reference: str = "acetabulum",
-    head_ml_range: tuple[float, float] = (15.0, 120.0),
-    min_confidence: float = 0.6,
-    limits: AnatomyLimits | None = None,
-    gate: bool = True,
-) -> GatedMeasurement:
-    """Anatomy gate, then per-hip measurements, per-hip and scan QC flags, and trust.
-
-    A scan that fails the gate (``check_anatomy``: no head, or nothing that
-    looks like a femoral head in a socket) gets its flag, no hips and an empty
-    label map (nothing in the outputs claims a femoral head). ``gate=False``
-    skips the image-based check (hips are still flagged and marked).
-    """
-    result = check_anatomy(labels, affine, limits) if gate else AnatomyResult(None, [], [])
-    if gate and not result.passed:
-        flags = qc_flags(image, labels, affine, [], mean_confidence, head_ml_range, min_confidence, result.flag)
-        return GatedMeasurement(np.zeros(np.shape(labels), np.uint8), [], flags, result.to_json())
-    hips = measure_scan(image, labels, affine, reference=reference)
-    own = hip_flags(hips, head_ml_range, result.implausible_centres())
-    hips = [{**h, "qc_flags": f} for h, f in zip(hips, own)]
-    flags = qc_flags(image, labels, affine, hips, mean_confidence, head_ml_range, min_confidence)
-    return GatedMeasurement(np.asarray(labels), mark_trust(hips, flags), flags, result.to_json() if gate else {})
 
 
 def measurements_row(

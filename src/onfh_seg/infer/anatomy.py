@@ -3,7 +3,7 @@
 Header-free plausibility check run on the label map before any measurement
 (docs/CONTRACTS.md, QC flags ``no_femoral_head_found``, ``not_hip_anatomy``,
 ``implausible_head_shape``). For every femoral head the post-processing would
-measure (``postprocess.find_heads`` + ``select_heads``: at most one per side):
+measure (``hips.find_heads`` + ``select_heads``: at most one per side):
 
 * a sphere is fitted to the head's surface voxels (least squares, then refitted
   on the 80 % of points nearest to the sphere: the flat head-neck cut and a
@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.infer.postprocess import Head, find_heads, select_heads, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import voxel_to_ras, voxel_volume_ml
+from onfh_seg.hips import Head, find_heads, select_heads
 from onfh_seg.labels import ACETABULUM, HEAD, HEAD_LABELS, LESION_LABELS
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onfh_seg.infer.postprocess import clean_labels, estimate_body_centre_x, find_heads, select_heads
-from onfh_seg.preprocess import covering_grid, crop_grid, normalise, resample, resample_probs
+from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_probs
+from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
+from onfh_seg.infer.postprocess import clean_labels
+from onfh_seg.preprocess import normalise
 
 log = logging.getLogger("onfh_seg.engine")
 

@@ -39,7 +39,8 @@ from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
-from onfh_seg.measure import SIDE_ORDER, measure_gated, measurements_row
+from onfh_seg.infer.gate import measure_gated
+from onfh_seg.measure import SIDE_ORDER, measurements_row
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)

@@ -18,11 +18,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from onfh_seg.infer.postprocess import find_heads, select_heads
+from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_labels
+from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
-from onfh_seg.preprocess import NORM_CLIP, covering_grid, crop_grid, normalise, resample, resample_labels
+from onfh_seg.preprocess import NORM_CLIP, normalise
 
 
 def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:

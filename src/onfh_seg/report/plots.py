@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from onfh_seg.report.overlay import LABEL_COLOURS, VIEWS, _letters, panel, window
-from onfh_seg.track.register import resample_to_reference
+from onfh_seg.geometry import resample
 
 DPI = 100
 PANEL_INCH = 2.3
@@ -66,10 +66,10 @@ def sample_views(
         aff = np.diag([step_mm, step_mm, step_mm, 1.0])
         aff[:3, 3] = c - n * step_mm
         aff[axis, 3] = c[axis]
-        img = resample_to_reference(image, affine, shape, aff, to_baseline, order=1, cval=0.0)
+        img = resample(image, affine, aff, shape, order=1, cval=0.0, src_to_dst=to_baseline)
         lab = None
         if labels is not None:
-            lab = panel(resample_to_reference(labels, affine, shape, aff, to_baseline, order=0), axis, 0)
+            lab = panel(resample(labels, affine, aff, shape, order=0, src_to_dst=to_baseline), axis, 0)
         out[view] = (panel(img, axis, 0), lab)
     return out
 

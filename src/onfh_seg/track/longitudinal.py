@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.infer.postprocess import ball_mask, split_hips, voxel_spacing, voxel_to_ras
+from onfh_seg.geometry import apply, ball_mask, centred_grid, crop_box, resample, voxel_spacing, voxel_to_ras
+from onfh_seg.hips import split_hips
 from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
 from onfh_seg.labels import HEAD, HEAD_LABELS, LESION_LABELS
@@ -74,14 +75,7 @@ from onfh_seg.track.identity import (
     read_infer_dir,
     recorded_error,
 )
-from onfh_seg.track.register import (
-    RegistrationParams,
-    apply,
-    crop_box,
-    register_hip,
-    resample_to_reference,
-    write_tfm,
-)
+from onfh_seg.track.register import RegistrationParams, register_hip, write_tfm
 
 TRACK_VERSION = "onfh-track/3"  # 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
 TIDY_COLUMNS = ("patient_id", "hip", "months", "metric", "value")
@@ -589,7 +583,7 @@ def track_patient(
         half = radius + 8.0
         shape, gaff = common_grid(c0, half, params.grid_mm)
         b_img, b_lab, _, b_aff = _hip_crop(base, bh["side"], c0, 2.5 * radius + 10.0)
-        b_grid = resample_to_reference(b_lab, b_aff, shape, gaff, None, order=0)
+        b_grid = resample(b_lab, b_aff, gaff, shape, order=0, src_to_dst=None)
         b_les_grid = np.isin(b_grid, LESION_LABELS)
         n_b_les = int(b_les_grid.sum())
         vox_ml = params.grid_mm**3 / 1000.0
@@ -661,11 +655,11 @@ def track_patient(
             Tinv = np.linalg.inv(T)
             f_img, f_lab, _, f_aff = _hip_crop(f, fh["side"], c1, 2.5 * radius + 10.0)
             # common grid in baseline space
-            f_grid = resample_to_reference(f_lab, f_aff, shape, gaff, T, order=0)
+            f_grid = resample(f_lab, f_aff, gaff, shape, order=0, src_to_dst=T)
             width = boundary_width(params, base.affine, f.affine)
             regen, new_nec = lesion_changes(b_grid, f_grid, d_in, d_out, width)
             # baseline lesion mapped onto the follow-up grid (nearest), inside this scan's head
-            zone = resample_to_reference(les_native.astype(np.uint8), b_aff, f_lab.shape, f_aff, Tinv, order=0) > 0
+            zone = resample(les_native.astype(np.uint8), b_aff, f_aff, f_lab.shape, order=0, src_to_dst=Tinv) > 0
             zone &= np.isin(f_lab, HEAD_LABELS)
             f_ref = reference_mask(f_lab, params.reference)
             sir_zone = sir_of_mask(f_img, zone, f_ref)
@@ -733,7 +727,7 @@ def _timepoint_record(d: ScanData, hip: dict, base: ScanData | None, pid: str, n
         rec[k] = _r(rec.get(k), 4) if rec.get(k) is not None else None
     rec["model_version"] = d.model_version
     rec["qc_flags"] = list((d.scan.meas or {}).get("qc_flags") or [])
-    if "trusted" in hip:  # onfh-infer's per-hip QC (measure.measure_gated), shown by the HTML report
+    if "trusted" in hip:  # onfh-infer's per-hip QC (infer.gate.measure_gated), shown by the HTML report
         rec["trusted"], rec["hip_qc_flags"] = bool(hip["trusted"]), list(hip.get("qc_flags") or [])
     if transform:
         rec["transform"] = transform

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
-from onfh_seg.infer.postprocess import ball_mask, ras_to_voxel, voxel_spacing
+from onfh_seg.geometry import apply, ball_mask, crop_box, voxel_spacing
 from onfh_seg.io.nifti import atomic_write_bytes
 
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -132,29 +131,6 @@ def ras_matrix_from_sitk(tfm: sitk.Transform) -> np.ndarray:
     """Follow-up world -> baseline world (RAS 4x4) from a fixed=baseline registration result."""
     base_to_fu_ras = RAS_LPS @ euler_matrix_lps(tfm) @ RAS_LPS
     return np.linalg.inv(base_to_fu_ras)
-
-
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 matrix to points ``(..., 3)``."""
-    M = np.asarray(matrix, np.float64)
-    return np.asarray(points, np.float64) @ M[:3, :3].T + M[:3, 3]
-
-
-def crop_box(arr: np.ndarray, affine: np.ndarray, centre_ras: np.ndarray, half_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-array covering the axis-aligned world box of half-width ``half_mm`` around a point.
-
-    Returns (crop, crop affine); the crop may be empty if the box misses the grid.
-    """
-    c = np.asarray(centre_ras, np.float64)
-    corners = np.array([c + half_mm * np.array([sx, sy, sz]) for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    ijk = ras_to_voxel(affine, corners)
-    shape = np.array(arr.shape[:3])
-    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, shape)
-    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 0, shape)
-    crop = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    aff = np.array(affine, np.float64, copy=True)
-    aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
-    return crop, aff
 
 
 # ---------------------------------------------------------------- registration
@@ -266,37 +242,7 @@ def write_tfm(path: str | Path, matrix: np.ndarray) -> None:
     atomic_write_bytes(path, data)
 
 
-# ---------------------------------------------------------------- resampling / error
-
-
-def resample_to_reference(
-    moving: np.ndarray,
-    moving_affine: np.ndarray,
-    ref_shape: Sequence[int],
-    ref_affine: np.ndarray,
-    moving_to_ref: np.ndarray | None = None,
-    order: int = 1,
-    cval: float = 0.0,
-) -> np.ndarray:
-    """Resample a follow-up array onto a reference grid in baseline space.
-
-    ``moving_to_ref`` is the follow-up -> baseline RAS matrix (identity if
-    None). For each reference voxel centre p (baseline world) the moving array
-    is sampled at ``inv(moving_to_ref) @ p``. ``order`` 1 = trilinear (images),
-    0 = nearest neighbour (label maps, dtype kept). Outside the moving grid:
-    ``cval``.
-    """
-    M = np.eye(4) if moving_to_ref is None else np.asarray(moving_to_ref, np.float64)
-    # reference voxel -> moving voxel, one affine map
-    vox = np.linalg.inv(np.asarray(moving_affine, np.float64)) @ np.linalg.inv(M) @ np.asarray(ref_affine, np.float64)
-    src = np.asarray(moving)
-    if order == 0:
-        out = ndimage.affine_transform(src, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(int(s) for s in ref_shape),
-                                       order=0, mode="constant", cval=cval, prefilter=False)
-        return out.astype(src.dtype, copy=False)
-    return ndimage.affine_transform(src.astype(np.float32, copy=False), vox[:3, :3], offset=vox[:3, 3],
-                                    output_shape=tuple(int(s) for s in ref_shape), order=order, mode="constant",
-                                    cval=cval, prefilter=False)
+# ---------------------------------------------------------------- error
 
 
 def target_registration_error(estimated: np.ndarray, true: np.ndarray, points_ras: np.ndarray) -> np.ndarray:

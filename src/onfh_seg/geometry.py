@@ -1,0 +1,185 @@
+"""Ground floor: voxel grids in world space (NIfTI RAS+ mm), numpy/scipy only.
+
+Everything that infer, measure, track, evaluate and training need about an
+image grid given its 4x4 affine (voxel index -> RAS+ mm): voxel spacing and
+volume, voxel <-> world points, world boxes to voxel bounds, ball masks, the
+RAS-aligned grids of model space, and the one resampler (world to world, any
+orientation, optionally through a rigid/affine world map).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+# ---------------------------------------------------------------- voxels
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths in mm (column norms of ``affine[:3, :3]``)."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL: |det(affine[:3, :3])| / 1000."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
+def voxel_to_ras(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Map voxel indices ``(..., 3)`` to RAS+ mm ``(..., 3)``."""
+    A = np.asarray(affine, dtype=np.float64)
+    return np.asarray(ijk, dtype=np.float64) @ A[:3, :3].T + A[:3, 3]
+
+
+def ras_to_voxel(affine: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Map RAS+ mm ``(..., 3)`` to (fractional) voxel indices ``(..., 3)``."""
+    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    return np.asarray(xyz, dtype=np.float64) @ inv[:3, :3].T + inv[:3, 3]
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 matrix to points ``(..., 3)``."""
+    M = np.asarray(matrix, np.float64)
+    return np.asarray(points, np.float64) @ M[:3, :3].T + M[:3, 3]
+
+
+def mask_centroid_ras(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """World centroid (RAS+ mm) of a boolean mask, or None if it is empty."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return None
+    return voxel_to_ras(affine, idx.mean(axis=0))
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world (RAS) bounding box of a grid's voxel centres."""
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)], float)
+    w = corners @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+    return w.min(0), w.max(0)
+
+
+def field_of_view_x_mm(shape: tuple[int, ...], affine: np.ndarray) -> float:
+    """Extent of the image grid along world x (mm), from its 8 corner voxel centres."""
+    lo, hi = world_bounds(shape, affine)
+    return float(hi[0] - lo[0])
+
+
+def voxel_box(shape: Sequence[int], affine: np.ndarray, centre_ras: np.ndarray, half_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel bounds ``(lo, hi)`` (hi exclusive, clipped to the grid) covering the axis-aligned
+    world box of half-width ``half_mm`` around a point; empty (some hi <= lo) if it misses the grid."""
+    c = np.asarray(centre_ras, np.float64)
+    corners = np.array([c + half_mm * np.array([sx, sy, sz]) for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    ijk = ras_to_voxel(affine, corners)
+    n = np.array(shape[:3])
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, n)
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 0, n)
+    return lo, hi
+
+
+def crop_box(arr: np.ndarray, affine: np.ndarray, centre_ras: np.ndarray, half_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-array covering the axis-aligned world box of half-width ``half_mm`` around a point.
+
+    Returns (crop, crop affine); the crop may be empty if the box misses the grid.
+    """
+    lo, hi = voxel_box(arr.shape, affine, centre_ras, half_mm)
+    crop = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    aff = np.array(affine, np.float64, copy=True)
+    aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
+    return crop, aff
+
+
+def ball_mask(shape: tuple[int, ...], affine: np.ndarray, centre_ras: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Boolean mask of voxels whose centres lie within ``radius_mm`` of a world point."""
+    mask = np.zeros(shape, dtype=bool)
+    lo, hi = voxel_box(shape, affine, centre_ras, radius_mm)
+    if np.any(hi <= lo):
+        return mask
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
+    d2 = np.sum((voxel_to_ras(affine, grid) - centre_ras) ** 2, axis=-1)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = d2 <= radius_mm**2
+    return mask
+
+
+# ---------------------------------------------------------------- RAS-aligned grids
+
+
+def ras_grid(lo: np.ndarray, shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    """Affine of an RAS-aligned grid with voxel (0,0,0) at ``lo``."""
+    A = np.eye(4)
+    A[:3, :3] *= spacing
+    A[:3, 3] = lo
+    return A
+
+
+def covering_grid(shape: tuple[int, ...], affine: np.ndarray, spacing: float, multiple: int = 1) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """RAS grid at ``spacing`` covering a scan; sizes rounded up to ``multiple`` (centred)."""
+    lo, hi = world_bounds(shape, affine)
+    n = np.ceil((hi - lo) / spacing).astype(int) + 1
+    n = (np.ceil(n / multiple) * multiple).astype(int)
+    centre = (lo + hi) / 2
+    lo = centre - (n - 1) * spacing / 2
+    return ras_grid(lo, tuple(int(v) for v in n), spacing), tuple(int(v) for v in n)
+
+
+def crop_grid(centre_ras: np.ndarray, size_vox: int, spacing: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Cubic RAS grid of ``size_vox`` voxels centred on a world point."""
+    lo = np.asarray(centre_ras, float) - (size_vox - 1) * spacing / 2
+    return ras_grid(lo, (size_vox,) * 3, spacing), (size_vox,) * 3
+
+
+def centred_grid(centre_ras: np.ndarray, half_mm: float, step_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """RAS-aligned isotropic grid (shape, affine) of odd size centred on a world point, reaching ``half_mm``."""
+    n = int(np.ceil(half_mm / step_mm))
+    shape = (2 * n + 1,) * 3
+    aff = np.diag([step_mm, step_mm, step_mm, 1.0])
+    aff[:3, 3] = np.asarray(centre_ras, np.float64) - n * step_mm
+    return shape, aff
+
+
+# ---------------------------------------------------------------- the resampler
+
+
+def resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int],
+             order: int = 1, cval: float = 0.0, src_to_dst: np.ndarray | None = None) -> np.ndarray:
+    """Resample an array onto another grid, world to world (any orientation).
+
+    Each destination voxel centre p (world) samples the source at
+    ``inv(src_to_dst) @ p`` (``src_to_dst``: a 4x4 world map from the source's
+    world to the destination's, e.g. follow-up -> baseline; None: the same
+    world). ``order`` 1 = trilinear (float32 out), 0 = nearest neighbour
+    (dtype kept). Outside the source: ``cval``.
+    """
+    vox = np.linalg.inv(np.asarray(src_affine, np.float64))
+    if src_to_dst is not None:
+        vox = vox @ np.linalg.inv(np.asarray(src_to_dst, np.float64))
+    vox = vox @ np.asarray(dst_affine, np.float64)
+    src = np.asarray(data) if order == 0 else np.asarray(data).astype(np.float32, copy=False)
+    out = ndimage.affine_transform(src, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(int(s) for s in dst_shape),
+                                   order=order, mode="constant", cval=cval, prefilter=False)
+    return out.astype(src.dtype, copy=False)
+
+
+def resample_labels(labels: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int],
+                    num_classes: int) -> np.ndarray:
+    """Resample a label map by linear interpolation of each class's one-hot mask, then argmax."""
+    best = np.full(tuple(dst_shape), -1.0, np.float32)
+    out = np.zeros(tuple(dst_shape), np.uint8)
+    for c in range(num_classes):
+        p = resample((labels == c).astype(np.float32), src_affine, dst_affine, dst_shape, 1, 1.0 if c == 0 else 0.0)
+        better = p > best
+        out[better] = c
+        best[better] = p[better]
+    return out
+
+
+def resample_probs(probs: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int]) -> np.ndarray:
+    """Resample class probabilities (C, ...) linearly; outside the source -> background."""
+    out = np.empty((probs.shape[0],) + tuple(int(s) for s in dst_shape), np.float32)
+    for c in range(probs.shape[0]):
+        out[c] = resample(probs[c], src_affine, dst_affine, dst_shape, 1, 1.0 if c == 0 else 0.0)
+    return out
