@@ -12,7 +12,10 @@ Slice orientations that differ by float noise (within the reader's
 
 Only PatientID, StudyInstanceUID, AccessionNumber, StudyDate, StudyTime and
 StudyID (the study's identity) are taken from the source; names, birth dates, sex, age and everything else about
-the patient are left empty.
+the patient are left empty. :func:`copy_patient_module` copies the Patient module from the source afterwards
+(what a PACS needs to file the objects with the right patient; onfh-pacs does it unless ``deidentify=true``).
+With ``seg`` given, the SR's hip groups are TID 1411 volumetric groups that reference the SEG's necrotic
+segment and the source series (TID 1500 segmentation reference).
 """
 
 from __future__ import annotations
@@ -142,6 +145,21 @@ def _scrub(ds: Dataset) -> None:
     for keyword in FORBIDDEN_KEYWORDS:
         if keyword in ds:
             delattr(ds, keyword)
+
+
+# Patient module attributes (PS3.3 C.7.1.1) copied by copy_patient_module.
+PATIENT_MODULE_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "OtherPatientIDsSequence", "PatientBirthTime", "PatientComments",
+)
+
+
+def copy_patient_module(ds: Dataset, source: Dataset) -> Dataset:
+    """Copy the Patient module attributes present in ``source`` into ``ds`` (in place; also returned)."""
+    for keyword in PATIENT_MODULE_KEYWORDS:
+        if keyword in source:
+            setattr(ds, keyword, copy.deepcopy(source[keyword].value))
+    return ds
 
 
 def _local_scheme_item() -> Dataset:
@@ -305,8 +323,9 @@ def _number(hip: Mapping[str, Any], key: str) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _hip_group(hip: Mapping[str, Any], model_version: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for one hip: volume, % head, SIR and ARCO extent."""
+def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None = None) -> Any:
+    """TID 1501 group for one hip: volume, % head, SIR and ARCO extent (TID 1411 referencing the SEG's
+    necrotic segment and its source series when ``seg`` is given)."""
     side = str(hip.get("side", "")).lower()
     if side not in ("right", "left"):
         raise DicomError(f"hip side must be 'right' or 'left', got {hip.get('side')!r}")
@@ -328,6 +347,19 @@ def _hip_group(hip: Mapping[str, Any], model_version: str) -> hd.sr.Measurements
             raise DicomError(f"arco_extent must be one of {sorted(ARCO_EXTENT_CODES)}, got {extent!r}")
         evaluations.append(hd.sr.QualitativeEvaluation(LOCAL_ARCO_EXTENT, ARCO_EXTENT_CODES[str(extent)]))
     laterality = SCT_RIGHT if side == "right" else SCT_LEFT
+    if seg is not None:
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=labels.NECROTIC,
+                source_series=hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)),
+            finding_type=SCT_NECROSIS,
+            finding_category=SCT_MORPH_ABNORMAL,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=SCT_FEMORAL_HEAD, laterality=laterality)],
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
         finding_type=SCT_NECROSIS,
@@ -344,8 +376,12 @@ def build_dicom_sr(
     source_datasets: Sequence[Dataset],
     model_version: str | None = None,
     series_number: int = 9002,
+    seg: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report (Comprehensive 3D SR) with one group per trusted hip.
+
+    With ``seg`` (the DICOM SEG of the same scan) each group references its
+    necrotic segment and source series, and the SEG is listed as evidence.
 
     Hips with ``trusted: false`` (a QC flag makes their numbers untrustworthy)
     get no measurement group; DicomError when no hip is left.
@@ -372,11 +408,11 @@ def build_dicom_sr(
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=SCT_IMAGING_PROCEDURE,
-        imaging_measurements=[_hip_group(hip, version) for hip in hips],
+        imaging_measurements=[_hip_group(hip, version, seg) for hip in hips],
     )
     refs = snap_orientation([reference_copy(ds) for ds in source_datasets])
     sr = hd.sr.Comprehensive3DSR(
-        evidence=refs,
+        evidence=refs + ([seg] if seg is not None else []),
         content=report[0],
         series_instance_uid=hd.UID(),
         series_number=series_number,
@@ -397,7 +433,8 @@ def write_dicom_sr(
     out_path: str | Path,
     model_version: str | None = None,
     series_number: int = 9002,
+    seg: Dataset | None = None,
 ) -> Path:
     """Build the SR (see :func:`build_dicom_sr`) and write it atomically."""
-    sr = build_dicom_sr(measurements, source_datasets, model_version, series_number)
+    sr = build_dicom_sr(measurements, source_datasets, model_version, series_number, seg=seg)
     return _save(sr, out_path)
