@@ -1,0 +1,61 @@
+"""Demo data for the round trip: a NIfTI scan (e.g. from onfh-synth) as a single-frame MR DICOM series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+
+def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: str, patient_name: str,
+                          study_uid: str, study_date: str, accession: str = "", study_id: str = "1",
+                          description: str = "t1_tse_cor", series_number: int = 3,
+                          body_part: str = "HIP") -> list[Path]:
+    """Write ``nifti`` as an MR series (int16 scaled to 0..4000, the same world geometry) into ``folder``."""
+    img = nib.load(str(nifti))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    if data.ndim != 3:
+        raise ValueError(f"{nifti}: expected a 3-D image, got shape {data.shape}")
+    lo, hi = float(data.min()), float(data.max())
+    scaled = np.round((data - lo) / (hi - lo if hi > lo else 1.0) * 4000.0).astype(np.int16)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(scaled.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = study_date, "120000", accession, study_id
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.BodyPartExamined, ds.Manufacturer = "MR", body_part, "onfh-synth"
+        ds.SeriesDescription = ds.ProtocolName = description
+        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = 500.0, 12.0, 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        ds.PositionReferenceIndicator = ""
+        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = scaled.shape[1], scaled.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(scaled[:, :, k].T).tobytes()
+        path = folder / f"IM{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
