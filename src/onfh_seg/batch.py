@@ -8,6 +8,10 @@ on each:
   ``ProcessPoolExecutor`` (spawn) whose initializer builds one segmenter per
   worker; ONNX Runtime threads per worker = ``threads`` or, when 0,
   ``max(1, cores // N)``;
+* ``executor=dask`` runs the same jobs as Dask tasks (:mod:`onfh_seg.dask_exec`): a
+  local cluster of ``workers`` processes (one thread each), or the running
+  cluster at ``scheduler=tcp://HOST:8786``; same outputs, same run records,
+  written here;
 * resume: a scan whose ``<name>_measurements.json`` says ok with the same
   ``input_sha256``, ``model_version`` and result settings
   (``pipeline.RESULT_SETTINGS``) and whose outputs exist is skipped; a
@@ -35,6 +39,7 @@ no scan succeeded (done + skipped == 0), else 0. No torch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -320,6 +325,8 @@ def write_run_manifest(
         "providers": providers,
         "provider_requested": spec.provider,
         "provider_used": provider_used(summary.results),
+        "executor": str(cfg.get("executor") or "local"),
+        "scheduler": cfg.get("scheduler"),
         "workers": workers,
         "threads_per_worker": spec.threads,
         "started": started,
@@ -448,7 +455,7 @@ def run_batch(
     """Run inference as configured (keys of configs/infer.yaml) and write the run records.
 
     ``segmenter_factory(threads)`` replaces the configured engine for an
-    in-process run (``workers=1``); pool workers always build
+    in-process run (``workers=1``); pool and Dask workers always build
     ``cfg["engine"]`` themselves. Keys missing from ``cfg`` take onfh-infer's defaults.
     """
     t0 = time.perf_counter()
@@ -466,6 +473,16 @@ def run_batch(
     workers_wanted = int(cfg["workers"])
     if workers_wanted < 1:
         raise ValueError("workers must be >= 1")
+    executor = str(cfg.get("executor") or "local").lower()
+    if executor not in ("local", "dask"):
+        raise ValueError(f"executor must be local or dask, got {executor!r}")
+    scheduler = str(cfg["scheduler"]).strip() if cfg.get("scheduler") else None
+    if scheduler and executor != "dask":
+        raise ValueError("scheduler= needs executor=dask")
+    if executor == "dask":
+        from onfh_seg.dask_exec import require_distributed
+
+        require_distributed()  # before any work: a missing extra is one line
 
     check_writable(out_dir)  # before any work: a read-only out_dir is a one-line error at once
 
@@ -474,6 +491,8 @@ def run_batch(
                         allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]))
     workers = min(workers_wanted, len(jobs))
     spec = engine_spec({**cfg, "provider": provider}, workers)
+    if scheduler and int(cfg["threads"]) <= 0:  # the remote workers' cores are not known here
+        spec = dataclasses.replace(spec, threads=1)
     if segmenter_factory is None and not Path(spec.model_dir).exists():
         raise FileNotFoundError(f"model folder not found: {spec.model_dir} (set model_dir=...)")
 
@@ -481,9 +500,13 @@ def run_batch(
     check_writable(out_dir)
     with DirLock(out_dir, "onfh-infer", wait=bool(cfg["wait_lock"])) as lock:
         remove_stale_temporaries(out_dir)
-        log.info("onfh-infer: %d scan(s) from %s -> %s (workers %d, %d thread(s) each)",
-                 len(jobs), cfg.get("input"), out_dir, workers, spec.threads)
-        if workers > 1 and segmenter_factory is None:
+        log.info("onfh-infer: %d scan(s) from %s -> %s (%s, workers %d, %d thread(s) each)",
+                 len(jobs), cfg.get("input"), out_dir, scheduler or executor, workers, spec.threads)
+        if executor == "dask" and jobs:
+            from onfh_seg.dask_exec import run_dask
+
+            results = run_dask(jobs, out_dir, cfg, spec, workers, scheduler, _report, _progress)
+        elif workers > 1 and segmenter_factory is None:
             results = _run_pool(jobs, out_dir, cfg, spec, workers, lock)
         else:
             results = _run_here(jobs, out_dir, cfg, spec, segmenter_factory)

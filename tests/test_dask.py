@@ -1,0 +1,137 @@
+"""executor=dask (onfh_seg.dask_exec): same outputs as the local pool, resume, failure isolation, a killed worker.
+
+Uses the ten-scan batch of tests/test_batch.py (9 good scans, 1 truncated) and
+its ``FakeSegmenter``; a 2-worker local Dask cluster runs in the default suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed", reason="executor=dask needs dask[distributed] (pip install 'onfh-seg[dask]')")
+
+from onfh_seg.batch import run_batch  # noqa: E402
+from onfh_seg.dask_exec import cached_segmenter, open_client  # noqa: E402
+from onfh_seg import dask_exec  # noqa: E402
+from onfh_seg.io.nifti import TMP_MARK  # noqa: E402
+from test_batch import (  # noqa: E402,F401  (fixtures)
+    BIN, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries, reference_run,
+)
+
+
+class KillingSegmenter(FakeSegmenter):
+    """FakeSegmenter whose first ``segment`` call in the whole run (env ``KILL_MARKER``, a file created once)
+    leaves a temporary in out_dir (env ``KILL_OUT``), as an interrupted atomic write would, and SIGKILLs its
+    own worker process."""
+
+    def segment(self, image, affine):
+        marker = os.environ.get("KILL_MARKER")
+        if marker:
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                fd = None
+            if fd is not None:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                tmp = Path(os.environ["KILL_OUT"]) / f".victim_seg.nii.gz{TMP_MARK}{os.getpid()}-abc.tmp"
+                tmp.write_bytes(b"half")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().segment(image, affine)
+
+
+def same_outputs(ref: Path, out: Path) -> None:
+    """Byte-identical CSVs and segmentations; identical measurements JSONs except timings."""
+    for name in ("measurements.csv", "errors.csv"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    segs = sorted(p.name for p in ref.glob("*_seg.nii.gz"))
+    assert segs and segs == sorted(p.name for p in out.glob("*_seg.nii.gz"))
+    for name in segs:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    jsons = sorted(p.name for p in ref.glob("*_measurements.json"))
+    assert jsons == sorted(p.name for p in out.glob("*_measurements.json"))
+    for name in jsons:
+        a, b = json.loads((ref / name).read_text()), json.loads((out / name).read_text())
+        a.pop("timings"), b.pop("timings")
+        assert a == b, name
+
+
+def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tmp_path) -> None:
+    """2-worker local cluster == in-process workers=1 == 2-process pool; a broken scan is isolated; a second
+    Dask run (1 worker, through scheduler=ADDRESS) skips the finished scans and retries the failed one."""
+    scans, model = batch_set
+    ref, _ = reference_run
+    pool = tmp_path / "pool"
+    summary = run_batch(base_cfg(scans, pool, model, workers=2))
+    assert (summary.done, summary.failed) == (9, 1)
+    out = tmp_path / "dask"
+    summary = run_batch(base_cfg(scans, out, model, workers=2, executor="dask"))
+    assert (summary.done, summary.skipped, summary.failed) == (9, 0, 1)
+    assert [r["name"] for r in summary.results] == [r["name"] for r in reference_run[1].results]
+    same_outputs(ref, out)
+    same_outputs(pool, out)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["executor"] == "dask" and manifest["workers"] == 2 and manifest["scheduler"] is None
+    assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "failed": 1}
+    assert no_temporaries(out) == []
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        summary = run_batch(base_cfg(scans, out, model, executor="dask", scheduler=cluster.scheduler_address))
+    assert (summary.done, summary.skipped, summary.failed) == (0, 9, 1)
+    same_outputs(ref, out)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["scheduler"] == cluster.scheduler_address and manifest["threads_per_worker"] == 1
+
+
+def test_killed_worker_scan_runs_again_elsewhere(batch_set, reference_run, tmp_path, monkeypatch) -> None:
+    """A worker SIGKILLed in the middle of a scan: Dask runs that scan on another worker; outputs complete and
+    identical, the dead worker's temporary removed."""
+    scans, model = batch_set
+    ref, _ = reference_run
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "killed.pid"
+    monkeypatch.setenv("KILL_MARKER", str(marker))
+    monkeypatch.setenv("KILL_OUT", str(out))
+    summary = run_batch(base_cfg(scans, out, model, workers=2, executor="dask", engine="test_dask:KillingSegmenter"))
+    assert marker.is_file(), "no worker was killed"
+    assert (summary.done, summary.skipped, summary.failed) == (9, 0, 1)
+    same_outputs(ref, out)
+    assert no_temporaries(out) == []
+
+
+def test_segmenter_built_once_per_process(tmp_path) -> None:
+    """The per-process cache builds a segmenter once per engine spec; a failure is one line, every time."""
+    from onfh_seg.batch import EngineSpec
+
+    spec = EngineSpec("test_batch:FakeSegmenter", str(tmp_path), "cpu", 1, False, False)
+    first = cached_segmenter(spec)
+    assert cached_segmenter(spec) is first
+    bad = EngineSpec("test_batch:FakeSegmenter", str(tmp_path / "missing"), "cpu", 1, False, False)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="fake model folder not found"):
+            cached_segmenter(bad)
+
+
+def test_unreachable_scheduler_is_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(dask_exec, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(OSError, match=r"^cannot reach the Dask scheduler tcp://127\.0\.0\.1:9: "):
+        open_client(1, "tcp://127.0.0.1:9")
+
+
+def test_cli_scheduler_without_dask_is_one_line(batch_set, tmp_path) -> None:
+    scans, model = batch_set
+    res = subprocess.run([str(BIN / "onfh-infer"), f"input={scans}", f"out_dir={tmp_path / 'o'}",
+                          f"model_dir={model}", "scheduler=tcp://127.0.0.1:9"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=cli_env())
+    assert res.returncode != 0
+    assert "scheduler= needs executor=dask" in res.stderr and "Traceback" not in res.stderr
