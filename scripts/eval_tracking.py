@@ -15,7 +15,7 @@ What it does:
 1. Generates a cohort with ``onfh-synth`` settings (configs/synth.yaml) and a
    seed that differs from training cohorts, unless ``--out/cohort`` exists.
 2. "truth" arm: onfh-infer outputs emulated from the truth labels
-   (``longitudinal.write_truth_infer_outputs``), so only tracking is measured.
+   (``tests/truth_infer.write_truth_infer_outputs``), so only tracking is measured.
    "model" arm (with ``--model-dir`` or ``--infer-dir``): the real onfh-infer
    outputs.
 3. Tracks every patient (``track_patient``, registration per hip) and, as the
@@ -54,13 +54,14 @@ from onfh_seg.geometry import mask_centroid_ras  # noqa: E402
 from onfh_seg.io.manifest import read_manifest, resolve  # noqa: E402
 from onfh_seg.io.nifti import atomic_write_text, load_nifti  # noqa: E402
 from onfh_seg.labels import LESION_LABELS  # noqa: E402
-from onfh_seg.track.longitudinal import (  # noqa: E402
-    TrackParams,
-    collect_patients,
-    track_patient,
-    write_truth_infer_outputs,
-)
-from onfh_seg.track.register import RegistrationParams, apply, target_registration_error  # noqa: E402
+from onfh_seg.geometry import apply  # noqa: E402
+from onfh_seg.track.inputs import collect_patients  # noqa: E402
+from onfh_seg.track.params import TrackParams  # noqa: E402
+from onfh_seg.track.patient import track_patient  # noqa: E402
+from onfh_seg.track.register import RegistrationParams, target_registration_error  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from truth_infer import write_truth_infer_outputs  # noqa: E402  (the test stand-in for onfh-infer)
 
 
 def synth_config(seed: int, n: int, months: list[float], max_matrix: int | None) -> dict:

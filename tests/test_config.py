@@ -165,7 +165,7 @@ def test_export_refuses_the_shipped_model_folder_unless_forced(tmp_path: Path) -
 
 def test_tracking_parameter_defaults_equal_the_yaml() -> None:
     """TrackParams / RegistrationParams (library defaults for direct callers) cannot drift from track.yaml."""
-    from onfh_seg.track.longitudinal import TrackParams
+    from onfh_seg.track.params import TrackParams
     from onfh_seg.track.register import RegistrationParams
 
     yaml = config.defaults("track")

@@ -11,19 +11,12 @@ import pytest
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import save_nifti
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
-from onfh_seg.track.longitudinal import (
-    TIDY_COLUMNS,
-    collect_patients,
-    correlations,
-    lesion_changes,
-    score_changes,
-    spearman,
-    summary_rows,
-    tidy_rows,
-    track_patient,
-    write_truth_infer_outputs,
-)
-from onfh_seg.track.register import apply
+from onfh_seg.geometry import apply
+from onfh_seg.track.changes import lesion_changes
+from onfh_seg.track.inputs import collect_patients
+from onfh_seg.track.patient import score_changes, track_patient
+from onfh_seg.track.tables import TIDY_COLUMNS, correlations, spearman, summary_rows, tidy_rows
+from truth_infer import write_truth_infer_outputs
 
 # ---------------------------------------------------------------- toy hip with exactly known answers
 
@@ -245,7 +238,7 @@ def test_phantom_transform_files(phantom):
 
 def test_tiny_baseline_lesion_counts_as_none(tmp_path):
     """A baseline lesion below min_lesion_ml (e.g. specks on a healthy hip) gives no regenerated fraction or zone SIR."""
-    from onfh_seg.track.longitudinal import TrackParams
+    from onfh_seg.track.params import TrackParams
 
     root = tmp_path
     aff = toy_affine()

@@ -267,7 +267,7 @@ def test_synth_pool_workers_end_with_their_parent(tmp_path):
 
 
 def test_track_pool_workers_end_with_their_parent(scan_set, tmp_path):
-    from onfh_seg.track.longitudinal import write_truth_infer_outputs
+    from truth_infer import write_truth_infer_outputs
 
     _, _, cohort = scan_set
     infer = write_truth_infer_outputs(cohort / "manifest.csv", tmp_path / "infer")

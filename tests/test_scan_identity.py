@@ -24,7 +24,8 @@ import pytest
 from onfh_seg.batch import run_batch
 from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
 from onfh_seg.track.identity import read_infer_dir
-from onfh_seg.track.longitudinal import collect_patients, track_cohort
+from onfh_seg.track.cohort import track_cohort
+from onfh_seg.track.inputs import collect_patients
 
 ROOT = Path(__file__).resolve().parents[1]
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

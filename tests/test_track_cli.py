@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from onfh_seg.io.manifest import read_manifest, resolve, write_manifest
-from onfh_seg.track.longitudinal import (
-    ERROR_COLUMNS,
-    HASHED_KEYS,
-    TIDY_COLUMNS,
-    collect_patients,
-    input_hash,
-    track_cohort,
-    write_truth_infer_outputs,
-)
+from onfh_seg.track.cohort import HASHED_KEYS, track_cohort
+from onfh_seg.track.inputs import collect_patients, input_hash
+from onfh_seg.track.tables import ERROR_COLUMNS, TIDY_COLUMNS
+from truth_infer import write_truth_infer_outputs
 
 EXE = str(Path(sys.executable).parent / "onfh-track")
 ROOT = Path(__file__).resolve().parents[1]

@@ -108,7 +108,7 @@ def track(manifest: str | Path, infer_dir: str | Path, out_dir: str | Path, **se
                                     "out_dir": str(out_dir)})
     if not Path(cfg["manifest"]).is_file():
         raise FileNotFoundError(f"manifest not found: {cfg['manifest']}")
-    from onfh_seg.track.longitudinal import track_cohort
+    from onfh_seg.track.cohort import track_cohort
 
     with tracking_run(cfg):
         return track_cohort(cfg)

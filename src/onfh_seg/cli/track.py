@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> int:
     from onfh_seg.api import tracking_run
     from onfh_seg.io.manifest import read_manifest
     from onfh_seg.lifecycle import check_writable
-    from onfh_seg.track.longitudinal import track_cohort
+    from onfh_seg.track.cohort import track_cohort
 
     c = to_dict(cfg)  # validated by hydra_main (onfh_seg.config)
     if not str(c["out_dir"] or "").strip():

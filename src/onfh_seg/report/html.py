@@ -2,7 +2,7 @@
 
 No external files, scripts, fonts or style sheets: the file can be mailed or
 archived on its own. Everything shown comes from the patient record written by
-``track.longitudinal.track_patient`` plus the figures of ``report.plots``.
+``track.patient.compute_patient`` plus the figures of ``report.plots``.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def write_report(record: dict, views: Mapping[str, Sequence] | None, path: str |
     """Render figures and write ``path`` atomically.
 
     ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``
-    as filled by ``track_patient``.
+    as filled by ``track.patient.compute_patient``.
     """
     from onfh_seg.report.plots import trajectory_png, views_png
 
