@@ -1,0 +1,151 @@
+"""onfh-pacs without a PACS: ledger, audit log, retries, date ranges, the listener's on-disk queue, config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pynetdicom", reason="the 'pacs' extra (pynetdicom) is not installed")
+pytest.importorskip("dicomweb_client", reason="the 'pacs' extra (dicomweb-client) is not installed")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
+
+from onfh_seg.pacs.listener import StudyQueue, read_study_state  # noqa: E402
+from onfh_seg.pacs.net import NetworkError, with_retries  # noqa: E402
+from onfh_seg.pacs.pull import date_range  # noqa: E402
+from onfh_seg.pacs.state import Ledger, append_audit, audit_record, read_audit, settings_key  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def instance(study_uid: str) -> Dataset:
+    """A minimal MR instance header (no pixels) of ``study_uid``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.Modality, ds.PatientName = study_uid, "MR", "Doe^Jane"
+    return ds
+
+
+def test_ledger_done_only_with_the_same_key_and_a_final_status(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    key = settings_key("v1", {"tta": True})
+    ledger.record("1.2.3", "sent", key)
+    ledger.record("1.2.4", "error", key, reason="network: down")
+    again = Ledger(tmp_path / "ledger.json")  # persisted
+    assert again.is_done("1.2.3", key)
+    assert not again.is_done("1.2.3", settings_key("v2", {"tta": True}))  # new model: processed again
+    assert not again.is_done("1.2.3", settings_key("v1", {"tta": False}))  # other settings
+    assert not again.is_done("1.2.4", key)  # failed studies are tried again
+
+
+def test_broken_ledger_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "ledger.json").write_text("{not json")
+    with pytest.raises(ValueError, match="ledger .* is not valid JSON"):
+        Ledger(tmp_path / "ledger.json")
+
+
+def test_audit_lines_never_hold_a_patient_name(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    append_audit(path, audit_record(study_uid="1.2.3", status="sent", PatientName="Doe^Jane", patient_name="Jane"))
+    append_audit(path, audit_record(study_uid="1.2.4", status="refused", reason="not_hip_anatomy: ..."))
+    lines = read_audit(path)
+    assert [r["study_uid"] for r in lines] == ["1.2.3", "1.2.4"]
+    assert "Jane" not in path.read_text()
+
+
+def test_retries_back_off_then_report_one_line() -> None:
+    import requests
+
+    delays: list[float] = []
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise requests.ConnectionError("connection refused")
+        return "ok"
+
+    assert with_retries(flaky, "QIDO-RS", retries=4, backoff_s=0.5, sleep=delays.append) == "ok"
+    assert delays == [0.5, 1.0]
+
+    def down() -> None:
+        raise requests.ConnectionError("connection refused")
+
+    with pytest.raises(NetworkError, match="STOW-RS failed after 3 tries: ConnectionError"):
+        with_retries(down, "STOW-RS", retries=2, backoff_s=0.0, sleep=delays.append)
+
+    def bad_request() -> None:  # a client error is not retried
+        response = requests.Response()
+        response.status_code = 400
+        raise requests.HTTPError("400 Bad Request", response=response)
+
+    calls["n"] = 0
+    with pytest.raises(requests.HTTPError):
+        with_retries(bad_request, "STOW-RS", retries=3, backoff_s=0.0, sleep=delays.append)
+
+
+def test_date_range_modes(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    assert date_range({"study_uid": "1.2.3"}, ledger) is None
+    assert date_range({"date_from": "20260101", "date_to": "20260131"}, ledger) == ("20260101", "20260131")
+    assert date_range({"since_last_run": True, "lookback_days": 1}, ledger) == ("", "")  # first run: all
+    ledger.meta["last_run_date"] = "20260301"
+    assert date_range({"since_last_run": True, "lookback_days": 1}, ledger) == ("20260228", "")
+    with pytest.raises(ValueError, match="YYYYMMDD"):
+        date_range({"date_from": "2026-01-01"}, ledger)
+    with pytest.raises(ValueError, match="pull mode needs"):
+        date_range({}, ledger)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_queue_settles_claims_and_requeues(tmp_path: Path) -> None:
+    queue = StudyQueue(tmp_path)
+    study = generate_uid()
+    for k in range(3):
+        queue.add(instance(study), "MODALITY", now=100.0 + k)
+    folder = queue.incoming / study
+    assert len(list(folder.glob("*.dcm"))) == 3
+    state = read_study_state(folder)
+    assert (state["first_received"], state["last_received"], state["instances"]) == (100.0, 102.0, 3)
+    assert queue.settled(5.0, now=106.0) == []  # last instance 4 s ago
+    assert queue.settled(5.0, now=107.0) == [study]
+    claimed = queue.claim(study)
+    assert claimed == queue.processing / study and not folder.exists()
+    queue.add(instance(study), "MODALITY", now=110.0)  # a late instance starts a new incoming folder
+    assert StudyQueue(tmp_path).requeue_all() == [study]  # a restart: back to incoming, merged
+    assert len(list(folder.glob("*.dcm"))) == 4 and not (queue.processing / study).exists()
+    assert read_study_state(folder)["last_received"] == 110.0
+    bad = instance("not a uid")
+    with pytest.raises(ValueError):
+        queue.add(bad, "MODALITY")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mode=bogus"], "mode must be one of pull, listen"),
+    (["mode=listen", "listen.port=70000"], "listen.port must be a TCP port"),
+    (["mode=listen", "listen.dest_ae=WAY_TOO_LONG_AE_TITLE"], "listen.dest_ae must be 1-16 characters"),
+    (["mode=pull"], "pull mode needs pull.study_uid"),
+])
+def test_cli_bad_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "onfh_seg.pacs.cli", f"state_dir={tmp_path}", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_defaults_are_safe() -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "configs" / "pacs.yaml")
+    assert cfg.deidentify is False and cfg.listen.host == "127.0.0.1" and cfg.mode == "pull"
+    assert json.loads(json.dumps(OmegaConf.to_container(cfg.listen)))["settle_s"] > 0
