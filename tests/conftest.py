@@ -1,13 +1,22 @@
-"""Shared fixtures: small synthetic cohorts generated once per session."""
+"""Shared fixtures and helpers: small synthetic cohorts generated once per session, CLI runs, CSV and SR readers."""
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"
+BIN = Path(sys.executable).parent
 
 
 def synth_cfg(**over) -> dict:
@@ -25,3 +34,75 @@ def small_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     cfg = synth_cfg(n_patients=2, seed=5, months=[0, 6, 12], acquisition={"max_matrix": 200})
     return generate_cohort(cfg, out)
+
+
+def synth_cohort(tmp_path_factory) -> Path:
+    """A tiny onfh-synth cohort (2 patients x 2 visits), generated once per test session."""
+    out = tmp_path_factory.getbasetemp() / "synth_cohort"
+    if (out / "manifest.csv").is_file():
+        return out
+    work = tmp_path_factory.mktemp("synth_run")
+    cmd = [str(BIN / "onfh-synth"), f"out_dir={out}", "n_patients=2", "seed=3", "months=[0,6]",
+           "acquisition.max_matrix=160"]
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def cli_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["ONFH_SEG_CONFIGS"] = str(ROOT / "configs")
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "onfh-infer"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(**env))
+
+
+def no_temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def walk(items: Any) -> list[Dataset]:
+    """All content items of an SR content tree, depth first."""
+    out = []
+    for item in items:
+        out.append(item)
+        out.extend(walk(item.get("ContentSequence", [])))
+    return out
+
+
+def read_sr_hips(path: Path) -> dict[str, dict[str, Any]]:
+    """Per side: {concept meaning: (value, unit) or coded value} from the SR, with pydicom only."""
+    sr = pydicom.dcmread(path)
+    hips: dict[str, dict[str, Any]] = {}
+    for group in walk(sr.ContentSequence):
+        template = group.get("ContentTemplateSequence")
+        if group.ValueType != "CONTAINER" or not template or template[0].TemplateIdentifier != "1501":
+            continue
+        found: dict[str, Any] = {}
+        side = None
+        for item in group.ContentSequence:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if item.ValueType == "NUM":
+                value = item.MeasuredValueSequence[0]
+                found[name] = (float(value.NumericValue), value.MeasurementUnitsCodeSequence[0].CodeValue)
+            elif item.ValueType == "CODE":
+                code = item.ConceptCodeSequence[0]
+                found[name] = (code.CodeValue, code.CodingSchemeDesignator)
+                if name == "Finding Site":
+                    for mod in item.get("ContentSequence", []):
+                        if mod.ConceptNameCodeSequence[0].CodeMeaning == "Laterality":
+                            side = mod.ConceptCodeSequence[0].CodeMeaning.lower()
+        assert side is not None
+        hips[side] = found
+    return hips

@@ -22,7 +22,7 @@ from onfh_seg.io.dicom import DicomError, SeriesInfo, select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.measure import CSV_COLUMNS, measurements_row
-from test_dicom_out import read_sr_hips
+from conftest import read_sr_hips
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -8,14 +8,12 @@ engine is exercised by tests/test_entrypoint.py.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +27,8 @@ from onfh_seg.infer.inputs import load_nifti_checked, validate_image
 from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.measure import CSV_COLUMNS
+from conftest import BIN, cli_env, no_temporaries, read_csv, run_cli, synth_cohort
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 FAKE_ENGINE = "test_batch:FakeSegmenter"
 
 
@@ -103,19 +99,6 @@ class FakeSegmenter:
 # ---------------------------------------------------------------- shared fixtures / helpers
 
 
-def synth_cohort(tmp_path_factory) -> Path:
-    """A tiny onfh-synth cohort (2 patients x 2 visits), generated once per test session."""
-    out = tmp_path_factory.getbasetemp() / "synth_cohort"
-    if (out / "manifest.csv").is_file():
-        return out
-    work = tmp_path_factory.mktemp("synth_run")
-    cmd = [str(BIN / "onfh-synth"), f"out_dir={out}", "n_patients=2", "seed=3", "months=[0,6]",
-           "acquisition.max_matrix=160"]
-    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return out
-
-
 def fake_model_dir(cohort: Path, dest: Path) -> Path:
     """A FakeSegmenter model folder holding the cohort's image/label pairs."""
     for sub in ("images", "labels"):
@@ -157,29 +140,6 @@ def base_cfg(input_path: Path, out_dir: Path, model_dir: Path, **over) -> dict:
 
 def factory(model_dir: Path):
     return lambda threads: FakeSegmenter(model_dir, threads=threads)
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def cli_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ONFH_SEG_CONFIGS"] = str(ROOT / "configs")
-    env.update(extra)
-    return env
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "onfh-infer"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(**env))
-
-
-def no_temporaries(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
 # ---------------------------------------------------------------- the batch of ten

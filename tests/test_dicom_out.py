@@ -22,6 +22,7 @@ from onfh_seg.io.dicom_out import (
     write_dicom_sr,
 )
 from onfh_seg.io.nifti import make_image
+from conftest import read_sr_hips
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HFS = SHARED / "data" / "dicom" / "siemens_t1_decubitus" / "HFS"
@@ -78,42 +79,6 @@ def read_seg_label_map(path: Path, source: list[Dataset]) -> np.ndarray:
         np.testing.assert_allclose(position, [float(v) for v in sorted_source[k].ImagePositionPatient], atol=1e-3)
         frames[k][bits[f] > 0] = number
     return np.transpose(frames, (2, 1, 0))
-
-
-def walk(items: Any) -> list[Dataset]:
-    """All content items of an SR content tree, depth first."""
-    out = []
-    for item in items:
-        out.append(item)
-        out.extend(walk(item.get("ContentSequence", [])))
-    return out
-
-
-def read_sr_hips(path: Path) -> dict[str, dict[str, Any]]:
-    """Per side: {concept meaning: (value, unit) or coded value} from the SR, with pydicom only."""
-    sr = pydicom.dcmread(path)
-    hips: dict[str, dict[str, Any]] = {}
-    for group in walk(sr.ContentSequence):
-        template = group.get("ContentTemplateSequence")
-        if group.ValueType != "CONTAINER" or not template or template[0].TemplateIdentifier != "1501":
-            continue
-        found: dict[str, Any] = {}
-        side = None
-        for item in group.ContentSequence:
-            name = item.ConceptNameCodeSequence[0].CodeMeaning
-            if item.ValueType == "NUM":
-                value = item.MeasuredValueSequence[0]
-                found[name] = (float(value.NumericValue), value.MeasurementUnitsCodeSequence[0].CodeValue)
-            elif item.ValueType == "CODE":
-                code = item.ConceptCodeSequence[0]
-                found[name] = (code.CodeValue, code.CodingSchemeDesignator)
-                if name == "Finding Site":
-                    for mod in item.get("ContentSequence", []):
-                        if mod.ConceptNameCodeSequence[0].CodeMeaning == "Laterality":
-                            side = mod.ConceptCodeSequence[0].CodeMeaning.lower()
-        assert side is not None
-        hips[side] = found
-    return hips
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_batch import read_csv, synth_cohort
+from conftest import read_csv, synth_cohort
 
 from onfh_seg.measure import CSV_COLUMNS
 

@@ -17,17 +17,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from test_batch import (
-    FAKE_ENGINE,
-    base_cfg,
-    cli_env,
-    factory,
-    no_temporaries,
-    read_csv,
-    run_cli,
-    synth_cohort,
-    truncated_copy,
-)
+from conftest import cli_env, no_temporaries, read_csv, run_cli, synth_cohort
+from test_batch import FAKE_ENGINE, base_cfg, factory, truncated_copy
 
 from onfh_seg.batch import run_batch
 from onfh_seg.infer.inputs import dicom_series_name, expand_input, load_scan

@@ -34,18 +34,8 @@ import pytest
 
 from onfh_seg.batch import run_batch
 from onfh_seg.lifecycle import DirLock, own_temporary_pid, remove_own_temporaries
-from test_batch import (
-    BIN,
-    FAKE_ENGINE,
-    ROOT,
-    base_cfg,
-    cli_env,
-    factory,
-    fake_model_dir,
-    no_temporaries,
-    synth_cohort,
-    write_crop,
-)
+from conftest import BIN, ROOT, cli_env, no_temporaries, synth_cohort
+from test_batch import FAKE_ENGINE, base_cfg, factory, fake_model_dir, write_crop
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
 
