@@ -19,13 +19,23 @@ def run(cfg: DictConfig) -> int:
 
     # `docker stop` / kill send SIGTERM: stop like Ctrl-C, so no partial outputs are left behind
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_batch(to_dict(cfg), command_line=["onfh-infer", *sys.argv[1:]])
+    c, command_line = to_dict(cfg), ["onfh-infer", *sys.argv[1:]]
+    reanalysis = None
+    if c.get("reanalyse"):  # an earlier run: re-run what another model/settings made, compare (onfh_seg.reanalyse)
+        from onfh_seg.reanalyse import run_reanalysis
+
+        reanalysis = run_reanalysis(c, command_line=command_line)
+        summary = reanalysis.batch
+    else:
+        summary = run_batch(c, command_line=command_line)
     used = provider_used(summary.results)
     if used:
         print(f"execution provider: {used}")  # what ONNX Runtime ran on, not what was asked for
     print(f"{summary.line()} -> {summary.out_dir}")
     if summary.failed:
         print(f"errors: {summary.out_dir / 'errors.csv'}", file=sys.stderr)
+    if reanalysis is not None:
+        print(f"{reanalysis.line} -> {reanalysis.table}")
     return summary.exit_code
 
 
