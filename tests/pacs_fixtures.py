@@ -126,3 +126,63 @@ def orthanc(tmp_path_factory):
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield server
     stop_orthanc(server)
+
+
+SHARED_HEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom" / "siemens_t1_decubitus" / "HFS"
+
+
+@dataclass
+class DemoStudy:
+    """One demo study on disk: its folder, StudyInstanceUID, source series UID and patient."""
+
+    folder: Path
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    patient_name: str
+
+
+@pytest.fixture(scope="session")
+def hip_studies(tmp_path_factory) -> list[DemoStudy]:
+    """Two patients, baseline + 6-month follow-up (onfh-synth, coronal, 160 matrix, ~22 slices) as MR DICOM studies."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from onfh_seg.io.manifest import read_manifest
+    from onfh_seg.pacs.demo import nifti_to_dicom_series
+    from onfh_seg.synth.cohort import generate_cohort, synth_config
+
+    root = tmp_path_factory.mktemp("pacs_cohort")
+    cfg = synth_config({"n_patients": 2, "seed": 3, "months": [0, 6],
+                        "acquisition": {"max_matrix": 160, "slice_mm": [5.0, 6.0], "small_fov_fraction": 0.0,
+                                        "orientations": {"axial": 0.0, "coronal": 1.0, "sagittal": 0.0}}})
+    manifest = generate_cohort(cfg, root / "cohort")
+    studies = []
+    for row in read_manifest(manifest):
+        if not row.get("image"):
+            continue
+        pid, months = str(row["patient_id"]), int(float(row["months"]))
+        study_uid, name = generate_uid(), f"Synthetic^{pid}"
+        folder = root / "dicom" / f"{pid}_m{months:02d}"
+        files = nifti_to_dicom_series(manifest.parent / row["image"], folder, patient_id=pid, patient_name=name,
+                                      study_uid=study_uid, study_date=f"2026{1 + months:02d}05",
+                                      accession=f"ACC{pid[-3:]}{months:02d}")
+        series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        studies.append(DemoStudy(folder, study_uid, series_uid, pid, name))
+    return studies
+
+
+def head_study() -> DemoStudy:
+    """The shared Siemens head series (skips the test when ../shared is absent)."""
+    import pydicom
+
+    files = sorted(SHARED_HEAD.glob("*.dcm")) if SHARED_HEAD.is_dir() else []
+    if not files:
+        pytest.skip(f"shared head series not found: {SHARED_HEAD}")
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return DemoStudy(SHARED_HEAD, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.PatientID),
+                     str(ds.PatientName))
+
+
+def study_files(study: DemoStudy) -> list[Path]:
+    return sorted(p for p in study.folder.iterdir() if p.suffix == ".dcm")
