@@ -135,3 +135,26 @@ def test_cli_scheduler_without_dask_is_one_line(batch_set, tmp_path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=cli_env())
     assert res.returncode != 0
     assert "scheduler= needs executor=dask" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_track_on_dask_matches_local(tmp_path_factory, tmp_path) -> None:
+    """onfh-track with executor=dask (one task per patient, 2 workers) writes the same files as workers=1 (~40 s: slow)."""
+    from conftest import synth_cohort as make_cohort
+    from onfh_seg.config import settings
+    from onfh_seg.track.cohort import track_cohort
+    from truth_infer import write_truth_infer_outputs
+
+    synth_cohort = make_cohort(tmp_path_factory)
+    infer = write_truth_infer_outputs(synth_cohort / "manifest.csv", tmp_path / "infer")
+    outs = []
+    for name, over in (("local", {}), ("dask", {"executor": "dask", "workers": 2})):
+        cfg = settings("track", {"manifest": str(synth_cohort / "manifest.csv"), "infer_dir": str(infer),
+                                 "out_dir": str(tmp_path / name), "report": False, **over})
+        res = track_cohort(cfg)
+        assert len(res.records) == 2 and not res.failed
+        outs.append(tmp_path / name)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
+    for f in files:
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f

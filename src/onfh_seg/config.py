@@ -153,6 +153,8 @@ class TrackSettings:
     infer_dir: Path_
     out_dir: Path_
     workers: int = dataclasses.field(metadata={"min": 1})
+    executor: Literal["local", "dask"] = dataclasses.field()
+    scheduler: Union[str, None] = dataclasses.field()
     resume: bool = dataclasses.field()
     wait_lock: bool = dataclasses.field()
     report: bool = dataclasses.field()

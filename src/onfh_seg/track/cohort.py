@@ -107,9 +107,13 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
             todo.append((p, dict(cfg), str(out), digest))
     failed: dict[str, str] = {}
     workers = max(1, int(cfg.get("workers", 1)))
-    if workers == 1 or len(todo) <= 1:
+    pool = None
+    if str(cfg.get("executor") or "local") == "dask" and todo:  # one Dask task per patient (onfh_seg.dask_exec)
+        from onfh_seg.dask_exec import map_dask
+
+        results = map_dask(_patient_job, todo, workers, cfg.get("scheduler"))
+    elif workers == 1 or len(todo) <= 1:
         results = map(_patient_job, todo)
-        pool = None
     else:
         import multiprocessing as mp
         import os
@@ -131,6 +135,8 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)  # interrupted: do not start the patients still queued
+        if hasattr(results, "close"):
+            results.close()  # Dask: cancel what is queued, end the local cluster
     records = dict(sorted(records.items()))
     errors = error_rows(records, failed, bad_rows)
     atomic_write_text(out / "errors.csv", csv_text(errors, ERROR_COLUMNS))
