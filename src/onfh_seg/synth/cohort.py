@@ -196,6 +196,33 @@ def _fine_truth(grids: dict, pat: Patient, months: float) -> dict[str, dict]:
     return out
 
 
+def hip_truth_records(pat: Patient, m: float, pose: np.ndarray, centres: dict[str, np.ndarray], fine: dict[str, dict],
+                      base_lesion_ml: dict[str, float], scan_vols: dict[str, dict]) -> list[dict]:
+    """The ``hips`` entries of a scan's truth JSON (both generator styles)."""
+    hips = []
+    for side, h in pat.hips.items():
+        st = hip_state(h, m)
+        rec = {
+            "side": side,
+            "head_centre_ras_mm": [round(float(v), 4) for v in centres[side]],
+            "head_radius_mm": round(h.radius, 3),
+            "stage": h.stage,
+            "mitchell": h.mitchell,
+            "response": h.response if h.diseased else "none",
+            "edema": bool(st.edema > 0),
+            "collapse_mm": round(st.collapse_mm, 3),
+            **fine[side],
+            "regenerated_fraction": round(fine[side]["regenerated_volume_ml"] / base_lesion_ml[side], 4)
+            if base_lesion_ml.get(side) else 0.0,
+            "scan_label_volumes_ml": scan_vols.get(side, {}),
+        }
+        if h.diseased:
+            dome = pose[:3, :3] @ h.dome + pose[:3, 3]
+            rec["dome_point_ras_mm"] = [round(float(v), 4) for v in dome]
+        hips.append(rec)
+    return hips
+
+
 def _scan_label_volumes(lab: np.ndarray, affine: np.ndarray, centres_world: dict[str, np.ndarray]) -> dict[str, dict]:
     """Label volumes on the scan grid, voxels split to the nearest head centre."""
     vox_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
@@ -243,27 +270,7 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
         centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
         scan_vols = _scan_label_volumes(lab, geom.affine, centres)
         to_base = plan.poses[0] @ np.linalg.inv(pose)
-        hips = []
-        for side, h in pat.hips.items():
-            st = hip_state(h, m)
-            rec = {
-                "side": side,
-                "head_centre_ras_mm": [round(float(v), 4) for v in centres[side]],
-                "head_radius_mm": round(h.radius, 3),
-                "stage": h.stage,
-                "mitchell": h.mitchell,
-                "response": h.response if h.diseased else "none",
-                "edema": bool(st.edema > 0),
-                "collapse_mm": round(st.collapse_mm, 3),
-                **fine[side],
-                "regenerated_fraction": round(fine[side]["regenerated_volume_ml"] / base_lesion_ml[side], 4)
-                if base_lesion_ml.get(side) else 0.0,
-                "scan_label_volumes_ml": scan_vols.get(side, {}),
-            }
-            if h.diseased:
-                dome = pose[:3, :3] @ h.dome + pose[:3, 3]
-                rec["dome_point_ras_mm"] = [round(float(v), 4) for v in dome]
-            hips.append(rec)
+        hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
         truth = {
             "patient_id": pat.patient_id,
             "timepoint": f"m{int(round(m)):02d}",

@@ -719,7 +719,7 @@ def plan_scans_b(plan, cfg: dict, index: int) -> tuple[str, list[ScanB]]:
 
 def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-B scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes
+    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes, hip_truth_records
 
     pat = plan.patient
     seed = int(cfg["seed"])
@@ -746,27 +746,7 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
         centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
         scan_vols = _scan_label_volumes(lab, scan.affine, centres)
         to_base = plan.poses[0] @ np.linalg.inv(pose)
-        hips = []
-        for side, h in pat.hips.items():
-            st = hip_state(h, m)
-            rec = {
-                "side": side,
-                "head_centre_ras_mm": [round(float(v), 4) for v in centres[side]],
-                "head_radius_mm": round(h.radius, 3),
-                "stage": h.stage,
-                "mitchell": h.mitchell,
-                "response": h.response if h.diseased else "none",
-                "edema": bool(st.edema > 0),
-                "collapse_mm": round(st.collapse_mm, 3),
-                **fine[side],
-                "regenerated_fraction": round(fine[side]["regenerated_volume_ml"] / base_lesion_ml[side], 4)
-                if base_lesion_ml.get(side) else 0.0,
-                "scan_label_volumes_ml": scan_vols.get(side, {}),
-            }
-            if h.diseased:
-                dome = pose[:3, :3] @ h.dome + pose[:3, 3]
-                rec["dome_point_ras_mm"] = [round(float(v), 4) for v in dome]
-            hips.append(rec)
+        hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
         truth = {
             "patient_id": pat.patient_id,
             "timepoint": f"m{int(round(m)):02d}",
