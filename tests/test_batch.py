@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from onfh_seg.batch import run_batch
-from onfh_seg.infer.inputs import load_nifti_checked, validate_image
+from onfh_seg.infer.image_read import load_nifti_checked, validate_image
 from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.measure import CSV_COLUMNS
