@@ -43,6 +43,19 @@ class Orthanc:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
             return json.loads(resp.read())
 
+    def post(self, path: str, body: bytes, method: str = "POST"):
+        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method)
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            text = resp.read()
+        return json.loads(text) if text.strip() else None
+
+    def push_study(self, study_uid: str, modality: str, ae_title: str, port: int) -> None:
+        """Register ``ae_title`` at 127.0.0.1:``port`` as ``modality`` and C-STORE the study to it (as a PACS does)."""
+        self.post(f"/modalities/{modality}", json.dumps({"AET": ae_title, "Host": "127.0.0.1", "Port": port}).encode(),
+                  method="PUT")
+        ids = self.post("/tools/find", json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode())
+        self.post(f"/modalities/{modality}/store", ids[0].encode())
+
     def delete_all(self) -> None:
         for study in self.get("/studies"):
             req = urllib.request.Request(f"{self.url}/studies/{study}", method="DELETE")

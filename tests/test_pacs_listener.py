@@ -18,7 +18,7 @@ pytest.importorskip("dicomweb_client", reason="the 'pacs' extra (dicomweb-client
 
 from pacs_fixtures import DemoStudy, free_port, hip_studies, orthanc, study_files  # noqa: E402,F401
 
-from onfh_seg.pacs.net import Destination, c_store  # noqa: E402
+from onfh_seg.pacs.net import Destination, c_store, dicomweb_client, stow  # noqa: E402
 from onfh_seg.pacs.state import read_audit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,9 @@ def test_listener_round_trip_kill_restart_and_sigterm(orthanc, hip_studies: list
     port = free_port()
     listener = Listener(state, port, orthanc.dicom_port)
     try:
-        listener.send(a)  # a study pushed to the SCP: SEG + SR arrive in Orthanc
+        # Orthanc (the PACS) pushes study A to the SCP; SEG + SR arrive in the same study in Orthanc
+        stow(dicomweb_client(orthanc.dicomweb), study_files(a))
+        orthanc.push_study(a.study_uid, "onfh", "ONFH_SEG", port)
         wait_for(lambda: results(orthanc, a) == {"SEG": 1, "SR": 1}, what="SEG+SR of study A")
 
         listener.send(b)  # killed while processing B
@@ -97,6 +99,7 @@ def test_listener_round_trip_kill_restart_and_sigterm(orthanc, hip_studies: list
     audit = read_audit(state / "audit.jsonl")
     assert sorted(r["study_uid"] for r in audit) == sorted(s.study_uid for s in (a, b, c))  # each processed once
     assert all(r["status"] == "sent" and r["received"]["via"] == "C-STORE" for r in audit)
+    assert {r["study_uid"]: r["received"]["from"] for r in audit}[a.study_uid] == "ORTHANC"
     assert all(r["durations"]["last_instance_to_stored_s"] > 0 for r in audit)
     for left in (state / "queue" / "incoming", state / "queue" / "processing", state / "outbox"):
         assert list(left.iterdir()) == [], left  # nothing left queued or unsent
