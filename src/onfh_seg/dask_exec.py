@@ -100,12 +100,20 @@ def absolute_job(job: ScanJob) -> ScanJob:
     return dataclasses.replace(job, path=Path(os.path.abspath(job.path)))
 
 
+def quiet_distributed_logs() -> None:
+    """Dask's own INFO/WARNING chatter (scheduler and nanny start-up, port fallbacks) off the console unless
+    this process logs at DEBUG; failed scans are reported by onfh-infer itself."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
 def open_client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new local cluster of
     ``workers`` processes with one thread each (``cluster`` is None for an existing scheduler)."""
     require_distributed()
     from distributed import Client, LocalCluster
 
+    quiet_distributed_logs()
     if scheduler:
         try:
             return Client(str(scheduler), timeout=f"{CONNECT_TIMEOUT_S}s"), None
