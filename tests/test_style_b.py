@@ -12,7 +12,7 @@ import pytest
 from conftest import synth_cfg
 from onfh_seg import labels as L
 from onfh_seg.io.manifest import read_manifest, resolve
-from onfh_seg.synth import phantom, style_b
+from onfh_seg.synth import phantom, style_b, style_b_scan
 from onfh_seg.synth.cohort import generate_cohort
 
 FAST = {"max_matrix": 64, "fine_mm": 1.3, "coarse_mm": 4.0, "slice_mm": [5.0, 6.0], "iso_mm": [2.0, 2.5]}
@@ -133,15 +133,15 @@ def test_kspace_truncation_rings_and_motion_ghosts():
     obj = np.zeros((N, N), np.float32)
     obj[32:96, 32:96] = 1.0  # a bright square on the 2x oversampled grid
     flat = np.ones(n, np.complex64)
-    plain = np.abs(style_b.form_slice(obj, n, style_b.kspace_window(n, 0.0), flat, 0))
+    plain = np.abs(style_b_scan.form_slice(obj, n, style_b_scan.kspace_window(n, 0.0), flat, 0))
     assert plain[32, 32] == pytest.approx(1.0, abs=0.05)  # mean signal kept
     edge = plain[16:30, 32]  # inside the square, next to its edge at voxel 16
     assert edge.max() > 1.04 and edge.min() < 0.97  # Gibbs ringing
-    tapered = np.abs(style_b.form_slice(obj, n, style_b.kspace_window(n, 0.35), flat, 0))
+    tapered = np.abs(style_b_scan.form_slice(obj, n, style_b_scan.kspace_window(n, 0.35), flat, 0))
     assert np.ptp(tapered[24:30, 32]) < 0.5 * np.ptp(plain[24:30, 32])  # a tapered k-space edge rings less far
     k = np.arange(n) - n // 2
     disp = 1.5 * np.sin(2 * np.pi * np.arange(n) / 8.0)  # periodic motion along axis 0, 8 lines per cycle
-    ghost = np.abs(style_b.form_slice(obj, n, style_b.kspace_window(n, 0.0), np.exp(-2j * np.pi * k * disp / n), 0))
+    ghost = np.abs(style_b_scan.form_slice(obj, n, style_b_scan.kspace_window(n, 0.0), np.exp(-2j * np.pi * k * disp / n), 0))
     outside = np.ones((n, n), bool)
     outside[10:54, 10:54] = False
     assert ghost[outside].mean() > 3 * plain[outside].mean()  # replicas outside the object
