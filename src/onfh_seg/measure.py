@@ -41,12 +41,14 @@ QC_FLAGS = (
     "not_hip_anatomy",
     "implausible_head_volume",
     "implausible_head_shape",
+    "partial_head",
     "low_confidence",
     "not_mr_like",
 )
 # Flags after which a scan's numbers are not to be trusted (kept out of the DICOM SR, marked in CSV/JSON/HTML).
-UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "low_confidence", "not_mr_like")
-HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape")  # flags that belong to one hip
+UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "partial_head",
+                   "low_confidence", "not_mr_like")
+HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape", "partial_head")  # flags that belong to one hip
 SIR_REFERENCES = ("acetabulum", "viable_head")
 SIDE_ORDER = ("right", "left", "unknown")
 
@@ -336,7 +338,7 @@ def qc_flags(
     elif not hips:
         found.add("no_femoral_head_found")
     lo, hi = head_ml_range
-    if any(not (lo <= h["head_volume_ml"] <= hi) for h in hips):
+    if any(not (lo <= h["head_volume_ml"] <= hi) and "partial_head" not in (h.get("qc_flags") or []) for h in hips):
         found.add("implausible_head_volume")
     found.update(f for h in hips for f in (h.get("qc_flags") or []))
     if mean_confidence is not None and mean_confidence < min_confidence:
@@ -347,21 +349,34 @@ def qc_flags(
 
 
 def hip_flags(
-    hips: Sequence[dict], head_ml_range: tuple[float, float], implausible_centres: Sequence[np.ndarray]
+    hips: Sequence[dict], head_ml_range: tuple[float, float], implausible_centres: Sequence[np.ndarray],
+    partial_centres: Sequence[np.ndarray] = (),
 ) -> list[list[str]]:
-    """Each hip's own QC flags: head volume outside ``head_ml_range``; an implausible head (anatomy gate).
+    """Each hip's own QC flags: head volume outside ``head_ml_range`` (not for a partial head); an
+    implausible head or a head cut by the edge of the field of view (``partial_head``; anatomy gate).
 
-    An implausible head (its component centroid in ``implausible_centres``)
-    belongs to the hip whose head centre is nearest to it.
+    A head from the gate (its component centroid) belongs to the hip whose head centre is nearest to it.
     """
-    lo, hi = head_ml_range
-    flags = [[] if lo <= h["head_volume_ml"] <= hi else ["implausible_head_volume"] for h in hips]
     centres = [h.get("head_centre_ras_mm") for h in hips]
+
+    def nearest(point: np.ndarray) -> int | None:
+        dist = [np.inf if c is None else float(np.linalg.norm(np.asarray(c) - point)) for c in centres]
+        return int(np.argmin(dist)) if dist and np.isfinite(min(dist)) else None
+
+    partial = {nearest(p) for p in partial_centres} - {None}
+    lo, hi = head_ml_range
+    flags = [["partial_head"] if i in partial else ([] if lo <= h["head_volume_ml"] <= hi else ["implausible_head_volume"])
+             for i, h in enumerate(hips)]
     for bad in implausible_centres:
-        dist = [np.inf if c is None else float(np.linalg.norm(np.asarray(c) - bad)) for c in centres]
-        if dist and np.isfinite(min(dist)):
-            flags[int(np.argmin(dist))].append("implausible_head_shape")
+        i = nearest(bad)
+        if i is not None:
+            flags[i].append("implausible_head_shape")
     return flags
+
+
+def without_classes(hip: dict) -> dict:
+    """A partial head's hip: volumes kept, but no share of the head and no extent or JIC class."""
+    return {**hip, "percent_head_involved": None, "arco_extent": "not_assessed", "jic_type": "not_assessed"}
 
 
 def mark_trust(hips: Sequence[dict], scan_flags: Sequence[str]) -> list[dict]:

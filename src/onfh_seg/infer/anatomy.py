@@ -90,6 +90,7 @@ class HeadCheck:
     cap_coverage: float
     acetabulum_ml: float
     lesion_fraction: float
+    partial: bool = False  # the head touches the edge of the field of view (cut off)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -109,6 +110,10 @@ class AnatomyResult:
     @property
     def passed(self) -> bool:
         return self.flag is None
+
+    def partial_centres(self) -> list[np.ndarray]:
+        """Component centroids of plausible heads cut by the edge of the field of view (``partial_head``)."""
+        return [np.asarray(h.component_centre_ras_mm) for h in self.heads if h.plausible and h.partial]
 
     def implausible_centres(self) -> list[np.ndarray]:
         """Component centroids of the heads that failed (per-hip ``implausible_head_shape`` when the scan passed)."""
@@ -169,6 +174,18 @@ def surface_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """World coordinates (n, 3) of the mask's boundary voxels (mask minus its face erosion)."""
     boundary = mask & ~ndimage.binary_erosion(mask)
     return voxel_to_ras(affine, np.argwhere(boundary))
+
+
+def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) on a face of the volume."""
+    out = np.zeros(mask.shape, bool)
+    for ax in range(3):
+        lo, hi = int(offset[ax]), int(offset[ax]) + mask.shape[ax] - 1
+        if lo == 0:
+            out[(slice(None),) * ax + (0,)] |= mask[(slice(None),) * ax + (0,)]
+        if hi == shape[ax] - 1:
+            out[(slice(None),) * ax + (-1,)] |= mask[(slice(None),) * ax + (-1,)]
+    return out
 
 
 def axis_ratio(points: np.ndarray) -> float:
@@ -239,7 +256,12 @@ def check_head(
     box_affine[:3, 3] = voxel_to_ras(affine, offset)
     mask = cc[box] == head.component
 
-    pts = surface_points(mask, box_affine)
+    # a head cut by the edge of the field of view: the cut face is not head surface, and the visible
+    # part of a sphere is flatter than a ball, with its socket possibly out of view
+    on_edge = edge_voxels(mask, offset, labels.shape)
+    partial = bool(on_edge.any())
+    boundary = mask & ~ndimage.binary_erosion(mask) & ~on_edge
+    pts = voxel_to_ras(box_affine, np.argwhere(boundary))
     centre, radius, rms = robust_sphere(pts) if len(pts) >= 10 else (head.centre_ras, 0.0, np.inf)
     ratio = axis_ratio(voxel_to_ras(box_affine, np.argwhere(mask)))
 
@@ -259,13 +281,17 @@ def check_head(
         centre_ras_mm=[float(v) for v in centre], component_centre_ras_mm=[float(v) for v in head.centre_ras],
         volume_ml=head.volume_ml, radius_fit_mm=radius,
         rel_rms=float(rms / radius) if radius > 0 else float("inf"), axis_ratio=ratio,
-        cap_coverage=coverage, acetabulum_ml=acet_ml, lesion_fraction=lesion_fraction,
+        cap_coverage=coverage, acetabulum_ml=acet_ml, lesion_fraction=lesion_fraction, partial=partial,
     )
     lo, hi = limits.radius_mm
     if not lo <= radius <= hi:
         check.failures.append(f"head sphere radius {radius:.1f} mm outside {lo:g}-{hi:g} mm")
     if not check.rel_rms <= limits.max_rel_rms:
         check.failures.append(f"head surface not spherical (RMS {check.rel_rms:.2f} x radius > {limits.max_rel_rms:g})")
+    if partial:  # only what is visible can be checked: radius, sphericity of the visible surface, lesion
+        if lesion_fraction > limits.max_lesion_fraction or not has_viable:
+            check.failures.append(f"lesion fills the head ({100 * lesion_fraction:.0f}%)")
+        return check
     if ratio < limits.min_axis_ratio:
         check.failures.append(f"head flat or elongated (axis ratio {ratio:.2f} < {limits.min_axis_ratio:g})")
     if coverage < limits.min_cap_coverage:

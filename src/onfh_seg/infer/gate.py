@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy
-from onfh_seg.measure import hip_flags, mark_trust, measure_scan, qc_flags
+from onfh_seg.measure import hip_flags, mark_trust, measure_scan, qc_flags, without_classes
 
 
 @dataclass
@@ -49,7 +49,7 @@ def measure_gated(
         flags = qc_flags(image, labels, affine, [], mean_confidence, head_ml_range, min_confidence, result.flag)
         return GatedMeasurement(np.zeros(np.shape(labels), np.uint8), [], flags, result.to_json())
     hips = measure_scan(image, labels, affine, reference=reference)
-    own = hip_flags(hips, head_ml_range, result.implausible_centres())
-    hips = [{**h, "qc_flags": f} for h, f in zip(hips, own)]
+    own = hip_flags(hips, head_ml_range, result.implausible_centres(), result.partial_centres())
+    hips = [{**(without_classes(h) if "partial_head" in f else h), "qc_flags": f} for h, f in zip(hips, own)]
     flags = qc_flags(image, labels, affine, hips, mean_confidence, head_ml_range, min_confidence)
     return GatedMeasurement(np.asarray(labels), mark_trust(hips, flags), flags, result.to_json() if gate else {})
