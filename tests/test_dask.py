@@ -128,6 +128,11 @@ def test_unreachable_scheduler_is_one_line(monkeypatch) -> None:
         open_client(1, "tcp://127.0.0.1:9")
 
 
+def test_missing_scheduler_file_is_one_line(tmp_path) -> None:
+    with pytest.raises(OSError, match="^cannot reach the Dask scheduler .*: scheduler file not found: "):
+        open_client(1, str(tmp_path / "scheduler.json"))
+
+
 def test_cli_scheduler_without_dask_is_one_line(batch_set, tmp_path) -> None:
     scans, model = batch_set
     res = subprocess.run([str(BIN / "onfh-infer"), f"input={scans}", f"out_dir={tmp_path / 'o'}",

@@ -108,7 +108,8 @@ def quiet_distributed_logs() -> None:
 
 
 def open_client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
-    """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new local cluster of
+    """``(client, cluster)``: a client of the scheduler at ``scheduler`` (an address, or a scheduler file
+    ``*.json``), or of a new local cluster of
     ``workers`` processes with one thread each (``cluster`` is None for an existing scheduler)."""
     require_distributed()
     from distributed import Client, LocalCluster
@@ -116,6 +117,10 @@ def open_client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     quiet_distributed_logs()
     if scheduler:
         try:
+            if str(scheduler).endswith(".json"):  # a scheduler file (dask scheduler --scheduler-file, dask-jobqueue)
+                if not Path(scheduler).is_file():
+                    raise OSError(f"scheduler file not found: {scheduler}")
+                return Client(scheduler_file=str(scheduler), timeout=f"{CONNECT_TIMEOUT_S}s"), None
             return Client(str(scheduler), timeout=f"{CONNECT_TIMEOUT_S}s"), None
         except (OSError, TimeoutError) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
