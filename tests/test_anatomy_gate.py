@@ -18,7 +18,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
-from onfh_seg.io.dicom import DicomError, SeriesInfo, select_t1_series
+from onfh_seg.io.dicom import DicomError, SeriesInfo
+from onfh_seg.io.dicom_select import select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.measure import CSV_COLUMNS, measurements_row

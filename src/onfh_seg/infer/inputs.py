@@ -201,7 +201,8 @@ def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: 
     A folder without a usable T1 series still becomes a job (named after the
     folder) that fails with the one-line reason.
     """
-    from onfh_seg.io.dicom import DicomError, find_series, select_t1_series, series_identifiers
+    from onfh_seg.io.dicom import DicomError, find_series, series_identifiers
+    from onfh_seg.io.dicom_select import select_t1_series
 
     try:
         series = find_series(folder, exclude=exclude)

@@ -43,7 +43,7 @@ from onfh_seg.infer.gate import measure_gated
 from onfh_seg.measure import SIDE_ORDER, measurements_row
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
-NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
+NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
 OUTPUT_SUFFIXES = {
     "seg": "_seg.nii.gz",
