@@ -15,6 +15,8 @@ pytest.importorskip("dicomweb_client", reason="the 'pacs' extra (dicomweb-client
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
 
+from pacs_fixtures import hip_studies  # noqa: E402,F401
+
 from onfh_seg.pacs.listener import StudyQueue, read_study_state  # noqa: E402
 from onfh_seg.pacs.net import NetworkError, with_retries  # noqa: E402
 from onfh_seg.pacs.pull import date_range  # noqa: E402
@@ -199,3 +201,48 @@ def test_health_check_echo_answers_only_when_listening(tmp_path: Path) -> None:
         assert echo("127.0.0.1", port, "ONFH_SEG", timeout_s=5) is True
     finally:
         server.shutdown()
+
+
+# ---------------------------------------------------------------- DICOM objects for a PACS (shipped model)
+
+
+@pytest.mark.parametrize("deidentify", [False, True])
+def test_study_objects_carry_the_patient_unless_deidentified(hip_studies, tmp_path: Path, deidentify: bool) -> None:
+    """SEG + SR of a hip study: the Patient module copied from the source (or identifiers only), and the SR
+    references the SEG's necrotic segment and the source series."""
+    import pydicom
+
+    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.pacs.study import process_study
+
+    study = hip_studies[0]
+    infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
+    outcome = process_study(study.folder, tmp_path / "out", engine_spec(infer_cfg, 1).build(), infer_cfg, deidentify)
+    assert outcome.status == "ready", outcome.reason
+    assert outcome.series["series_instance_uid"] == study.series_uid and outcome.series["selection_reason"]
+    seg, sr = (pydicom.dcmread(p) for p in outcome.files)
+    for ds in (seg, sr):
+        assert ds.PatientID == study.patient_id
+        assert str(ds.PatientName) == ("" if deidentify else study.patient_name)
+        assert str(ds.get("PatientBirthDate", "")) == ("" if deidentify else "19700101")
+    refs = {str(e.value) for e in sr.iterall() if e.keyword in ("ReferencedSOPInstanceUID", "SeriesInstanceUID")}
+    assert seg.SOPInstanceUID in refs and study.series_uid in refs
+    segments = [int(e.value) for e in sr.iterall() if e.keyword == "ReferencedSegmentNumber"]
+    assert segments and set(segments) == {2}  # the necrotic zone
+
+
+def test_a_folder_without_images_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from onfh_seg.pacs.study import process_study
+
+    (tmp_path / "empty").mkdir()
+    outcome = process_study(tmp_path / "empty", tmp_path / "out", segmenter=None, infer_cfg={}, deidentify=False)
+    assert outcome.status == "refused" and "no DICOM image series" in outcome.reason and outcome.files == []
+
+
+def test_help_explains_the_modes() -> None:
+    out = subprocess.run([str(Path(sys.executable).parent / "onfh-pacs"), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0 and "No such file" in out.stderr:
+        pytest.skip("onfh-pacs entry point not installed (pip install -e .)")
+    assert out.returncode == 0, out.stderr
+    assert "onfh-pacs" in out.stdout and "mode=listen" in out.stdout and "since_last_run" in out.stdout

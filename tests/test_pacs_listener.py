@@ -105,3 +105,37 @@ def test_listener_round_trip_kill_restart_and_sigterm(orthanc, hip_studies: list
     assert all(r["durations"]["last_instance_to_stored_s"] > 0 for r in audit)
     for left in (state / "queue" / "incoming", state / "queue" / "processing", state / "outbox"):
         assert list(left.iterdir()) == [], left  # nothing left queued or unsent
+
+
+def test_results_wait_in_the_outbox_while_the_destination_is_down(orthanc, hip_studies: list[DemoStudy],
+                                                                   tmp_path: Path) -> None:
+    """Destination down: the study is made once, kept in the outbox with an audit line saying so, and sent later."""
+    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, send_outbox
+    from onfh_seg.pacs.state import Ledger
+    from onfh_seg.pacs.study import study_settings_key
+
+    import pydicom
+
+    study = hip_studies[3]
+    state = tmp_path / "state"
+    queue = StudyQueue(state)
+    for path in study_files(study):
+        queue.add(pydicom.dcmread(path), "MODALITY", now=0.0)
+    infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
+    segmenter = engine_spec(infer_cfg, 1).build()
+    key = study_settings_key(segmenter, infer_cfg, False)
+    ledger = Ledger(state / "ledger.json")
+    down = {"state_dir": str(state), "retries": 1, "backoff_s": 0.0, "timeout_s": 5, "deidentify": False,
+            "listen": {"ae_title": "ONFH_SEG", "dest_host": "127.0.0.1", "dest_port": free_port(), "dest_ae": "ORTHANC"}}
+    record = handle_queued_study(study.study_uid, queue, down, segmenter, infer_cfg, ledger, key)
+    assert record["status"] == "error" and "kept in the outbox" in record["reason"]
+    assert not ledger.is_done(study.study_uid, key)
+    assert (state / "outbox" / study.study_uid / "ready.json").is_file()
+    assert results(orthanc, study) == {"SEG": 0, "SR": 0}
+    up = {**down, "listen": {**down["listen"], "dest_port": orthanc.dicom_port}}
+    assert send_outbox(state, up, ledger) == 1
+    assert results(orthanc, study) == {"SEG": 1, "SR": 1}
+    assert ledger.is_done(study.study_uid, key) and list((state / "outbox").iterdir()) == []
+    assert send_outbox(state, up, ledger) == 0  # nothing left, nothing sent twice
+    assert [r["status"] for r in read_audit(state / "audit.jsonl")] == ["error", "sent"]
