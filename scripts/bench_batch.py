@@ -1,0 +1,224 @@
+"""Benchmark batch throughput: local pool vs Dask local cluster, single scan end to end, peak RSS per worker.
+
+    .venv/bin/python scripts/bench_batch.py [--scans 18] [--workers 2] [--repeats 3] [--single-repeats 5]
+                                            [--cohort DIR] [--keep DIR]
+
+Without --cohort, a synthetic cohort of ceil(scans / 3) patients x 3 visits is generated
+(onfh-synth, default acquisition, seed 2024) and its first --scans images are used (a manifest).
+Each batch runs ``onfh-infer`` in a new process (mirroring on, the default; overlay on; ``provider=cpu``)
+into a fresh out_dir: ``executor=local workers=N`` and ``executor=dask workers=N``; scans per minute =
+scans / wall time of the whole command (start, imports, cluster start, all scans, run records), median of
+--repeats. The two runs' measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on
+one scan in a new process, median of --single-repeats. Peak RSS: every process of the run is sampled
+every 0.1 s (psutil); the largest resident size of any worker process and of the main process.
+Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def machine() -> str:
+    """CPU model, usable cores, memory, OS, Python and library versions, load average now."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = ""
+    try:
+        import psutil
+
+        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        pass
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{cpu}, {cores} usable cores{mem}; {platform.system()} {platform.release()}; Python "
+            f"{platform.python_version()}, onnxruntime {version('onnxruntime')}, dask {version('dask')}; "
+            f"load average before the run {load}")
+
+
+def make_cohort(n_scans: int, dest: Path) -> Path:
+    """A synthetic cohort with at least ``n_scans`` images; returns its manifest."""
+    n_patients = max(1, math.ceil(n_scans / 3))
+    cmd = [str(BIN / "onfh-synth"), f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024", "months=[0,3,16]"]
+    res = subprocess.run(cmd, cwd=dest.parent, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"onfh-synth failed: {res.stderr.strip().splitlines()[-1:]}")
+    return dest / "manifest.csv"
+
+
+def first_scans(manifest: Path, n: int, dest: Path) -> tuple[Path, list[Path]]:
+    """A manifest of the first ``n`` rows of ``manifest`` (absolute image paths) and those images."""
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns, rows = list(reader.fieldnames or []), list(reader)[:n]
+    if len(rows) < n:
+        raise SystemExit(f"{manifest} has {len(rows)} scans, fewer than --scans {n}")
+    for r in rows:
+        r["image"] = str((manifest.parent / r["image"]).resolve())
+        if r.get("labels"):
+            r["labels"] = str((manifest.parent / r["labels"]).resolve())
+    with open(dest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return dest, [Path(r["image"]) for r in rows]
+
+
+class RssSampler:
+    """Peak resident memory of a process and each of its descendants, sampled every ``interval_s``."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peaks: dict[int, int] = {}
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.root] + self.root.children(recursive=True)
+            except psutil.Error:
+                break
+            for p in procs:
+                try:
+                    self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(self.interval_s)
+
+    def stop(self) -> tuple[int, int]:
+        """(peak RSS of the main process, largest peak RSS of any other process) in bytes."""
+        self._stop.set()
+        self._thread.join()
+        main = self.peaks.get(self.root.pid, 0)
+        others = [v for k, v in self.peaks.items() if k != self.root.pid]
+        return main, max(others, default=0)
+
+
+def run_infer(args: list[str], cwd: Path) -> tuple[float, int, int]:
+    """Run onfh-infer; (wall seconds, main peak RSS, largest worker peak RSS). Exits on failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(BIN / "onfh-infer"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(proc.pid)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    main, worker = sampler.stop()
+    if proc.returncode != 0 or "failed 0" not in out:
+        raise SystemExit(f"onfh-infer {' '.join(args)} failed:\n{out[-1000:]}\n{err[-2000:]}")
+    return wall, main, worker
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", type=int, default=18)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="batch runs per executor (median)")
+    ap.add_argument("--single-repeats", type=int, default=5, help="single-scan runs (median)")
+    ap.add_argument("--cohort", type=Path, help="an existing cohort manifest (default: generate one)")
+    ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
+    a = ap.parse_args()
+    if a.scans < 1 or a.workers < 1 or a.repeats < 1 or a.single_repeats < 1:
+        raise SystemExit("--scans, --workers, --repeats and --single-repeats must be >= 1")
+
+    desc = machine()
+    work = Path(tempfile.mkdtemp(prefix="bench_batch_")) if a.keep is None else a.keep.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        t = time.perf_counter()
+        source = a.cohort.resolve() if a.cohort else make_cohort(a.scans, work / "cohort")
+        print(f"cohort: {source} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+        manifest, images = first_scans(source, a.scans, work / "bench_manifest.csv")
+        common = [f"input={manifest}", "provider=cpu", f"workers={a.workers}"]
+
+        rows = []
+        csvs: dict[str, bytes] = {}
+        for executor in ("local", "dask"):
+            walls, mains, workers = [], [], []
+            for i in range(a.repeats):
+                out = work / f"out_{executor}_{i}"
+                shutil.rmtree(out, ignore_errors=True)
+                wall, main_rss, worker_rss = run_infer([*common, f"out_dir={out}", f"executor={executor}"], work)
+                walls.append(wall)
+                mains.append(main_rss)
+                workers.append(worker_rss)
+                csvs.setdefault(executor, (out / "measurements.csv").read_bytes())
+                print(f"{executor} run {i + 1}: {wall:.1f} s", file=sys.stderr)
+            wall = statistics.median(walls)
+            rows.append((f"batch, {executor} (`executor={executor} workers={a.workers}`)",
+                         f"{wall:.1f} s ({min(walls):.1f}-{max(walls):.1f})", f"{a.scans / wall * 60:.1f}",
+                         f"{wall / a.scans:.2f} s", mib(max(mains)), mib(max(workers))))
+        identical = csvs["local"] == csvs["dask"]
+
+        singles, single_rss = [], []
+        for i in range(a.single_repeats):
+            out = work / f"single_{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, main_rss, _ = run_infer([f"input={images[0]}", f"out_dir={out}", "provider=cpu"], work)
+            singles.append(wall)
+            single_rss.append(main_rss)
+        s = statistics.median(singles)
+        rows.append(("single scan, new process (`onfh-infer input=scan.nii.gz`)",
+                     f"{s:.2f} s ({min(singles):.2f}-{max(singles):.2f})", f"{60 / s:.1f}", f"{s:.2f} s",
+                     mib(max(single_rss)), "-"))
+    finally:
+        if a.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    local_rate, dask_rate = float(rows[0][2]), float(rows[1][2])
+    print(f"\nMachine: {desc}\n")
+    print(f"{a.scans} scans, mirroring on, overlay on, provider=cpu; batch: median of {a.repeats}, single scan: "
+          f"median of {a.single_repeats} (min-max in brackets)\n")
+    print("| run | wall time | scans per minute | wall per scan | peak RSS main | peak RSS per worker |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"\nDask / local pool throughput: {dask_rate / local_rate * 100:.1f}%; "
+          f"measurements.csv identical: {'yes' if identical else 'NO'}")
+    if not identical:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
