@@ -74,9 +74,8 @@ class StudyQueue:
         now = time.time() if now is None else now
         ready = []
         for folder in self.incoming.iterdir():
-            state = read_study_state(folder)
-            last = float(state.get("last_received", 0.0))
-            if folder.is_dir() and now - last >= settle_s:
+            last = last_arrival(folder)
+            if last is not None and now - last >= settle_s:
                 ready.append((last, folder.name))
         return [uid for _, uid in sorted(ready)]
 
@@ -124,6 +123,16 @@ def read_study_state(folder: Path) -> dict[str, Any]:
         return dict(json.loads((folder / STUDY_STATE).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return {}
+
+
+def last_arrival(folder: Path) -> float | None:
+    """When the study's last instance arrived: its state file, else its newest file (a crash between writing an
+    instance and the state); None for a folder with neither (being created right now)."""
+    state = read_study_state(folder)
+    if "last_received" in state:
+        return float(state["last_received"])
+    times = [p.stat().st_mtime for p in folder.glob("*.dcm")] if folder.is_dir() else []
+    return max(times) if times else None
 
 
 def _merge(source: Path, target: Path) -> None:
