@@ -141,7 +141,7 @@ def test_queue_settles_claims_and_requeues(tmp_path: Path) -> None:
     (["mode=pull"], "pull mode needs pull.study_uid"),
 ])
 def test_cli_bad_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "onfh_seg.pacs.cli", f"state_dir={tmp_path}", *args],
+    proc = subprocess.run([sys.executable, "-m", "onfh_seg.cli.pacs", f"state_dir={tmp_path}", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]

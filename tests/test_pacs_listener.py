@@ -30,7 +30,7 @@ class Listener:
     def __init__(self, state: Path, port: int, dest_port: int,
                  infer: tuple[str, ...] = ("infer.tta=false", "infer.provider=cpu", "infer.threads=2"),
                  settle_s: float = 1.0) -> None:
-        cmd = [sys.executable, "-m", "onfh_seg.pacs.cli", "mode=listen", f"state_dir={state}",
+        cmd = [sys.executable, "-m", "onfh_seg.cli.pacs", "mode=listen", f"state_dir={state}",
                f"listen.port={port}", f"listen.settle_s={settle_s}", "listen.poll_s=0.1", f"listen.dest_port={dest_port}",
                "retries=1", "backoff_s=0.2", *infer]
         self.log = (state.parent / f"listener_{time.monotonic_ns()}.log").open("w")

@@ -118,7 +118,7 @@ def test_second_run_sends_nothing(pulled, orthanc, hip_studies: list[DemoStudy])
     state = pulled["state"]
     before = len(read_audit(state / "audit.jsonl"))
     proc = subprocess.run(
-        [sys.executable, "-m", "onfh_seg.pacs.cli", "mode=pull", f"state_dir={state}", f"pull.url={orthanc.dicomweb}",
+        [sys.executable, "-m", "onfh_seg.cli.pacs", "mode=pull", f"state_dir={state}", f"pull.url={orthanc.dicomweb}",
          "pull.date_from=19000101", *(f"infer.{k}={v}".lower() for k, v in INFER.items())],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
