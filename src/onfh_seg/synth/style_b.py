@@ -34,21 +34,26 @@ from scipy.special import erfinv
 
 from onfh_seg import labels as L
 from onfh_seg.io.nifti import atomic_write_text, save_nifti
-from onfh_seg.synth.phantom import (
-    Hip,
-    Patient,
+from onfh_seg.synth.anatomy_sdf import (
     body_sdf,
     femur_sdf,
     head_radius_field,
-    hip_near,
-    hip_state,
     lesion_distance,
     pelvis_sdf,
     tract_distance,
 )
+from onfh_seg.synth.phantom import Hip, Patient, hip_near, hip_state
 from onfh_seg.synth.shapes import Points, dot, norm, sd_ellipsoid, sub
 from onfh_seg.synth.style_b_scan import ScanB, _coil_range, _take, acquire_b, plan_scans_b
-from onfh_seg.synth.style_b_texture import GridB, Lattice, Octaves, _grid_points, make_lattice, make_octaves, smoothstep
+from onfh_seg.synth.style_b_texture import (
+    GridB,
+    Lattice,
+    Octaves,
+    _grid_points,
+    make_lattice,
+    make_octaves,
+    smoothstep,
+)
 
 FINE_MM = 0.7  # per-hip intensity grid (default; option ``fine_mm``)
 FINE_HALF_MM = 46.0
