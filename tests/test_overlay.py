@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
-from onfh_seg.report.overlay import DPI, PANEL_INCH, overlay_png, panel, to_canonical
+from onfh_seg.report.overlay import CONTOURS, DPI, LEGEND_INCH, PANEL_INCH, overlay_png, panel, signed_mm, to_canonical
 
 # axis 0 -> world z, axis 1 -> world -x, axis 2 -> world y (anisotropic)
 PERMUTED = np.array([[0, -2.0, 0, 100.0], [0, 0, 1.5, -30.0], [3.0, 0, 0, -30.0], [0, 0, 0, 1]])
@@ -60,7 +60,7 @@ def test_overlay_png_written(tmp_path, centres, rows):
     overlay_png(image, labels, PERMUTED, centres, out, "scan (research only)")
     assert out.stat().st_size > 1000
     png = mpimg.imread(out)
-    assert png.shape[:2] == (round((rows * PANEL_INCH + 0.5) * DPI), round(3 * PANEL_INCH * DPI))
+    assert png.shape[:2] == (round((rows * PANEL_INCH + 0.5 + LEGEND_INCH) * DPI), round(3 * PANEL_INCH * DPI))
     assert png[..., :3].std() > 0.01  # not a blank canvas
     assert not list(out.parent.glob(".*.tmp"))
 
@@ -70,3 +70,21 @@ def test_overlay_without_labels(tmp_path):
     out = tmp_path / "preview.png"
     overlay_png(image, None, PERMUTED, [], out, "preview")
     assert mpimg.imread(out).shape[1] == round(3 * PANEL_INCH * DPI)
+
+
+def test_overlay_has_a_legend_of_every_contour_colour(tmp_path):
+    """The legend strip under the panels shows a swatch of every contour colour (and nothing else is there)."""
+    from matplotlib.colors import to_rgb
+
+    image, labels, _ = toy()
+    out = tmp_path / "o.png"
+    overlay_png(image, labels, PERMUTED, {"right": RIGHT.tolist()}, out, "scan")
+    png = mpimg.imread(out)[..., :3]
+    strip = png[-round(LEGEND_INCH * DPI):]
+    for name, _, colour in CONTOURS:
+        rgb = np.array(to_rgb(colour))
+        assert (np.abs(strip - rgb).max(axis=-1) < 0.05).sum() > 8, name
+
+
+def test_slice_positions_never_negative_zero():
+    assert signed_mm(-0.0) == "+0.0 mm" and signed_mm(-0.04) == "+0.0 mm" and signed_mm(-12.345) == "-12.3 mm"

@@ -19,10 +19,20 @@ from matplotlib.figure import Figure
 from nibabel import orientations
 
 from onfh_seg.io.nifti import atomic_write_bytes
-from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
+from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
 
 LABEL_COLOURS: dict[int, str] = {HEAD: "yellow", NECROTIC: "red", BAND: "cyan", ACETABULUM: "lime"}
+# Contours are drawn around nested unions of labels (so no line crosses the head where viable bone
+# meets the lesion, and the band's inner edge does not hide the necrotic core): (legend text, labels, colour)
+CONTOURS: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    ("femoral head outline", tuple(HEAD_LABELS), "yellow"),
+    ("lesion outer border (interface band)", tuple(LESION_LABELS), "cyan"),
+    ("necrotic core", (NECROTIC,), "red"),
+    ("acetabulum", (ACETABULUM,), "lime"),
+)
+CROSS_LEGEND = "reference point (same anatomical point at every visit)"
 PANEL_INCH = 3.2
+LEGEND_INCH = 0.35
 DPI = 100
 # (name, fixed canonical axis, (left, right, top, bottom) orientation letters)
 VIEWS = (
@@ -92,8 +102,12 @@ def overlay_png(
     ``centres_ras`` are RAS+ mm points (a mapping gives row names, e.g.
     {"right": [...], "left": [...]}); if empty, one row of the three mid planes
     of the volume (uncropped). With a centre, panels are cropped to
-    +-``half_width_mm`` around it (None: whole plane). Contours: 1 yellow,
-    2 red, 3 cyan, 4 green. Grey window: 1-99.5 percentiles. Written atomically.
+    +-``half_width_mm`` around it (None: whole plane). Contours (``CONTOURS``):
+    head outline yellow, lesion border cyan, necrotic core red, acetabulum
+    green, named in a legend under the panels; each panel title gives the
+    slice position (world RAS mm), orientation letters sit at the panel edges
+    and a scale bar at the bottom right. Grey window: 1-99.5 percentiles.
+    Written atomically.
     """
     img, can_aff = to_canonical(np.asarray(image, np.float32), affine)
     lab = None if labels is None else to_canonical(np.asarray(labels), affine)[0]
@@ -102,7 +116,9 @@ def overlay_png(
     inv = np.linalg.inv(can_aff)
     items = _centre_items(centres_ras)
 
-    fig = Figure(figsize=(3 * PANEL_INCH, len(items) * PANEL_INCH + 0.5), dpi=DPI, facecolor="black")
+    legend = lab is not None
+    height = len(items) * PANEL_INCH + 0.5 + (LEGEND_INCH if legend else 0.0)
+    fig = Figure(figsize=(3 * PANEL_INCH, height), dpi=DPI, facecolor="black")
     FigureCanvasAgg(fig)
     fig.suptitle(title, color="white", fontsize=10)
     for row, (name, centre) in enumerate(items):
@@ -122,11 +138,7 @@ def overlay_png(
             disp = panel(img[tuple(crop)], axis, ijk[axis])
             ax.imshow(disp, cmap="gray", vmin=vmin, vmax=vmax, aspect=spacing[b] / spacing[a], interpolation="nearest")
             if lab is not None:
-                lab2d = panel(lab[tuple(crop)], axis, ijk[axis])
-                for value, colour in LABEL_COLOURS.items():
-                    m = lab2d == value
-                    if m.any() and not m.all():
-                        ax.contour(m.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.8)
+                draw_contours(ax, panel(lab[tuple(crop)], axis, ijk[axis]), linewidth=1.0)
             if halves[a] is not None:
                 # same mm window on every panel, even where the grid ends
                 col = ra[1] - 1 - ijk[a]
@@ -134,11 +146,17 @@ def overlay_png(
                 ax.set_xlim(col - halves[a] - 0.5, col + halves[a] + 0.5)
                 ax.set_ylim(row_ + halves[b] + 0.5, row_ - halves[b] - 0.5)
             _letters(ax, letters)
+            scale_bar(ax, spacing[a], spacing[b])
+            position = float((can_aff @ np.append(ijk, 1.0))[axis])
             # fixed y: matplotlib's automatic title placement measured every tick (a third of the time)
-            ax.set_title(f"{name}: {view}", color="white", fontsize=8, y=1.0)
+            ax.set_title(f"{name}: {view}, {AXIS_NAMES[axis]} = {signed_mm(position)}", color="white", fontsize=8, y=1.0)
             ax.set_axis_off()
     top = 1.0 - 0.5 / fig.get_figheight() - 0.02
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.03, hspace=0.12)
+    bottom = (LEGEND_INCH / fig.get_figheight() if legend else 0.0) + 0.01
+    if legend:
+        fig.legend(handles=legend_handles(), loc="lower center", ncol=4, fontsize=7, frameon=False, labelcolor="white",
+                   handlelength=1.5, columnspacing=1.2)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=bottom, top=top, wspace=0.03, hspace=0.12)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="black", metadata={"Software": None})
     atomic_write_bytes(out_path, buf.getvalue())
@@ -152,3 +170,56 @@ def _letters(ax, letters: tuple[str, str, str, str]) -> None:
     ax.text(0.96, 0.5, right, **style)
     ax.text(0.5, 0.95, top, **style)
     ax.text(0.5, 0.05, bottom, **style)
+
+
+AXIS_NAMES = ("x", "y", "z")  # RAS+ world axis of the fixed canonical axis (sagittal, coronal, axial)
+
+
+def signed_mm(v: float, decimals: int = 1) -> str:
+    """A world coordinate in mm with its sign ("+12.0 mm"); never "-0.0"."""
+    r = round(float(v), decimals)
+    return f"{0.0 if r == 0 else r:+.{decimals}f} mm"
+
+
+def label_fields(lab2d: np.ndarray) -> dict[str, np.ndarray]:
+    """Float masks (0/1) of every ``CONTOURS`` layer of a 2-D label panel."""
+    return {name: np.isin(lab2d, values).astype(np.float32) for name, values, _ in CONTOURS}
+
+
+def draw_contours(ax, lab2d: np.ndarray | None, fields: Mapping[str, np.ndarray] | None = None,
+                  linewidth: float = 1.5) -> None:
+    """Contours of the ``CONTOURS`` layers at 0.5; ``fields`` (smooth 0-1 fields by layer name, e.g.
+    interpolated masks on the display grid) replace the masks of ``lab2d`` where given."""
+    fields = dict(fields or {})
+    if lab2d is not None:
+        fields = {**label_fields(lab2d), **fields}
+    for name, _, colour in CONTOURS:
+        f = fields.get(name)
+        if f is None or f.max() < 0.5 or f.min() >= 0.5:
+            continue
+        width = linewidth * (1.3 if name == "necrotic core" else 1.0)
+        ax.contour(f, levels=[0.5], colors=colour, linewidths=width)
+
+
+def legend_handles(cross: bool = False) -> list:
+    """Legend entries for every line (and the reference cross) drawn by ``draw_contours``."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour, linewidth=2, label=name) for name, _, colour in CONTOURS]
+    if cross:
+        handles.append(Line2D([], [], color="orange", marker="+", linestyle="none", markersize=9, label=CROSS_LEGEND))
+    return handles
+
+
+def scale_bar(ax, mm_per_col: float, mm_per_row: float, colour: str = "white") -> None:
+    """A horizontal scale bar (5, 10, 20 or 50 mm, about a fifth of the panel width) at the bottom right."""
+    x0, x1 = sorted(ax.get_xlim())
+    y_lo, y_hi = sorted(ax.get_ylim())  # rows grow downwards: y_hi is the bottom
+    width_mm = (x1 - x0) * mm_per_col
+    length = max([v for v in (5.0, 10.0, 20.0, 50.0) if v <= width_mm / 4] or [5.0])
+    px = length / mm_per_col
+    right = x1 - 0.06 * (x1 - x0)
+    y = y_hi - 0.06 * (y_hi - y_lo)
+    ax.plot([right - px, right], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
+    ax.text(right - px / 2, y - 0.025 * (y_hi - y_lo), f"{length:g} mm", color=colour, fontsize=7,
+            ha="center", va="bottom")
