@@ -228,10 +228,17 @@ def summary_line(rows: list[dict], n_rerun: int, n_total: int) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def current_model_version(cfg: Mapping[str, Any], spec: Any, factory: Any) -> str:
-    """The model version this run's segmenter reports (built once here; workers build their own)."""
+def current_model_version(spec: Any, factory: Any) -> str:
+    """The model version this run's segmenter reports: the shipped engine's from ``model.json`` (no model
+    loaded here, e.g. a client without the workers' GPU), any other engine's from one instance built here."""
+    from onfh_seg.batch import DEFAULT_ENGINE
+    from onfh_seg.config import model_version
     from onfh_seg.infer.pipeline import segmenter_info
 
+    if factory is None and spec.engine == DEFAULT_ENGINE:
+        version = model_version(spec.model_dir)
+        if version is not None:
+            return version
     segmenter = factory(spec.threads) if factory is not None else spec.build()
     return segmenter_info(segmenter)["model_version"]
 
@@ -260,10 +267,10 @@ def run_reanalysis(cfg: Mapping[str, Any], segmenter_factory: Any = None,
                         max_image_mb=cfg.get("max_image_mb"),
                         allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]))
     spec = engine_spec(cfg, 1)
-    version = current_model_version(cfg, spec, segmenter_factory)
-    plan = plan_reanalysis(jobs, earlier, version, result_settings(cfg))
+    version = current_model_version(spec, segmenter_factory)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with DirLock(out_dir, "onfh-infer", wait=bool(cfg["wait_lock"])):
+    with DirLock(out_dir, "onfh-infer", wait=bool(cfg["wait_lock"])):  # released for run_batch, which locks again
+        plan = plan_reanalysis(jobs, earlier, version, result_settings(cfg))
         if in_place:
             for folder in sorted(set(move_aside(out_dir, plan).values())):
                 keep_run_records(out_dir, folder)
