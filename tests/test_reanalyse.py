@@ -138,3 +138,56 @@ def test_cli_reanalyse(earlier_run, tmp_path) -> None:
     bad = subprocess.run([str(BIN / "onfh-infer"), *args, f"reanalyse={tmp_path / 'nope'}"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300, env=cli_env())
     assert bad.returncode != 0 and "earlier run folder not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def perturbed_model(dest: Path) -> Path:
+    """A copy of the shipped model whose fine network favours the necrotic zone (+1.5 on its output bias),
+    with its own model version."""
+    onnx = pytest.importorskip("onnx", reason="perturbing the model needs onnx (dev extra)")
+    from onnx import numpy_helper
+
+    src = Path(__file__).resolve().parents[1] / "models"
+    if not (src / "fine.onnx").is_file():
+        pytest.skip("the shipped model (models/fine.onnx) is not in this checkout")
+    dest.mkdir(parents=True)
+    shutil.copy(src / "coarse.onnx", dest / "coarse.onnx")
+    model = onnx.load(str(src / "fine.onnx"))
+    last = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+    init = next(i for i in model.graph.initializer if i.name == last.input[2])
+    bias = numpy_helper.to_array(init).copy()
+    bias[2] += 1.5  # label 2: necrotic zone
+    init.CopyFrom(numpy_helper.from_array(bias, init.name))
+    onnx.save(model, str(dest / "fine.onnx"))
+    meta = json.loads((src / "model.json").read_text())
+    meta["model_version"] = f"{meta['model_version']}+perturbed"
+    (dest / "model.json").write_text(json.dumps(meta, indent=1))
+    return dest
+
+
+@pytest.mark.slow
+def test_reanalysis_with_perturbed_shipped_model(batch_set, tmp_path) -> None:
+    """The real engine: the shipped model, then a copy with perturbed weights; every scan re-runs and the
+    table holds the two JSONs' numbers (~1 min on 2 busy cores: slow)."""
+    scans, _ = batch_set
+    inp = tmp_path / "scans"
+    inp.mkdir()
+    for name in ("P001_m00", "P002_m00"):
+        shutil.copy(scans / f"{name}.nii.gz", inp / f"{name}.nii.gz")
+    root = Path(__file__).resolve().parents[1]
+    earlier = tmp_path / "earlier"
+    over = {"engine": "onfh_seg.infer.engine:Segmenter", "provider": "cpu", "tta": False}
+    first = run_batch(base_cfg(inp, earlier, root / "models", **over))
+    assert first.done == 2
+    model2 = perturbed_model(tmp_path / "model2")
+    res = run_reanalysis(base_cfg(inp, tmp_path / "new", model2, reanalyse=str(earlier), **over))
+    assert (res.batch.done, res.batch.skipped) == (2, 0)
+    rows = read_rows(tmp_path / "new" / "reanalysis.csv")
+    assert rows and {r["reason"] for r in rows} == {"model changed"}
+    assert {r["new_model_version"] for r in rows} == {json.loads((model2 / "model.json").read_text())["model_version"]}
+    for r in rows:
+        old = hips(json.loads((earlier / f"{r['scan']}_measurements.json").read_text())).get(r["side"])
+        new = hips(json.loads((tmp_path / "new" / f"{r['scan']}_measurements.json").read_text())).get(r["side"])
+        if old and new:
+            assert float(r["old_lesion_volume_ml"]) == old["lesion_volume_ml"]
+            assert float(r["new_lesion_volume_ml"]) == new["lesion_volume_ml"]
+    assert any(r["delta_lesion_volume_ml"] and float(r["delta_lesion_volume_ml"]) > 0 for r in rows)
