@@ -109,6 +109,14 @@ def test_killed_worker_scan_runs_again_elsewhere(batch_set, reference_run, tmp_p
     assert no_temporaries(out) == []
 
 
+def test_engine_missing_on_the_workers_stops_the_run_with_one_line(batch_set, tmp_path) -> None:
+    scans, model = batch_set
+    with pytest.raises(RuntimeError, match=r"^segmenter not available: .*engine 'test_batch:NoSuchEngine'.*no NoSuchEngine$"):
+        run_batch(base_cfg(scans, tmp_path / "out", model, workers=2, executor="dask", engine="test_batch:NoSuchEngine"))
+    assert not (tmp_path / "out" / "measurements.csv").exists()
+    assert no_temporaries(tmp_path / "out") == []
+
+
 def test_segmenter_built_once_per_process(tmp_path) -> None:
     """The per-process cache builds a segmenter once per engine spec; a failure is one line, every time."""
     from onfh_seg.batch import EngineSpec

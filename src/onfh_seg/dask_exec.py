@@ -31,6 +31,7 @@ Requires ``dask[distributed]`` (``pip install 'onfh-seg[dask]'``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -177,8 +178,8 @@ def run_dask(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: A
             for i, fut in submit_in_order(client, scan_task, argsets, "onfh-scan"):
                 try:
                     result = fut.result()
-                except Exception as exc:  # its workers died (KilledWorker), or the cluster went away
-                    result = worker_failed(jobs[i], exc)
+                except (Exception, asyncio.CancelledError) as exc:  # its workers died (KilledWorker), or the
+                    result = worker_failed(jobs[i], exc)  # scheduler went away (the task was cancelled)
                 if result.get("init_error"):
                     raise RuntimeError(result["error"])  # every worker would fail the same way
                 on_result(result)
