@@ -249,3 +249,62 @@ def test_help_explains_the_modes() -> None:
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "onfh-pacs" in out.stdout and "mode=listen" in out.stdout and "since_last_run" in out.stdout
+
+
+# ---------------------------------------------------------------- network failures in pull mode
+
+
+class FlakyClient:
+    """A DICOMweb client stand-in: one study with one MR instance; STOW fails ``stow_failures`` times."""
+
+    def __init__(self, study_uid: str, stow_failures: int) -> None:
+        self.study_uid, self.stow_failures, self.stored = study_uid, stow_failures, []
+
+    def search_for_studies(self, **kwargs):
+        return [{"0020000D": {"Value": [self.study_uid]}, "00080020": {"Value": ["20260105"]}}]
+
+    def search_for_series(self, study_uid, fields=None):
+        return [{"0020000E": {"Value": ["1.2.3.4"]}, "00080060": {"Value": ["MR"]}}]
+
+    def retrieve_series(self, study_uid, series_uid):
+        return [instance(self.study_uid)]
+
+    def store_instances(self, datasets):
+        import requests
+
+        if self.stow_failures:
+            self.stow_failures -= 1
+            raise requests.ConnectionError("connection refused")
+        self.stored += [str(ds.SOPInstanceUID) for ds in datasets]
+        return Dataset()
+
+
+def test_pull_reports_a_network_failure_and_sends_on_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    from onfh_seg.pacs import pull
+    from onfh_seg.pacs.study import StudyOutcome
+
+    made = tmp_path / "made.dcm"
+    instance(generate_uid()).save_as(made, enforce_file_format=True)
+    monkeypatch.setattr(pull, "process_study", lambda *a, **k: StudyOutcome("ready", files=[made]))
+    cfg = {"state_dir": str(tmp_path / "state"), "retries": 1, "backoff_s": 0.0, "timeout_s": 5, "deidentify": False,
+           "pull": {"url": "http://pacs.invalid/dicom-web", "date_from": "20260101", "limit": 10}}
+    client = FlakyClient(generate_uid(), stow_failures=2)  # both tries of the first run fail
+    first = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    assert (first.sent, first.failed) == (0, 1)
+    assert first.studies[0]["reason"].startswith("network: STOW-RS failed after 2 tries: ConnectionError")
+    second = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    assert (second.sent, second.failed, second.skipped) == (1, 0, 0) and len(client.stored) == 1
+    third = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    assert (third.sent, third.skipped) == (0, 1) and len(client.stored) == 1
+    assert [r["status"] for r in read_audit(tmp_path / "state" / "audit.jsonl")] == ["error", "sent"]
+
+
+def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    from pacs_fixtures import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "onfh_seg.cli.pacs", "mode=pull", f"state_dir={tmp_path}",
+                           f"pull.url=http://127.0.0.1:{free_port()}/dicom-web", "pull.date_from=20260101",
+                           "retries=1", "backoff_s=0", "infer.provider=cpu"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: QIDO-RS studies failed after 2 tries: ConnectionError")

@@ -76,7 +76,10 @@ def dicomweb_client(url: str, timeout_s: float = 30.0) -> Any:
 
     session: requests.Session = create_session()
     session.request = _with_timeout(session.request, timeout_s)  # type: ignore[method-assign]
-    return DICOMwebClient(url=url.rstrip("/"), session=session)
+    client = DICOMwebClient(url=url.rstrip("/"), session=session)
+    # its own retries (any exception, 5 attempts with back-off) would hide failures inside ours: off
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def _with_timeout(request: Callable[..., Any], timeout_s: float) -> Callable[..., Any]:
