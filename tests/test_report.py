@@ -1,16 +1,22 @@
-"""HTML follow-up report and its figures (toy data: fast)."""
+"""HTML follow-up report, its figures and its words (toy data: fast)."""
 
 from __future__ import annotations
 
 import base64
+import io
 import re
+import subprocess
 
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
-from onfh_seg.report.html import DISCLAIMER, render_report, write_report
-from onfh_seg.report.plots import sample_views, trajectory_png, views_png
+from onfh_seg.report.html import DISCLAIMER, ReportFigures, render_report, report_figures, write_report
+from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
+from onfh_seg.report.pdf import chromium_path, html_to_pdf
+from onfh_seg.report.views import PANEL_PX, sample_views
+from onfh_seg.report.words import collapse_statement, healthy_line, hip_paragraph, number, score_title, versions_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # axial-like grid with x flipped (index 0 runs to the patient's left), 3 mm slices
@@ -54,6 +60,28 @@ def record():
     }
 
 
+def healthy_hip(tps):
+    return {"hip": "left", "timepoints": [{"timepoint": t["timepoint"], "months": t["months"], "head_volume_ml": 34.0,
+                                           "lesion_volume_ml": 0.0, "percent_head_involved": 0.0,
+                                           "arco_extent": "none", "jic_type": "none"} for t in tps]}
+
+
+def full_record():
+    """Two hips (one healthy), class changes, head height loss, voxel sizes of 5 mm slices."""
+    rec = record()
+    tps = rec["hips"][0]["timepoints"]
+    tps[2].update(arco_extent="B", jic_type="B", collapse_mm=1.0)
+    tps[1]["collapse_mm"], tps[0]["collapse_mm"] = 0.4, 0.0
+    rec["scans"] = [dict(s, voxel_size_mm=[0.8, 0.8, 5.0]) for s in rec["scans"]]
+    rec["hips"].append(healthy_hip(tps))
+    return rec
+
+
+def toy_views():
+    img, lab = toy_scan()
+    return sample_views(img, lab, AFFINE, None, (8.0, 0.0, 12.0), 30.0)
+
+
 def test_sample_views_align_a_moved_scan():
     img0, lab0 = toy_scan()
     shift = np.array([4.0, -3.0, 6.0])  # the follow-up content sits 'shift' mm away in its own world
@@ -66,42 +94,115 @@ def test_sample_views_align_a_moved_scan():
         a, b = v0[view][1], v1[view][1]
         assert a.shape == (61, 61)
         assert np.mean(a == b) > 0.97, view
+        # the smooth contour fields agree with the nearest-neighbour labels away from the borders
+        head = v0[view][2]["femoral head outline"]
+        assert head.shape == a.shape and np.mean((head > 0.5) == np.isin(a, (HEAD, NECROTIC, BAND))) > 0.95
     # radiological display: in the axial view the lesion (patient right, +x) is on the image left
     ax = sample_views(img0, lab0, AFFINE, None, (0.0, 0.0, 12.0), 30.0, step_mm=1.0)["axial"][1]
     cols = np.nonzero(np.isin(ax, (NECROTIC, BAND)).any(axis=0))[0]
     assert cols.mean() < 30
 
 
-def test_figures_are_png():
-    img, lab = toy_scan()
-    v = sample_views(img, lab, AFFINE, None, (0.0, 0.0, 0.0), 30.0, step_mm=1.0)
-    assert views_png([("m00", v), ("m03", v)], "toy").startswith(PNG)
-    assert trajectory_png(record()).startswith(PNG)
+def test_contours_are_smooth_across_thick_slices():
+    """On 3 mm slices the coronal head outline from interpolated fields has no 3 mm steps: its boundary
+    row moves by at most 2 display pixels (1 mm) between neighbouring columns inside the head."""
+    v = toy_views()["coronal"]
+    field = v[2]["femoral head outline"] > 0.5
+    cols = [c for c in range(field.shape[1]) if field[:, c].any()]
+    tops = np.array([np.argmax(field[:, c]) for c in cols])
+    inner = np.abs(np.diff(tops))[len(tops) // 4: -len(tops) // 4]
+    assert inner.size and inner.max() <= 2
+    steps = np.abs(np.diff([np.argmax(np.isin(v[1][:, c], (HEAD, NECROTIC, BAND))) for c in cols]))
+    assert steps[len(steps) // 4: -len(steps) // 4].max() >= 4  # the nearest-neighbour labels do step
+
+
+def test_figures_are_large_pngs_one_quantity_each():
+    rec = full_record()
+    figs = report_figures(rec, {"right": [("m00", 0.0, toy_views())]})
+    pair = figs.views["right"]["coronal"][0][1]
+    assert pair.startswith(PNG)
+    h, w = mpimg.imread(io.BytesIO(pair)).shape[:2]
+    assert w == 2 * PANEL_PX and PANEL_PX >= 300 and h >= 300
+    assert set(figs.imaging) == {"lesion_volume_ml", "percent_head_involved", "regenerated_pct",
+                                 "sir_baseline_zone", "collapse_mm"}
+    assert set(figs.scores) == {"harris_hip_score", "vas_walking"}  # one chart per clinical score
+    for png in [*figs.imaging.values(), *figs.scores.values()]:
+        assert png.startswith(PNG) and mpimg.imread(io.BytesIO(png)).shape[1] >= 500
 
 
 def test_report_is_self_contained(tmp_path):
-    img, lab = toy_scan()
-    v = sample_views(img, lab, AFFINE, None, (0.0, 0.0, 0.0), 30.0, step_mm=1.0)
+    v = toy_views()
     views = {"right": [("m00", 0.0, v), ("m03", 3.0, v), ("m12", 12.0, v)]}
     path = write_report(record(), views, tmp_path / "r.html")
     html = path.read_text()
     assert DISCLAIMER in html
     srcs = re.findall(r'src="([^"]*)"', html)
-    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 3 * 3 + 4 + 2  # 3 views x 3 visits, 4 imaging charts (no head height), 2 score charts
     for s in srcs:
-        assert base64.b64decode(s.split(",", 1)[1]).startswith(PNG)
+        assert s.startswith("data:image/png;base64,") and base64.b64decode(s.split(",", 1)[1]).startswith(PNG)
     assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html
     # header and numbers a reader needs
     for text in ("P&lt;01&gt;", "unet-0.3", "low_confidence", "segmentation not found", "Regenerated fraction",
-                 "20.0", "+0.200", "harris hip score", "+30"):
+                 "20.0", "(+0.20;", "Harris Hip Score (points, 0-100; higher is better)", "+30.0"):
         assert text in html, text
+    # every image enlarges on click (CSS focus) and the page prints
+    assert html.count('tabindex="0"') == len(srcs) and "img.zoom:focus" in html and "@media print" in html
+
+
+def test_report_structure_legends_and_healthy_hip():
+    rec = full_record()
+    figs = report_figures(rec, {"right": [("m00", 0.0, toy_views())], "left": [("m00", 0.0, toy_views())]})
+    html = render_report(rec, figs, package_version="9.9")
+    assert html.count('<section class="hip">') == 1 and "<h2>Right hip</h2>" in html and "<h2>Left hip</h2>" not in html
+    line = healthy_line(rec["hips"][1])
+    assert line == "Left hip: no lesion at m00, m03 or m12 (0-12 mo); femoral head 34.0 mL."
+    healthy = re.search(r'<li class="healthy">(.*?)<details>(.*?)</details></li>', html, re.S)
+    assert healthy and healthy.group(1) == line and "<img" in healthy.group(2)  # images behind the toggle
+    for name, _, colour in CONTOURS:
+        assert name in html and f"border-color:{colour}" in html
+    assert CROSS_LEGEND in html and "scale" in html
+    assert "onfh-seg 9.9 (segmentation model unet-0.3; tracking: onfh-track record format 1)" in html
+    assert "<details><summary>Other measures" in html and "T1 SIR in the current lesion" in html
+
+
+def test_summary_names_extent_changes_collapse_and_primary_sir():
+    rec = full_record()
+    text = " ".join(hip_paragraph(rec["hips"][0], rec))
+    for phrase in ("ARCO extent C (over 30 % of the head)", "ARCO extent C \u2192 B between m03 and m12",
+                   "JIC type C1 \u2192 B between m03 and m12", "Regenerated fraction: 20.0 %",
+                   "Primary signal ratio", "1.0 mm", "within measurement noise", "not an ARCO stage"):
+        assert phrase in text, phrase
+
+
+@pytest.mark.parametrize("loss,words", [(1.0, "within measurement noise"), (6.0, "beyond measurement noise"),
+                                        (None, "could not be measured")])
+def test_collapse_statement_judges_against_noise(loss, words):
+    assert words in collapse_statement(loss, 5.0 / 3.0, 5.0)
+
+
+def test_no_negative_zero_anywhere():
+    rec = full_record()
+    tp = rec["hips"][0]["timepoints"][1]
+    tp.update(lesion_change_ml=-0.0001, lesion_change_pct=-0.0, sir_change=-0.0004, collapse_mm=-0.01)
+    rec["score_changes"]["harris_hip_score"]["change"] = -0.0
+    html = render_report(rec, ReportFigures(), package_version="1")
+    assert not re.search(r"-0\.0+(?![0-9])", html)  # "-0.0", "-0.00", ... nowhere
+    assert number(-0.04, 1, signed=True) == "0.0" and number(-0.0, 2) == "0.00" and number(0.06, 1, True) == "+0.1"
+
+
+def test_score_names_are_readable_with_direction():
+    assert score_title("vas_walking")[0] == "Pain when walking (VAS) (0-10; lower is better)"
+    assert score_title("rom_abduction_vas")[0].startswith("Pain on abduction (VAS)")
+    assert "higher is better" in score_title("rom_flexion_deg")[0]
+    assert versions_text({"software": "onfh-track/3", "scans": []}, "0.1.0") == \
+        "onfh-seg 0.1.0 (segmentation model unknown; tracking: onfh-track record format 3)"
 
 
 def test_report_without_images_or_scores():
     rec = record()
     rec["visits"], rec["score_changes"] = [], {}
-    html = render_report(rec, {}, None)
+    html = render_report(rec, None)
     assert DISCLAIMER in html and "No clinical scores" in html and "<img" not in html
 
 
@@ -110,3 +211,25 @@ def test_regenerated_fraction_shown_in_percent(value, expected):
     from onfh_seg.report.html import fmt
 
     assert fmt("regenerated_pct", value) == expected
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium on PATH (Debian package 'chromium')")
+def test_pdf_and_screenshot_with_chromium(tmp_path):
+    rec = full_record()
+    path = write_report(rec, {"right": [("m00", 0.0, toy_views())]}, tmp_path / "r.html", pdf=True)
+    pdf = path.with_suffix(".pdf")
+    assert pdf.read_bytes().startswith(b"%PDF") and not list(tmp_path.glob(".*.tmp"))
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium_path(), "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'p'}",
+                    f"--screenshot={shot}", "--window-size=1400,2400", path.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    png = mpimg.imread(shot)[..., :3]
+    assert png.std() > 0.05  # not blank
+
+
+def test_pdf_without_chromium_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    (tmp_path / "r.html").write_text("<html></html>")
+    with pytest.raises(RuntimeError, match="no Chromium on PATH"):
+        html_to_pdf(tmp_path / "r.html", tmp_path / "r.pdf")
+    assert not (tmp_path / "r.pdf").exists()

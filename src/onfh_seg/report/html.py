@@ -2,20 +2,41 @@
 
 No external files, scripts, fonts or style sheets: the file can be mailed or
 archived on its own. Everything shown comes from the patient record written by
-``track.patient.compute_patient`` plus the figures of ``report.plots``.
+``track.patient.compute_patient`` plus the figures of ``report.views`` and
+``report.charts``; the words come from ``report.words``.
+
+Layout: header (patient, scans, QC, versions in words); per hip with a lesion
+a plain-words summary, the aligned T1 views as plain/contoured pairs (click an
+image to enlarge it, click elsewhere to shrink it: CSS only) with a legend of
+every line and mark, the main measurements and the others under "details";
+hips without a lesion in one line each with a toggle for their images; one
+chart per imaging measure and per clinical score; methods. A print style sheet
+lays it out for paper (``pdf.html_to_pdf`` makes a PDF where Chromium exists).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
 from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
+from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
+from onfh_seg.report.words import (
+    RC_FACTOR,
+    healthy_line,
+    height_noise_mm,
+    hip_paragraph,
+    is_healthy,
+    months,
+    number,
+    score_title,
+    versions_text,
+)
 
 DISCLAIMER = (
     "Research software. The segmentation model was trained on synthetic data only and is not for clinical use."
@@ -26,25 +47,30 @@ METRICS: dict[str, tuple[str, str, int, float]] = {
     "head_volume_ml": ("Femoral head volume", "mL", 1, 1.0),
     "lesion_volume_ml": ("Lesion volume (necrotic zone + band)", "mL", 2, 1.0),
     "percent_head_involved": ("Lesion, % of head", "%", 1, 1.0),
-    "necrotic_core_volume_ml": ("Necrotic core volume", "mL", 2, 1.0),
-    "band_volume_ml": ("Interface band volume", "mL", 2, 1.0),
+    "arco_extent": ("ARCO extent class (share of the head; not a stage)", "", 0, 1.0),
+    "jic_type": ("JIC type (lesion position in the weight-bearing portion)", "", 0, 1.0),
     "lesion_change_ml": ("Lesion change from baseline", "mL", 2, 1.0),
     "lesion_change_pct": ("Lesion change from baseline", "%", 1, 1.0),
     "regenerated_pct": ("Regenerated fraction of the baseline lesion", "%", 1, 1.0),
-    "regenerated_volume_ml": ("Regenerated volume", "mL", 2, 1.0),
     "new_necrosis_ml": ("New necrosis outside the baseline zone", "mL", 2, 1.0),
-    "sir_baseline_zone": ("T1 SIR in the baseline lesion zone", "ratio", 3, 1.0),
-    "sir_change": ("Change of that SIR from baseline", "ratio", 3, 1.0),
+    "sir_baseline_zone": ("T1 SIR in the baseline lesion zone (primary SIR)", "ratio", 3, 1.0),
+    "sir_change": ("Change of the primary SIR from baseline", "ratio", 3, 1.0),
+    "collapse_mm": ("Head height loss along the lesion direction", "mm", 1, 1.0),
+    # details
+    "necrotic_core_volume_ml": ("Necrotic core volume", "mL", 2, 1.0),
+    "band_volume_ml": ("Interface band volume", "mL", 2, 1.0),
+    "regenerated_volume_ml": ("Regenerated volume", "mL", 2, 1.0),
     "sir_lesion": ("T1 SIR in the current lesion", "ratio", 3, 1.0),
     "sir_necrotic": ("T1 SIR in the necrotic core (onfh-infer)", "ratio", 3, 1.0),
-    "collapse_mm": ("Head height loss along the lesion direction", "mm", 1, 1.0),
     "registration_shift_mm": ("Registration correction of the head centre (QC)", "mm", 1, 1.0),
-    "arco_extent": ("ARCO extent class", "", 0, 1.0),
-    "jic_type": ("JIC type", "", 0, 1.0),
 }
+DETAIL_METRICS = ("necrotic_core_volume_ml", "band_volume_ml", "regenerated_volume_ml", "sir_lesion", "sir_necrotic",
+                  "registration_shift_mm")
+IMAGING_CHART_KEYS = ("lesion_volume_ml", "percent_head_involved", "regenerated_pct", "sir_baseline_zone",
+                      "collapse_mm")
 
 CSS = """
-body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111;max-width:1400px}
+body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111;max-width:1500px;line-height:1.35}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:2px solid #888;margin-top:28px}
 h3{font-size:15px;margin-bottom:4px}
 .disclaimer{background:#fff3cd;border:1px solid #c9a227;padding:8px 12px;font-weight:bold;margin:10px 0}
@@ -54,9 +80,42 @@ td.l,th.l{text-align:left}
 .warn{color:#8a1c1c} .muted{color:#555;font-size:12px}
 .qcwarn{background:#fde2e2;border:2px solid #b00020;padding:8px 12px;margin:10px 0;color:#5c0010}
 th.untrusted,td.untrusted{background:#fde2e2}
-img{max-width:100%;height:auto;border:1px solid #444}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
+p.summary{font-size:15px;max-width:1100px;background:#f4f7fb;border-left:4px solid #4a6fa5;padding:8px 12px}
+.views{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0}
+figure.pair{margin:0} figure.pair figcaption{font-size:12px;color:#333}
+img{border:1px solid #444;height:auto}
+img.pair{width:640px;max-width:100%}
+img.chart{width:560px;max-width:100%}
+img.zoom{cursor:zoom-in}
+img.zoom:focus{position:fixed;top:2vh;left:2vw;width:96vw;height:96vh;max-width:none;object-fit:contain;
+  background:#000;z-index:10;cursor:zoom-out;outline:none}
+.charts{display:flex;flex-wrap:wrap;gap:12px}
+.legend{font-size:13px;margin:4px 0 10px 0}
+.legend span.sw{display:inline-block;width:22px;height:0;border-top:3px solid;margin:0 5px 3px 14px;vertical-align:middle}
+.legend span.cross{color:orange;font-weight:bold;margin:0 4px 0 14px}
+ul.healthy{list-style:none;padding-left:0} ul.healthy li{margin:6px 0}
+details summary{cursor:pointer;color:#234}
+@media print{
+  body{margin:0;max-width:none;font-size:11pt}
+  .disclaimer,.qcwarn{break-inside:avoid}
+  section.hip{break-before:page}
+  h2,h3{break-after:avoid}
+  figure.pair,img.chart,table{break-inside:avoid}
+  img.pair{width:48%} img.chart{width:48%}
+  img.zoom:focus{position:static;width:48%;height:auto}
+  details summary{display:none}
+}
+@page{size:A4;margin:12mm}
 """
+
+
+@dataclass
+class ReportFigures:
+    """The PNGs of one report: per hip, per view, ``(column title, pair PNG)``; charts by key."""
+
+    views: dict[str, dict[str, list[tuple[str, bytes]]]] = field(default_factory=dict)
+    imaging: dict[str, bytes] = field(default_factory=dict)
+    scores: dict[str, bytes] = field(default_factory=dict)
 
 
 def _esc(v) -> str:
@@ -64,31 +123,26 @@ def _esc(v) -> str:
 
 
 def fmt(key: str, value, signed: bool = False) -> str:
-    """Formatted metric value ("-" when missing)."""
+    """Formatted metric value (a dash when missing); never "-0.0"."""
     if value is None or value == "":
         return "&ndash;"
     if key in ("arco_extent", "jic_type"):
         return _esc(value)
+    _, _, nd, scale = METRICS.get(key, ("", "", 2, 1.0))
     try:
-        v = float(value)
+        v = float(value) * scale
     except (TypeError, ValueError):
         return _esc(value)
-    if not math.isfinite(v):
-        return "&ndash;"
-    _, _, nd, scale = METRICS.get(key, ("", "", 2, 1.0))
-    s = f"{v * scale:{'+' if signed else ''}.{nd}f}"
-    return _esc(s)
+    text = number(v, nd, signed)
+    return "&ndash;" if text == "\u2013" else _esc(text)
 
 
-def img_tag(png: bytes, alt: str) -> str:
-    """An <img> with the PNG embedded as a data URI."""
+def img_tag(png: bytes, alt: str, cls: str = "", zoom: bool = True) -> str:
+    """An <img> with the PNG embedded as a data URI; ``zoom``: click (focus) enlarges it."""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _months(m) -> str:
-    m = float(m)
-    return f"{m:g} mo"
+    classes = " ".join(c for c in (cls, "zoom" if zoom else "") if c)
+    tab = ' tabindex="0"' if zoom else ""
+    return f'<img class="{classes}"{tab} alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def untrusted_flags(item: Mapping) -> list[str]:
@@ -118,19 +172,17 @@ def qc_warning(record: dict) -> str:
             f"report and should not be used for decisions.<ul>{items}</ul></div>")
 
 
-def _header(record: dict) -> str:
+def _header(record: dict, package_version: str) -> str:
     scans = record.get("scans", [])
-    versions = sorted({s.get("model_version") or "unknown" for s in scans})
     rows = [
         ("Patient", _esc(record["patient_id"])),
         ("Hips tracked", _esc(", ".join(h["hip"] for h in record["hips"]) or "none")),
-        ("Scans", ", ".join(f"{_esc(s['timepoint'])} ({_months(s['months'])})" for s in scans)),
-        ("Baseline", f"{_esc(record['baseline']['timepoint'])} ({_months(record['baseline']['months'])})"),
-        ("Segmentation model version", _esc(", ".join(versions))),
+        ("Scans", ", ".join(f"{_esc(s['timepoint'])} ({months(s['months'])})" for s in scans)),
+        ("Baseline", f"{_esc(record['baseline']['timepoint'])} ({months(record['baseline']['months'])})"),
         ("QC flags", "<br>".join(f"{_esc(s['timepoint'])}: {_esc(', '.join(s.get('qc_flags') or []) or 'none')}"
                                  for s in scans)),
         ("SIR reference region", _esc(record.get("reference", "acetabulum"))),
-        ("Software", _esc(record.get("software", ""))),
+        ("Software and model", _esc(versions_text(record, package_version))),
     ]
     out = [qc_warning(record), "<table>"]
     out += [f'<tr><th class="l">{k}</th><td class="l">{v}</td></tr>' for k, v in rows] + ["</table>"]
@@ -143,37 +195,23 @@ def _header(record: dict) -> str:
     return "\n".join(out)
 
 
-def hip_summary(hip: dict) -> str:
-    """One plain-language sentence about a hip's course."""
-    tps = hip["timepoints"]
-    b, last = tps[0], tps[-1]
-    parts = [f"Baseline lesion {fmt('lesion_volume_ml', b.get('lesion_volume_ml'))} mL "
-             f"({fmt('percent_head_involved', b.get('percent_head_involved'))}% of the head"
-             f"{', ARCO ' + _esc(b['arco_extent']) if b.get('arco_extent') not in (None, 'none') else ''})."]
-    if len(tps) > 1:
-        parts.append(f"At {_months(last['months'])}: {fmt('lesion_volume_ml', last.get('lesion_volume_ml'))} mL "
-                     f"({fmt('lesion_change_pct', last.get('lesion_change_pct'), signed=True)}%).")
-        if last.get("regenerated_pct") is not None:
-            parts.append(f"Regenerated fraction of the baseline lesion: "
-                         f"{fmt('regenerated_pct', last['regenerated_pct'])}%.")
-        if last.get("sir_change") is not None:
-            parts.append(f"SIR of the baseline zone changed by {fmt('sir_change', last['sir_change'], signed=True)}.")
-        if last.get("new_necrosis_ml"):
-            parts.append(f"New necrosis outside the baseline zone: {fmt('new_necrosis_ml', last['new_necrosis_ml'])} mL.")
-        if last.get("collapse_mm") is not None:
-            parts.append(f"Head height loss along the lesion direction: {fmt('collapse_mm', last['collapse_mm'])} mm.")
-    return " ".join(parts)
+def hip_summary(hip: dict, record: dict | None = None) -> str:
+    """The plain-words summary paragraph of a hip (escaped)."""
+    return _esc(" ".join(hip_paragraph(hip, record or {})))
 
 
-def metrics_table(hip: dict) -> str:
+def metrics_table(hip: dict, keys: Sequence[str] | None = None) -> str:
+    """Measurements of a hip by timepoint (``keys``: the rows; default the main ones)."""
+    keys = keys or [k for k in METRICS if k not in DETAIL_METRICS]
     tps = hip["timepoints"]
     bad = [bool(untrusted_flags(t)) for t in tps]
     cls = ['' if not b else ' class="untrusted"' for b in bad]
-    head = "".join(f"<th{c}>{_esc(t['timepoint'])}<br>{_months(t['months'])}"
+    head = "".join(f"<th{c}>{_esc(t['timepoint'])}<br>{months(t['months'])}"
                    f"{'<br>&#9888; QC: ' + _esc(', '.join(untrusted_flags(t))) if b else ''}</th>"
                    for t, b, c in zip(tps, bad, cls))
     out = [f'<table><tr><th class="l">Measure</th><th class="l">Unit</th>{head}</tr>']
-    for key, (label, unit, _, _) in METRICS.items():
+    for key in keys:
+        label, unit, _, _ = METRICS[key]
         if all(t.get(key) is None for t in tps):
             continue
         cells = "".join(f"<td{c}>{fmt(key, t.get(key))}</td>" for t, c in zip(tps, cls))
@@ -182,20 +220,64 @@ def metrics_table(hip: dict) -> str:
     return "\n".join(out)
 
 
+def legend_html() -> str:
+    """Legend of every line and mark in the image panels."""
+    items = "".join(f'<span class="sw" style="border-color:{c}"></span>{_esc(name)}' for name, _, c in CONTOURS)
+    return (f'<p class="legend">Left of each pair: plain T1; right: the same with {items}'
+            f'<span class="cross">+</span>{_esc(CROSS_LEGEND)}. White bar: scale. '
+            "Orange letters: patient orientation (R/L, A/P, S/I). Click an image to enlarge it.</p>")
+
+
+def views_html(hip_name: str, views: Mapping[str, Sequence[tuple[str, bytes]]]) -> str:
+    """The view pairs of a hip: one row per view, one pair per timepoint."""
+    out = []
+    for view, cols in views.items():
+        figs = "".join(f'<figure class="pair">{img_tag(png, f"{hip_name} hip, {title}", "pair")}'
+                       f"<figcaption>{_esc(title)}</figcaption></figure>" for title, png in cols)
+        out.append(f'<div class="views">{figs}</div>')
+    return "\n".join(out)
+
+
+def hip_section(hip: dict, record: dict, figures: ReportFigures) -> str:
+    """The section of a hip with a lesion."""
+    name = hip["hip"]
+    parts = [f'<section class="hip"><h2>{_esc(name.capitalize())} hip</h2>',
+             f'<p class="summary">{hip_summary(hip, record)}</p>']
+    if name in figures.views:
+        parts += ["<h3>T1 images, every timepoint aligned to baseline</h3>", legend_html(),
+                  views_html(name, figures.views[name])]
+    parts += ["<h3>Measurements</h3>", metrics_table(hip),
+              "<details><summary>Other measures: volumes of core and band, other signal ratios, registration QC"
+              f"</summary>{metrics_table(hip, DETAIL_METRICS)}</details>", "</section>"]
+    return "\n".join(parts)
+
+
+def healthy_section(hips: Sequence[dict], figures: ReportFigures) -> str:
+    """Hips without a lesion: one line each, images and measurements behind a toggle."""
+    items = []
+    for hip in hips:
+        inner = metrics_table(hip)
+        if hip["hip"] in figures.views:
+            inner = legend_html() + views_html(hip["hip"], figures.views[hip["hip"]]) + inner
+        items.append(f'<li class="healthy">{_esc(healthy_line(hip))}<details><summary>Show images and measurements'
+                     f"</summary>{inner}</details></li>")
+    return f'<h2>Hips without a lesion</h2><ul class="healthy">{"".join(items)}</ul>'
+
+
 def scores_table(record: dict) -> str:
     visits = record.get("visits") or []
     cols = [c for c in CLINICAL_COLUMNS if any(c in v for v in visits)]
     if not cols:
         return '<p class="muted">No clinical scores in the manifest.</p>'
-    head = "".join(f"<th>{_esc(c.replace('_', ' '))}</th>" for c in cols)
+    head = "".join(f"<th>{_esc(score_title(c)[0])}</th>" for c in cols)
     out = [f'<table><tr><th class="l">Visit</th><th>Months</th>{head}</tr>']
     for v in visits:
         cells = "".join(f"<td>{_esc(f'{v[c]:g}') if c in v else '&ndash;'}</td>" for c in cols)
         out.append(f'<tr><td class="l">{_esc(v["timepoint"])}</td><td>{v["months"]:g}</td>{cells}</tr>')
     changes = record.get("score_changes") or {}
     if changes:
-        vals = [format(changes[c]["change"], "+g") if c in changes else None for c in cols]
-        cells = "".join(f"<td>{_esc(v) if v is not None else '&ndash;'}</td>" for v in vals)
+        cells = "".join(f"<td>{_esc(number(changes[c]['change'], 1, True)) if c in changes else '&ndash;'}</td>"
+                        for c in cols)
         out.append(f'<tr><th class="l">Change (last - baseline)</th><td></td>{cells}</tr>')
     out.append("</table>")
     return "\n".join(out)
@@ -204,26 +286,49 @@ def scores_table(record: dict) -> str:
 METHODS = """
 <ul class="muted">
 <li>Each follow-up scan is registered rigidly to the baseline scan per hip (mutual information in a ball of
-a few head radii around the femoral head, initialised from the segmented head centres). Images above are
+a few head radii around the femoral head, initialised from the segmented head centres). Images are
 resampled into baseline space, so the orange cross marks the same anatomical point at every timepoint
-(the baseline lesion centroid, or the head centre when there is no lesion).</li>
+(the baseline lesion centroid, or the head centre when there is no lesion). Contours are drawn on the
+display grid from the label masks interpolated between slices.</li>
 <li>Lesion = necrotic zone + interface band. Volumes and SIR of the necrotic core come from onfh-infer.</li>
+<li>ARCO extent class: the lesion's share of the femoral head (A under 15 %, B 15-30 %, C over 30 %); it is
+not an ARCO stage. JIC type: how far laterally the lesion reaches in the weight-bearing portion on the
+mid-coronal plane (A, B, C1, C2 beyond the acetabular edge).</li>
 <li>Regenerated fraction: share of the baseline lesion, aligned to the follow-up, that is viable femoral head
 now. Within a thin shell at the baseline lesion border (half the coarsest voxel edge + 1 mm) only the net
 change counts, so voxel-size noise does not masquerade as regeneration or new necrosis.</li>
 <li>SIR (signal-intensity ratio): mean T1 signal of a region divided by the mean of the reference region
-(eroded acetabulum of the same hip, same scan, by default). "Baseline lesion zone" is the baseline lesion
-mapped onto each follow-up; a rising SIR there means its signal moves towards marrow.</li>
+(eroded acetabulum of the same hip, same scan, by default). The primary SIR is that of the baseline lesion
+zone mapped onto each follow-up; a rising SIR there means its signal moves towards marrow.</li>
 <li>Head height loss: median distance from the baseline head centre to the head surface along rays within
 20&deg; of the lesion direction, baseline minus follow-up (positive = flattening of the dome). Its noise is
-about a third of the slice spacing; it is not an ARCO collapse measurement.</li>
+about a third of the slice spacing; a loss is called beyond noise above 2.77 times that (the repeatability
+coefficient rule). It is not an ARCO collapse measurement.</li>
 <li>Orientation: radiological (patient right on the image left); letters at the panel edges.</li>
 </ul>
 """
 
 
-def render_report(record: dict, hip_views: Mapping[str, bytes], trajectory: bytes | None) -> str:
-    """The report HTML text. ``hip_views``: hip name -> montage PNG; ``trajectory``: trajectory PNG."""
+def charts_html(figures: ReportFigures, record: dict) -> str:
+    """Trajectory charts (one per imaging measure) and one chart per clinical score."""
+    out = []
+    if figures.imaging:
+        out.append("<h2>Trajectories</h2>")
+        out.append('<div class="charts">' + "".join(img_tag(png, f"trajectory: {key}", "chart")
+                                                     for key, png in figures.imaging.items()) + "</div>")
+    out.append("<h2>Clinical scores</h2>")
+    out.append(scores_table(record))
+    if figures.scores:
+        out.append('<div class="charts">' + "".join(img_tag(png, f"clinical score: {score_title(key)[0]}", "chart")
+                                                     for key, png in figures.scores.items()) + "</div>")
+    return "\n".join(out)
+
+
+def render_report(record: dict, figures: ReportFigures | None = None, package_version: str | None = None) -> str:
+    """The report HTML text."""
+    if package_version is None:
+        from onfh_seg import __version__ as package_version
+    figures = figures or ReportFigures()
     pid = _esc(record["patient_id"])
     parts = [
         "<!DOCTYPE html>",
@@ -232,44 +337,55 @@ def render_report(record: dict, hip_views: Mapping[str, bytes], trajectory: byte
         f"<style>{CSS}</style></head><body>",
         f"<h1>Femoral head osteonecrosis follow-up: {pid}</h1>",
         f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
-        _header(record),
+        _header(record, package_version),
     ]
-    legend = ('<p class="legend muted">Contours:<span style="background:yellow"></span>femoral head'
-              '<span style="background:red"></span>necrotic zone<span style="background:cyan"></span>interface band'
-              '<span style="background:lime"></span>acetabulum</p>')
-    for hip in record["hips"]:
-        parts.append(f"<h2>{_esc(hip['hip'].capitalize())} hip</h2>")
-        parts.append(f"<p>{hip_summary(hip)}</p>")
-        if hip["hip"] in hip_views:
-            parts.append("<h3>T1 images, every timepoint aligned to baseline</h3>")
-            parts.append(img_tag(hip_views[hip["hip"]], f"{hip['hip']} hip: aligned T1 views"))
-            parts.append(legend)
-        parts.append("<h3>Measurements</h3>")
-        parts.append(metrics_table(hip))
-    if trajectory is not None:
-        parts.append("<h2>Trajectories</h2>")
-        parts.append(img_tag(trajectory, "trajectory plots"))
-    parts.append("<h2>Clinical scores</h2>")
-    parts.append(scores_table(record))
-    parts.append("<h2>Methods and definitions</h2>")
-    parts.append(METHODS)
-    parts.append(f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>')
-    parts.append("</body></html>\n")
+    lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
+    healthy = [h for h in record["hips"] if is_healthy(h)]
+    parts += [hip_section(h, record, figures) for h in lesion_hips]
+    if healthy:
+        parts.append(healthy_section(healthy, figures))
+    parts.append(charts_html(figures, record))
+    parts += ["<h2>Methods and definitions</h2>", METHODS, f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
+              "</body></html>\n"]
     return "\n".join(parts)
 
 
-def write_report(record: dict, views: Mapping[str, Sequence] | None, path: str | Path) -> Path:
-    """Render figures and write ``path`` atomically.
+def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> ReportFigures:
+    """All PNGs of a report. ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``."""
+    from onfh_seg.report.charts import imaging_chart_png, score_chart_png
+    from onfh_seg.report.views import hip_view_pngs
+
+    figs = ReportFigures()
+    for hip, cols in (views or {}).items():
+        figs.views[hip] = hip_view_pngs([(f"{tp} ({float(m):g} mo)", v) for tp, m, v in cols])
+    lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
+    noise = {}
+    for h in lesion_hips:
+        n = height_noise_mm(record, [tp["timepoint"] for tp in h["timepoints"]])
+        if n is not None:
+            noise[h["hip"]] = RC_FACTOR * n
+    for key in IMAGING_CHART_KEYS:
+        png = imaging_chart_png(lesion_hips, key, noise if key == "collapse_mm" else None)
+        if png is not None:
+            figs.imaging[key] = png
+    visits = record.get("visits") or []
+    for score in CLINICAL_COLUMNS:
+        png = score_chart_png(visits, score)
+        if png is not None:
+            figs.scores[score] = png
+    return figs
+
+
+def write_report(record: dict, views: Mapping[str, Sequence] | None, path: str | Path, pdf: bool = False) -> Path:
+    """Render figures and write ``path`` atomically; with ``pdf`` also ``path`` with ``.pdf`` when Chromium exists.
 
     ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``
     as filled by ``track.patient.compute_patient``.
     """
-    from onfh_seg.report.plots import trajectory_png, views_png
-
-    hip_views = {}
-    for hip, cols in (views or {}).items():
-        columns = [(f"{tp} ({float(m):g} mo)", v) for tp, m, v in cols]
-        hip_views[hip] = views_png(columns, f"{record['patient_id']} {hip} hip")
-    text = render_report(record, hip_views, trajectory_png(record))
+    text = render_report(record, report_figures(record, views))
     atomic_write_text(path, text)
+    if pdf:
+        from onfh_seg.report.pdf import html_to_pdf
+
+        html_to_pdf(Path(path), Path(path).with_suffix(".pdf"))
     return Path(path)

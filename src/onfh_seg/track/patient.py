@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import apply, centred_grid, resample, voxel_to_ras
+from onfh_seg.geometry import apply, centred_grid, resample, voxel_spacing, voxel_to_ras
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
 from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.labels import HEAD_LABELS, LESION_LABELS
@@ -94,7 +94,7 @@ def compute_patient(
     (evaluation with the generator's true transforms). With ``transform_refs``
     each follow-up record names its ``transforms/<pid>_<hip>_<timepoint>.json``
     (to be written by ``save_transforms``). If ``views`` is a dict, it is filled with hip name -> list of
-    ``(timepoint, months, report.plots.sample_views(...))`` display planes
+    ``(timepoint, months, report.views.sample_views(...))`` display planes
     through the baseline lesion centroid (else the head centre), every
     timepoint resampled into baseline space. Raises ``ValueError`` if the
     baseline scan is unusable.
@@ -103,7 +103,7 @@ def compute_patient(
     reg_params = reg_params or RegistrationParams()
     found: list[FoundTransform] = []
     if views is not None:
-        from onfh_seg.report.plots import sample_views
+        from onfh_seg.report.views import sample_views
     if not p.scans:
         raise ValueError("no scans in the manifest")
     if p.scans[0].error:
@@ -235,6 +235,7 @@ def compute_patient(
               "seg": d.scan.seg.name, "measurements": d.scan.measurements.name, "model_version": d.model_version,
               "qc_flags": list((d.scan.meas or {}).get("qc_flags") or []),
               "mean_confidence": (d.scan.meas or {}).get("mean_confidence"),
+              "voxel_size_mm": [round(float(v), 4) for v in voxel_spacing(d.affine)],
               "sides_in_measurements": [h["side"] for h in d.hips]} for d in [base, *follows]]
     record = {
         "patient_id": p.patient_id,

@@ -1,0 +1,104 @@
+"""Trajectory charts of the follow-up report: one quantity per chart, legends outside the data.
+
+Imaging measures get one line per hip against months from baseline; each
+clinical score gets its own chart with its readable name, unit and the
+direction of better (``report.words.SCORES``). matplotlib Agg canvases only;
+every function returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from onfh_seg.report.views import png_bytes
+from onfh_seg.report.words import score_title
+
+CHART_SIZE_IN = (5.6, 2.9)  # 560 x 290 px: plot on the left, legend in its own column on the right
+PLOT_RIGHT = 0.70  # the axes end here; the legend sits to their right
+HIP_STYLE = {"right": {"color": "tab:blue", "marker": "o"}, "left": {"color": "tab:orange", "marker": "s"}}
+
+# key -> (chart title, y-axis label)
+IMAGING_CHARTS: dict[str, tuple[str, str]] = {
+    "lesion_volume_ml": ("Lesion volume (necrotic zone + band)", "mL"),
+    "percent_head_involved": ("Lesion, % of the femoral head", "% of head"),
+    "regenerated_pct": ("Regenerated fraction of the baseline lesion", "% of baseline lesion"),
+    "sir_baseline_zone": ("T1 signal ratio in the baseline lesion zone (primary SIR)", "SIR (vs reference)"),
+    "collapse_mm": ("Head height loss along the lesion direction", "mm (positive = flatter)"),
+}
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def hip_series(hip: dict, key: str) -> tuple[list[float], list[float]]:
+    """(months, values) of one measure of one hip, missing values left out."""
+    pts = [(float(tp["months"]), float(tp[key])) for tp in hip["timepoints"] if _finite(tp.get(key))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def score_series(visits: Sequence[dict], score: str) -> tuple[list[float], list[float]]:
+    """(months, values) of one clinical score over the visits that have it."""
+    pts = [(float(v["months"]), float(v[score])) for v in visits if _finite(v.get(score))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _chart(title: str, ylabel: str) -> tuple[Figure, object]:
+    fig = Figure(figsize=CHART_SIZE_IN, dpi=100, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.12, 0.17, PLOT_RIGHT - 0.12, 0.68))
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_xlabel("months from baseline", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _legend_outside(fig: Figure, ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(PLOT_RIGHT + 0.02, 0.5), fontsize=7,
+                   frameon=False)
+
+
+def imaging_chart_png(hips: Sequence[dict], key: str, noise: dict[str, float] | None = None) -> bytes | None:
+    """One imaging measure, one line per hip; None when no hip has a value.
+
+    ``noise`` (hip name -> mm) shades the band around zero within which a
+    change of that hip cannot be told from measurement noise (head height
+    loss), labelled in the legend.
+    """
+    title, ylabel = IMAGING_CHARTS[key]
+    series = {h["hip"]: hip_series(h, key) for h in hips}
+    if not any(xs for xs, _ in series.values()):
+        return None
+    fig, ax = _chart(title, ylabel)
+    for name, (xs, ys) in series.items():
+        if not xs:
+            continue
+        style = HIP_STYLE.get(name, {"color": "tab:green", "marker": "^"})
+        ax.plot(xs, ys, label=f"{name} hip", **style)
+        if noise and noise.get(name):
+            ax.axhspan(-noise[name], noise[name], color=style["color"], alpha=0.12,
+                       label=f"{name}: within noise (\u00b1{noise[name]:.1f} mm)")
+    if key == "regenerated_pct":
+        ax.set_ylim(-2.0, max(10.0, 1.1 * max(max(ys, default=0.0) for _, ys in series.values())))
+    _legend_outside(fig, ax)
+    return png_bytes(fig)
+
+
+def score_chart_png(visits: Sequence[dict], score: str) -> bytes | None:
+    """One clinical score against months, titled with its name, unit and direction of better."""
+    xs, ys = score_series(visits, score)
+    if not xs:
+        return None
+    title, unit = score_title(score)
+    fig, ax = _chart(title, unit)
+    ax.plot(xs, ys, color="0.25", marker="D", label="patient (per visit)")
+    _legend_outside(fig, ax)
+    return png_bytes(fig)

@@ -1,0 +1,145 @@
+"""Aligned T1 views of the follow-up report: display planes per timepoint, drawn as plain/contoured pairs.
+
+matplotlib Agg canvases only (``Figure`` + ``FigureCanvasAgg``; no pyplot
+global state); figures come back as PNG bytes for the HTML report.
+
+Views are sampled on RAS-aligned planes in the *baseline* world through one
+point (the baseline lesion centroid, or the head centre), so after
+registration the same anatomical spot lies at the same pixel at every
+timepoint. Display follows ``report.overlay``: radiological convention
+(patient right on the image left in axial and coronal, anterior up in axial,
+superior up in coronal and sagittal, anterior on the left in sagittal).
+
+Contours are drawn on the display grid from smooth fields: each contour layer
+(``overlay.CONTOURS``) as a 0/1 mask, interpolated trilinearly onto the plane
+(so 5 mm slices give straight edges between slice centres, not steps) and
+lightly smoothed, then contoured at 0.5.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from onfh_seg.geometry import apply, crop_box, resample, voxel_spacing
+from onfh_seg.report.overlay import CONTOURS, VIEWS, _letters, draw_contours, panel, scale_bar, window
+
+DPI = 100
+PANEL_PX = 340  # each panel of a pair, in PNG pixels (the report shows them at this size or larger)
+TITLE_PX = 26
+SMOOTH_MM = 0.7  # Gaussian sigma applied to the interpolated contour fields
+
+View = tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
+
+
+def png_bytes(fig: Figure, facecolor: str = "white") -> bytes:
+    """PNG bytes of an Agg figure (no software metadata, so the bytes are reproducible)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor=facecolor, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _plane(centre: np.ndarray, axis: int, n: int, step_mm: float) -> tuple[list[int], np.ndarray]:
+    """Shape and affine of the RAS-aligned display plane through ``centre`` normal to world ``axis``."""
+    shape = [2 * n + 1] * 3
+    shape[axis] = 1
+    aff = np.diag([step_mm, step_mm, step_mm, 1.0])
+    aff[:3, 3] = centre - n * step_mm
+    aff[axis, 3] = centre[axis]
+    return shape, aff
+
+
+def sample_views(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    affine: np.ndarray,
+    to_baseline: np.ndarray | None,
+    centre_ras: Sequence[float],
+    half_mm: float,
+    step_mm: float = 0.5,
+) -> dict[str, View]:
+    """Axial, coronal and sagittal display planes through a baseline-world point.
+
+    Each plane is a RAS-aligned grid (``step_mm`` pixels, +-``half_mm``) in the
+    baseline world; the scan is sampled through ``to_baseline`` (its
+    follow-up -> baseline RAS matrix; None for the baseline itself), the image
+    trilinearly and the labels nearest-neighbour. Returns
+    ``{view: (image2d, labels2d, fields)}`` in display orientation
+    (``overlay.panel``), ``fields`` the smooth 0-1 field of every contour layer
+    by name (empty without labels).
+    """
+    n = int(math.ceil(half_mm / step_mm))
+    c = np.asarray(centre_ras, np.float64)
+    crop, crop_aff = None, affine
+    if labels is not None:  # contour fields only need the labels near the point
+        c_scan = c if to_baseline is None else apply(np.linalg.inv(to_baseline), c)
+        reach = math.sqrt(3.0) * half_mm + 2.0 * float(voxel_spacing(affine).max())
+        crop, crop_aff = crop_box(np.asarray(labels), affine, c_scan, reach)
+    out: dict[str, View] = {}
+    for view, axis, _ in VIEWS:
+        shape, aff = _plane(c, axis, n, step_mm)
+        img = panel(resample(image, affine, aff, shape, order=1, cval=0.0, src_to_dst=to_baseline), axis, 0)
+        lab = None
+        fields: dict[str, np.ndarray] = {}
+        if labels is not None:
+            lab = panel(resample(labels, affine, aff, shape, order=0, src_to_dst=to_baseline), axis, 0)
+            for name, values, _ in CONTOURS:
+                if crop.size == 0:
+                    break
+                mask = np.isin(crop, values).astype(np.float32)
+                f = panel(resample(mask, crop_aff, aff, shape, order=1, cval=0.0, src_to_dst=to_baseline), axis, 0)
+                fields[name] = ndimage.gaussian_filter(f, SMOOTH_MM / step_mm)
+        out[view] = (img, lab, fields)
+    return out
+
+
+def view_window(views: Mapping[str, View]) -> tuple[float, float]:
+    """Grey window of one timepoint: 1-99.5 percentiles of its positive pixels (scanner units differ)."""
+    vals = np.concatenate([v[0].ravel() for v in views.values()])
+    return window(vals[vals > 0] if np.any(vals > 0) else vals)
+
+
+def pair_png(view: str, v: View, win: tuple[float, float], title: str, step_mm: float = 0.5,
+             cross: bool = True) -> bytes:
+    """One view of one timepoint as a pair: plain T1 (left) and the same with contours (right).
+
+    Both panels carry orientation letters and a scale bar; the contoured one
+    marks the sampled point (the plane centre) with an orange cross.
+    """
+    img2d, lab2d, fields = v
+    width_in = 2 * PANEL_PX / DPI
+    fig = Figure(figsize=(width_in, (PANEL_PX + TITLE_PX) / DPI), dpi=DPI, facecolor="black")
+    FigureCanvasAgg(fig)
+    letters = next(lt for name, _, lt in VIEWS if name == view)
+    for col, contoured in enumerate((False, True)):
+        ax = fig.add_axes((col / 2.0, 0.0, 0.5, PANEL_PX / (PANEL_PX + TITLE_PX)))
+        ax.imshow(img2d, cmap="gray", vmin=win[0], vmax=win[1], interpolation="bilinear")
+        ax.set_xlim(-0.5, img2d.shape[1] - 0.5)
+        ax.set_ylim(img2d.shape[0] - 0.5, -0.5)
+        if contoured:
+            draw_contours(ax, None if fields else lab2d, fields, linewidth=1.6)
+            if cross:
+                cy, cx = (img2d.shape[0] - 1) / 2.0, (img2d.shape[1] - 1) / 2.0
+                ax.plot([cx], [cy], marker="+", color="orange", markersize=10, markeredgewidth=1.2)
+        _letters(ax, letters)
+        scale_bar(ax, step_mm, step_mm)
+        ax.set_axis_off()
+    fig.text(0.5, 1.0 - 0.5 * TITLE_PX / (PANEL_PX + TITLE_PX), title, color="white", fontsize=10,
+             ha="center", va="center")
+    return png_bytes(fig, "black")
+
+
+def hip_view_pngs(columns: Sequence[tuple[str, Mapping[str, View]]]) -> dict[str, list[tuple[str, bytes]]]:
+    """Per view (axial, coronal, sagittal): ``(column title, pair PNG)`` for every timepoint column."""
+    out: dict[str, list[tuple[str, bytes]]] = {view: [] for view, _, _ in VIEWS}
+    for col_title, views in columns:
+        win = view_window(views)
+        for view, _, _ in VIEWS:
+            out[view].append((col_title, pair_png(view, views[view], win, f"{col_title}: {view}")))
+    return out
