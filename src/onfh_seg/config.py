@@ -158,6 +158,7 @@ class TrackSettings:
     resume: bool = dataclasses.field()
     wait_lock: bool = dataclasses.field()
     report: bool = dataclasses.field()
+    report_pdf: bool = dataclasses.field()
     reference: Reference = dataclasses.field()
     grid_mm: float = dataclasses.field(metadata={"min": 0.05})
     boundary_mm: Union[float, None] = dataclasses.field()

@@ -51,7 +51,7 @@ def _patient_job(args) -> tuple[str, str, dict | str]:
         if views is not None:
             from onfh_seg.report.html import write_report
 
-            write_report(record, views, out / "reports" / f"{p.patient_id}.html")
+            write_report(record, views, out / "reports" / f"{p.patient_id}.html", pdf=bool(cfg.get("report_pdf")))
         atomic_write_text(out / "patients" / f"{p.patient_id}.json", json.dumps(record, indent=1) + "\n")
         return p.patient_id, "ok", record
     except Exception as exc:  # isolate one patient's failure from the others
@@ -61,9 +61,11 @@ def _patient_job(args) -> tuple[str, str, dict | str]:
         return p.patient_id, "error", msg
 
 
-def _resumable(p: PatientInput, out: Path, digest: str, report: bool) -> dict | None:
+def _resumable(p: PatientInput, out: Path, digest: str, report: bool, pdf: bool = False) -> dict | None:
     jpath = out / "patients" / f"{p.patient_id}.json"
     if not jpath.is_file() or (report and not (out / "reports" / f"{p.patient_id}.html").is_file()):
+        return None
+    if report and pdf and not (out / "reports" / f"{p.patient_id}.pdf").is_file():
         return None
     try:
         record = json.loads(jpath.read_text(encoding="utf-8"))
@@ -87,17 +89,24 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
     tracked (after writing ``errors.csv``).
     """
     out = Path(cfg["out_dir"])
+    report = bool(cfg.get("report", True))
+    pdf = report and bool(cfg.get("report_pdf", False))
+    if pdf:
+        from onfh_seg.report.pdf import chromium_path
+
+        if chromium_path() is None:
+            raise ValueError("report_pdf=true needs headless Chromium on PATH (Debian package 'chromium'); "
+                             "install it or set report_pdf=false")
     patients, bad_rows = collect_patients(cfg["manifest"], cfg["infer_dir"])
     if not patients:
         raise ValueError(f"no patients in manifest {cfg['manifest']}")
     out.mkdir(parents=True, exist_ok=True)
     hashed = {k: cfg.get(k) for k in HASHED_KEYS}
-    report = bool(cfg.get("report", True))
     records: dict[str, dict] = {}
     resumed, todo = [], []
     for pid, p in patients.items():
         digest = input_hash(p, hashed)
-        rec = _resumable(p, out, digest, report) if cfg.get("resume", True) else None
+        rec = _resumable(p, out, digest, report, pdf) if cfg.get("resume", True) else None
         if rec is not None:
             records[pid] = rec
             resumed.append(pid)
