@@ -209,25 +209,31 @@ def test_health_check_echo_answers_only_when_listening(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- DICOM objects for a PACS (shipped model)
 
 
-@pytest.mark.parametrize("deidentify", [False, True])
-def test_study_objects_carry_the_patient_unless_deidentified(hip_studies, tmp_path: Path, deidentify: bool) -> None:
-    """SEG + SR of a hip study: the Patient module copied from the source (or identifiers only), and the SR
-    references the SEG's necrotic segment and the source series."""
+def test_study_objects_carry_the_patient_unless_deidentified(hip_studies, tmp_path: Path) -> None:
+    """SEG + SR of a hip study (shipped model): identifiers only with deidentify=true; the Patient module copied
+    from the source with deidentify=false; the SR references the SEG's necrotic segment and the source series."""
+    import json
+
     import pydicom
 
     from onfh_seg.batch import engine_spec, with_defaults
-    from onfh_seg.pacs.study import process_study
+    from onfh_seg.pacs.study import finish_objects, process_study
 
     study = hip_studies[0]
     infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
-    outcome = process_study(study.folder, tmp_path / "out", engine_spec(infer_cfg, 1).build(), infer_cfg, deidentify)
+    outcome = process_study(study.folder, tmp_path / "out", engine_spec(infer_cfg, 1).build(), infer_cfg, True)
     assert outcome.status == "ready", outcome.reason
     assert outcome.series["series_instance_uid"] == study.series_uid and outcome.series["selection_reason"]
-    seg, sr = (pydicom.dcmread(p) for p in outcome.files)
+    seg_path, sr_path = outcome.files
+    for ds in (pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)):
+        assert ds.PatientID == study.patient_id and str(ds.PatientName) == "" and not ds.get("PatientBirthDate")
+    meas = json.loads(next((tmp_path / "out").glob("*_measurements.json")).read_text())
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(study.folder.glob("*.dcm"))]
+    finish_objects(seg_path, sr_path, meas, sources, deidentify=False)
+    seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
     for ds in (seg, sr):
-        assert ds.PatientID == study.patient_id
-        assert str(ds.PatientName) == ("" if deidentify else study.patient_name)
-        assert str(ds.get("PatientBirthDate", "")) == ("" if deidentify else "19700101")
+        assert (ds.PatientID, str(ds.PatientName), ds.PatientBirthDate) == (study.patient_id, study.patient_name,
+                                                                          "19700101")
     refs = {str(e.value) for e in sr.iterall() if e.keyword in ("ReferencedSOPInstanceUID", "SeriesInstanceUID")}
     assert seg.SOPInstanceUID in refs and study.series_uid in refs
     segments = [int(e.value) for e in sr.iterall() if e.keyword == "ReferencedSegmentNumber"]
