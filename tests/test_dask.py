@@ -21,7 +21,7 @@ from onfh_seg.dask_exec import cached_segmenter, open_client  # noqa: E402
 from onfh_seg import dask_exec  # noqa: E402
 from onfh_seg.io.nifti import TMP_MARK  # noqa: E402
 from test_batch import (  # noqa: E402,F401  (fixtures)
-    BIN, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries, reference_run,
+    BIN, FAKE_ENGINE, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries, reference_run, run_cli,
 )
 
 
@@ -63,17 +63,19 @@ def same_outputs(ref: Path, out: Path) -> None:
 
 
 def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tmp_path) -> None:
-    """2-worker local cluster == in-process workers=1 == 2-process pool; a broken scan is isolated; a second
-    Dask run (1 worker, through scheduler=ADDRESS) skips the finished scans and retries the failed one."""
+    """onfh-infer executor=dask workers=2 == in-process workers=1 == 2-process pool; a broken scan is isolated; a
+    second Dask run (1 worker, through scheduler=ADDRESS) skips the finished scans and retries the failed one."""
     scans, model = batch_set
     ref, _ = reference_run
     pool = tmp_path / "pool"
     summary = run_batch(base_cfg(scans, pool, model, workers=2))
     assert (summary.done, summary.failed) == (9, 1)
     out = tmp_path / "dask"
-    summary = run_batch(base_cfg(scans, out, model, workers=2, executor="dask"))
-    assert (summary.done, summary.skipped, summary.failed) == (9, 0, 1)
-    assert [r["name"] for r in summary.results] == [r["name"] for r in reference_run[1].results]
+    res = run_cli([f"input={scans}", f"out_dir={out}", f"model_dir={model}", f"engine={FAKE_ENGINE}", "overlay=false",
+                   "tta=false", "executor=dask", "workers=2"], tmp_path)  # the CLI: progress bar, summary line
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == f"done 9, skipped 0, failed 1 -> {out}"
+    assert "onfh-infer: 100%|" in res.stderr and "failed broken: " in res.stdout + res.stderr
     same_outputs(ref, out)
     same_outputs(pool, out)
     manifest = json.loads((out / "run_manifest.json").read_text())
