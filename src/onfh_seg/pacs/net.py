@@ -107,6 +107,22 @@ def query_studies(client: Any, study_uid: str | None = None, date_range: tuple[s
     return sorted(out, key=lambda s: (s.study_date, s.study_uid))
 
 
+# ask for Explicit VR Little Endian: the server transcodes compressed instances (pixel data the reader can decode)
+WADO_MEDIA_TYPES = (("application/dicom", "1.2.840.10008.1.2.1"),)
+
+
+def _retrieve_series(client: Any, study_uid: str, series_uid: str) -> list[Dataset]:
+    """WADO-RS one series as Explicit VR Little Endian, or as stored when the server cannot transcode (406/400)."""
+    import requests
+
+    try:
+        return client.retrieve_series(study_uid, series_uid, media_types=WADO_MEDIA_TYPES)
+    except requests.HTTPError as exc:
+        if exc.response is None or exc.response.status_code not in (400, 406):
+            raise
+        return client.retrieve_series(study_uid, series_uid)
+
+
 def retrieve_study(client: Any, study_uid: str, folder: Path, retries: int = 4, backoff_s: float = 1.0) -> dict[str, int]:
     """WADO-RS every image series of a study (not SEG/SR) into ``folder/<series>/<sop>.dcm``.
 
@@ -119,8 +135,8 @@ def retrieve_study(client: Any, study_uid: str, folder: Path, retries: int = 4, 
         if str(_value(item, "00080060")) in OUR_MODALITIES:
             continue
         series_uid = str(_value(item, "0020000E"))
-        datasets = with_retries(lambda: client.retrieve_series(study_uid, series_uid),
-                                "WADO-RS series", retries, backoff_s)
+        datasets = with_retries(lambda: _retrieve_series(client, study_uid, series_uid), "WADO-RS series",
+                                retries, backoff_s)
         target = folder / series_uid
         target.mkdir(parents=True, exist_ok=True)
         for ds in datasets:
