@@ -272,7 +272,7 @@ class FlakyClient:
     def search_for_series(self, study_uid, fields=None):
         return [{"0020000E": {"Value": ["1.2.3.4"]}, "00080060": {"Value": ["MR"]}}]
 
-    def retrieve_series(self, study_uid, series_uid):
+    def retrieve_series(self, study_uid, series_uid, media_types=None):
         return [instance(self.study_uid)]
 
     def store_instances(self, datasets):
