@@ -132,6 +132,16 @@ def test_segmenter_built_once_per_process(tmp_path) -> None:
             cached_segmenter(bad)
 
 
+def test_without_distributed_executor_dask_is_one_line(batch_set, tmp_path, monkeypatch) -> None:
+    import sys
+
+    scans, model = batch_set
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(RuntimeError, match=r"^executor=dask needs dask.distributed: pip install 'onfh-seg\[dask\]'$"):
+        run_batch(base_cfg(scans, tmp_path / "out", model, executor="dask"))
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_unreachable_scheduler_is_one_line(monkeypatch) -> None:
     monkeypatch.setattr(dask_exec, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(OSError, match=r"^cannot reach the Dask scheduler tcp://127\.0\.0\.1:9: "):
