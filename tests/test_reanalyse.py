@@ -191,3 +191,17 @@ def test_reanalysis_with_perturbed_shipped_model(batch_set, tmp_path) -> None:
             assert float(r["old_lesion_volume_ml"]) == old["lesion_volume_ml"]
             assert float(r["new_lesion_volume_ml"]) == new["lesion_volume_ml"]
     assert any(r["delta_lesion_volume_ml"] and float(r["delta_lesion_volume_ml"]) > 0 for r in rows)
+
+
+def test_summary_line_names_a_settings_only_change() -> None:
+    from onfh_seg.reanalyse import comparison_rows, summary_line
+
+    hip = {"side": "right", "lesion_volume_ml": 2.0, "percent_head_involved": 10.0, "arco_extent": "A",
+           "jic_type": "B", "sir_necrotic": 1.1}
+    old = {"model_version": "v1", "hips": [hip]}
+    new = {"model_version": "v1", "status": "ok", "hips": [{**hip, "lesion_volume_ml": 2.5, "jic_type": "C1"}]}
+    rows = comparison_rows("s1", "settings changed (tta)", old, new)
+    assert [(r["side"], r["delta_lesion_volume_ml"], r["jic_type_changed"], r["arco_extent_changed"]) for r in rows] == [
+        ("right", 0.5, "true", "false")]
+    assert summary_line(rows, 1, 4) == ("re-analysis: 1 of 4 scans re-run (model v1, same model); 1 changed class "
+                                        "(JIC type or ARCO extent; 1 hips); largest lesion volume change 0.50 mL")

@@ -214,7 +214,9 @@ def summary_line(rows: list[dict], n_rerun: int, n_total: int) -> str:
     """``re-analysis: R of N scans re-run (model A -> B); C changed class (JIC type or extent) ...``."""
     changed = sorted({r["scan"] for r in rows if r["class_changed"] == "true"})
     hips = sum(r["class_changed"] == "true" for r in rows)
-    versions = sorted({f"{r['old_model_version']} -> {r['new_model_version']}" for r in rows})
+    versions = sorted({f"{r['old_model_version']} -> {r['new_model_version']}"
+                       if r["old_model_version"] != r["new_model_version"] else f"{r['new_model_version']}, same model"
+                       for r in rows})
     deltas = [abs(r["delta_lesion_volume_ml"]) for r in rows if r["delta_lesion_volume_ml"] is not None]
     text = f"re-analysis: {n_rerun} of {n_total} scans re-run"
     if versions:
