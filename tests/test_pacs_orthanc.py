@@ -85,6 +85,7 @@ def test_pull_sends_seg_and_sr_for_each_hip_study(pulled, hip_studies: list[Demo
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
         refs = referenced_uids(sr)
         assert seg.SOPInstanceUID in refs and study.series_uid in refs  # TID 1500 segment + source series
+        assert dciodvfy_errors(study_files(study)[0]) == []  # the demo source itself is valid MR
         for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
             ds.save_as(tmp_path / name, enforce_file_format=True)
             assert dciodvfy_errors(tmp_path / name) == [], name

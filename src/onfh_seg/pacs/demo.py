@@ -8,6 +8,12 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import DSfloat
+
+
+def ds(value: float) -> DSfloat:
+    """A decimal string value of at most 16 characters (what the DS VR allows)."""
+    return DSfloat(float(value), auto_format=True)
 
 
 def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: str, patient_name: str,
@@ -33,29 +39,30 @@ def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: 
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = study_date, "120000", accession, study_id
-        ds.ReferringPhysicianName = ""
-        ds.Modality, ds.BodyPartExamined, ds.Manufacturer = "MR", body_part, "onfh-synth"
-        ds.SeriesDescription = ds.ProtocolName = description
-        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
-        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
-        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = 500.0, 12.0, 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-        ds.PositionReferenceIndicator = ""
-        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = scaled.shape[1], scaled.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(scaled[:, :, k].T).tobytes()
+        out = Dataset()
+        out.file_meta = meta
+        out.SOPClassUID, out.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        out.StudyInstanceUID, out.SeriesInstanceUID, out.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        out.PatientName, out.PatientID, out.PatientBirthDate, out.PatientSex = patient_name, patient_id, "19700101", "O"
+        out.StudyDate, out.StudyTime, out.AccessionNumber, out.StudyID = study_date, "120000", accession, study_id
+        out.ReferringPhysicianName = ""
+        out.Modality, out.BodyPartExamined, out.Manufacturer = "MR", body_part, "onfh-synth"
+        out.SeriesDescription = out.ProtocolName = description
+        out.SeriesNumber, out.InstanceNumber = series_number, k + 1
+        out.ScanningSequence, out.SequenceVariant, out.ScanOptions, out.MRAcquisitionType = "SE", "NONE", "", "2D"
+        out.RepetitionTime, out.EchoTime, out.EchoTrainLength = 500.0, 12.0, 1
+        out.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+        out.PatientPosition, out.Laterality = "FFS", ""  # feet first supine (a hip scan); Laterality: both sides
+        out.PositionReferenceIndicator = ""
+        out.ImageOrientationPatient = [ds(v) for v in (*row_dir, *col_dir)]
+        out.ImagePositionPatient = [ds(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        out.PixelSpacing = [ds(spacing[1]), ds(spacing[0])]
+        out.SliceThickness = ds(spacing[2])
+        out.Rows, out.Columns = scaled.shape[1], scaled.shape[0]
+        out.SamplesPerPixel, out.PhotometricInterpretation = 1, "MONOCHROME2"
+        out.BitsAllocated, out.BitsStored, out.HighBit, out.PixelRepresentation = 16, 16, 15, 1
+        out.PixelData = np.ascontiguousarray(scaled[:, :, k].T).tobytes()
         path = folder / f"IM{k:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        out.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
