@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("pynetdicom", reason="the 'pacs' extra (pynetdicom) is not installed")
 
-from pacs_fixtures import DemoStudy, free_port, orthanc, study_files  # noqa: E402,F401
+from pacs_fixtures import DemoStudy, free_port, orthanc  # noqa: E402,F401
 from test_pacs_listener import Listener, results, wait_for  # noqa: E402
 
 SETTLE_S = 2.0

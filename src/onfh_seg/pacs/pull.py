@@ -42,7 +42,7 @@ class PullSummary:
                 f"skipped {self.skipped} (already done)")
 
 
-def date_range(pull: Mapping[str, Any], ledger: Ledger, today: date | None = None) -> tuple[str, str] | None:
+def date_range(pull: Mapping[str, Any], ledger: Ledger) -> tuple[str, str] | None:
     """The StudyDate range to query (YYYYMMDD strings), or None for a StudyInstanceUID query."""
     if pull.get("study_uid"):
         return None
