@@ -22,8 +22,9 @@ writes the run records; only where the scans run differs from the local pool
   killed worker leaves no half-written output; its temporaries are removed when
   the local cluster has ended (and at the start of every run);
 * with ``scheduler=...`` the workers must see the same paths (shared file
-  system; input and model paths are sent as absolute paths) and have onfh-seg
-  installed; ``threads`` > 0 sets ONNX Runtime threads per worker, else 1
+  system; the scan, model and out_dir paths are sent as absolute paths; the
+  files of a DICOM series as the input named them, so name a DICOM study by
+  its absolute path) and have onfh-seg installed; ``threads`` > 0 sets ONNX Runtime threads per worker, else 1
   (start workers with ``--nworkers <cores> --nthreads 1``; docs/cluster.md).
 
 Requires ``dask[distributed]`` (``pip install 'onfh-seg[dask]'``).
@@ -169,8 +170,10 @@ def run_dask(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: A
 
     client, cluster = open_client(workers, scheduler)
     remote = cluster is None
-    sent = [absolute_job(j) for j in jobs] if remote else jobs
+    sent = [absolute_job(j) for j in jobs] if remote else jobs  # local workers share this process's folder
     target = str(Path(out_dir).resolve()) if remote else str(out_dir)
+    if remote:
+        spec = dataclasses.replace(spec, model_dir=os.path.abspath(spec.model_dir))
     results: list[dict | None] = [None] * len(jobs)
     try:
         with progress(len(jobs), "onfh-infer") as bar:
