@@ -123,7 +123,9 @@ def test_queue_settles_claims_and_requeues(tmp_path: Path) -> None:
     claimed = queue.claim(study)
     assert claimed == queue.processing / study and not folder.exists()
     queue.add(instance(study), "MODALITY", now=110.0)  # a late instance starts a new incoming folder
+    (claimed / ".1.2.3.999.tmp").write_bytes(b"half an instance")  # a crash while writing
     assert StudyQueue(tmp_path).requeue_all() == [study]  # a restart: back to incoming, merged
+    assert list(folder.glob(".*.tmp")) == []
     assert len(list(folder.glob("*.dcm"))) == 4 and not (queue.processing / study).exists()
     assert read_study_state(folder)["last_received"] == 110.0
     half = queue.incoming / generate_uid()

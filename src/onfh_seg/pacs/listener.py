@@ -101,7 +101,10 @@ class StudyQueue:
                 os.replace(source, target)
 
     def requeue_all(self) -> list[str]:
-        """After a restart: every study left in processing/ goes back to incoming/."""
+        """After a restart: every study left in processing/ goes back to incoming/ (half-written instances of a
+        crash, ``.*.tmp``, are removed: the sender had no success status for them and sends them again)."""
+        for partial in list(self.incoming.glob("*/.*.tmp")) + list(self.processing.glob("*/.*.tmp")):
+            partial.unlink(missing_ok=True)
         studies = sorted(p.name for p in self.processing.iterdir() if p.is_dir())
         for study in studies:
             self.requeue(study)
