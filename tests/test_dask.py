@@ -30,6 +30,13 @@ class KillingSegmenter(FakeSegmenter):
     leaves a temporary in out_dir (env ``KILL_OUT``), as an interrupted atomic write would, and SIGKILLs its
     own worker process."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        builds = os.environ.get("BUILD_LOG")
+        if builds:  # one line per construction: "<pid>"
+            with open(builds, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+
     def segment(self, image, affine):
         marker = os.environ.get("KILL_MARKER")
         if marker:
@@ -96,7 +103,7 @@ def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tm
 
 def test_killed_worker_scan_runs_again_elsewhere(batch_set, reference_run, tmp_path, monkeypatch) -> None:
     """A worker SIGKILLed in the middle of a scan: Dask runs that scan on another worker; outputs complete and
-    identical, the dead worker's temporary removed."""
+    identical, the dead worker's temporary removed; each worker process built its segmenter once."""
     scans, model = batch_set
     ref, _ = reference_run
     out = tmp_path / "out"
@@ -104,8 +111,12 @@ def test_killed_worker_scan_runs_again_elsewhere(batch_set, reference_run, tmp_p
     marker = tmp_path / "killed.pid"
     monkeypatch.setenv("KILL_MARKER", str(marker))
     monkeypatch.setenv("KILL_OUT", str(out))
+    monkeypatch.setenv("BUILD_LOG", str(tmp_path / "builds.txt"))
     summary = run_batch(base_cfg(scans, out, model, workers=2, executor="dask", engine="test_dask:KillingSegmenter"))
     assert marker.is_file(), "no worker was killed"
+    builds = (tmp_path / "builds.txt").read_text().split()
+    assert len(builds) == len(set(builds)) <= 3, builds  # one model load per worker process (2 + the restarted one)
+    assert marker.read_text() in builds
     assert (summary.done, summary.skipped, summary.failed) == (9, 0, 1)
     same_outputs(ref, out)
     assert no_temporaries(out) == []
