@@ -42,6 +42,9 @@ def html_to_pdf(html_path: Path, pdf_path: Path, timeout_s: float = 120.0) -> Pa
         if res.returncode != 0 or os.path.getsize(tmp) == 0:
             last = (res.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"Chromium could not print {html_path.name}: {last}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, pdf_path)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"Chromium did not finish printing {html_path.name} in {timeout_s:g} s") from exc
