@@ -136,18 +136,27 @@ def test_queue_settles_claims_and_requeues(tmp_path: Path) -> None:
         queue.add(bad, "MODALITY")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["mode=bogus"], "mode must be one of pull, listen"),
-    (["mode=listen", "listen.port=70000"], "listen.port must be a TCP port"),
-    (["mode=listen", "listen.dest_ae=WAY_TOO_LONG_AE_TITLE"], "listen.dest_ae must be 1-16 characters"),
-    (["mode=pull"], "pull mode needs pull.study_uid"),
+@pytest.mark.parametrize("over, message", [
+    ({"mode": "bogus"}, "mode must be one of pull, listen"),
+    ({"mode": "listen", "listen": {"port": 70000}}, "listen.port must be a TCP port"),
+    ({"mode": "listen", "listen": {"dest_ae": "WAY_TOO_LONG_AE_TITLE"}}, "listen.dest_ae must be 1-16 characters"),
+    ({"mode": "pull"}, "pull mode needs pull.study_uid"),
 ])
-def test_cli_bad_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "onfh_seg.cli.pacs", f"state_dir={tmp_path}", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_settings_are_refused(over: dict, message: str) -> None:
+    from omegaconf import OmegaConf
+
+    from onfh_seg.cli.pacs import check_config
+
+    cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "pacs.yaml"), over), resolve=True)
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg)
+
+
+def test_cli_bad_setting_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "onfh_seg.cli.pacs", f"state_dir={tmp_path}", "mode=listen",
+                           "listen.port=70000"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: listen.port must be a TCP port (1-65535), got 70000"]
 
 
 def test_config_defaults_are_safe() -> None:
