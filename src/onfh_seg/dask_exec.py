@@ -33,6 +33,7 @@ Requires ``dask[distributed]`` (``pip install 'onfh-seg[dask]'``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -46,6 +47,9 @@ from onfh_seg.infer.inputs import ScanJob
 log = logging.getLogger("onfh_seg.dask_exec")
 
 CONNECT_TIMEOUT_S = 20
+# Local-cluster workers as the pool's: this process's environment as it is (Dask would otherwise set
+# OMP/MKL/OPENBLAS_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_), no statistical profiler sampling every 10 ms.
+LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.profile.enabled": False}
 
 _SEGMENTERS: dict[Any, Any] = {}  # EngineSpec -> segmenter of this worker process
 _BUILD_ERRORS: dict[Any, str] = {}  # EngineSpec -> one-line reason it could not be built here
@@ -145,6 +149,21 @@ def close_client(client: Any, cluster: Any) -> None:
             cluster.close()
 
 
+@contextlib.contextmanager
+def dask_client(workers: int, scheduler: str | None) -> Iterator[tuple[Any, bool]]:
+    """``(client, remote)`` for the run (see :func:`open_client`); closed at the end. A local cluster's
+    workers, restarted ones included, run with ``LOCAL_WORKER_CONFIG``."""
+    require_distributed()
+    import dask
+
+    with dask.config.set(LOCAL_WORKER_CONFIG if not scheduler else {}):
+        client, cluster = open_client(workers, scheduler)
+        try:
+            yield client, cluster is None
+        finally:
+            close_client(client, cluster)
+
+
 def submit_in_order(client: Any, func: Callable[..., Any], argsets: Iterable[tuple], prefix: str) -> Iterator[tuple[int, Any]]:
     """Submit ``func(*args)`` for each argument tuple; yield ``(index, future)`` as the tasks finish.
     On any exception (Ctrl-C included) in the consumer, the tasks still queued are cancelled."""
@@ -168,15 +187,14 @@ def run_dask(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: A
     when the segmenter cannot be built on a worker."""
     from onfh_seg.lifecycle import remove_own_temporaries
 
-    client, cluster = open_client(workers, scheduler)
-    remote = cluster is None
+    remote = bool(scheduler)
     sent = [absolute_job(j) for j in jobs] if remote else jobs  # local workers share this process's folder
     target = str(Path(out_dir).resolve()) if remote else str(out_dir)
     if remote:
         spec = dataclasses.replace(spec, model_dir=os.path.abspath(spec.model_dir))
     results: list[dict | None] = [None] * len(jobs)
     try:
-        with progress(len(jobs), "onfh-infer") as bar:
+        with dask_client(workers, scheduler) as (client, _), progress(len(jobs), "onfh-infer") as bar:
             argsets = ((job, target, dict(cfg), spec) for job in sent)
             for i, fut in submit_in_order(client, scan_task, argsets, "onfh-scan"):
                 try:
@@ -189,7 +207,6 @@ def run_dask(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: A
                 results[i] = result
                 bar.update(1)
     finally:
-        close_client(client, cluster)
         if not remote:  # every worker of this run has ended: their temporaries are leftovers
             remove_own_temporaries(out_dir)
     return [r for r in results if r is not None]
@@ -199,9 +216,6 @@ def map_dask(func: Callable[[Any], Any], items: list[Any], workers: int, schedul
     """``func(item)`` for each item on Dask (local cluster of ``workers`` processes, or ``scheduler``), yielded
     in completion order; the cluster is closed when the iterator ends or is closed. ``func`` must not raise
     for a bad item (a task that fails anyway re-raises here)."""
-    client, cluster = open_client(max(1, min(int(workers), len(items) or 1)), scheduler)
-    try:
+    with dask_client(max(1, min(int(workers), len(items) or 1)), scheduler) as (client, _):
         for _, fut in submit_in_order(client, func, ((item,) for item in items), "onfh-item"):
             yield fut.result()
-    finally:
-        close_client(client, cluster)
