@@ -14,8 +14,8 @@ writes the run records; only where the scans run differs from the local pool
   (:func:`cached_segmenter`); a segmenter that cannot be built fails the run with
   one line, as in the pool;
 * a local cluster has ``workers`` processes with one thread each (ONNX Runtime
-  threads per worker as for the pool: ``threads`` or ``cores // workers``); it
-  ends with the run. Dask restarts a worker that dies (killed, out of memory)
+  threads per worker as for the pool: ``threads`` or ``cores // workers``;
+  the client's environment unchanged, no Dask profiler); it ends with the run. Dask restarts a worker that dies (killed, out of memory)
   and runs its scan again on a live one; a scan whose workers die three times
   is recorded in ``errors.csv`` (``worker failed: ...``). Every per-scan file is
   written under a temporary name and renamed, the measurements JSON last, so a
