@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from onfh_seg.report.views import png_bytes
 from onfh_seg.report.words import score_title
 
-CHART_SIZE_IN = (5.6, 2.9)  # 560 x 290 px: plot on the left, legend in its own column on the right
-PLOT_RIGHT = 0.70  # the axes end here; the legend sits to their right
+CHART_SIZE_IN = (6.2, 2.9)  # 620 x 290 px: plot on the left, legend in its own column on the right
+PLOT_RIGHT = 0.64  # the axes end here; the legend sits to their right
 HIP_STYLE = {"right": {"color": "tab:blue", "marker": "o"}, "left": {"color": "tab:orange", "marker": "s"}}
 
 # key -> (chart title, y-axis label)
@@ -50,7 +50,7 @@ def score_series(visits: Sequence[dict], score: str) -> tuple[list[float], list[
 def _chart(title: str, ylabel: str) -> tuple[Figure, object]:
     fig = Figure(figsize=CHART_SIZE_IN, dpi=100, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.12, 0.17, PLOT_RIGHT - 0.12, 0.68))
+    ax = fig.add_axes((0.11, 0.17, PLOT_RIGHT - 0.11, 0.68))
     ax.set_title(title, fontsize=9, loc="left")
     ax.set_xlabel("months from baseline", fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)

@@ -85,7 +85,7 @@ p.summary{font-size:15px;max-width:1100px;background:#f4f7fb;border-left:4px sol
 figure.pair{margin:0} figure.pair figcaption{font-size:12px;color:#333}
 img{border:1px solid #444;height:auto}
 img.pair{width:640px;max-width:100%}
-img.chart{width:560px;max-width:100%}
+img.chart{width:620px;max-width:100%}
 img.zoom{cursor:zoom-in}
 img.zoom:focus{position:fixed;top:2vh;left:2vw;width:96vw;height:96vh;max-width:none;object-fit:contain;
   background:#000;z-index:10;cursor:zoom-out;outline:none}

@@ -10,10 +10,12 @@ timepoint. Display follows ``report.overlay``: radiological convention
 (patient right on the image left in axial and coronal, anterior up in axial,
 superior up in coronal and sagittal, anterior on the left in sagittal).
 
-Contours are drawn on the display grid from smooth fields: each contour layer
-(``overlay.CONTOURS``) as a 0/1 mask, interpolated trilinearly onto the plane
-(so 5 mm slices give straight edges between slice centres, not steps) and
-lightly smoothed, then contoured at 0.5.
+Contours are drawn on the display grid from smooth fields (shape-based
+interpolation): each contour layer (``overlay.CONTOURS``) becomes a signed
+distance map, measured within each slice for thick-slice scans, which is
+interpolated trilinearly onto the plane, so an outline moves smoothly from
+one slice to the next instead of in 5 mm steps; it is lightly smoothed and
+contoured at its zero level (0.5 of ``layer_field``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def sample_views(
         c_scan = c if to_baseline is None else apply(np.linalg.inv(to_baseline), c)
         reach = math.sqrt(3.0) * half_mm + 2.0 * float(voxel_spacing(affine).max())
         crop, crop_aff = crop_box(np.asarray(labels), affine, c_scan, reach)
+    sdfs: dict[str, np.ndarray] = {}
+    if crop is not None and crop.size:
+        for name, values, _ in CONTOURS:
+            mask = np.isin(crop, values)
+            if mask.any() and not mask.all():
+                sdfs[name] = signed_distance(mask, voxel_spacing(crop_aff))
     out: dict[str, View] = {}
     for view, axis, _ in VIEWS:
         shape, aff = _plane(c, axis, n, step_mm)
@@ -89,14 +97,31 @@ def sample_views(
         fields: dict[str, np.ndarray] = {}
         if labels is not None:
             lab = panel(resample(labels, affine, aff, shape, order=0, src_to_dst=to_baseline), axis, 0)
-            for name, values, _ in CONTOURS:
-                if crop.size == 0:
-                    break
-                mask = np.isin(crop, values).astype(np.float32)
-                f = panel(resample(mask, crop_aff, aff, shape, order=1, cval=0.0, src_to_dst=to_baseline), axis, 0)
-                fields[name] = ndimage.gaussian_filter(f, SMOOTH_MM / step_mm)
+            for name, sdf in sdfs.items():
+                d = panel(resample(sdf, crop_aff, aff, shape, order=1, cval=FAR_MM, src_to_dst=to_baseline), axis, 0)
+                fields[name] = ndimage.gaussian_filter(layer_field(d), SMOOTH_MM / step_mm)
         out[view] = (img, lab, fields)
     return out
+
+
+FAR_MM = 1000.0  # signed distance outside the sampled labels
+
+
+def signed_distance(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Signed distance (mm; negative inside) to the border of ``mask``; on an anisotropic grid (slices
+    more than 1.5 times thicker than the in-plane pixels) measured within each slice, so that interpolating
+    between slices moves the border smoothly (shape-based interpolation)."""
+    sampling = np.asarray(spacing, np.float64).copy()
+    if sampling.max() > 1.5 * sampling.min():
+        sampling[int(np.argmax(sampling))] = FAR_MM
+    outside = ndimage.distance_transform_edt(~mask, sampling=sampling)
+    inside = ndimage.distance_transform_edt(mask, sampling=sampling)
+    return np.minimum(outside - inside, FAR_MM).astype(np.float32)
+
+
+def layer_field(sdf: np.ndarray, width_mm: float = 1.0) -> np.ndarray:
+    """0-1 field of a signed distance map, 0.5 on its border, ramping over ``width_mm``."""
+    return np.clip(0.5 - sdf / (2.0 * width_mm), 0.0, 1.0).astype(np.float32)
 
 
 def view_window(views: Mapping[str, View]) -> tuple[float, float]:
