@@ -284,6 +284,12 @@ class VolumeDataset(Dataset):
         return torch.from_numpy(img)[None], torch.from_numpy(lab.astype(np.int64))[None]
 
 
+def _one_thread(_: int) -> None:
+    """Data-loader workers compute with one thread: on a small machine, torch's default of one thread
+    per core in every worker oversubscribes the cores and stalls the training process's own threads."""
+    torch.set_num_threads(1)
+
+
 class SegDataModule(pl.LightningDataModule):
     """Caches manifests for one stage and serves patches (train) and volumes (val)."""
 
@@ -341,7 +347,7 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_ds, batch_size=self.cfg["bs"], shuffle=False, num_workers=self.cfg["workers"],
-                          persistent_workers=self.cfg["workers"] > 0, drop_last=True)
+                          persistent_workers=self.cfg["workers"] > 0, drop_last=True, worker_init_fn=_one_thread)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)
