@@ -217,6 +217,7 @@ class SynthSettings:
     seed: int
     n_patients: int = dataclasses.field(metadata={"min": 1})
     months: list[float] = dataclasses.field()
+    retest: bool = dataclasses.field()
     demo: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
     preview: bool = dataclasses.field()

@@ -28,6 +28,9 @@ from onfh_seg.geometry import ball_mask, voxel_volume_ml
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.measure import arco_extent, measure_scan
 
+RETEST_SUFFIX = "_retest"  # synth.cohort.RETEST_SUFFIX: <pid>_m00_retest repeats <pid>_m00 on the same day
+RC_FACTOR = 2.77  # repeatability coefficient = 2.77 x within-subject SD (QIBA)
+
 SMALL_LESION_ML = 3.5
 HIP_BALL_PAD_MM = 8.0  # per-hip Dice: voxels within head radius + this of the true head centre
 
@@ -54,6 +57,8 @@ TABLE_KEYS = (
     "regenerated_fraction_error_median_pts", "regenerated_fraction_error_max_pts", "n_regenerated_pairs",
     "dice_femoral_head", "dice_necrotic_zone", "dice_interface_band", "dice_acetabulum", "dice_lesion",
     "median_abs_sir_error", "hips_found_pct",
+    "n_retest_pairs", "rc_lesion_volume_ml", "rc_lesion_volume_rel_pct", "rc_percent_head_pts",
+    "rc_percent_head_rel_pct", "rc_sir", "rc_sir_rel_pct", "regen_noise95_pts",
 )
 
 
@@ -287,12 +292,58 @@ def summarise(scans: list[dict], hips: list[dict], regen: list[dict] | None = No
     s["n_hips_fully_visible_head"] = len(visible)
     s["missed_hips_fully_visible_head"] = int(sum(not h["found"] for h in visible))
     s["hips_found_pct"] = float(100 * np.mean([h["found"] for h in hips])) if hips else float("nan")
+    s.update(repeatability(hips))
     if regen is not None:
         e = [r["regen_frac_error_pts"] if r["regen_frac_pred"] is not None else 100 * r["regen_frac_true"] for r in regen]
         s["regenerated_fraction_error_median_pts"] = _median(e)
         s["regenerated_fraction_error_max_pts"] = float(max(e)) if e else float("nan")
         s["n_regenerated_pairs"] = len(e)
     return s
+
+
+# ----------------------------------------------------------------------------- repeatability
+
+
+def repeatability_coefficient(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(RC, relative RC in %) of paired repeat measurements: RC = 2.77 x within-subject SD, the SD from the
+    pair differences (wSD^2 = mean(d^2) / 2); relative: the same with d / pair mean (wCV). NaN without pairs."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    d = x - y
+    mean = (x + y) / 2.0
+    rc = RC_FACTOR * float(np.sqrt(np.mean(d**2) / 2.0))
+    ok = mean != 0
+    rel = RC_FACTOR * 100.0 * float(np.sqrt(np.mean((d[ok] / mean[ok]) ** 2) / 2.0)) if ok.any() else float("nan")
+    return rc, rel
+
+
+def _scan_stem(scan: str) -> str:
+    return scan.replace(".nii.gz", "").replace(".nii", "")
+
+
+def repeatability(hips: list[dict]) -> dict:
+    """Test-retest repeatability over diseased hips measured in a scan and its same-day repeat
+    (``<scan>_retest``): RC (absolute and relative) of lesion volume, % of head and SIR; for the regenerated
+    fraction between the two (truly 0) the 95 % noise limit, 1.96 x its RMS, in points. Empty without pairs."""
+    by = {(_scan_stem(h["scan"]), h["side"]): h for h in hips}
+    pairs = [(by[(stem[: -len(RETEST_SUFFIX)], side)], h) for (stem, side), h in by.items()
+             if stem.endswith(RETEST_SUFFIX) and (stem[: -len(RETEST_SUFFIX)], side) in by]
+    pairs = [(t, r) for t, r in pairs if t.get("found") and r.get("found") and t.get("stage") != "0"
+             and (t.get("true_lesion_ml") or 0) > 0]
+    if not pairs:
+        return {}
+    out: dict = {"n_retest_pairs": len(pairs)}
+    for key, field_ in (("lesion_volume_ml", "pred_lesion_ml"), ("percent_head", "pred_extent_pct"),
+                        ("sir", "pred_sir")):
+        ab = [(t[field_], r[field_]) for t, r in pairs if t.get(field_) is not None and r.get(field_) is not None]
+        rc, rel = repeatability_coefficient([p[0] for p in ab], [p[1] for p in ab])
+        name = {"lesion_volume_ml": "rc_lesion_volume_ml", "percent_head": "rc_percent_head_pts", "sir": "rc_sir"}[key]
+        out[name] = rc
+        out[name.replace("_ml", "").replace("_pts", "") + "_rel_pct"] = rel
+    regen = [100.0 * r["regen_frac_pred"] for _, r in pairs if r.get("regen_frac_pred") is not None]
+    out["regen_noise95_pts"] = 1.96 * float(np.sqrt(np.mean(np.square(regen)))) if regen else float("nan")
+    return out
 
 
 # ----------------------------------------------------------------------------- running

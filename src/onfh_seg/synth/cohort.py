@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,32 @@ class PatientPlan:
     age: int
     sex: str
     scores: dict[float, dict[str, float]]
+    timepoints: list[str] = field(default_factory=list)  # labels; empty: m<months> for every scan
+
+
+RETEST_SUFFIX = "_retest"  # timepoint label suffix of a same-day repeat scan (test-retest pair)
+
+
+def timepoint_labels(plan: PatientPlan) -> list[str]:
+    """Timepoint label of every scan of a plan (``m00``, ``m03``, ..., ``m00_retest``)."""
+    return plan.timepoints or [f"m{int(round(m)):02d}" for m in plan.months]
+
+
+def add_retest(plan: PatientPlan, cfg: dict, index: int) -> None:
+    """Append a same-day repeat of the baseline scan: same patient and disease state, same protocol
+    (orientation, field of view, resolution), a new position in the scanner (so a new plane through the
+    anatomy and new slice positions) and new noise. Its own random stream: the other scans stay as they are."""
+    rng = np.random.default_rng([int(cfg["seed"]), 0x7E57, index])
+    acq, g0 = cfg["acquisition"], plan.geoms[0]
+    diseased = [s for s, h in plan.patient.hips.items() if h.diseased]
+    pose = pose_matrix(rng, acq["rotation_deg"], acq["translation_mm"]) @ plan.poses[0]
+    geom = sample_geometry(rng, acq, plan.patient, g0.orientation, g0.fov_kind, diseased[0] if diseased else "right",
+                           pose, g0.inplane_mm, g0.slice_mm, g0.gap_mm)
+    labels = timepoint_labels(plan)
+    plan.months.append(plan.months[0])
+    plan.poses.append(pose)
+    plan.geoms.append(geom)
+    plan.timepoints = labels + [labels[0] + RETEST_SUFFIX]
 
 
 def _choice(rng: np.random.Generator, probs: dict) -> str:
@@ -116,7 +142,10 @@ def plan_patient(index: int, cfg: dict) -> PatientPlan:
                     bool(rng.uniform() < dis["edema_fraction"]))
         calibrate_lesion(pat.hips[side])
     months = [float(m) for m in cfg["months"]]
-    return _plan_scans(rng, cfg, pat, months, int(rng.integers(25, 65)), ("M", "F")[int(rng.integers(2))])
+    plan = _plan_scans(rng, cfg, pat, months, int(rng.integers(25, 65)), ("M", "F")[int(rng.integers(2))])
+    if cfg.get("retest"):
+        add_retest(plan, cfg, index)
+    return plan
 
 
 def _plan_scans(rng: np.random.Generator, cfg: dict, pat: Patient, months: list[float], age: int, sex: str,
@@ -250,7 +279,7 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
     rows = []
     base_grids = None
     base_lesion_ml = {}
-    for i, (m, pose, geom) in enumerate(zip(plan.months, plan.poses, plan.geoms)):
+    for i, (m, pose, geom, tp) in enumerate(zip(plan.months, plan.poses, plan.geoms, timepoint_labels(plan))):
         grids = render_grids(pat, m, previous=base_grids)
         if base_grids is None:
             base_grids = grids
@@ -260,7 +289,7 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
 
             acq_grids = restyle_grids(grids, pat, m, style_rng)
         img, lab, rg = acquire(acq_grids, geom, pose, rng)
-        name = f"{pat.patient_id}_m{int(round(m)):02d}"
+        name = f"{pat.patient_id}_{tp}"
         save_nifti(img, geom.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
         save_nifti(lab, geom.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
         save_nifti(rg, geom.affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
@@ -273,7 +302,7 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
         hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
         truth = {
             "patient_id": pat.patient_id,
-            "timepoint": f"m{int(round(m)):02d}",
+            "timepoint": tp,
             "months": m,
             "synthetic": True,
             "acquisition": {
@@ -301,7 +330,9 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
 
 def _merge_scores(rows: list[dict], plan: PatientPlan) -> list[dict]:
     """Attach clinical scores to scan rows of the same month; add visit-only rows."""
-    by_m = {float(r["months"]): r for r in rows}
+    by_m: dict[float, dict] = {}
+    for r in rows:  # the first scan of a month (a same-day retest does not take the visit's scores)
+        by_m.setdefault(float(r["months"]), r)
     for m, sc in plan.scores.items():
         if m in by_m:
             by_m[m].update(sc)

@@ -434,7 +434,7 @@ def style_options(cfg: dict) -> dict:
 
 def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-B scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes, hip_truth_records
+    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes, hip_truth_records, timepoint_labels
 
     pat = plan.patient
     seed = int(cfg["seed"])
@@ -445,13 +445,13 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
     rows: list[dict] = []
     base_grids = None
     base_lesion_ml: dict[str, float] = {}
-    for i, (m, pose, scan) in enumerate(zip(plan.months, plan.poses, scans)):
+    for i, (m, pose, scan, tp) in enumerate(zip(plan.months, plan.poses, scans, timepoint_labels(plan))):
         grids = render_grids_b(pat, m, look, base_grids, float(opt["fine_mm"]), float(opt["coarse_mm"]))
         if base_grids is None:
             base_grids = grids
         img = acquire_b(grids, scan, pose, rng)
         lab, rg = scan_labels(scan, pose, pat, m)
-        name = f"{pat.patient_id}_m{int(round(m)):02d}"
+        name = f"{pat.patient_id}_{tp}"
         save_nifti(img, scan.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
         save_nifti(lab, scan.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
         save_nifti(rg, scan.affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
@@ -464,7 +464,7 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
         hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
         truth = {
             "patient_id": pat.patient_id,
-            "timepoint": f"m{int(round(m)):02d}",
+            "timepoint": tp,
             "months": m,
             "synthetic": True,
             "style": "b",

@@ -1,0 +1,50 @@
+"""Test-retest pairs from the generator and the repeatability coefficient of onfh-eval (issue 16, item 7)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synth_cfg
+from onfh_seg.evaluate import repeatability, repeatability_coefficient
+
+
+def test_repeatability_coefficient_formula():
+    rc, rel = repeatability_coefficient([10.0, 20.0], [11.0, 18.0])
+    assert rc == pytest.approx(2.77 * np.sqrt((1.0 + 4.0) / 4.0))  # wSD^2 = mean(d^2) / 2
+    assert rel == pytest.approx(277.0 * np.sqrt(((1 / 10.5) ** 2 + (2 / 19.0) ** 2) / 4.0))
+    assert all(np.isnan(v) for v in repeatability_coefficient([], []))
+
+
+def _hip(scan, lesion, pct, sir, side="left", **kw):
+    return {"scan": scan, "side": side, "found": True, "stage": "2", "true_lesion_ml": 5.0, "pred_lesion_ml": lesion,
+            "pred_extent_pct": pct, "pred_sir": sir, **kw}
+
+
+def test_repeatability_pairs_scan_with_its_retest_only():
+    hips = [_hip("P1_m00.nii.gz", 10.0, 20.0, 0.50), _hip("P1_m00_retest.nii.gz", 11.0, 21.0, 0.52, regen_frac_pred=0.02),
+            _hip("P1_m03.nii.gz", 30.0, 40.0, 0.9),  # a follow-up is no repeat
+            _hip("P2_m00.nii.gz", 8.0, 15.0, 0.4), _hip("P2_m00_retest.nii.gz", 8.0, 15.0, 0.4, side="right")]
+    out = repeatability(hips)
+    assert out["n_retest_pairs"] == 1
+    assert out["rc_lesion_volume_ml"] == pytest.approx(2.77 * np.sqrt(0.5))
+    assert out["regen_noise95_pts"] == pytest.approx(1.96 * 2.0)
+    assert repeatability(hips[2:4]) == {}
+
+
+def test_generator_makes_a_same_day_retest(tmp_path):
+    from onfh_seg.synth.cohort import generate_cohort
+
+    out = tmp_path / "c"
+    generate_cohort(synth_cfg(n_patients=1, seed=5, months=[0, 6], retest=True,
+                              acquisition={"max_matrix": 120}), out)
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["timepoint"] for r in rows] == ["m00", "m00_retest", "m06"]
+    assert rows[1]["months"] == rows[0]["months"] and rows[1]["harris_hip_score"] == ""  # the visit's scores once
+    a, b = (json.loads((out / "truth" / f"P001_{tp}.json").read_text()) for tp in ("m00", "m00_retest"))
+    assert [h["lesion_volume_ml"] for h in a["hips"]] == [h["lesion_volume_ml"] for h in b["hips"]]
+    assert not np.allclose(a["affine"], b["affine"])  # a new position: new planes and slice positions
+    assert not np.allclose(b["transform_to_baseline"], np.eye(4))
