@@ -260,3 +260,22 @@ def test_track_asks_for_chromium_before_anything_when_pdf_wanted(tmp_path, monke
     with pytest.raises(ValueError, match="report_pdf=true needs headless Chromium"):
         track_cohort(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_changes_judged_against_repeatability_in_words_and_csv():
+    from onfh_seg.track.tables import tidy_rows
+
+    rec = full_record()
+    rec["repeatability"] = {"lesion_volume_ml": 0.8, "sir": 0.3, "regenerated_pct": 25.0}
+    text = " ".join(hip_paragraph(rec["hips"][0], rec))
+    assert "-4.0 mL, -40.0 % from baseline; RC 0.8 mL: a real decrease" in text
+    assert "(+0.20; within the RC 0.30: no change beyond measurement noise;" in text
+    assert "Regenerated fraction: 20.0 % of the baseline lesion is viable bone now (noise limit 25.0 points; within it)" \
+        in text
+    rows = [r for r in tidy_rows(rec) if r["metric"].endswith("_beyond_rc") and r["hip"] == "right"]
+    got = {(r["months"], r["metric"]): r["value"] for r in rows}
+    assert got[(12.0, "lesion_change_ml_beyond_rc")] == 1 and got[(12.0, "sir_change_beyond_rc")] == 0
+    assert got[(3.0, "regenerated_pct_beyond_rc")] == 0 and not [r for r in rows if r["months"] == 0.0]
+    rec["repeatability"] = {}
+    assert "; RC" not in " ".join(hip_paragraph(rec["hips"][0], rec)) and "the RC" not in " ".join(hip_paragraph(rec["hips"][0], rec))
+    assert not [r for r in tidy_rows(rec) if r["metric"].endswith("_beyond_rc")]

@@ -146,6 +146,15 @@ class RegistrationSettings:
 
 
 @dataclass
+class RepeatabilitySettings:
+    lesion_volume_ml: Union[float, None] = dataclasses.field(metadata={"min": 0})
+    percent_head_pts: Union[float, None] = dataclasses.field(metadata={"min": 0})
+    sir: Union[float, None] = dataclasses.field(metadata={"min": 0})
+    regenerated_pct: Union[float, None] = dataclasses.field(metadata={"min": 0})
+    source: str = dataclasses.field()
+
+
+@dataclass
 class TrackSettings:
     """configs/track.yaml (onfh-track, :func:`onfh_seg.track`)."""
 
@@ -168,6 +177,7 @@ class TrackSettings:
     min_correlation_n: int = dataclasses.field(metadata={"min": 2})
     min_lesion_ml: float = dataclasses.field(metadata={"min": 0})
     registration: RegistrationSettings = dataclasses.field()
+    repeatability: RepeatabilitySettings = dataclasses.field()
 
 
 @dataclass

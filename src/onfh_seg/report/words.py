@@ -167,6 +167,16 @@ def collapse_statement(loss_mm: float | None, noise_mm: float | None, slice_mm: 
     return f"{loss} ({noise}): the head measures taller than at baseline beyond noise; check the registration."
 
 
+def judged(change, rc, unit: str, decimals: int, up: str = "increase", down: str = "decrease") -> str:
+    """A change between visits against its repeatability coefficient, in words ('' when either is unknown)."""
+    if change is None or rc is None or not math.isfinite(float(change)):
+        return ""
+    rc_text = f"RC {number(rc, decimals)}{' ' + unit if unit else ''}"
+    if abs(float(change)) > float(rc):
+        return f"{rc_text}: a real {up if float(change) > 0 else down}"
+    return f"within the {rc_text}: no change beyond measurement noise"
+
+
 def hip_paragraph(hip: Mapping, record: Mapping) -> list[str]:
     """The plain-words summary of one hip, sentence by sentence."""
     tps = hip["timepoints"]
@@ -180,18 +190,25 @@ def hip_paragraph(hip: Mapping, record: Mapping) -> list[str]:
     changes = class_changes(tps)
     out.append(("Changes between visits: " + "; ".join(changes) + ".") if changes
                else "ARCO extent and JIC type did not change between visits.")
+    rep = record.get("repeatability") or {}
+    verdict = judged(last.get("lesion_change_ml"), rep.get("lesion_volume_ml"), "mL", 1)
     out.append(f"At {last['timepoint']} ({months(last['months'])}) the lesion measured "
                f"{number(last.get('lesion_volume_ml'), 1)} mL ({number(last.get('lesion_change_ml'), 1, True)} mL, "
-               f"{number(last.get('lesion_change_pct'), 1, True)} % from baseline): {_extent_words(last)}; "
-               f"{_jic_words(last)}.")
+               f"{number(last.get('lesion_change_pct'), 1, True)} % from baseline"
+               f"{'; ' + verdict if verdict else ''}): {_extent_words(last)}; {_jic_words(last)}.")
     if last.get("regenerated_pct") is not None:
+        limit = rep.get("regenerated_pct")
+        noise = "" if limit is None else (
+            f" (noise limit {number(limit, 1)} points" + ("; within it" if last["regenerated_pct"] <= limit else "")
+            + ")")
         out.append(f"Regenerated fraction: {number(last['regenerated_pct'], 1)} % of the baseline lesion is viable "
-                   "bone now.")
+                   f"bone now{noise}.")
     if last.get("sir_baseline_zone") is not None and b.get("sir_baseline_zone") is not None:
+        verdict = judged(last.get("sir_change"), rep.get("sir"), "", 2, "rise", "fall")
         out.append(f"Primary signal ratio (T1 SIR in the baseline lesion zone): {number(b['sir_baseline_zone'], 2)} "
                    f"at baseline, {number(last['sir_baseline_zone'], 2)} now "
-                   f"({number(last.get('sir_change'), 2, True)}; a rise means the zone's signal moves towards normal "
-                   "marrow).")
+                   f"({number(last.get('sir_change'), 2, True)}{'; ' + verdict if verdict else ''}; a rise means the "
+                   "zone's signal moves towards normal marrow).")
     if (last.get("new_necrosis_ml") or 0) > 0:
         out.append(f"New lesion outside the baseline zone: {number(last['new_necrosis_ml'], 1)} mL.")
     noise = height_noise_mm(record, [b["timepoint"], last["timepoint"]])

@@ -22,7 +22,7 @@ from onfh_seg.track.register import RegistrationParams
 from onfh_seg.track.tables import ERROR_COLUMNS, cohort_tables, csv_text, error_rows
 
 HASHED_KEYS = ("reference", "grid_mm", "boundary_mm", "collapse_cone_deg", "hip_match_max_mm", "write_tfm",
-               "registration")
+               "registration", "repeatability")
 
 
 @dataclass
@@ -47,6 +47,7 @@ def _patient_job(args) -> tuple[str, str, dict | str]:
         views: dict | None = {} if cfg.get("report", True) else None
         record, found = compute_patient(p, params, reg, views=views)
         record["input_hash"] = digest
+        record["repeatability"] = dict(cfg.get("repeatability") or {})  # the report judges changes against it
         save_transforms(out, found, params.write_tfm)
         if views is not None:
             from onfh_seg.report.html import write_report

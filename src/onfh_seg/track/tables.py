@@ -27,18 +27,27 @@ SUMMARY_COLUMNS = (
 )
 CORRELATION_COLUMNS = ("imaging_metric", "score_change", "n", "rho", "p_value", "note")
 ERROR_COLUMNS = ("patient_id", "timepoint", "reason")
+# change measure -> its repeatability coefficient in the record's "repeatability" (configs/track.yaml); a follow-up
+# gets a "<change>_beyond_rc" row (1: beyond measurement noise, 0: within it) when the RC is known
+CHANGE_RC = (("lesion_change_ml", "lesion_volume_ml"), ("sir_change", "sir"), ("regenerated_pct", "regenerated_pct"))
 
 
 def tidy_rows(record: dict) -> list[dict]:
     """``longitudinal.csv`` rows (patient_id, hip, months, metric, value); scores use hip "patient"."""
     rows = []
     pid = record["patient_id"]
+    rep = record.get("repeatability") or {}
     for h in record["hips"]:
-        for tp in h["timepoints"]:
+        for i, tp in enumerate(h["timepoints"]):
             for k in HIP_METRICS:
                 v = tp.get(k)
                 if v is not None:
                     rows.append({"patient_id": pid, "hip": h["hip"], "months": tp["months"], "metric": k, "value": v})
+            for k, rc_key in CHANGE_RC if i else ():
+                v, rc = tp.get(k), rep.get(rc_key)
+                if v is not None and rc is not None:
+                    rows.append({"patient_id": pid, "hip": h["hip"], "months": tp["months"],
+                                 "metric": f"{k}_beyond_rc", "value": int(abs(float(v)) > float(rc))})
     for v in record.get("visits", []):
         for c in CLINICAL_COLUMNS:
             if c in v:
