@@ -279,3 +279,9 @@ def test_changes_judged_against_repeatability_in_words_and_csv():
     rec["repeatability"] = {}
     assert "; RC" not in " ".join(hip_paragraph(rec["hips"][0], rec)) and "the RC" not in " ".join(hip_paragraph(rec["hips"][0], rec))
     assert not [r for r in tidy_rows(rec) if r["metric"].endswith("_beyond_rc")]
+
+
+@pytest.mark.parametrize("loss,words", [(1.0, "within measurement noise"), (2.0, "beyond measurement noise")])
+def test_collapse_judged_against_a_measured_rc(loss, words):
+    text = collapse_statement(loss, 5.0 / 3.0, 5.0, rc_mm=1.2)
+    assert words in text and "RC 1.2 mm from test-retest scans" in text

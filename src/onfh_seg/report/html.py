@@ -360,10 +360,11 @@ def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> Report
         figs.views[hip] = hip_view_pngs([(f"{tp} ({float(m):g} mo)", v) for tp, m, v in cols])
     lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
     noise = {}
+    rc = (record.get("repeatability") or {}).get("collapse_mm")
     for h in lesion_hips:
         n = height_noise_mm(record, [tp["timepoint"] for tp in h["timepoints"]])
-        if n is not None:
-            noise[h["hip"]] = RC_FACTOR * n
+        if rc is not None or n is not None:
+            noise[h["hip"]] = float(rc) if rc is not None else RC_FACTOR * n
     for key in IMAGING_CHART_KEYS:
         png = imaging_chart_png(lesion_hips, key, noise if key == "collapse_mm" else None)
         if png is not None:

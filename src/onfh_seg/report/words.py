@@ -150,16 +150,22 @@ def height_noise_mm(record: Mapping, timepoints: Sequence[str]) -> float | None:
     return HEIGHT_NOISE_PER_SLICE * max(spacings)  # type: ignore[type-var]
 
 
-def collapse_statement(loss_mm: float | None, noise_mm: float | None, slice_mm: float | None) -> str:
-    """What the head height loss says about collapse, with its uncertainty."""
+def collapse_statement(loss_mm: float | None, noise_mm: float | None, slice_mm: float | None,
+                       rc_mm: float | None = None) -> str:
+    """What the head height loss says about collapse, with its uncertainty: against ``rc_mm`` (a measured
+    repeatability coefficient) when given, else against 2.77 x ``noise_mm`` (estimated from the slices)."""
     if loss_mm is None or not math.isfinite(float(loss_mm)):
         return "Head height along the lesion direction could not be measured, so no collapse statement is made."
     loss = f"Head height loss along the lesion direction: {number(loss_mm, 1)} mm"
-    if noise_mm is None:
+    if rc_mm is not None:
+        rc = float(rc_mm)
+        noise = f"RC {number(rc, 1)} mm from test-retest scans, so changes under it cannot be told from noise"
+    elif noise_mm is None:
         return f"{loss} (measurement noise unknown: no voxel size recorded); no collapse statement is made."
-    rc = RC_FACTOR * noise_mm
-    noise = (f"measurement noise about \u00b1{number(noise_mm, 1)} mm on {number(slice_mm, 1)} mm slices, "
-             f"so changes under {number(rc, 1)} mm cannot be told from noise")
+    else:
+        rc = RC_FACTOR * noise_mm
+        noise = (f"measurement noise about \u00b1{number(noise_mm, 1)} mm on {number(slice_mm, 1)} mm slices, "
+                 f"so changes under {number(rc, 1)} mm cannot be told from noise")
     if abs(float(loss_mm)) <= rc:
         return f"{loss} ({noise}): within measurement noise, no collapse can be stated from these images."
     if float(loss_mm) > 0:
@@ -213,7 +219,7 @@ def hip_paragraph(hip: Mapping, record: Mapping) -> list[str]:
         out.append(f"New lesion outside the baseline zone: {number(last['new_necrosis_ml'], 1)} mL.")
     noise = height_noise_mm(record, [b["timepoint"], last["timepoint"]])
     slice_mm = None if noise is None else noise / HEIGHT_NOISE_PER_SLICE
-    out.append(collapse_statement(last.get("collapse_mm"), noise, slice_mm))
+    out.append(collapse_statement(last.get("collapse_mm"), noise, slice_mm, rep.get("collapse_mm")))
     out.append("The ARCO extent class is the lesion's share of the head, not an ARCO stage (staging also needs "
                "radiographs and the clinical picture).")
     return out

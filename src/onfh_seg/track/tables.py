@@ -29,7 +29,8 @@ CORRELATION_COLUMNS = ("imaging_metric", "score_change", "n", "rho", "p_value", 
 ERROR_COLUMNS = ("patient_id", "timepoint", "reason")
 # change measure -> its repeatability coefficient in the record's "repeatability" (configs/track.yaml); a follow-up
 # gets a "<change>_beyond_rc" row (1: beyond measurement noise, 0: within it) when the RC is known
-CHANGE_RC = (("lesion_change_ml", "lesion_volume_ml"), ("sir_change", "sir"), ("regenerated_pct", "regenerated_pct"))
+CHANGE_RC = (("lesion_change_ml", "lesion_volume_ml"), ("sir_change", "sir"), ("regenerated_pct", "regenerated_pct"),
+             ("collapse_mm", "collapse_mm"))
 
 
 def tidy_rows(record: dict) -> list[dict]:
