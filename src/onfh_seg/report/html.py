@@ -301,9 +301,12 @@ change counts, so voxel-size noise does not masquerade as regeneration or new ne
 (eroded acetabulum of the same hip, same scan, by default). The primary SIR is that of the baseline lesion
 zone mapped onto each follow-up; a rising SIR there means its signal moves towards marrow.</li>
 <li>Head height loss: median distance from the baseline head centre to the head surface along rays within
-20&deg; of the lesion direction, baseline minus follow-up (positive = flattening of the dome). Its noise is
-about a third of the slice spacing; a loss is called beyond noise above 2.77 times that (the repeatability
-coefficient rule). It is not an ARCO collapse measurement.</li>
+20&deg; of the lesion direction, baseline minus follow-up (positive = flattening of the dome). It is not an
+ARCO collapse measurement.</li>
+<li>Changes between visits are called real only beyond their repeatability coefficient (RC = 2.77 x the
+within-subject SD of same-day repeat scans; onfh-track's <code>repeatability</code> settings). Without a
+measured RC, head height loss is judged against 2.77 x a third of the slice spacing and other changes are
+not judged.</li>
 <li>Orientation: radiological (patient right on the image left); letters at the panel edges.</li>
 </ul>
 """
