@@ -1,7 +1,7 @@
 """Configuration: where configs/ and models/ live, the defaults, and one validator for every entry point.
 
 Defaults live in one place, ``configs/<name>.yaml``. Their types and allowed
-values live in the schema dataclasses below (no defaults there). The command
+values live in the schema dataclasses of :mod:`onfh_seg.config_schemas` (no defaults there). The command
 lines (:mod:`onfh_seg.cli`) and the Python API (:mod:`onfh_seg.api`) both go
 through :func:`validate`, so an unknown key or a wrong type is the same one-line
 :class:`ConfigError` everywhere, e.g.::
@@ -23,10 +23,27 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union
+
+from onfh_seg.config_schemas import (  # noqa: F401  (re-exported: config.<Schema>)
+    SCHEMAS,
+    TOOLS,
+    AcquisitionSettings,
+    DicomSettings,
+    DiseaseSettings,
+    EvalSettings,
+    ExportSettings,
+    InferSettings,
+    Path_,
+    QCSettings,
+    Reference,
+    RegistrationSettings,
+    RepeatabilitySettings,
+    SynthSettings,
+    TrackSettings,
+)
 
 MISSING = "???"  # OmegaConf's mark for a mandatory value
 PACKAGE_DATA = Path(__file__).resolve().parent / "_data"  # filled in when a wheel is built (setup.py)
@@ -81,189 +98,6 @@ def model_version(model_dir: str | Path | None = None) -> str | None:
         return str(json.loads(path.read_text(encoding="utf-8"))["model_version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-# ---------------------------------------------------------------- schemas (types only; defaults are in the YAML)
-
-Path_ = str  # a path given as text
-Reference = Literal["acetabulum", "viable_head"]
-
-
-@dataclass
-class QCSettings:
-    head_ml_range: tuple[float, float]
-    min_confidence: float
-
-
-@dataclass
-class DicomSettings:
-    write_seg: bool
-    write_sr: bool
-    rules: Union[dict[str, Any], None]
-
-
-@dataclass
-class InferSettings:
-    """configs/infer.yaml (onfh-infer, :func:`onfh_seg.segment`)."""
-
-    input: Path_
-    out_dir: Path_
-    model_dir: Path_
-    provider: Literal["auto", "cpu", "cuda"]
-    threads: int = dataclasses.field(metadata={"min": 0})
-    workers: int = dataclasses.field(metadata={"min": 1})
-    max_image_mb: float = dataclasses.field(metadata={"min": 1})
-    allow_unknown_orientation: bool = dataclasses.field()
-    tta: bool = dataclasses.field()
-    fast: bool = dataclasses.field()
-    reference: Reference = dataclasses.field()
-    overlay: bool = dataclasses.field()
-    resume: bool = dataclasses.field()
-    wait_lock: bool = dataclasses.field()
-    engine: str = dataclasses.field()
-    executor: Literal["local", "dask"] = dataclasses.field()
-    scheduler: Union[str, None] = dataclasses.field()
-    reanalyse: Union[Path_, None] = dataclasses.field()
-    anatomy: dict[str, Any] = dataclasses.field()  # enabled + AnatomyLimits overrides (infer/anatomy.py checks them)
-    qc: QCSettings = dataclasses.field()
-    dicom: DicomSettings = dataclasses.field()
-
-
-@dataclass
-class RegistrationSettings:
-    radius_factor: float
-    crop_margin_mm: float
-    histogram_bins: int
-    sampling_percentage: float
-    shrink_factors: list[int]
-    smoothing_sigmas_mm: list[float]
-    learning_rate: float
-    min_step: float
-    iterations: int
-    relaxation: float
-    seed: int
-    threads: int
-
-
-@dataclass
-class RepeatabilitySettings:
-    lesion_volume_ml: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    percent_head_pts: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    sir: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    regenerated_pct: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    collapse_mm: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    source: str = dataclasses.field()
-
-
-@dataclass
-class TrackSettings:
-    """configs/track.yaml (onfh-track, :func:`onfh_seg.track`)."""
-
-    manifest: Path_
-    infer_dir: Path_
-    out_dir: Path_
-    workers: int = dataclasses.field(metadata={"min": 1})
-    executor: Literal["local", "dask"] = dataclasses.field()
-    scheduler: Union[str, None] = dataclasses.field()
-    resume: bool = dataclasses.field()
-    wait_lock: bool = dataclasses.field()
-    report: bool = dataclasses.field()
-    report_pdf: bool = dataclasses.field()
-    reference: Reference = dataclasses.field()
-    grid_mm: float = dataclasses.field(metadata={"min": 0.05})
-    boundary_mm: Union[float, None] = dataclasses.field()
-    collapse_cone_deg: float = dataclasses.field()
-    hip_match_max_mm: float = dataclasses.field()
-    write_tfm: bool = dataclasses.field()
-    min_correlation_n: int = dataclasses.field(metadata={"min": 2})
-    min_lesion_ml: float = dataclasses.field(metadata={"min": 0})
-    registration: RegistrationSettings = dataclasses.field()
-    repeatability: RepeatabilitySettings = dataclasses.field()
-
-
-@dataclass
-class ExportSettings:
-    """configs/export.yaml (onfh-export)."""
-
-    coarse_ckpt: Path_
-    fine_ckpt: Path_
-    out_dir: Path_
-    force: bool
-    fine_crop_vox: int = dataclasses.field(metadata={"min": 16})
-    lesion_threshold: Union[float, None] = dataclasses.field()
-    ship_checkpoints: bool = dataclasses.field()
-    training: Any = dataclasses.field()
-
-
-@dataclass
-class DiseaseSettings:
-    stages: dict[str, float]
-    extent: tuple[float, float]
-    mitchell: dict[str, float]
-    responses: dict[str, float]
-    edema_fraction: float
-
-
-@dataclass
-class AcquisitionSettings:
-    orientations: dict[str, float]
-    small_fov_fraction: float
-    inplane_mm: tuple[float, float]
-    slice_mm: tuple[float, float]
-    gap_mm: tuple[float, float]
-    snr: tuple[float, float]
-    bias: float
-    max_matrix: int
-    baseline_rotation_deg: float
-    baseline_translation_mm: float
-    rotation_deg: float
-    translation_mm: float
-
-
-@dataclass
-class SynthSettings:
-    """configs/synth.yaml (onfh-synth)."""
-
-    out_dir: Path_
-    seed: int
-    n_patients: int = dataclasses.field(metadata={"min": 1})
-    months: list[float] = dataclasses.field()
-    retest: bool = dataclasses.field()
-    demo: bool = dataclasses.field()
-    workers: int = dataclasses.field(metadata={"min": 1})
-    preview: bool = dataclasses.field()
-    style: Literal["a", "b", "dr"] = dataclasses.field()
-    style_b: dict[str, Any] = dataclasses.field()
-    disease: DiseaseSettings = dataclasses.field()
-    acquisition: AcquisitionSettings = dataclasses.field()
-
-
-@dataclass
-class EvalSettings:
-    """configs/eval.yaml (onfh-eval)."""
-
-    model_dir: Path_
-    out_dir: Path_
-    cohort: Union[Path_, None]
-    cohorts: dict[str, Union[Path_, list[Path_], None]]
-    workers: int = dataclasses.field(metadata={"min": 1})
-    tta: bool = dataclasses.field()
-    reference: Reference = dataclasses.field()
-    window: Union[Literal["patch", "crop"], None] = dataclasses.field()
-    overlap: Union[float, None] = dataclasses.field()
-    lesion_threshold: Union[Literal["model"], float, None] = dataclasses.field()
-    generate: dict[str, Any] = dataclasses.field()
-
-
-SCHEMAS: dict[str, type] = {
-    "infer": InferSettings,
-    "track": TrackSettings,
-    "export": ExportSettings,
-    "synth": SynthSettings,
-    "eval": EvalSettings,
-}
-TOOLS = {"infer": "onfh-infer", "track": "onfh-track", "export": "onfh-export", "synth": "onfh-synth",
-         "eval": "onfh-eval", "train": "onfh-train"}
 
 
 # ---------------------------------------------------------------- defaults
