@@ -98,11 +98,13 @@ details summary{cursor:pointer;color:#234}
 @media print{
   body{margin:0;max-width:none;font-size:11pt}
   .disclaimer,.qcwarn{break-inside:avoid}
-  section.hip{break-before:page}
+  section.hip+section.hip{break-before:page}
   h2,h3{break-after:avoid}
   figure.pair,img.chart,table{break-inside:avoid}
-  img.pair{width:48%} img.chart{width:48%}
-  img.zoom:focus{position:static;width:48%;height:auto}
+  .views,.charts{gap:6px}
+  figure.pair{width:49%} img.pair{width:100%} img.chart{width:49%}
+  img.zoom:focus{position:static;width:100%;height:auto}
+  table{font-size:8pt} th,td{padding:2px 4px}
   details summary{display:none}
 }
 @page{size:A4;margin:12mm}
