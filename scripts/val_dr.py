@@ -1,0 +1,42 @@
+"""Score fine-stage checkpoints on the domain-randomised validation crops (training styles only).
+
+    .venv/bin/python scripts/val_dr.py models/fine.ckpt outputs/train/fine_dr/<run>/checkpoints/best.ckpt
+
+Renders the same fixed validation set as ``onfh-train experiment=fine_dr`` (seeded) and prints the
+per-label Dice of each checkpoint, the way training validation computes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ckpts", nargs="+")
+    ap.add_argument("--cache", default="cache/dr/fine_1.1mm_112/seed2102")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=2102)
+    a = ap.parse_args()
+    from onfh_seg.labels import LABELS
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.model.module import SegModule, dice_per_label
+
+    torch.set_num_threads(1)
+    ds = RandomisedPatchDataset(load_dr_items(sorted(Path(a.cache).glob("*.npz"))), (96, 96, 96), a.samples, 1.0, a.seed)
+    val = [ds[i] for i in range(len(ds))]
+    for ck in a.ckpts:
+        m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
+        with torch.no_grad():
+            d = torch.stack([dice_per_label(m.predict_volume(x[None]).argmax(1, keepdim=True), y[None]) for x, y in val])
+        mean = torch.nanmean(d, 0).numpy()
+        names = [LABELS[c] for c in range(1, len(LABELS))]
+        print(ck, " ".join(f"{n}={v:.3f}" for n, v in zip(names, mean)), f"mean={np.nanmean(mean):.3f}")
+
+
+if __name__ == "__main__":
+    main()
