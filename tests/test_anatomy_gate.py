@@ -349,7 +349,10 @@ def test_html_report_warns_about_untrusted_measurements() -> None:
     tps[0].update(qc_flags=["implausible_head_shape"], hip_qc_flags=[], trusted=True)  # the other hip's flag
     html = render_report(rec, {}, None)
     assert '<div class="qcwarn"><b>Warning: measurements not trustworthy.' in html and "m12: low_confidence" in html
-    assert html.count("&#9888; QC: implausible_head_shape") == 1  # the m03 column of this hip only
+    # the m03 column of this hip only (its header repeats in the main and the details table)
+    flagged = html.count("&#9888; QC: implausible_head_shape")
+    assert flagged >= 1 and flagged == html.count("m03<br>3 mo<br>&#9888; QC: implausible_head_shape")
+    assert "m00<br>0 mo<br>&#9888;" not in html
     for tp in tps:
         tp.pop("qc_flags", None), tp.pop("hip_qc_flags", None), tp.pop("trusted", None)
     for scan in rec["scans"]:
