@@ -1,6 +1,7 @@
 """Score fine-stage checkpoints on the domain-randomised validation crops (training styles only).
 
     .venv/bin/python scripts/val_dr.py models/fine.ckpt outputs/train/fine_dr/<run>/checkpoints/best.ckpt
+    .venv/bin/python scripts/val_dr.py --cache cache/dr/coarse_2mm_0/seed2202 --seed 2202 --patch 64 --pool 2 models/coarse.ckpt ...
 
 Renders the same fixed validation set as ``onfh-train experiment=fine_dr`` (seeded) and prints the
 per-label Dice of each checkpoint, the way training validation computes it.
@@ -21,13 +22,16 @@ def main() -> None:
     ap.add_argument("--cache", default="cache/dr/fine_1.1mm_112/seed2102")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seed", type=int, default=2102)
+    ap.add_argument("--patch", type=int, default=96, help="validation crop (voxels of the network grid)")
+    ap.add_argument("--pool", type=int, default=1, help="tissue-map voxels per network voxel (coarse: 2)")
     a = ap.parse_args()
     from onfh_seg.labels import LABELS
     from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
     from onfh_seg.model.module import SegModule, dice_per_label
 
     torch.set_num_threads(1)
-    ds = RandomisedPatchDataset(load_dr_items(sorted(Path(a.cache).glob("*.npz"))), (96, 96, 96), a.samples, 1.0, a.seed)
+    ds = RandomisedPatchDataset(load_dr_items(sorted(Path(a.cache).glob("*.npz"))), (a.patch,) * 3, a.samples, 1.0, a.seed,
+                                pool=a.pool)
     val = [ds[i] for i in range(len(ds))]
     for ck in a.ckpts:
         m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
