@@ -1,0 +1,106 @@
+"""Per-run records of onfh-infer: ``measurements.csv``, ``errors.csv`` and ``run_manifest.json``.
+
+Written once per run by the process that holds the out_dir lock (the local pool's
+parent or the Dask client), from the per-scan results of :mod:`onfh_seg.batch`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onfh_seg.infer.pipeline import row_sort_key, software_versions
+from onfh_seg.io.manifest import write_manifest
+from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.measure import CSV_COLUMNS
+
+if TYPE_CHECKING:
+    from onfh_seg.batch import BatchSummary, EngineSpec
+    from onfh_seg.infer.inputs import ScanJob
+
+ERROR_COLUMNS = ["scan", "image", "error"]
+MANIFEST_CSV_COLUMNS = ("patient_id", "timepoint", "months")  # carried into measurements.csv for manifest input
+
+
+def _number(text: Any) -> Any:
+    """A manifest value as a number when it is one (``"6"`` -> 6.0), else unchanged."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def write_measurements_csv(out_dir: Path, results: list[dict], jobs: list[ScanJob] | None = None) -> Path:
+    """``measurements.csv``; for manifest input, ``patient_id``, ``timepoint`` and ``months`` follow ``image``."""
+    rows = [row for r in results if r["status"] in ("ok", "skipped") for row in r["rows"]]
+    rows.sort(key=row_sort_key)
+    meta = {job.name: job.meta or {} for job in jobs or []}
+    extra = [c for c in MANIFEST_CSV_COLUMNS if any(c in m for m in meta.values())]
+    rows = [{**row, **{c: _number(meta.get(row["scan"], {}).get(c)) if c == "months"
+                       else meta.get(row["scan"], {}).get(c) for c in extra}} for row in rows]
+    path = out_dir / "measurements.csv"
+    write_manifest(path, rows, columns=list(CSV_COLUMNS[:2]) + extra + list(CSV_COLUMNS[2:]))
+    return path
+
+
+def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
+    rows = [{"scan": r["name"], "image": r["input"], "error": r["error"]} for r in results if r["status"] == "error"]
+    rows.sort(key=lambda r: r["scan"])
+    path = out_dir / "errors.csv"
+    write_manifest(path, rows, columns=ERROR_COLUMNS)
+    return path
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provider_used(results: list[dict]) -> str | None:
+    """The execution provider the segmenters actually ran on (first of ONNX Runtime's list), e.g.
+    ``CUDAExecutionProvider``; several joined by ``,`` if workers differed; None if no segmenter ran."""
+    used = sorted({r["providers"][0] for r in results if r.get("providers")})
+    return ",".join(used) if used else None
+
+
+def write_run_manifest(
+    out_dir: Path, cfg: Mapping[str, Any], summary: BatchSummary, spec: EngineSpec, workers: int,
+    started: str, duration_s: float, command_line: list[str] | None,
+) -> Path:
+    """``run_manifest.json``: what ran, on what, with which model, and how long each scan took."""
+    model = next((r for r in summary.results if r.get("model_version")), {})
+    providers = sorted({p for r in summary.results for p in (r.get("providers") or [])})
+    record = {
+        "tool": "onfh-infer",
+        "note": "research use only; the model is trained on synthetic data",
+        "versions": software_versions(),
+        "model": {"dir": spec.model_dir, "version": model.get("model_version"), "sha256": model.get("model_sha256")},
+        "engine": spec.engine,
+        "providers": providers,
+        "provider_requested": spec.provider,
+        "provider_used": provider_used(summary.results),
+        "executor": str(cfg.get("executor") or "local"),
+        "scheduler": cfg.get("scheduler"),
+        "workers": workers,
+        "threads_per_worker": spec.threads,
+        "started": started,
+        "finished": _now(),
+        "duration_s": round(duration_s, 3),
+        "command_line": list(command_line) if command_line is not None else list(sys.argv),
+        "config": dict(cfg),
+        "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,
+                   "failed": summary.failed},
+        "scans": [  # per scan: the identity onfh-track reads and the settings its outputs were made with
+            {"name": r["name"], "input": r["input"], "input_path": r.get("input_path"),
+             "input_sha256": r.get("input_sha256"), "status": r["status"], "error": r["error"],
+             "model_version": r.get("model_version"), "settings": r.get("settings"),
+             "rerun_reason": r.get("rerun_reason"), "timings": r.get("timings", {})}
+            for r in summary.results
+        ],
+    }
+    path = out_dir / "run_manifest.json"
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
