@@ -136,6 +136,12 @@ def test_cli_version_prints_package_and_model_versions(tmp_path: Path) -> None:
     assert config.model_version() is not None
 
 
+def test_every_cli_names_itself_in_its_version_line(tmp_path: Path) -> None:
+    res = _cli("onfh-pacs", ["--version"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("onfh-pacs ")
+
+
 def test_library_modules_do_not_import_cli() -> None:
     import ast
 

@@ -188,4 +188,4 @@ SCHEMAS: dict[str, type] = {
     "eval": EvalSettings,
 }
 TOOLS = {"infer": "onfh-infer", "track": "onfh-track", "export": "onfh-export", "synth": "onfh-synth",
-         "eval": "onfh-eval", "train": "onfh-train"}
+         "eval": "onfh-eval", "train": "onfh-train", "pacs": "onfh-pacs"}
