@@ -290,42 +290,55 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
             acq_grids = restyle_grids(grids, pat, m, style_rng)
         img, lab, rg = acquire(acq_grids, geom, pose, rng)
         name = f"{pat.patient_id}_{tp}"
-        save_nifti(img, geom.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
-        save_nifti(lab, geom.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
-        save_nifti(rg, geom.affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
         fine = _fine_truth(grids, pat, m)
         if i == 0:
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
-        centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
-        scan_vols = _scan_label_volumes(lab, geom.affine, centres)
-        to_base = plan.poses[0] @ np.linalg.inv(pose)
-        hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
-        truth = {
-            "patient_id": pat.patient_id,
-            "timepoint": tp,
-            "months": m,
-            "synthetic": True,
-            "acquisition": {
-                "orientation": geom.orientation, "fov": geom.fov_kind, "shape": list(geom.shape),
-                "inplane_mm": round(geom.inplane_mm, 4), "slice_thickness_mm": round(geom.slice_mm, 4),
-                "slice_gap_mm": round(geom.gap_mm, 4), "snr": round(geom.snr, 3),
-                "bias_amplitude": round(geom.bias_amplitude, 4), "intensity_scale": round(geom.scale, 3),
-            },
-            "affine": np.round(geom.affine, 6).tolist(),
-            "transform_to_baseline": np.round(to_base, 8).tolist(),
-            "transform_note": "4x4, maps this scan's world RAS mm onto the baseline scan's world RAS mm",
-            "hips": hips,
+        acquisition = {
+            "orientation": geom.orientation, "fov": geom.fov_kind, "shape": list(geom.shape),
+            "inplane_mm": round(geom.inplane_mm, 4), "slice_thickness_mm": round(geom.slice_mm, 4),
+            "slice_gap_mm": round(geom.gap_mm, 4), "snr": round(geom.snr, 3),
+            "bias_amplitude": round(geom.bias_amplitude, 4), "intensity_scale": round(geom.scale, 3),
         }
-        atomic_write_text(out_dir / "truth" / f"{name}.json", json.dumps(truth, indent=1))
-        row = {
-            "patient_id": pat.patient_id, "timepoint": truth["timepoint"], "months": m,
-            "image": f"images/{name}.nii.gz", "labels": f"labels/{name}.nii.gz",
-            "regenerated": f"regenerated/{name}.nii.gz", "truth": f"truth/{name}.json",
-            "age": plan.age, "sex": plan.sex, "orientation": geom.orientation,
-            "affected_sides": ";".join(s for s, h in pat.hips.items() if h.diseased),
-        }
+        row = write_scan(out_dir, plan, name, tp, m, pose, geom.affine, (img, lab, rg), fine, base_lesion_ml,
+                         acquisition)
         rows.append(row)
     return _merge_scores(rows, plan)
+
+
+def write_scan(out_dir: Path, plan: PatientPlan, name: str, tp: str, months: float, pose: np.ndarray,
+               affine: np.ndarray, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], fine: dict,
+               base_lesion_ml: dict, acquisition: dict, top: dict | None = None) -> dict:
+    """Write one scan's image (int16), labels, regenerated mask and truth JSON (the layout every
+    renderer shares); ``top`` adds keys after ``synthetic`` (e.g. ``style``). Returns its manifest row."""
+    pat = plan.patient
+    img, lab, rg = arrays
+    save_nifti(img, affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
+    save_nifti(lab, affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
+    save_nifti(rg, affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
+    centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
+    scan_vols = _scan_label_volumes(lab, affine, centres)
+    to_base = plan.poses[0] @ np.linalg.inv(pose)
+    hips = hip_truth_records(pat, months, pose, centres, fine, base_lesion_ml, scan_vols)
+    truth = {
+        "patient_id": pat.patient_id,
+        "timepoint": tp,
+        "months": months,
+        "synthetic": True,
+        **(top or {}),
+        "acquisition": acquisition,
+        "affine": np.round(affine, 6).tolist(),
+        "transform_to_baseline": np.round(to_base, 8).tolist(),
+        "transform_note": "4x4, maps this scan's world RAS mm onto the baseline scan's world RAS mm",
+        "hips": hips,
+    }
+    atomic_write_text(out_dir / "truth" / f"{name}.json", json.dumps(truth, indent=1))
+    return {
+        "patient_id": pat.patient_id, "timepoint": tp, "months": months,
+        "image": f"images/{name}.nii.gz", "labels": f"labels/{name}.nii.gz",
+        "regenerated": f"regenerated/{name}.nii.gz", "truth": f"truth/{name}.json",
+        "age": plan.age, "sex": plan.sex, "orientation": acquisition["orientation"],
+        "affected_sides": ";".join(s for s, h in pat.hips.items() if h.diseased),
+    }
 
 
 def _merge_scores(rows: list[dict], plan: PatientPlan) -> list[dict]:

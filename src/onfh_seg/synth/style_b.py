@@ -25,7 +25,6 @@ Selected with ``style: b`` in ``configs/synth.yaml`` (options under ``style_b``)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,6 @@ import numpy as np
 from scipy.special import erfinv
 
 from onfh_seg import labels as L
-from onfh_seg.io.nifti import atomic_write_text, save_nifti
 from onfh_seg.synth.anatomy_sdf import (
     body_sdf,
     femur_sdf,
@@ -434,7 +432,7 @@ def style_options(cfg: dict) -> dict:
 
 def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-B scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, _scan_label_volumes, hip_truth_records, timepoint_labels
+    from onfh_seg.synth.cohort import _merge_scores, timepoint_labels, write_scan
 
     pat = plan.patient
     seed = int(cfg["seed"])
@@ -452,44 +450,20 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
         img = acquire_b(grids, scan, pose, rng)
         lab, rg = scan_labels(scan, pose, pat, m)
         name = f"{pat.patient_id}_{tp}"
-        save_nifti(img, scan.affine, out_dir / "images" / f"{name}.nii.gz", np.int16)
-        save_nifti(lab, scan.affine, out_dir / "labels" / f"{name}.nii.gz", np.uint8)
-        save_nifti(rg, scan.affine, out_dir / "regenerated" / f"{name}.nii.gz", np.uint8)
         fine = fine_truth(pat, m)
         if i == 0:
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
-        centres = {s: pose[:3, :3] @ h.centre + pose[:3, 3] for s, h in pat.hips.items()}
-        scan_vols = _scan_label_volumes(lab, scan.affine, centres)
-        to_base = plan.poses[0] @ np.linalg.inv(pose)
-        hips = hip_truth_records(pat, m, pose, centres, fine, base_lesion_ml, scan_vols)
-        truth = {
-            "patient_id": pat.patient_id,
-            "timepoint": tp,
-            "months": m,
-            "synthetic": True,
-            "style": "b",
-            "acquisition": {
-                "orientation": scan.orientation, "fov": scan.fov_kind, "shape": list(scan.shape),
-                "inplane_mm": round(scan.inplane_mm, 4), "slice_thickness_mm": round(scan.slice_mm, 4),
-                "slice_gap_mm": round(scan.gap_mm, 4), "snr": round(scan.snr, 3),
-                "bias_amplitude": round(_coil_range(scan, pose), 4), "intensity_scale": round(scan.scale, 3),
-                "protocol": scan.protocol, "oblique_deg": round(scan.oblique_deg, 3),
-                "phase_axis": scan.phase_axis, "ghost_mm": round(scan.ghost_mm, 4),
-                "gfactor_max": round(scan.gfactor_max, 4), "kspace_taper": scan.kspace_taper,
-            },
-            "affine": np.round(scan.affine, 6).tolist(),
-            "transform_to_baseline": np.round(to_base, 8).tolist(),
-            "transform_note": "4x4, maps this scan's world RAS mm onto the baseline scan's world RAS mm",
-            "hips": hips,
+        acquisition = {
+            "orientation": scan.orientation, "fov": scan.fov_kind, "shape": list(scan.shape),
+            "inplane_mm": round(scan.inplane_mm, 4), "slice_thickness_mm": round(scan.slice_mm, 4),
+            "slice_gap_mm": round(scan.gap_mm, 4), "snr": round(scan.snr, 3),
+            "bias_amplitude": round(_coil_range(scan, pose), 4), "intensity_scale": round(scan.scale, 3),
+            "protocol": scan.protocol, "oblique_deg": round(scan.oblique_deg, 3),
+            "phase_axis": scan.phase_axis, "ghost_mm": round(scan.ghost_mm, 4),
+            "gfactor_max": round(scan.gfactor_max, 4), "kspace_taper": scan.kspace_taper,
         }
-        atomic_write_text(out_dir / "truth" / f"{name}.json", json.dumps(truth, indent=1))
-        rows.append({
-            "patient_id": pat.patient_id, "timepoint": truth["timepoint"], "months": m,
-            "image": f"images/{name}.nii.gz", "labels": f"labels/{name}.nii.gz",
-            "regenerated": f"regenerated/{name}.nii.gz", "truth": f"truth/{name}.json",
-            "age": plan.age, "sex": plan.sex, "orientation": scan.orientation,
-            "affected_sides": ";".join(s for s, h in pat.hips.items() if h.diseased),
-        })
+        rows.append(write_scan(out_dir, plan, name, tp, m, pose, scan.affine, (img, lab, rg), fine,
+                               base_lesion_ml, acquisition, top={"style": "b"}))
     return _merge_scores(rows, plan)
 
 
