@@ -214,15 +214,20 @@ def _fine_truth(grids: dict, pat: Patient, months: float) -> dict[str, dict]:
         head = np.isin(lab, L.HEAD_LABELS).sum() * vox_ml
         core = (lab == L.NECROTIC).sum() * vox_ml
         band = (lab == L.BAND).sum() * vox_ml
-        out[side] = {
-            "head_volume_ml": round(float(head), 4),
-            "lesion_volume_ml": round(float(core + band), 4),
-            "necrotic_core_volume_ml": round(float(core), 4),
-            "band_volume_ml": round(float(band), 4),
-            "regenerated_volume_ml": round(float(g.regen.sum() * vox_ml), 4),
-            "extent_percent": round(float(100 * (core + band) / head), 3) if head else 0.0,
-        }
+        out[side] = volume_record(head, core, band, g.regen.sum() * vox_ml)
     return out
+
+
+def volume_record(head_ml: float, core_ml: float, band_ml: float, regen_ml: float) -> dict[str, float]:
+    """A hip's continuous ground-truth volumes (mL) and extent (% of head), as the truth JSON stores them."""
+    return {
+        "head_volume_ml": round(float(head_ml), 4),
+        "lesion_volume_ml": round(float(core_ml + band_ml), 4),
+        "necrotic_core_volume_ml": round(float(core_ml), 4),
+        "band_volume_ml": round(float(band_ml), 4),
+        "regenerated_volume_ml": round(float(regen_ml), 4),
+        "extent_percent": round(float(100 * (core_ml + band_ml) / head_ml), 3) if head_ml else 0.0,
+    }
 
 
 def hip_truth_records(pat: Patient, m: float, pose: np.ndarray, centres: dict[str, np.ndarray], fine: dict[str, dict],

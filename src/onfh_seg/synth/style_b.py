@@ -398,6 +398,8 @@ def scan_labels(scan: ScanB, pose: np.ndarray, pat: Patient, months: float) -> t
 
 def fine_truth(pat: Patient, months: float, spacing: float = TRUTH_MM) -> dict[str, dict]:
     """Continuous ground-truth volumes per hip from a ``spacing`` grid around each head."""
+    from onfh_seg.synth.cohort import volume_record
+
     vox = spacing**3 / 1000.0
     out = {}
     for side, h in pat.hips.items():
@@ -409,14 +411,7 @@ def fine_truth(pat: Patient, months: float, spacing: float = TRUTH_MM) -> dict[s
         g = hip_geometry(Q, h, months, np.full(Q[0].shape, np.float32(100.0)))
         head = g.head.sum() * vox
         core, band = g.core.sum() * vox, g.band.sum() * vox
-        out[side] = {
-            "head_volume_ml": round(float(head), 4),
-            "lesion_volume_ml": round(float(core + band), 4),
-            "necrotic_core_volume_ml": round(float(core), 4),
-            "band_volume_ml": round(float(band), 4),
-            "regenerated_volume_ml": round(float(g.regen.sum() * vox), 4),
-            "extent_percent": round(float(100 * (core + band) / head), 3) if head else 0.0,
-        }
+        out[side] = volume_record(head, core, band, g.regen.sum() * vox)
     return out
 
 
