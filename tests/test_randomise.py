@@ -82,3 +82,18 @@ def test_randomised_dataset_sample(tmp_path):
     assert float(x.max()) <= 2.0 and float(x.min()) >= 0.0
     assert (x == x2).all() and (y == y2).all()  # a pure function of (seed, epoch, index)
     assert set(np.unique(y.numpy())) <= set(range(L.NUM_CLASSES))
+
+
+def test_synth_style_dr_changes_contrast_not_labels(tmp_path):
+    """``onfh-synth style=dr`` (in-style validation scans): same labels as the default style, other image."""
+    import nibabel as nib
+
+    from onfh_seg.synth.cohort import generate_cohort
+
+    over = {"n_patients": 1, "seed": 4, "months": [0], "acquisition": {"max_matrix": 96}}
+    generate_cohort(synth_config({**over, "style": "a"}), tmp_path / "a")
+    generate_cohort(synth_config({**over, "style": "dr"}), tmp_path / "dr")
+    la, ld = (nib.load(str(tmp_path / s / "labels" / "P001_m00.nii.gz")).get_fdata() for s in ("a", "dr"))
+    ia, idr = (nib.load(str(tmp_path / s / "images" / "P001_m00.nii.gz")).get_fdata() for s in ("a", "dr"))
+    assert np.array_equal(la, ld) and (la == L.HEAD).any()
+    assert ia.shape == idr.shape and not np.allclose(ia, idr)
