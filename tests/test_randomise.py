@@ -97,3 +97,20 @@ def test_synth_style_dr_changes_contrast_not_labels(tmp_path):
     ia, idr = (nib.load(str(tmp_path / s / "images" / "P001_m00.nii.gz")).get_fdata() for s in ("a", "dr"))
     assert np.array_equal(la, ld) and (la == L.HEAD).any()
     assert ia.shape == idr.shape and not np.allclose(ia, idr)
+
+
+def test_data_module_randomised_setup(tmp_path):
+    """data.randomise: training items and a fixed validation set (same crops at every validation)."""
+    from onfh_seg.model.data import SegDataModule
+
+    r = {"out_dir": str(tmp_path), "workers": 1, "pool": 1, "val_samples": 2,
+         "train": {"seed": 31, "n_patients": 1, "months": [0]}, "val": {"seed": 32, "n_patients": 1, "months": [0]}}
+    dm = SegDataModule("fine", [], [], str(tmp_path / "cache"), 2.0, 24, [16, 16, 16], [16, 16, 16], 2, 4, 0.67, 0,
+                       True, seed=0, randomise=r)
+    dm.setup()
+    assert len(dm.train_ds.items) == 2 and len(dm.val_ds) == 2
+    x1, y1 = dm.val_ds[0]
+    x2, y2 = dm.val_ds[0]
+    assert x1.shape == (1, 16, 16, 16) and (x1 == x2).all() and (y1 == y2).all()
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == (2, 1, 16, 16, 16) and yb.shape == (2, 1, 16, 16, 16)

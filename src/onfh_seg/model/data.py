@@ -342,8 +342,8 @@ class SegDataModule(pl.LightningDataModule):
         self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool)
         val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
                                         int(r.get("val_samples", 16)), 1.0, int(r["val"]["seed"]), pool=pool)
-        self.val_ds = [tuple(t[0] for t in val_ds[i]) for i in range(len(val_ds))]  # fixed: rendered once
-        self.val_ds = VolumeDataset([(x.numpy(), y.numpy().astype(np.uint8)) for x, y in self.val_ds], None)
+        fixed = [val_ds[i] for i in range(len(val_ds))]  # rendered once: the same crops at every validation
+        self.val_ds = VolumeDataset([(x[0].numpy(), y[0].numpy().astype(np.uint8)) for x, y in fixed], None)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_ds, batch_size=self.cfg["bs"], shuffle=False, num_workers=self.cfg["workers"],
