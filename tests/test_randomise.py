@@ -114,3 +114,52 @@ def test_data_module_randomised_setup(tmp_path):
     assert x1.shape == (1, 16, 16, 16) and (x1 == x2).all() and (y1 == y2).all()
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (2, 1, 16, 16, 16) and yb.shape == (2, 1, 16, 16, 16)
+
+
+def _head_grid(h, n: int = 48, sp: float = 1.0):
+    ax = [(h.centre[i] + (np.arange(n) - (n - 1) / 2) * sp).astype(np.float32) for i in range(3)]
+    return tuple(a.ravel() for a in np.meshgrid(*ax, indexing="ij"))
+
+
+def test_lesion_shapes_keep_extent_and_differ_from_the_ball():
+    """Wedge, crescent, irregular and multifocal lesions are calibrated to the same head fraction
+    as the ball, and each covers a different set of voxels."""
+    from onfh_seg.synth.phantom import calibrate_lesion
+    from onfh_seg.synth.randomise import _jitter_dir
+
+    plan = _diseased_patient()
+    h = next(h for h in plan.patient.hips.values() if h.diseased)
+    P = _head_grid(h)
+    masks = {}
+    for shape in ("ball", "wedge", "crescent", "irregular", "multifocal"):
+        h.lesion_shape = shape
+        h.foci = (_jitter_dir(np.random.default_rng(3), h.lesion_dir, 0.7),) if shape == "multifocal" else ()
+        calibrate_lesion(h)
+        _, lab, _ = render(P, plan.patient, 0.0)
+        les = np.isin(lab, [L.NECROTIC, L.BAND])
+        head = np.isin(lab, [L.HEAD, L.NECROTIC, L.BAND])
+        assert abs(les.sum() / head.sum() - h.extent) < 0.03, shape
+        masks[shape] = les
+    for shape in ("wedge", "crescent", "irregular", "multifocal"):
+        a, b = masks[shape], masks["ball"]
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice < 0.93, (shape, dice)
+
+
+def test_cysts_and_healthy_edema_are_head_not_lesion():
+    """Subchondral cysts and bone-marrow edema in a healthy hip change the tissue map, never the lesion labels."""
+    from onfh_seg.synth.randomise import _random_cyst
+
+    cfg = synth_config({"seed": 5})
+    plan = next(p for p in (plan_patient(i, cfg) for i in range(8))
+                if any(not h.diseased for h in p.patient.hips.values()))
+    h = next(h for h in plan.patient.hips.values() if not h.diseased)
+    P = _head_grid(h)
+    _, lab0, _, tis0 = render(P, plan.patient, 0.0, with_tissue=True)
+    h.cysts = tuple(_random_cyst(np.random.default_rng(k), h) for k in range(3))
+    h.edema = 0.4
+    _, lab1, _, tis1 = render(P, plan.patient, 0.0, with_tissue=True)
+    assert np.array_equal(lab0, lab1)
+    assert not np.isin(lab1, [L.NECROTIC, L.BAND]).any()
+    assert (tis1 == TISSUES["cyst"]).sum() > 20 and np.all(lab1[tis1 == TISSUES["cyst"]] == L.HEAD)
+    assert (tis1 == TISSUES["edema_marrow"]).sum() > 1000 and not (tis0 == TISSUES["edema_marrow"]).any()

@@ -336,7 +336,9 @@ class SegDataModule(pl.LightningDataModule):
         for split in ("train", "val"):
             gen = dict(r[split])
             cfg = synth_config({k: v for k, v in gen.items() if k in ("seed", "n_patients", "months", "disease", "acquisition")})
-            out = base / f"seed{cfg['seed']}"  # a patient's content does not depend on the cohort size
+            cfg["shapes"] = bool(gen.get("shapes", False))  # lesion shapes, cysts, healthy-hip edema
+            # a patient's content does not depend on the cohort size
+            out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else ""))
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
         self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool)

@@ -46,10 +46,37 @@ def head_region(P: Points, h: Hip, collapse_mm: float) -> np.ndarray:
     return inside & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
 
 
+LESION_SHAPES = ("ball", "wedge", "crescent", "irregular", "multifocal")
+
+
 def lesion_distance(P: Points, h: Hip) -> np.ndarray:
-    """Serpiginous distance from the dome point; the lesion is where it is below ``R``."""
-    d = norm(sub(P, h.dome))
-    return d * (1.0 + np.float32(0.09) * h.serp_waves(P))
+    """Serpiginous distance from the dome point; the lesion is where it is below ``R``.
+
+    ``h.lesion_shape`` picks the level-set family (the default renderer uses only "ball"):
+    a ball around the dome point; a wedge (a cone from deep in the head opening to the
+    dome); a subchondral crescent (wide along the surface, shallow in depth); an
+    irregular ball (stronger serpiginous border); several foci (``h.foci`` directions).
+    """
+    shape = getattr(h, "lesion_shape", "ball")
+    if shape == "wedge":
+        apex = h.centre - np.float32(0.7 * h.radius) * h.lesion_dir
+        v = sub(P, apex)
+        cosang = np.clip(dot(v, h.lesion_dir) / (norm(v) + 1e-6), -1, 1)
+        d = np.float32(1.6 * h.radius) * np.arccos(cosang) + np.float32(0.15) * norm(sub(P, h.dome))
+    elif shape == "crescent":
+        q = sub(P, h.centre)
+        rq = norm(q) + 1e-6
+        ang = np.arccos(np.clip(dot(q, h.lesion_dir) / rq, -1, 1))
+        d = np.maximum(np.float32(0.8 * h.radius) * ang, np.float32(3.0) * np.maximum(np.float32(h.radius) - rq, 0))
+    elif shape == "multifocal":
+        d = norm(sub(P, h.dome))
+        for k, f in enumerate(h.foci):
+            dome_k = h.centre + h.radius * np.asarray(f, float)
+            d = np.minimum(d, norm(sub(P, dome_k)) * np.float32(1.0 + 0.25 * (k + 1)))
+    else:
+        d = norm(sub(P, h.dome))
+    amp = np.float32(0.35 if shape == "irregular" else 0.09)
+    return d * (1.0 + amp * h.serp_waves(P))
 
 
 def tract_distance(P: Points, h: Hip) -> np.ndarray:

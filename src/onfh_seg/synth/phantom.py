@@ -65,6 +65,7 @@ TISSUES: dict[str, int] = {
     "pelvic_cortex": 11, "pelvic_marrow": 12, "joint_fluid": 13, "cartilage": 14, "acetabular_sclerosis": 15,
     "femoral_cortex": 16, "subchondral_plate": 17, "red_marrow": 18, "yellow_marrow": 19, "edema_marrow": 20,
     "core_fat": 21, "core_blood": 22, "core_fluid": 23, "core_fibrous": 24, "band": 25, "regenerated": 26,
+    "cyst": 27,
 }
 N_TISSUES = max(TISSUES.values()) + 1
 CORE_TISSUE = {"A": TISSUES["core_fat"], "B": TISSUES["core_blood"], "C": TISSUES["core_fluid"], "D": TISSUES["core_fibrous"]}
@@ -109,6 +110,10 @@ class Hip:
     grow_frac: float = 0.0
     collapse_mm: float = 0.0
     collapse_growth_mm: float = 0.0
+    # shape diversity (used by the domain-randomised training data; the default renderer keeps "ball", no cysts)
+    lesion_shape: str = "ball"
+    foci: tuple = ()  # extra lesion directions (unit vectors) for "multifocal"
+    cysts: tuple = ()  # subchondral cysts: ((x, y, z) centre in mm, radius mm), head label, fluid-like signal
 
     @property
     def s(self) -> float:
@@ -153,8 +158,8 @@ class State:
 
 def hip_state(h: Hip, months: float) -> State:
     """Disease state of a hip ``months`` after baseline."""
-    if not h.diseased:
-        return State(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    if not h.diseased:  # a healthy hip may still carry bone-marrow edema (not necrosis)
+        return State(0.0, 0.0, 0.0, 0.0, 0.0, float(h.edema), 0.0)
     g = 1.0 - np.exp(-months / 5.0)  # response progress, 0 at baseline
     R, regen, band, contrast, collapse, edema = h.lesion_R, 0.0, h.band_mm, 1.0, h.collapse_mm, h.edema
     if h.response == "responder":
@@ -378,6 +383,10 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
     head = (rq <= hr) & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
     lab[head] = L.HEAD
     tis[head & (fem < 0) & ~marrow] = T["subchondral_plate"]
+    for c, r in h.cysts:  # subchondral cysts: fluid-like, part of the head (a lesion painted later overrides)
+        cy = marrow & head & (norm(sub(P, np.asarray(c, float))) < np.float32(r))
+        img[cy] = T1["fluid"]
+        tis[cy] = T["cyst"]
     if not h.diseased:
         return
     D = lesion_distance(P, h)

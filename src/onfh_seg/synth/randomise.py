@@ -43,7 +43,7 @@ T1_PRIOR = {
     "pelvic_cortex": 0.05, "pelvic_marrow": 0.7, "joint_fluid": 0.22, "cartilage": 0.4, "acetabular_sclerosis": 0.1,
     "femoral_cortex": 0.05, "subchondral_plate": 0.05, "red_marrow": 0.7, "yellow_marrow": 0.93,
     "edema_marrow": 0.55, "core_fat": 0.88, "core_blood": 0.78, "core_fluid": 0.24, "core_fibrous": 0.13,
-    "band": 0.11, "regenerated": 0.75,
+    "band": 0.11, "regenerated": 0.75, "cyst": 0.22,
 }
 
 
@@ -203,14 +203,43 @@ def save_item(path: Path, tissue: np.ndarray, labels: np.ndarray, affine: np.nda
     atomic_write_bytes(path, buf.getvalue())
 
 
-def widen_disease(rng: np.random.Generator, pat: Patient) -> None:
-    """Shape diversity beyond the default generator: band 1-5 mm, shallow sockets, effusion (in place)."""
+def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = True) -> None:
+    """Shape diversity beyond the default generator (in place).
+
+    Band 1-5 mm, shallow sockets, effusion; with ``shapes`` also lesion shapes (wedge,
+    crescent, irregular, multifocal), subchondral cysts (head, not lesion) and bone-marrow
+    edema in healthy hips (not necrosis).
+    """
     for h in pat.hips.values():
         h.rim_h = float(h.radius * rng.uniform(-0.25, 0.3))  # shallow sockets (JIC C2 occurs)
         if rng.uniform() < 0.2:
             h.joint_mm = float(rng.uniform(5.0, 8.0))  # joint effusion
         if h.diseased:
             h.band_mm = float(rng.uniform(1.0, 5.0))
+        if not shapes:
+            continue
+        if h.diseased and rng.uniform() < 0.6:
+            h.lesion_shape = str(rng.choice(["wedge", "crescent", "irregular", "multifocal"]))
+            if h.lesion_shape == "multifocal":
+                h.foci = tuple(_jitter_dir(rng, h.lesion_dir, 0.7) for _ in range(int(rng.integers(1, 3))))
+        if rng.uniform() < 0.2:
+            h.cysts = tuple(_random_cyst(rng, h) for _ in range(int(rng.integers(1, 4))))
+        if not h.diseased and rng.uniform() < 0.15:
+            h.edema = float(rng.uniform(0.25, 0.45))  # transient bone-marrow edema, no necrosis
+
+
+def _jitter_dir(rng: np.random.Generator, d: np.ndarray, spread: float) -> np.ndarray:
+    """A unit vector near ``d``."""
+    v = np.asarray(d, float) + rng.normal(0, spread, 3)
+    return v / np.linalg.norm(v)
+
+
+def _random_cyst(rng: np.random.Generator, h) -> tuple[tuple[float, float, float], float]:
+    """A small subchondral cyst: 2-5 mm radius, 3-8 mm under the upper head surface."""
+    up = _jitter_dir(rng, np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0]), 0.6)
+    r = float(rng.uniform(2.0, 5.0))
+    c = h.centre + up * (h.radius - r - rng.uniform(1.5, 4.0))
+    return (tuple(float(v) for v in c), r)
 
 
 def _patient_job(args) -> list[str]:
@@ -222,7 +251,7 @@ def _patient_job(args) -> list[str]:
     out_dir = Path(out_dir)
     plan = plan_patient(index, cfg)
     rng = np.random.default_rng([int(cfg["seed"]), index, 99])
-    widen_disease(rng, plan.patient)
+    widen_disease(rng, plan.patient, shapes=bool(cfg.get("shapes", False)))
     for h in plan.patient.hips.values():
         calibrate_lesion(h)
     written = []
