@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _schema_keys(schema) -> dict:
+    """Required keys of a schema (optional fields, e.g. extra Lightning Trainer arguments, may be absent)."""
     return {key: (_schema_keys(tp) if dataclasses.is_dataclass(tp) else None)
-            for key, (tp, _) in config._fields(schema).items()}
+            for key, (tp, meta) in config._fields(schema).items() if not meta.get("optional")}
 
 
 def _yaml_keys(d: dict, schema) -> dict:
@@ -54,6 +55,15 @@ def test_schema_matches_yaml_and_defaults_validate(name: str) -> None:
         ("track", {"registration": {"iteratons": 5}},
          "onfh-track: unknown key 'registration.iteratons' (did you mean 'registration.iterations'?)"),
         ("export", {"force": "yes"}, "onfh-export: force='yes' is not allowed: expected true or false"),
+        ("train", {"model": {"lr": "fast"}}, "onfh-train: model.lr='fast' is not allowed: expected a number"),
+        ("train", {"trainer": {"max_stesp": 5}},
+         "onfh-train: unknown key 'trainer.max_stesp' (did you mean 'trainer.max_steps'?)"),
+        ("train", {"data": {"batch_size": 0}},
+         "onfh-train: data.batch_size=0 is not allowed: expected a number >= 1"),
+        ("train", {"data": {"stage": "medium"}},
+         "onfh-train: data.stage='medium' is not allowed: expected one of fine, coarse"),
+        ("train", {"model": {"net": {"act": "gelu"}}},
+         "onfh-train: model.net.act='gelu' is not allowed: expected one of prelu, relu, leakyrelu"),
     ],
 )
 def test_bad_settings_are_one_line_errors(name: str, over: dict, expected: str) -> None:
@@ -186,3 +196,30 @@ def test_tracking_parameter_defaults_equal_the_yaml() -> None:
             assert (list(value) if isinstance(value, tuple) else value) == yaml["registration"][f.name], f.name
             compared.append(f.name)
     assert len(compared) >= 12, compared
+
+
+@pytest.mark.parametrize("override", ["experiment=coarse", "experiment=fine", "experiment=fine_dr", "experiment=fine_dr2",
+                                      "experiment=coarse_dr", "trainer=gpu", "trainer=smoke"])
+def test_every_training_config_composes_and_validates(override: str) -> None:
+    """Each experiment and trainer option that onfh-train composes passes the train schema."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config.config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    checked = config.validate("train", plain)
+    assert checked["data"]["stage"] in ("fine", "coarse") and checked["trainer"]["max_steps"] > 0
+
+
+def test_train_cli_bad_values_are_one_line(tmp_path: Path) -> None:
+    """onfh-train rejects a wrong type or an unknown key in a group in one line, before any training."""
+    for extra, expected in [
+        ("model.lr=fast", "error: onfh-train: model.lr='fast' is not allowed: expected a number"),
+        ("+trainer.max_stesp=3", "error: onfh-train: unknown key 'trainer.max_stesp' (did you mean 'trainer.max_steps'?)"),
+    ]:
+        res = _cli("onfh-train", [extra, f"run_dir={tmp_path / 'run'}"], tmp_path)
+        assert res.returncode == 1, res.stderr
+        assert res.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "run" / "checkpoints").exists()

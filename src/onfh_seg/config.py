@@ -107,13 +107,38 @@ def model_version(model_dir: str | Path | None = None) -> str | None:
 def _defaults_cached(name: str, folder: str) -> dict:
     from omegaconf import OmegaConf
 
-    path = Path(folder) / f"{name}.yaml"
+    if not OmegaConf.has_resolver("now"):  # Hydra's ${now:...}, for run folders
+        from datetime import datetime
+
+        OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern))
+    cfg = _compose(Path(folder), name)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def _compose(folder: Path, name: str, group: str = ""):
+    """``<folder>/<group>/<name>.yaml`` with its defaults list applied (group options such as
+    ``- data: fine`` and same-group bases such as ``- fine``), as Hydra composes it without overrides."""
+    from omegaconf import OmegaConf
+
+    path = folder / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no such configuration: {path}")
-    cfg = OmegaConf.load(path)
-    for key in ("defaults", "hydra"):
-        cfg.pop(key, None)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+    own = OmegaConf.load(path)
+    out = OmegaConf.create({})
+    entries = list(own.pop("defaults", None) or [])
+    own.pop("hydra", None)
+    if "_self_" not in entries:
+        entries.append("_self_")
+    for entry in entries:
+        if entry == "_self_":
+            out = OmegaConf.merge(out, own)
+        elif isinstance(entry, str):  # a base in the same group
+            out = OmegaConf.merge(out, _compose(folder, entry, group))
+        else:
+            for grp, option in entry.items():
+                if option is not None and not str(grp).startswith(("override ", "/")):
+                    out = OmegaConf.merge(out, {grp: _compose(folder, str(option), grp)})
+    return out
 
 
 def defaults(name: str) -> dict:
@@ -159,8 +184,10 @@ def _join(key: str, last: str) -> str:
 
 
 def _fields(schema: type) -> dict[str, Any]:
+    """``{name: (type, metadata)}``; a field with a default in the schema is optional (``metadata["optional"]``)."""
     hints = typing.get_type_hints(schema)
-    return {f.name: (hints[f.name], dict(f.metadata)) for f in dataclasses.fields(schema)}
+    return {f.name: (hints[f.name], {**f.metadata, "optional": f.default is not dataclasses.MISSING})
+            for f in dataclasses.fields(schema)}
 
 
 def _allowed(schema: Any, dflt: Any) -> dict[str, tuple[Any, dict, Any]]:
@@ -260,6 +287,8 @@ def _validate(name: str, schema: Any, cfg: Any, dflt: Any, prefix: str, require:
     for key, (tp, meta, sub) in allowed.items():
         full = prefix + key
         if key not in cfg:
+            if meta.get("optional"):
+                continue
             raise ConfigError(f"{_tool(name)}: missing key '{full}'")
         value = cfg[key]
         if isinstance(value, str) and value == MISSING:

@@ -180,12 +180,93 @@ class EvalSettings:
     generate: dict[str, Any] = dataclasses.field()
 
 
+@dataclass
+class NetSettings:
+    channels: list[int]
+    strides: list[int]
+    num_res_units: int = dataclasses.field(metadata={"min": 0})
+    norm: Literal["instance", "batch"] = dataclasses.field()
+    act: Literal["prelu", "relu", "leakyrelu"] = dataclasses.field()
+    up_kernel_size: int = dataclasses.field(metadata={"min": 1})
+    dropout: float = dataclasses.field(metadata={"min": 0})
+
+
+@dataclass
+class ModelSettings:
+    """configs/model/*.yaml."""
+
+    net: NetSettings
+    lr: float = dataclasses.field(metadata={"min": 0})
+    weight_decay: float = dataclasses.field(metadata={"min": 0})
+    dice_weight: float = dataclasses.field(metadata={"min": 0})
+    ce_weight: float = dataclasses.field(metadata={"min": 0})
+
+
+@dataclass
+class DataSettings:
+    """configs/data/*.yaml (``randomise``: the domain-randomised data of ``*_dr*.yaml``, else null)."""
+
+    stage: Literal["fine", "coarse"]
+    train_manifests: list[Path_]
+    val_manifests: list[Path_]
+    generate: Union[dict[str, Any], None]
+    generate_val: Union[dict[str, Any], None]
+    cache_dir: Path_
+    spacing_mm: float = dataclasses.field(metadata={"min": 0.1})
+    crop_vox: int = dataclasses.field(metadata={"min": 0})
+    patch_vox: tuple[int, int, int] = dataclasses.field()
+    val_vox: Union[tuple[int, int, int], None] = dataclasses.field()
+    batch_size: int = dataclasses.field(metadata={"min": 1})
+    samples_per_epoch: int = dataclasses.field(metadata={"min": 1})
+    fg_oversample: float = dataclasses.field(metadata={"min": 0})
+    num_workers: int = dataclasses.field(metadata={"min": 0})
+    augment: bool = dataclasses.field()
+    randomise: Union[dict[str, Any], None] = dataclasses.field()
+
+
+@dataclass
+class TrainerSettings:
+    """configs/trainer/*.yaml: keyword arguments of ``lightning.Trainer`` (the ones below; optional ones may be absent)."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"]
+    devices: Union[int, str, list[int]]
+    max_steps: int
+    max_epochs: int
+    val_check_interval: Union[int, float, None]
+    check_val_every_n_epoch: Union[int, None]
+    log_every_n_steps: int = dataclasses.field(metadata={"min": 1})
+    precision: Union[int, str] = dataclasses.field()
+    deterministic: Union[bool, Literal["warn"]] = dataclasses.field()
+    gradient_clip_val: Union[float, None] = dataclasses.field()
+    num_sanity_val_steps: int = dataclasses.field()
+    enable_progress_bar: Union[bool, None] = None
+    accumulate_grad_batches: Union[int, None] = None
+    limit_train_batches: Union[int, float, None] = None
+    limit_val_batches: Union[int, float, None] = None
+
+
+@dataclass
+class TrainSettings:
+    """configs/train.yaml with its data/, model/ and trainer/ groups (onfh-train)."""
+
+    data: DataSettings
+    model: ModelSettings
+    trainer: TrainerSettings
+    task_name: str
+    seed: int
+    threads: Union[int, None] = dataclasses.field(metadata={"min": 1})
+    ckpt_path: Union[Path_, None] = dataclasses.field()
+    init_from: Union[Path_, None] = dataclasses.field()
+    run_dir: Path_ = dataclasses.field()
+
+
 SCHEMAS: dict[str, type] = {
     "infer": InferSettings,
     "track": TrackSettings,
     "export": ExportSettings,
     "synth": SynthSettings,
     "eval": EvalSettings,
+    "train": TrainSettings,
 }
 TOOLS = {"infer": "onfh-infer", "track": "onfh-track", "export": "onfh-export", "synth": "onfh-synth",
          "eval": "onfh-eval", "train": "onfh-train", "pacs": "onfh-pacs"}
