@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -253,7 +255,7 @@ def test_tiny_baseline_lesion_counts_as_none(tmp_path):
                      "labels": f"labels/{name}.nii.gz"})
     write_manifest(root / "manifest.csv", rows)
     patients, _ = collect_patients(root / "manifest.csv", write_truth_infer_outputs(root / "manifest.csv", root / "infer"))
-    big = TrackParams(min_lesion_ml=1000.0)  # the toy lesion (a few mL) now counts as "no lesion"
+    big = dataclasses.replace(TrackParams.from_dict(), min_lesion_ml=1000.0)  # the toy lesion (a few mL) now counts as "no lesion"
     rec = track_patient(patients["T002"], root / "out", params=big, fixed_transforms={"m06": np.eye(4)})
     b, f = rec["hips"][0]["timepoints"]
     assert b["regenerated_pct"] is None and f["regenerated_pct"] is None

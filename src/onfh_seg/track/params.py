@@ -6,8 +6,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from onfh_seg.measure import MIN_LESION_ML
-
 TRACK_VERSION = "onfh-track/3"  # 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
 # numeric per-hip metrics, in table order
 HIP_METRICS = (
@@ -33,21 +31,24 @@ CATEGORICAL = ("arco_extent", "jic_type")
 
 @dataclass(frozen=True)
 class TrackParams:
-    """Non-registration knobs (configs/track.yaml)."""
+    """Non-registration knobs of onfh-track; their defaults live only in configs/track.yaml."""
 
-    reference: str = "acetabulum"
-    grid_mm: float = 0.5
-    boundary_mm: float | None = None  # None: half the coarsest voxel edge of the two scans + 1 mm
-    collapse_cone_deg: float = 20.0
-    hip_match_max_mm: float = 60.0
-    write_tfm: bool = False
-    min_correlation_n: int = 3
-    min_lesion_ml: float = MIN_LESION_ML  # smaller baseline lesions count as none (as in measure: no ARCO class)
+    reference: str
+    grid_mm: float
+    boundary_mm: float | None  # None: half the coarsest voxel edge of the two scans + 1 mm
+    collapse_cone_deg: float
+    hip_match_max_mm: float
+    write_tfm: bool
+    min_correlation_n: int
+    min_lesion_ml: float  # smaller baseline lesions count as none (as in measure: no ARCO class)
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "TrackParams":
-        d = dict(d or {})
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d: Mapping | None = None) -> "TrackParams":
+        """``d`` over the defaults of configs/track.yaml (keys that are not parameters are ignored)."""
+        from onfh_seg.config import defaults
+
+        merged = {**defaults("track"), **dict(d or {})}
+        return cls(**{k: merged[k] for k in cls.__dataclass_fields__})
 
 
 def num(v) -> float | None:

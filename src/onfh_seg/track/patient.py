@@ -99,8 +99,8 @@ def compute_patient(
     timepoint resampled into baseline space. Raises ``ValueError`` if the
     baseline scan is unusable.
     """
-    params = params or TrackParams()
-    reg_params = reg_params or RegistrationParams()
+    params = params or TrackParams.from_dict()
+    reg_params = reg_params or RegistrationParams.from_dict()
     found: list[FoundTransform] = []
     if views is not None:
         from onfh_seg.report.views import sample_views
@@ -270,7 +270,7 @@ def track_patient(
     views: dict | None = None,
 ) -> dict:
     """``compute_patient``, then its transforms saved under ``out_dir`` when ``write_transforms``; returns the record."""
-    params = params or TrackParams()
+    params = params or TrackParams.from_dict()
     record, found = compute_patient(p, params, reg_params, fixed_transforms, transform_refs=write_transforms,
                                     views=views)
     if write_transforms:

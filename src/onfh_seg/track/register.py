@@ -42,28 +42,30 @@ RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 @dataclass(frozen=True)
 class RegistrationParams:
-    """Knobs of ``register_hip`` (configs/track.yaml ``registration``)."""
+    """Knobs of ``register_hip``; their defaults live only in configs/track.yaml ``registration``."""
 
-    radius_factor: float = 2.5  # metric mask: ball of radius_factor x head radius (baseline)
-    crop_margin_mm: float = 10.0  # crop half-width = radius_factor x radius + margin (moving: + 2 margins)
-    histogram_bins: int = 32
-    sampling_percentage: float = 0.2
-    shrink_factors: Sequence[int] = (4, 2, 1)
-    smoothing_sigmas_mm: Sequence[float] = (2.0, 1.0, 0.0)
-    learning_rate: float = 1.0
-    min_step: float = 1e-3
-    iterations: int = 200
-    relaxation: float = 0.5
-    seed: int = 20240501
-    threads: int = 1
+    radius_factor: float  # metric mask: ball of radius_factor x head radius (baseline)
+    crop_margin_mm: float  # crop half-width = radius_factor x radius + margin (moving: + 2 margins)
+    histogram_bins: int
+    sampling_percentage: float
+    shrink_factors: Sequence[int]
+    smoothing_sigmas_mm: Sequence[float]
+    learning_rate: float
+    min_step: float
+    iterations: int
+    relaxation: float
+    seed: int
+    threads: int
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "RegistrationParams":
-        d = dict(d or {})
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+    def from_dict(cls, d: dict | None = None) -> "RegistrationParams":
+        """``d`` over the defaults of configs/track.yaml ``registration``."""
+        from onfh_seg.config import defaults
+
+        merged = {**defaults("track")["registration"], **dict(d or {})}
+        known = {k: merged[k] for k in cls.__dataclass_fields__}
         for k in ("shrink_factors", "smoothing_sigmas_mm"):
-            if k in known:
-                known[k] = tuple(known[k])
+            known[k] = tuple(known[k])
         return cls(**known)
 
 
@@ -160,7 +162,7 @@ def register_hip(
     follow-up -> baseline RAS matrix. Raises ``RuntimeError`` if a crop around a
     head centre is empty or the optimiser fails.
     """
-    p = params or RegistrationParams()
+    p = params or RegistrationParams.from_dict()
     set_threads(p.threads)
     c0 = np.asarray(fixed_centre_ras, np.float64)
     c1 = np.asarray(moving_centre_ras, np.float64)
