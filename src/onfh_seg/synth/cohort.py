@@ -298,16 +298,21 @@ def generate_patient(plan: PatientPlan, out_dir: Path, seed: int, style: str = "
         fine = _fine_truth(grids, pat, m)
         if i == 0:
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
-        acquisition = {
-            "orientation": geom.orientation, "fov": geom.fov_kind, "shape": list(geom.shape),
-            "inplane_mm": round(geom.inplane_mm, 4), "slice_thickness_mm": round(geom.slice_mm, 4),
-            "slice_gap_mm": round(geom.gap_mm, 4), "snr": round(geom.snr, 3),
-            "bias_amplitude": round(geom.bias_amplitude, 4), "intensity_scale": round(geom.scale, 3),
-        }
+        acquisition = acquisition_record(geom, geom.bias_amplitude)
         row = write_scan(out_dir, plan, name, tp, m, pose, geom.affine, (img, lab, rg), fine, base_lesion_ml,
                          acquisition)
         rows.append(row)
     return _merge_scores(rows, plan)
+
+
+def acquisition_record(geom, bias_amplitude: float, **extra) -> dict:
+    """The truth JSON's ``acquisition`` block from a scan geometry (either renderer's), rounded; ``extra`` appended."""
+    return {
+        "orientation": geom.orientation, "fov": geom.fov_kind, "shape": list(geom.shape),
+        "inplane_mm": round(geom.inplane_mm, 4), "slice_thickness_mm": round(geom.slice_mm, 4),
+        "slice_gap_mm": round(geom.gap_mm, 4), "snr": round(geom.snr, 3),
+        "bias_amplitude": round(bias_amplitude, 4), "intensity_scale": round(geom.scale, 3), **extra,
+    }
 
 
 def write_scan(out_dir: Path, plan: PatientPlan, name: str, tp: str, months: float, pose: np.ndarray,

@@ -255,6 +255,30 @@ def _take(P: Points, m: np.ndarray) -> Points:
     return (P[0][m], P[1][m], P[2][m])
 
 
+def femoral_vessels(P: Points, h: Hip) -> list[np.ndarray]:
+    """Masks of the femoral artery and vein in front of a hip (vertical tubes)."""
+    x, y = P[0], P[1]
+    out = []
+    for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
+        v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
+        out.append(v < r)
+    return out
+
+
+def pelvis_near_hips(P: Points, pat: Patient) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Pelvic signed distance where it matters (near the hips and the sacrum; 100 elsewhere), and
+    the per-side masks of points near each hip."""
+    x, y = P[0], P[1]
+    pel = np.full(np.shape(x)[0], np.float32(100.0))
+    near = {side: hip_near(P, h) for side, h in pat.hips.items()}
+    sub_m = (np.abs(x) < 60) & (y < -60)
+    for m in near.values():
+        sub_m = sub_m | m
+    if sub_m.any():
+        pel[sub_m] = pelvis_sdf(_take(P, sub_m), pat)
+    return pel, near
+
+
 def hip_near(P: Points, h: Hip) -> np.ndarray:
     """Points close enough to a hip's femur or acetabulum to need its geometry."""
     q = sub(P, h.centre)
@@ -307,20 +331,12 @@ def render(P: Points, pat: Patient, months: float, with_tissue: bool = False):
     img[(rect < 9) & cav] = 0.05
     tis[(rect < 9) & cav] = T["rectum_content"]
     for h in pat.hips.values():
-        for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
-            v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
-            img[(v < r) & inside] = T1["vessel"]
-            tis[(v < r) & inside] = T["vessel"]
+        for v in femoral_vessels(P, h):
+            img[v & inside] = T1["vessel"]
+            tis[v & inside] = T["vessel"]
 
     # pelvic bone: cortex and red marrow
-    pel = np.full(n, np.float32(100.0))
-    hip_masks = {side: hip_near(P, h) for side, h in pat.hips.items()}
-    anyhip = np.zeros(n, bool)
-    for m in hip_masks.values():
-        anyhip |= m
-    sac = (np.abs(x) < 60) & (y < -60)
-    sub_m = anyhip | sac
-    pel[sub_m] = pelvis_sdf(_take(P, sub_m), pat)
+    pel, hip_masks = pelvis_near_hips(P, pat)
     img[pel < 0] = T1["cortex"]
     tis[pel < 0] = T["pelvic_cortex"]
     img[pel < -1.8] = T1["red_marrow"]

@@ -40,7 +40,7 @@ from onfh_seg.synth.anatomy_sdf import (
     pelvis_sdf,
     tract_distance,
 )
-from onfh_seg.synth.phantom import Hip, Patient, hip_near, hip_state
+from onfh_seg.synth.phantom import Hip, Patient, femoral_vessels, hip_state, pelvis_near_hips
 from onfh_seg.synth.shapes import Points, dot, norm, sd_ellipsoid, sub
 from onfh_seg.synth.style_b_scan import ScanB, _coil_range, _take, acquire_b, plan_scans_b
 from onfh_seg.synth.style_b_texture import (
@@ -240,18 +240,10 @@ def render_b(P: Points, pat: Patient, months: float, look: Look) -> np.ndarray:
     img[(rect < 10) & cav] = t["bowel"]
     img[(rect < 5) & cav & (y > -48)] = 0.0  # gas
     for h in pat.hips.values():
-        for dx, r in ((0.0, 4.0), (-10.0, 5.5)):
-            v = np.sqrt((x - np.float32(h.centre[0] + h.s * (-12 + dx))) ** 2 + (y - np.float32(h.centre[1] + 40)) ** 2)
-            img[(v < r) & inside] = t["vessel"]
+        for v in femoral_vessels(P, h):
+            img[v & inside] = t["vessel"]
 
-    pel = np.full(n, np.float32(100.0))
-    near = {side: hip_near(P, h) for side, h in pat.hips.items()}
-    anyhip = np.zeros(n, bool)
-    for m in near.values():
-        anyhip |= m
-    sm = anyhip | ((np.abs(x) < 60) & (y < -60))
-    if sm.any():
-        pel[sm] = pelvis_sdf(_take(P, sm), pat)
+    pel, near = pelvis_near_hips(P, pat)
     bone = pel < 0
     img[bone] = t["cortex"]
     pm = pel < -1.6
@@ -427,7 +419,7 @@ def style_options(cfg: dict) -> dict:
 
 def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-B scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, timepoint_labels, write_scan
+    from onfh_seg.synth.cohort import _merge_scores, acquisition_record, timepoint_labels, write_scan
 
     pat = plan.patient
     seed = int(cfg["seed"])
@@ -448,15 +440,10 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
         fine = fine_truth(pat, m)
         if i == 0:
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
-        acquisition = {
-            "orientation": scan.orientation, "fov": scan.fov_kind, "shape": list(scan.shape),
-            "inplane_mm": round(scan.inplane_mm, 4), "slice_thickness_mm": round(scan.slice_mm, 4),
-            "slice_gap_mm": round(scan.gap_mm, 4), "snr": round(scan.snr, 3),
-            "bias_amplitude": round(_coil_range(scan, pose), 4), "intensity_scale": round(scan.scale, 3),
-            "protocol": scan.protocol, "oblique_deg": round(scan.oblique_deg, 3),
-            "phase_axis": scan.phase_axis, "ghost_mm": round(scan.ghost_mm, 4),
-            "gfactor_max": round(scan.gfactor_max, 4), "kspace_taper": scan.kspace_taper,
-        }
+        acquisition = acquisition_record(
+            scan, _coil_range(scan, pose), protocol=scan.protocol, oblique_deg=round(scan.oblique_deg, 3),
+            phase_axis=scan.phase_axis, ghost_mm=round(scan.ghost_mm, 4), gfactor_max=round(scan.gfactor_max, 4),
+            kspace_taper=scan.kspace_taper)
         rows.append(write_scan(out_dir, plan, name, tp, m, pose, scan.affine, (img, lab, rg), fine,
                                base_lesion_ml, acquisition, top={"style": "b"}))
     return _merge_scores(rows, plan)
