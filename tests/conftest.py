@@ -106,3 +106,16 @@ def read_sr_hips(path: Path) -> dict[str, dict[str, Any]]:
         assert side is not None
         hips[side] = found
     return hips
+
+
+def write_dicom_series(src: Path, folder: Path, description: str = "t1_tse_cor", series_number: int = 3,
+                       body_part: str = "HIP", patient_id: str = "P001") -> list[Path]:
+    """The NIfTI ``src`` as a single-frame MR DICOM series with its values and world geometry unchanged
+    (the library's converter, ``onfh_seg.pacs.demo.nifti_to_dicom_series``)."""
+    from pydicom.uid import generate_uid
+
+    from onfh_seg.pacs.demo import nifti_to_dicom_series
+
+    return nifti_to_dicom_series(src, folder, patient_id=patient_id, patient_name=f"Synthetic^{patient_id}",
+                                 study_uid=generate_uid(), study_date="20240101", description=description,
+                                 series_number=series_number, body_part=body_part, rescale=False)

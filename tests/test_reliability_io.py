@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -33,8 +32,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+
+from conftest import write_dicom_series
 
 from onfh_seg.infer.inputs import InputError, expand_input, load_scan
 from onfh_seg.infer.pipeline import OUTPUT_SUFFIXES, process_scan
@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 HFS = SHARED / "data" / "dicom" / "siemens_t1_decubitus" / "HFS"
 BIN = Path(sys.executable).parent
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 VOXEL_MM = 4.0
 SHAPE = (70, 30, 30)  # x 280 mm, y 120 mm, z 120 mm
@@ -97,43 +96,13 @@ def write_phantom_nifti(path: Path, affine: np.ndarray | None = None) -> Path:
 
 
 def write_phantom_dicom(folder: Path, body_part: str = "HIP") -> list[Path]:
-    """The phantom as an axial single-frame MR series (LPS: rows along x, columns along y)."""
+    """The phantom as an axial single-frame MR series (rows along LPS x, columns along LPS y), written
+    by the shared converter from a NIfTI on that grid."""
     cols, rows, n_slices = SHAPE
-    spacing = VOXEL_MM
-    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    r, c = np.mgrid[0:rows, 0:cols]
-    paths = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(n_slices):
-        ipp_lps = np.array([-(cols - 1) / 2, -(rows - 1) / 2, k - (n_slices - 1) / 2]) * spacing  # centred grid
-        lps = np.stack([ipp_lps[0] + c * spacing, ipp_lps[1] + r * spacing, np.full(c.shape, ipp_lps[2])], -1)
-        ras = lps * np.array([-1.0, -1.0, 1.0])
-        pixels = phantom_values(ras, seed=k).astype(np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality, ds.BodyPartExamined = "MR", body_part
-        ds.PatientName, ds.PatientID, ds.StudyDate, ds.AccessionNumber = "Doe^Jane", "P001", "20240102", "ACC1"
-        ds.SeriesDescription = ds.ProtocolName = "t1_tse_tra"
-        ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
-        ds.ScanningSequence, ds.RepetitionTime, ds.EchoTime = "SE", 500.0, 12.0
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(v) for v in ipp_lps]
-        ds.PixelSpacing = [spacing, spacing]
-        ds.SliceThickness = spacing
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = pixels.tobytes()
-        path = folder / f"IM{k:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    affine = np.diag([-VOXEL_MM, -VOXEL_MM, VOXEL_MM, 1.0])  # LPS +x, +y, +z as RAS columns
+    affine[:3, 3] = np.array([(cols - 1) / 2, (rows - 1) / 2, -(n_slices - 1) / 2]) * VOXEL_MM
+    nifti = write_phantom_nifti(folder.parent / f"{folder.name}_source.nii.gz", affine)
+    return write_dicom_series(nifti, folder, description="t1_tse_tra", body_part=body_part)
 
 
 @dataclass

@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import write_dicom_series
+
 from onfh_seg.batch import run_batch
 from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
 from onfh_seg.track.identity import read_infer_dir
@@ -28,7 +30,6 @@ from onfh_seg.track.cohort import track_cohort
 from onfh_seg.track.inputs import collect_patients
 
 ROOT = Path(__file__).resolve().parents[1]
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 # ---------------------------------------------------------------- stand-in engine (tests only)
@@ -82,42 +83,6 @@ class WorldTruthSegmenter:
 
 
 # ---------------------------------------------------------------- awkward layouts
-
-
-def write_dicom_series(src: Path, folder: Path, description: str = "t1_tse_cor", series_number: int = 3) -> None:
-    """The NIfTI ``src`` as a single-frame MR DICOM series (int16, same world geometry)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    img = nib.load(str(src))
-    data = np.asarray(img.dataobj).astype(np.int16)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(data.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality, ds.PatientID, ds.PatientName, ds.StudyDate = "MR", "P001", "Synthetic^P001", "20240101"
-        ds.SeriesDescription = ds.ProtocolName = description
-        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
-        ds.ScanningSequence, ds.RepetitionTime, ds.EchoTime = "SE", 500.0, 12.0
-        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
-        ds.save_as(folder / f"IM{k:04d}", enforce_file_format=True)
 
 
 def write_csv_bom_crlf(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -19,14 +19,20 @@ def ds(value: float) -> DSfloat:
 def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: str, patient_name: str,
                           study_uid: str, study_date: str, accession: str = "", study_id: str = "1",
                           description: str = "t1_tse_cor", series_number: int = 3,
-                          body_part: str = "HIP") -> list[Path]:
-    """Write ``nifti`` as an MR series (int16 scaled to 0..4000, the same world geometry) into ``folder``."""
+                          body_part: str = "HIP", rescale: bool = True) -> list[Path]:
+    """Write ``nifti`` as an MR series (the same world geometry) into ``folder``.
+
+    Values become int16 scaled to 0..4000, or, with ``rescale=False``, are kept as they are (rounded).
+    """
     img = nib.load(str(nifti))
     data = np.asarray(img.dataobj, dtype=np.float64)
     if data.ndim != 3:
         raise ValueError(f"{nifti}: expected a 3-D image, got shape {data.shape}")
-    lo, hi = float(data.min()), float(data.max())
-    scaled = np.round((data - lo) / (hi - lo if hi > lo else 1.0) * 4000.0).astype(np.int16)
+    if rescale:
+        lo, hi = float(data.min()), float(data.max())
+        scaled = np.round((data - lo) / (hi - lo if hi > lo else 1.0) * 4000.0).astype(np.int16)
+    else:
+        scaled = np.round(np.clip(data, -32768, 32767)).astype(np.int16)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
