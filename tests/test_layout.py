@@ -1,0 +1,72 @@
+"""The module map in docs/CONTRACTS.md and README's layout section match the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "src" / "onfh_seg"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted names (relative to onfh_seg) of every module; packages' __init__ files left out."""
+    return {".".join(p.relative_to(PKG).with_suffix("").parts): p
+            for p in PKG.rglob("*.py") if p.name != "__init__.py"}
+
+
+def _module_rows() -> dict[str, int]:
+    text = (ROOT / "docs" / "CONTRACTS.md").read_text(encoding="utf-8")
+    rows: dict[str, int] = {}
+    for line in text.splitlines():
+        m = re.match(r"\| (\d) [^|]*\| ([^|]*) \|", line)
+        if not m:
+            continue
+        for name in re.findall(r"`([a-z_][a-z_.]*)`", m.group(2)):
+            assert name not in rows, f"{name} is in two rows of the module map"
+            rows[name] = int(m.group(1))
+    return rows
+
+
+def _imports(path: Path) -> set[str]:
+    """onfh_seg modules a file imports (``from onfh_seg import x`` counts as ``x`` when x is a module)."""
+    mods = _modules()
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("onfh_seg"):
+            base = node.module[len("onfh_seg"):].lstrip(".")
+            for alias in node.names:
+                name = f"{base}.{alias.name}".lstrip(".")
+                if name in mods:
+                    out.add(name)
+                elif base in mods:
+                    out.add(base)
+                elif base:  # a package: its members are the modules imported below
+                    out.update(m for m in mods if m.startswith(base + "."))
+        elif isinstance(node, ast.Import):
+            out.update(a.name[len("onfh_seg."):] for a in node.names if a.name.startswith("onfh_seg.")
+                       and a.name[len("onfh_seg."):] in mods)
+    return out
+
+
+def test_every_module_is_in_the_module_map_once() -> None:
+    rows = _module_rows()
+    assert sorted(set(_modules()) - set(rows)) == []
+    assert sorted(set(rows) - set(_modules())) == []
+
+
+def test_imports_go_downwards_only() -> None:
+    rows = _module_rows()
+    upward = [f"{m} (row {rows[m]}) imports {t} (row {rows[t]})"
+              for m, p in sorted(_modules().items()) for t in sorted(_imports(p)) if rows[t] > rows[m]]
+    assert upward == []
+
+
+def test_readme_layout_names_every_module_and_script() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    missing = [m for m in _modules() if m.split(".")[-1] not in layout]
+    missing += [p.name for p in sorted((ROOT / "scripts").iterdir()) if p.name not in layout]
+    missing += [p.name for p in sorted((ROOT / "configs").iterdir()) if p.stem not in layout]
+    assert missing == []
