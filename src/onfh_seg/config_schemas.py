@@ -54,10 +54,12 @@ class InferSettings:
     dicom: DicomSettings = dataclasses.field()
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegistrationSettings:
-    radius_factor: float
-    crop_margin_mm: float
+    """configs/track.yaml ``registration`` (also the fields of ``track.register.RegistrationParams``)."""
+
+    radius_factor: float  # metric mask: ball of radius_factor x head radius (baseline)
+    crop_margin_mm: float  # crop half-width = radius_factor x radius + margin (moving: + 2 margins)
     histogram_bins: int
     sampling_percentage: float
     shrink_factors: list[int]

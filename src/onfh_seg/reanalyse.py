@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.infer.inputs import ScanJob
-from onfh_seg.io.nifti import TMP_MARK
+from onfh_seg.io.nifti import TMP_MARK, read_json_dict
 
 REANALYSIS_CSV = "reanalysis.csv"
 PREVIOUS = "previous"
@@ -74,17 +74,6 @@ class Reanalysis:
 # ---------------------------------------------------------------- plan
 
 
-def read_measurements(path: Path) -> dict | None:
-    """A measurements JSON as a dict, or None when missing or unreadable."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def plan_reanalysis(jobs: list[ScanJob], earlier: Path, model_version: str, settings: Mapping[str, Any]) -> Plan:
     """Sort ``jobs`` by what the earlier run holds for them: finished with another model/settings/input
     (``rerun``), finished as asked (``current``), or nothing finished (``new``)."""
@@ -96,7 +85,7 @@ def plan_reanalysis(jobs: list[ScanJob], earlier: Path, model_version: str, sett
         if meas is not None:
             plan.current.append(job.name)
             continue
-        old = read_measurements(output_paths(earlier, job.name)["measurements"])
+        old = read_json_dict(output_paths(earlier, job.name)["measurements"])
         if why is None or old is None:
             plan.new.append(job.name)
         else:
@@ -282,7 +271,7 @@ def run_reanalysis(cfg: Mapping[str, Any], segmenter_factory: Any = None,
                       command_line=command_line)
     rows = []
     for name, (reason, old) in sorted(plan.rerun.items()):
-        new = read_measurements(output_paths(out_dir, name)["measurements"])
+        new = read_json_dict(output_paths(out_dir, name)["measurements"])
         rows += comparison_rows(name, reason, old, new)
     table = out_dir / REANALYSIS_CSV
     write_manifest(table, rows, columns=list(COLUMNS))

@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
+from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image, read_json_dict
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
@@ -243,11 +243,8 @@ def resume_check(job: ScanJob, out_dir: str | Path, model_version: str, settings
     it is None for a scan without a finished earlier output (new, or failed before).
     """
     paths = output_paths(out_dir, job.name)
-    try:
-        meas = json.loads(paths["measurements"].read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None
-    if not isinstance(meas, dict) or meas.get("status") != "ok":
+    meas = read_json_dict(paths["measurements"])
+    if meas is None or meas.get("status") != "ok":
         return None, None
     if not resume:
         return None, "resume=false"

@@ -230,6 +230,12 @@ def frames_to_label_map(frames: np.ndarray, source_datasets: Sequence[Dataset]) 
 # segmentation
 
 
+def _new_instance(series_number: int) -> dict[str, Any]:
+    """The keyword arguments every derived object we write shares: new series and instance UIDs, our name."""
+    return {"series_instance_uid": hd.UID(), "series_number": series_number, "sop_instance_uid": hd.UID(),
+            "instance_number": 1, "manufacturer": MANUFACTURER}
+
+
 def _algorithm(model_version: str) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
         name="onfh-seg", family=codes.cid7162.ArtificialIntelligence, version=model_version
@@ -278,11 +284,7 @@ def build_dicom_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(model_version),
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance(series_number),
         manufacturer_model_name=MODEL_NAME,
         software_versions=str(model_version),
         device_serial_number="0",
@@ -347,27 +349,22 @@ def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None =
             raise DicomError(f"arco_extent must be one of {sorted(ARCO_EXTENT_CODES)}, got {extent!r}")
         evaluations.append(hd.sr.QualitativeEvaluation(LOCAL_ARCO_EXTENT, ARCO_EXTENT_CODES[str(extent)]))
     laterality = SCT_RIGHT if side == "right" else SCT_LEFT
-    if seg is not None:
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=labels.NECROTIC,
-                source_series=hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)),
-            finding_type=SCT_NECROSIS,
-            finding_category=SCT_MORPH_ABNORMAL,
-            finding_sites=[hd.sr.FindingSite(anatomic_location=SCT_FEMORAL_HEAD, laterality=laterality)],
-            algorithm_id=algorithm,
-            measurements=measurements or None,
-            qualitative_evaluations=evaluations or None,
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
-        finding_type=SCT_NECROSIS,
-        finding_category=SCT_MORPH_ABNORMAL,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=SCT_FEMORAL_HEAD, laterality=laterality)],
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
+    common = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
+        "finding_type": SCT_NECROSIS,
+        "finding_category": SCT_MORPH_ABNORMAL,
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=SCT_FEMORAL_HEAD, laterality=laterality)],
+        "algorithm_id": algorithm,
+        "measurements": measurements or None,
+        "qualitative_evaluations": evaluations or None,
+    }
+    if seg is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=labels.NECROTIC,
+            source_series=hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)),
+        **common,
     )
 
 
@@ -414,11 +411,7 @@ def build_dicom_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=refs + ([seg] if seg is not None else []),
         content=report[0],
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance(series_number),
         is_complete=True,
         series_description="onfh-seg measurements",
     )

@@ -47,6 +47,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json_dict(path: str | Path) -> dict | None:
+    """A JSON object file as a dict; None when it is missing, unreadable, not JSON or not an object."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def make_image(data: np.ndarray, affine: np.ndarray, dtype: type | np.dtype) -> nib.Nifti1Image:
     """Build a NIfTI-1 image with sform and qform both set to ``affine`` (code 1, scanner)."""
     arr = np.asarray(data).astype(dtype, copy=False)

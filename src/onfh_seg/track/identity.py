@@ -26,13 +26,12 @@ chosen DICOM series' files), so a changed image is caught before tracking.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfh_seg.io.manifest import ManifestError, read_manifest
-from onfh_seg.io.nifti import sha256_file
+from onfh_seg.io.nifti import read_json_dict, sha256_file
 
 MEASUREMENTS_SUFFIX = "_measurements.json"
 SEG_SUFFIX = "_seg.nii.gz"
@@ -73,17 +72,9 @@ def legacy_name(image_ref: str) -> str:
     return name
 
 
-def _load_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _from_measurements(path: Path) -> RecordedScan | None:
     """The identity in one ``<name>_measurements.json`` (the name is the file's)."""
-    meas = _load_json(path)
+    meas = read_json_dict(path)
     if meas is None:
         return None
     name = path.name[: -len(MEASUREMENTS_SUFFIX)]
@@ -103,7 +94,7 @@ def _from_measurements(path: Path) -> RecordedScan | None:
 
 def _run_scans(infer_dir: Path) -> list[dict]:
     """``scans`` of ``run_manifest.json`` (empty when absent or unreadable)."""
-    record = _load_json(infer_dir / "run_manifest.json") or {}
+    record = read_json_dict(infer_dir / "run_manifest.json") or {}
     scans = record.get("scans")
     return [s for s in scans if isinstance(s, dict) and s.get("name")] if isinstance(scans, list) else []
 

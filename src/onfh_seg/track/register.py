@@ -35,27 +35,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from onfh_seg.geometry import apply, ball_mask, crop_box, voxel_spacing
+from onfh_seg.config_schemas import RegistrationSettings
 from onfh_seg.io.nifti import atomic_write_bytes
 
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
-class RegistrationParams:
-    """Knobs of ``register_hip``; their defaults live only in configs/track.yaml ``registration``."""
-
-    radius_factor: float  # metric mask: ball of radius_factor x head radius (baseline)
-    crop_margin_mm: float  # crop half-width = radius_factor x radius + margin (moving: + 2 margins)
-    histogram_bins: int
-    sampling_percentage: float
-    shrink_factors: Sequence[int]
-    smoothing_sigmas_mm: Sequence[float]
-    learning_rate: float
-    min_step: float
-    iterations: int
-    relaxation: float
-    seed: int
-    threads: int
+class RegistrationParams(RegistrationSettings):
+    """Knobs of ``register_hip``: the fields of the schema (``config_schemas.RegistrationSettings``);
+    their defaults live only in configs/track.yaml ``registration``."""
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> "RegistrationParams":
