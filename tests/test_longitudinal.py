@@ -17,7 +17,8 @@ from onfh_seg.geometry import apply
 from onfh_seg.track.changes import lesion_changes
 from onfh_seg.track.inputs import collect_patients
 from onfh_seg.track.patient import score_changes, track_patient
-from onfh_seg.track.tables import TIDY_COLUMNS, correlations, spearman, summary_rows, tidy_rows
+from onfh_seg.stats import spearman
+from onfh_seg.track.tables import TIDY_COLUMNS, correlations, summary_rows, tidy_rows
 from truth_infer import write_truth_infer_outputs
 
 # ---------------------------------------------------------------- toy hip with exactly known answers

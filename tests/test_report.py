@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import subprocess
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -153,7 +154,8 @@ def test_report_is_self_contained(tmp_path):
     html = path.read_text()
     assert DISCLAIMER in html
     srcs = re.findall(r'src="([^"]*)"', html)
-    assert len(srcs) == 3 * 3 + 4 + 2  # 3 views x 3 visits, 4 imaging charts (no head height), 2 score charts
+    # 3 views x 3 visits, 4 imaging charts (no head height), 2 score charts, lesion change beside Harris Hip Score
+    assert len(srcs) == 3 * 3 + 4 + 2 + 1
     for s in srcs:
         assert s.startswith("data:image/png;base64,") and base64.b64decode(s.split(",", 1)[1]).startswith(PNG)
     assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", html)
@@ -241,6 +243,35 @@ def test_pdf_and_screenshot_with_chromium(tmp_path):
                    capture_output=True, timeout=120, check=True)
     png = mpimg.imread(shot)[..., :3]
     assert png.std() > 0.05  # not blank
+    for width in (1400, 1000):  # every image loads and nothing is wider than the page, wide and narrow window
+        probe = chromium_probe(path, tmp_path / f"probe{width}.html", width)
+        assert probe["images"] >= 10 and probe["broken"] == 0, probe
+        assert probe["scroll_width"] <= probe["width"] and probe["overflowing"] == [], probe
+
+
+PROBE = """<script>window.addEventListener('load', () => {
+  const w = document.documentElement.clientWidth;
+  const imgs = [...document.images];
+  const over = [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > w + 1).map(e => e.tagName + '.' + e.className).slice(0, 5);
+  document.body.setAttribute('data-probe', JSON.stringify({width: w, scroll_width: document.documentElement.scrollWidth,
+    images: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length, overflowing: over}));
+});</script></body>"""
+
+
+def chromium_probe(report: Path, probe_path: Path, width: int) -> dict:
+    """Load a copy of the report with a measuring script in headless Chromium; the page's numbers as a dict."""
+    import html as html_mod
+    import json
+
+    probe_path.write_text(report.read_text(encoding="utf-8").replace("</body>", PROBE), encoding="utf-8")
+    res = subprocess.run([chromium_path(), "--headless", "--disable-gpu", "--no-sandbox",
+                          f"--user-data-dir={probe_path.parent / 'probe-profile'}", "--virtual-time-budget=10000",
+                          f"--window-size={width},1600", "--dump-dom", probe_path.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True)
+    m = re.search(r'data-probe="([^"]*)"', res.stdout)
+    assert m, res.stdout[-500:]
+    return json.loads(html_mod.unescape(m.group(1)))
 
 
 def test_pdf_without_chromium_is_one_line(tmp_path, monkeypatch):
@@ -285,3 +316,28 @@ def test_changes_judged_against_repeatability_in_words_and_csv():
 def test_collapse_judged_against_a_measured_rc(loss, words):
     text = collapse_statement(loss, 5.0 / 3.0, 5.0, rc_mm=1.2)
     assert words in text and "RC 1.2 mm from test-retest scans" in text
+
+
+def test_imaging_change_beside_score_change_with_its_correlation():
+    """Lesion change and the primary score's change side by side, and the within-patient Spearman per score."""
+    rec = full_record()
+    rec["visits"] = [{"timepoint": t, "months": m, "harris_hip_score": h, "vas_walking": v}
+                     for t, m, h, v in (("m00", 0.0, 40.0, 8.0), ("m03", 3.0, 60.0, 5.0), ("m12", 12.0, 80.0, 2.0))]
+    figs = report_figures(rec, None)
+    score, png = figs.changes["right"]
+    assert score == "harris_hip_score" and "left" not in figs.changes  # the healthy hip gets none
+    assert mpimg.imread(io.BytesIO(png)).shape[1] >= 900
+    html = render_report(rec, figs)
+    assert "Imaging change beside clinical change" in html
+    # lesion -0 %, -20 %, -40 % while the Harris Hip Score rises 0, +20, +40: rho = -1, which goes with improvement
+    row = re.search(r"Harris Hip Score</td><td>3</td><td>([^<]*)</td><td class=\"l\">([^<]*)<", html)
+    assert row and row.group(1) == "-1.00" and row.group(2).startswith("negative")
+    row = re.search(r"Pain when walking \(VAS\)</td><td>3</td><td>([^<]*)</td><td class=\"l\">([^<]*)<", html)
+    assert row and row.group(1) == "+1.00" and row.group(2).startswith("positive")
+    assert "correlations.csv" in html and "not a test" in html
+
+
+def test_correlation_needs_three_paired_visits():
+    rec = record()  # visits at 0 and 6 months, imaging at 0, 3, 12: one pair only
+    html = render_report(rec, report_figures(rec, None))
+    assert "n/a (n &lt; 3)" in html

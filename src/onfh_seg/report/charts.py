@@ -102,3 +102,53 @@ def score_chart_png(visits: Sequence[dict], score: str) -> bytes | None:
     ax.plot(xs, ys, color="0.25", marker="D", label="patient (per visit)")
     _legend_outside(fig, ax)
     return png_bytes(fig)
+
+
+PAIR_SIZE_IN = (9.0, 2.9)  # 900 x 290 px: imaging change (left) beside the score change (right)
+
+
+def score_change_series(visits: Sequence[dict], score: str) -> tuple[list[float], list[float]]:
+    """(months, score minus its first recorded value) over the visits that have the score."""
+    xs, ys = score_series(visits, score)
+    return xs, [y - ys[0] for y in ys] if ys else []
+
+
+def paired_change(hip: dict, visits: Sequence[dict], score: str, tol_months: float = 0.5) -> list[tuple[float, float, float]]:
+    """``(months, lesion change %, score change)`` at the imaging timepoints that have a visit with the score
+    (same months within ``tol_months``)."""
+    sx, sy = score_change_series(visits, score)
+    out = []
+    for m, les in zip(*hip_series(hip, "lesion_change_pct")):
+        near = [c for x, c in zip(sx, sy) if abs(x - m) <= tol_months]
+        if near:
+            out.append((m, les, near[0]))
+    return out
+
+
+def change_pair_png(hip: dict, visits: Sequence[dict], score: str) -> bytes | None:
+    """Lesion volume change of one hip (left) beside the change of one clinical score (right), same month axis."""
+    lx, ly = hip_series(hip, "lesion_change_pct")
+    sx, sy = score_change_series(visits, score)
+    if len(lx) < 2 or len(sx) < 2:
+        return None
+    title, unit = score_title(score)
+    fig = Figure(figsize=PAIR_SIZE_IN, dpi=100, facecolor="white")
+    FigureCanvasAgg(fig)
+    xmax = max(max(lx), max(sx))
+    style = HIP_STYLE.get(hip["hip"], {"color": "tab:green", "marker": "^"})
+    for left, (xs, ys, name, ylabel, st) in zip(
+        (0.07, 0.57),
+        ((lx, ly, f"Lesion volume change, {hip['hip']} hip", "% of baseline lesion", style),
+         (sx, sy, f"{title}: change", f"change from first visit ({unit.split(',')[0]})",
+          {"color": "0.25", "marker": "D"})),
+    ):
+        ax = fig.add_axes((left, 0.17, 0.38, 0.68))
+        ax.plot(xs, ys, **st)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.set_xlim(-0.5, xmax + 0.5)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_xlabel("months from baseline", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    return png_bytes(fig)

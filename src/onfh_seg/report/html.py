@@ -28,6 +28,7 @@ from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
 from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
 from onfh_seg.report.words import (
     RC_FACTOR,
+    SCORES,
     healthy_line,
     height_noise_mm,
     hip_paragraph,
@@ -86,6 +87,7 @@ figure.pair{margin:0} figure.pair figcaption{font-size:12px;color:#333}
 img{border:1px solid #444;height:auto}
 img.pair{width:640px;max-width:100%}
 img.chart{width:620px;max-width:100%}
+img.wide{width:900px;max-width:100%}
 img.zoom{cursor:zoom-in}
 img.zoom:focus{position:fixed;top:2vh;left:2vw;width:96vw;height:96vh;max-width:none;object-fit:contain;
   background:#000;z-index:10;cursor:zoom-out;outline:none}
@@ -102,7 +104,7 @@ details summary{cursor:pointer;color:#234}
   h2,h3{break-after:avoid}
   figure.pair,img.chart,table{break-inside:avoid}
   .views,.charts{gap:6px}
-  figure.pair{width:49%} img.pair{width:100%} img.chart{width:49%}
+  figure.pair{width:49%} img.pair{width:100%} img.chart{width:49%} img.wide{width:100%}
   img.zoom:focus{position:static;width:100%;height:auto}
   table{font-size:8pt} th,td{padding:2px 4px}
   details summary{display:none}
@@ -118,6 +120,7 @@ class ReportFigures:
     views: dict[str, dict[str, list[tuple[str, bytes]]]] = field(default_factory=dict)
     imaging: dict[str, bytes] = field(default_factory=dict)
     scores: dict[str, bytes] = field(default_factory=dict)
+    changes: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # hip -> (score, imaging|score change PNG)
 
 
 def _esc(v) -> str:
@@ -314,6 +317,60 @@ not judged.</li>
 """
 
 
+def primary_score(visits: Sequence[Mapping]) -> str | None:
+    """The score drawn beside the imaging change: Harris Hip Score when recorded at two visits, else the first
+    clinical column that is."""
+    counts = {c: sum(1 for v in visits if v.get(c) is not None) for c in CLINICAL_COLUMNS}
+    if counts.get("harris_hip_score", 0) >= 2:
+        return "harris_hip_score"
+    return next((c for c in CLINICAL_COLUMNS if counts[c] >= 2), None)
+
+
+def change_correlation_html(hip: Mapping, record: Mapping, min_n: int = 3) -> str:
+    """Per score: Spearman of this hip's lesion change (%) with the score change over the patient's own
+    visits, with n and what the sign means; stated as descriptive, with a pointer to the cohort table."""
+    from onfh_seg.report.charts import paired_change
+    from onfh_seg.stats import spearman
+
+    visits = record.get("visits") or []
+    rows = []
+    for c in CLINICAL_COLUMNS:
+        pairs = paired_change(dict(hip), visits, c)
+        if not pairs:
+            continue
+        res = spearman([p[1] for p in pairs], [p[2] for p in pairs], min_n)
+        name, _, better = SCORES.get(c, (c, "", ""))
+        rho = f"{res['rho']:+.2f}" if isinstance(res["rho"], float) else f"n/a ({res['note']})"
+        good = "negative" if better == "higher" else "positive"
+        rows.append(f'<tr><td class="l">{_esc(name)}</td><td>{res["n"]}</td><td>{_esc(rho)}</td>'
+                    f'<td class="l">{_esc(good)} (lesion shrinks as the score gets better)</td></tr>')
+    if not rows:
+        return ""
+    return ('<table><tr><th class="l">Score</th><th>Visits paired</th><th>Spearman &rho;</th>'
+            '<th class="l">Sign that goes with improvement</th></tr>' + "".join(rows) + "</table>"
+            '<p class="muted">Correlation over this patient\'s own visits (lesion volume change against the score '
+            "change at the same months): it describes this patient only, is not a test, and does not show cause and "
+            "effect. Correlations across the cohort are in onfh-track's correlations.csv.</p>")
+
+
+def changes_html(figures: ReportFigures, record: dict) -> str:
+    """Imaging change beside clinical change, per hip with a lesion, with the within-patient correlation."""
+    lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
+    out = []
+    for h in lesion_hips:
+        table = change_correlation_html(h, record, int(record.get("min_correlation_n") or 3))
+        if not table and h["hip"] not in figures.changes:
+            continue
+        out.append(f"<h3>{_esc(h['hip'].capitalize())} hip</h3>")
+        if h["hip"] in figures.changes:
+            score, png = figures.changes[h["hip"]]
+            out.append(img_tag(png, f"{h['hip']} hip lesion change beside {score_title(score)[0]} change", "wide"))
+        out.append(table)
+    if not out:
+        return ""
+    return "<h2>Imaging change beside clinical change</h2>\n" + "\n".join(out)
+
+
 def charts_html(figures: ReportFigures, record: dict) -> str:
     """Trajectory charts (one per imaging measure) and one chart per clinical score."""
     out = []
@@ -350,6 +407,7 @@ def render_report(record: dict, figures: ReportFigures | None = None, package_ve
     if healthy:
         parts.append(healthy_section(healthy, figures))
     parts.append(charts_html(figures, record))
+    parts.append(changes_html(figures, record))
     parts += ["<h2>Methods and definitions</h2>", METHODS, f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
               "</body></html>\n"]
     return "\n".join(parts)
@@ -357,7 +415,7 @@ def render_report(record: dict, figures: ReportFigures | None = None, package_ve
 
 def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> ReportFigures:
     """All PNGs of a report. ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``."""
-    from onfh_seg.report.charts import imaging_chart_png, score_chart_png
+    from onfh_seg.report.charts import change_pair_png, imaging_chart_png, score_chart_png
     from onfh_seg.report.views import hip_view_pngs
 
     figs = ReportFigures()
@@ -379,6 +437,11 @@ def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> Report
         png = score_chart_png(visits, score)
         if png is not None:
             figs.scores[score] = png
+    primary = primary_score(visits)
+    for h in lesion_hips if primary else []:
+        png = change_pair_png(h, visits, primary)
+        if png is not None:
+            figs.changes[h["hip"]] = (primary, png)
     return figs
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
+from onfh_seg.stats import spearman
 from onfh_seg.track.params import HIP_METRICS
 
 TIDY_COLUMNS = ("patient_id", "hip", "months", "metric", "value")
@@ -78,26 +77,6 @@ def summary_rows(record: dict) -> list[dict]:
             row[f"{c}_change"] = sc["change"]
         out.append(row)
     return out
-
-
-def spearman(x: Sequence[float | None], y: Sequence[float | None], min_n: int = 3) -> dict:
-    """Spearman rank correlation over pairs where both values are finite.
-
-    Returns ``{"n", "rho", "p_value", "note"}``; rho and p are the string
-    "n/a" when n < ``min_n`` or when either variable is constant.
-    """
-    pairs = [(float(a), float(b)) for a, b in zip(x, y)
-             if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))]
-    n = len(pairs)
-    if n < min_n:
-        return {"n": n, "rho": "n/a", "p_value": "n/a", "note": f"n < {min_n}"}
-    xa, ya = np.array(pairs).T
-    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return {"n": n, "rho": "n/a", "p_value": "n/a", "note": "constant values"}
-    from scipy import stats  # slow to import; only needed here
-
-    res = stats.spearmanr(xa, ya)
-    return {"n": n, "rho": round(float(res.statistic), 4), "p_value": round(float(res.pvalue), 4), "note": ""}
 
 
 def correlations(summary: list[dict], min_n: int = 3) -> list[dict]:
