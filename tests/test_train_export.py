@@ -62,6 +62,36 @@ def test_smoke_training_loss_falls_and_checkpoints(smoke_runs):
         assert "val/dice_mean" in res["metrics"]
 
 
+def test_killed_run_resumes_from_the_latest_epoch(tmp_path, monkeypatch):
+    """last.ckpt holds the latest epoch end (not only the best one): a run killed at step 13 resumes from step 12."""
+    import torch
+
+    from onfh_seg.model.module import SegModule
+    from onfh_seg.train import train
+
+    gen = "data.generate={n_patients: 1, seed: 7, months: [0], acquisition: {max_matrix: 128, orientations: {coronal: 1}, small_fov_fraction: 0}}"
+    cfg = _cfg(["data.val_vox=[64,64,64]", "data.crop_vox=80", *TINY, gen, "data.generate_val=null",
+                f"data.cache_dir={tmp_path / 'cache'}", "trainer.check_val_every_n_epoch=100"])
+    cfg["data"]["val_manifests"] = []
+    cfg["data"]["generate_val"] = cfg["data"]["generate"]
+    cfg["run_dir"] = str(tmp_path / "run")
+    step = SegModule.training_step
+
+    def killed_at_13(self, batch, idx):
+        if self.global_step == 13:
+            raise RuntimeError("killed")
+        return step(self, batch, idx)
+
+    monkeypatch.setattr(SegModule, "training_step", killed_at_13)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 12  # 2 steps per epoch
+    monkeypatch.undo()
+    res = train({**cfg, "ckpt_path": str(last)})
+    assert torch.load(res["last"], map_location="cpu", weights_only=False)["global_step"] == 24
+
+
 def test_onnx_matches_torch(smoke_runs, tmp_path):
     import onnxruntime as ort
     import torch

@@ -57,9 +57,12 @@ def train(cfg: dict) -> dict:
         state = torch.load(cfg["init_from"], map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_mean", mode="max",
-                           save_last=True, save_top_k=1)
+                           save_top_k=1)
+    # the latest state at every epoch end, so a killed run resumes with ckpt_path=<run>/checkpoints/last.ckpt
+    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False, save_on_train_epoch_end=True)
     trainer = pl.Trainer(**cfg["trainer"], default_root_dir=str(run_dir), logger=CSVLogger(str(run_dir), name="logs"),
-                         callbacks=[ckpt], enable_model_summary=False)
+                         callbacks=[ckpt, latest], enable_model_summary=False)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))  # the final weights, whatever the monitor did
