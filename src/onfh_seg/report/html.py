@@ -358,7 +358,7 @@ def changes_html(figures: ReportFigures, record: dict) -> str:
     lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
     out = []
     for h in lesion_hips:
-        table = change_correlation_html(h, record, int(record.get("min_correlation_n") or 3))
+        table = change_correlation_html(h, record)
         if not table and h["hip"] not in figures.changes:
             continue
         out.append(f"<h3>{_esc(h['hip'].capitalize())} hip</h3>")
