@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -119,3 +120,24 @@ def write_dicom_series(src: Path, folder: Path, description: str = "t1_tse_cor",
     return nifti_to_dicom_series(src, folder, patient_id=patient_id, patient_name=f"Synthetic^{patient_id}",
                                  study_uid=generate_uid(), study_date="20240101", description=description,
                                  series_number=series_number, body_part=body_part, rescale=False)
+
+
+def comparable_measurements(path: Path) -> dict:
+    d = json.loads(path.read_text())
+    d.pop("timings", None)
+    return d
+
+
+def assert_same_outputs(out: Path, ref: Path) -> None:
+    """onfh-infer outputs in ``out`` equal ``ref``'s: segmentation bytes, measurements JSON except timings,
+    measurements.csv and errors.csv bytes."""
+    segs = sorted(p.name for p in ref.glob("*_seg.nii.gz"))
+    assert segs and segs == sorted(p.name for p in out.glob("*_seg.nii.gz"))
+    for name in segs:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    jsons = sorted(p.name for p in ref.glob("*_measurements.json"))
+    assert jsons == sorted(p.name for p in out.glob("*_measurements.json"))
+    for name in jsons:
+        assert comparable_measurements(out / name) == comparable_measurements(ref / name), name
+    for name in ("measurements.csv", "errors.csv"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name

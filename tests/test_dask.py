@@ -20,6 +20,7 @@ from onfh_seg.batch import run_batch  # noqa: E402
 from onfh_seg.dask_exec import cached_segmenter, open_client  # noqa: E402
 from onfh_seg import dask_exec  # noqa: E402
 from onfh_seg.io.nifti import TMP_MARK  # noqa: E402
+from conftest import assert_same_outputs  # noqa: E402
 from test_batch import (  # noqa: E402,F401  (fixtures)
     BIN, FAKE_ENGINE, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries, reference_run, run_cli,
 )
@@ -53,22 +54,6 @@ class KillingSegmenter(FakeSegmenter):
         return super().segment(image, affine)
 
 
-def same_outputs(ref: Path, out: Path) -> None:
-    """Byte-identical CSVs and segmentations; identical measurements JSONs except timings."""
-    for name in ("measurements.csv", "errors.csv"):
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
-    segs = sorted(p.name for p in ref.glob("*_seg.nii.gz"))
-    assert segs and segs == sorted(p.name for p in out.glob("*_seg.nii.gz"))
-    for name in segs:
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
-    jsons = sorted(p.name for p in ref.glob("*_measurements.json"))
-    assert jsons == sorted(p.name for p in out.glob("*_measurements.json"))
-    for name in jsons:
-        a, b = json.loads((ref / name).read_text()), json.loads((out / name).read_text())
-        a.pop("timings"), b.pop("timings")
-        assert a == b, name
-
-
 def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tmp_path) -> None:
     """onfh-infer executor=dask workers=2 == in-process workers=1 == 2-process pool; a broken scan is isolated; a
     second Dask run (1 worker, through scheduler=ADDRESS) skips the finished scans and retries the failed one."""
@@ -83,8 +68,8 @@ def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tm
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == f"done 9, skipped 0, failed 1 -> {out}"
     assert "onfh-infer: 100%|" in res.stderr and "failed broken: " in res.stdout + res.stderr
-    same_outputs(ref, out)
-    same_outputs(pool, out)
+    assert_same_outputs(out, ref)
+    assert_same_outputs(out, pool)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["executor"] == "dask" and manifest["workers"] == 2 and manifest["scheduler"] is None
     assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "failed": 1}
@@ -96,7 +81,7 @@ def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tm
                       host="127.0.0.1") as cluster:
         summary = run_batch(base_cfg(scans, out, model, executor="dask", scheduler=cluster.scheduler_address))
     assert (summary.done, summary.skipped, summary.failed) == (0, 9, 1)
-    same_outputs(ref, out)
+    assert_same_outputs(out, ref)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["scheduler"] == cluster.scheduler_address and manifest["threads_per_worker"] == 1
 
@@ -118,7 +103,7 @@ def test_killed_worker_scan_runs_again_elsewhere(batch_set, reference_run, tmp_p
     assert len(builds) == len(set(builds)) <= 3, builds  # one model load per worker process (2 + the restarted one)
     assert marker.read_text() in builds
     assert (summary.done, summary.skipped, summary.failed) == (9, 0, 1)
-    same_outputs(ref, out)
+    assert_same_outputs(out, ref)
     assert no_temporaries(out) == []
 
 

@@ -34,7 +34,7 @@ import pytest
 
 from onfh_seg.batch import run_batch
 from onfh_seg.lifecycle import DirLock, own_temporary_pid, remove_own_temporaries
-from conftest import BIN, ROOT, cli_env, no_temporaries, synth_cohort
+from conftest import BIN, ROOT, assert_same_outputs, cli_env, no_temporaries, synth_cohort
 from test_batch import FAKE_ENGINE, base_cfg, factory, fake_model_dir, write_crop
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
@@ -113,26 +113,6 @@ def infer_cmd(scans: Path, out: Path, model: Path, *extra: str) -> list[str]:
 
 def run(cmd: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
-
-
-def comparable_measurements(path: Path) -> dict:
-    d = json.loads(path.read_text())
-    d.pop("timings", None)
-    return d
-
-
-def assert_same_outputs(out: Path, ref: Path) -> None:
-    """seg bytes, measurements JSON minus timings, measurements.csv bytes and errors.csv equal ``ref``'s."""
-    segs = sorted(p.name for p in ref.glob("*_seg.nii.gz"))
-    assert segs and segs == sorted(p.name for p in out.glob("*_seg.nii.gz"))
-    for name in segs:
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
-    jsons = sorted(p.name for p in ref.glob("*_measurements.json"))
-    assert jsons == sorted(p.name for p in out.glob("*_measurements.json"))
-    for name in jsons:
-        assert comparable_measurements(out / name) == comparable_measurements(ref / name), name
-    for name in ("measurements.csv", "errors.csv"):
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
 
 
 def assert_nothing_half_written(out: Path) -> None:
