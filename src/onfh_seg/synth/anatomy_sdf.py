@@ -57,7 +57,7 @@ def lesion_distance(P: Points, h: Hip) -> np.ndarray:
     dome); a subchondral crescent (wide along the surface, shallow in depth); an
     irregular ball (stronger serpiginous border); several foci (``h.foci`` directions).
     """
-    shape = getattr(h, "lesion_shape", "ball")
+    shape = h.lesion_shape
     if shape == "wedge":
         apex = h.centre - np.float32(0.7 * h.radius) * h.lesion_dir
         v = sub(P, apex)
