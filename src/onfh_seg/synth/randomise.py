@@ -203,7 +203,7 @@ def save_item(path: Path, tissue: np.ndarray, labels: np.ndarray, affine: np.nda
     atomic_write_bytes(path, buf.getvalue())
 
 
-def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = True) -> None:
+def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = False) -> None:
     """Shape diversity beyond the default generator (in place).
 
     Band 1-5 mm, shallow sockets, effusion; with ``shapes`` also lesion shapes (wedge,
@@ -235,7 +235,7 @@ def _jitter_dir(rng: np.random.Generator, d: np.ndarray, spread: float) -> np.nd
 
 
 def _random_cyst(rng: np.random.Generator, h) -> tuple[tuple[float, float, float], float]:
-    """A small subchondral cyst: 2-5 mm radius, 3-8 mm under the upper head surface."""
+    """A small subchondral cyst: 2-5 mm radius, its top 1.5-4 mm under the upper head surface."""
     up = _jitter_dir(rng, np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0]), 0.6)
     r = float(rng.uniform(2.0, 5.0))
     c = h.centre + up * (h.radius - r - rng.uniform(1.5, 4.0))
