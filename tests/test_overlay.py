@@ -88,3 +88,24 @@ def test_overlay_has_a_legend_of_every_contour_colour(tmp_path):
 
 def test_slice_positions_never_negative_zero():
     assert signed_mm(-0.0) == "+0.0 mm" and signed_mm(-0.04) == "+0.0 mm" and signed_mm(-12.345) == "-12.3 mm"
+
+
+def test_overlay_shows_the_patients_right_on_the_image_left(tmp_path):
+    """A bright ball on the patient's right (world x > 0) lands in the left half of the axial and
+    coronal panels and nowhere in their right half; the sagittal panel through it shows it too."""
+    shape = (61, 41, 31)
+    aff = np.array([[-2.0, 0, 0, 60.0], [0, 2.0, 0, -40.0], [0, 0, 2.0, -30.0], [0, 0, 0, 1]])  # LAS array order
+    xyz = np.stack(np.indices(shape), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    image = np.full(shape, 100.0, np.float32)
+    image[np.linalg.norm(xyz - [40.0, 0.0, 0.0], axis=-1) < 10] = 1000.0
+    out = tmp_path / "o.png"
+    overlay_png(image, None, aff, {"right": [40.0, 0.0, 0.0]}, out, "lr", half_width_mm=None)
+    png = mpimg.imread(out)[..., :3].mean(-1)
+    top, row_h = round(0.5 * DPI) + 10, round(PANEL_INCH * DPI) - 40
+    width = png.shape[1] // 3
+    for col in (0, 1):  # axial, coronal
+        cell = png[top:top + row_h, col * width:(col + 1) * width]
+        bright = np.argwhere(cell > 0.9)
+        bright = bright[(bright[:, 0] > 15) & (bright[:, 0] < row_h - 15)]  # not the titles and scale bar text
+        assert len(bright) > 20
+        assert bright[:, 1].mean() < 0.45 * width, col

@@ -62,3 +62,37 @@ def test_window_starts_cover_the_volume_once_per_step() -> None:
     for n in range(16, 80):
         s = _starts(n, 16, 8)
         assert s[0] == 0 and s[-1] == n - 16 and all(b - a <= 8 for a, b in zip(s, s[1:]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_probs_on_grid_gives_the_labels_of_resampling_every_class_everywhere(seed: int, monkeypatch) -> None:
+    """The engine resamples the non-background classes only near the crop's foreground: background
+    probability and labels (argmax and the lesion threshold) equal those of the full resampling; a box
+    drawn too tight (a much lower background limit) would change labels, and this data shows it."""
+    from onfh_seg.geometry import crop_grid, resample_probs
+    from onfh_seg.infer import engine
+    from onfh_seg.infer.engine import lesion_decision, probs_on_grid
+
+    rng = np.random.default_rng(seed)
+    n = 32
+    logits = rng.normal(0, 0.1, (5, n, n, n)).astype(np.float32)
+    zz = np.linalg.norm(np.indices((n, n, n)) - rng.uniform(12, 20, 3)[:, None, None, None], axis=0)
+    logits[0] += (0.3 * (zz - 3 - seed)).astype(np.float32)  # a foreground ball, fading into background
+    logits[1] += 2.0  # mostly one class: labels change where p0 crosses about 0.5
+    probs = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
+    f_aff, _ = crop_grid(np.array([1.0, -2.0, 3.0]), n, 1.0)
+    a = np.radians(10.0 + 7.0 * seed)  # an oblique input grid through the crop
+    rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    shape = (40, 40, 14)
+    dst = np.eye(4)
+    dst[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
+    dst[:3, 3] = np.array([1.0, -2.0, 3.0]) - dst[:3, :3] @ (np.array(shape) - 1) / 2
+    full = resample_probs(probs, f_aff, dst, shape)
+    fast = probs_on_grid(probs, f_aff, dst, shape, threads=1 + seed % 2)
+    assert np.array_equal(fast[0], full[0])
+    assert (full.argmax(0) > 0).any()
+    for threshold in (None, 0.4):
+        assert np.array_equal(lesion_decision(fast, threshold), lesion_decision(full, threshold))
+    monkeypatch.setattr(engine, "FOREGROUND_P0", 0.05)
+    tight = probs_on_grid(probs, f_aff, dst, shape)
+    assert not np.array_equal(lesion_decision(tight, None), lesion_decision(full, None))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_probs
+from onfh_seg.geometry import covering_grid, crop_grid, resample
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.preprocess import normalise
@@ -21,6 +22,9 @@ from onfh_seg.preprocess import normalise
 log = logging.getLogger("onfh_seg.engine")
 
 MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
+# Crop voxels whose background probability is at most this may hold a non-background class; elsewhere the
+# input-grid labels are background whatever the other classes' values (see ``probs_on_grid``).
+FOREGROUND_P0 = 0.6
 
 
 @dataclass
@@ -140,6 +144,42 @@ def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, lab
 
 
+def foreground_box(p0: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
+                   dst_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Destination-grid box (lo, hi) of the voxels whose trilinear neighbours include a source voxel
+    with background probability <= ``FOREGROUND_P0``; empty (hi == lo) when there is none."""
+    fg = np.argwhere(p0 <= FOREGROUND_P0)
+    if not len(fg):
+        return np.zeros(3, int), np.zeros(3, int)
+    lo_s, hi_s = fg.min(0) - 1.0, fg.max(0) + 1.0  # a voxel samples floor(s) and floor(s) + 1
+    corners = np.array([[a, b, c] for a in (lo_s[0], hi_s[0]) for b in (lo_s[1], hi_s[1]) for c in (lo_s[2], hi_s[2])])
+    to_dst = np.linalg.inv(np.asarray(dst_affine, np.float64)) @ np.asarray(src_affine, np.float64)
+    d = corners @ to_dst[:3, :3].T + to_dst[:3, 3]
+    n = np.array(dst_shape)
+    lo = np.clip(np.floor(d.min(0)).astype(int) - 1, 0, n)
+    hi = np.clip(np.ceil(d.max(0)).astype(int) + 2, 0, n)
+    return lo, np.maximum(hi, lo)
+
+
+def probs_on_grid(probs: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, ...],
+                  threads: int = 1) -> np.ndarray:
+    """Crop class probabilities (C, ...) resampled linearly onto the input sub-grid (outside the crop:
+    background), for the labels: background everywhere, the other classes only in ``foreground_box``.
+
+    Outside that box every interpolated background probability exceeds 0.5, so the argmax there is
+    background whatever the other classes hold (they are left 0); inside it every value equals the
+    whole-grid resampling exactly (``geometry.resample`` with a box).
+    """
+    out = np.zeros((probs.shape[0],) + tuple(int(s) for s in dst_shape), np.float32)
+    out[0] = resample(probs[0], src_affine, dst_affine, dst_shape, 1, 1.0, threads=threads)
+    lo, hi = foreground_box(probs[0], src_affine, dst_affine, dst_shape)
+    if np.all(hi > lo):
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        for c in range(1, probs.shape[0]):
+            out[c][sl] = resample(probs[c], src_affine, dst_affine, dst_shape, 1, 0.0, box=(lo, hi), threads=threads)
+    return out
+
+
 def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
     """Sliding-window size of the fine stage: ``patch`` = the training patch (as nnU-Net: instance
     normalisation then sees the statistics it was trained with), ``crop`` = the whole crop in one pass."""
@@ -188,6 +228,9 @@ class Segmenter:
         self.providers = self.fine.get_providers()
         self.provider = self.providers[0]  # the one actually used (ONNX Runtime falls back silently)
         self.model_dir = model_dir
+        # threads for resampling (scipy releases the GIL): the ONNX Runtime count, or every usable core
+        self.resample_threads = int(threads) if int(threads) > 0 else (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self.tta, self.fast = bool(tta) and not fast, bool(fast)
         lt = self.meta.get("lesion_threshold") if lesion_threshold == "model" else lesion_threshold
         self.lesion_threshold: float | None = None if lt is None else float(lt)
@@ -207,7 +250,7 @@ class Segmenter:
         """Head centres (RAS mm) from the coarse stage."""
         c = self.meta["coarse"]
         g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
-        xc = resample(x, affine, g_aff, g_shape, order=1)
+        xc = resample(x, affine, g_aff, g_shape, order=1, threads=self.resample_threads)
         # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
         lab = probs.argmax(0).astype(np.uint8)
@@ -233,7 +276,7 @@ class Segmenter:
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
-        xf = resample(x, affine, f_aff, f_shape, order=1)
+        xf = resample(x, affine, f_aff, f_shape, order=1, threads=self.resample_threads)
         probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, self.window_vox, self.overlap, f["divisor"])
         probs, _ = keep_main_components(probs)
         return probs, f_aff, f_shape
@@ -278,7 +321,7 @@ class Segmenter:
             sub_aff = affine.copy()
             sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
             sub_shape = tuple(int(v) for v in hi - lo)
-            p_in = resample_probs(probs, f_aff, sub_aff, sub_shape)
+            p_in = probs_on_grid(probs, f_aff, sub_aff, sub_shape, self.resample_threads)
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             fgp = 1.0 - p_in[0]
             take = fgp > best[sl]
