@@ -262,3 +262,31 @@ def test_speck_lesion_is_measured_but_not_classed():
     assert hip["arco_extent"] == "none" and hip["jic_type"] == "none"
     hip = measure_hip(img, lab, np.eye(4), np.ones(shape, bool), "right", min_lesion_ml=0.0)
     assert hip["arco_extent"] == "A"
+
+
+def test_box_centroids_equal_whole_grid_centroids_exactly() -> None:
+    """find_heads and measure_hip count and locate in boxes; the numbers equal the whole-grid ones bit for bit."""
+    from scipy import ndimage
+
+    from onfh_seg.geometry import mask_box, mask_centroid_ras
+    from onfh_seg.hips import find_heads
+    from onfh_seg.measure import _centroid_ras
+
+    rng = np.random.default_rng(5)
+    aff = np.array([[0.7, 0.1, 0.0, -91.3], [-0.05, 0.8, 0.2, 12.7], [0.0, -0.1, 4.4, 33.1], [0, 0, 0, 1]])
+    labels = np.zeros((90, 80, 20), np.uint8)
+    labels[10:40, 12:41, 3:12] = 1
+    labels[20:30, 20:30, 5:9] = 2
+    labels[55:85, 40:75, 6:18] = 3
+    labels[(rng.random(labels.shape) < 0.02)] = 1  # specks: many small components
+    cc_ref, n = ndimage.label(np.isin(labels, (1, 2, 3)))
+    cc, heads = find_heads(labels, aff, min_ml=0.001)
+    assert np.array_equal(cc, cc_ref) and len(heads) > 2
+    for h in heads:
+        assert np.array_equal(h.centre_ras, mask_centroid_ras(cc_ref == h.component, aff))
+    for mask in (labels == 1, labels == 3, np.zeros(labels.shape, bool)):
+        box = mask_box(mask)
+        lo = np.array([s.start for s in box])
+        ref = mask_centroid_ras(mask, aff)
+        got = _centroid_ras(mask[box], lo, aff)
+        assert (got is None and ref is None) or np.array_equal(got, ref)

@@ -159,6 +159,7 @@ def test_engine_keeps_one_head_component_per_crop():
     assert lab[32, 32, 32] == 0 and out[0, 32, 32, 32] == 1.0  # stray head blob dropped
     assert lab[30, 4, 4] == 4  # acetabulum kept
     assert np.allclose(out.sum(0), 1.0)
+    assert np.array_equal(lab, out.argmax(0))  # the engine uses lab as the cleaned probabilities' argmax
 
 
 def test_lesion_decision_threshold_inside_head_only():

@@ -56,6 +56,17 @@ def mask_centroid_ras(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None
 # ---------------------------------------------------------------- boxes
 
 
+def mask_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
+    """Index box of a mask's voxels, ``pad`` voxels wider (clipped to the grid); the whole grid if empty."""
+    axes = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if not len(hit):
+            return tuple(slice(0, n) for n in mask.shape)
+        axes.append(slice(max(0, int(hit[0]) - pad), min(mask.shape[ax], int(hit[-1]) + 1 + pad)))
+    return tuple(axes)
+
+
 def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned world (RAS) bounding box of a grid's voxel centres."""
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)], float)

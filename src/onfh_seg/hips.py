@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import ball_mask, field_of_view_x_mm, mask_centroid_ras, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import ball_mask, field_of_view_x_mm, mask_box, mask_centroid_ras, voxel_to_ras, voxel_volume_ml
 from onfh_seg.labels import ACETABULUM, HEAD_LABELS
 
 SIDES = ("right", "left", "unknown")
@@ -38,18 +38,27 @@ def find_heads(labels: np.ndarray, affine: np.ndarray, min_ml: float = 5.0) -> t
 
     Returns the component-id map and the kept components.
     """
-    cc, n = ndimage.label(np.isin(labels, HEAD_LABELS))
+    head = np.isin(labels, HEAD_LABELS)
+    cc = np.zeros(head.shape, np.int32)
+    # labelled in the box of all head voxels: the raster order there, hence the numbering, is the same
+    outer = mask_box(head, pad=0)
+    cc[outer], n = ndimage.label(head[outer])
     if n == 0:
         return cc, []
     vml = voxel_volume_ml(affine)
-    counts = np.bincount(cc.ravel(), minlength=n + 1)
+    counts = np.bincount(cc[outer].ravel(), minlength=n + 1)
     ids = [i for i in range(1, n + 1) if counts[i] * vml >= min_ml]
     if not ids:
         return cc, []
-    vox = np.nonzero(cc)  # centroids by bincount over the labelled voxels only (fast on large scans)
-    comp = cc[vox]
-    sums = np.stack([np.bincount(comp, weights=v, minlength=n + 1) for v in vox], axis=1)
-    centres_ijk = [sums[i] / counts[i] for i in ids]
+    # centroids from each kept component's own box: index sums are integers, so exact in any order
+    boxes = ndimage.find_objects(cc[outer])
+    centres_ijk = []
+    for i in ids:
+        box = tuple(slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, boxes[i - 1]))
+        vox = np.nonzero(cc[box] == i)
+        lo = np.array([sl.start for sl in box], np.int64)
+        sums = np.array([v.sum(dtype=np.int64) for v in vox], np.int64) + int(counts[i]) * lo
+        centres_ijk.append(sums.astype(np.float64) / counts[i])
     heads = []
     for i, c in zip(ids, centres_ijk):
         vol = float(counts[i] * vml)

@@ -30,7 +30,8 @@ def normalise(data: np.ndarray) -> np.ndarray:
     nz = x[x > 0]
     if nz.size < 100:
         raise ValueError("image has almost no positive voxels; cannot normalise")
-    scale = float(np.percentile(nz, NORM_PERCENTILE))
+    scale = float(np.percentile(nz, NORM_PERCENTILE, overwrite_input=True))  # nz is a copy
     if scale <= 0:
         raise ValueError("image intensity scale is zero")
-    return np.clip(x / np.float32(scale), *NORM_CLIP).astype(np.float32)
+    np.divide(x, np.float32(scale), out=x)
+    return np.clip(x, *NORM_CLIP, out=x)

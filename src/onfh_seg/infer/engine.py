@@ -272,14 +272,15 @@ class Segmenter:
             return []
         return [cand]
 
-    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+        """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape."""
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = resample(x, affine, f_aff, f_shape, order=1, threads=self.resample_threads)
         probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, self.window_vox, self.overlap, f["divisor"])
-        probs, _ = keep_main_components(probs)
-        return probs, f_aff, f_shape
+        probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
+        return probs, lab, f_aff, f_shape
 
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
         """Segment one scan (any orientation); labels come back on the input grid."""
@@ -295,15 +296,13 @@ class Segmenter:
         inv = np.linalg.inv(affine)
         found: list[np.ndarray] = []
         for centre in centres:
-            probs, f_aff, f_shape = self._fine(x, affine, centre)
-            lab = probs.argmax(0)
+            probs, lab, f_aff, f_shape = self._fine(x, affine, centre)
             if not self.fast:  # re-centre once if the fine head centre is far from the coarse one
                 head = np.isin(lab, (1, 2, 3))
                 if head.sum() > 0:
                     c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                     if np.linalg.norm(c2 - centre) > 6.0:
-                        probs, f_aff, f_shape = self._fine(x, affine, c2)
-                        lab = probs.argmax(0)
+                        probs, lab, f_aff, f_shape = self._fine(x, affine, c2)
             head_ml = np.isin(lab, (1, 2, 3)).sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
             if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
                 continue
