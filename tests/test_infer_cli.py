@@ -348,3 +348,50 @@ def test_dicom_study_writes_seg_sr_and_series_info(tmp_path: Path) -> None:
     assert meas["outputs"]["dicom_seg"]["status"] == "not_written"
     assert meas["outputs"]["dicom_sr"]["status"] == "not_written"
     assert no_temporaries(out) == []
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession: records the providers argument it was given."""
+
+    made: list = []
+
+    def __init__(self, path, options=None, providers=None):
+        self.providers_arg = providers
+        _FakeSession.made.append(providers)
+
+    def get_providers(self):
+        return [p[0] if isinstance(p, tuple) else p for p in self.providers_arg]
+
+    def get_provider_options(self):
+        return {(p[0] if isinstance(p, tuple) else p): dict(p[1]) if isinstance(p, tuple) else {} for p in self.providers_arg}
+
+
+@pytest.mark.parametrize("tf32", [None, True])
+def test_cuda_provider_runs_without_tf32_unless_asked(monkeypatch, tf32) -> None:
+    """With CUDA offered, both sessions get the CUDA provider with use_tf32=0 (configs/infer.yaml
+    cuda_tf32: false) or 1 when asked; what the session reports is kept for the run record."""
+    import onnxruntime as ort
+
+    from onfh_seg.batch import EngineSpec, engine_spec
+    from onfh_seg.infer.engine import Segmenter
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    _FakeSession.made = []
+    seg = Segmenter(MODELS, provider="auto", threads=1, cuda_tf32=tf32)
+    want = "1" if tf32 else "0"
+    assert _FakeSession.made == [[("CUDAExecutionProvider", {"use_tf32": want}), "CPUExecutionProvider"]] * 2
+    assert seg.provider == "CUDAExecutionProvider"
+    assert seg.provider_options["CUDAExecutionProvider"] == {"use_tf32": want}
+    spec = engine_spec({"model_dir": str(MODELS), "cuda_tf32": bool(tf32)}, workers=1)
+    assert isinstance(spec, EngineSpec) and spec.cuda_tf32 is bool(tf32)
+    assert spec.build().provider_options["CUDAExecutionProvider"] == {"use_tf32": want}
+    _FakeSession.made = []
+    Segmenter(MODELS, provider="cpu", threads=1, cuda_tf32=tf32)  # the CPU provider takes no such option
+    assert _FakeSession.made == [["CPUExecutionProvider"]] * 2
+
+
+def test_cuda_tf32_must_be_a_boolean(tmp_path) -> None:
+    res = run_cli([f"input={tmp_path}", f"out_dir={tmp_path / 'o'}", "cuda_tf32=sometimes"], tmp_path)
+    assert res.returncode != 0 and "cuda_tf32" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

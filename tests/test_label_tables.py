@@ -58,6 +58,7 @@ class _EmptySegmenter:
     version, sha256 = "test-1", "0" * 64
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     provider = providers[0]
+    provider_options = {"CUDAExecutionProvider": {"use_tf32": "0"}, "CPUExecutionProvider": {}}
 
     def segment(self, image: np.ndarray, affine: np.ndarray) -> _Result:
         return _Result(np.zeros(image.shape, np.uint8))
@@ -92,5 +93,9 @@ def test_manifest_run_carries_patient_and_months_and_records_the_provider(tmp_pa
         assert (out / name).is_file()
     run = json.loads((out / "run_manifest.json").read_text())
     assert run["provider_used"] == "CUDAExecutionProvider" and run["provider_requested"] == "auto"
+    assert run["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == "0"
+    stages = run["stage_seconds"]  # per stage: total and median over the scans processed
+    assert {"load", "segment", "measure", "write", "total"} <= set(stages)
+    assert stages["total"]["scans"] == 2 and stages["total"]["total"] >= stages["total"]["median"] > 0
     meas = json.loads((out / "P1_m06_measurements.json").read_text())
     assert meas["months"] == 6.0 and meas["provider"] == "CUDAExecutionProvider"

@@ -161,10 +161,13 @@ class EngineSpec:
     threads: int
     tta: bool
     fast: bool
+    cuda_tf32: bool = False
 
     def build(self) -> Any:
         cls = load_engine_class(self.engine)
-        return cls(self.model_dir, provider=self.provider, threads=self.threads, tta=self.tta, fast=self.fast)
+        # cuda_tf32 only when asked for, so engines without a CUDA provider need not take it
+        extra = {"cuda_tf32": True} if self.cuda_tf32 else {}
+        return cls(self.model_dir, provider=self.provider, threads=self.threads, tta=self.tta, fast=self.fast, **extra)
 
 
 def with_defaults(cfg: Mapping[str, Any]) -> dict:
@@ -185,6 +188,7 @@ def engine_spec(cfg: Mapping[str, Any], workers: int) -> EngineSpec:
         threads=threads_per_worker(int(c["threads"]), workers),
         tta=bool(c["tta"]),
         fast=bool(c["fast"]),
+        cuda_tf32=bool(c["cuda_tf32"]),
     )
 
 

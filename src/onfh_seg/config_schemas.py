@@ -36,6 +36,7 @@ class InferSettings:
     model_dir: Path_
     provider: Literal["auto", "cpu", "cuda"]
     threads: int = dataclasses.field(metadata={"min": 0})
+    cuda_tf32: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
     max_image_mb: float = dataclasses.field(metadata={"min": 1})
     allow_unknown_orientation: bool = dataclasses.field()

@@ -7,6 +7,7 @@ parent or the Dask client), from the per-scan results of :mod:`onfh_seg.batch`.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -66,6 +67,25 @@ def provider_used(results: list[dict]) -> str | None:
     return ",".join(used) if used else None
 
 
+def stage_seconds(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Per stage (``load``, ``segment``, ``engine.networks_s``, ``measure``, ``write``, ...): total and median
+    seconds over the scans this run processed (resumed scans and failures before any stage left out)."""
+    values: dict[str, list[float]] = {}
+
+    def add(prefix: str, timings: Mapping[str, Any]) -> None:
+        for key, value in timings.items():
+            if isinstance(value, Mapping):
+                add(f"{prefix}{key}.", value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(prefix + key, []).append(float(value))
+
+    for r in results:
+        if r.get("status") == "ok" and isinstance(r.get("timings"), Mapping):
+            add("", r["timings"])
+    return {k: {"total": round(sum(v), 3), "median": round(statistics.median(v), 3), "scans": len(v)}
+            for k, v in values.items()}
+
+
 def write_run_manifest(
     out_dir: Path, cfg: Mapping[str, Any], summary: BatchSummary, spec: EngineSpec, workers: int,
     started: str, duration_s: float, command_line: list[str] | None,
@@ -82,6 +102,8 @@ def write_run_manifest(
         "providers": providers,
         "provider_requested": spec.provider,
         "provider_used": provider_used(summary.results),
+        # as ONNX Runtime reports them, e.g. {"CUDAExecutionProvider": {"use_tf32": "0", ...}}
+        "provider_options": next((r["provider_options"] for r in summary.results if r.get("provider_options")), {}),
         "executor": str(cfg.get("executor") or "local"),
         "scheduler": cfg.get("scheduler"),
         "workers": workers,
@@ -89,6 +111,7 @@ def write_run_manifest(
         "started": started,
         "finished": _now(),
         "duration_s": round(duration_s, 3),
+        "stage_seconds": stage_seconds(summary.results),
         "command_line": list(command_line) if command_line is not None else list(sys.argv),
         "config": dict(cfg),
         "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,

@@ -51,6 +51,12 @@ def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
     return ["CPUExecutionProvider"], "CUDA not available; falling back to the CPU execution provider"
 
 
+def with_provider_options(providers: list[str], cuda_tf32: bool = False) -> list:
+    """ONNX Runtime's providers argument: the CUDA provider with ``use_tf32`` set (off unless asked: TF32
+    moves the probabilities about 50x further from the CPU provider's), the others by name."""
+    return [(p, {"use_tf32": "1" if cuda_tf32 else "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
 def gaussian_importance(size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
     """Gaussian weight map for blending sliding-window patches, as MONAI's ``compute_importance_map``
     (mode gaussian): sigma = ``sigma_scale`` x size per axis, centred on the patch, floored at
@@ -195,7 +201,8 @@ class Segmenter:
 
     def __init__(self, model_dir: str | Path | None = None, provider: str | None = None, threads: int | None = None,
                  tta: bool | None = None, fast: bool | None = None, window: str | None = None,
-                 overlap: float | None = None, lesion_threshold: float | str | None = "model"):
+                 overlap: float | None = None, lesion_threshold: float | str | None = "model",
+                 cuda_tf32: bool | None = None):
         """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
         source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
@@ -210,6 +217,7 @@ class Segmenter:
         threads = cli["threads"] if threads is None else threads
         tta = cli["tta"] if tta is None else tta
         fast = cli["fast"] if fast is None else fast
+        cuda_tf32 = cli["cuda_tf32"] if cuda_tf32 is None else cuda_tf32
         meta_path = model_dir / "model.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"no model found: {meta_path} is missing")
@@ -223,12 +231,16 @@ class Segmenter:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        providers = with_provider_options(providers, bool(cuda_tf32))
         self.coarse = ort.InferenceSession(str(model_dir / self.meta["coarse"]["file"]), so, providers=providers)
         self.fine = ort.InferenceSession(str(model_dir / self.meta["fine"]["file"]), so, providers=providers)
         self.providers = self.fine.get_providers()
+        # what ONNX Runtime reports it runs with, e.g. {"CUDAExecutionProvider": {"use_tf32": "0", ...}}
+        self.provider_options: dict = {k: dict(v) for k, v in self.fine.get_provider_options().items()}
         self.provider = self.providers[0]  # the one actually used (ONNX Runtime falls back silently)
         self.model_dir = model_dir
         # threads for resampling (scipy releases the GIL): the ONNX Runtime count, or every usable core
+        self._clock: dict[str, float] = {}
         self.resample_threads = int(threads) if int(threads) > 0 else (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self.tta, self.fast = bool(tta) and not fast, bool(fast)
@@ -241,16 +253,24 @@ class Segmenter:
         self.overlap = float(overlap)
 
     def _run(self, sess, x: np.ndarray, mirror: bool = False) -> np.ndarray:
+        t = time.perf_counter()
         p = sess.run(None, {"image": x})[0]
         if mirror:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
             p = 0.5 * (p + sess.run(None, {"image": np.ascontiguousarray(x[:, :, ::-1])})[0][:, :, ::-1])
+        self._clock["networks_s"] += time.perf_counter() - t
         return p
+
+    def _resample(self, *args, **kwargs) -> np.ndarray:
+        t = time.perf_counter()
+        out = resample(*args, threads=self.resample_threads, **kwargs)
+        self._clock["resample_s"] += time.perf_counter() - t
+        return out
 
     def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
         """Head centres (RAS mm) from the coarse stage."""
         c = self.meta["coarse"]
         g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
-        xc = resample(x, affine, g_aff, g_shape, order=1, threads=self.resample_threads)
+        xc = self._resample(x, affine, g_aff, g_shape, order=1)
         # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
         lab = probs.argmax(0).astype(np.uint8)
@@ -277,7 +297,7 @@ class Segmenter:
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
-        xf = resample(x, affine, f_aff, f_shape, order=1, threads=self.resample_threads)
+        xf = self._resample(x, affine, f_aff, f_shape, order=1)
         probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, self.window_vox, self.overlap, f["divisor"])
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
@@ -285,7 +305,9 @@ class Segmenter:
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
         """Segment one scan (any orientation); labels come back on the input grid."""
         t = {"start": time.perf_counter()}
+        self._clock = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
         x = normalise(image)
+        self._clock["normalise_s"] = time.perf_counter() - t["start"]
         centres = self.locate_heads(x, affine)
         if len(centres) == 1 and not self.fast:
             centres += self.mirror_candidate(image, affine, centres[0])
@@ -320,7 +342,9 @@ class Segmenter:
             sub_aff = affine.copy()
             sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
             sub_shape = tuple(int(v) for v in hi - lo)
+            t_res = time.perf_counter()
             p_in = probs_on_grid(probs, f_aff, sub_aff, sub_shape, self.resample_threads)
+            self._clock["resample_s"] += time.perf_counter() - t_res
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             fgp = 1.0 - p_in[0]
             take = fgp > best[sl]
@@ -329,5 +353,7 @@ class Segmenter:
         t["fine"] = time.perf_counter()
         labels = clean_labels(labels, affine)
         t["post"] = time.perf_counter()
-        timings = {"coarse_s": t["coarse"] - t["start"], "fine_s": t["fine"] - t["coarse"], "post_s": t["post"] - t["fine"]}
+        # coarse_s + fine_s + post_s = the whole call; normalise_s, resample_s and networks_s (ONNX Runtime) are parts of it
+        timings = {"coarse_s": t["coarse"] - t["start"], "fine_s": t["fine"] - t["coarse"], "post_s": t["post"] - t["fine"],
+                   **self._clock}
         return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, found, {k: round(v, 3) for k, v in timings.items()})

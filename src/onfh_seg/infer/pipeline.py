@@ -109,6 +109,7 @@ def segmenter_info(segmenter: Any) -> dict[str, Any]:
         "providers": list(getattr(segmenter, "providers", []) or []),
         # the execution provider actually used (ONNX Runtime may fall back from the one asked for)
         "provider": getattr(segmenter, "provider", None) or next(iter(getattr(segmenter, "providers", []) or []), None),
+        "provider_options": dict(getattr(segmenter, "provider_options", None) or {}),
     }
 
 
