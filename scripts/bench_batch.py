@@ -1,7 +1,7 @@
 """Benchmark batch throughput: local pool vs Dask local cluster, single scan end to end, peak RSS per worker.
 
     .venv/bin/python scripts/bench_batch.py [--scans 18] [--workers 2] [--repeats 3] [--single-repeats 5]
-                                            [--cohort DIR] [--keep DIR]
+                                            [--provider cpu|cuda|auto] [--cohort DIR] [--keep DIR]
 
 Without --cohort, a synthetic cohort of ceil(scans / 3) patients x 3 visits is generated
 (onfh-synth, default acquisition, seed 2024) and its first --scans images are used (a manifest).
@@ -11,7 +11,10 @@ scans / wall time of the whole command (start, imports, cluster start, all scans
 --repeats. The two runs' measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on
 one scan in a new process, median of --single-repeats. Peak RSS: every process of the run is sampled
 every 0.1 s (psutil); the largest resident size of any worker process and of the main process.
-Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions.
+Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions,
+then the median seconds per scan of each stage (``run_manifest.json`` ``stage_seconds``) in the last
+local-pool run and the last single-scan run, and the single scan's time outside the pipeline (start,
+imports, model load, run records).
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="batch runs per executor (median)")
     ap.add_argument("--single-repeats", type=int, default=5, help="single-scan runs (median)")
+    ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"), help="ONNX Runtime provider")
     ap.add_argument("--cohort", type=Path, help="an existing cohort manifest (default: generate one)")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
     a = ap.parse_args()
@@ -170,7 +174,8 @@ def main() -> None:
         source = a.cohort.resolve() if a.cohort else make_cohort(a.scans, work / "cohort")
         print(f"cohort: {source} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
         manifest, images = first_scans(source, a.scans, work / "bench_manifest.csv")
-        common = [f"input={manifest}", "provider=cpu", f"workers={a.workers}"]
+        common = [f"input={manifest}", f"provider={a.provider}", f"workers={a.workers}"]
+        stages: dict[str, dict] = {}
 
         rows = []
         csvs: dict[str, bytes] = {}
@@ -184,6 +189,8 @@ def main() -> None:
                 mains.append(main_rss)
                 workers.append(worker_rss)
                 csvs.setdefault(executor, (out / "measurements.csv").read_bytes())
+                if executor == "local":
+                    stages["batch"] = run_record(out)
                 print(f"{executor} run {i + 1}: {wall:.1f} s", file=sys.stderr)
             wall = statistics.median(walls)
             rows.append((f"batch, {executor} (`executor={executor} workers={a.workers}`)",
@@ -195,8 +202,10 @@ def main() -> None:
         for i in range(a.single_repeats):
             out = work / f"single_{i}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, main_rss, _ = run_infer([f"input={images[0]}", f"out_dir={out}", "provider=cpu"], work)
+            wall, main_rss, _ = run_infer([f"input={images[0]}", f"out_dir={out}", f"provider={a.provider}"], work)
             singles.append(wall)
+            stages["single"] = run_record(out)
+            stages["single"]["wall_s"] = wall
             single_rss.append(main_rss)
         s = statistics.median(singles)
         rows.append(("single scan, new process (`onfh-infer input=scan.nii.gz`)",
@@ -208,7 +217,7 @@ def main() -> None:
 
     local_rate, dask_rate = float(rows[0][2]), float(rows[1][2])
     print(f"\nMachine: {desc}\n")
-    print(f"{a.scans} scans, mirroring on, overlay on, provider=cpu; batch: median of {a.repeats}, single scan: "
+    print(f"{a.scans} scans, mirroring on, overlay on, provider={a.provider}; batch: median of {a.repeats}, single scan: "
           f"median of {a.single_repeats} (min-max in brackets)\n")
     print("| run | wall time | scans per minute | wall per scan | peak RSS main | peak RSS per worker |")
     print("|---|---|---|---|---|---|")
@@ -216,8 +225,40 @@ def main() -> None:
         print("| " + " | ".join(r) + " |")
     print(f"\nDask / local pool throughput: {dask_rate / local_rate * 100:.1f}%; "
           f"measurements.csv identical: {'yes' if identical else 'NO'}")
+    print_stages(stages)
     if not identical:
         raise SystemExit(1)
+
+
+def run_record(out: Path) -> dict:
+    """``stage_seconds``, ``provider_used`` and ``threads_per_worker`` of a run's ``run_manifest.json``."""
+    import json
+
+    record = json.loads((out / "run_manifest.json").read_text())
+    return {k: record.get(k) for k in ("stage_seconds", "provider_used", "threads_per_worker")}
+
+
+STAGES = ("load", "engine.normalise_s", "engine.resample_s", "engine.networks_s", "engine.coarse_s", "engine.fine_s",
+          "engine.post_s", "segment", "measure", "write", "total")
+
+
+def print_stages(stages: dict[str, dict]) -> None:
+    """Median seconds per scan of each stage, batch (per worker) and single scan."""
+    print("\nMedian seconds per scan by stage (run_manifest.json stage_seconds; normalise, resample and networks "
+          "are parts of coarse + fine; segment = coarse + fine + post):\n")
+    names = [k for k in ("batch", "single") if k in stages]
+    print("| stage | " + " | ".join(f"{n} ({stages[n]['provider_used']}, {stages[n]['threads_per_worker']} thread(s))"
+                                       for n in names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for key in STAGES:
+        cells = [f"{stages[n]['stage_seconds'][key]['median']:.3f}" if key in (stages[n]["stage_seconds"] or {}) else "-"
+                 for n in names]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    if "single" in stages and "total" in (stages["single"]["stage_seconds"] or {}):
+        single = stages["single"]
+        outside = single["wall_s"] - single["stage_seconds"]["total"]["median"]
+        print(f"\nSingle scan (last run): {single['wall_s']:.2f} s wall, of which {outside:.2f} s outside the "
+              "pipeline (interpreter start, imports, model load, run records).")
 
 
 if __name__ == "__main__":
