@@ -52,8 +52,9 @@ def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
 
 
 def with_provider_options(providers: list[str], cuda_tf32: bool = False) -> list:
-    """ONNX Runtime's providers argument: the CUDA provider with ``use_tf32`` set (off unless asked: TF32
-    moves the probabilities about 50x further from the CPU provider's), the others by name."""
+    """ONNX Runtime's providers argument: the CUDA provider with ``use_tf32`` set (off unless asked: on an
+    H200, issue 15 measured fine probabilities up to 1.2e-3 from the CPU provider's with TF32, 2.3e-5
+    without), the others by name."""
     return [(p, {"use_tf32": "1" if cuda_tf32 else "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
@@ -239,8 +240,9 @@ class Segmenter:
         self.provider_options: dict = {k: dict(v) for k, v in self.fine.get_provider_options().items()}
         self.provider = self.providers[0]  # the one actually used (ONNX Runtime falls back silently)
         self.model_dir = model_dir
+        # seconds spent in the parts of the current ``segment`` call (reset there)
+        self._clock: dict[str, float] = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
         # threads for resampling (scipy releases the GIL): the ONNX Runtime count, or every usable core
-        self._clock: dict[str, float] = {}
         self.resample_threads = int(threads) if int(threads) > 0 else (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self.tta, self.fast = bool(tta) and not fast, bool(fast)

@@ -79,12 +79,6 @@ def panel(volume: np.ndarray, fixed_axis: int, index: int) -> np.ndarray:
     return sl.T[::-1, ::-1]
 
 
-def _crop_bounds(n: int, centre: int, half: int | None) -> tuple[int, int]:
-    if half is None:
-        return 0, n
-    return max(0, centre - half), min(n, centre + half + 1)
-
-
 def _centre_items(centres_ras) -> list[tuple[str, np.ndarray | None]]:
     if isinstance(centres_ras, Mapping):
         items = [(str(k), np.asarray(v, np.float64)) for k, v in centres_ras.items()]
@@ -310,16 +304,6 @@ def draw_contours(ax, lab2d: np.ndarray | None, fields: Mapping[str, np.ndarray]
             continue
         width = linewidth * (1.3 if name == "necrotic core" else 1.0)
         ax.contour(f, levels=[0.5], colors=colour, linewidths=width)
-
-
-def legend_handles(cross: bool = False) -> list:
-    """Legend entries for every line (and the reference cross) drawn by ``draw_contours``."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colour, linewidth=2, label=name) for name, _, colour in CONTOURS]
-    if cross:
-        handles.append(Line2D([], [], color="orange", marker="+", linestyle="none", markersize=9, label=CROSS_LEGEND))
-    return handles
 
 
 def scale_bar(ax, mm_per_col: float, mm_per_row: float, colour: str = "white") -> None:
