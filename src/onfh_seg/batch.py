@@ -65,15 +65,7 @@ from onfh_seg.infer.pipeline import (
 )
 from onfh_seg.io.label_tables import write_label_tables
 from onfh_seg.lifecycle import DirLock, InheritedFd, check_writable, die_with_parent, remove_own_temporaries
-from onfh_seg.run_records import (  # noqa: F401  (re-exported: the run records are part of the batch API)
-    ERROR_COLUMNS,
-    MANIFEST_CSV_COLUMNS,
-    _now,
-    provider_used,
-    write_errors_csv,
-    write_measurements_csv,
-    write_run_manifest,
-)
+from onfh_seg.run_records import utc_timestamp, write_errors_csv, write_measurements_csv, write_run_manifest
 
 log = logging.getLogger("onfh_seg.batch")
 
@@ -383,7 +375,7 @@ def run_batch(
     ``cfg["engine"]`` themselves. Keys missing from ``cfg`` take onfh-infer's defaults.
     """
     t0 = time.perf_counter()
-    started = _now()
+    started = utc_timestamp()
     cfg = with_defaults(cfg)
     if str(cfg["out_dir"] or "").strip() in ("", "???"):
         raise ValueError("out_dir is empty")

@@ -67,6 +67,17 @@ def mask_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
     return tuple(axes)
 
 
+def box_centroid_ijk(sub_mask: np.ndarray, lo: Sequence[int]) -> np.ndarray | None:
+    """Voxel-index centroid, on the whole grid, of a mask given in a box that starts at voxel ``lo``;
+    None if empty. Index sums are integers, so this equals the whole-grid mean exactly."""
+    idx = np.nonzero(sub_mask)
+    n = len(idx[0])
+    if n == 0:
+        return None
+    sums = np.array([v.sum(dtype=np.int64) for v in idx], np.int64) + n * np.asarray(lo, np.int64)
+    return sums.astype(np.float64) / n
+
+
 def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned world (RAS) bounding box of a grid's voxel centres."""
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)], float)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import ball_mask, field_of_view_x_mm, mask_box, mask_centroid_ras, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import (
+    ball_mask,
+    box_centroid_ijk,
+    field_of_view_x_mm,
+    mask_box,
+    mask_centroid_ras,
+    voxel_to_ras,
+    voxel_volume_ml,
+)
 from onfh_seg.labels import ACETABULUM, HEAD_LABELS
 
 SIDES = ("right", "left", "unknown")
@@ -50,15 +58,12 @@ def find_heads(labels: np.ndarray, affine: np.ndarray, min_ml: float = 5.0) -> t
     ids = [i for i in range(1, n + 1) if counts[i] * vml >= min_ml]
     if not ids:
         return cc, []
-    # centroids from each kept component's own box: index sums are integers, so exact in any order
+    # centroids from each kept component's own box (exactly the whole-grid centroids)
     boxes = ndimage.find_objects(cc[outer])
     centres_ijk = []
     for i in ids:
         box = tuple(slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, boxes[i - 1]))
-        vox = np.nonzero(cc[box] == i)
-        lo = np.array([sl.start for sl in box], np.int64)
-        sums = np.array([v.sum(dtype=np.int64) for v in vox], np.int64) + int(counts[i]) * lo
-        centres_ijk.append(sums.astype(np.float64) / counts[i])
+        centres_ijk.append(box_centroid_ijk(cc[box] == i, [sl.start for sl in box]))
     heads = []
     for i, c in zip(ids, centres_ijk):
         vol = float(counts[i] * vml)

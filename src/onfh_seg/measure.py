@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import mask_box, ras_to_voxel, voxel_spacing, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import box_centroid_ijk, mask_box, ras_to_voxel, voxel_spacing, voxel_to_ras, voxel_volume_ml
 from onfh_seg.hips import split_hips
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
 
@@ -220,15 +220,10 @@ def jic_type(
 # ---------------------------------------------------------------- per hip / scan
 
 
-def _centroid_ras(sub_mask: np.ndarray, lo: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
-    """World centroid of a mask given in a box starting at voxel ``lo``; exactly ``mask_centroid_ras``
-    of the whole-grid mask (index sums are integers, so exact)."""
-    idx = np.nonzero(sub_mask)
-    n = len(idx[0])
-    if n == 0:
-        return None
-    sums = np.array([v.sum(dtype=np.int64) for v in idx], np.int64) + n * lo
-    return voxel_to_ras(affine, sums.astype(np.float64) / n)
+def _centroid_ras(sub_mask: np.ndarray, lo: Sequence[int], affine: np.ndarray) -> np.ndarray | None:
+    """World centroid of a mask given in a box starting at voxel ``lo`` (as ``mask_centroid_ras`` of the whole grid)."""
+    ijk = box_centroid_ijk(sub_mask, lo)
+    return None if ijk is None else voxel_to_ras(affine, ijk)
 
 
 def measure_hip(
@@ -252,10 +247,9 @@ def measure_hip(
     reference. Centroids are world RAS+ mm. Values are rounded (volumes 4,
     percent 3, SIR 4 decimals, coordinates 3 decimals).
     """
-    hip_labels = np.where(hip_mask, labels, 0).astype(np.uint8)
-    # everything but the JIC plane is counted in the hip's box (zero outside it): same numbers, less work
+    # counted in the hip's box (labels outside the hip are 0): the whole-grid numbers, less work
     box = mask_box(hip_mask)
-    sub = hip_labels[box]
+    sub = np.where(hip_mask[box], labels[box], 0).astype(np.uint8)
     lo = np.array([sl.start for sl in box], np.int64)
     vml = voxel_volume_ml(affine)
     head_sub = np.isin(sub, HEAD_LABELS)
@@ -273,6 +267,7 @@ def measure_hip(
         jic = "none"
     elif head_centre is not None:
         radius = (3.0 * head_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        hip_labels = np.where(hip_mask, labels, 0).astype(np.uint8)  # the JIC plane samples the whole grid
         jic = jic_type(hip_labels, affine, side, head_centre, radius)
     else:
         jic = "unknown"

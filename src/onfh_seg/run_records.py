@@ -56,7 +56,8 @@ def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
     return path
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """The current UTC time, ISO 8601 to the second (``run_manifest.json`` started/finished)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -109,7 +110,7 @@ def write_run_manifest(
         "workers": workers,
         "threads_per_worker": spec.threads,
         "started": started,
-        "finished": _now(),
+        "finished": utc_timestamp(),
         "duration_s": round(duration_s, 3),
         "stage_seconds": stage_seconds(summary.results),
         "command_line": list(command_line) if command_line is not None else list(sys.argv),

@@ -15,7 +15,8 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 def run(cfg: DictConfig) -> int:
     """Run inference on ``cfg.input``; print the summary line; 1 if no scan succeeded."""
-    from onfh_seg.batch import provider_used, run_batch
+    from onfh_seg.batch import run_batch
+    from onfh_seg.run_records import provider_used
 
     # `docker stop` / kill send SIGTERM: stop like Ctrl-C, so no partial outputs are left behind
     signal.signal(signal.SIGTERM, _interrupt)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import voxel_box, voxel_to_ras, voxel_volume_ml
 from onfh_seg.hips import Head, find_heads, select_heads
 from onfh_seg.labels import ACETABULUM, HEAD, HEAD_LABELS, LESION_LABELS
 
@@ -223,17 +223,6 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
     return float(hit[cap].mean())
 
 
-def _box(shape: tuple[int, ...], affine: np.ndarray, centre: np.ndarray, half_mm: float) -> tuple[slice, ...]:
-    """Index box of the voxels within ``half_mm`` of ``centre`` along each world axis (clipped)."""
-    corners = np.array([[centre[0] + sx * half_mm, centre[1] + sy * half_mm, centre[2] + sz * half_mm]
-                        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    inv = np.linalg.inv(np.asarray(affine, np.float64))
-    ijk = corners @ inv[:3, :3].T + inv[:3, 3]
-    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, np.array(shape))
-    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 0, np.array(shape))
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 # ---------------------------------------------------------------- per head and scan
 
 
@@ -247,7 +236,8 @@ def check_head(
     ``component_box`` (the component's own bounding box, if given).
     """
     half = 2.0 * head.radius_mm + limits.shell_mm[1] + 10.0
-    box = _box(labels.shape, affine, head.centre_ras, half)
+    lo, hi = voxel_box(labels.shape, affine, head.centre_ras, half)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     if component_box is not None:
         box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, component_box))
     lab = labels[box]

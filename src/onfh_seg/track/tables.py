@@ -12,7 +12,6 @@ import csv
 import io
 from collections.abc import Mapping, Sequence
 
-
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
 from onfh_seg.stats import spearman
 from onfh_seg.track.params import HIP_METRICS
