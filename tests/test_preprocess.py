@@ -143,6 +143,17 @@ def _random_affine(rng: np.random.Generator) -> np.ndarray:
     return aff
 
 
+def _overlapping_grids(rng: np.random.Generator, src_shape, dst_shape) -> tuple[np.ndarray, np.ndarray]:
+    """A random oblique source grid and a destination grid (rotated, scaled 0.6-1.4, shifted) whose centre
+    falls near the source's centre, so that most destination voxels sample the source."""
+    src = _random_affine(rng)
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0] @ np.diag(rng.uniform(0.6, 1.4, 3))
+    to_src = np.eye(4)  # destination index -> source index
+    to_src[:3, :3] = rot
+    to_src[:3, 3] = (np.array(src_shape) - 1) / 2 + rng.uniform(-2, 2, 3) - rot @ (np.array(dst_shape) - 1) / 2
+    return src, src @ to_src
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_resample_in_a_box_or_in_threads_equals_the_whole_grid_bit_for_bit(seed: int) -> None:
     """A box of destination voxels, or the grid split across threads, gives exactly the plain call's
@@ -157,10 +168,13 @@ def test_resample_in_a_box_or_in_threads_equals_the_whole_grid_bit_for_bit(seed:
         to_dst = np.eye(4)
         to_dst[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0]
         to_dst[:3, 3] = rng.normal(0, 3, 3)
-    a, b = _random_affine(rng), _random_affine(rng)
     shape = tuple(int(v) for v in rng.integers(3, 25, 3))
+    a, b = _overlapping_grids(rng, src.shape, shape)
+    if to_dst is not None:  # the source seen through a world map: the destination moves with it
+        b = to_dst @ b
     cval = float(seed % 2)
     whole = resample(src, a, b, shape, order, cval, to_dst)
+    assert (whole != cval).mean() > 0.15  # much of the destination samples the source
     for threads in (2, 3, 7):
         assert np.array_equal(resample(src, a, b, shape, order, cval, to_dst, threads=threads), whole)
     lo = rng.integers(0, np.array(shape))
@@ -168,3 +182,23 @@ def test_resample_in_a_box_or_in_threads_equals_the_whole_grid_bit_for_bit(seed:
     part = resample(src, a, b, shape, order, cval, to_dst, box=(lo, hi), threads=2)
     assert part.dtype == whole.dtype
     assert np.array_equal(part, whole[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_source_coordinates_are_the_ones_affine_transform_uses(seed: int) -> None:
+    """On float64 data (where a last-bit difference in a coordinate shows in the value), map_coordinates on
+    ``source_coordinates`` equals scipy's affine_transform exactly: the box and thread paths rest on this."""
+    from scipy import ndimage
+
+    from onfh_seg.geometry import _source_transform, source_coordinates
+
+    rng = np.random.default_rng(100 + seed)
+    src = rng.random((23, 19, 17))
+    shape = (15, 13, 11)
+    vox = _source_transform(*_overlapping_grids(rng, src.shape, shape), None)
+    whole = ndimage.affine_transform(src, vox[:3, :3], offset=vox[:3, 3], output_shape=shape, order=1,
+                                     mode="constant", cval=0.0, prefilter=False)
+    coords = source_coordinates(vox, (0, 0, 0), shape)
+    mine = ndimage.map_coordinates(src, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    assert (whole != 0).mean() > 0.3
+    assert np.array_equal(mine, whole)
