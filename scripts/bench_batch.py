@@ -8,7 +8,8 @@ Without --cohort, a synthetic cohort of ceil(scans / 3) patients x 3 visits is g
 Each batch runs ``onfh-infer`` in a new process (mirroring on, the default; overlay on; ``provider=cpu``)
 into a fresh out_dir: ``executor=local workers=N`` and ``executor=dask workers=N``; scans per minute =
 scans / wall time of the whole command (start, imports, cluster start, all scans, run records), median of
---repeats. The two runs' measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on
+--repeats; the runs alternate (pool, Dask, pool, Dask, ...) and the Dask/pool ratio is also given for each
+back-to-back pair, so that a shared machine's drift does not pass for a difference. The two runs' measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on
 one scan in a new process, median of --single-repeats. Peak RSS: every process of the run is sampled
 every 0.1 s (psutil); the largest resident size of any worker process and of the main process.
 Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions,
@@ -35,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+EXECUTORS = ("local", "dask")
 
 
 def machine() -> str:
@@ -182,23 +184,26 @@ def main() -> None:
 
         rows = []
         csvs: dict[str, bytes] = {}
-        for executor in ("local", "dask"):
-            walls, mains, workers = [], [], []
-            for i in range(a.repeats):
+        runs: dict[str, dict[str, list]] = {e: {"wall": [], "main": [], "worker": []} for e in EXECUTORS}
+        for i in range(a.repeats):  # interleaved, so that drift of a shared machine hits both alike
+            for executor in EXECUTORS:
                 out = work / f"out_{executor}_{i}"
                 shutil.rmtree(out, ignore_errors=True)
                 wall, main_rss, worker_rss = run_infer([*common, f"out_dir={out}", f"executor={executor}"], work)
-                walls.append(wall)
-                mains.append(main_rss)
-                workers.append(worker_rss)
+                for key, value in zip(("wall", "main", "worker"), (wall, main_rss, worker_rss)):
+                    runs[executor][key].append(value)
                 csvs.setdefault(executor, (out / "measurements.csv").read_bytes())
                 if executor == "local":
                     stages["batch"] = run_record(out)
                 print(f"{executor} run {i + 1}: {wall:.1f} s", file=sys.stderr)
+        for executor in EXECUTORS:
+            walls = runs[executor]["wall"]
             wall = statistics.median(walls)
             rows.append((f"batch, {executor} (`executor={executor} workers={a.workers}`)",
                          f"{wall:.1f} s ({min(walls):.1f}-{max(walls):.1f})", f"{a.scans / wall * 60:.1f}",
-                         f"{wall / a.scans:.2f} s", mib(max(mains)), mib(max(workers))))
+                         f"{wall / a.scans:.2f} s", mib(max(runs[executor]["main"])), mib(max(runs[executor]["worker"]))))
+        # Dask throughput / pool throughput of each back-to-back pair
+        pair_ratios = [p / d for p, d in zip(runs["local"]["wall"], runs["dask"]["wall"])]
         identical = csvs["local"] == csvs["dask"]
 
         singles, single_rss = [], []
@@ -226,7 +231,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    print(f"\nDask / local pool throughput: {dask_rate / local_rate * 100:.1f}%; "
+    print(f"\nDask / local pool throughput: {dask_rate / local_rate * 100:.1f}% (medians); per back-to-back pair "
+          f"{', '.join(f'{r * 100:.1f}%' for r in pair_ratios)}, median {statistics.median(pair_ratios) * 100:.1f}%; "
           f"measurements.csv identical: {'yes' if identical else 'NO'}")
     print_stages(stages)
     if not identical:

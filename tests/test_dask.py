@@ -179,3 +179,23 @@ def test_track_on_dask_matches_local(tmp_path_factory, tmp_path) -> None:
     assert files and files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
     for f in files:
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+
+
+def _worker_settings() -> tuple[dict, str | None]:
+    import dask
+
+    keys = [k for k in dask_exec.LOCAL_WORKER_CONFIG if k != "distributed.nanny.pre-spawn-environ"]
+    return {k: dask.config.get(k) for k in keys}, os.environ.get("OMP_NUM_THREADS")
+
+
+def test_local_cluster_workers_run_with_the_local_worker_config() -> None:
+    """Every worker process of a local cluster gets LOCAL_WORKER_CONFIG (no profiler, slow ticks) and the
+    client's environment (Dask's pre-spawn OMP_NUM_THREADS=1 is not applied)."""
+    with dask_exec.dask_client(2, None) as (client, remote):
+        got = client.run(_worker_settings)
+    assert not remote and len(got) == 2
+    expected = {k: v for k, v in dask_exec.LOCAL_WORKER_CONFIG.items() if k != "distributed.nanny.pre-spawn-environ"}
+    assert expected["distributed.admin.tick.interval"] == "1s"
+    for settings, omp in got.values():
+        assert settings == expected
+        assert omp == os.environ.get("OMP_NUM_THREADS")

@@ -49,7 +49,11 @@ log = logging.getLogger("onfh_seg.dask_exec")
 CONNECT_TIMEOUT_S = 20
 # Local-cluster workers as the pool's: this process's environment as it is (Dask would otherwise set
 # OMP/MKL/OPENBLAS_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_), no statistical profiler sampling every 10 ms.
-LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.profile.enabled": False}
+# Fewer wake-ups of the event loops that share each worker's GIL with its scan: the loop-latency tick every
+# 1 s instead of 20 ms, the memory monitor every 1 s instead of 100 ms (nothing is spilled or paused: no
+# memory limit). An idle 2-worker cluster then used 1.9% of a core instead of 8.6% (README, Dask).
+LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.profile.enabled": False,
+                       "distributed.admin.tick.interval": "1s", "distributed.worker.memory.monitor-interval": "1s"}
 
 _SEGMENTERS: dict[Any, Any] = {}  # EngineSpec -> segmenter of this worker process
 _BUILD_ERRORS: dict[Any, str] = {}  # EngineSpec -> one-line reason it could not be built here
