@@ -9,9 +9,10 @@ Each batch runs ``onfh-infer`` in a new process (mirroring on, the default; over
 into a fresh out_dir: ``executor=local workers=N`` and ``executor=dask workers=N``; scans per minute =
 scans / wall time of the whole command (start, imports, cluster start, all scans, run records), median of
 --repeats; the runs alternate (pool, Dask, pool, Dask, ...) and the Dask/pool ratio is also given for each
-back-to-back pair, so that a shared machine's drift does not pass for a difference. The two runs' measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on
-one scan in a new process, median of --single-repeats. Peak RSS: every process of the run is sampled
-every 0.1 s (psutil); the largest resident size of any worker process and of the main process.
+back-to-back pair, so that a shared machine's drift does not pass for a difference. The two runs'
+measurements.csv must be byte-identical (checked). Single scan: ``onfh-infer`` on one scan in a new process,
+median of --single-repeats. Peak RSS: every process of the run is sampled every 0.1 s (psutil); the largest
+resident size of any worker process and of the main process.
 Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions,
 then the median seconds per scan of each stage (``run_manifest.json`` ``stage_seconds``) in the last
 local-pool run and the last single-scan run, and the single scan's time outside the pipeline (start,

@@ -51,7 +51,7 @@ CONNECT_TIMEOUT_S = 20
 # OMP/MKL/OPENBLAS_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_), no statistical profiler sampling every 10 ms.
 # Fewer wake-ups of the event loops that share each worker's GIL with its scan: the loop-latency tick every
 # 1 s instead of 20 ms, the memory monitor every 1 s instead of 100 ms (nothing is spilled or paused: no
-# memory limit). An idle 2-worker cluster then used 1.9% of a core instead of 8.6% (README, Dask).
+# memory limit). An idle 2-worker cluster then used 1.9-2.7% of a core instead of 8.6% (README, Dask).
 LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.profile.enabled": False,
                        "distributed.admin.tick.interval": "1s", "distributed.worker.memory.monitor-interval": "1s"}
 
