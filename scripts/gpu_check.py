@@ -81,8 +81,10 @@ def make_cohort(n_scans: int, dest: Path) -> Path:
     """The bench cohort (scripts/bench_batch.py's) in ``dest``; returns a manifest of its first ``n_scans`` rows."""
     n_patients = max(1, math.ceil(n_scans / 3))
     if not (dest / "manifest.csv").is_file():
-        subprocess.run(cli("synth", f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024", "months=[0,3,16]"),
-                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        res = subprocess.run(cli("synth", f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024", "months=[0,3,16]"),
+                             check=False, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"onfh-synth failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
     with open(dest / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:n_scans]
     out = dest / f"first_{n_scans}.csv"
