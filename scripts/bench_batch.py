@@ -76,7 +76,9 @@ def machine() -> str:
 def make_cohort(n_scans: int, dest: Path) -> Path:
     """A synthetic cohort with at least ``n_scans`` images; returns its manifest."""
     n_patients = max(1, math.ceil(n_scans / 3))
-    cmd = [str(BIN / "onfh-synth"), f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024", "months=[0,3,16]"]
+    # python -m rather than the onfh-synth script: also runs from a source tree on PYTHONPATH (scripts/gpu_check.py)
+    cmd = [sys.executable, "-m", "onfh_seg.cli.synth", f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024",
+           "months=[0,3,16]"]
     res = subprocess.run(cmd, cwd=dest.parent, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"onfh-synth failed: {res.stderr.strip().splitlines()[-1:]}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import shutil
@@ -39,6 +38,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+# the bench cohort, made as bench_batch.py makes it
+from bench_batch import first_scans, make_cohort
+
 SETTINGS = (("cpu", "cpu", False), ("cuda", "cuda", False), ("cuda_tf32", "cuda", True))
 
 
@@ -71,54 +74,27 @@ def cuda_available(model_dir: Path) -> tuple[bool, str]:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, note
     try:
-        used = sessions(model_dir, "cuda", False, 1)[0].get_providers()[0]
+        used = segmenter(model_dir, "cuda", False, 1).provider
     except Exception as exc:  # noqa: BLE001
         return False, f"{note}; a CUDA session failed: {str(exc).splitlines()[0]}"
     return used == "CUDAExecutionProvider", f"{note}; a CUDA session runs on {used}"
 
 
-def make_cohort(n_scans: int, dest: Path) -> Path:
-    """The bench cohort (scripts/bench_batch.py's) in ``dest``; returns a manifest of its first ``n_scans`` rows."""
-    n_patients = max(1, math.ceil(n_scans / 3))
-    if not (dest / "manifest.csv").is_file():
-        res = subprocess.run(cli("synth", f"out_dir={dest}", f"n_patients={n_patients}", "seed=2024", "months=[0,3,16]"),
-                             check=False, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if res.returncode != 0:
-            raise SystemExit(f"onfh-synth failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
-    with open(dest / "manifest.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))[:n_scans]
-    out = dest / f"first_{n_scans}.csv"
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return out
+def segmenter(model_dir: Path, provider: str, tf32: bool, threads: int):
+    """The Segmenter onfh-infer would build (its ``coarse`` and ``fine`` sessions are timed here)."""
+    from onfh_seg.infer.engine import Segmenter
 
-
-def sessions(model_dir: Path, provider: str, tf32: bool, threads: int):
-    """(coarse, fine) ONNX Runtime sessions built as the Segmenter builds them."""
-    import onnxruntime as ort
-
-    from onfh_seg.infer.engine import with_provider_options
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    providers = with_provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda"
-                                      else ["CPUExecutionProvider"], tf32)
-    return tuple(ort.InferenceSession(str(model_dir / f), so, providers=providers) for f in ("coarse.onnx", "fine.onnx"))
+    return Segmenter(model_dir, provider=provider, threads=threads, cuda_tf32=tf32)
 
 
 def network_inputs(image_path: Path, model_dir: Path) -> dict[str, np.ndarray]:
     """The first scan's coarse-grid input and its first fine crop, as the Segmenter makes them."""
     from onfh_seg.geometry import covering_grid, crop_grid, resample
-    from onfh_seg.infer.engine import Segmenter
     from onfh_seg.io.nifti import load_nifti
     from onfh_seg.preprocess import normalise
 
     img = load_nifti(image_path)
-    seg = Segmenter(model_dir, provider="cpu", threads=0)
+    seg = segmenter(model_dir, "cpu", False, 0)
     x = normalise(np.asarray(img.dataobj, np.float32))
     c, f = seg.meta["coarse"], seg.meta["fine"]
     g_aff, g_shape = covering_grid(x.shape, img.affine, c["spacing_mm"], multiple=c["divisor"])
@@ -137,9 +113,9 @@ def time_networks(inputs: dict[str, np.ndarray], model_dir: Path, threads: int, 
         if provider == "cuda" and not cuda:
             out[name] = {"error": "CUDA provider not available"}
             continue
-        coarse, fine = sessions(model_dir, provider, tf32, threads)
-        row: dict[str, dict] = {"provider_used": fine.get_providers()[0],
-                                "provider_options": {k: dict(v) for k, v in fine.get_provider_options().items()}}
+        seg = segmenter(model_dir, provider, tf32, threads)
+        coarse, fine = seg.coarse, seg.fine
+        row: dict[str, dict] = {"provider_used": seg.provider, "provider_options": seg.provider_options}
         for net, sess in (("coarse", coarse), ("fine", fine)):
             x = inputs[net]
             for _ in range(3):
@@ -211,28 +187,27 @@ def end_to_end(manifest: Path, first_image: Path, work: Path, threads: int, cuda
     return out
 
 
+def table(results: dict, header: list[str], cells) -> list[str]:
+    """Markdown rows, one per setting: ``cells(result)`` after the setting's name, or its error."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, _, _ in SETTINGS:
+        r = results[name]
+        row = [r["error"]] + [""] * (len(header) - 2) if "error" in r else cells(r)
+        lines.append("| " + " | ".join(str(c) for c in [name, *row]) + " |")
+    return lines
+
+
 def markdown(info: dict, nets: dict, e2e: dict) -> str:
     """The report: machine, per-network table, end-to-end table, per-stage table."""
     lines = [f"Machine: {info['machine']}; GPU: {info['gpu']}; {info['ort']}; CPU threads {info['threads']}", ""]
-    lines += ["| setting | provider used | coarse ms | fine 96^3 ms | fine max abs prob diff vs CPU | fine argmax equal |",
-              "|---|---|---|---|---|---|"]
-    for name, _, _ in SETTINGS:
-        r = nets[name]
-        if "error" in r:
-            lines.append(f"| {name} | {r['error']} | | | | |")
-            continue
-        f = r["fine"]
-        lines.append(f"| {name} | {r['provider_used']} | {r['coarse']['median_ms']} | {f['median_ms']} | "
-                     f"{f.get('max_abs_prob_diff', '-')} | {f.get('argmax_equal_pct', '-')} |")
-    lines += ["", "| setting | cohort wall (s) | per scan (s) | single scan, new process (s) | measurements.csv vs CPU |",
-              "|---|---|---|---|---|"]
-    for name, _, _ in SETTINGS:
-        r = e2e[name]
-        if "error" in r:
-            lines.append(f"| {name} | {r['error']} | | | |")
-            continue
-        lines.append(f"| {name} | {r['wall_s']} ({r['scans']} scans) | {r['wall_per_scan_s']} | "
-                     f"{r['single_scan_wall_s']} | {r.get('measurements_vs_cpu', '-')} |")
+    lines += table(nets, ["setting", "provider used", "coarse ms", "fine 96^3 ms", "fine max abs prob diff vs CPU",
+                          "fine argmax equal"],
+                   lambda r: [r["provider_used"], r["coarse"]["median_ms"], r["fine"]["median_ms"],
+                              r["fine"].get("max_abs_prob_diff", "-"), r["fine"].get("argmax_equal_pct", "-")])
+    lines += [""] + table(e2e, ["setting", "cohort wall (s)", "per scan (s)", "single scan, new process (s)",
+                                "measurements.csv vs CPU"],
+                          lambda r: [f"{r['wall_s']} ({r['scans']} scans)", r["wall_per_scan_s"], r["single_scan_wall_s"],
+                                     r.get("measurements_vs_cpu", "-")])
     stages = sorted({k for r in e2e.values() for k in r.get("stage_median_s", {})})
     if stages:
         names = [n for n, _, _ in SETTINGS if "error" not in e2e[n]]
@@ -261,10 +236,12 @@ def main() -> None:
                        f"Python {platform.python_version()}", "gpu": gpu_name(), "ort": ort_note, "threads": threads}
     print(f"{info['gpu']}; {ort_note}", file=sys.stderr)
     t = time.perf_counter()
-    manifest = make_cohort(a.scans, work / "cohort")
+    cohort = work / "cohort"
+    cohort.mkdir(parents=True, exist_ok=True)
+    source = cohort / "manifest.csv" if (cohort / "manifest.csv").is_file() else make_cohort(a.scans, cohort)
+    manifest, images = first_scans(source, a.scans, work / f"first_{a.scans}.csv")
     print(f"cohort: {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    with open(manifest, newline="") as fh:
-        first = (manifest.parent / next(csv.DictReader(fh))["image"]).resolve()
+    first = images[0]
     nets = time_networks(network_inputs(first, model_dir), model_dir, threads, a.repeats, cuda)
     print("networks done", file=sys.stderr)
     e2e = end_to_end(manifest.resolve(), first, work, threads, cuda)
