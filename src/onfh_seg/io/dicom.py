@@ -204,19 +204,81 @@ def slice_directions(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_dir, col_dir, np.cross(row_dir, col_dir)
 
 
+def slice_name(ds: Dataset) -> str:
+    """How a message names one slice: its file name and InstanceNumber, e.g. ``IM0003.dcm (InstanceNumber 3)``."""
+    file_name = Path(str(getattr(ds, "filename", "") or "")).name
+    number = ds.get("InstanceNumber")
+    parts = [file_name] if file_name else []
+    if number not in (None, ""):
+        parts.append(f"(InstanceNumber {number})")
+    return " ".join(parts) or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
+
+
+# Tags every slice of a series must share exactly: pixel format, rescale and identity (a slice of another
+# patient, study or frame of reference, or one whose values are scaled or stored differently, is refused).
+SAME_VALUE_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "PhotometricInterpretation",
+)
+RESCALE_DEFAULTS: dict[str, float] = {"RescaleSlope": 1.0, "RescaleIntercept": 0.0}
+
+
+def _tag_text(ds: Dataset, keyword: str) -> str:
+    """A tag's value as text for comparisons and messages ("absent" when missing)."""
+    if keyword not in ds:
+        return "absent"
+    value = ds.get(keyword)
+    return "empty" if value in (None, "") else str(value)
+
+
+def check_pixel_spacing(ds: Dataset) -> np.ndarray:
+    """PixelSpacing of one slice: two finite values > 0 mm, else DicomError naming the slice."""
+    spacing = _vector(ds, "PixelSpacing", 2)
+    if np.any(spacing <= 0.0):
+        values = " \\ ".join(f"{v:g}" for v in spacing)
+        raise DicomError(f"invalid PixelSpacing {values} in slice {slice_name(ds)}: spacing must be positive")
+    return spacing
+
+
+def rescale_of(ds: Dataset) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of one slice (1, 0 when absent); DicomError if unusable."""
+    values = []
+    for keyword, default in RESCALE_DEFAULTS.items():
+        raw = ds.get(keyword)
+        value = default if raw in (None, "") else _float_or_none(raw)
+        if value is None or not np.isfinite(value):
+            raise DicomError(f"invalid {keyword} {raw!r} in slice {slice_name(ds)}")
+        values.append(float(value))
+    if values[0] <= 0.0:
+        raise DicomError(f"invalid RescaleSlope {values[0]:g} in slice {slice_name(ds)}: slope must be positive")
+    return values[0], values[1]
+
+
 def _check_same_geometry(headers: Sequence[Dataset]) -> None:
-    """DicomError unless all slices share orientation, pixel spacing and matrix."""
+    """DicomError (one line naming the tag and the slice) unless all slices share orientation, positive pixel
+    spacing, matrix, pixel format, rescale, patient, study and frame of reference."""
     first = headers[0]
     iop0 = _vector(first, "ImageOrientationPatient", 6)
-    ps0 = _vector(first, "PixelSpacing", 2)
-    shape0 = (first.get("Rows"), first.get("Columns"))
+    ps0 = check_pixel_spacing(first)
+    rescale0 = rescale_of(first)
+    same0 = {key: _tag_text(first, key) for key in SAME_VALUE_KEYWORDS}
     for ds in headers[1:]:
+        where = f"slice {slice_name(ds)} differs from slice {slice_name(first)}"
         if np.max(np.abs(_vector(ds, "ImageOrientationPatient", 6) - iop0)) > ORIENTATION_TOLERANCE:
-            raise DicomError("mixed geometry: different ImageOrientationPatient within the series")
-        if np.max(np.abs(_vector(ds, "PixelSpacing", 2) - ps0)) > SPACING_TOLERANCE:
-            raise DicomError("mixed geometry: different PixelSpacing within the series")
-        if (ds.get("Rows"), ds.get("Columns")) != shape0:
-            raise DicomError("mixed geometry: different image matrix (Rows/Columns) within the series")
+            raise DicomError(f"mixed geometry: different ImageOrientationPatient within the series ({where})")
+        if np.max(np.abs(check_pixel_spacing(ds) - ps0)) > SPACING_TOLERANCE:
+            raise DicomError(f"mixed geometry: different PixelSpacing within the series ({where})")
+        for key, value0 in same0.items():
+            value = _tag_text(ds, key)
+            if value != value0:
+                what = "image matrix (Rows/Columns)" if key in ("Rows", "Columns") else key
+                raise DicomError(f"inconsistent slices: different {what} within the series ({key} {value} in {where}, "
+                                 f"which has {value0})")
+        rescale = rescale_of(ds)
+        for key, value, value0 in zip(RESCALE_DEFAULTS, rescale, rescale0):
+            if value != value0:
+                raise DicomError(f"inconsistent slices: different {key} within the series ({key} {value:g} in {where}, "
+                                 f"which has {value0:g})")
 
 
 def sort_slices(headers: Sequence[Dataset]) -> list[Dataset]:
@@ -266,7 +328,7 @@ def _check_slice_positions(positions: np.ndarray, normal: np.ndarray) -> None:
 def series_affine(sorted_headers: Sequence[Dataset]) -> np.ndarray:
     """RAS+ affine of the volume built from ``sorted_headers`` (see module docstring)."""
     row_dir, col_dir, normal = slice_directions(sorted_headers[0])
-    row_spacing, col_spacing = _vector(sorted_headers[0], "PixelSpacing", 2)
+    row_spacing, col_spacing = check_pixel_spacing(sorted_headers[0])
     first = _vector(sorted_headers[0], "ImagePositionPatient", 3)
     last = _vector(sorted_headers[-1], "ImagePositionPatient", 3)
     slice_spacing = float(np.dot(last - first, normal)) / (len(sorted_headers) - 1)
@@ -320,9 +382,8 @@ def _read_pixels(path: Path) -> tuple[np.ndarray, float, float]:
         ) from None
     if pixels.shape != (int(ds.Rows), int(ds.Columns)):
         raise DicomError(f"{path.name}: pixel array shape {pixels.shape} does not match Rows/Columns")
-    slope = _float_or_none(ds.get("RescaleSlope"))
-    intercept = _float_or_none(ds.get("RescaleIntercept"))
-    return pixels, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept
+    slope, intercept = rescale_of(ds)
+    return pixels, slope, intercept
 
 
 def _stack_slices(slices: Sequence[tuple[np.ndarray, float, float]]) -> np.ndarray:

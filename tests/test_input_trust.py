@@ -1,0 +1,112 @@
+"""Issue 24: never measure the wrong side, the wrong patient or a corrupted image; never drop a row.
+
+The phantom, the stand-in segmenter and the DICOM writer come from ``test_reliability_io`` (a tiny two-hip
+"pelvis" with a lesion in the right head only). Each case here failed before the fix it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from test_reliability_io import CFG, SHAPE, ThresholdSegmenter, run_one, write_phantom_dicom
+
+from onfh_seg.infer.inputs import expand_input
+from onfh_seg.infer.pipeline import process_scan
+
+
+@pytest.fixture(scope="module")
+def hip_series(tmp_path_factory) -> Path:
+    """The phantom as a DICOM series (one file per slice, IM0000.dcm ...)."""
+    folder = tmp_path_factory.mktemp("trust_dicom") / "study"
+    write_phantom_dicom(folder)
+    return folder
+
+
+def edit_slices(src: Path, dst: Path, edit: Callable[[pydicom.Dataset, int], None],
+                only: int | None = None) -> Path:
+    """A copy of the series ``src`` in ``dst`` with ``edit(ds, k)`` applied to every slice (or slice ``only``)."""
+    shutil.copytree(src, dst)
+    for k, path in enumerate(sorted(dst.glob("IM*.dcm"))):
+        if only is None or k == only:
+            ds = pydicom.dcmread(path)
+            edit(ds, k)
+            ds.save_as(path)
+    return dst
+
+
+def assert_refused(meas: dict, out: Path, *words: str) -> None:
+    """Status error, a one-line message naming every word, and no image, SEG or SR output left."""
+    assert meas["status"] == "error", meas.get("hips")
+    assert "\n" not in meas["error"] and all(w in meas["error"] for w in words), meas["error"]
+    name = meas["name"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(name) and not p.name.endswith(".json")]
+
+
+# ---------------------------------------------------------------- (a) negative or zero PixelSpacing
+
+
+@pytest.mark.parametrize("spacing", [[-4.0, -4.0], [0.0, 4.0], [4.0, -4.0]])
+def test_non_positive_pixel_spacing_is_refused(hip_series: Path, tmp_path: Path, spacing: list[float]) -> None:
+    """PixelSpacing [-1, -1] mirrored the image: the right lesion was reported on the left (SEG and SR written)."""
+
+    def set_spacing(ds: pydicom.Dataset, k: int) -> None:
+        ds.PixelSpacing = spacing
+
+    study = edit_slices(hip_series, tmp_path / "study", set_spacing)
+    _, meas = run_one(study, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", "PixelSpacing", "IM0000.dcm", "must be positive")
+
+
+# ---------------------------------------------------------------- (b) per-slice inconsistencies
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("RescaleSlope", 2.0), ("RescaleIntercept", 500.0), ("BitsStored", 8), ("HighBit", 7),
+     ("PixelRepresentation", 0), ("PatientID", "OTHER"), ("StudyInstanceUID", "1.2.3.999"),
+     ("FrameOfReferenceUID", "1.2.3.998"), ("PixelSpacing", [4.4, 4.0]),
+     ("ImageOrientationPatient", [1, 0, 0, 0, 0.996, 0.0872])],
+)
+def test_one_inconsistent_slice_is_refused(hip_series: Path, tmp_path: Path, keyword: str, value: Any) -> None:
+    """RescaleSlope 2 on one slice gave a healthy hip a false lesion; BitsStored 8 cut head volumes by 25 %."""
+
+    def set_tag(ds: pydicom.Dataset, k: int) -> None:
+        setattr(ds, keyword, value)
+        if keyword == "RescaleSlope":
+            ds.RescaleIntercept = 0
+        if keyword == "RescaleIntercept":
+            ds.RescaleSlope = 1
+
+    study = edit_slices(hip_series, tmp_path / "study", set_tag, only=12)
+    _, meas = run_one(study, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", keyword, "IM0012.dcm", "(InstanceNumber 13)")
+
+
+@pytest.mark.parametrize("slope", [0.0, -1.0, "nan"])
+def test_unusable_rescale_slope_is_refused(hip_series: Path, tmp_path: Path, slope: Any) -> None:
+    def set_slope(ds: pydicom.Dataset, k: int) -> None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+
+    study = edit_slices(hip_series, tmp_path / "study", set_slope)
+    _, meas = run_one(study, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", "RescaleSlope", "IM0000.dcm")
+
+
+def test_same_rescale_on_every_slice_is_measured(hip_series: Path, tmp_path: Path) -> None:
+    """A header change that describes the data consistently is not refused (the stand-in is scale-invariant)."""
+
+    def set_slope(ds: pydicom.Dataset, k: int) -> None:
+        ds.RescaleSlope, ds.RescaleIntercept = 2, 10
+
+    study = edit_slices(hip_series, tmp_path / "study", set_slope)
+    result, meas = run_one(study, tmp_path / "out")
+    assert result["status"] == "ok", result["error"]
+    assert [h["side"] for h in meas["hips"]] == ["right", "left"] and meas["qc_flags"] == []
