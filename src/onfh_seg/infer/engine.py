@@ -17,11 +17,13 @@ import numpy as np
 from onfh_seg.geometry import covering_grid, crop_grid, resample
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
+from onfh_seg.infer.search import SEPARATION_MM, far_from, partner_candidates, sphere_candidates
 from onfh_seg.preprocess import normalise
 
 log = logging.getLogger("onfh_seg.engine")
 
 MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
+MAX_SEARCH = 16  # fine-network judgements the head search may spend when the coarse stage finds fewer than two
 # Crop voxels whose background probability is at most this may hold a non-background class; elsewhere the
 # input-grid labels are background whatever the other classes' values (see ``probs_on_grid``).
 FOREGROUND_P0 = 0.6
@@ -35,6 +37,8 @@ class SegResult:
     mean_confidence: float
     head_centres_ras: list[np.ndarray]
     timings: dict[str, float] = field(default_factory=dict)
+    # the head search's record: candidates judged by the fine network and heads it added (``infer.search``)
+    search: dict[str, int] = field(default_factory=dict)
 
 
 def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
@@ -268,11 +272,19 @@ class Segmenter:
         self._clock["resample_s"] += time.perf_counter() - t
         return out
 
-    def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
-        """Head centres (RAS mm) from the coarse stage."""
+    def coarse_grid(self, x: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised image on the coarse stage's RAS grid, and that grid's affine."""
         c = self.meta["coarse"]
         g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
-        xc = self._resample(x, affine, g_aff, g_shape, order=1)
+        return self._resample(x, affine, g_aff, g_shape, order=1), g_aff
+
+    def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
+        """Head centres (RAS mm) from the coarse stage."""
+        return self._locate(*self.coarse_grid(x, affine))
+
+    def _locate(self, xc: np.ndarray, g_aff: np.ndarray) -> list[np.ndarray]:
+        """Head centres (RAS mm) from the coarse network on the coarse grid."""
+        c = self.meta["coarse"]
         # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
         lab = probs.argmax(0).astype(np.uint8)
@@ -304,32 +316,72 @@ class Segmenter:
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
 
+    def _confirm(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple | None:
+        """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
+        ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head."""
+        probs, lab, f_aff, f_shape = self._fine(x, affine, centre)
+        if not self.fast:  # re-centre once if the fine head centre is far from the coarse one
+            head = np.isin(lab, (1, 2, 3))
+            if head.sum() > 0:
+                c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
+                if np.linalg.norm(c2 - centre) > 6.0:
+                    probs, lab, f_aff, f_shape = self._fine(x, affine, c2)
+        head = np.isin(lab, (1, 2, 3))
+        head_ml = head.sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
+        if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
+            return None
+        fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
+        return fine_centre, probs, lab, f_aff, f_shape
+
+    def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray,
+                confirmed: list[tuple]) -> int:
+        """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
+        candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; appends to
+        ``confirmed`` and returns the number of candidates judged."""
+        judged = 0
+        known = [r[0] for r in confirmed]
+        queue = (partner_candidates(known[0], x.shape, affine) if len(known) == 1
+                 else sphere_candidates(xc, g_aff, known))
+        while queue and len(confirmed) < 2 and judged < MAX_SEARCH:
+            centre = queue.pop(0)
+            if not far_from(centre, known):
+                continue
+            judged += 1
+            r = self._confirm(x, affine, centre)
+            if r is None or not far_from(r[0], known, 2 * SEPARATION_MM):
+                continue
+            confirmed.append(r)
+            known.append(r[0])
+            if len(confirmed) == 1:  # one head found: now look where its partner can be
+                queue = partner_candidates(r[0], x.shape, affine) + queue
+        return judged
+
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
         """Segment one scan (any orientation); labels come back on the input grid."""
         t = {"start": time.perf_counter()}
         self._clock = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
         x = normalise(image)
         self._clock["normalise_s"] = time.perf_counter() - t["start"]
-        centres = self.locate_heads(x, affine)
+        xc, g_aff = self.coarse_grid(x, affine)
+        centres = self._locate(xc, g_aff)
         if len(centres) == 1 and not self.fast:
             centres += self.mirror_candidate(image, affine, centres[0])
         t["coarse"] = time.perf_counter()
+        confirmed: list[tuple] = []
+        for centre in centres:
+            r = self._confirm(x, affine, centre)
+            if r is not None and far_from(r[0], [c[0] for c in confirmed], 2 * SEPARATION_MM):
+                confirmed.append(r)
+        n_coarse = len(confirmed)
+        t["confirm"] = time.perf_counter()
+        judged = self._search(x, affine, xc, g_aff, confirmed) if len(confirmed) < 2 else 0
+        t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
         conf_sum, conf_n = 0.0, 0
         inv = np.linalg.inv(affine)
         found: list[np.ndarray] = []
-        for centre in centres:
-            probs, lab, f_aff, f_shape = self._fine(x, affine, centre)
-            if not self.fast:  # re-centre once if the fine head centre is far from the coarse one
-                head = np.isin(lab, (1, 2, 3))
-                if head.sum() > 0:
-                    c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-                    if np.linalg.norm(c2 - centre) > 6.0:
-                        probs, lab, f_aff, f_shape = self._fine(x, affine, c2)
-            head_ml = np.isin(lab, (1, 2, 3)).sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
-            if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
-                continue
+        for centre, probs, lab, f_aff, f_shape in confirmed:
             found.append(centre)
             fg = lab > 0
             if fg.any():
@@ -355,7 +407,11 @@ class Segmenter:
         t["fine"] = time.perf_counter()
         labels = clean_labels(labels, affine)
         t["post"] = time.perf_counter()
-        # coarse_s + fine_s + post_s = the whole call; normalise_s, resample_s and networks_s (ONNX Runtime) are parts of it
-        timings = {"coarse_s": t["coarse"] - t["start"], "fine_s": t["fine"] - t["coarse"], "post_s": t["post"] - t["fine"],
+        # coarse_s + search_s + fine_s + post_s = the whole call; normalise_s, resample_s and networks_s
+        # (ONNX Runtime) are parts of it
+        timings = {"coarse_s": t["coarse"] - t["start"], "search_s": t["search"] - t["confirm"],
+                   "fine_s": (t["confirm"] - t["coarse"]) + (t["fine"] - t["search"]), "post_s": t["post"] - t["fine"],
                    **self._clock}
-        return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, found, {k: round(v, 3) for k, v in timings.items()})
+        search = {"candidates_judged": judged, "heads_added": len(confirmed) - n_coarse}
+        return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, found, {k: round(v, 3) for k, v in timings.items()},
+                         search)

@@ -403,6 +403,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         confidence = float(result.mean_confidence)
         timings["segment"] = time.perf_counter() - t
         timings["engine"] = dict(getattr(result, "timings", {}) or {})
+        meas["head_search"] = dict(getattr(result, "search", {}) or {})  # heads the coarse stage missed (infer.search)
 
         t = time.perf_counter()
         lo, hi = setting(cfg, "qc.head_ml_range")

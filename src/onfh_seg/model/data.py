@@ -24,6 +24,7 @@ from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
+from onfh_seg.synth.randomise import chemical_shift, random_contrast, render_random, slab_mask
 
 
 def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:
@@ -225,9 +226,14 @@ class RandomisedPatchDataset(Dataset):
     """Domain-randomised patches from tissue maps: a new random contrast, resolution, bias, noise and
     orientation for every sample (SynthSeg-style); sample ``i`` of epoch ``e`` is a pure function of (seed, e, i)."""
 
-    def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1):
+    def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
+                 spacing_mm: float = 1.0, acquisitions: dict | None = None):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.acquisition, self.spatial = build_dr_augment()
+        self.spacing_mm = float(spacing_mm)
+        # shares of samples drawn as: gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``),
+        # a thin oblique slab with a limited field of view (``slab``); absent or 0: not drawn (older runs unchanged)
+        self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -236,14 +242,16 @@ class RandomisedPatchDataset(Dataset):
     def __getitem__(self, i: int):
         import torchio as tio
 
-        from onfh_seg.synth.randomise import render_random
-
         rng = np.random.default_rng([self.seed, self.epoch, i, 7])
         tis, lab = self.items[int(rng.integers(len(self.items)))]
         size = tuple(p * self.pool for p in self.patch)
         centre = sample_centre(rng, lab, size, self.fg_prob)
         t, y = extract_patch(tis, lab, centre, size)
-        x = render_random(t.astype(np.uint8), y, rng)
+        t = t.astype(np.uint8)
+        post = self.acq.get("post_contrast", 0.0)
+        x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
+        if self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:
+            x = chemical_shift(x, t, rng)
         if self.pool > 1:  # render finer than the network grid (partial volume), then average down
             p = self.pool
             x = x.reshape(self.patch[0], p, self.patch[1], p, self.patch[2], p).mean(axis=(1, 3, 5))
@@ -253,6 +261,10 @@ class RandomisedPatchDataset(Dataset):
                         label=tio.LabelMap(tensor=torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))[None]))
         s = self.acquisition(s)
         noisy = rician(s["image"].data[0].numpy().astype(np.float32), rng)
+        if self.acq.get("slab", 0.0) > 0 and rng.uniform() < self.acq["slab"]:  # no signal outside the slab
+            inside = slab_mask(self.patch, self.spacing_mm, rng)
+            noisy = noisy * inside
+            s["label"].set_data(s["label"].data * torch.from_numpy(inside)[None])
         s["image"].set_data(torch.from_numpy(noisy)[None])
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
@@ -341,9 +353,12 @@ class SegDataModule(pl.LightningDataModule):
             out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else ""))
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
-        self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool)
+        acq = r.get("acquisitions") or None
+        self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool,
+                                               spacing_mm=c["spacing"], acquisitions=acq)
         val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
-                                        int(r.get("val_samples", 16)), 1.0, int(r["val"]["seed"]), pool=pool)
+                                        int(r.get("val_samples", 16)), float(r.get("val_fg", 1.0)), int(r["val"]["seed"]),
+                                        pool=pool, spacing_mm=c["spacing"], acquisitions=acq)
         fixed = [val_ds[i] for i in range(len(val_ds))]  # rendered once: the same crops at every validation
         self.val_ds = VolumeDataset([(x[0].numpy(), y[0].numpy().astype(np.uint8)) for x, y in fixed], None)
 

@@ -1,0 +1,100 @@
+"""A second way to find femoral heads, for when the coarse stage confirms fewer than two.
+
+The coarse network can miss heads on acquisitions it has not seen (thin oblique
+slabs, gradient echo near opposed phase, heads at the edge of the field of view).
+This module proposes *candidate centres* from the image alone; the fine network
+stays the judge (``engine.Segmenter`` runs it on each candidate in turn):
+
+* ``partner_candidates``: one head found, so the other lies about one
+  intercapital distance (150-230 mm) away in x at a similar height and depth;
+  a lattice there, nearest to the mirror position first;
+* ``sphere_candidates``: no head found: a gradient Hough transform for spheres
+  of femoral-head radius (20-28 mm) on the coarse grid, either contrast
+  polarity, local maxima strongest first.
+
+numpy/scipy only (the inference image has no torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+INTERCAPITAL_MM = (150.0, 230.0)  # centre-to-centre distance of the two femoral heads in adults
+HEAD_RADII_MM = (20.0, 24.0, 28.0)
+LATTICE_MM = 35.0  # candidate spacing: a 105 mm fine crop then holds any 56 mm head whole from some candidate
+SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
+
+
+def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
+    """Whether a world point lies within the image's field of view, or at most ``margin_mm`` outside it."""
+    ijk = np.linalg.inv(affine) @ np.append(np.asarray(centre, float), 1.0)
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    lo = -margin_mm / spacing
+    hi = np.asarray(shape[:3]) - 1 + margin_mm / spacing
+    return bool(np.all(ijk[:3] >= lo) and np.all(ijk[:3] <= hi))
+
+
+def far_from(centre: np.ndarray, known: list[np.ndarray], distance_mm: float = SEPARATION_MM) -> bool:
+    """Whether ``centre`` is at least ``distance_mm`` from every known head centre."""
+    return all(np.linalg.norm(np.asarray(centre) - np.asarray(k)) >= distance_mm for k in known)
+
+
+def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray,
+                       max_n: int = 12) -> list[np.ndarray]:
+    """Where the other femoral head can be, given one head: both sides in x, nearest to the mirror first."""
+    found = np.asarray(found, float)
+    steps = (-LATTICE_MM, 0.0, LATTICE_MM)
+    dxs = np.arange(INTERCAPITAL_MM[0], INTERCAPITAL_MM[1] + 1e-6, LATTICE_MM)
+    mid = float(np.mean(INTERCAPITAL_MM))
+    cands = [found + np.array([s * dx, dy, dz]) for s in (-1.0, 1.0) for dx in dxs for dy in steps for dz in steps]
+    cands = [c for c in cands if inside_fov(c, shape, affine, margin_mm=15.0)]
+    cands.sort(key=lambda c: float(np.hypot(abs(c[0] - found[0]) - mid, np.linalg.norm(c[1:] - found[1:]))))
+    return cands[:max_n]
+
+
+def sphere_votes(x: np.ndarray, spacing_mm: float, radii_mm: tuple[float, ...] = HEAD_RADII_MM) -> np.ndarray:
+    """Gradient Hough accumulator for spheres of the given radii (voxel grid of ``x``, isotropic spacing).
+
+    Each strong-edge voxel votes at the points one radius away along and against its
+    gradient, weighted by the gradient magnitude, so bright-in-dark and dark-in-bright
+    balls both peak at their centres.
+    """
+    xs = ndimage.gaussian_filter(np.asarray(x, np.float32), 1.0)
+    g = np.stack(np.gradient(xs))
+    mag = np.sqrt((g * g).sum(0))
+    body = xs > 0.05
+    if not body.any():
+        return np.zeros(x.shape, np.float32)
+    strong = body & (mag >= np.percentile(mag[body], 80))
+    idx = np.argwhere(strong).astype(np.float32)
+    w = mag[strong]
+    d = g[:, strong].T / np.maximum(w[:, None], 1e-6)
+    acc = np.zeros(x.shape, np.float32)
+    shape = np.array(x.shape)
+    for r in radii_mm:
+        for sign in (-1.0, 1.0):
+            p = np.rint(idx + sign * (r / spacing_mm) * d).astype(int)
+            ok = np.all((p >= 0) & (p < shape), axis=1)
+            np.add.at(acc, tuple(p[ok].T), w[ok])
+    return ndimage.gaussian_filter(acc, 1.0)
+
+
+def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray], max_n: int = 8) -> list[np.ndarray]:
+    """Centres (RAS mm) of the strongest head-sized spheres in ``x`` (an RAS grid), away from known heads."""
+    spacing = float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
+    acc = sphere_votes(x, spacing)
+    if not acc.any():
+        return []
+    size = max(3, int(round(SEPARATION_MM / spacing)) | 1)
+    peaks = (acc == ndimage.maximum_filter(acc, size=size)) & (acc > 0.2 * acc.max())
+    ijk = np.argwhere(peaks)
+    ijk = ijk[np.argsort(-acc[peaks], kind="stable")]
+    out: list[np.ndarray] = []
+    for v in ijk:
+        c = affine[:3, :3] @ v + affine[:3, 3]
+        if far_from(c, known + out):
+            out.append(c)
+        if len(out) >= max_n:
+            break
+    return out
