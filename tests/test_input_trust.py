@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from test_reliability_io import CFG, SHAPE, ThresholdSegmenter, run_one, write_phantom_dicom
 
@@ -110,3 +111,49 @@ def test_same_rescale_on_every_slice_is_measured(hip_series: Path, tmp_path: Pat
     result, meas = run_one(study, tmp_path / "out")
     assert result["status"] == "ok", result["error"]
     assert [h["side"] for h in meas["hips"]] == ["right", "left"] and meas["qc_flags"] == []
+
+
+# ---------------------------------------------------------------- (c) one patient, one study, one row
+
+
+def another_series(src: Path, dst: Path, **tags: Any) -> Path:
+    """A copy of the series ``src`` as a new series (new UIDs) with ``tags`` set on every slice."""
+    series_uid = generate_uid()
+
+    def retag(ds: pydicom.Dataset, k: int) -> None:
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber = 7
+        for key, value in tags.items():
+            setattr(ds, key, value)
+
+    return edit_slices(src, dst, retag)
+
+
+@pytest.mark.parametrize(("tags", "words"), [
+    ({"PatientID": "P002"}, ("2 patients", "PatientID 'P001' in IM0000.dcm", "'P002' in IM0000.dcm")),
+    ({"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}, ("2 studies", "StudyInstanceUID", "1.2.826.0.1.3680043.8.498.1")),
+])
+def test_folder_with_two_patients_or_studies_is_refused(hip_series: Path, tmp_path: Path, tags: dict,
+                                                        words: tuple[str, ...]) -> None:
+    """A second patient's series in the study folder: one of them was measured, 'ranked lower' the only trace."""
+    study = tmp_path / "study"
+    shutil.copytree(hip_series, study / "a")
+    another_series(hip_series, study / "b", **tags)
+    [job] = expand_input(study)
+    assert job.error is not None and all(w in job.error for w in words), job.error
+    _, meas = run_one(study, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", *words)
+
+
+def test_manifest_row_of_another_patient_is_refused(hip_series: Path, tmp_path: Path) -> None:
+    """A manifest row whose DICOM PatientID differs from its patient_id: refused, the matching row is measured."""
+    shutil.copytree(hip_series, tmp_path / "p1")
+    another_series(hip_series, tmp_path / "p2", PatientID="P002")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("patient_id,timepoint,months,image\nP001,m0,0,p1\nP001,m6,6,p2\n")
+    jobs = expand_input(manifest)
+    assert jobs[0].error is None, jobs[0].error
+    assert "manifest patient_id 'P001' does not match the DICOM PatientID 'P002'" in jobs[1].error
+    result = process_scan(jobs[1], tmp_path / "out", ThresholdSegmenter(), CFG)
+    assert result["status"] == "error" and result["rows"] == []

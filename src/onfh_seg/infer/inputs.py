@@ -195,20 +195,30 @@ def _exclusion(folder: Path, out_dir: Path | None) -> Path | None:
     return out_dir
 
 
-def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None) -> ScanJob:
+def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None,
+              patient_id: str | None = None) -> ScanJob:
     """One job for a DICOM study folder: choose the T1 series now (headers only).
 
-    A folder without a usable T1 series still becomes a job (named after the
-    folder) that fails with the one-line reason.
+    A folder without a usable T1 series, holding more than one patient or
+    study, or (``patient_id``: a manifest row's) of another patient still
+    becomes a job (named after the folder) that fails with the one-line reason.
     """
-    from onfh_seg.io.dicom import DicomError, find_series, series_identifiers
+    from onfh_seg.io.dicom import (
+        DicomError,
+        check_manifest_patient,
+        check_one_patient,
+        find_series,
+        series_identifiers,
+    )
     from onfh_seg.io.dicom_select import select_t1_series
 
     try:
         series = find_series(folder, exclude=exclude)
         if not series:
             raise DicomError(f"no DICOM image series found in {folder}")
+        check_one_patient(series, folder)
         chosen, reason = select_t1_series(series, rules)
+        check_manifest_patient(chosen, patient_id)
     except DicomError as exc:
         name = sanitise(folder.resolve().name) or "dicom"
         return ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])
@@ -252,7 +262,7 @@ def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = No
             labels = Path(label_ref) if Path(label_ref).is_absolute() else manifest.parent / label_ref
         meta = {k: row[k] for k in MANIFEST_KEEP if row.get(k) not in (None, "")}
         if path.is_dir():
-            job = dicom_job(path, ref, rules, exclude=_exclusion(path, out_dir))
+            job = dicom_job(path, ref, rules, exclude=_exclusion(path, out_dir), patient_id=row.get("patient_id"))
         else:
             job = ScanJob("nifti", path, scan_stem(path), ref)
         if is_tool_output(path):

@@ -414,6 +414,39 @@ def load_series(series: SeriesInfo) -> nib.Nifti1Image:
 IDENTIFIER_KEYWORDS: tuple[str, ...] = ("PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate")
 
 
+def _values_of(series: Sequence[SeriesInfo], keyword: str) -> dict[str, Dataset]:
+    """The distinct values of ``keyword`` over every instance of ``series``, each with the first slice that has it."""
+    found: dict[str, Dataset] = {}
+    for s in series:
+        for ds in s.headers:
+            found.setdefault(str(ds.get(keyword, "") or ""), ds)
+    return found
+
+
+def check_one_patient(series: Sequence[SeriesInfo], folder: str | Path) -> None:
+    """DicomError unless every image instance under ``folder`` belongs to one patient and one study.
+
+    A folder holding two patients (PatientID) or two studies (StudyInstanceUID) is refused, naming each
+    identifier and a slice that has it: the tool never picks one of them by ranking.
+    """
+    name = Path(folder).name or str(folder)
+    for keyword, what, advice in (("PatientID", "patients", "one patient's study"), ("StudyInstanceUID", "studies", "one study")):
+        values = _values_of(series, keyword)
+        if len(values) > 1:
+            listed = ", ".join(f"{v!r} in {slice_name(ds)}" for v, ds in values.items())
+            raise DicomError(f"folder {name} holds {len(values)} {what} ({keyword} {listed}): "
+                             f"give {advice} per folder or manifest row")
+
+
+def check_manifest_patient(series: SeriesInfo, patient_id: str | None) -> None:
+    """DicomError when a manifest row's ``patient_id`` differs from the PatientID of its DICOM series."""
+    dicom_id = str(series.headers[0].get("PatientID", "") or "").strip() if series.headers else ""
+    wanted = str(patient_id or "").strip()
+    if wanted and dicom_id and wanted != dicom_id:
+        raise DicomError(f"manifest patient_id {wanted!r} does not match the DICOM PatientID {dicom_id!r} of "
+                         f"series {series.label()}: wrong folder on this row?")
+
+
 def series_identifiers(series: SeriesInfo) -> dict[str, str]:
     """The only patient/study attributes that may be copied into outputs."""
     ds = series.headers[0]
