@@ -17,10 +17,18 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from test_reliability_io import CFG, SHAPE, ThresholdSegmenter, run_one, write_phantom_dicom
+from conftest import read_csv
+from test_reliability_io import CFG, SHAPE, ThresholdSegmenter, run_one, write_phantom_dicom, write_phantom_nifti
 
+from onfh_seg.batch import run_batch
 from onfh_seg.infer.inputs import expand_input
 from onfh_seg.infer.pipeline import process_scan
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory) -> Path:
+    """The phantom as a NIfTI file (sform = qform)."""
+    return write_phantom_nifti(tmp_path_factory.mktemp("trust_nifti") / "hip.nii")
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +165,37 @@ def test_manifest_row_of_another_patient_is_refused(hip_series: Path, tmp_path: 
     assert "manifest patient_id 'P001' does not match the DICOM PatientID 'P002'" in jobs[1].error
     result = process_scan(jobs[1], tmp_path / "out", ThresholdSegmenter(), CFG)
     assert result["status"] == "error" and result["rows"] == []
+
+
+# ---------------------------------------------------------------- (d) nothing dropped
+
+
+def test_second_run_keeps_the_first_runs_rows(phantom_file: Path, tmp_path: Path) -> None:
+    """A second run into the same out_dir rewrote measurements.csv with only its own scans."""
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for folder, names in ((first, ("a.nii", "b.nii")), (second, ("c.nii",))):
+        folder.mkdir()
+        for name in names:
+            shutil.copy(phantom_file, folder / name)
+    (first / "bad.nii").write_bytes(b"not a nifti")
+    cfg = {"out_dir": str(out), "workers": 1, "overlay": False}
+    for folder in (first, second):
+        run_batch({**cfg, "input": str(folder)}, segmenter_factory=lambda threads: ThresholdSegmenter())
+    _, rows = read_csv(out / "measurements.csv")
+    assert sorted({r["scan"] for r in rows}) == ["a", "b", "c"]
+    assert [r["side"] for r in rows if r["scan"] == "a"] == ["right", "left"]
+    _, errors = read_csv(out / "errors.csv")
+    assert [e["scan"] for e in errors] == ["bad"] and "not a NIfTI file" in errors[0]["error"]
+
+
+def test_manifest_values_of_earlier_runs_are_kept(phantom_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for pid, name in (("P001", "a.nii"), ("P002", "b.nii")):
+        shutil.copy(phantom_file, tmp_path / name)
+        manifest = tmp_path / f"{pid}.csv"
+        manifest.write_text(f"patient_id,timepoint,months,image\n{pid},m6,6,{name}\n")
+        run_batch({"input": str(manifest), "out_dir": str(out), "workers": 1, "overlay": False},
+                  segmenter_factory=lambda threads: ThresholdSegmenter())
+    cols, rows = read_csv(out / "measurements.csv")
+    assert cols[:5] == ["scan", "image", "patient_id", "timepoint", "months"]
+    assert {(r["scan"], r["patient_id"], r["months"]) for r in rows} == {("a", "P001", "6.0"), ("b", "P002", "6.0")}

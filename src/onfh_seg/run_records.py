@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onfh_seg.infer.pipeline import row_sort_key, software_versions
+from onfh_seg.infer.pipeline import row_sort_key, rows_from_measurements, software_versions
 from onfh_seg.io.manifest import write_manifest
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.nifti import atomic_write_text, read_json_dict
 from onfh_seg.measure import CSV_COLUMNS
 
 if TYPE_CHECKING:
@@ -35,11 +35,39 @@ def _number(text: Any) -> Any:
         return text
 
 
+def earlier_scans(out_dir: Path, names: set[str]) -> list[dict]:
+    """Measurements JSONs in ``out_dir`` of scans not in ``names`` (made by earlier runs), sorted by name.
+
+    Only a file named after the scan it records counts (``<name>_measurements.json``), so a copy under
+    another name is never a second scan.
+    """
+    found = []
+    for path in sorted(out_dir.glob("*_measurements.json")):
+        meas = read_json_dict(path)
+        name = meas.get("name") if meas is not None else None
+        if isinstance(name, str) and name not in names and path.name == f"{name}_measurements.json":
+            found.append(meas)
+    return found
+
+
+def _earlier_rows(out_dir: Path, names: set[str]) -> tuple[list[dict], dict[str, dict]]:
+    """``measurements.csv`` rows and manifest values of the finished scans of earlier runs in ``out_dir``."""
+    rows, meta = [], {}
+    for meas in earlier_scans(out_dir, names):
+        if meas.get("status") == "ok" and meas.get("input") is not None:
+            rows += rows_from_measurements(meas)
+            meta[meas["name"]] = {c: meas[c] for c in MANIFEST_CSV_COLUMNS if meas.get(c) not in (None, "")}
+    return rows, meta
+
+
 def write_measurements_csv(out_dir: Path, results: list[dict], jobs: list[ScanJob] | None = None) -> Path:
-    """``measurements.csv``; for manifest input, ``patient_id``, ``timepoint`` and ``months`` follow ``image``."""
+    """``measurements.csv``: this run's scans and every earlier run's finished scans in ``out_dir`` (nothing
+    measured there is dropped); for manifest input, ``patient_id``, ``timepoint`` and ``months`` follow ``image``."""
     rows = [row for r in results if r["status"] in ("ok", "skipped") for row in r["rows"]]
+    earlier, meta = _earlier_rows(out_dir, {r["name"] for r in results})
+    rows += earlier
     rows.sort(key=row_sort_key)
-    meta = {job.name: job.meta or {} for job in jobs or []}
+    meta.update({job.name: job.meta or {} for job in jobs or []})
     extra = [c for c in MANIFEST_CSV_COLUMNS if any(c in m for m in meta.values())]
     rows = [{**row, **{c: _number(meta.get(row["scan"], {}).get(c)) if c == "months"
                        else meta.get(row["scan"], {}).get(c) for c in extra}} for row in rows]
@@ -49,7 +77,10 @@ def write_measurements_csv(out_dir: Path, results: list[dict], jobs: list[ScanJo
 
 
 def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
+    """``errors.csv``: this run's failed scans and those of earlier runs in ``out_dir`` that are still failed."""
     rows = [{"scan": r["name"], "image": r["input"], "error": r["error"]} for r in results if r["status"] == "error"]
+    rows += [{"scan": m["name"], "image": m.get("input"), "error": m.get("error")}
+             for m in earlier_scans(out_dir, {r["name"] for r in results}) if m.get("status") == "error"]
     rows.sort(key=lambda r: r["scan"])
     path = out_dir / "errors.csv"
     write_manifest(path, rows, columns=ERROR_COLUMNS)
