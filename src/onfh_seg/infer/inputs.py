@@ -8,7 +8,8 @@
   how onfh-track finds the outputs of a manifest's images);
 * a folder: its top-level NIfTI files (sorted by name), one job each; a folder
   without NIfTI files but with DICOM files (at any depth) is one DICOM study
-  -> one job, named after the chosen T1 series (``<SeriesNumber>_<description>``);
+  -> one job, named after the chosen T1 series (``<SeriesNumber>_<description>``; ``series=all-t1``:
+  one job per T1 candidate, each named so);
 * a cohort manifest CSV (``.csv``): one job per row with a non-empty ``image``
   (a NIfTI file or a DICOM study folder, relative to the manifest's folder);
   ``labels``, ``patient_id``, ``timepoint`` and ``months`` are kept with the job
@@ -197,39 +198,60 @@ def _exclusion(folder: Path, out_dir: Path | None) -> Path | None:
 
 def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None,
               patient_id: str | None = None) -> ScanJob:
-    """One job for a DICOM study folder: choose the T1 series now (headers only).
+    """One job for a DICOM study folder: the series the rules choose (headers only)."""
+    return dicom_jobs(folder, image_ref, rules, exclude, patient_id)[0]
 
-    A folder without a usable T1 series, holding more than one patient or
-    study, or (``patient_id``: a manifest row's) of another patient still
-    becomes a job (named after the folder) that fails with the one-line reason.
+
+def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None,
+               patient_id: str | None = None, series: str = "auto") -> list[ScanJob]:
+    """Jobs for a DICOM study folder: the series chosen now (headers only).
+
+    ``series`` is ``auto`` (the rules' choice, ``io.dicom_select``), a
+    SeriesNumber or SeriesInstanceUID (that series), or ``all-t1`` (one job per
+    T1 candidate). A folder without a usable series, holding more than one
+    patient or study, or (``patient_id``: a manifest row's) of another patient
+    still becomes one job (named after the folder) that fails with the one-line reason.
     """
-    from onfh_seg.io.dicom import (
-        DicomError,
-        check_manifest_patient,
-        check_one_patient,
-        find_series,
-        series_identifiers,
-    )
-    from onfh_seg.io.dicom_select import select_t1_series
+    from onfh_seg.io.dicom import DicomError, check_manifest_patient, check_one_patient, find_series
+    from onfh_seg.io.dicom_select import ALL_T1, select_series
 
     try:
-        series = find_series(folder, exclude=exclude)
-        if not series:
+        found = find_series(folder, exclude=exclude)
+        if not found:
             raise DicomError(f"no DICOM image series found in {folder}")
-        check_one_patient(series, folder)
-        chosen, reason = select_t1_series(series, rules)
-        check_manifest_patient(chosen, patient_id)
+        check_one_patient(found, folder)
+        selection = select_series(found, rules, series)
+        check_manifest_patient(selection.chosen, patient_id)
     except DicomError as exc:
         name = sanitise(folder.resolve().name) or "dicom"
-        return ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])
+        return [ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])]
+    chosen = selection.chosen
+    if str(series).strip() != ALL_T1:
+        return [_series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found))]
+    total = len(selection.candidates)
+    return [_series_job(folder, image_ref, s,
+                        f"series=all-t1: T1 candidate {k} of {total}; "
+                        + (f"the rules' choice: {selection.reason}" if s is chosen
+                           else f"the rules choose #{chosen.series_number}"),
+                        f"series {s.series_number} '{s.description or s.protocol_name}' (series=all-t1, "
+                        + ("the rules' choice)" if s is chosen else f"the rules choose {chosen.series_number})"),
+                        len(found))
+            for k, s in enumerate(selection.candidates, 1)]
+
+
+def _series_job(folder: Path, image_ref: str, chosen: Any, reason: str, summary: str, n_found: int) -> ScanJob:
+    """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``."""
+    from onfh_seg.io.dicom import series_identifiers
+
     info: dict[str, Any] = {
         "series_instance_uid": chosen.series_uid,
         "series_number": chosen.series_number,
         "series_description": chosen.description,
         "protocol_name": chosen.protocol_name,
         "selection_reason": reason,
+        "selection_summary": summary,
         "n_files": chosen.n_files,
-        "n_series_found": len(series),
+        "n_series_found": n_found,
     }
     if chosen.duplicates:
         info["duplicate_instances_skipped"] = chosen.duplicates  # same SOPInstanceUID found twice
@@ -238,7 +260,16 @@ def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: 
     return ScanJob("dicom", folder, name, image_ref, series=chosen, dicom=info)
 
 
-def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = None) -> list[ScanJob]:
+def selection_line(job: ScanJob) -> str | None:
+    """Console line of a DICOM job's series choice, e.g. ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
+    if job.kind != "dicom" or not job.dicom or not job.dicom.get("selection_summary"):
+        return None
+    who = job.meta.get("patient_id") or job.dicom.get("PatientID") or job.name
+    return f"{who}: {job.dicom['selection_summary']}"
+
+
+def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = None,
+                   series: str = "auto") -> list[ScanJob]:
     require_regular_file(manifest)
     guard_out_dir = out_dir is not None and not is_within(manifest.parent, out_dir)
     try:
@@ -262,15 +293,17 @@ def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = No
             labels = Path(label_ref) if Path(label_ref).is_absolute() else manifest.parent / label_ref
         meta = {k: row[k] for k in MANIFEST_KEEP if row.get(k) not in (None, "")}
         if path.is_dir():
-            job = dicom_job(path, ref, rules, exclude=_exclusion(path, out_dir), patient_id=row.get("patient_id"))
+            row_jobs = dicom_jobs(path, ref, rules, exclude=_exclusion(path, out_dir),
+                                  patient_id=row.get("patient_id"), series=series)
         else:
-            job = ScanJob("nifti", path, scan_stem(path), ref)
-        if is_tool_output(path):
-            job.error = f"{ref} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, *_sr.dcm, ...), not a scan"
-        elif guard_out_dir and is_within(path, out_dir):
-            job.error = f"{ref} lies in out_dir {out_dir}; outputs are never taken as inputs"
-        job.labels, job.meta = labels, meta
-        jobs.append(job)
+            row_jobs = [ScanJob("nifti", path, scan_stem(path), ref)]
+        for job in row_jobs:  # several only for series=all-t1
+            if is_tool_output(path):
+                job.error = f"{ref} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, *_sr.dcm, ...), not a scan"
+            elif guard_out_dir and is_within(path, out_dir):
+                job.error = f"{ref} lies in out_dir {out_dir}; outputs are never taken as inputs"
+            job.labels, job.meta = labels, dict(meta)
+            jobs.append(job)
     if not jobs:
         raise InputError(f"manifest {manifest} lists no images")
     return jobs
@@ -282,12 +315,14 @@ def expand_input(
     out_dir: str | Path | None = None,
     max_image_mb: float | None = None,
     allow_unknown_orientation: bool = False,
+    series: str = "auto",
 ) -> list[ScanJob]:
     """Scan jobs for ``input=PATH`` (see the module docstring); one-line errors if none.
 
     ``out_dir`` (the run's results folder) is never searched for inputs;
     ``max_image_mb`` and ``allow_unknown_orientation`` are kept with each job
-    for :func:`load_scan`.
+    for :func:`load_scan`; ``series`` picks the series of a DICOM study (``auto``, a SeriesNumber or
+    SeriesInstanceUID, ``all-t1``: one job per T1 candidate).
     """
     if input_path is None or str(input_path).strip() == "":
         raise InputError("input is empty; give input=FILE.nii.gz, a folder or a manifest .csv")
@@ -304,14 +339,14 @@ def expand_input(
         if niftis:
             jobs = [ScanJob("nifti", p, scan_stem(p), str(p)) for p in niftis]
         elif folder_has_dicom(path, exclude):
-            jobs = [dicom_job(path, str(path), dicom_rules, exclude=exclude)]
+            jobs = dicom_jobs(path, str(path), dicom_rules, exclude=exclude, series=series)
         else:
             raise InputError(
                 f"no NIfTI (.nii/.nii.gz) or DICOM files found in folder {path} "
                 "(onfh-infer outputs such as *_seg.nii.gz are not inputs)"
             )
     elif path.suffix.lower() == ".csv":
-        jobs = _manifest_jobs(path, dicom_rules, out)
+        jobs = _manifest_jobs(path, dicom_rules, out, series)
     else:
         require_regular_file(path)
         if is_tool_output(path):
