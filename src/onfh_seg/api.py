@@ -79,7 +79,7 @@ def segment(image: str | Path | nib.Nifti1Image, out_dir: str | Path | None = No
         work = Path(out_dir) if out_dir is not None else Path(tmp) / "out"
         over = {"overlay": False} if out_dir is None else {}
         cfg = config.settings("infer", {**over, **settings, "input": str(src), "out_dir": str(work)})
-        single = len(expand_input(src, dict((cfg["dicom"] or {}).get("rules") or {}))) == 1
+        single = len(expand_input(src, dict((cfg["dicom"] or {}).get("rules") or {}), series=cfg["series"])) == 1
         if not single and out_dir is None:
             raise ValueError(f"{src} holds several scans; give out_dir=... to segment them all")
         spec = engine_spec(cfg, 1)

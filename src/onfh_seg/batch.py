@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onfh_seg.infer.inputs import ScanJob, expand_input
+from onfh_seg.infer.inputs import ScanJob, expand_input, selection_line
 from onfh_seg.infer.pipeline import (
     one_line,
     process_scan,
@@ -404,7 +404,10 @@ def run_batch(
 
     dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
     jobs = expand_input(cfg.get("input"), dicom_rules, out_dir=out_dir, max_image_mb=cfg.get("max_image_mb"),
-                        allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]))
+                        allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]),
+                        series=str(cfg.get("series") or "auto"))
+    for line in filter(None, map(selection_line, jobs)):
+        log.info("%s", line)  # which series of each DICOM study, and the runner-up
     workers = min(workers_wanted, len(jobs))
     spec = engine_spec({**cfg, "provider": provider}, workers)
     if scheduler and int(cfg["threads"]) <= 0:  # the remote workers' cores are not known here

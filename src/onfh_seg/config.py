@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -302,6 +303,9 @@ def _validate(name: str, schema: Any, cfg: Any, dflt: Any, prefix: str, require:
         ok, what = _check(tp, value)
         if not ok:
             raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected {what}")
+        pattern = meta.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern, str(value)):
+            raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected {meta['allowed']}")
         low = meta.get("min")
         if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{_tool(name)}: {full}={_show(value)} is not allowed: expected a number >= {low}")

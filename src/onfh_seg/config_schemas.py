@@ -50,6 +50,9 @@ class InferSettings:
     executor: Literal["local", "dask"] = dataclasses.field()
     scheduler: Union[str, None] = dataclasses.field()
     reanalyse: Union[Path_, None] = dataclasses.field()
+    series: str = dataclasses.field(metadata={  # which series of a DICOM study (io.dicom_select)
+        "pattern": r"auto|all-t1|[0-9]+|[0-9]+(\.[0-9]+)+",
+        "allowed": "auto, all-t1, a SeriesNumber or a SeriesInstanceUID"})
     anatomy: dict[str, Any] = dataclasses.field()  # enabled + AnatomyLimits overrides (infer/anatomy.py checks them)
     qc: QCSettings = dataclasses.field()
     dicom: DicomSettings = dataclasses.field()
