@@ -24,6 +24,7 @@ class QCSettings:
 class DicomSettings:
     write_seg: bool
     write_sr: bool
+    sr_without_seg: bool
     rules: Union[dict[str, Any], None]
 
 
@@ -40,6 +41,7 @@ class InferSettings:
     workers: int = dataclasses.field(metadata={"min": 1})
     max_image_mb: float = dataclasses.field(metadata={"min": 1})
     allow_unknown_orientation: bool = dataclasses.field()
+    geometry: Literal["auto", "sform", "qform"] = dataclasses.field()
     tta: bool = dataclasses.field()
     fast: bool = dataclasses.field()
     reference: Reference = dataclasses.field()
@@ -163,7 +165,7 @@ class SynthSettings:
     demo: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
     preview: bool = dataclasses.field()
-    style: Literal["a", "b", "dr"] = dataclasses.field()
+    style: Literal["a", "b", "c", "dr"] = dataclasses.field()
     style_b: dict[str, Any] = dataclasses.field()
     disease: DiseaseSettings = dataclasses.field()
     acquisition: AcquisitionSettings = dataclasses.field()

@@ -373,13 +373,17 @@ def _job(args) -> list[dict]:
         from onfh_seg.synth.style_b import generate_patient_b
 
         return generate_patient_b(plan, Path(out_dir), cfg, index)
+    if cfg.get("style", "a") == "c":  # thin-slab gradient-echo renderer (held out from training)
+        from onfh_seg.synth.style_c import generate_patient_c
+
+        return generate_patient_c(plan, Path(out_dir), cfg, index)
     return generate_patient(plan, Path(out_dir), int(cfg["seed"]), style=cfg.get("style", "a"))
 
 
 def generate_cohort(cfg: dict, out_dir: str | Path, progress=None) -> Path:
     """Generate a whole cohort and its manifest; returns the manifest path."""
-    if cfg.get("style", "a") not in ("a", "b", "dr"):
-        raise ValueError(f"style must be a, b or dr, got {cfg.get('style')!r}")
+    if cfg.get("style", "a") not in ("a", "b", "c", "dr"):
+        raise ValueError(f"style must be a, b, c or dr, got {cfg.get('style')!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = "demo" if cfg.get("demo") else "random"
