@@ -12,16 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from conftest import read_csv
-from test_reliability_io import CFG, SHAPE, ThresholdSegmenter, run_one, write_phantom_dicom, write_phantom_nifti
+from test_reliability_io import (
+    CFG,
+    ThresholdSegmenter,
+    phantom_affine,
+    run_one,
+    write_phantom_dicom,
+    write_phantom_nifti,
+)
 
 from onfh_seg.batch import run_batch
-from onfh_seg.infer.inputs import expand_input
+from onfh_seg.infer.inputs import InputError, expand_input
 from onfh_seg.infer.pipeline import process_scan
 
 
@@ -199,3 +207,66 @@ def test_manifest_values_of_earlier_runs_are_kept(phantom_file: Path, tmp_path: 
     cols, rows = read_csv(out / "measurements.csv")
     assert cols[:5] == ["scan", "image", "patient_id", "timepoint", "months"]
     assert {(r["scan"], r["patient_id"], r["months"]) for r in rows} == {("a", "P001", "6.0"), ("b", "P002", "6.0")}
+
+
+# ---------------------------------------------------------------- (e) sform/qform and shear
+
+
+def write_forms(path: Path, sform: np.ndarray, qform: np.ndarray, qform_code: int = 1) -> Path:
+    """The phantom's voxels with the given sform (code 1) and qform."""
+    img = nib.load(str(write_phantom_nifti(path.parent / f"src_{path.name}")))
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), sform)
+    out.set_sform(sform, 1)
+    out.set_qform(qform, qform_code)
+    nib.save(out, str(path))
+    return path
+
+
+def sheared(shift_mm: float) -> np.ndarray:
+    """The phantom affine with its z axis leaning along x by ``shift_mm`` per slice (a sheared grid)."""
+    affine = phantom_affine()
+    affine[0, 2] = shift_mm
+    return affine
+
+
+def test_sform_only_shear_far_from_the_qform_is_refused(tmp_path: Path) -> None:
+    """A sform-only shear 26 mm from the qform changed ARCO C -> B with only a warning in the JSON."""
+    path = write_forms(tmp_path / "shear.nii", sheared(0.9), phantom_affine())
+    _, meas = run_one(path, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", "sform and qform place the image up to 26.1 mm apart",
+                   "geometry=sform or geometry=qform")
+
+
+def test_geometry_setting_picks_the_form(tmp_path: Path) -> None:
+    """geometry=qform measures on the (orthogonal) qform; geometry=sform on the sheared sform, untrusted."""
+    path = write_forms(tmp_path / "shear.nii", sheared(0.9), phantom_affine())
+    result, meas = run_one(path, tmp_path / "q", geometry="qform")
+    assert result["status"] == "ok" and meas["qc_flags"] == [], result["error"]
+    assert all(h["trusted"] for h in meas["hips"]) and meas["image"]["orientation"] == "LAS"
+    assert any(w.startswith("geometry=qform: the qform is used") for w in meas["warnings"]), meas["warnings"]
+    result, meas = run_one(path, tmp_path / "s", geometry="sform")
+    assert result["status"] == "ok" and meas["qc_flags"] == ["sheared_geometry"], result["error"]
+    assert meas["hips"] and not any(h["trusted"] for h in meas["hips"])
+    assert {r["trusted"] for r in result["rows"]} == {"false"}
+
+
+def test_forms_a_voxel_apart_are_refused_unless_chosen(tmp_path: Path) -> None:
+    moved = phantom_affine()
+    moved[:3, 3] += [5.0, 0.0, 0.0]  # 5 mm: more than a 4 mm voxel
+    path = write_forms(tmp_path / "moved.nii", moved, phantom_affine())
+    _, meas = run_one(path, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", "5 mm apart (more than a voxel, 4 mm)")
+    result, _ = run_one(path, tmp_path / "out2", geometry="sform")
+    assert result["status"] == "ok", result["error"]
+    near = phantom_affine()
+    near[:3, 3] += [1.0, 0.0, 0.0]  # within a voxel: measured with a warning
+    result, meas = run_one(write_forms(tmp_path / "near.nii", near, phantom_affine()), tmp_path / "out3")
+    assert result["status"] == "ok" and any("1 mm apart; the sform is used" in w for w in meas["warnings"])
+
+
+def test_geometry_naming_an_unset_form_is_refused(tmp_path: Path) -> None:
+    path = write_forms(tmp_path / "sonly.nii", phantom_affine(), phantom_affine(), qform_code=0)
+    _, meas = run_one(path, tmp_path / "out", geometry="qform")
+    assert_refused(meas, tmp_path / "out", "geometry=qform but the header has no qform (qform_code 0)")
+    with pytest.raises(InputError, match="geometry='both' is not allowed"):
+        expand_input(path, geometry="both")

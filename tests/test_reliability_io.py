@@ -525,13 +525,14 @@ def test_data_size_must_match_header(phantom, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- item 7: shear, duplicate DICOM, quoting
 
 
-def test_sheared_affine_is_warned_in_json(phantom, tmp_path: Path) -> None:
+def test_sheared_affine_is_flagged_untrusted(phantom, tmp_path: Path) -> None:
     affine = phantom_affine()
-    affine[0, 2] = 0.4  # z axis leans 5.7 degrees towards x: a sheared grid
+    affine[0, 2] = 0.4  # z axis leans 5.7 degrees towards x: a sheared grid (the qform cannot hold it)
     path = write_phantom_nifti(tmp_path / "shear.nii", affine)
-    result, meas = run_one(path, tmp_path / "out")
+    result, meas = run_one(path, tmp_path / "out", geometry="sform")  # sform and qform are 11.6 mm apart
     assert result["status"] == "ok", result["error"]
     assert any(w.startswith("sheared affine: voxel axes 5.71 degrees") for w in meas["warnings"]), meas["warnings"]
+    assert meas["qc_flags"] == ["sheared_geometry"] and not any(h["trusted"] for h in meas["hips"])
     result, meas = run_one(phantom[0], tmp_path / "out2")
     assert not any("sheared" in w for w in meas["warnings"])
 

@@ -405,7 +405,7 @@ def run_batch(
     dicom_rules = dict(((cfg.get("dicom") or {}).get("rules")) or {})
     jobs = expand_input(cfg.get("input"), dicom_rules, out_dir=out_dir, max_image_mb=cfg.get("max_image_mb"),
                         allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]),
-                        series=str(cfg.get("series") or "auto"))
+                        series=str(cfg.get("series") or "auto"), geometry=str(cfg["geometry"]))
     for line in filter(None, map(selection_line, jobs)):
         log.info("%s", line)  # which series of each DICOM study, and the runner-up
     workers = min(workers_wanted, len(jobs))

@@ -44,10 +44,12 @@ QC_FLAGS = (
     "partial_head",
     "low_confidence",
     "not_mr_like",
+    "sheared_geometry",
+    "suspect_image_content",
 )
 # Flags after which a scan's numbers are not to be trusted (kept out of the DICOM SR, marked in CSV/JSON/HTML).
 UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "partial_head",
-                   "low_confidence", "not_mr_like")
+                   "low_confidence", "not_mr_like", "sheared_geometry", "suspect_image_content")
 HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape", "partial_head")  # flags that belong to one hip
 SIR_REFERENCES = ("acetabulum", "viable_head")
 SIDE_ORDER = ("right", "left", "unknown")
@@ -389,6 +391,12 @@ def hip_flags(
 def without_classes(hip: dict) -> dict:
     """A partial head's hip: volumes kept, but no share of the head and no extent or JIC class."""
     return {**hip, "percent_head_involved": None, "arco_extent": "not_assessed", "jic_type": "not_assessed"}
+
+
+def with_scan_flags(flags: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``flags`` plus the scan flags ``extra`` (found while reading the image), in contract order."""
+    found = set(flags) | set(extra)
+    return [f for f in QC_FLAGS if f in found] + sorted(found - set(QC_FLAGS))
 
 
 def mark_trust(hips: Sequence[dict], scan_flags: Sequence[str]) -> list[dict]:

@@ -257,7 +257,7 @@ def run_reanalysis(cfg: Mapping[str, Any], segmenter_factory: Any = None,
     jobs = expand_input(cfg.get("input"), dict(((cfg.get("dicom") or {}).get("rules")) or {}), out_dir=out_dir,
                         max_image_mb=cfg.get("max_image_mb"),
                         allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]),
-                        series=str(cfg.get("series") or "auto"))
+                        series=str(cfg.get("series") or "auto"), geometry=str(cfg["geometry"]))
     spec = engine_spec(cfg, 1)
     version = current_model_version(spec, segmenter_factory)
     out_dir.mkdir(parents=True, exist_ok=True)

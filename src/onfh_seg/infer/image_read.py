@@ -8,9 +8,11 @@ single-file NIfTI needs ``vox_offset`` >= 352 (NIfTI-2: 544), at least one of
 ``qform_code``/``sform_code`` must be set (``allow_unknown_orientation``
 measures such a file with sides "unknown" instead), the zooms and the affine
 must be finite and non-degenerate, the sform and the qform (when both are set)
-must agree on the orientation, and the data size must match the header
-exactly (a gzip is decompressed with a cap, so a bomb is never unpacked).
-A sheared affine is accepted with a warning.
+must agree on the orientation and place the grid within a voxel of each
+other (unless ``geometry=sform|qform`` picks one), and the data size must
+match the header exactly (a gzip is decompressed with a cap, so a bomb is
+never unpacked). A sheared affine is measured but flagged ``sheared_geometry``
+(its hips are untrusted).
 
 Every problem is an ``InputError`` (a ``ValueError``) with a one-line message.
 """
@@ -38,6 +40,8 @@ MAX_VOX_OFFSET = 64 * 2**20  # header extensions larger than this are not plausi
 MIN_VOX_OFFSET = {1: 352, 2: 544}  # single-file NIfTI-1 / NIfTI-2: header + 4 extension bytes
 SHEAR_TOLERANCE = 1e-3  # |cos| between voxel axes above which an affine counts as sheared (0.06 degrees)
 QFORM_SFORM_TOLERANCE_MM = 0.5  # sform and qform placing a grid corner farther apart than this: a warning
+GEOMETRY_CHOICES = ("auto", "sform", "qform")  # configs/infer.yaml ``geometry``
+SHEARED_GEOMETRY = "sheared_geometry"  # QC flag of a sheared affine (onfh_seg.measure.QC_FLAGS)
 
 
 class InputError(ValueError):
@@ -212,16 +216,21 @@ def load_nifti_checked(path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -
 
 
 def load_nifti_gated(
-    path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB, allow_unknown_orientation: bool = False
+    path: Path, max_image_mb: float = DEFAULT_MAX_IMAGE_MB, allow_unknown_orientation: bool = False,
+    geometry: str = "auto",
 ) -> tuple[nib.Nifti1Image, str, list[str], bool]:
     """:func:`load_nifti_checked` plus :func:`header_gate` on the header as stored: image, sha256,
-    warnings and whether the orientation is unknown."""
+    warnings and whether the orientation is unknown. ``geometry=qform`` measures on the qform."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
     raw, sha = read_nifti_bytes(path, max_image_mb)
-    warnings, unknown = header_gate(_header_of(raw[:540], path), path.name, allow_unknown_orientation)
-    return _nifti_from_bytes(raw, path), sha, warnings, unknown
+    hdr = _header_of(raw[:540], path)
+    warnings, unknown = header_gate(hdr, path.name, allow_unknown_orientation, geometry)
+    img = _nifti_from_bytes(raw, path)
+    if geometry == "qform":
+        img = type(img)(np.asanyarray(img.dataobj), np.asarray(hdr.get_qform(), np.float64), img.header)
+    return img, sha, warnings, unknown
 
 
 # ---------------------------------------------------------------- header gate
@@ -240,16 +249,22 @@ def shear_degrees(affine: np.ndarray) -> float:
     return float(np.degrees(np.arcsin(min(1.0, worst))))
 
 
-def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: bool = False) -> tuple[list[str], bool]:
+def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: bool = False,
+                geometry: str = "auto") -> tuple[list[str], bool]:
     """Refuse NIfTI headers that cannot be measured safely; return warnings and "orientation unknown".
 
     Refused (InputError, one line): invalid xform codes; no orientation at all
     (both codes 0) unless ``allow_unknown_orientation``; non-finite or zero
-    zooms; an sform and a qform that disagree on the axis orientation (which
-    side is left). Warned: sform and qform that differ by more than
+    zooms; with ``geometry=auto``, an sform and a qform that disagree on the
+    axis orientation (which side is left) or place the grid more than a voxel
+    apart; ``geometry=sform|qform`` naming a form the header does not set.
+    Warned: sform and qform that differ by more than
     ``QFORM_SFORM_TOLERANCE_MM``, an unusable qform next to a good sform, and
-    a sheared affine. ``hdr`` is the header as stored (before nibabel's fixes).
+    a sheared affine (flagged later, :func:`geometry_flags`). ``hdr`` is the
+    header as stored (before nibabel's fixes).
     """
+    if geometry not in GEOMETRY_CHOICES:
+        raise InputError(f"geometry={geometry!r} is not allowed: expected one of {', '.join(GEOMETRY_CHOICES)}")
     warnings: list[str] = []
     q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
     if not (0 <= q_code <= 5 and 0 <= s_code <= 5):
@@ -257,6 +272,8 @@ def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: boo
     zooms = np.asarray(hdr["pixdim"][1:4], np.float64)
     if not np.all(np.isfinite(zooms)) or np.any(zooms == 0.0):
         raise InputError(f"invalid voxel sizes (pixdim {zooms.tolist()}): {name}")
+    if geometry != "auto" and int(hdr[f"{geometry}_code"]) == 0:
+        raise InputError(f"geometry={geometry} but the header has no {geometry} ({geometry}_code 0): {name}")
     unknown = q_code == 0 and s_code == 0
     if unknown and not allow_unknown_orientation:
         raise InputError(
@@ -266,9 +283,9 @@ def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: boo
     if unknown:
         warnings.append("header has no sform/qform orientation: sides reported as 'unknown'")
     if q_code > 0 and s_code > 0:
-        warnings += _compare_qform_sform(hdr, name)
+        warnings += _compare_qform_sform(hdr, name, geometry)
     try:
-        affine = np.asarray(hdr.get_best_affine(), np.float64)
+        affine = np.asarray(hdr.get_qform() if geometry == "qform" else hdr.get_best_affine(), np.float64)
     except Exception:  # an unusable qform/sform: refused by check_affine on the loaded image
         affine = np.full((4, 4), np.nan)
     finite = np.all(np.isfinite(affine)) and np.all(np.linalg.norm(affine[:3, :3], axis=0) > 0)
@@ -276,29 +293,47 @@ def header_gate(hdr: nib.Nifti1Header, name: str, allow_unknown_orientation: boo
     if shear > np.degrees(np.arcsin(SHEAR_TOLERANCE)):
         warnings.append(
             f"sheared affine: voxel axes {shear:.2f} degrees from orthogonal (the DICOM reader refuses sheared "
-            "stacks); volumes use the affine's voxel volume, check the geometry"
+            f"stacks); flagged {SHEARED_GEOMETRY}: measured, but no hip is trusted"
         )
     return warnings, unknown
 
 
-def _compare_qform_sform(hdr: nib.Nifti1Header, name: str) -> list[str]:
-    """Warnings when the sform (used) and the qform differ; InputError if they disagree on orientation."""
+def geometry_flags(affine: np.ndarray) -> list[str]:
+    """``["sheared_geometry"]`` when the voxel axes of ``affine`` are not orthogonal (beyond ``SHEAR_TOLERANCE``)."""
+    sheared = shear_degrees(affine) > np.degrees(np.arcsin(SHEAR_TOLERANCE))
+    return [SHEARED_GEOMETRY] if sheared else []
+
+
+def _compare_qform_sform(hdr: nib.Nifti1Header, name: str, geometry: str = "auto") -> list[str]:
+    """Warnings when the sform and the qform differ; InputError (``geometry=auto``) when they disagree on the
+    orientation or by more than a voxel."""
+    used = "sform" if geometry == "auto" else geometry
     sform = np.asarray(hdr.get_sform(), np.float64)
     try:
         qform = np.asarray(hdr.get_qform(), np.float64)
     except Exception:  # invalid quaternion
-        return ["qform is invalid (the sform is used)"]
+        return [f"qform is invalid (the {used} is used)"]
     if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
-        return ["qform is not finite (the sform is used)"] if np.all(np.isfinite(sform)) else []
+        return [f"qform is not finite (the {used} is used)"] if np.all(np.isfinite(sform)) else []
     try:
         q_axes, s_axes = _axcodes(qform), _axcodes(sform)
     except Exception:  # a singular matrix: refused later by check_affine (sform) or ignored (qform)
-        return ["qform is degenerate (the sform is used)"]
+        return [f"qform is degenerate (the {used} is used)"]
+    diff = corner_distance_mm(sform, qform, hdr.get_data_shape()[:3])
+    if geometry != "auto":
+        return [f"geometry={geometry}: the {geometry} is used (sform {s_axes} and qform {q_axes} "
+                f"up to {diff:.3g} mm apart)"] if diff > QFORM_SFORM_TOLERANCE_MM or q_axes != s_axes else []
     if q_axes != s_axes:
         raise InputError(
-            f"sform ({s_axes}) and qform ({q_axes}) disagree on the orientation: left/right is ambiguous: {name}"
+            f"sform ({s_axes}) and qform ({q_axes}) disagree on the orientation: left/right is ambiguous; "
+            f"choose one with geometry=sform or geometry=qform: {name}"
         )
-    diff = corner_distance_mm(sform, qform, hdr.get_data_shape()[:3])
+    voxel = max(QFORM_SFORM_TOLERANCE_MM, float(np.min(np.linalg.norm(sform[:3, :3], axis=0))))
+    if diff > voxel:
+        raise InputError(
+            f"sform and qform place the image up to {diff:.3g} mm apart (more than a voxel, {voxel:.3g} mm): "
+            f"which geometry is right cannot be told; choose one with geometry=sform or geometry=qform: {name}"
+        )
     if diff > QFORM_SFORM_TOLERANCE_MM:
         return [f"sform and qform place the image up to {diff:.3g} mm apart; the sform is used"]
     return []

@@ -46,8 +46,10 @@ import numpy as np
 
 from onfh_seg.infer.image_read import (
     DEFAULT_MAX_IMAGE_MB,
+    GEOMETRY_CHOICES,
     InputError,
     check_size_limit,
+    geometry_flags,
     load_nifti_gated,
     require_regular_file,
     sha256_regular_file,
@@ -83,6 +85,7 @@ class ScanJob:
     error: str | None = None
     max_image_mb: float = DEFAULT_MAX_IMAGE_MB
     allow_unknown_orientation: bool = False
+    geometry: str = "auto"  # NIfTI: auto (sform and qform must agree) | sform | qform (configs/infer.yaml)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class LoadedScan:
     warnings: list[str] = field(default_factory=list)
     source_datasets: list[Any] | None = None  # DICOM headers of the chosen series
     orientation_unknown: bool = False  # no sform/qform (allow_unknown_orientation): no left/right claim
+    qc_flags: list[str] = field(default_factory=list)  # scan QC flags found while reading (sheared_geometry, ...)
 
 
 # ---------------------------------------------------------------- names
@@ -316,11 +320,12 @@ def expand_input(
     max_image_mb: float | None = None,
     allow_unknown_orientation: bool = False,
     series: str = "auto",
+    geometry: str = "auto",
 ) -> list[ScanJob]:
     """Scan jobs for ``input=PATH`` (see the module docstring); one-line errors if none.
 
     ``out_dir`` (the run's results folder) is never searched for inputs;
-    ``max_image_mb`` and ``allow_unknown_orientation`` are kept with each job
+    ``max_image_mb``, ``allow_unknown_orientation`` and ``geometry`` (NIfTI: which of sform/qform) are kept with each job
     for :func:`load_scan`; ``series`` picks the series of a DICOM study (``auto``, a SeriesNumber or
     SeriesInstanceUID, ``all-t1``: one job per T1 candidate).
     """
@@ -355,8 +360,11 @@ def expand_input(
     limit = DEFAULT_MAX_IMAGE_MB if max_image_mb is None else float(max_image_mb)
     if not limit > 0:
         raise InputError(f"max_image_mb must be positive, got {max_image_mb!r}")
+    if geometry not in GEOMETRY_CHOICES:
+        raise InputError(f"geometry={geometry!r} is not allowed: expected one of {', '.join(GEOMETRY_CHOICES)}")
     for job in jobs:
         job.max_image_mb, job.allow_unknown_orientation = limit, bool(allow_unknown_orientation)
+        job.geometry = geometry
     return _dedupe(jobs)
 
 
@@ -406,7 +414,8 @@ def load_scan(job: ScanJob) -> LoadedScan:
         img = load_series(job.series)
         image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
         return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
-    img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation)
+    img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation,
+                                                        job.geometry)
     image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
     return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
-                      orientation_unknown=unknown)
+                      orientation_unknown=unknown, qc_flags=geometry_flags(img.affine))

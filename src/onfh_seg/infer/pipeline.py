@@ -40,7 +40,7 @@ from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image,
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
-from onfh_seg.measure import SIDE_ORDER, measurements_row
+from onfh_seg.measure import SIDE_ORDER, mark_trust, measurements_row, with_scan_flags
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
@@ -180,7 +180,7 @@ def row_sort_key(row: Mapping[str, Any]) -> tuple:
 # settings (lesion threshold, window, overlap) are part of its version.
 RESULT_SETTINGS: tuple[str, ...] = (
     "tta", "fast", "reference", "overlay", "qc.head_ml_range", "qc.min_confidence",
-    "dicom.write_seg", "dicom.write_sr", "dicom.rules",
+    "dicom.write_seg", "dicom.write_sr", "dicom.sr_without_seg", "dicom.rules", "geometry",
     "anatomy",  # {enabled: ...} plus any AnatomyLimits overrides
 )
 
@@ -413,6 +413,9 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
             gate=bool(setting(cfg, "anatomy.enabled")),
         )
         labels, hips, flags = gated.labels, gated.hips, gated.flags
+        if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
+            flags = with_scan_flags(flags, scan.qc_flags)
+            hips = mark_trust(hips, flags)
         meas["anatomy"] = gated.anatomy
         if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
             hips = [{**hip, "side": "unknown"} for hip in hips]
