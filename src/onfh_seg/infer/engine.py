@@ -17,7 +17,14 @@ import numpy as np
 from onfh_seg.geometry import covering_grid, crop_grid, resample
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
-from onfh_seg.infer.search import SEPARATION_MM, far_from, partner_candidates, sphere_candidates
+from onfh_seg.infer.search import (
+    SEPARATION_MM,
+    body_midline_x,
+    far_from,
+    partner_candidates,
+    plausible_head,
+    sphere_candidates,
+)
 from onfh_seg.preprocess import normalise
 
 log = logging.getLogger("onfh_seg.engine")
@@ -191,6 +198,18 @@ def probs_on_grid(probs: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndar
     return out
 
 
+def in_field_of_view(crop_affine: np.ndarray, crop_shape: tuple[int, ...], affine: np.ndarray,
+                     shape: tuple[int, ...]) -> np.ndarray:
+    """Crop voxels whose centres fall inside the input image's voxel grid (half a voxel of margin)."""
+    to_in = np.linalg.inv(affine) @ crop_affine
+    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in crop_shape], indexing="ij")
+    inside = np.ones(tuple(crop_shape), bool)
+    for r in range(3):
+        v = to_in[r, 0] * g[0] + to_in[r, 1] * g[1] + to_in[r, 2] * g[2] + to_in[r, 3]
+        inside &= (v >= -0.5) & (v <= shape[r] - 0.5)
+    return inside
+
+
 def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
     """Sliding-window size of the fine stage: ``patch`` = the training patch (as nnU-Net: instance
     normalisation then sees the statistics it was trained with), ``crop`` = the whole crop in one pass."""
@@ -306,31 +325,41 @@ class Segmenter:
             return []
         return [cand]
 
-    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-        """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape."""
+    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray,
+              mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+        """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape
+        (``mirror``: test-time mirroring, default the Segmenter's ``tta``)."""
         f = self.meta["fine"]
         n = int(f["crop_vox"])
+        mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = self._resample(x, affine, f_aff, f_shape, order=1)
-        probs = sliding_window(lambda a: self._run(self.fine, a, self.tta), xf, self.window_vox, self.overlap, f["divisor"])
+        probs = sliding_window(lambda a: self._run(self.fine, a, mirror), xf, self.window_vox, self.overlap, f["divisor"])
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
 
-    def _confirm(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> tuple | None:
+    def _confirm(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, search: bool = False) -> tuple | None:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
-        ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head."""
-        probs, lab, f_aff, f_shape = self._fine(x, affine, centre)
-        if not self.fast:  # re-centre once if the fine head centre is far from the coarse one
+        ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
+
+        For the head search (``search``) only head voxels inside the image's field of view count, the
+        judging passes run without mirroring, and a confirmed head is segmented again as usual."""
+        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None)
+        if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                 if np.linalg.norm(c2 - centre) > 6.0:
-                    probs, lab, f_aff, f_shape = self._fine(x, affine, c2)
+                    probs, lab, f_aff, f_shape = self._fine(x, affine, c2, mirror=False if search else None)
         head = np.isin(lab, (1, 2, 3))
+        if search:
+            head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
         head_ml = head.sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
         if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
             return None
         fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
+        if search and self.tta:  # the confirmed head, segmented the way the coarse stage's heads are
+            probs, lab, f_aff, f_shape = self._fine(x, affine, fine_centre)
         return fine_centre, probs, lab, f_aff, f_shape
 
     def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray,
@@ -340,20 +369,22 @@ class Segmenter:
         ``confirmed`` and returns the number of candidates judged."""
         judged = 0
         known = [r[0] for r in confirmed]
-        queue = (partner_candidates(known[0], x.shape, affine) if len(known) == 1
-                 else sphere_candidates(xc, g_aff, known))
+        mid = body_midline_x(xc, g_aff)
+        queue = (partner_candidates(known[0], x.shape, affine, mid) if len(known) == 1
+                 else sphere_candidates(xc, g_aff, known, mid))
         while queue and len(confirmed) < 2 and judged < MAX_SEARCH:
             centre = queue.pop(0)
             if not far_from(centre, known):
                 continue
             judged += 1
-            r = self._confirm(x, affine, centre)
-            if r is None or not far_from(r[0], known, 2 * SEPARATION_MM):
+            r = self._confirm(x, affine, centre, search=True)
+            if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
+                    or not plausible_head(r[0], mid, known[0] if known else None)):
                 continue
             confirmed.append(r)
             known.append(r[0])
             if len(confirmed) == 1:  # one head found: now look where its partner can be
-                queue = partner_candidates(r[0], x.shape, affine) + queue
+                queue = partner_candidates(r[0], x.shape, affine, mid) + queue
         return judged
 
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:

@@ -24,6 +24,8 @@ INTERCAPITAL_MM = (150.0, 230.0)  # centre-to-centre distance of the two femoral
 HEAD_RADII_MM = (20.0, 24.0, 28.0)
 LATTICE_MM = 35.0  # candidate spacing: a 105 mm fine crop then holds any 56 mm head whole from some candidate
 SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
+LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body's midline (adults: 80-100 mm)
+MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
 
 
 def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
@@ -40,14 +42,38 @@ def far_from(centre: np.ndarray, known: list[np.ndarray], distance_mm: float = S
     return all(np.linalg.norm(np.asarray(centre) - np.asarray(k)) >= distance_mm for k in known)
 
 
+def body_midline_x(xc: np.ndarray, g_aff: np.ndarray, min_span_mm: float = MIN_BODY_SPAN_MM) -> float | None:
+    """World x (mm) of the body's midline: the x-centroid of the signal on an RAS grid (normalised image),
+    or None when the body spans less than ``min_span_mm`` in x (a one-hip field of view)."""
+    cols = (np.asarray(xc) > 0.1).sum(axis=(1, 2)).astype(float)
+    idx = np.flatnonzero(cols)
+    if idx.size == 0 or (idx[-1] - idx[0] + 1) * abs(g_aff[0, 0]) < min_span_mm:
+        return None
+    i = float((cols * np.arange(cols.size)).sum() / cols.sum())
+    return float(g_aff[0, 0] * i + g_aff[0, 3])
+
+
+def plausible_head(centre: np.ndarray, midline_x: float | None, partner: np.ndarray | None = None) -> bool:
+    """Whether a head found by the search sits where a femoral head can: away from the body's midline,
+    and on the other side of it from a head already found (both only when the midline is known)."""
+    if midline_x is None:
+        return True
+    dx = float(centre[0]) - midline_x
+    if abs(dx) < LATERAL_MM:
+        return False
+    return partner is None or np.sign(dx) != np.sign(float(partner[0]) - midline_x)
+
+
 def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray,
-                       max_n: int = 12) -> list[np.ndarray]:
-    """Where the other femoral head can be, given one head: both sides in x, nearest to the mirror first."""
+                       midline_x: float | None = None, max_n: int = 12) -> list[np.ndarray]:
+    """Where the other femoral head can be, given one head: in x across the midline (both ways when it
+    is unknown), at a similar height and depth, nearest to the mirror position first."""
     found = np.asarray(found, float)
     steps = (-LATTICE_MM, 0.0, LATTICE_MM)
     dxs = np.arange(INTERCAPITAL_MM[0], INTERCAPITAL_MM[1] + 1e-6, LATTICE_MM)
     mid = float(np.mean(INTERCAPITAL_MM))
-    cands = [found + np.array([s * dx, dy, dz]) for s in (-1.0, 1.0) for dx in dxs for dy in steps for dz in steps]
+    signs = (-1.0, 1.0) if midline_x is None else (-1.0 if found[0] > midline_x else 1.0,)
+    cands = [found + np.array([s * dx, dy, dz]) for s in signs for dx in dxs for dy in steps for dz in steps]
     cands = [c for c in cands if inside_fov(c, shape, affine, margin_mm=15.0)]
     cands.sort(key=lambda c: float(np.hypot(abs(c[0] - found[0]) - mid, np.linalg.norm(c[1:] - found[1:]))))
     return cands[:max_n]
@@ -80,8 +106,10 @@ def sphere_votes(x: np.ndarray, spacing_mm: float, radii_mm: tuple[float, ...] =
     return ndimage.gaussian_filter(acc, 1.0)
 
 
-def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray], max_n: int = 8) -> list[np.ndarray]:
-    """Centres (RAS mm) of the strongest head-sized spheres in ``x`` (an RAS grid), away from known heads."""
+def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray], midline_x: float | None = None,
+                      max_n: int = 8) -> list[np.ndarray]:
+    """Centres (RAS mm) of the strongest head-sized spheres in ``x`` (an RAS grid), away from known heads
+    and, when the midline is known, at least ``LATERAL_MM`` from it."""
     spacing = float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
     acc = sphere_votes(x, spacing)
     if not acc.any():
@@ -93,7 +121,7 @@ def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray]
     out: list[np.ndarray] = []
     for v in ijk:
         c = affine[:3, :3] @ v + affine[:3, 3]
-        if far_from(c, known + out):
+        if far_from(c, known + out) and plausible_head(c, midline_x):
             out.append(c)
         if len(out) >= max_n:
             break
