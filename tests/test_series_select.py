@@ -34,7 +34,7 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.29"
 
 def write_series(root: Path, number: int, description: str, *, tr: float = 500.0, te: float = 12.0,
                  flip: float | None = None, scanning: str | Sequence[str] = "SE", sequence_name: str | None = None,
-                 acquisition: str = "2D", slices: int = 4, spacing_mm: float = 25.0,
+                 acquisition: str = "2D", slices: int = 4, spacing_mm: float = 15.0,
                  orientation: Sequence[float] = COR, image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "M", "ND"),
                  scan_options: Sequence[str] | str = "", echo_train: int | None = None,
                  protocol: str | None = None, position: Sequence[float] = (-200.0, 0.0, 100.0),
@@ -108,6 +108,7 @@ def test_issue_study_chooses_the_pre_contrast_t1_and_says_why(tmp_path: Path) ->
     assert selection.chosen.series_number == 26
     assert selection.summary.startswith("series 26 'fl3d_vibe_pre_flip_20deg' (T1 3D GRE, pre-contrast); not 25 (")
     assert "flip angle 10 < 20 of #26" in selection.summary
+    assert selection.summary.endswith("; dynamic: 27")  # the series chosen before this rule existed
     reason = selection.reason
     assert "#27 'Twist_dynamic_TT=8.0s' dynamic:" in reason
     assert "#23 'fl3d_vibe_pre_flip_2deg_PD' excluded by /(^|[^a-z])pd([^a-z]|$)/" in reason
@@ -174,7 +175,7 @@ def test_ge_study_with_lava_flex_disco_and_plus_c(tmp_path: Path) -> None:
     assert selection.chosen.series_number == 2
     # without #2 the rules would take the LAVA-Flex in-phase image (not fat-suppressed, unlike #3)
     assert selection.summary == ("series 2 'Cor T1 FSE' (T1 2D TSE, pre-contrast); "
-                                 "not 7 (fewer sequence preferences (2 < 3))")
+                                 "not 7 (fewer sequence preferences (2 < 3)); dynamic: 9, 10; post-contrast: 12")
     assert "#3 'Cor T1 FSE FS' ranked lower: fat-suppressed" in selection.reason
     reason = selection.reason
     assert "#1 '3-Plane Loc SSFSE' excluded by /localizer" in reason
@@ -205,7 +206,7 @@ def test_philips_study_with_mdixon_image_types_and_dynamic_thrive(tmp_path: Path
                  acquisition="3D", slices=6)
     selection = select_series(find_series(tmp_path))
     assert selection.chosen.series_number == 301  # spin echo before the mDixon gradient echo, despite fewer slices
-    assert selection.summary.endswith("not 403 (fewer sequence preferences (2 < 3))")
+    assert selection.summary.endswith("not 403 (fewer sequence preferences (2 < 3)); dynamic: 501; post-contrast: 601")
     reason = selection.reason
     assert "#401 'T1_mDIXON_COR' Dixon water; in-phase preferred" in reason
     assert "#501 'DCE_THRIVE' dynamic:" in reason and "#601 'T1W_THRIVE_SPAIR_post' post-contrast:" in reason

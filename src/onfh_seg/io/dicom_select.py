@@ -475,14 +475,19 @@ class Selection:
     summary: str = ""  # console line, e.g. "series 26 'vibe_20deg' (T1 3D GRE, pre-contrast); not 25 (...)"
 
 
-def _summary(chosen: SeriesInfo, runner_up: Verdict | None, rules: Mapping[str, Any], forced: str | None) -> str:
-    """The console line: chosen series, its kind, and the runner-up with why it lost."""
+def _summary(chosen: SeriesInfo, runner_up: Verdict | None, verdicts: Sequence[Verdict], rules: Mapping[str, Any],
+             forced: str | None) -> str:
+    """The console line: chosen series, its kind, the runner-up with why it lost, the excluded T1-like series."""
     head = f"series {chosen.series_number} '{chosen.description or chosen.protocol_name}' ({describe(chosen, rules)})"
     if forced is not None:
         head += f", forced by series={forced}"
-    if runner_up is None:
-        return head + "; no other T1 candidate"
-    return head + f"; not {runner_up.series.series_number} ({runner_up.short})"
+    head += "; no other T1 candidate" if runner_up is None else \
+        f"; not {runner_up.series.series_number} ({runner_up.short})"
+    excluded: dict[str, list[str]] = {}
+    for v in sorted(verdicts, key=lambda v: v.series.series_number or 0):
+        if v.stage == 3 and v.series is not chosen:
+            excluded.setdefault(v.short, []).append(str(v.series.series_number))
+    return head + "".join(f"; {kind}: {', '.join(numbers)}" for kind, numbers in excluded.items())
 
 
 def describe(series: SeriesInfo, rules: Mapping[str, Any]) -> str:
@@ -630,11 +635,13 @@ def select_series(series: Sequence[SeriesInfo], rules: Mapping[str, Any] | None 
             verdicts.append(Verdict(ruled, 7, "the rules' choice", "the rules' choice"))
         reason = _record(forced, verdicts, merged, f"forced by series={wanted} ({note})")
         runner = next((v for v in verdicts if v.stage == 7), None)
-        return Selection(forced, reason, verdicts, candidates, runner, wanted, _summary(forced, runner, merged, wanted))
+        return Selection(forced, reason, verdicts, candidates, runner, wanted,
+                         _summary(forced, runner, verdicts, merged, wanted))
     chosen, verdicts, candidates = _choose(series, merged)
     reason = _record(chosen, verdicts, merged, _why_candidate(chosen, merged))
     runner = _runner_up(series, chosen, verdicts, merged)
-    return Selection(chosen, reason, verdicts, candidates, runner, None, _summary(chosen, runner, merged, None))
+    return Selection(chosen, reason, verdicts, candidates, runner, None,
+                     _summary(chosen, runner, verdicts, merged, None))
 
 
 def select_t1_series(
