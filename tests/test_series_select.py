@@ -8,8 +8,8 @@ configs/dicom_rules.yaml has a test below that turns the rule off and sees the c
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

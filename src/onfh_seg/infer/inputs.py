@@ -265,7 +265,8 @@ def _series_job(folder: Path, image_ref: str, chosen: Any, reason: str, summary:
 
 
 def selection_line(job: ScanJob) -> str | None:
-    """Console line of a DICOM job's series choice, e.g. ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
+    """Console line of a DICOM job's series choice, ``<patient>: <selection_summary>``, e.g.
+    ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
     if job.kind != "dicom" or not job.dicom or not job.dicom.get("selection_summary"):
         return None
     who = job.meta.get("patient_id") or job.dicom.get("PatientID") or job.name

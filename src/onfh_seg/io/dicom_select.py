@@ -208,7 +208,8 @@ def dynamic_reason(series: SeriesInfo, rules: Mapping[str, Any]) -> str | None:
     limit = rules["dynamic_min_trigger_time_ms"]
     trigger = _number(series, "TriggerTime")
     if limit is not None and trigger is not None and trigger >= limit:
-        return f"TriggerTime {_short_number(trigger)} ms (dicom.rules.dynamic_min_trigger_time_ms {_short_number(limit)})"
+        return (f"TriggerTime {_short_number(trigger)} ms "
+                f"(dicom.rules.dynamic_min_trigger_time_ms {_short_number(limit)})")
     return None
 
 
@@ -561,7 +562,8 @@ def _no_candidate_error(series: Sequence[SeriesInfo], verdicts: Sequence[Verdict
     return DicomError(f"no T1 series among {len(series)} image series ({detail})")
 
 
-def _choose(series: Sequence[SeriesInfo], rules: Mapping[str, Any]) -> tuple[SeriesInfo, list[Verdict], list[SeriesInfo]]:
+def _choose(series: Sequence[SeriesInfo],
+            rules: Mapping[str, Any]) -> tuple[SeriesInfo, list[Verdict], list[SeriesInfo]]:
     """Rules 1-6: the chosen series, every other series' verdict, and the T1 candidates."""
     if not series:
         raise DicomError("no DICOM image series found")
