@@ -270,3 +270,110 @@ def test_geometry_naming_an_unset_form_is_refused(tmp_path: Path) -> None:
     assert_refused(meas, tmp_path / "out", "geometry=qform but the header has no qform (qform_code 0)")
     with pytest.raises(InputError, match="geometry='both' is not allowed"):
         expand_input(path, geometry="both")
+
+
+# ---------------------------------------------------------------- (f) image content QC
+
+
+PLANE_BYTES = 70 * 30 * 2  # one int16 slice of the phantom (x fastest)
+
+
+def damaged(phantom: Path, path: Path, start: int, length: int, fill: int) -> Path:
+    """A copy of the phantom NIfTI with ``length`` data bytes from ``start`` (after the 352-byte header) set to ``fill``."""
+    raw = bytearray(phantom.read_bytes())
+    raw[352 + start: 352 + start + length] = bytes([fill]) * length
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def assert_suspect(meas: dict, *words: str) -> None:
+    """Measured, flagged suspect_image_content with the reason, and no hip trusted (so no SR group)."""
+    assert meas["status"] == "ok", meas["error"]
+    assert "suspect_image_content" in meas["qc_flags"], (meas["qc_flags"], meas["hips"])
+    reasons = " ".join(meas["qc_reasons"]["suspect_image_content"])
+    assert all(w in reasons for w in words), reasons
+    assert not any(h["trusted"] for h in meas["hips"])
+    assert any(w.startswith("suspect_image_content: ") for w in meas["warnings"])
+
+
+@pytest.mark.parametrize(("start", "length", "fill", "words"), [
+    (12 * PLANE_BYTES, 5 * PLANE_BYTES, 0xFF, ("value -1", "slices 12-16")),  # whole slices of -1 through both heads
+    (13 * PLANE_BYTES + 1000, 3 * PLANE_BYTES, 0x00, ("value 0", "slices 13-16")),  # zeros from mid-slice
+    (14 * PLANE_BYTES + 2 * 70 * 10, 2 * 70 * 8, 0xFF, ("value -1", "slice 14")),  # 8 rows inside one slice
+])
+def test_damaged_slab_is_flagged(phantom_file: Path, tmp_path: Path, start: int, length: int, fill: int,
+                                 words: tuple[str, ...]) -> None:
+    """1 MiB of 0xFF gave a healthy hip a false 7.9-18.5 mL lesion, 1 MiB of zeros changed head volumes: no flag."""
+    path = damaged(phantom_file, tmp_path / "slab.nii", start, length, fill)
+    _, meas = run_one(path, tmp_path / "out")
+    assert_suspect(meas, "constant slab", *words)
+
+
+def rewrite(phantom: Path, path: Path, change: Callable[[np.ndarray], np.ndarray], dtype: type = np.int16) -> Path:
+    """The phantom's voxels changed by ``change`` (same header geometry)."""
+    img = nib.load(str(phantom))
+    out = nib.Nifti1Image(change(np.asarray(img.dataobj).astype(np.float64)).astype(dtype), img.affine)
+    out.set_sform(img.affine, 1)
+    out.set_qform(img.affine, 1)
+    nib.save(out, str(path))
+    return path
+
+
+def scaled_slice(factor: float, k: int = 15) -> Callable[[np.ndarray], np.ndarray]:
+    def change(data: np.ndarray) -> np.ndarray:
+        data[:, :, k] *= factor
+        return data
+    return change
+
+
+def nan_slab(data: np.ndarray) -> np.ndarray:
+    data[:, :, 14:16] = np.nan
+    return data
+
+
+def wrapped_slice(data: np.ndarray) -> np.ndarray:
+    data[:, :, 15] = np.mod(data[:, :, 15], 256)  # as BitsStored 8 on one slice
+    return data
+
+
+@pytest.mark.parametrize(("change", "dtype", "words"), [
+    (scaled_slice(2.0), np.int16, ("slice 15 (x2.0",)),
+    (scaled_slice(0.5), np.int16, ("slice 15 (x0.5",)),
+    (wrapped_slice, np.int16, ("slice 15",)),
+    (nan_slab, np.float32, ("constant slab", "slices 14-15")),
+])
+def test_slice_scale_jump_or_nan_run_is_flagged(phantom_file: Path, tmp_path: Path, change: Any, dtype: type,
+                                                words: tuple[str, ...]) -> None:
+    path = rewrite(phantom_file, tmp_path / "scaled.nii", change, dtype)
+    _, meas = run_one(path, tmp_path / "out")
+    assert_suspect(meas, *words)
+
+
+def test_damaged_dicom_slice_is_flagged(hip_series: Path, tmp_path: Path) -> None:
+    """A DICOM slice whose pixel data turned to 0xFF bytes: flagged, the SR is not written."""
+
+    def blank(ds: pydicom.Dataset, k: int) -> None:
+        ds.PixelData = b"\xff" * len(ds.PixelData)
+
+    study = edit_slices(hip_series, tmp_path / "study", blank, only=14)
+    _, meas = run_one(study, tmp_path / "out")
+    assert_suspect(meas, "constant slab", "value -1", "slice 14")
+    assert meas["outputs"]["dicom_sr"]["status"] == "not_written"
+
+
+def test_clean_backgrounds_are_not_flagged(phantom_file: Path, tmp_path: Path) -> None:
+    """Zero-filled air and zero padding slices at the ends are not damage."""
+
+    def zero_air(data: np.ndarray) -> np.ndarray:
+        data[data < 150] = 0
+        return data
+
+    def padded(data: np.ndarray) -> np.ndarray:
+        data[:, :, :3] = 0
+        data[:, :, -2:] = 0
+        return data
+
+    for change in (zero_air, padded):
+        path = rewrite(phantom_file, tmp_path / f"{change.__name__}.nii", change)
+        result, meas = run_one(path, tmp_path / "out")
+        assert result["status"] == "ok" and "suspect_image_content" not in meas["qc_flags"], meas.get("qc_reasons")

@@ -44,6 +44,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from onfh_seg.geometry import voxel_volume_ml
+from onfh_seg.infer.content_qc import SUSPECT_IMAGE_CONTENT, content_problems
 from onfh_seg.infer.image_read import (
     DEFAULT_MAX_IMAGE_MB,
     GEOMETRY_CHOICES,
@@ -100,6 +102,7 @@ class LoadedScan:
     source_datasets: list[Any] | None = None  # DICOM headers of the chosen series
     orientation_unknown: bool = False  # no sform/qform (allow_unknown_orientation): no left/right claim
     qc_flags: list[str] = field(default_factory=list)  # scan QC flags found while reading (sheared_geometry, ...)
+    qc_reasons: dict[str, list[str]] = field(default_factory=dict)  # flag -> why (suspect_image_content)
 
 
 # ---------------------------------------------------------------- names
@@ -399,8 +402,19 @@ def input_sha256(job: ScanJob) -> str | None:
         return None
 
 
+def content_check(scan: LoadedScan) -> LoadedScan:
+    """``scan`` with ``suspect_image_content`` (flag, reasons, warnings) when its voxels look damaged
+    (``infer.content_qc``: constant slabs, slices whose intensity scale jumps)."""
+    reasons = content_problems(scan.image, voxel_volume_ml(scan.affine))
+    if reasons:
+        scan.qc_flags = [*scan.qc_flags, SUSPECT_IMAGE_CONTENT]
+        scan.qc_reasons = {**scan.qc_reasons, SUSPECT_IMAGE_CONTENT: reasons}
+        scan.warnings = [*scan.warnings, *(f"{SUSPECT_IMAGE_CONTENT}: {r}" for r in reasons)]
+    return scan
+
+
 def load_scan(job: ScanJob) -> LoadedScan:
-    """Read and validate one job's image (NIfTI file or DICOM series)."""
+    """Read and validate one job's image (NIfTI file or DICOM series), then check its content."""
     if job.error:
         raise InputError(job.error)
     if job.kind == "dicom":
@@ -414,9 +428,10 @@ def load_scan(job: ScanJob) -> LoadedScan:
         sha = dicom_sha256(files)
         img = load_series(job.series)
         image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
-        return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
+        return content_check(LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings,
+                                        list(job.series.headers)))
     img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation,
                                                         job.geometry)
     image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
-    return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
-                      orientation_unknown=unknown, qc_flags=geometry_flags(img.affine))
+    return content_check(LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
+                                    orientation_unknown=unknown, qc_flags=geometry_flags(img.affine)))

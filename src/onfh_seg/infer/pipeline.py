@@ -44,6 +44,7 @@ from onfh_seg.measure import SIDE_ORDER, mark_trust, measurements_row, with_scan
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
+NO_FEMORAL_HEAD = "no_femoral_head_found"  # the anatomy gate's flag when no head is found (infer.anatomy)
 EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
 OUTPUT_SUFFIXES = {
     "seg": "_seg.nii.gz",
@@ -416,6 +417,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
             flags = with_scan_flags(flags, scan.qc_flags)
             hips = mark_trust(hips, flags)
+            meas["qc_reasons"] = dict(scan.qc_reasons)
         meas["anatomy"] = gated.anatomy
         if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
             hips = [{**hip, "side": "unknown"} for hip in hips]
@@ -482,6 +484,8 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         "rows": rows,
         "timings": _round_timings(timings),
         "outputs": sorted(p.name for p in produced) + [paths["measurements"].name],
+        # refused as not a hip (anatomy gate or DICOM headers): the console counts these apart
+        "no_hip": any(f in (NO_FEMORAL_HEAD, NOT_HIP_ANATOMY) for f in meas.get("qc_flags") or []),
         **info,
     }
 

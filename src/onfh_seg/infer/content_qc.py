@@ -1,0 +1,145 @@
+"""Image content QC: damaged voxels that a header check cannot see (issue 24).
+
+A run of bytes overwritten on disk or in transfer (0xFF, zeros, NaN) shows up
+as a *slab*: a long run of one value in storage order (``data[:, :, k]`` with
+x fastest, as NIfTI and DICOM store a slice) where the slices beside it hold
+something else. A slice whose values were scaled differently from its
+neighbours (a wrong per-slice rescale, wrapped bits) shows up as a *scale
+jump*: its voxels are a steady multiple of the mean of the two slices beside
+it. Either makes the image's numbers untrustworthy: the scan gets the QC flag
+``suspect_image_content`` and one reason per finding.
+
+Not a finding: background of one value (zero-filled air) whose neighbours are
+background too, and whole constant slices at either end of the volume
+(padding). numpy only; memory is a few slices at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.measure.QC_FLAGS)
+MIN_SLAB_ML = 0.1  # smallest slab worth a flag (the smallest lesion classed is 0.5 mL)
+MIN_SLAB_VOXELS = 64
+SLAB_NEIGHBOUR_FRACTION = 0.4  # share of a run's voxels whose slice neighbours hold a clearly other value
+SLAB_CONTRAST = 0.05  # "clearly other": more than this fraction of the image's 1st-99th percentile range
+SCALE_JUMP = 1.35  # a slice's median ratio to its neighbours' mean beyond this (or below 1/this): a jump
+NEIGHBOUR_AGREEMENT = 0.2  # neighbours used for the ratio differ by at most this fraction of their mean
+RATIO_SPREAD = 0.15  # a scale error moves every voxel alike: most ratios lie within this of the median
+MIN_RATIO_VOXELS = 64
+MIN_RATIO_FRACTION = 0.02  # of the slice
+
+
+def min_slab_voxels(voxel_ml: float) -> int:
+    """Run length (voxels) from which a constant run counts as a slab: ``MIN_SLAB_ML`` of tissue, at least 64."""
+    if not (math.isfinite(voxel_ml) and voxel_ml > 0):
+        return MIN_SLAB_VOXELS
+    return max(MIN_SLAB_VOXELS, math.ceil(MIN_SLAB_ML / voxel_ml))
+
+
+def _plane(image: np.ndarray, k: int) -> np.ndarray:
+    """Slice ``k`` in storage order (x fastest)."""
+    return np.asarray(image[:, :, k]).ravel(order="F")
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start indices and lengths of the runs of equal consecutive values of a 1-D array."""
+    cuts = np.flatnonzero(values[1:] != values[:-1]) + 1
+    bounds = np.concatenate([[0], cuts, [values.size]])
+    return bounds[:-1], np.diff(bounds)
+
+
+def _constant_value(image: np.ndarray, k: int) -> float | None:
+    """The one value of slice ``k``, or None when it holds several."""
+    plane = image[:, :, k]
+    value = plane.flat[0]
+    return float(value) if np.all(plane == value) else None
+
+
+def _padding_slices(image: np.ndarray) -> set[int]:
+    """Whole constant slices at either end of the volume that share one value (zero padding, not damage)."""
+    depth = image.shape[2]
+    padded: set[int] = set()
+    for order in (range(depth), range(depth - 1, -1, -1)):
+        first = None
+        for k in order:
+            value = _constant_value(image, k)
+            if value is None or (first is not None and value != first):
+                break
+            first = value
+            padded.add(k)
+    return padded
+
+
+def _sample(image: np.ndarray) -> np.ndarray:
+    """About 200,000 voxels of ``image`` (every n-th in memory order)."""
+    return np.asarray(image).ravel()[:: max(1, image.size // 200_000)]
+
+
+def constant_slabs(image: np.ndarray, voxel_ml: float) -> list[str]:
+    """One reason per slice that holds a long constant run unlike the slices beside it."""
+    depth = image.shape[2]
+    min_run = min_slab_voxels(voxel_ml)
+    lo, hi = np.percentile(_sample(image), [1.0, 99.0])
+    contrast = SLAB_CONTRAST * float(hi - lo)
+    padded = _padding_slices(image)
+    hits: list[tuple[int, int, float]] = []  # slice, voxels, value
+    for k in range(depth):
+        if k in padded:
+            continue
+        plane = _plane(image, k)
+        starts, lengths = _runs(plane)
+        long = lengths >= min_run
+        if not np.any(long):
+            continue
+        differ = np.zeros(plane.size, bool)
+        for j in (k - 1, k + 1):
+            if 0 <= j < depth:
+                differ |= np.abs(_plane(image, j) - plane) > contrast
+        counts = np.add.reduceat(differ, starts)[long]
+        values = plane[starts[long]]
+        suspect = counts >= SLAB_NEIGHBOUR_FRACTION * lengths[long]
+        if np.any(suspect):
+            hits.append((k, int(lengths[long][suspect].sum()), float(values[suspect][0])))
+    return [_slab_reason(hits)] if hits else []
+
+
+def _slab_reason(hits: list[tuple[int, int, float]]) -> str:
+    slices = [k for k, _, _ in hits]
+    where = f"slice {slices[0]}" if len(slices) == 1 else f"slices {slices[0]}-{slices[-1]}"
+    voxels = sum(n for _, n, _ in hits)
+    return (f"constant slab: {voxels} voxels of value {hits[0][2]:g} in {where} (storage order), unlike the "
+            "slices beside them (damaged data?)")
+
+
+def scale_jumps(image: np.ndarray) -> list[str]:
+    """One reason per slice whose intensities are a steady multiple (beyond ``SCALE_JUMP``) of its neighbours'."""
+    depth = image.shape[2]
+    floor = 0.25 * float(np.percentile(_sample(image), 99))  # brighter tissue only
+    least = max(MIN_RATIO_VOXELS, int(MIN_RATIO_FRACTION * image.shape[0] * image.shape[1]))
+    jumps = []
+    for k in range(1, depth - 1):
+        below, here, above = (np.asarray(image[:, :, j], np.float64) for j in (k - 1, k, k + 1))
+        mean = 0.5 * (below + above)
+        use = (below > floor) & (above > floor) & (np.abs(below - above) <= NEIGHBOUR_AGREEMENT * mean)
+        if np.count_nonzero(use) < least:
+            continue
+        ratios = here[use] / mean[use]
+        ratio = float(np.median(ratios))
+        steady = np.mean(np.abs(ratios - ratio) <= RATIO_SPREAD * ratio) >= 0.5  # one factor, not anatomy
+        if steady and not (1.0 / SCALE_JUMP <= ratio <= SCALE_JUMP):
+            jumps.append((k, ratio))
+    if not jumps:
+        return []
+    listed = ", ".join(f"{k} (x{r:.2f})" for k, r in jumps[:5]) + (" ..." if len(jumps) > 5 else "")
+    return [f"intensity scale jumps against the neighbouring slices in slice {listed} (wrong per-slice rescale?)"]
+
+
+def content_problems(image: np.ndarray, voxel_ml: float) -> list[str]:
+    """Reasons to distrust a validated 3-D float image's voxels (empty when none): slabs, then scale jumps."""
+    image = np.asarray(image)
+    if image.ndim != 3 or min(image.shape) < 1:
+        return []
+    return constant_slabs(image, voxel_ml) + scale_jumps(image)
