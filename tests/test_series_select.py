@@ -280,13 +280,16 @@ def test_highest_flip_angle_of_a_variable_flip_angle_set(tmp_path: Path) -> None
     assert chosen(tmp_path, {"prefer_highest_flip_angle": False}) == 26
 
 
-@pytest.mark.parametrize(("preference", "expected"), [
-    (None, 10), (["water", "in-phase", "out-of-phase", "fat"], 12), ([], 13)])
-def test_dixon_preference_is_data(tmp_path: Path, preference: list | None, expected: int) -> None:
+UNRECOGNISED = {"in-phase": {}, "water": {}, "out-of-phase": {}, "fat": {}}  # components nothing matches
+
+
+@pytest.mark.parametrize(("rules", "expected"), [
+    (None, 10), ({"dixon_preference": ["water", "in-phase", "out-of-phase", "fat"]}, 12),
+    ({"dixon_preference": []}, 13), ({"dixon_components": UNRECOGNISED}, 13)])
+def test_dixon_preference_is_data(tmp_path: Path, rules: dict | None, expected: int) -> None:
     for number, suffix in ((10, "in"), (11, "opp"), (12, "W"), (13, "F")):
         write_series(tmp_path, number, f"t1_vibe_dixon_cor_{suffix}", tr=4.0, te=2.4, flip=9, scanning="GR",
                      acquisition="3D")
-    rules = None if preference is None else {"dixon_preference": preference}
     assert chosen(tmp_path, rules) == expected
 
 
