@@ -358,3 +358,12 @@ def test_all_t1_measures_every_candidate_under_its_own_name(tmp_path: Path) -> N
     for job in jobs:
         meas = json.loads((tmp_path / "out" / f"{job.name}_measurements.json").read_text())
         assert meas["dicom"]["series_number"] == job.series.series_number
+
+
+def test_forced_number_shared_by_two_series_asks_for_a_uid(tmp_path: Path) -> None:
+    first = write_series(tmp_path / "a", 5, "t1_tse_cor")
+    second = write_series(tmp_path / "b", 5, "t1_tse_cor_mpr")  # e.g. a reformat saved under the same number
+    with pytest.raises(DicomError, match="series=5 matches 2 series; give a SeriesInstanceUID"):
+        select_series(find_series(tmp_path), None, "5")
+    assert select_series(find_series(tmp_path), None, second.series_uid).chosen.series_uid == second.series_uid
+    assert first.series_uid != second.series_uid
