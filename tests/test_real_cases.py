@@ -1,0 +1,203 @@
+"""Real, openly licensed MR scans run through the shipped model (issue 22, item 2).
+
+The scans are committed under ``tests/data/real`` (byte-identical copies of
+the upstream files; sources, licences, checksums and what each scan shows are
+in ``tests/data/real/README.md``). No real hip MRI with both femoral heads in
+view and a clear open licence could be found in public test data, so the cases
+are three real scans without hips, which must be refused, and one real pelvic
+MR (a prostate ADC map) whose femoral heads are cut in half by the field of
+view. Nothing is downloaded at test time.
+
+What is checked: the non-hip scans are refused (``not_hip_anatomy`` or
+``no_femoral_head_found``, no hip, nothing segmented, no DICOM SEG/SR); on the
+pelvic scan no lesion is invented and any hip reported lies on its own side.
+That the model finds the two cut heads there (``partial_head``, right at
++x) is expected of a working head locator but not met by the current model:
+that test is ``xfail(strict=False)``. Run with ``-s`` to see the measured
+numbers of each scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "tests" / "data" / "real"
+MODELS = ROOT / "models"
+HAVE_MODEL = (MODELS / "fine.onnx").is_file() and (MODELS / "coarse.onnx").is_file()
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="models/coarse.onnx, fine.onnx are not shipped")
+
+REFUSED = ("not_hip_anatomy", "no_femoral_head_found")
+MAX_HEALTHY_LESION_ML = 0.5
+
+# Byte-identical upstream files (README.md lists repository, path and commit of each).
+SHA256 = {
+    "sct_neck_spine/t2s_uncropped.nii.gz": "94941ac6edc95d36b03838591bea8427094d57228282167b0a7edf178e17fba9",
+    "sct_neck_spine/t1w.nii.gz": "b9c5f1d04a80ddea35443afc3c87a5ff4f8c6b1c02f85584e55b81be5c4656fd",
+    "cptac_sar_forearm_scout/data.zip": "4dfe8abdad0c60531061628c1fb0fa33e669451b68a6f3d9f6907df48aecd108",
+    "qin_prostate_adc/pm-example-dcm.zip": "5376d9808ddf94b6fb66dc1fcf49213ea9f24deb7769cdb501c9dc8bf7f53625",
+}
+LICENCES = ("sct_neck_spine/LICENSE", "cptac_sar_forearm_scout/LICENSE.txt",
+            "cptac_sar_forearm_scout/LICENSE.vtk-data", "qin_prostate_adc/LICENSE.txt")
+
+# Femoral head centres of the prostate ADC scan (RAS mm), read off its slices (README): each sits at the
+# lateral edge of the 180 mm field of view (x = -88 .. +90 mm), so only the medial half of each head is in it.
+PROSTATE_HEADS = {"right": np.array([90.0, 12.0, -4.0]), "left": np.array([-90.0, 12.0, -4.0])}
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Case name -> input path: the NIfTI files as committed, the DICOM zips unpacked to a temporary folder."""
+    tmp = tmp_path_factory.mktemp("real_inputs")
+    for rel in ("cptac_sar_forearm_scout/data.zip", "qin_prostate_adc/pm-example-dcm.zip"):
+        with zipfile.ZipFile(REAL / rel) as zf:
+            zf.extractall(tmp / Path(rel).parent.name)
+    return {
+        "neck_t2s_axial": REAL / "sct_neck_spine" / "t2s_uncropped.nii.gz",
+        "cspine_t1w_crop": REAL / "sct_neck_spine" / "t1w.nii.gz",
+        "forearm_scout": tmp / "cptac_sar_forearm_scout" / "data",
+        "prostate_adc": tmp / "qin_prostate_adc" / "701-ADCb500",
+    }
+
+
+# DICOM cases name their series: the automatic choice refuses both by their headers (a scout; an ADC map
+# taken for a dynamic series), see test_dicom_studies_refused_by_series_choice.
+SERIES = {"forearm_scout": "1", "prostate_adc": "701"}
+
+
+@lru_cache(maxsize=1)
+def segmenter():
+    from onfh_seg.infer.engine import Segmenter
+
+    return Segmenter(MODELS, provider="cpu", threads=2)
+
+
+def summary(rec: dict) -> str:
+    hips = [f"{h['side']}: head {h['head_volume_ml']:.1f} mL, lesion {h['lesion_volume_ml']:.2f} mL, "
+            f"centre {h['head_centre_ras_mm']}, flags {h['qc_flags']}" for h in rec["hips"]]
+    heads = [f"{h['volume_ml']:.1f} mL at {h['component_centre_ras_mm']} partial={h['partial']} "
+             f"failures={h['failures']}" for h in (rec.get("anatomy") or {}).get("heads", [])]
+    return (f"status {rec['status']} {rec.get('error') or ''} qc_flags {rec['qc_flags']}; "
+            f"{len(rec['hips'])} hips {hips}; gate heads {heads}")
+
+
+@pytest.fixture(scope="module")
+def records(inputs, tmp_path_factory) -> dict[str, dict]:
+    """Each case through process_scan (onfh-infer's per-scan step) with the shipped model, CLI defaults."""
+    from onfh_seg.infer.inputs import expand_input
+    from onfh_seg.infer.pipeline import output_paths, process_scan
+
+    out = tmp_path_factory.mktemp("real_out")
+    recs = {}
+    for name, path in inputs.items():
+        [job] = expand_input(path, series=SERIES.get(name, "auto"))
+        result = process_scan(job, out / name, segmenter(), {"overlay": False})
+        meas = json.loads(output_paths(out / name, job.name)["measurements"].read_text())
+        recs[name] = {**meas, "result": result, "folder": out / name}
+        print(f"\n[real case] {name}: {summary(recs[name])}")
+    return recs
+
+
+# ---------------------------------------------------------------- the files
+
+
+def test_committed_files_are_the_upstream_files_with_their_licences() -> None:
+    for rel, digest in SHA256.items():
+        assert hashlib.sha256((REAL / rel).read_bytes()).hexdigest() == digest, rel
+    for rel in LICENCES:
+        assert (REAL / rel).is_file(), rel
+    readme = (REAL / "README.md").read_text(encoding="utf-8")
+    assert all(digest in readme for digest in SHA256.values())
+
+
+def test_dicom_geometry_as_documented(inputs) -> None:
+    """The two DICOM series read as the README describes them (RAS: +x is the patient's right)."""
+    from onfh_seg.io.dicom import find_series, load_series
+
+    [forearm] = find_series(inputs["forearm_scout"])
+    img = load_series(forearm)
+    assert img.shape == (512, 512, 3) and np.allclose(img.header.get_zooms()[:3], (0.9765625, 0.9765625, 12.0))
+    [adc] = find_series(inputs["prostate_adc"])
+    img = load_series(adc)
+    assert img.shape == (256, 256, 20) and nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    corners = np.array([img.affine @ [i, j, 0, 1] for i in (0, 255) for j in (0, 255)])[:, :3]
+    assert corners[:, 0].max() == pytest.approx(91.0, abs=1.5) and corners[:, 0].min() == pytest.approx(-89.3, abs=1.5)
+
+
+def test_dicom_studies_refused_by_series_choice(inputs, tmp_path: Path) -> None:
+    """Given as plain folders, neither DICOM study reaches the model: no T1 series among them."""
+    from onfh_seg.infer.inputs import expand_input
+    from onfh_seg.infer.pipeline import output_paths, process_scan
+
+    class NoModel:
+        version, sha256, providers = "none", None, []
+
+        def segment(self, image, affine):
+            raise AssertionError("the model must not run on a refused study")
+
+    for name, reason in (("forearm_scout", "scout"), ("prostate_adc", "dynamic")):
+        [job] = expand_input(inputs[name])
+        result = process_scan(job, tmp_path / name, NoModel(), {})
+        meas = json.loads(output_paths(tmp_path / name, job.name)["measurements"].read_text())
+        assert meas["status"] == "error" and "no T1 series" in meas["error"] and reason in meas["error"]
+        assert meas["hips"] == [] and result["rows"] == []
+
+
+# ---------------------------------------------------------------- the shipped model
+
+
+def assert_refused(rec: dict) -> None:
+    assert rec["status"] == "ok", rec.get("error")
+    assert any(flag in rec["qc_flags"] for flag in REFUSED), summary(rec)
+    assert rec["hips"] == [], summary(rec)
+    assert all(not row["side"] for row in rec["result"]["rows"])
+    for seg in rec["folder"].glob("*_seg.nii.gz"):
+        assert not np.asarray(nib.load(str(seg)).dataobj).any(), f"{seg.name} claims a femoral head"
+    assert not list(rec["folder"].glob("*_seg.dcm")) and not list(rec["folder"].glob("*_sr.dcm"))
+
+
+@needs_model
+@pytest.mark.parametrize("name", ["neck_t2s_axial", "cspine_t1w_crop", "forearm_scout"])
+def test_scans_without_hips_are_refused(records, name: str) -> None:
+    assert_refused(records[name])
+
+
+@needs_model
+def test_pelvic_scan_gets_no_invented_lesion_and_sides_from_the_affine(records) -> None:
+    """Prostate ADC map (heads cut by the field of view): whatever is reported is on its own side, no lesion."""
+    rec = records["prostate_adc"]
+    assert rec["status"] == "ok", rec.get("error")
+    for hip in rec["hips"]:
+        assert hip["lesion_volume_ml"] <= MAX_HEALTHY_LESION_ML, summary(rec)
+        x = hip["head_centre_ras_mm"][0]
+        assert hip["side"] == ("right" if x > 0 else "left"), summary(rec)
+        assert "partial_head" in hip["qc_flags"], summary(rec)  # both heads touch the edge of the field of view
+    for head in (rec.get("anatomy") or {}).get("heads", []):
+        assert head["lesion_fraction"] * head["volume_ml"] <= MAX_HEALTHY_LESION_ML, summary(rec)
+
+
+@needs_model
+@pytest.mark.xfail(strict=False, reason="head locator: the current model finds no femoral head in the real prostate "
+                                        "ADC scan, where the medial half of each head is in view (issue 22)")
+def test_pelvic_scan_heads_found_where_they_are(records) -> None:
+    """Both cut heads segmented where visible, flagged partial_head, on the right sides, near their true centres."""
+    rec = records["prostate_adc"]
+    hips = {h["side"]: h for h in rec["hips"]}
+    assert set(hips) == {"right", "left"}, summary(rec)
+    for side, hip in hips.items():
+        centre = np.asarray(hip["head_centre_ras_mm"], float)
+        # the centroid of the visible (medial) half lies ~9 mm medial of the true centre
+        assert np.linalg.norm(centre - PROSTATE_HEADS[side]) < 25.0, summary(rec)
+        assert 5.0 <= hip["head_volume_ml"] <= 60.0, summary(rec)  # about half a 25-60 mL head
+        assert "partial_head" in hip["qc_flags"] and hip["lesion_volume_ml"] <= MAX_HEALTHY_LESION_ML, summary(rec)
