@@ -377,3 +377,53 @@ def test_clean_backgrounds_are_not_flagged(phantom_file: Path, tmp_path: Path) -
         path = rewrite(phantom_file, tmp_path / f"{change.__name__}.nii", change)
         result, meas = run_one(path, tmp_path / "out")
         assert result["status"] == "ok" and "suspect_image_content" not in meas["qc_flags"], meas.get("qc_reasons")
+
+
+# ---------------------------------------------------------------- (g) a SEG that cannot be written is reported
+
+
+def batch_cfg(study: Path, out: Path, **dicom: Any) -> dict:
+    return {"input": str(study), "out_dir": str(out), "workers": 1, "overlay": False,
+            "dicom": {"write_seg": True, "write_sr": True, **dicom}}
+
+
+@pytest.mark.parametrize(("keyword", "words"), [
+    ("SliceThickness", "SliceThickness missing in slice IM0000.dcm (InstanceNumber 1): a DICOM SEG needs it"),
+    ("FrameOfReferenceUID", "FrameOfReferenceUID missing in slice IM0000.dcm (InstanceNumber 1): a DICOM SEG needs it"),
+])
+def test_seg_failure_is_reported_and_no_sr_alone(hip_series: Path, tmp_path: Path, caplog, keyword: str,
+                                                 words: str) -> None:
+    """A missing SliceThickness lost the SEG with a raw AttributeError while the SR was still written; the CSV
+    showed nothing."""
+
+    def drop(ds: pydicom.Dataset, k: int) -> None:
+        delattr(ds, keyword)
+
+    study = edit_slices(hip_series, tmp_path / "study", drop)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="onfh_seg.batch"):
+        summary = run_batch(batch_cfg(study, out), segmenter_factory=lambda threads: ThresholdSegmenter())
+    [result] = summary.results
+    assert result["status"] == "ok", result["error"]
+    meas = json.loads((out / f"{result['name']}_measurements.json").read_text())
+    assert meas["outputs"]["dicom_seg"] == {"status": "error", "error": words}
+    assert meas["outputs"]["dicom_sr"]["status"] == "not_written"
+    assert "dicom.sr_without_seg=true" in meas["outputs"]["dicom_sr"]["reason"]
+    assert not list(out.glob("*.dcm"))
+    _, rows = read_csv(out / "measurements.csv")
+    assert {r["output_errors"] for r in rows} == {f"dicom_seg: {words}"}
+    assert f"{result['name']}: not written: dicom_seg: {words}" in caplog.text
+
+
+def test_sr_without_seg_when_asked(hip_series: Path, tmp_path: Path) -> None:
+    def drop(ds: pydicom.Dataset, k: int) -> None:
+        del ds.SliceThickness
+
+    study = edit_slices(hip_series, tmp_path / "study", drop)
+    out = tmp_path / "out"
+    summary = run_batch(batch_cfg(study, out, sr_without_seg=True), segmenter_factory=lambda threads: ThresholdSegmenter())
+    [result] = summary.results
+    meas = json.loads((out / f"{result['name']}_measurements.json").read_text())
+    assert meas["outputs"]["dicom_seg"]["status"] == "error"
+    assert meas["outputs"]["dicom_sr"] == f"{result['name']}_sr.dcm" and (out / meas["outputs"]["dicom_sr"]).is_file()
+    assert meas["settings"]["dicom.sr_without_seg"] is True

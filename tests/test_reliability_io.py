@@ -299,7 +299,10 @@ def test_failing_dicom_writer_keeps_nifti_json_and_rows(hip_dicom: Path, tmp_pat
     key, other = ("dicom_seg", "dicom_sr") if failing == "write_dicom_seg" else ("dicom_sr", "dicom_seg")
     assert meas["outputs"][key] == {"status": "error", "error": "Source images must have a shared orientation."}
     assert not (out / f"{name}{OUTPUT_SUFFIXES[key]}").exists()
-    assert meas["outputs"][other] == f"{name}{OUTPUT_SUFFIXES[other]}" and (out / meas["outputs"][other]).is_file()
+    if failing == "write_dicom_seg":  # no SR alone unless dicom.sr_without_seg=true (issue 24)
+        assert meas["outputs"][other]["status"] == "not_written" and not (out / f"{name}_sr.dcm").exists()
+    else:
+        assert meas["outputs"][other] == f"{name}{OUTPUT_SUFFIXES[other]}" and (out / meas["outputs"][other]).is_file()
     assert any("not written: Source images must have a shared orientation" in w for w in meas["warnings"])
     assert [p for p in out.iterdir() if p.name.endswith(".tmp")] == []
 

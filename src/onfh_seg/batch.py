@@ -277,6 +277,8 @@ def _progress(total: int, desc: str):
 def _report(result: dict) -> None:
     if result["status"] == "error":
         log.warning("failed %s: %s", result["name"], result["error"])
+    for problem in result.get("output_errors") or []:  # e.g. a DICOM SEG that could not be written
+        log.warning("%s: not written: %s", result["name"], problem)
 
 
 def _run_here(jobs: list[ScanJob], out_dir: Path, cfg: Mapping[str, Any], spec: EngineSpec,

@@ -34,7 +34,7 @@ VECTOR_KEYS = ("lesion_centroid_ras_mm", "head_centre_ras_mm")
 CSV_COLUMNS = (
     ["scan", "image"]
     + [c for k in HIP_KEYS for c in ([f"{k}_x", f"{k}_y", f"{k}_z"] if k in VECTOR_KEYS else [k])]
-    + ["trusted", "hip_qc_flags", "qc_flags", "model_version"]
+    + ["trusted", "hip_qc_flags", "qc_flags", "model_version", "output_errors"]
 )
 QC_FLAGS = (
     "no_femoral_head_found",
@@ -410,9 +410,13 @@ def mark_trust(hips: Sequence[dict], scan_flags: Sequence[str]) -> list[dict]:
 
 
 def measurements_row(
-    scan_name: str, image_name: str, hip: dict | None, qc: Sequence[str], model_version: str
+    scan_name: str, image_name: str, hip: dict | None, qc: Sequence[str], model_version: str,
+    output_errors: str | None = None,
 ) -> dict:
     """One ``measurements.csv`` row (keys = ``CSV_COLUMNS``); vectors become ``_x,_y,_z``.
+
+    ``output_errors`` names the outputs that could not be written (e.g. ``dicom_seg: SliceThickness missing
+    in slice IM0003.dcm``); None when every output was written.
 
     ``hip`` None (no hip found) leaves the hip columns None (written empty).
     ``trusted`` (true/false) and ``hip_qc_flags`` (``;``-joined) come from the
@@ -437,4 +441,5 @@ def measurements_row(
         row["hip_qc_flags"] = ";".join(hip.get("qc_flags") or [])
     row["qc_flags"] = ";".join(qc)
     row["model_version"] = model_version
+    row["output_errors"] = output_errors
     return row

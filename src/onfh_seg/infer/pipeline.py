@@ -159,11 +159,21 @@ def _orientation(affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
 
 
+def output_errors(meas: Mapping[str, Any]) -> list[str]:
+    """``"<output>: <error>"`` for every output of a scan that could not be written (``outputs`` entries with
+    status error)."""
+    outputs = meas.get("outputs") or {}
+    return [f"{key}: {value.get('error')}" for key, value in outputs.items()
+            if isinstance(value, Mapping) and value.get("status") == "error"]
+
+
 def rows_from_measurements(meas: Mapping[str, Any]) -> list[dict]:
     """``measurements.csv`` rows of one scan's measurements dict (one per hip, or one empty-hip row)."""
     hips = list(meas.get("hips") or []) or [None]
+    problems = "; ".join(output_errors(meas)) or None
     return [
-        measurements_row(meas["name"], meas["input"], hip, meas.get("qc_flags") or [], meas.get("model_version") or "")
+        measurements_row(meas["name"], meas["input"], hip, meas.get("qc_flags") or [], meas.get("model_version") or "",
+                         problems)
         for hip in hips
     ]
 
@@ -346,9 +356,13 @@ def _write_dicom_outputs(
             attempt("dicom_seg", "DICOM SEG", lambda: write_dicom_seg(
                 make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"],
                 model_version=version))
+    seg_failed = isinstance(out.get("dicom_seg"), Mapping) and out["dicom_seg"].get("status") == "error"
     if setting(cfg, "dicom.write_sr"):
         sided = [h for h in meas["hips"] if h["side"] in ("right", "left") and h.get("trusted", True)]
-        if sided:
+        if seg_failed and not setting(cfg, "dicom.sr_without_seg"):  # never an SR alone unless asked for
+            out["dicom_sr"] = {"status": "not_written", "reason": "the DICOM SEG could not be written (see dicom_seg); "
+                                                                  "dicom.sr_without_seg=true writes the SR alone"}
+        elif sided:
             attempt("dicom_sr", "DICOM SR", lambda: write_dicom_sr(
                 {**meas, "hips": sided}, scan.source_datasets, paths["dicom_sr"], model_version=version))
         else:  # nothing trustworthy to report
@@ -484,6 +498,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         "rows": rows,
         "timings": _round_timings(timings),
         "outputs": sorted(p.name for p in produced) + [paths["measurements"].name],
+        "output_errors": output_errors(meas),
         # refused as not a hip (anatomy gate or DICOM headers): the console counts these apart
         "no_hip": any(f in (NO_FEMORAL_HEAD, NOT_HIP_ANATOMY) for f in meas.get("qc_flags") or []),
         **info,

@@ -35,7 +35,14 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from onfh_seg import labels
-from onfh_seg.io.dicom import ORIENTATION_TOLERANCE, DicomError, series_affine, series_shape, sort_slices
+from onfh_seg.io.dicom import (
+    ORIENTATION_TOLERANCE,
+    DicomError,
+    series_affine,
+    series_shape,
+    slice_name,
+    sort_slices,
+)
 from onfh_seg.io.nifti import atomic_write_bytes, make_image
 
 MANUFACTURER = "onfh-seg"
@@ -270,16 +277,50 @@ def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
     return out
 
 
+# Tags every source slice must carry for a DICOM SEG (highdicom reads them; a missing one is named, not a traceback).
+SEG_REQUIRED_KEYWORDS: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                                          "FrameOfReferenceUID", "SliceThickness")
+
+
+def check_seg_sources(sorted_sources: Sequence[Dataset]) -> None:
+    """DicomError naming the tag and the slice when a source slice lacks what a DICOM SEG needs."""
+    for ds in sorted_sources:
+        for keyword in SEG_REQUIRED_KEYWORDS:
+            if ds.get(keyword) in (None, ""):
+                raise DicomError(f"{keyword} missing in slice {slice_name(ds)}: a DICOM SEG needs it")
+        thickness = ds.get("SliceThickness")
+        try:
+            positive = float(thickness) > 0.0
+        except (TypeError, ValueError):
+            positive = False
+        if not positive:
+            raise DicomError(f"invalid SliceThickness {thickness!r} in slice {slice_name(ds)}: a DICOM SEG needs it > 0")
+
+
 def build_dicom_seg(
     label_img: nib.Nifti1Image,
     source_datasets: Sequence[Dataset],
     model_version: str = "unknown",
     series_number: int = 9001,
 ) -> hd.seg.Segmentation:
-    """A BINARY DICOM Segmentation of labels 1-4 referencing the source instances."""
+    """A BINARY DICOM Segmentation of labels 1-4 referencing the source instances (DicomError, one line naming
+    the tag, when the sources cannot carry one)."""
     frames, sorted_sources = label_map_to_frames(label_img, source_datasets)
+    check_seg_sources(sorted_sources)
     refs = snap_orientation([reference_copy(ds) for ds in sorted_sources])
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(refs, frames, model_version, series_number)
+    except AttributeError as exc:  # highdicom reading a tag the sources lack
+        missing = getattr(exc, "name", None) or str(exc).rsplit(" ", 1)[-1].strip("'")
+        raise DicomError(f"{missing} missing in the source slices: a DICOM SEG needs it") from None
+    _scrub(seg)
+    return seg
+
+
+def _segmentation(refs: list[Dataset], frames: np.ndarray, model_version: str,
+                  series_number: int) -> hd.seg.Segmentation:
+    """The highdicom Segmentation object of ``frames`` over the reference copies ``refs``."""
+    return hd.seg.Segmentation(
         source_images=refs,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -293,8 +334,6 @@ def build_dicom_seg(
         series_description="onfh-seg segmentation",
         omit_empty_frames=bool(frames.any()),
     )
-    _scrub(seg)
-    return seg
 
 
 def write_dicom_seg(
