@@ -303,7 +303,9 @@ def test_image_gate_refuses_head_series_and_abdomen_without_headers(tmp_path: Pa
         if rec["result"]["input"].endswith(("HFS", "HFDL", "HFDR", "HFP")):
             assert rec["outputs"]["dicom_seg"]["status"] == "not_written"
             assert rec["outputs"]["dicom_sr"]["status"] == "not_written"
-    assert records[-1]["qc_flags"][:1] == ["no_femoral_head_found"]  # the abdomen
+    # the abdomen: refused either because no head is found, or because what the head search's fine-network
+    # judge took for heads fails the gate (not spherical); both are refusals with no hip
+    assert records[-1]["qc_flags"][:1] in (["no_femoral_head_found"], ["not_hip_anatomy"])
 
 
 @pytest.fixture(scope="module")

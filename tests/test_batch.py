@@ -204,7 +204,7 @@ def test_failure_isolation_and_run_records(batch_set, reference_run) -> None:
     for pkg in ("onfh_seg", "onnxruntime", "numpy", "nibabel"):
         assert manifest["versions"][pkg]
     assert manifest["model"]["version"] == "fake-1.0" and manifest["providers"] == ["CPUExecutionProvider"]
-    assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "failed": 1}
+    assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "no_hip": 0, "failed": 1}
     assert all("total" in s["timings"] for s in manifest["scans"])
     assert no_temporaries(out) == []
 
@@ -224,15 +224,15 @@ def test_rerun_skips_done_scans_and_retries_failures(batch_set, reference_run, t
     changed.mkdir(exist_ok=True)
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj) + np.int16(1), img.affine, img.header), str(changed / "P001_m00.nii.gz"))
     summary = run_batch(base_cfg(changed, out, model), segmenter_factory=factory(model))
-    assert (summary.done, summary.skipped) == (1, 0)
+    assert (summary.done, summary.no_hip, summary.skipped) == (0, ["P001_m00"], 0)  # the fake knows no changed image
     os.environ["FAKE_SEGMENTER_VERSION"] = "fake-2.0"
     try:
         summary = run_batch(base_cfg(changed, out, model), segmenter_factory=factory(model))
     finally:
         del os.environ["FAKE_SEGMENTER_VERSION"]
-    assert (summary.done, summary.skipped) == (1, 0)
+    assert (summary.done + len(summary.no_hip), summary.skipped) == (1, 0)
     summary = run_batch(base_cfg(changed, out, model, resume=False), segmenter_factory=factory(model))
-    assert (summary.done, summary.skipped) == (1, 0)
+    assert (summary.done + len(summary.no_hip), summary.skipped) == (1, 0)
 
 
 def test_same_csv_for_one_and_two_workers(batch_set, reference_run, tmp_path) -> None:

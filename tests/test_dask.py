@@ -72,7 +72,7 @@ def test_dask_two_workers_match_pool_and_one_worker(batch_set, reference_run, tm
     assert_same_outputs(out, pool)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["executor"] == "dask" and manifest["workers"] == 2 and manifest["scheduler"] is None
-    assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "failed": 1}
+    assert manifest["counts"] == {"total": 10, "done": 9, "skipped": 0, "no_hip": 0, "failed": 1}
     assert no_temporaries(out) == []
 
     from distributed import LocalCluster

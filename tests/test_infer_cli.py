@@ -187,7 +187,8 @@ def test_seg_keeps_unusual_header_geometry(fake_model, tmp_path: Path) -> None:
     nib.save(img, str(tmp_path / "odd.nii.gz"))
     out = tmp_path / "out"
     summary = run_batch(base_cfg(tmp_path / "odd.nii.gz", out, fake_model), segmenter_factory=factory(fake_model))
-    assert summary.done == 1
+    assert (summary.done, summary.no_hip, summary.failed) == (0, ["odd"], 0) and summary.exit_code == 0
+    assert summary.line() == "done 0, no hip found 1 (odd), skipped 0, failed 0"
     seg = nib.load(str(out / "odd_seg.nii.gz"))
     assert seg.shape == data.shape[:3]
     assert int(seg.header["sform_code"]) == 2 and int(seg.header["qform_code"]) == 0
@@ -252,7 +253,8 @@ def test_bad_inputs_fail_alone_and_are_isolated(cohort, fake_model, tmp_path: Pa
     save_like(bad / "nans.nii.gz", nan, np.diag([1.0, 1.0, 3.0, 1.0]))
     res = run_cli(args + ["overlay=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1].startswith(f"done 2, skipped 0, failed {len(expected)}")
+    # the scan without a head is counted apart and named, not as done or failed
+    assert res.stdout.strip().splitlines()[-1].startswith(f"done 1, no hip found 1 (nans), skipped 0, failed {len(expected)}")
     meas = json.loads((out / "nans_measurements.json").read_text())
     assert meas["status"] == "ok" and any("non-finite" in w for w in meas["warnings"])
     assert "no_femoral_head_found" in meas["qc_flags"]
@@ -268,16 +270,18 @@ def test_abdominal_mr_has_no_femoral_head(fake_model, tmp_path: Path) -> None:
         summary = run_batch(cfg)
     else:
         summary = run_batch(base_cfg(ABDOMEN, out, fake_model, overlay=True), segmenter_factory=factory(fake_model))
-    assert (summary.done, summary.failed) == (1, 0)
+    assert (summary.done, summary.no_hip, summary.failed) == (0, ["abdomen_mr_t1_3mm"], 0)
+    assert summary.line() == "done 0, no hip found 1 (abdomen_mr_t1_3mm), skipped 0, failed 0"
     meas = json.loads((out / "abdomen_mr_t1_3mm_measurements.json").read_text())
     assert meas["status"] == "ok", meas["error"]
-    assert "no_femoral_head_found" in meas["qc_flags"] and meas["hips"] == []
+    refusal = {"no_femoral_head_found", "not_hip_anatomy"} & set(meas["qc_flags"])  # no head, or the gate's refusal
+    assert refusal and meas["hips"] == []
     seg = nib.load(str(out / "abdomen_mr_t1_3mm_seg.nii.gz"))
     src = nib.load(str(ABDOMEN))
     assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
     assert not np.isin(np.asarray(seg.dataobj), (2, 3)).any(), "no lesion may be invented"
     _, rows = read_csv(out / "measurements.csv")
-    assert len(rows) == 1 and rows[0]["side"] == "" and "no_femoral_head_found" in rows[0]["qc_flags"]
+    assert len(rows) == 1 and rows[0]["side"] == "" and refusal <= set(rows[0]["qc_flags"].split(";"))
     assert (out / "abdomen_mr_t1_3mm_overlay.png").is_file()
 
 
@@ -341,7 +345,7 @@ def test_dicom_study_writes_seg_sr_and_series_info(tmp_path: Path) -> None:
     # no hip -> neither SEG nor SR (the reason recorded), and the stale ones from the earlier run are removed
     (model / "labels" / "hfs.nii.gz").unlink()
     summary = run_batch(base_cfg(HFS, out, model, resume=False, dicom=dicom_cfg), segmenter_factory=factory(model))
-    assert summary.done == 1
+    assert (summary.done, summary.no_hip) == (0, [name])
     meas = json.loads((out / f"{name}_measurements.json").read_text())
     assert meas["hips"] == [] and "no_femoral_head_found" in meas["qc_flags"]
     assert not (out / f"{name}_seg.dcm").exists() and not (out / f"{name}_sr.dcm").exists()

@@ -82,10 +82,11 @@ class BatchSummary:
     failed: int = 0
     results: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
+    no_hip: list[str] = field(default_factory=list)  # scans refused: no femoral head found, or not hip anatomy
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.done + self.skipped > 0 else 1
+        return 0 if self.done + self.skipped + len(self.no_hip) > 0 else 1
 
     @property
     def reruns(self) -> dict[str, int]:
@@ -97,7 +98,11 @@ class BatchSummary:
         return out
 
     def line(self) -> str:
-        text = f"done {self.done}, skipped {self.skipped}, failed {self.failed}"
+        text = f"done {self.done}, "
+        if self.no_hip:  # counted apart and named: a refusal is an answer, not a measurement
+            names = ", ".join(self.no_hip[:5]) + (f", +{len(self.no_hip) - 5} more" if len(self.no_hip) > 5 else "")
+            text += f"no hip found {len(self.no_hip)} ({names}), "
+        text += f"skipped {self.skipped}, failed {self.failed}"
         reruns = self.reruns
         if reruns:
             n = sum(reruns.values())
@@ -433,9 +438,10 @@ def run_batch(
             results = _run_here(jobs, out_dir, cfg, spec, segmenter_factory)
 
         summary = BatchSummary(out_dir=out_dir, results=results)
-        summary.done = sum(r["status"] == "ok" for r in results)
+        summary.no_hip = [r["name"] for r in results if r.get("no_hip")]
+        summary.done = sum(r["status"] == "ok" and not r.get("no_hip") for r in results)
         summary.skipped = sum(r["status"] == "skipped" for r in results)
-        summary.failed = sum(r["status"] == "error" for r in results)
+        summary.failed = sum(r["status"] == "error" and not r.get("no_hip") for r in results)
         write_measurements_csv(out_dir, results, jobs)
         write_errors_csv(out_dir, results)
         write_label_tables(out_dir)

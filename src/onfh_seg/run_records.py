@@ -147,6 +147,7 @@ def write_run_manifest(
         "command_line": list(command_line) if command_line is not None else list(sys.argv),
         "config": dict(cfg),
         "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,
+                   "no_hip": len(summary.no_hip),
                    "failed": summary.failed},
         "scans": [  # per scan: the identity onfh-track reads and the settings its outputs were made with
             {"name": r["name"], "input": r["input"], "input_path": r.get("input_path"),
