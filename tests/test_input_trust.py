@@ -7,7 +7,9 @@ The phantom, the stand-in segmenter and the DICOM writer come from ``test_reliab
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from test_reliability_io import (
     ThresholdSegmenter,
     phantom_affine,
     run_one,
+    set_fields,
     write_phantom_dicom,
     write_phantom_nifti,
 )
@@ -427,3 +430,89 @@ def test_sr_without_seg_when_asked(hip_series: Path, tmp_path: Path) -> None:
     assert meas["outputs"]["dicom_seg"]["status"] == "error"
     assert meas["outputs"]["dicom_sr"] == f"{result['name']}_sr.dcm" and (out / meas["outputs"]["dicom_sr"]).is_file()
     assert meas["settings"]["dicom.sr_without_seg"] is True
+
+
+# ---------------------------------------------------------------- (h) smaller holes
+
+
+def ct_phantom(offset: float) -> np.ndarray:
+    """A CT-like pelvis in Hounsfield units (+ ``offset``): air, fat, muscle and two bony heads."""
+    world = np.stack(np.meshgrid(*(np.arange(n) * 4.0 - (n - 1) * 2.0 for n in (70, 30, 30)), indexing="ij"), -1)
+    ct = np.full(world.shape[:-1], -1000.0)
+    body = (world[..., 0] / 130.0) ** 2 + (world[..., 1] / 55.0) ** 2 < 1.0
+    ct[body] = -100.0
+    ct[body & ((world[..., 0] / 110.0) ** 2 + (world[..., 1] / 40.0) ** 2 < 1.0)] = 45.0
+    for sign in (1.0, -1.0):
+        ct[np.linalg.norm(world - [sign * 90.0, 0.0, 0.0], axis=-1) < 22.0] = 700.0
+    return ct + np.random.default_rng(1).normal(0.0, 15.0, ct.shape) + offset
+
+
+def test_ct_shifted_by_1024_is_refused(tmp_path: Path) -> None:
+    """A CT stored without its intercept (air near 0) passed the CT check."""
+    for offset, name in ((0.0, "ct"), (1024.0, "ct_shifted")):
+        path = tmp_path / f"{name}.nii"
+        img = nib.Nifti1Image(ct_phantom(offset).astype(np.int16), phantom_affine())
+        img.set_qform(phantom_affine(), 1)
+        nib.save(img, str(path))
+        _, meas = run_one(path, tmp_path / "out")
+        assert_refused(meas, tmp_path / "out", "image is not MR-like (looks like CT")
+    assert "without its -1024 offset" in meas["error"]
+
+
+def test_fifo_in_an_input_folder_is_named(phantom_file: Path, hip_series: Path, tmp_path: Path) -> None:
+    """A FIFO inside an input folder was skipped without a word."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(phantom_file, folder / "a.nii")
+    os.mkfifo(folder / "b.nii.gz")
+    jobs = expand_input(folder)
+    assert [j.path.name for j in jobs] == ["a.nii", "b.nii.gz"]
+    result = process_scan(jobs[1], tmp_path / "out", ThresholdSegmenter(), CFG)
+    assert result["status"] == "error" and "not a regular file (a FIFO (named pipe))" in result["error"]
+    study = tmp_path / "study"
+    shutil.copytree(hip_series, study)
+    os.mkfifo(study / "zz_pipe")
+    [job] = expand_input(study)
+    assert job.error is None and job.dicom["non_regular_files_skipped"] == ["zz_pipe (a FIFO (named pipe))"]
+    _, meas = run_one(study, tmp_path / "out2")
+    assert "skipped 1 file that is not a regular file: zz_pipe (a FIFO (named pipe))" in meas["warnings"]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("datatype", 99, "corrupt NIfTI header in bad.nii: unknown datatype code 99"),
+    ("datatype", 5, "corrupt NIfTI header in bad.nii: unknown datatype code 5"),
+])
+def test_header_errors_say_what_is_wrong(phantom_file: Path, tmp_path: Path, field: str, value: int,
+                                         message: str) -> None:
+    """'corrupt NIfTI header in X: 99' named neither the field nor the problem."""
+    path = tmp_path / "bad.nii"
+    path.write_bytes(set_fields(phantom_file.read_bytes(), **{field: value}))
+    _, meas = run_one(path, tmp_path / "out")
+    assert meas["error"] == message
+
+
+def test_tiny_dicom_spacing_is_one_clear_line(hip_series: Path, tmp_path: Path) -> None:
+    """PixelSpacing 1e-300 gave 'HeaderDataError: Could not decompose affine:'."""
+
+    def tiny(ds: pydicom.Dataset, k: int) -> None:
+        ds.PixelSpacing = [1e-300, 1e-300]
+
+    study = edit_slices(hip_series, tmp_path / "study", tiny)
+    _, meas = run_one(study, tmp_path / "out")
+    assert_refused(meas, tmp_path / "out", "implausible PixelSpacing 1e-300", "IM0000.dcm")
+    assert "decompose" not in meas["error"] and "Error" not in meas["error"]
+
+
+@pytest.mark.parametrize("value", ["it's (1).nii.gz", "o'neil [2].nii", "it's \"x\" $HOME.nii"])
+def test_quoting_hint_for_an_apostrophe_works_in_a_shell(value: str) -> None:
+    """The hint suggested single quotes, which cannot hold an apostrophe."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from onfh_seg.cli.common import override_hint
+
+    hint = override_hint([f"input={value}"])
+    suggested = hint.split("e.g. ", 1)[1]
+    arg = subprocess.run(["bash", "-c", f"printf %s {suggested}"], capture_output=True, text=True,
+                         check=True).stdout  # what the shell hands onfh-infer
+    override = OverridesParser.create().parse_override(arg)
+    assert override.value() == value and not override.is_sweep_override()

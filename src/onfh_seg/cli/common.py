@@ -76,8 +76,18 @@ def override_hint(args: list[str]) -> str | None:
             sweep = True
         if sweep and not multirun:
             key, value = arg.split("=", 1)
-            return f"could not parse '{arg}': quote the value, e.g. {key}=\"'{value}'\""
+            return f"could not parse '{arg}': quote the value, e.g. {quoted_override(key, value)}"
     return None
+
+
+def quoted_override(key: str, value: str) -> str:
+    """``key=value`` quoted for Hydra and then for a POSIX shell, e.g. ``input="'my (1).nii'"``; a value with an
+    apostrophe becomes a double-quoted Hydra string (``input="\\"it's.nii\\""``), since single quotes cannot hold it."""
+    if "'" not in value:
+        return f"{key}=\"'{value}'\""
+    hydra = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    shell = hydra.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+    return f'{key}="{shell}"'
 
 
 def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:

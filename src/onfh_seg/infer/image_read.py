@@ -35,6 +35,9 @@ MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
 CT_AIR_VALUE = -500.0  # same threshold as onfh_seg.measure.is_mr_like
 CT_MAX_FRACTION = 0.05
+CT_OFFSET = 1024.0  # CT stored without its rescale intercept: air near 0, water near 1024
+CT_SOFT_TISSUE_HU = (-150.0, 150.0)  # fat, muscle, organs and water: most of a CT body lies here
+CT_BONE_HU = 300.0
 DEFAULT_MAX_IMAGE_MB = 1024.0  # float32 image size: 268 M voxels, e.g. 1024 x 1024 x 256; fits 2 workers in 24 GB
 MAX_VOX_OFFSET = 64 * 2**20  # header extensions larger than this are not plausible
 MIN_VOX_OFFSET = {1: 352, 2: 544}  # single-file NIfTI-1 / NIfTI-2: header + 4 extension bytes
@@ -109,11 +112,20 @@ def _header_of(head: bytes, path: Path) -> nib.Nifti1Header:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The first line of an exception's message, worded for a user where nibabel's is cryptic."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("Could not decompose affine"):
+        return "the affine cannot be written as a qform (degenerate or non-finite voxel axes)"
+    if isinstance(exc, KeyError):
+        return f"unknown code {exc.args[0]!r}" if exc.args else "unknown code"
+    return text
 
 
 def data_layout(hdr: nib.Nifti1Header, path: Path) -> tuple[tuple[int, ...], int, int]:
     """Shape, data offset and data size (bytes) promised by a header; one-line errors if unusable."""
+    code = int(hdr["datatype"])
+    if code not in nib.nifti1.data_type_codes.code:
+        raise InputError(f"corrupt NIfTI header in {path.name}: unknown datatype code {code}")
     try:
         shape = tuple(int(n) for n in hdr.get_data_shape())
         itemsize = int(hdr.get_data_dtype().itemsize)
@@ -385,6 +397,25 @@ def looks_like_ct(image: np.ndarray) -> bool:
     return sample.size > 0 and float(np.mean(sample <= CT_AIR_VALUE)) > CT_MAX_FRACTION
 
 
+def looks_like_shifted_ct(image: np.ndarray) -> bool:
+    """A CT stored without its -1024 intercept: no negatives, over 5 % air (<= 524), over 70 % of the body
+    within soft tissue (874-1174) and some bone (over 1 % at >= 1324). A T1 MR body spreads far wider (fat is
+    two to three times muscle)."""
+    flat = image.ravel()
+    sample = flat[:: max(1, flat.size // 1_000_000)].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0 or float(sample.min()) < -100.0:
+        return False
+    air = sample <= CT_OFFSET + CT_AIR_VALUE
+    body = sample[~air]
+    if float(np.mean(air)) <= CT_MAX_FRACTION or body.size == 0:
+        return False
+    lo, hi = (CT_OFFSET + hu for hu in CT_SOFT_TISSUE_HU)
+    soft = float(np.mean((body >= lo) & (body <= hi)))
+    bone = float(np.mean(body >= CT_OFFSET + CT_BONE_HU))
+    return soft >= 0.7 and bone >= 0.01
+
+
 def validate_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Checked float32 3-D image (non-finite voxels set to 0) and warnings; ``InputError`` if unusable."""
     data = squeeze_to_3d(np.asarray(data))
@@ -407,4 +438,7 @@ def validate_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, li
         raise InputError(f"image is empty or constant (all voxels = {lo:g})")
     if looks_like_ct(image):
         raise InputError("image is not MR-like (looks like CT)")
+    if looks_like_shifted_ct(image):
+        raise InputError("image is not MR-like (looks like CT stored without its -1024 offset: air near 0, "
+                         "soft tissue near 1024)")
     return image, warnings

@@ -37,6 +37,7 @@ import hashlib
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from onfh_seg.infer.image_read import (
     GEOMETRY_CHOICES,
     InputError,
     check_size_limit,
+    file_kind,
     geometry_flags,
     load_nifti_gated,
     require_regular_file,
@@ -233,17 +235,40 @@ def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude:
         name = sanitise(folder.resolve().name) or "dicom"
         return [ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])]
     chosen = selection.chosen
+    odd = non_regular_files(folder, exclude)
     if str(series).strip() != ALL_T1:
-        return [_series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found))]
+        return [_with_skipped(_series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found)),
+                              odd)]
     total = len(selection.candidates)
-    return [_series_job(folder, image_ref, s,
+    return [_with_skipped(_series_job(folder, image_ref, s,
                         f"series=all-t1: T1 candidate {k} of {total}; "
                         + (f"the rules' choice: {selection.reason}" if s is chosen
                            else f"the rules choose #{chosen.series_number}"),
                         f"series {s.series_number} '{s.description or s.protocol_name}' (series=all-t1, "
                         + ("the rules' choice)" if s is chosen else f"the rules choose {chosen.series_number})"),
-                        len(found))
+                        len(found)), odd)
             for k, s in enumerate(selection.candidates, 1)]
+
+
+def non_regular_files(folder: Path, exclude: Path | None = None) -> list[str]:
+    """``"<relative path> (<kind>)"`` of every entry under ``folder`` that is neither a folder nor a regular file
+    (FIFOs, devices, sockets; never opened), outside ``exclude``."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            continue  # a broken link: nothing to read
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)) and not is_within(p, exclude):
+            found.append(f"{p.relative_to(folder)} ({file_kind(mode)})")
+    return found
+
+
+def _with_skipped(job: ScanJob, skipped: list[str]) -> ScanJob:
+    """``job`` recording the non-regular files its folder search skipped (``dicom.non_regular_files_skipped``)."""
+    if skipped and job.dicom is not None:
+        job.dicom["non_regular_files_skipped"] = list(skipped)
+    return job
 
 
 def _series_job(folder: Path, image_ref: str, chosen: Any, reason: str, summary: str, n_found: int) -> ScanJob:
@@ -342,8 +367,8 @@ def expand_input(
     if path.is_dir():
         niftis = sorted(
             p for p in path.iterdir()
-            if p.is_file() and is_nifti_name(p) and not p.name.startswith(".") and not is_tool_output(p)
-        )
+            if not p.is_dir() and is_nifti_name(p) and not p.name.startswith(".") and not is_tool_output(p)
+        )  # a FIFO or device named like a scan is a job that fails with one line, never skipped silently
         exclude = _exclusion(path, out)
         if niftis:
             jobs = [ScanJob("nifti", p, scan_stem(p), str(p)) for p in niftis]
@@ -428,6 +453,10 @@ def load_scan(job: ScanJob) -> LoadedScan:
         sha = dicom_sha256(files)
         img = load_series(job.series)
         image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
+        skipped = (job.dicom or {}).get("non_regular_files_skipped") or []
+        if skipped:
+            warnings.append(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} that "
+                            f"{'are' if len(skipped) > 1 else 'is'} not a regular file: {', '.join(skipped)}")
         return content_check(LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings,
                                         list(job.series.headers)))
     img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation,

@@ -56,6 +56,7 @@ NON_IMAGE_SOP_CLASS_PREFIXES: tuple[str, ...] = (
 
 ORIENTATION_TOLERANCE = 1e-4  # direction cosine difference between slices
 SPACING_TOLERANCE = 1e-3  # mm, pixel spacing difference between slices
+PIXEL_SPACING_RANGE_MM = (1e-3, 1e3)  # PixelSpacing outside this is not an image grid (corrupt header)
 SLICE_GAP_TOLERANCE = 0.05  # fraction of the slice spacing a gap may deviate
 IN_PLANE_OFFSET_TOLERANCE = 0.05  # mm, slice origins off the slice-normal line
 
@@ -234,9 +235,12 @@ def _tag_text(ds: Dataset, keyword: str) -> str:
 def check_pixel_spacing(ds: Dataset) -> np.ndarray:
     """PixelSpacing of one slice: two finite values > 0 mm, else DicomError naming the slice."""
     spacing = _vector(ds, "PixelSpacing", 2)
+    values = " \\ ".join(f"{v:g}" for v in spacing)
     if np.any(spacing <= 0.0):
-        values = " \\ ".join(f"{v:g}" for v in spacing)
         raise DicomError(f"invalid PixelSpacing {values} in slice {slice_name(ds)}: spacing must be positive")
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    if np.any(spacing < lo) or np.any(spacing > hi):
+        raise DicomError(f"implausible PixelSpacing {values} in slice {slice_name(ds)} (expected {lo:g}-{hi:g} mm)")
     return spacing
 
 
@@ -404,7 +408,12 @@ def load_series(series: SeriesInfo) -> nib.Nifti1Image:
     sorted_headers = sort_slices(series.headers)
     slices = [_read_pixels(path_of[id(ds)]) for ds in sorted_headers]
     data = _stack_slices(slices)
-    return make_image(data, series_affine(sorted_headers), data.dtype)
+    affine = series_affine(sorted_headers)
+    try:
+        return make_image(data, affine, data.dtype)
+    except Exception:  # nibabel cannot turn the affine into a qform (degenerate or non-finite axes)
+        raise DicomError("the series geometry (PixelSpacing, ImageOrientationPatient, ImagePositionPatient) "
+                         "gives a degenerate voxel grid") from None
 
 
 # ---------------------------------------------------------------------------
