@@ -1,0 +1,92 @@
+"""Head finding on a synthetic cohort: visible heads found, on the right side, by the coarse stage and by the search.
+
+    .venv/bin/python scripts/eval_locator.py cache/dev_c/manifest.csv --model-dir models [--model-dir outputs/export_x]
+
+A head is *visible* when the scan holds at least ``--visible-ml`` (5 mL) of its labels 1-3 (truth JSON,
+``scan_label_volumes_ml``). A found head counts for the side whose true centre it is nearest to, within 30 mm.
+Also reports false heads (found more than 30 mm from any true head) and healthy hips with a false lesion over
+0.5 mL. Prints one table per model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from onfh_seg.hips import find_heads
+from onfh_seg.infer.engine import Segmenter
+
+MATCH_MM = 30.0
+
+
+def truth_heads(truth: dict, visible_ml: float) -> dict[str, dict]:
+    """Per side: world centre, visible head volume in the scan (mL), lesion volume (mL)."""
+    pose_centres: dict[str, dict] = {}
+    for h in truth["hips"]:
+        v = h["scan_label_volumes_ml"]
+        pose_centres[h["side"]] = {"visible_ml": v["femoral_head"] + v["necrotic_zone"] + v["interface_band"],
+                                   "lesion_ml": h["lesion_volume_ml"], "centre": np.asarray(h["head_centre_ras_mm"])}
+    return {s: {**d, "visible": d["visible_ml"] >= visible_ml} for s, d in pose_centres.items()}
+
+
+def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float) -> dict:
+    """Run the cascade on one scan and match found heads to the true ones."""
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    _, heads = find_heads(res.labels, img.affine, min_ml=1.0)
+    true = truth_heads(truth, visible_ml)
+    vox_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
+    out = {"found": 0, "visible": sum(t["visible"] for t in true.values()), "false_heads": 0, "false_lesion": 0,
+           "search_added": res.search.get("heads_added", 0), "missed": []}
+    matched = set()
+    for h in heads:
+        d = {s: float(np.linalg.norm(h.centre_ras - t["centre"])) for s, t in true.items()}
+        side = min(d, key=d.get)
+        if d[side] > MATCH_MM:
+            out["false_heads"] += 1
+            continue
+        matched.add(side)
+        near = np.linalg.norm(np.argwhere(np.isin(res.labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
+                              - h.centre_ras, axis=1) < 35.0 if np.isin(res.labels, (2, 3)).any() else np.zeros(0, bool)
+        if true[side]["lesion_ml"] == 0 and near.sum() * vox_ml > 0.5:
+            out["false_lesion"] += 1
+    for s, t in true.items():
+        if t["visible"]:
+            if s in matched:
+                out["found"] += 1
+            else:
+                out["missed"].append(s)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("manifest")
+    ap.add_argument("--model-dir", action="append", default=None)
+    ap.add_argument("--visible-ml", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    root = Path(a.manifest).parent
+    rows = [r for r in csv.DictReader(open(a.manifest)) if r.get("image")]
+    for model_dir in a.model_dir or ["models"]:
+        seg = Segmenter(model_dir, provider="cpu", threads=a.threads)
+        tot = {"found": 0, "visible": 0, "false_heads": 0, "false_lesion": 0, "search_added": 0}
+        print(f"## {model_dir} ({seg.version})")
+        for r in rows:
+            s = score_scan(seg, root / r["image"], json.loads((root / r["truth"]).read_text()), a.visible_ml)
+            for k in tot:
+                tot[k] += s[k]
+            name = Path(r["image"]).name.replace(".nii.gz", "")
+            print(f"{name}: found {s['found']}/{s['visible']} visible, missed {s['missed'] or '-'}, "
+                  f"by search {s['search_added']}, false heads {s['false_heads']}, false lesions {s['false_lesion']}")
+        print(f"TOTAL: visible heads found {tot['found']}/{tot['visible']}, added by the search {tot['search_added']}, "
+              f"false heads {tot['false_heads']}, healthy hips with a false lesion > 0.5 mL {tot['false_lesion']}")
+
+
+if __name__ == "__main__":
+    main()
