@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1, help="tissue-map voxels per network voxel (coarse: 2)")
     ap.add_argument("--spacing", type=float, default=1.1, help="network grid spacing in mm (coarse: 4)")
     ap.add_argument("--fg", type=float, default=1.0, help="share of crops centred on foreground")
+    ap.add_argument("--tta", action="store_true", help="also score with left-right mirroring (the engine's tta)")
     ap.add_argument("--acq", default="", help="acquisitions as in data.randomise.acquisitions, e.g. gre=0.35,post_contrast=0.15,slab=0.5")
     a = ap.parse_args()
     from onfh_seg.labels import LABELS
@@ -39,13 +40,44 @@ def main() -> None:
     ds = RandomisedPatchDataset(load_dr_items(sorted(Path(a.cache).glob("*.npz"))), (a.patch,) * 3, a.samples, a.fg, a.seed,
                                 pool=a.pool, spacing_mm=a.spacing, acquisitions=acq)
     val = [ds[i] for i in range(len(ds))]
+    names = [LABELS[c] for c in range(1, len(LABELS))]
     for ck in a.ckpts:
         m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
-        with torch.no_grad():
-            d = torch.stack([dice_per_label(m.predict_volume(x[None]).argmax(1, keepdim=True), y[None]) for x, y in val])
-        mean = torch.nanmean(d, 0).numpy()
-        names = [LABELS[c] for c in range(1, len(LABELS))]
-        print(ck, " ".join(f"{n}={v:.3f}" for n, v in zip(names, mean)), f"mean={np.nanmean(mean):.3f}")
+        for mirror in ([False, True] if a.tta else [False]):
+            with torch.no_grad():
+                preds = [predict(m, x[None], mirror).argmax(1, keepdim=True) for x, _ in val]
+            d = torch.stack([dice_per_label(p, y[None]) for p, (_, y) in zip(preds, val)]).numpy()
+            lesion = np.array([lesion_dice(p, y[None]) for p, (_, y) in zip(preds, val)])
+            per_crop = np.nanmean(d, 1)  # each crop's mean over the labels it holds
+            lo, hi = bootstrap_ci(per_crop)
+            print(ck, "mirror" if mirror else "", " ".join(f"{n}={v:.3f}" for n, v in zip(names, np.nanmean(d, 0))),
+                  f"mean={np.nanmean(np.nanmean(d, 0)):.3f}", f"crop-mean={np.nanmean(per_crop):.3f} [95% CI {lo:.3f}-{hi:.3f}]",
+                  f"lesion(2+3)={np.nanmean(lesion):.3f} (n={int(np.isfinite(lesion).sum())})")
+
+
+def predict(m, x: torch.Tensor, mirror: bool) -> torch.Tensor:
+    """Logits of one crop, optionally averaged with the left-right mirrored pass (as the engine's ``tta``)."""
+    out = torch.softmax(m.predict_volume(x), 1)
+    if mirror:
+        out = 0.5 * (out + torch.softmax(m.predict_volume(torch.flip(x, (2,))), 1).flip(2))
+    return out
+
+
+def lesion_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice of the lesion (labels 2+3), NaN where neither has one."""
+    p, t = torch.isin(pred, torch.tensor([2, 3])), torch.isin(target, torch.tensor([2, 3]))
+    den = int(p.sum() + t.sum())
+    return float("nan") if den == 0 else 2.0 * int((p & t).sum()) / den
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of the finite values."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n, v.size))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 if __name__ == "__main__":
