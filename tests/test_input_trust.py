@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -516,3 +517,22 @@ def test_quoting_hint_for_an_apostrophe_works_in_a_shell(value: str) -> None:
                          check=True).stdout  # what the shell hands onfh-infer
     override = OverridesParser.create().parse_override(arg)
     assert override.value() == value and not override.is_sweep_override()
+
+
+def test_study_of_results_only_gets_one_audit_line(tmp_path: Path) -> None:
+    """A study that brought only an SR was accepted and never recorded: no audit line."""
+    from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, store_instance
+    from onfh_seg.pacs.state import Ledger, read_audit
+
+    state = tmp_path / "state"
+    queue = StudyQueue(state)
+    report = pydicom.Dataset()
+    report.Modality, report.StudyInstanceUID, report.SOPInstanceUID = "SR", "1.2.826.0.1.7", "1.2.826.0.1.7.1"
+    assert store_instance(queue, report, "MODALITY") == 0x0000
+    assert queue.settled(0.0, now=time.time() + 1.0) == ["1.2.826.0.1.7"]
+    ledger = Ledger(state / "ledger.json")
+    record = handle_queued_study("1.2.826.0.1.7", queue, {"state_dir": str(state), "deidentify": False},
+                                 ThresholdSegmenter(), {}, ledger, "key")
+    assert record["status"] == "refused" and "no image instances in the study (only SEG/SR: 1 received)" in record["reason"]
+    assert [(r["study_uid"], r["status"]) for r in read_audit(state / "audit.jsonl")] == [("1.2.826.0.1.7", "refused")]
+    assert queue.settled(0.0, now=time.time() + 1.0) == [] and ledger.entries["1.2.826.0.1.7"]["status"] == "refused"

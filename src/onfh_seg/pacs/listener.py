@@ -35,7 +35,7 @@ from typing import Any
 from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.pacs.net import Destination, NetworkError, c_store, dicomweb_client, stow
 from onfh_seg.pacs.state import Ledger, append_audit, audit_record
-from onfh_seg.pacs.study import OUR_MODALITIES, process_study, study_settings_key
+from onfh_seg.pacs.study import OUR_MODALITIES, StudyOutcome, process_study, study_settings_key
 
 log = logging.getLogger("onfh_seg.pacs")
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -67,6 +67,22 @@ class StudyQueue:
             state = read_study_state(folder)
             state.update(first_received=state.get("first_received", now), last_received=now,
                          instances=len(list(folder.glob("*.dcm"))), calling_ae=calling_ae)
+            atomic_write_text(folder / STUDY_STATE, json.dumps(state) + "\n")
+
+    def note_results(self, ds: Any, calling_ae: str, now: float | None = None) -> None:
+        """Record that a result object (SEG, SR) of a study arrived, without storing it: a study that brings
+        nothing else is still handled once (refused, with its audit line). Ignored while the study is in hand."""
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        if not UID_RE.match(study) or (self.processing / study).exists():
+            return
+        now = time.time() if now is None else now
+        with self.lock:
+            folder = self.incoming / study
+            folder.mkdir(parents=True, exist_ok=True)
+            state = read_study_state(folder)
+            state.update(first_received=state.get("first_received", now), last_received=now,
+                         instances=len(list(folder.glob("*.dcm"))), calling_ae=calling_ae,
+                         results_received=int(state.get("results_received", 0)) + 1)
             atomic_write_text(folder / STUDY_STATE, json.dumps(state) + "\n")
 
     def settled(self, settle_s: float, now: float | None = None) -> list[str]:
@@ -167,17 +183,24 @@ def start_scp(queue: StudyQueue, host: str, port: int, ae_title: str) -> Any:
     def on_store(event: Any) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        if str(ds.get("Modality", "")) in OUR_MODALITIES:
-            return 0x0000  # results (ours or another tool's) are accepted and not queued
-        try:
-            queue.add(ds, str(event.assoc.requestor.ae_title).strip())
-        except ValueError:
-            return 0xC000  # cannot understand
-        except OSError:
-            return 0xA700  # out of resources (disk)
-        return 0x0000
+        return store_instance(queue, ds, str(event.assoc.requestor.ae_title).strip())
 
     return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def store_instance(queue: StudyQueue, ds: Any, calling_ae: str) -> int:
+    """The C-STORE status for one received instance: images are queued; results (SEG, SR: ours or another
+    tool's) are accepted and only noted (never processed), so a study of results alone still gets its audit line."""
+    try:
+        if str(ds.get("Modality", "")) in OUR_MODALITIES:
+            queue.note_results(ds, calling_ae)
+        else:
+            queue.add(ds, calling_ae)
+    except ValueError:
+        return 0xC000  # cannot understand
+    except OSError:
+        return 0xA700  # out of resources (disk)
+    return 0x0000
 
 
 # ---------------------------------------------------------------- worker
@@ -239,7 +262,11 @@ def handle_queued_study(study: str, queue: StudyQueue, cfg: Mapping[str, Any], s
     work = state_dir / "work" / study
     shutil.rmtree(work, ignore_errors=True)
     try:
-        outcome = process_study(folder, work, segmenter, infer_cfg, bool(cfg["deidentify"]))
+        if any(folder.glob("*.dcm")):
+            outcome = process_study(folder, work, segmenter, infer_cfg, bool(cfg["deidentify"]))
+        else:  # only results (SEG/SR) arrived for this study
+            outcome = StudyOutcome("refused", f"no image instances in the study (only SEG/SR: "
+                                              f"{info.get('results_received', 0)} received)")
     except BaseException:
         queue.requeue(study)  # interrupted: the study goes back to the queue, nothing is recorded
         shutil.rmtree(work, ignore_errors=True)
