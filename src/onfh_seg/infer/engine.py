@@ -31,6 +31,9 @@ log = logging.getLogger("onfh_seg.engine")
 
 MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
 MAX_SEARCH = 16  # fine-network judgements the head search may spend when the coarse stage finds fewer than two
+# the head search confirms a head with this much inside the field of view (a head with at least 5 mL in the
+# field of view counts as visible; the anatomy gate's smallest head component is the same 5 mL)
+SEARCH_MIN_HEAD_ML = 5.0
 # Crop voxels whose background probability is at most this may hold a non-background class; elsewhere the
 # input-grid labels are background whatever the other classes' values (see ``probs_on_grid``).
 FOREGROUND_P0 = 0.6
@@ -355,7 +358,7 @@ class Segmenter:
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
         head_ml = head.sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
-        if head_ml < MIN_HEAD_ML:  # the fine stage does not confirm a femoral head here
+        if head_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage does not confirm a head here
             return None
         fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
         if search and self.tta:  # the confirmed head, segmented the way the coarse stage's heads are

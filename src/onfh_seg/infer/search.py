@@ -74,7 +74,7 @@ def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.nda
     mid = float(np.mean(INTERCAPITAL_MM))
     signs = (-1.0, 1.0) if midline_x is None else (-1.0 if found[0] > midline_x else 1.0,)
     cands = [found + np.array([s * dx, dy, dz]) for s in signs for dx in dxs for dy in steps for dz in steps]
-    cands = [c for c in cands if inside_fov(c, shape, affine, margin_mm=15.0)]
+    cands = [c for c in cands if inside_fov(c, shape, affine, margin_mm=20.0)]
     cands.sort(key=lambda c: float(np.hypot(abs(c[0] - found[0]) - mid, np.linalg.norm(c[1:] - found[1:]))))
     return cands[:max_n]
 

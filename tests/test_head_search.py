@@ -1,0 +1,155 @@
+"""The head search (infer.search) and the thin-slab gradient-echo renderer it was built against (synth.style_c)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from onfh_seg.hips import find_heads
+from onfh_seg.infer.search import (
+    body_midline_x,
+    far_from,
+    partner_candidates,
+    plausible_head,
+    sphere_candidates,
+)
+from onfh_seg.synth.cohort import plan_patient, synth_config
+from onfh_seg.synth.phantom import TISSUES
+from onfh_seg.synth.style_c import generate_patient_c, sample_protocol, tissue_signal
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+needs_model = pytest.mark.skipif(not (MODELS / "fine.onnx").is_file(), reason="shipped model not found in models/")
+
+
+def ras_grid(shape: tuple[int, int, int], spacing: float, centre: np.ndarray) -> np.ndarray:
+    """Affine of an RAS-aligned grid centred on ``centre``."""
+    a = np.eye(4)
+    a[:3, :3] *= spacing
+    a[:3, 3] = np.asarray(centre, float) - (np.asarray(shape) - 1) / 2 * spacing
+    return a
+
+
+def ball(shape, affine, centre, radius) -> np.ndarray:
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    w = g @ affine[:3, :3].T + affine[:3, 3]
+    return np.linalg.norm(w - np.asarray(centre, float), axis=-1) <= radius
+
+
+def pelvis_like(spacing: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """A body (ellipse) with two dark-rimmed head-sized balls at x = +-90 mm and a large midline 'bladder'."""
+    shape = (80, 60, 24)
+    aff = ras_grid(shape, spacing, (0.0, 0.0, 0.0))
+    x = np.zeros(shape, np.float32)
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1) @ aff[:3, :3].T + aff[:3, 3]
+    body = (g[..., 0] / 150) ** 2 + (g[..., 1] / 100) ** 2 <= 1
+    x[body] = 0.4
+    for cx in (-90.0, 90.0):
+        x[ball(shape, aff, (cx, 0, 0), 28)] = 0.1  # joint / cortex rim
+        x[ball(shape, aff, (cx, 0, 0), 24)] = 0.8  # marrow
+    x[ball(shape, aff, (0, 30, 0), 45)] = 1.0
+    return x, aff
+
+
+def test_midline_and_plausibility() -> None:
+    x, aff = pelvis_like()
+    mid = body_midline_x(x, aff)
+    assert mid is not None and abs(mid) < 6.0
+    assert body_midline_x(x[30:50], aff) is None  # an 80 mm wide field of view: one hip at most, no midline
+    assert plausible_head(np.array([90.0, 0, 0]), mid) and not plausible_head(np.array([10.0, 0, 0]), mid)
+    assert not plausible_head(np.array([85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))  # same side as the first
+    assert plausible_head(np.array([-85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))
+    assert plausible_head(np.array([3.0, 0, 0]), None)  # no midline known: nothing ruled out
+
+
+def test_sphere_candidates_find_both_heads_not_the_midline_blob() -> None:
+    x, aff = pelvis_like()
+    cands = sphere_candidates(x, aff, [], body_midline_x(x, aff))
+    assert len(cands) >= 2
+    firsts = sorted(cands[:2], key=lambda c: c[0])
+    assert np.linalg.norm(firsts[0] - np.array([-90.0, 0, 0])) < 10.0
+    assert np.linalg.norm(firsts[1] - np.array([90.0, 0, 0])) < 10.0
+    assert all(abs(c[0]) >= 50.0 for c in cands)
+    # a known head keeps its own candidates away
+    again = sphere_candidates(x, aff, [np.array([90.0, 0, 0])], body_midline_x(x, aff))
+    assert all(far_from(c, [np.array([90.0, 0, 0])]) for c in again)
+
+
+def test_partner_candidates_across_the_midline_mirror_first() -> None:
+    shape, aff = (160, 160, 20), ras_grid((160, 160, 20), 1.6, (0, 0, 0))
+    found = np.array([95.0, 5.0, 0.0])
+    cands = partner_candidates(found, shape, aff, midline_x=0.0)
+    assert cands and all(c[0] < found[0] - 140 for c in cands)
+    first = cands[0]
+    assert 150 <= found[0] - first[0] <= 230 and np.allclose(first[1:], found[1:])
+    # no midline known: both sides, as far as the field of view reaches (here 512 mm wide)
+    wide, waff = (320, 160, 20), ras_grid((320, 160, 20), 1.6, (0, 0, 0))
+    both = partner_candidates(np.array([30.0, 5, 0]), wide, waff, midline_x=None, max_n=100)
+    assert any(c[0] > 30 + 140 for c in both) and any(c[0] < 30 - 140 for c in both)
+    # nothing outside the field of view (20 mm of margin)
+    assert all(-128 - 21 <= c[0] <= 128 + 21 for c in cands)
+
+
+def test_style_c_gradient_echo_physics() -> None:
+    rng = np.random.default_rng(0)
+    opp = tissue_signal(4.0, 1.14, 15.0, rng)  # 440 Hz x 1.14 ms = half a cycle: opposed phase
+    inp = tissue_signal(4.0, 2.27, 15.0, np.random.default_rng(0))  # a full cycle: in phase
+    T = TISSUES
+    # fat and water cancel in mixed marrow at opposed phase, add in phase; pure fat barely changes
+    assert abs(opp[T["red_marrow"]]) < 0.5 * abs(inp[T["red_marrow"]])
+    assert abs(opp[T["subcutaneous_fat"]]) > 0.8 * abs(inp[T["subcutaneous_fat"]])
+    assert abs(opp[T["red_marrow"]]) < abs(opp[T["subcutaneous_fat"]])  # marrow darker than fat
+    cfg = synth_config({"seed": 9301})
+    plan = plan_patient(0, cfg)
+    for i in range(20):
+        p = sample_protocol(np.random.default_rng([1, i]), plan.patient, plan.poses[0])
+        assert 16 <= p.geom.shape[2] <= 32 and 2.5 <= p.geom.slice_mm <= 4.0 and 10 <= p.tilt_deg <= 30
+        fov = p.geom.shape[0] * p.geom.inplane_mm
+        assert 239 <= fov <= 301
+        zooms = np.sqrt((p.geom.affine[:3, :3] ** 2).sum(0))
+        assert np.allclose(zooms, [p.geom.inplane_mm, p.geom.inplane_mm, p.geom.slice_mm])
+
+
+@pytest.fixture(scope="module")
+def slab_scan(tmp_path_factory) -> tuple[Path, dict]:
+    """One style-C thin oblique gradient-echo slab with both heads at its lateral edges (seed 9301, patient 4)."""
+    out = tmp_path_factory.mktemp("style_c")
+    cfg = synth_config({"seed": 9301, "months": [0], "style": "c"})
+    rows = generate_patient_c(plan_patient(3, cfg), out, cfg, 3)
+    import json
+
+    truth = json.loads((out / rows[0]["truth"]).read_text())
+    return out / rows[0]["image"], truth
+
+
+def test_style_c_scan_is_a_thin_oblique_slab_with_labels(slab_scan) -> None:
+    image, truth = slab_scan
+    img = nib.load(str(image))
+    assert 16 <= img.shape[2] <= 32
+    lab = nib.load(str(image).replace("images", "labels"))
+    _, heads = find_heads(np.asanyarray(lab.dataobj), lab.affine, min_ml=5.0)
+    assert len(heads) == 2 and truth["acquisition"]["protocol"] == "3d_spgr_slab"
+    assert {h["side"] for h in truth["hips"]} == {"right", "left"}
+
+
+@needs_model
+@pytest.mark.parametrize("coarse_finds", ["none", "right"])
+def test_search_finds_heads_the_coarse_stage_missed(slab_scan, monkeypatch, coarse_finds) -> None:
+    """With the coarse stage made blind (no head, or only the right one), the search finds both heads on their sides."""
+    from onfh_seg.infer.engine import Segmenter
+
+    image, truth = slab_scan
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    seg = Segmenter(MODELS, provider="cpu", threads=2)
+    monkeypatch.setattr(seg, "_locate", lambda xc, g: [] if coarse_finds == "none" else [true["right"]])
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
+    sides = {("right" if h.centre_ras[0] > 0 else "left"): h for h in heads}
+    assert set(sides) == {"right", "left"}, [h.centre_ras for h in heads]
+    for side, h in sides.items():
+        assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
+    assert res.search["heads_added"] == (2 if coarse_finds == "none" else 1)
+    assert 0 < res.search["candidates_judged"] <= 16
