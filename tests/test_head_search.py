@@ -58,6 +58,14 @@ def test_midline_and_plausibility() -> None:
     mid = body_midline_x(x, aff)
     assert mid is not None and abs(mid) < 6.0
     assert body_midline_x(x[30:50], aff) is None  # an 80 mm wide field of view: one hip at most, no midline
+    fov = np.ones(x.shape, bool)
+    fov[:25] = False  # the field of view cuts the body on the left only: its centroid is no midline
+    assert body_midline_x(x, aff, fov) is None
+    fov[-25:] = False  # cut on both sides, 120 mm wide: a one-hip field of view
+    assert body_midline_x(x, aff, fov) is None
+    fov = np.ones(x.shape, bool)
+    fov[:8], fov[-8:] = False, False  # cut on both sides, 256 mm wide: over the pelvis
+    assert abs(body_midline_x(x, aff, fov)) < 6.0
     assert plausible_head(np.array([90.0, 0, 0]), mid) and not plausible_head(np.array([10.0, 0, 0]), mid)
     assert not plausible_head(np.array([85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))  # same side as the first
     assert plausible_head(np.array([-85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))

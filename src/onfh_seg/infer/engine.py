@@ -21,6 +21,7 @@ from onfh_seg.infer.search import (
     SEPARATION_MM,
     body_midline_x,
     far_from,
+    in_field_of_view,
     partner_candidates,
     plausible_head,
     sphere_candidates,
@@ -201,18 +202,6 @@ def probs_on_grid(probs: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndar
     return out
 
 
-def in_field_of_view(crop_affine: np.ndarray, crop_shape: tuple[int, ...], affine: np.ndarray,
-                     shape: tuple[int, ...]) -> np.ndarray:
-    """Crop voxels whose centres fall inside the input image's voxel grid (half a voxel of margin)."""
-    to_in = np.linalg.inv(affine) @ crop_affine
-    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in crop_shape], indexing="ij")
-    inside = np.ones(tuple(crop_shape), bool)
-    for r in range(3):
-        v = to_in[r, 0] * g[0] + to_in[r, 1] * g[1] + to_in[r, 2] * g[2] + to_in[r, 3]
-        inside &= (v >= -0.5) & (v <= shape[r] - 0.5)
-    return inside
-
-
 def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
     """Sliding-window size of the fine stage: ``patch`` = the training patch (as nnU-Net: instance
     normalisation then sees the statistics it was trained with), ``crop`` = the whole crop in one pass."""
@@ -372,7 +361,7 @@ class Segmenter:
         ``confirmed`` and returns the number of candidates judged."""
         judged = 0
         known = [r[0] for r in confirmed]
-        mid = body_midline_x(xc, g_aff)
+        mid = body_midline_x(xc, g_aff, in_field_of_view(g_aff, xc.shape, affine, x.shape))
         queue = (partner_candidates(known[0], x.shape, affine, mid) if len(known) == 1
                  else sphere_candidates(xc, g_aff, known, mid))
         while queue and len(confirmed) < 2 and judged < MAX_SEARCH:

@@ -26,6 +26,7 @@ LATTICE_MM = 35.0  # candidate spacing: a 105 mm fine crop then holds any 56 mm 
 SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
 LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body's midline (adults: 80-100 mm)
 MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
+PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 
 
 def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
@@ -42,12 +43,40 @@ def far_from(centre: np.ndarray, known: list[np.ndarray], distance_mm: float = S
     return all(np.linalg.norm(np.asarray(centre) - np.asarray(k)) >= distance_mm for k in known)
 
 
-def body_midline_x(xc: np.ndarray, g_aff: np.ndarray, min_span_mm: float = MIN_BODY_SPAN_MM) -> float | None:
-    """World x (mm) of the body's midline: the x-centroid of the signal on an RAS grid (normalised image),
-    or None when the body spans less than ``min_span_mm`` in x (a one-hip field of view)."""
-    cols = (np.asarray(xc) > 0.1).sum(axis=(1, 2)).astype(float)
+def in_field_of_view(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affine: np.ndarray,
+                     shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of a grid whose centres fall inside an image's voxel grid (half a voxel of margin)."""
+    to_in = np.linalg.inv(affine) @ grid_affine
+    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in grid_shape[:3]], indexing="ij")
+    inside = np.ones(tuple(grid_shape[:3]), bool)
+    for r in range(3):
+        v = to_in[r, 0] * g[0] + to_in[r, 1] * g[1] + to_in[r, 2] * g[2] + to_in[r, 3]
+        inside &= (v >= -0.5) & (v <= shape[r] - 0.5)
+    return inside
+
+
+def body_midline_x(xc: np.ndarray, g_aff: np.ndarray, fov: np.ndarray | None = None,
+                   min_span_mm: float = MIN_BODY_SPAN_MM) -> float | None:
+    """World x (mm) of the body's midline, the x-centroid of the signal on an RAS grid (normalised image;
+    ``fov``: the grid voxels inside the image's field of view, default all), or None when it cannot be told:
+
+    * the body spans less than ``min_span_mm`` in x (one hip at most);
+    * the field of view cuts the body on one side only (a field of view off to one side);
+    * it cuts the body on both sides and is narrower than ``PELVIS_FOV_MM`` in x (a one-hip field of view
+      centred on that hip would put its "midline" on the head).
+    """
+    fov = np.ones(np.shape(xc), bool) if fov is None else np.asarray(fov, bool)
+    body = (np.asarray(xc) > 0.1) & fov
+    cols = body.sum(axis=(1, 2)).astype(float)
     idx = np.flatnonzero(cols)
-    if idx.size == 0 or (idx[-1] - idx[0] + 1) * abs(g_aff[0, 0]) < min_span_mm:
+    step = abs(float(g_aff[0, 0]))
+    if idx.size == 0 or (idx[-1] - idx[0] + 1) * step < min_span_mm:
+        return None
+    border = fov & ~ndimage.binary_erosion(fov, border_value=0)  # the field of view's own boundary
+    touching = np.flatnonzero((body & border).sum(axis=(1, 2)))
+    cut = (touching.size > 0 and touching.min() <= idx[0] + 1, touching.size > 0 and touching.max() >= idx[-1] - 1)
+    fov_cols = np.flatnonzero(fov.any(axis=(1, 2)))
+    if cut[0] != cut[1] or (all(cut) and fov_cols.size * step < PELVIS_FOV_MM):
         return None
     i = float((cols * np.arange(cols.size)).sum() / cols.sum())
     return float(g_aff[0, 0] * i + g_aff[0, 3])
