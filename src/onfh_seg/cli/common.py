@@ -90,6 +90,122 @@ def quoted_override(key: str, value: str) -> str:
     return f'{key}="{shell}"'
 
 
+# Hydra's own command-line flags (``hydra --help``): passed on as they are. Those marked True take a value.
+# ``-i`` (Hydra's short form of --info) is taken by ``-i/--input``; ``--info`` still works.
+HYDRA_FLAGS = {
+    "-h": False, "--help": False, "-hh": False, "--hydra-help": False, "--version": False,
+    "-c": True, "--cfg": True, "--resolve": False, "-p": True, "--package": True, "--info": False,
+    "-r": False, "--run": False, "-m": False, "--multirun": False, "-sc": True, "--shell-completion": True,
+    "-cp": True, "--config-path": True, "-cn": True, "--config-name": True, "-cd": True, "--config-dir": True,
+    "--experimental-rerun": True,
+}
+
+# Short and long options for the input and the results folder, per tool (config name -> key).
+INPUT_KEYS = {"infer": "input", "track": "manifest", "eval": "cohort"}
+OUTPUT_KEY = "out_dir"
+
+
+class ArgError(ValueError):
+    """A command-line option that cannot be turned into a ``key=value`` override."""
+
+
+def _group_options(config_name: str, folder: str) -> dict[str, bool]:
+    """Config groups of ``folder`` -> whether ``config_name``'s defaults list names them (``key=``) or not (``+key=``)."""
+    from omegaconf import OmegaConf
+
+    listed: set[str] = set()
+    try:
+        own = OmegaConf.to_container(OmegaConf.load(Path(folder) / f"{config_name}.yaml"))
+        for entry in (own or {}).get("defaults", []) or []:  # type: ignore[union-attr]
+            if isinstance(entry, dict):
+                listed.update(str(k) for k in entry)
+    except (OSError, ValueError):
+        pass
+    return {g: g in listed for g in config_groups(folder)}
+
+
+def _default_of(config_name: str, key: str) -> tuple[bool, object]:
+    """(whether ``key`` (dotted) is a key of the tool's defaults, its default value)."""
+    try:
+        node: object = _config.defaults(config_name)
+    except (ConfigError, OSError, ValueError):
+        return True, None  # no defaults to check against: let Hydra and the schema judge
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def translate_args(config_name: str, args: list[str], folder: str | None = None) -> list[str]:
+    """Turn the command-line habits of the field into Hydra overrides.
+
+    ``-i X`` / ``--input X`` / ``--input=X`` -> ``input=X`` (``manifest=`` for onfh-track, ``cohort=`` for
+    onfh-eval); ``-o X`` / ``--output X`` -> ``out_dir=X``; any ``--some-key value`` or ``--some.key=value``
+    -> ``some_key=value`` (a bare ``--flag`` of a true/false key -> ``flag=true``); ``--preset demo`` ->
+    ``+preset=demo`` for a config group. Hydra's own flags (``--help``, ``--cfg job``, ``-m`` ...) and
+    ``key=value`` overrides pass unchanged. Raises :class:`ArgError` with one line for what cannot be taken.
+    """
+    folder = folder or config_dir()
+    groups = _group_options(config_name, folder)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-" or arg.lstrip("-")[:1].isdigit():
+            out.append(arg)
+            continue
+        name, has_value, value = arg.partition("=")
+        if name in HYDRA_FLAGS:
+            out.append(arg)
+            if HYDRA_FLAGS[name] and not has_value and i < len(args):
+                out.append(args[i])
+                i += 1
+            continue
+        if name in ("-i", "--input"):
+            key = INPUT_KEYS.get(config_name)
+            if key is None:
+                raise ArgError(f"{arg} is not an option of {_config.TOOLS.get(config_name, config_name)}: "
+                               "use key=value (see --help)")
+        elif name in ("-o", "--output", "--out"):
+            key = OUTPUT_KEY
+        elif name.startswith("--") and len(name) > 2:
+            key = name[2:].replace("-", "_")
+        else:
+            raise ArgError(f"unknown option {arg}: use key=value, e.g. input=scan.nii.gz out_dir=results "
+                           "(see --help)")
+        if not has_value:
+            nxt = args[i] if i < len(args) else None
+            known, dflt = _default_of(config_name, key)
+            takes_next = nxt is not None and not (nxt.startswith("-") and len(nxt) > 1 and not nxt[1].isdigit())
+            if isinstance(dflt, bool) and takes_next and "=" in nxt:  # type: ignore[operator]
+                takes_next = False  # a bare --flag followed by a key=value override
+            if takes_next:
+                value = nxt  # type: ignore[assignment]
+                i += 1
+            elif isinstance(dflt, bool) or not known:
+                value = "true"  # --fast; an unknown --key is then reported by the key check
+            else:
+                raise ArgError(f"{arg} needs a value: {key}=VALUE")
+        if key in groups and "." not in key:
+            out.append(f"{'' if groups[key] else '+'}{key}={value}")
+        else:
+            out.append(_hydra_override(key, value))
+    return out
+
+
+def _hydra_override(key: str, value: str) -> str:
+    """``key=value``, the value quoted for Hydra when its grammar would not take it as one plain value
+    (the shell has already split the words, so ``-i "my (1).nii.gz"`` needs no second quoting)."""
+    plain = f"{key}={value}"
+    if override_hint([plain]) is None:
+        return plain
+    if "'" not in value:
+        return f"{key}='{value}'"
+    return f'{key}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:
     """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``.
 
@@ -101,6 +217,11 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
     import hydra
 
     folder = config_dir()
+    try:
+        sys.argv[1:] = translate_args(config_name, sys.argv[1:], folder)
+    except ArgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
     if "--version" in sys.argv[1:]:
         print(version_line(config_name))
         raise SystemExit(0)

@@ -1,0 +1,54 @@
+"""Command-line habits of the field: -i/--input, -o/--output and --key value become key=value overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onfh_seg.cli.common import ArgError, translate_args
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("tool,args,expected", [
+    ("infer", ["-i", "scan.nii.gz", "-o", "out"], ["input=scan.nii.gz", "out_dir=out"]),
+    ("infer", ["--input=scan.nii.gz", "--output", "out"], ["input=scan.nii.gz", "out_dir=out"]),
+    ("infer", ["--tta", "false", "--fast", "workers=2"], ["tta=false", "fast=true", "workers=2"]),
+    ("infer", ["--qc.min-confidence", "0.5", "--cfg", "job"], ["qc.min_confidence=0.5", "--cfg", "job"]),
+    ("infer", ["-i", "my (1).nii.gz"], ["input='my (1).nii.gz'"]),  # the shell split it already: quoted for Hydra
+    ("infer", ["--help"], ["--help"]),
+    ("track", ["-i", "m.csv", "--infer-dir", "r", "-o", "t"], ["manifest=m.csv", "infer_dir=r", "out_dir=t"]),
+    ("synth", ["-o", "c", "--preset", "demo", "--n-patients", "2"], ["out_dir=c", "+preset=demo", "n_patients=2"]),
+    ("train", ["--experiment", "coarse"], ["experiment=coarse"]),
+])
+def test_options_become_overrides(tool, args, expected) -> None:
+    assert translate_args(tool, args) == expected
+
+
+@pytest.mark.parametrize("tool,args,message", [
+    ("synth", ["-i", "x"], "-i is not an option of onfh-synth"),
+    ("infer", ["-x"], "unknown option -x: use key=value"),
+    ("infer", ["--input"], "--input needs a value: input=VALUE"),
+])
+def test_options_that_cannot_be_taken_are_one_line(tool, args, message) -> None:
+    with pytest.raises(ArgError, match=message):
+        translate_args(tool, args)
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "onfh-infer"), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_short_flags_reach_the_tool(tmp_path: Path) -> None:
+    res = _run("-i", "scan.nii.gz", "-o", "out", "--tta", "false", "--cfg", "job", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for line in ("input: scan.nii.gz", "out_dir: out", "tta: false"):
+        assert line in res.stdout.splitlines()
+    res = _run("-i", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [f"error: input not found: {tmp_path}/missing.nii.gz"]
+    res = _run("--provder", "cpu", cwd=tmp_path)
+    assert res.returncode == 1 and "unknown key 'provder' (did you mean 'provider'?)" in res.stderr
+    assert "usage" not in res.stderr.lower()
