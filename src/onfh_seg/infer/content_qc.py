@@ -44,6 +44,11 @@ def _plane(image: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(image[:, :, k]).ravel(order="F")
 
 
+def _plane64(image: np.ndarray, k: int) -> np.ndarray:
+    """Slice ``k`` as float64 (x, y)."""
+    return np.asarray(image[:, :, k], np.float64)
+
+
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start indices and lengths of the runs of equal consecutive values of a 1-D array."""
     cuts = np.flatnonzero(values[1:] != values[:-1]) + 1
@@ -114,23 +119,53 @@ def _slab_reason(hits: list[tuple[int, int, float]]) -> str:
             "slices beside them (damaged data?)")
 
 
-def scale_jumps(image: np.ndarray) -> list[str]:
-    """One reason per slice whose intensities are a steady multiple (beyond ``SCALE_JUMP``) of its neighbours'."""
+def _steady_ratio(here: np.ndarray, ref: np.ndarray, agree: np.ndarray, floor: float, least: int) -> float | None:
+    """Median of ``here / ref`` over voxels where the reference is above ``floor`` and its slices ``agree``;
+    None when too few voxels count or the ratios scatter (anatomy changing, not a scale error)."""
+    use = agree & (ref > floor)
+    if np.count_nonzero(use) < least:
+        return None
+    ratios = here[use] / ref[use]
+    ratio = float(np.median(ratios))
+    steady = np.mean(np.abs(ratios - ratio) <= RATIO_SPREAD * abs(ratio)) >= 0.5  # one factor for every voxel
+    return ratio if steady else None
+
+
+def _slice_ratio(image: np.ndarray, k: int, floor: float, least: int) -> float | None:
+    """Steady ratio of slice ``k`` to the mean of its two neighbours (at either end: to the next slice, which
+    must agree with the one after it)."""
     depth = image.shape[2]
-    floor = 0.25 * float(np.percentile(_sample(image), 99))  # brighter tissue only
+    here = _plane64(image, k)
+    if 0 < k < depth - 1:
+        below, above = _plane64(image, k - 1), _plane64(image, k + 1)
+        ref = 0.5 * (below + above)
+        agree = (np.minimum(below, above) > floor) & (np.abs(below - above) <= NEIGHBOUR_AGREEMENT * ref)
+    else:
+        step = 1 if k == 0 else -1
+        ref, far = _plane64(image, k + step), _plane64(image, k + 2 * step)
+        agree = (far > floor) & (np.abs(ref - far) <= NEIGHBOUR_AGREEMENT * ref)
+    return _steady_ratio(here, ref, agree, floor, least)
+
+
+def scale_jumps(image: np.ndarray) -> list[str]:
+    """One reason per slice whose intensities are a steady multiple (beyond ``SCALE_JUMP``) of its neighbours'.
+
+    Checked twice: over every voxel above a tenth of the 99th percentile (tissue, and air that is not dark),
+    and over the bright tissue only (above a quarter), so neither a dim background nor a few bright
+    structures hide a jump.
+    """
+    depth = image.shape[2]
+    if depth < 3:
+        return []
+    p99 = float(np.percentile(_sample(image), 99))
     least = max(MIN_RATIO_VOXELS, int(MIN_RATIO_FRACTION * image.shape[0] * image.shape[1]))
     jumps = []
-    for k in range(1, depth - 1):
-        below, here, above = (np.asarray(image[:, :, j], np.float64) for j in (k - 1, k, k + 1))
-        mean = 0.5 * (below + above)
-        use = (below > floor) & (above > floor) & (np.abs(below - above) <= NEIGHBOUR_AGREEMENT * mean)
-        if np.count_nonzero(use) < least:
-            continue
-        ratios = here[use] / mean[use]
-        ratio = float(np.median(ratios))
-        steady = np.mean(np.abs(ratios - ratio) <= RATIO_SPREAD * ratio) >= 0.5  # one factor, not anatomy
-        if steady and not (1.0 / SCALE_JUMP <= ratio <= SCALE_JUMP):
-            jumps.append((k, ratio))
+    for k in range(depth):
+        for floor in (0.1 * p99, 0.25 * p99):
+            ratio = _slice_ratio(image, k, floor, least)
+            if ratio is not None and not (1.0 / SCALE_JUMP <= ratio <= SCALE_JUMP):
+                jumps.append((k, ratio))
+                break
     if not jumps:
         return []
     listed = ", ".join(f"{k} (x{r:.2f})" for k, r in jumps[:5]) + (" ..." if len(jumps) > 5 else "")
