@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -340,17 +341,20 @@ def wrapped_slice(data: np.ndarray) -> np.ndarray:
     return data
 
 
-@pytest.mark.parametrize(("change", "dtype", "words"), [
-    (scaled_slice(2.0), np.int16, ("slice 15 (x2.0",)),
-    (scaled_slice(0.5), np.int16, ("slice 15 (x0.5",)),
-    (wrapped_slice, np.int16, ("slice 15",)),
-    (nan_slab, np.float32, ("constant slab", "slices 14-15")),
+@pytest.mark.parametrize(("change", "dtype", "words", "factor"), [
+    (scaled_slice(2.0), np.int16, ("slice 15 (x",), 2.0),
+    (scaled_slice(0.5), np.int16, ("slice 15 (x",), 0.5),
+    (wrapped_slice, np.int16, ("slice 15",), None),
+    (nan_slab, np.float32, ("constant slab", "slices 14-15"), None),
 ])
 def test_slice_scale_jump_or_nan_run_is_flagged(phantom_file: Path, tmp_path: Path, change: Any, dtype: type,
-                                                words: tuple[str, ...]) -> None:
+                                                words: tuple[str, ...], factor: float | None) -> None:
     path = rewrite(phantom_file, tmp_path / "scaled.nii", change, dtype)
     _, meas = run_one(path, tmp_path / "out")
     assert_suspect(meas, *words)
+    if factor is not None:  # the factor found, within the rounding of int16 voxels
+        found = re.search(r"slice 15 \(x([0-9.]+)\)", " ".join(meas["qc_reasons"]["suspect_image_content"]))
+        assert found and float(found.group(1)) == pytest.approx(factor, rel=0.03)
 
 
 def test_damaged_dicom_slice_is_flagged(hip_series: Path, tmp_path: Path) -> None:
