@@ -199,6 +199,9 @@ def test_sr_missing_values_and_bad_input(hfs, tmp_path: Path) -> None:
     hips = read_sr_hips(write_dicom_sr(no_lesion, source, tmp_path / "sr.dcm"))
     assert "T1 signal intensity ratio, necrotic zone to reference" not in hips["left"]
     assert hips["left"]["ARCO extent class"] == ("ARCO-0", "99ONFH")
+    # absence of necrosis coded as such: a qualitative "Necrosis: Absent", no volume or % head finding
+    assert hips["left"]["Necrosis"] == ("272519000", "SCT")
+    assert "Volume" not in hips["left"] and "Percent of femoral head volume involved by necrosis" not in hips["left"]
     with pytest.raises(DicomError, match="side"):
         write_dicom_sr({"hips": [{"side": "middle"}]}, source, tmp_path / "bad.dcm")
     with pytest.raises(DicomError, match="no hip measurements"):

@@ -44,6 +44,7 @@ from onfh_seg.io.dicom import (
     sort_slices,
 )
 from onfh_seg.io.nifti import atomic_write_bytes, make_image
+from onfh_seg.measure import MIN_LESION_ML
 
 MANUFACTURER = "onfh-seg"
 MODEL_NAME = "onfh-seg"
@@ -56,6 +57,7 @@ LOCAL_SCHEME = "99ONFH"
 SCT_FEMORAL_HEAD = Code("2812003", "SCT", "Femoral head")
 SCT_ACETABULUM = Code("37783008", "SCT", "Acetabulum")
 SCT_NECROSIS = Code("6574001", "SCT", "Necrosis")
+SCT_ABSENT = Code("272519000", "SCT", "Absent")
 SCT_ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 SCT_MORPH_ABNORMAL = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 SCT_RIGHT = Code("24028007", "SCT", "Right")
@@ -364,14 +366,27 @@ def _number(hip: Mapping[str, Any], key: str) -> float | None:
     return number if np.isfinite(number) else None
 
 
+def lesion_absent(hip: Mapping[str, Any]) -> bool:
+    """Whether a hip shows no measurable necrosis: ARCO extent 'none', or (without a class) a lesion volume under
+    ``measure.MIN_LESION_ML``."""
+    extent = hip.get("arco_extent")
+    if extent not in (None, ""):
+        return str(extent) == "none"
+    volume = _number(hip, "lesion_volume_ml")
+    return volume is not None and volume < MIN_LESION_ML
+
+
 def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None = None) -> Any:
     """TID 1501 group for one hip: volume, % head, SIR and ARCO extent (TID 1411 referencing the SEG's
-    necrotic segment and its source series when ``seg`` is given)."""
+    necrotic segment and its source series when ``seg`` is given). A hip without necrosis
+    (``lesion_absent``) is coded as a femoral head finding with the qualitative evaluation "Necrosis:
+    Absent" and its ARCO extent class, with no volume, % head or SIR (and no segment reference)."""
     side = str(hip.get("side", "")).lower()
     if side not in ("right", "left"):
         raise DicomError(f"hip side must be 'right' or 'left', got {hip.get('side')!r}")
     algorithm = hd.sr.AlgorithmIdentification(name="onfh-seg", version=str(model_version))
-    specs = [
+    absent = lesion_absent(hip)
+    specs = [] if absent else [
         ("lesion_volume_ml", SCT_VOLUME, UCUM_ML),
         ("percent_head_involved", LOCAL_PERCENT_HEAD, UCUM_PERCENT),
         ("sir_necrotic", LOCAL_SIR, UCUM_NO_UNITS),
@@ -381,7 +396,7 @@ def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None =
         for key, name, unit in specs
         if (value := _number(hip, key)) is not None
     ]
-    evaluations = []
+    evaluations = [hd.sr.QualitativeEvaluation(SCT_NECROSIS, SCT_ABSENT)] if absent else []
     extent = hip.get("arco_extent")
     if extent is not None:
         if str(extent) not in ARCO_EXTENT_CODES:
@@ -389,15 +404,16 @@ def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None =
         evaluations.append(hd.sr.QualitativeEvaluation(LOCAL_ARCO_EXTENT, ARCO_EXTENT_CODES[str(extent)]))
     laterality = SCT_RIGHT if side == "right" else SCT_LEFT
     common = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{side} femoral head necrosis"),
-        "finding_type": SCT_NECROSIS,
-        "finding_category": SCT_MORPH_ABNORMAL,
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"{side} femoral head" + ("" if absent else " necrosis")),
+        "finding_type": SCT_FEMORAL_HEAD if absent else SCT_NECROSIS,
+        "finding_category": SCT_ANATOMICAL_STRUCTURE if absent else SCT_MORPH_ABNORMAL,
         "finding_sites": [hd.sr.FindingSite(anatomic_location=SCT_FEMORAL_HEAD, laterality=laterality)],
         "algorithm_id": algorithm,
         "measurements": measurements or None,
         "qualitative_evaluations": evaluations or None,
     }
-    if seg is None:
+    if seg is None or absent:
         return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         referenced_segment=hd.sr.ReferencedSegment(
