@@ -15,6 +15,7 @@ TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 ENGINE        ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 IMAGE_VARIANT ?= cuda
 IMAGE         ?= onfh-seg:$(IMAGE_VARIANT)
+PACS_IMAGE    ?= onfh-seg-pacs:$(IMAGE_VARIANT)
 BASE_IMAGE    ?= debian:bookworm-slim
 ORT_CPU       ?= onnxruntime==1.32.0
 
@@ -32,9 +33,10 @@ $(STAMP_RUN): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# everything: training (CPU torch unless TORCH_INDEX says otherwise), Dask, the test tools
+# everything: training (CPU torch unless TORCH_INDEX says otherwise), Dask, the test tools. torch alone comes from
+# TORCH_INDEX (--no-deps: its dependencies, and everything else, from the usual index in the next step)
 $(STAMP_DEV): $(STAMP_RUN)
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -49,7 +51,7 @@ bytecode: $(STAMP_RUN)
 
 demo: bytecode
 	$(BIN)/onfh-synth out_dir=$(DEMO)/cohort +preset=demo preview=true
-	$(BIN)/onfh-infer input=$(DEMO)/cohort/manifest.csv out_dir=$(DEMO)/infer
+	$(BIN)/onfh-infer -i $(DEMO)/cohort/manifest.csv -o $(DEMO)/infer
 	$(BIN)/onfh-track manifest=$(DEMO)/cohort/manifest.csv infer_dir=$(DEMO)/infer out_dir=$(DEMO)/track
 	@echo "demo done: reports in $(DEMO)/track/reports/, measurements in $(DEMO)/infer/measurements.csv"
 
@@ -75,4 +77,4 @@ else
 endif
 
 image-pacs: image
-	$(ENGINE) build -f docker/Dockerfile.pacs --build-arg BASE_IMAGE=$(IMAGE) -t onfh-seg-pacs:$(IMAGE_VARIANT) .
+	$(ENGINE) build -f docker/Dockerfile.pacs --build-arg BASE_IMAGE=$(IMAGE) -t $(PACS_IMAGE) .

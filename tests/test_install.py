@@ -48,7 +48,7 @@ def test_make_demo_installs_no_extras() -> None:
     assert installs and all("torch" not in line and "[" not in line for line in installs), installs
     res = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     text = res.stdout
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu torch==" in text and '".[dev]"' in text
+    assert "--no-deps --index-url https://download.pytorch.org/whl/cpu torch==" in text and '".[dev]"' in text
     torch_pin = next(d for d in _project()["optional-dependencies"]["train"] if d.startswith("torch=="))
     assert f"torch=={torch_pin.split('==')[1]}" in text  # the Makefile's TORCH_VERSION is the extra's pin
 

@@ -72,3 +72,36 @@ def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: 
         out.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m onfh_seg.pacs.demo SCAN.nii.gz FOLDER``: a demo scan as a DICOM study, for the PACS walk-through."""
+    import argparse
+    import re
+    from datetime import date
+
+    parser = argparse.ArgumentParser(prog="python -m onfh_seg.pacs.demo",
+                                     description="Write a NIfTI scan (e.g. from onfh-synth) as a one-series MR DICOM "
+                                                 "study (same world geometry) to send to a PACS. Synthetic demo data only.")
+    parser.add_argument("scan", help="a 3-D NIfTI scan, e.g. outputs/demo/cohort/images/P01_m00.nii.gz")
+    parser.add_argument("folder", help="output folder for the DICOM files (IM0000.dcm, ...)")
+    parser.add_argument("--patient-id", help="PatientID (default: the scan name up to the first '_')")
+    parser.add_argument("--study-date", default=date.today().strftime("%Y%m%d"), help="StudyDate YYYYMMDD (default: today)")
+    parser.add_argument("--accession", default="", help="AccessionNumber")
+    args = parser.parse_args(argv)
+    scan = Path(args.scan)
+    if not scan.is_file():
+        parser.exit(1, f"error: scan not found: {scan}\n")
+    patient_id = args.patient_id or re.split(r"[_.]", scan.name)[0]
+    study_uid = generate_uid()
+    try:
+        paths = nifti_to_dicom_series(scan, args.folder, patient_id=patient_id, patient_name=f"Demo^{patient_id}",
+                                      study_uid=study_uid, study_date=args.study_date, accession=args.accession)
+    except (ValueError, OSError) as exc:
+        parser.exit(1, f"error: {str(exc).splitlines()[0]}\n")
+    print(f"wrote {len(paths)} instances of study {study_uid} (patient {patient_id}) to {args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
