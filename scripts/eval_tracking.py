@@ -153,8 +153,8 @@ def evaluate_arm(name: str, manifest: Path, infer_dir: Path, out: Path, ref_reco
                         row["sir_change_est"] = tp["sir_change"]
                         row["sir_change_ref"] = ref_tp["sir_change"]
                         row["sir_change_err"] = tp["sir_change"] - ref_tp["sir_change"]
-                if tp.get("collapse_mm") is not None:
-                    row["collapse_est_mm"] = tp["collapse_mm"]
+                if tp.get("head_height_loss_mm") is not None:
+                    row["collapse_est_mm"] = tp["head_height_loss_mm"]
                     row["collapse_truth_mm"] = th["collapse_mm"] - base_truth_hip["collapse_mm"]
                 rows.append(row)
         print(f"  {name} {pid}: {len(rec['hips'])} hip(s), {len(p.scans)} scans, {time.time() - t0:.1f} s")

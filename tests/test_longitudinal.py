@@ -97,7 +97,7 @@ def test_toy_regenerated_fraction_and_sir(toy):
     assert f["sir_baseline_zone"] == pytest.approx(sir1, abs=1e-3)
     assert f["sir_change"] == pytest.approx(sir1 - sir0, abs=1e-3)
     assert f["lesion_change_ml"] < 0 and f["lesion_change_pct"] < 0
-    assert abs(f["collapse_mm"]) < 0.5
+    assert abs(f["head_height_loss_mm"]) < 0.5
 
 
 def test_toy_scores_and_tidy_rows(toy):
@@ -110,7 +110,7 @@ def test_toy_scores_and_tidy_rows(toy):
     assert all(tuple(r) == TIDY_COLUMNS for r in rows)
     metrics = {r["metric"] for r in rows}
     assert {"lesion_volume_ml", "percent_head_involved", "regenerated_pct", "sir_baseline_zone",
-            "sir_change", "band_volume_ml", "new_necrosis_ml", "collapse_mm", "harris_hip_score"} <= metrics
+            "sir_change", "band_volume_ml", "new_necrosis_ml", "head_height_loss_mm", "harris_hip_score"} <= metrics
     assert {r["hip"] for r in rows if r["metric"] == "harris_hip_score"} == {"patient"}
     json.dumps(rec)  # the record is plain JSON
 

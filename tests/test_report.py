@@ -13,11 +13,29 @@ import numpy as np
 import pytest
 
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
-from onfh_seg.report.html import DISCLAIMER, ReportFigures, render_report, report_figures, write_report
+from onfh_seg.report.charts import band
+from onfh_seg.report.html import (
+    BEYOND,
+    DISCLAIMER,
+    ReportFigures,
+    metrics_table,
+    render_report,
+    report_figures,
+    sign_meaning,
+    write_report,
+)
 from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
 from onfh_seg.report.pdf import chromium_path, html_to_pdf
 from onfh_seg.report.views import PANEL_PX, sample_views
-from onfh_seg.report.words import collapse_statement, healthy_line, hip_paragraph, number, score_title, versions_text
+from onfh_seg.report.words import (
+    collapse_statement,
+    headline,
+    healthy_line,
+    hip_paragraph,
+    number,
+    score_title,
+    versions_text,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # axial-like grid with x flipped (index 0 runs to the patient's left), 3 mm slices
@@ -46,7 +64,7 @@ def record():
                     "percent_head_involved": 30.0 - 5 * i, "band_volume_ml": 2.0, "head_volume_ml": 33.0,
                     "lesion_change_ml": -2.0 * i, "lesion_change_pct": -20.0 * i,
                     "regenerated_pct": 10.0 * i if i else 0.0, "sir_baseline_zone": 0.4 + 0.1 * i,
-                    "sir_lesion": 0.4, "sir_change": 0.1 * i, "new_necrosis_ml": 0.0, "collapse_mm": None,
+                    "sir_lesion": 0.4, "sir_change": 0.1 * i, "new_necrosis_ml": 0.0, "head_height_loss_mm": None,
                     "arco_extent": "C", "jic_type": "C1"})
     return {
         "patient_id": "P<01>", "software": "onfh-track/1", "reference": "acetabulum",
@@ -71,8 +89,8 @@ def full_record():
     """Two hips (one healthy), class changes, head height loss, voxel sizes of 5 mm slices."""
     rec = record()
     tps = rec["hips"][0]["timepoints"]
-    tps[2].update(arco_extent="B", jic_type="B", collapse_mm=1.0)
-    tps[1]["collapse_mm"], tps[0]["collapse_mm"] = 0.4, 0.0
+    tps[2].update(arco_extent="B", jic_type="B", head_height_loss_mm=1.0)
+    tps[1]["head_height_loss_mm"], tps[0]["head_height_loss_mm"] = 0.4, 0.0
     rec["scans"] = [dict(s, voxel_size_mm=[0.8, 0.8, 5.0]) for s in rec["scans"]]
     rec["hips"].append(healthy_hip(tps))
     return rec
@@ -136,15 +154,13 @@ def test_contours_are_smooth_across_thick_slices():
 def test_figures_are_large_pngs_one_quantity_each():
     rec = full_record()
     figs = report_figures(rec, {"right": [("m00", 0.0, toy_views())]})
-    pair = figs.views["right"]["coronal"][0][1]
-    assert pair.startswith(PNG)
-    h, w = mpimg.imread(io.BytesIO(pair)).shape[:2]
-    assert w == 2 * PANEL_PX and PANEL_PX >= 300 and h >= 300
-    assert set(figs.imaging) == {"lesion_volume_ml", "percent_head_involved", "regenerated_pct",
-                                 "sir_baseline_zone", "collapse_mm"}
-    assert set(figs.scores) == {"harris_hip_score", "vas_walking"}  # one chart per clinical score
-    for png in [*figs.imaging.values(), *figs.scores.values()]:
-        assert png.startswith(PNG) and mpimg.imread(io.BytesIO(png)).shape[1] >= 500
+    title, contoured, plain = figs.views["right"]["coronal"][0]
+    assert title == "m00, 0 mo" and contoured.startswith(PNG) and plain.startswith(PNG) and contoured != plain
+    h, w = mpimg.imread(io.BytesIO(contoured)).shape[:2]
+    assert w == h == PANEL_PX >= 300
+    assert set(figs.imaging) == {"lesion_volume_ml", "regenerated_pct", "sir_baseline_zone", "head_height_loss_mm"}
+    for png in figs.imaging.values():
+        assert png.startswith(PNG) and mpimg.imread(io.BytesIO(png)).shape[1] >= 300
 
 
 def test_report_is_self_contained(tmp_path):
@@ -154,18 +170,65 @@ def test_report_is_self_contained(tmp_path):
     html = path.read_text()
     assert DISCLAIMER in html
     srcs = re.findall(r'src="([^"]*)"', html)
-    # 3 views x 3 visits, 4 imaging charts (no head height), 2 score charts, lesion change beside Harris Hip Score
-    assert len(srcs) == 3 * 3 + 4 + 2 + 1
+    # 3 views x 3 visits x (contoured, plain), 3 imaging charts (no head height loss measured)
+    assert len(srcs) == 3 * 3 * 2 + 3
     for s in srcs:
         assert s.startswith("data:image/png;base64,") and base64.b64decode(s.split(",", 1)[1]).startswith(PNG)
     assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html
     # header and numbers a reader needs
     for text in ("P&lt;01&gt;", "unet-0.3", "low_confidence", "segmentation not found", "Regenerated fraction",
-                 "20.0", "(+0.20;", "Harris Hip Score (points, 0-100; higher is better)", "+30.0"):
+                 "20.0", "(+0.20;", "Harris Hip Score (points, 0-100; higher is better)", "+30.0",
+                 "right: lesion"):
         assert text in html, text
-    # every image enlarges on click (CSS focus) and the page prints
-    assert html.count('tabindex="0"') == len(srcs) and "img.zoom:focus" in html and "@media print" in html
+    # one row per plane, one figure per visit; hover shows the plain image, click (focus) enlarges, and it prints
+    assert html.count('<div class="visits" style="--n:3">') == 3 and html.count('<figure class="tp"') == 9
+    assert html.count('tabindex="0"') == 9 and "figure.tp:focus" in html and "figure.tp:hover img.plain" in html
+    assert "@media print" in html
+
+
+def test_headline_one_line_per_hip_answers_first():
+    """The headline says, per hip, the lesion then and now, whether the change is beyond noise, the extent
+    class, the regenerated share and the head height loss against its RC; a healthy hip gets one line."""
+    rec = full_record()
+    rec["repeatability"] = {"lesion_volume_ml": 1.1, "regenerated_pct": 2.2, "head_height_loss_mm": 0.6}
+    line = headline(rec["hips"][0], rec)
+    assert line == ("Right hip (m00 \u2192 m12): lesion 10.0 \u2192 6.0 mL (-40%, beyond the 1.1 mL repeatability "
+                    "limit), ARCO extent C \u2192 B, 20% of the baseline lesion regenerated, head height loss 1.0 mm "
+                    "(beyond 0.6 mm).")
+    assert headline(rec["hips"][1], rec) == healthy_line(rec["hips"][1])
+    rec["repeatability"] = {"lesion_volume_ml": 5.0, "regenerated_pct": 25.0}  # no RC of head height: from slices
+    line = headline(rec["hips"][0], rec)
+    assert "(-40%, within the 5.0 mL repeatability limit)" in line and "regenerated (within the noise limit)" in line
+    assert "head height loss 1.0 mm (within 4.6 mm)" in line  # 2.77 x 5 mm / 3
+    html = render_report(rec, ReportFigures(), package_version="1")
+    box = re.search(r'<div class="headline">(.*?)</div>', html, re.S).group(1)
+    assert box.index("Right hip") < box.index("Left hip: no lesion")
+    assert html.index('class="headline"') < html.index("<table")  # before anything else
+    assert "right: lesion; left: no lesion" in html
+    single = {"hip": "right", "timepoints": rec["hips"][0]["timepoints"][:1]}
+    assert headline(single, rec) == "Right hip: lesion 10.0 mL at m00, ARCO extent C; one scan only, no change measured yet."
+
+
+def test_table_marks_changes_beyond_rc_and_charts_have_bands():
+    rec = full_record()
+    rec["repeatability"] = {"lesion_volume_ml": 3.0, "sir": 0.15, "regenerated_pct": 15.0,
+                            "head_height_loss_mm": 0.6}
+    table = metrics_table(rec["hips"][0], record=rec)
+    rows = {re.sub("<[^>]+>", "", r.split("</td>")[0]): r for r in table.split("<tr>")[2:]
+            if 'class="l">%</td>' not in r or "Regenerated" in r}
+    change = rows["Lesion change from baseline"]  # -2 (within 3.0) at m03, -4 (beyond) at m12
+    assert "<td>3.0</td>" in change and change.count(BEYOND) == 1 and change.index(BEYOND) > change.index("-4.00")
+    assert rows["Change of the primary SIR from baseline"].count(BEYOND) == 1  # +0.2 beyond 0.15, +0.1 within
+    assert rows["Regenerated fraction of the baseline lesion"].count(BEYOND) == 1  # 20 beyond 15, 10 within
+    assert rows["Head height loss along the lesion direction"].count(BEYOND) == 1  # 1.0 beyond 0.6, 0.4 within
+    assert BEYOND not in rows["Lesion volume (necrotic zone + band)"]
+    assert band("baseline", 10.0, 3.0) == (7.0, 13.0) and band("zero", None, 0.6) == (-0.6, 0.6)
+    assert band("from_zero", 0.0, 15.0) == (0.0, 15.0)
+    # the charts draw from zero where the quantity is a volume or a percentage
+    from onfh_seg.report.charts import IMAGING_CHARTS
+
+    assert IMAGING_CHARTS["lesion_volume_ml"][4] and IMAGING_CHARTS["regenerated_pct"][4]
 
 
 def test_report_structure_legends_and_healthy_hip():
@@ -179,9 +242,10 @@ def test_report_structure_legends_and_healthy_hip():
     assert healthy and healthy.group(1) == line and "<img" in healthy.group(2)  # images behind the toggle
     for name, _, colour in CONTOURS:
         assert name in html and f"border-color:{colour}" in html
-    assert CROSS_LEGEND in html and "scale" in html
+    assert CROSS_LEGEND in html
     assert "onfh-seg 9.9 (segmentation model unet-0.3; tracking: onfh-track record format 1)" in html
     assert "<details><summary>Other measures" in html and "T1 SIR in the current lesion" in html
+    assert "<details><summary>Summary in words</summary>" in html
 
 
 def test_summary_names_extent_changes_collapse_and_primary_sir():
@@ -202,7 +266,7 @@ def test_collapse_statement_judges_against_noise(loss, words):
 def test_no_negative_zero_anywhere():
     rec = full_record()
     tp = rec["hips"][0]["timepoints"][1]
-    tp.update(lesion_change_ml=-0.0001, lesion_change_pct=-0.0, sir_change=-0.0004, collapse_mm=-0.01)
+    tp.update(lesion_change_ml=-0.0001, lesion_change_pct=-0.0, sir_change=-0.0004, head_height_loss_mm=-0.01)
     rec["score_changes"]["harris_hip_score"]["change"] = -0.0
     html = render_report(rec, ReportFigures(), package_version="1")
     assert not re.search(r"-0\.0+(?![0-9])", html)  # "-0.0", "-0.00", ... nowhere
@@ -231,22 +295,53 @@ def test_regenerated_fraction_shown_in_percent(value, expected):
     assert fmt("regenerated_pct", value) == expected
 
 
-@pytest.mark.skipif(chromium_path() is None, reason="no Chromium on PATH (Debian package 'chromium')")
-def test_pdf_and_screenshot_with_chromium(tmp_path):
+NO_CHROMIUM = "no Chromium on PATH (Debian package 'chromium'; .ci/run installs it)"
+
+
+def three_visit_report(tmp_path: Path, pdf: bool) -> Path:
+    """A 3-visit patient (one hip with a lesion, one healthy, a QC flag and a warning) written as HTML (and PDF)."""
+    v = toy_views()
+    views = {"right": [("m00", 0.0, v), ("m03", 3.0, v), ("m12", 12.0, v)],
+             "left": [("m00", 0.0, v), ("m03", 3.0, v), ("m12", 12.0, v)]}
     rec = full_record()
-    path = write_report(rec, {"right": [("m00", 0.0, toy_views())]}, tmp_path / "r.html", pdf=True)
-    pdf = path.with_suffix(".pdf")
-    assert pdf.read_bytes().startswith(b"%PDF") and not list(tmp_path.glob(".*.tmp"))
+    rec["repeatability"] = {"lesion_volume_ml": 1.1, "sir": 0.1, "regenerated_pct": 2.2, "head_height_loss_mm": 0.6}
+    return write_report(rec, views, tmp_path / "r.html", pdf=pdf)
+
+
+@pytest.mark.skipif(chromium_path() is None, reason=NO_CHROMIUM)
+@pytest.mark.parametrize("width", [1000, 1400, 1600])
+def test_visits_of_a_plane_sit_in_one_row_on_screen(tmp_path, width):
+    """In Chromium every image loads, nothing is wider than the window, and the visits of each plane share one
+    row (same top, left to right)."""
+    path = three_visit_report(tmp_path, pdf=False)
+    probe = chromium_probe(path, tmp_path / "probe.html", width)
+    assert probe["images"] >= 18 and probe["broken"] == 0, probe
+    assert probe["scroll_width"] <= probe["width"] and probe["overflowing"] == [], probe
+    rows = [r for r in probe["rows"] if r["visible"]]
+    assert len(rows) == 3, probe["rows"]  # axial, coronal, sagittal of the hip with a lesion
+    for r in rows:
+        assert len(r["tops"]) == 3 and len(set(r["tops"])) == 1, r  # one row
+        assert r["lefts"] == sorted(r["lefts"]) and r["widths"][0] >= 200, r  # left to right, large enough
     shot = tmp_path / "shot.png"
     subprocess.run([chromium_path(), "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'p'}",
-                    f"--screenshot={shot}", "--window-size=1400,2400", path.resolve().as_uri()],
+                    f"--screenshot={shot}", f"--window-size={width},1200", path.resolve().as_uri()],
                    capture_output=True, timeout=120, check=True)
-    png = mpimg.imread(shot)[..., :3]
-    assert png.std() > 0.05  # not blank
-    for width in (1400, 1000):  # every image loads and nothing is wider than the page, wide and narrow window
-        probe = chromium_probe(path, tmp_path / f"probe{width}.html", width)
-        assert probe["images"] >= 10 and probe["broken"] == 0, probe
-        assert probe["scroll_width"] <= probe["width"] and probe["overflowing"] == [], probe
+    assert mpimg.imread(shot)[..., :3].std() > 0.05  # not blank
+
+
+@pytest.mark.skipif(chromium_path() is None, reason=NO_CHROMIUM)
+def test_pdf_of_a_three_visit_patient_is_two_pages_of_legible_text(tmp_path):
+    """The printed report of a 3-visit patient: at most 2 A4 pages, no text smaller than 8 pt."""
+    pymupdf = pytest.importorskip("pymupdf", reason="PyMuPDF not installed (pip install -e .[dev])")
+    pdf = three_visit_report(tmp_path, pdf=True).with_suffix(".pdf")
+    assert pdf.read_bytes().startswith(b"%PDF") and not list(tmp_path.glob(".*.tmp"))
+    doc = pymupdf.open(pdf)
+    assert doc.page_count <= 2
+    spans = [(sp["size"], sp["text"]) for page in doc for b in page.get_text("dict")["blocks"]
+             for line in b.get("lines", []) for sp in line["spans"] if sp["text"].strip()]
+    assert len(spans) > 100 and "Right hip (m00" in " ".join(t for _, t in spans)
+    small = [(round(size, 2), text) for size, text in spans if size < 8.0]
+    assert not small, small[:5]
 
 
 PROBE = """<script>window.addEventListener('load', () => {
@@ -254,8 +349,13 @@ PROBE = """<script>window.addEventListener('load', () => {
   const imgs = [...document.images];
   const over = [...document.body.querySelectorAll('*')]
     .filter(e => e.getBoundingClientRect().right > w + 1).map(e => e.tagName + '.' + e.className).slice(0, 5);
+  const rows = [...document.querySelectorAll('div.visits')].map(d => {
+    const figs = [...d.querySelectorAll('figure')].map(f => f.getBoundingClientRect());
+    return {visible: !d.closest('details:not([open])'), tops: figs.map(r => Math.round(r.top)),
+            lefts: figs.map(r => Math.round(r.left)), widths: figs.map(r => Math.round(r.width))}; });
   document.body.setAttribute('data-probe', JSON.stringify({width: w, scroll_width: document.documentElement.scrollWidth,
-    images: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length, overflowing: over}));
+    images: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length, overflowing: over,
+    rows: rows}));
 });</script></body>"""
 
 
@@ -318,26 +418,27 @@ def test_collapse_judged_against_a_measured_rc(loss, words):
     assert words in text and "RC 1.2 mm from test-retest scans" in text
 
 
-def test_imaging_change_beside_score_change_with_its_correlation():
-    """Lesion change and the primary score's change side by side, and the within-patient Spearman per score."""
+def test_within_patient_correlation_with_the_right_sign_meaning():
+    """The within-patient Spearman per score as a table when 3 visits pair; the sign that goes with improvement
+    is explained for each direction of better."""
     rec = full_record()
     rec["visits"] = [{"timepoint": t, "months": m, "harris_hip_score": h, "vas_walking": v}
                      for t, m, h, v in (("m00", 0.0, 40.0, 8.0), ("m03", 3.0, 60.0, 5.0), ("m12", 12.0, 80.0, 2.0))]
-    figs = report_figures(rec, None)
-    score, png = figs.changes["right"]
-    assert score == "harris_hip_score" and "left" not in figs.changes  # the healthy hip gets none
-    assert mpimg.imread(io.BytesIO(png)).shape[1] >= 900
-    html = render_report(rec, figs)
-    assert "Imaging change beside clinical change" in html
+    html = render_report(rec, report_figures(rec, None))
     # lesion -0 %, -20 %, -40 % while the Harris Hip Score rises 0, +20, +40: rho = -1, which goes with improvement
     row = re.search(r"Harris Hip Score</td><td>3</td><td>([^<]*)</td><td class=\"l\">([^<]*)<", html)
-    assert row and row.group(1) == "-1.00" and row.group(2).startswith("negative")
+    assert row and row.group(1) == "-1.00" and row.group(2) == sign_meaning("higher")
     row = re.search(r"Pain when walking \(VAS\)</td><td>3</td><td>([^<]*)</td><td class=\"l\">([^<]*)<", html)
-    assert row and row.group(1) == "+1.00" and row.group(2).startswith("positive")
+    assert row and row.group(1) == "+1.00" and row.group(2) == sign_meaning("lower")
+    assert sign_meaning("higher").startswith("negative") and "score rises" in sign_meaning("higher")
+    assert sign_meaning("lower").startswith("positive") and "score falls" in sign_meaning("lower")
     assert "correlations.csv" in html and "not a test" in html
+    # no legend boxes, no chart per score: the scores are one table, one row per score
+    assert html.count('<table class="scores">') == 1 and "clinical score:" not in html
 
 
 def test_correlation_needs_three_paired_visits():
     rec = record()  # visits at 0 and 6 months, imaging at 0, 3, 12: one pair only
     html = render_report(rec, report_figures(rec, None))
-    assert "n/a (n &lt; 3)" in html
+    assert "n/a" not in html and "Spearman" not in html  # no table of n/a rows
+    assert "paired at 1 visit (imaging and scores at the same months); a within-patient correlation needs 3" in html

@@ -92,7 +92,8 @@ def test_cli_end_to_end_errors_and_resume(cohort):
 
     cols, summary = read_csv(out / "cohort_summary.csv")
     assert {"patient_id", "hip", "baseline_lesion_ml", "last_lesion_ml", "lesion_change_ml", "regenerated_pct",
-            "sir_change", "harris_hip_score_change"} <= set(cols)
+            "sir_change", "head_height_loss_mm", "harris_hip_score_change"} <= set(cols)
+    assert "collapse_mm" not in cols  # one name per quantity: the report's "head height loss"
     cols, corr = read_csv(out / "correlations.csv")
     assert tuple(cols) == ("imaging_metric", "score_change", "n", "rho", "p_value", "note")
     assert all(c["rho"] == "n/a" for c in corr if int(c["n"]) < 3)
@@ -104,6 +105,18 @@ def test_cli_end_to_end_errors_and_resume(cohort):
     assert "0 new, 2 unchanged" in res.stdout
     assert (out / "patients" / "P002.json").stat().st_mtime_ns == stamp
     assert read_csv(out / "longitudinal.csv")[1] == rows
+
+    # the PDF of existing results: printed from the HTML report, no patient re-registered or re-measured
+    from onfh_seg.report.pdf import chromium_path
+
+    if chromium_path() is not None:
+        tstamp = (out / "transforms" / "P002_right_m06.json").stat().st_mtime_ns
+        res = run_track(*args, "report_pdf=true")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "0 new, 2 unchanged and skipped; 2 PDF printed from the existing report" in res.stdout
+        assert (out / "patients" / "P002.json").stat().st_mtime_ns == stamp
+        assert (out / "transforms" / "P002_right_m06.json").stat().st_mtime_ns == tstamp
+        assert (out / "reports" / "P002.pdf").read_bytes().startswith(b"%PDF")
 
     # a changed input (new measurements of one scan) changes that patient's hash only
     before = {pid: input_hash(p, HASHED) for pid, p in collect_patients(cohort / "manifest.csv", cohort / "infer")[0].items()}

@@ -84,7 +84,7 @@ class RepeatabilitySettings:
     percent_head_pts: Union[float, None] = dataclasses.field(metadata={"min": 0})
     sir: Union[float, None] = dataclasses.field(metadata={"min": 0})
     regenerated_pct: Union[float, None] = dataclasses.field(metadata={"min": 0})
-    collapse_mm: Union[float, None] = dataclasses.field(metadata={"min": 0})
+    head_height_loss_mm: Union[float, None] = dataclasses.field(metadata={"min": 0})
     source: str = dataclasses.field()
 
 

@@ -41,7 +41,9 @@ def run(cfg: DictConfig) -> int:
     n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
     print(
         f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "
-        f"({len(res.tracked)} new, {len(res.resumed)} unchanged and skipped), {n_err} with errors "
+        f"({len(res.tracked)} new, {len(res.resumed)} unchanged and skipped"
+        f"{f'; {len(res.pdf_printed)} PDF printed from the existing report' if res.pdf_printed else ''}), "
+        f"{n_err} with errors "
         f"(see {res.out_dir / 'errors.csv'}), {time.time() - t0:.1f} s. "
         f"Reports: {res.out_dir / 'reports'}; tables: {res.out_dir / 'longitudinal.csv'}, "
         f"{res.out_dir / 'cohort_summary.csv'}, {res.out_dir / 'correlations.csv'}"

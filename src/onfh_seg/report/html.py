@@ -5,13 +5,18 @@ archived on its own. Everything shown comes from the patient record written by
 ``track.patient.compute_patient`` plus the figures of ``report.views`` and
 ``report.charts``; the words come from ``report.words``.
 
-Layout: header (patient, scans, QC, versions in words); per hip with a lesion
-a plain-words summary, the aligned T1 views as plain/contoured pairs (click an
-image to enlarge it, click elsewhere to shrink it: CSS only) with a legend of
-every line and mark, the main measurements and the others under "details";
-hips without a lesion in one line each with a toggle for their images; one
-chart per imaging measure and per clinical score; methods. A print style sheet
-lays it out for paper (``pdf.html_to_pdf`` makes a PDF where Chromium exists).
+Layout, the answer first: one headline per hip (lesion size then and now and
+whether the change is beyond noise, ARCO extent, regenerated share, head
+height loss), the header (which hip has a lesion, scans, QC, versions); per hip
+with a lesion the aligned T1 views, one row per plane and one contoured image
+per visit left to right (hover shows the plain image, click enlarges both:
+CSS only), its measurements with the repeatability coefficient (RC) and a mark
+on changes beyond it, the summary in words behind a toggle; hips without a
+lesion in one line each with a toggle for their images; one small chart per
+imaging measure with its RC band; the clinical scores as one table and the
+within-patient correlation only where it can be computed; methods. A print
+style sheet fits a 3-visit patient on two A4 pages with text of at least 8 pt
+(``pdf.html_to_pdf`` makes the PDF where Chromium exists).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
 from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
 from onfh_seg.report.words import (
-    RC_FACTOR,
+    RC_KEYS,
     SCORES,
+    beyond_rc,
+    change_rc,
+    headline,
     healthy_line,
-    height_noise_mm,
     hip_paragraph,
+    hips_affected,
     is_healthy,
     months,
     number,
@@ -42,6 +50,7 @@ from onfh_seg.report.words import (
 DISCLAIMER = (
     "Research software. The segmentation model was trained on synthetic data only and is not for clinical use."
 )
+BEYOND = "\u25cf"  # the mark of a change beyond its repeatability coefficient
 
 # key: (label, unit, decimals, scale)
 METRICS: dict[str, tuple[str, str, int, float]] = {
@@ -56,7 +65,7 @@ METRICS: dict[str, tuple[str, str, int, float]] = {
     "new_necrosis_ml": ("New necrosis outside the baseline zone", "mL", 2, 1.0),
     "sir_baseline_zone": ("T1 SIR in the baseline lesion zone (primary SIR)", "ratio", 3, 1.0),
     "sir_change": ("Change of the primary SIR from baseline", "ratio", 3, 1.0),
-    "collapse_mm": ("Head height loss along the lesion direction", "mm", 1, 1.0),
+    "head_height_loss_mm": ("Head height loss along the lesion direction", "mm", 1, 1.0),
     # details
     "necrotic_core_volume_ml": ("Necrotic core volume", "mL", 2, 1.0),
     "band_volume_ml": ("Interface band volume", "mL", 2, 1.0),
@@ -67,60 +76,74 @@ METRICS: dict[str, tuple[str, str, int, float]] = {
 }
 DETAIL_METRICS = ("necrotic_core_volume_ml", "band_volume_ml", "regenerated_volume_ml", "sir_lesion", "sir_necrotic",
                   "registration_shift_mm")
-IMAGING_CHART_KEYS = ("lesion_volume_ml", "percent_head_involved", "regenerated_pct", "sir_baseline_zone",
-                      "collapse_mm")
+IMAGING_CHART_KEYS = ("lesion_volume_ml", "regenerated_pct", "sir_baseline_zone", "head_height_loss_mm")
 
 CSS = """
-body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111;max-width:1500px;line-height:1.35}
-h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:2px solid #888;margin-top:28px}
-h3{font-size:15px;margin-bottom:4px}
-.disclaimer{background:#fff3cd;border:1px solid #c9a227;padding:8px 12px;font-weight:bold;margin:10px 0}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #bbb;padding:3px 8px;text-align:right} th{background:#eee}
+body{font-family:Helvetica,Arial,sans-serif;margin:20px 24px;color:#111;max-width:1500px;line-height:1.3;font-size:14px}
+h1{font-size:20px;margin:0 0 4px 0} h2{font-size:17px;border-bottom:2px solid #888;margin:18px 0 6px 0}
+h3{font-size:14px;margin:10px 0 4px 0}
+.disclaimer{background:#fff3cd;border:1px solid #c9a227;padding:4px 10px;font-weight:bold;margin:6px 0;font-size:12px}
+.headline{background:#f4f7fb;border-left:5px solid #4a6fa5;padding:6px 12px;margin:8px 0;font-size:16px}
+.headline p{margin:3px 0} .headline p.lesion{font-weight:bold}
+table{border-collapse:collapse;margin:6px 0;font-size:13px}
+th,td{border:1px solid #bbb;padding:2px 7px;text-align:right} th{background:#eee}
 td.l,th.l{text-align:left}
+p.header{font-size:13px;margin:4px 0} p.header span.k{color:#555}
 .warn{color:#8a1c1c} .muted{color:#555;font-size:12px}
-.qcwarn{background:#fde2e2;border:2px solid #b00020;padding:8px 12px;margin:10px 0;color:#5c0010}
+.qcwarn{background:#fde2e2;border:2px solid #b00020;padding:6px 12px;margin:8px 0;color:#5c0010}
 th.untrusted,td.untrusted{background:#fde2e2}
-p.summary{font-size:15px;max-width:1100px;background:#f4f7fb;border-left:4px solid #4a6fa5;padding:8px 12px}
-.views{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0}
-figure.pair{margin:0} figure.pair figcaption{font-size:12px;color:#333}
-img{border:1px solid #444;height:auto}
-img.pair{width:640px;max-width:100%}
-img.chart{width:620px;max-width:100%}
-img.wide{width:900px;max-width:100%}
-img.zoom{cursor:zoom-in}
-img.zoom:focus{position:fixed;top:2vh;left:2vw;width:96vw;height:96vh;max-width:none;object-fit:contain;
-  background:#000;z-index:10;cursor:zoom-out;outline:none}
-.charts{display:flex;flex-wrap:wrap;gap:12px}
-.legend{font-size:13px;margin:4px 0 10px 0}
-.legend span.sw{display:inline-block;width:22px;height:0;border-top:3px solid;margin:0 5px 3px 14px;vertical-align:middle}
-.legend span.cross{color:orange;font-weight:bold;margin:0 4px 0 14px}
-ul.healthy{list-style:none;padding-left:0} ul.healthy li{margin:6px 0}
+td.beyond{font-weight:bold} span.rc{color:#b00020}
+.plane{margin:4px 0 8px 0} .plane .pl{font-size:13px;font-weight:bold;margin:2px 0}
+.visits{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px;max-width:calc(var(--n)*400px)}
+figure.tp{margin:0;cursor:zoom-in} figure.tp img{width:100%;height:auto;display:block;border:1px solid #444}
+figure.tp figcaption{font-size:13px;color:#222;text-align:center}
+figure.tp img.plain{display:none}
+figure.tp:hover img.plain{display:block} figure.tp:hover img.contoured{display:none}
+figure.tp:focus{position:fixed;top:2vh;left:2vw;width:96vw;height:96vh;z-index:10;background:#000;display:flex;
+  flex-wrap:wrap;align-content:center;justify-content:center;gap:1vw;outline:none;cursor:zoom-out}
+figure.tp:focus img,figure.tp:focus:hover img{display:block;width:47vw;height:auto;max-height:88vh;object-fit:contain}
+figure.tp:focus figcaption{color:#fff;width:100%;font-size:16px}
+.legend{font-size:13px;margin:2px 0 6px 0}
+.legend span.sw{display:inline-block;width:20px;height:0;border-top:3px solid;margin:0 4px 3px 10px;vertical-align:middle}
+.legend span.cross{color:orange;font-weight:bold;margin:0 3px 0 10px}
+.charts{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;max-width:1200px}
+.charts img{width:100%;height:auto;border:1px solid #ccc}
+ul.healthy{list-style:none;padding-left:0;margin:4px 0} ul.healthy li{margin:4px 0}
 details summary{cursor:pointer;color:#234}
+ul.methods{color:#333;font-size:12px;padding-left:18px} ul.methods li{margin:2px 0}
+ul.words li{margin:2px 0}
+@media (max-width:900px){.charts{grid-template-columns:repeat(2,minmax(0,1fr))}}
 @media print{
-  body{margin:0;max-width:none;font-size:11pt}
-  .disclaimer,.qcwarn{break-inside:avoid}
-  section.hip+section.hip{break-before:page}
-  h2,h3{break-after:avoid}
-  figure.pair,img.chart,table{break-inside:avoid}
-  .views,.charts{gap:6px}
-  figure.pair{width:49%} img.pair{width:100%} img.chart{width:49%} img.wide{width:100%}
-  img.zoom:focus{position:static;width:100%;height:auto}
-  table{font-size:8pt} th,td{padding:2px 4px}
-  details summary{display:none}
+  body{margin:0;max-width:none;font-size:9pt;line-height:1.2}
+  h1{font-size:13pt} h2{font-size:11pt;margin:6px 0 3px 0;border-bottom-width:1px} h3{font-size:9pt;margin:4px 0 2px 0}
+  .disclaimer{font-size:8.5pt;padding:2px 6px;margin:3px 0}
+  .headline{font-size:10pt;padding:3px 8px;margin:4px 0}
+  .disclaimer,.qcwarn,.headline{break-inside:avoid}
+  h2,h3,.pl{break-after:avoid}
+  .plane,table,.charts{break-inside:avoid}
+  .plane{margin:0 0 2px 0} .plane .pl{font-size:8.5pt;margin:0}
+  .visits{max-width:165mm;gap:3px}
+  figure.tp img.plain,figure.tp:hover img.plain{display:none} figure.tp:hover img.contoured{display:block}
+  figure.tp figcaption{font-size:8.5pt}
+  .legend{font-size:8.5pt;margin:0 0 2px 0}
+  table{font-size:8.5pt;margin:3px 0} th,td{padding:1px 4px} p.header,p.warn{font-size:8.5pt;margin:2px 0}
+  .qcwarn{padding:2px 6px;margin:3px 0;font-size:8.5pt} .qcwarn ul{margin:0;padding:0;display:inline}
+  .qcwarn li{display:inline;margin-left:6px}
+  .charts{max-width:none;gap:4px;grid-template-columns:repeat(4,minmax(0,1fr))}
+  .muted,ul.methods{font-size:8.5pt} ul.methods{columns:2;column-gap:6mm;margin:2px 0;padding-left:12px}
+  details,details summary,.noprint,.disclaimer.end{display:none}
+  ul.healthy{margin:2px 0}
 }
-@page{size:A4;margin:12mm}
+@page{size:A4;margin:10mm 11mm}
 """
 
 
 @dataclass
 class ReportFigures:
-    """The PNGs of one report: per hip, per view, ``(column title, pair PNG)``; charts by key."""
+    """The PNGs of one report: per hip, per view, ``(caption, contoured PNG, plain PNG)`` per visit; charts by key."""
 
-    views: dict[str, dict[str, list[tuple[str, bytes]]]] = field(default_factory=dict)
+    views: dict[str, dict[str, list[tuple[str, bytes, bytes]]]] = field(default_factory=dict)
     imaging: dict[str, bytes] = field(default_factory=dict)
-    scores: dict[str, bytes] = field(default_factory=dict)
-    changes: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # hip -> (score, imaging|score change PNG)
 
 
 def _esc(v) -> str:
@@ -142,12 +165,10 @@ def fmt(key: str, value, signed: bool = False) -> str:
     return "&ndash;" if text == "\u2013" else _esc(text)
 
 
-def img_tag(png: bytes, alt: str, cls: str = "", zoom: bool = True) -> str:
-    """An <img> with the PNG embedded as a data URI; ``zoom``: click (focus) enlarges it."""
+def img_tag(png: bytes, alt: str, cls: str = "") -> str:
+    """An <img> with the PNG embedded as a data URI."""
     data = base64.b64encode(png).decode("ascii")
-    classes = " ".join(c for c in (cls, "zoom" if zoom else "") if c)
-    tab = ' tabindex="0"' if zoom else ""
-    return f'<img class="{classes}"{tab} alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img class="{cls}" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def untrusted_flags(item: Mapping) -> list[str]:
@@ -177,36 +198,43 @@ def qc_warning(record: dict) -> str:
             f"report and should not be used for decisions.<ul>{items}</ul></div>")
 
 
+def headline_html(record: dict) -> str:
+    """The headline box: one line per hip, hips with a lesion first."""
+    hips = sorted(record["hips"], key=is_healthy)
+    lines = "".join(f'<p class="{"healthy" if is_healthy(h) else "lesion"}">{_esc(headline(h, record))}</p>'
+                    for h in hips)
+    return f'<div class="headline">{lines}</div>'
+
+
 def _header(record: dict, package_version: str) -> str:
     scans = record.get("scans", [])
+    flagged = [f"{s['timepoint']}: {', '.join(s.get('qc_flags') or [])}" for s in scans if s.get("qc_flags")]
     rows = [
         ("Patient", _esc(record["patient_id"])),
-        ("Hips tracked", _esc(", ".join(h["hip"] for h in record["hips"]) or "none")),
-        ("Scans", ", ".join(f"{_esc(s['timepoint'])} ({months(s['months'])})" for s in scans)),
-        ("Baseline", f"{_esc(record['baseline']['timepoint'])} ({months(record['baseline']['months'])})"),
-        ("QC flags", "<br>".join(f"{_esc(s['timepoint'])}: {_esc(', '.join(s.get('qc_flags') or []) or 'none')}"
-                                 for s in scans)),
+        ("Hips", _esc(hips_affected(record))),
+        ("Scans", ", ".join(f"{_esc(s['timepoint'])} ({months(s['months'])})" for s in scans)
+         + f"; baseline {_esc(record['baseline']['timepoint'])}"),
+        ("QC flags", _esc("; ".join(flagged) or "none")),
         ("SIR reference region", _esc(record.get("reference", "acetabulum"))),
         ("Software and model", _esc(versions_text(record, package_version))),
     ]
-    out = [qc_warning(record), "<table>"]
-    out += [f'<tr><th class="l">{k}</th><td class="l">{v}</td></tr>' for k, v in rows] + ["</table>"]
+    out = [qc_warning(record), '<p class="header">'
+           + " &middot; ".join(f'<span class="k">{k}:</span> {v}' for k, v in rows) + "</p>"]
     problems = [*(f"{e['timepoint']}: {e['reason']}" for e in record.get("errors", []))]
     problems += [w for w in record.get("warnings", []) if w not in problems]
     if problems:
-        out.append('<p class="warn"><b>Attention:</b></p><ul class="warn">')
-        out += [f"<li>{_esc(p)}</li>" for p in problems]
-        out.append("</ul>")
+        out.append('<p class="warn"><b>Attention:</b> ' + "; ".join(_esc(p) for p in problems) + "</p>")
     return "\n".join(out)
 
 
 def hip_summary(hip: dict, record: dict | None = None) -> str:
-    """The plain-words summary paragraph of a hip (escaped)."""
-    return _esc(" ".join(hip_paragraph(hip, record or {})))
+    """The plain-words summary of a hip as a list, one sentence per item (escaped)."""
+    return '<ul class="words">' + "".join(f"<li>{_esc(s)}</li>" for s in hip_paragraph(hip, record or {})) + "</ul>"
 
 
-def metrics_table(hip: dict, keys: Sequence[str] | None = None) -> str:
-    """Measurements of a hip by timepoint (``keys``: the rows; default the main ones)."""
+def metrics_table(hip: dict, keys: Sequence[str] | None = None, record: Mapping | None = None) -> str:
+    """Measurements of a hip by timepoint (``keys``: the rows; default the main ones), with the repeatability
+    coefficient (RC) of each change measure and ``BEYOND`` on follow-up changes that exceed it."""
     keys = keys or [k for k in METRICS if k not in DETAIL_METRICS]
     tps = hip["timepoints"]
     bad = [bool(untrusted_flags(t)) for t in tps]
@@ -214,13 +242,21 @@ def metrics_table(hip: dict, keys: Sequence[str] | None = None) -> str:
     head = "".join(f"<th{c}>{_esc(t['timepoint'])}<br>{months(t['months'])}"
                    f"{'<br>&#9888; QC: ' + _esc(', '.join(untrusted_flags(t))) if b else ''}</th>"
                    for t, b, c in zip(tps, bad, cls))
-    out = [f'<table><tr><th class="l">Measure</th><th class="l">Unit</th>{head}</tr>']
+    out = [f'<table class="metrics"><tr><th class="l">Measure</th><th class="l">Unit</th><th>RC</th>{head}</tr>']
     for key in keys:
-        label, unit, _, _ = METRICS[key]
+        label, unit, nd, _ = METRICS[key]
         if all(t.get(key) is None for t in tps):
             continue
-        cells = "".join(f"<td{c}>{fmt(key, t.get(key))}</td>" for t, c in zip(tps, cls))
-        out.append(f'<tr><td class="l">{_esc(label)}</td><td class="l">{_esc(unit)}</td>{cells}</tr>')
+        rc = change_rc(record or {}, hip, key) if key in RC_KEYS else None
+        cells = []
+        for i, (t, c) in enumerate(zip(tps, cls)):
+            mark = i > 0 and beyond_rc(t.get(key), rc) is True
+            text = fmt(key, t.get(key)) + (f' <span class="rc">{BEYOND}</span>' if mark else "")
+            td = c or (' class="beyond"' if mark else "")
+            cells.append(f"<td{td}>{text}</td>")
+        rc_cell = _esc(number(rc, max(nd - 1, 1) if unit != "ratio" else 2)) if rc is not None else ""
+        out.append(f'<tr><td class="l">{_esc(label)}</td><td class="l">{_esc(unit)}</td><td>{rc_cell}</td>'
+                   f'{"".join(cells)}</tr>')
     out.append("</table>")
     return "\n".join(out)
 
@@ -228,40 +264,44 @@ def metrics_table(hip: dict, keys: Sequence[str] | None = None) -> str:
 def legend_html() -> str:
     """Legend of every line and mark in the image panels."""
     items = "".join(f'<span class="sw" style="border-color:{c}"></span>{_esc(name)}' for name, _, c in CONTOURS)
-    return (f'<p class="legend">Left of each pair: plain T1; right: the same with {items}'
-            f'<span class="cross">+</span>{_esc(CROSS_LEGEND)}. White bar: scale. '
-            "Orange letters: patient orientation (R/L, A/P, S/I). Click an image to enlarge it.</p>")
+    return (f'<p class="legend">{items}<span class="cross">+</span>{_esc(CROSS_LEGEND)}. '
+            '<span class="noprint">Hover over an image for the plain T1; click to enlarge.</span></p>')
 
 
-def views_html(hip_name: str, views: Mapping[str, Sequence[tuple[str, bytes]]]) -> str:
-    """The view pairs of a hip: one row per view, one pair per timepoint."""
+def views_html(hip_name: str, views: Mapping[str, Sequence[tuple[str, bytes, bytes]]]) -> str:
+    """The aligned views of a hip: one row per plane, one contoured image per visit left to right (the plain
+    image on hover; click enlarges both)."""
     out = []
     for view, cols in views.items():
-        figs = "".join(f'<figure class="pair">{img_tag(png, f"{hip_name} hip, {title}", "pair")}'
-                       f"<figcaption>{_esc(title)}</figcaption></figure>" for title, png in cols)
-        out.append(f'<div class="views">{figs}</div>')
+        figs = "".join(
+            f'<figure class="tp" tabindex="0">{img_tag(c, f"{hip_name} hip, {view}, {title}, contoured", "contoured")}'
+            f'{img_tag(p, f"{hip_name} hip, {view}, {title}, plain T1", "plain")}'
+            f"<figcaption>{_esc(title)}</figcaption></figure>" for title, c, p in cols)
+        out.append(f'<div class="plane"><div class="pl">{_esc(view.capitalize())}</div>'
+                   f'<div class="visits" style="--n:{max(1, len(cols))}">{figs}</div></div>')
     return "\n".join(out)
 
 
 def hip_section(hip: dict, record: dict, figures: ReportFigures) -> str:
     """The section of a hip with a lesion."""
     name = hip["hip"]
-    parts = [f'<section class="hip"><h2>{_esc(name.capitalize())} hip</h2>',
-             f'<p class="summary">{hip_summary(hip, record)}</p>']
+    parts = [f'<section class="hip"><h2>{_esc(name.capitalize())} hip</h2>']
     if name in figures.views:
-        parts += ["<h3>T1 images, every timepoint aligned to baseline</h3>", legend_html(),
-                  views_html(name, figures.views[name])]
-    parts += ["<h3>Measurements</h3>", metrics_table(hip),
+        parts += [legend_html(), views_html(name, figures.views[name])]
+    parts += [metrics_table(hip, record=record),
+              f'<p class="muted"><span class="rc">{BEYOND}</span> change beyond its repeatability coefficient (RC): '
+              "larger than two scans of the same day differ by.</p>",
+              f"<details><summary>Summary in words</summary>{hip_summary(hip, record)}</details>",
               "<details><summary>Other measures: volumes of core and band, other signal ratios, registration QC"
-              f"</summary>{metrics_table(hip, DETAIL_METRICS)}</details>", "</section>"]
+              f"</summary>{metrics_table(hip, DETAIL_METRICS, record)}</details>", "</section>"]
     return "\n".join(parts)
 
 
-def healthy_section(hips: Sequence[dict], figures: ReportFigures) -> str:
+def healthy_section(hips: Sequence[dict], figures: ReportFigures, record: Mapping) -> str:
     """Hips without a lesion: one line each, images and measurements behind a toggle."""
     items = []
     for hip in hips:
-        inner = metrics_table(hip)
+        inner = metrics_table(hip, record=record)
         if hip["hip"] in figures.views:
             inner = legend_html() + views_html(hip["hip"], figures.views[hip["hip"]]) + inner
         items.append(f'<li class="healthy">{_esc(healthy_line(hip))}<details><summary>Show images and measurements'
@@ -270,120 +310,114 @@ def healthy_section(hips: Sequence[dict], figures: ReportFigures) -> str:
 
 
 def scores_table(record: dict) -> str:
+    """The clinical scores, one row per score (name, unit, direction of better) and one column per visit."""
     visits = record.get("visits") or []
     cols = [c for c in CLINICAL_COLUMNS if any(c in v for v in visits)]
     if not cols:
         return '<p class="muted">No clinical scores in the manifest.</p>'
-    head = "".join(f"<th>{_esc(score_title(c)[0])}</th>" for c in cols)
-    out = [f'<table><tr><th class="l">Visit</th><th>Months</th>{head}</tr>']
-    for v in visits:
-        cells = "".join(f"<td>{_esc(f'{v[c]:g}') if c in v else '&ndash;'}</td>" for c in cols)
-        out.append(f'<tr><td class="l">{_esc(v["timepoint"])}</td><td>{v["months"]:g}</td>{cells}</tr>')
     changes = record.get("score_changes") or {}
-    if changes:
-        cells = "".join(f"<td>{_esc(number(changes[c]['change'], 1, True)) if c in changes else '&ndash;'}</td>"
-                        for c in cols)
-        out.append(f'<tr><th class="l">Change (last - baseline)</th><td></td>{cells}</tr>')
+    head = "".join(f"<th>{_esc(v['timepoint'])}<br>{months(v['months'])}</th>" for v in visits)
+    out = [f'<table class="scores"><tr><th class="l">Score</th>{head}<th>Change<br>(last &minus; first)</th></tr>']
+    for c in cols:
+        cells = "".join(f"<td>{_esc(f'{v[c]:g}') if c in v else '&ndash;'}</td>" for v in visits)
+        change = _esc(number(changes[c]["change"], 1, True)) if c in changes else "&ndash;"
+        out.append(f'<tr><td class="l">{_esc(score_title(c)[0])}</td>{cells}<td>{change}</td></tr>')
     out.append("</table>")
     return "\n".join(out)
 
 
 METHODS = """
-<ul class="muted">
-<li>Each follow-up scan is registered rigidly to the baseline scan per hip (mutual information in a ball of
-a few head radii around the femoral head, initialised from the segmented head centres). Images are
-resampled into baseline space, so the orange cross marks the same anatomical point at every timepoint
-(the baseline lesion centroid, or the head centre when there is no lesion). Contours are drawn on the
-display grid from the label masks interpolated between slices.</li>
-<li>Lesion = necrotic zone + interface band. Volumes and SIR of the necrotic core come from onfh-infer.</li>
-<li>ARCO extent class: the lesion's share of the femoral head (A under 15 %, B 15-30 %, C over 30 %); it is
-not an ARCO stage. JIC type: how far laterally the lesion reaches in the weight-bearing portion on the
-mid-coronal plane (A, B, C1, C2 beyond the acetabular edge).</li>
+<ul class="methods">
+<li>Each follow-up scan is registered rigidly to the baseline scan per hip (mutual information in a ball of a few
+head radii around the femoral head, initialised from the segmented head centres) and resampled into baseline
+space, so the orange cross marks the same anatomical point at every visit (the baseline lesion centroid, or the
+head centre). Contours ({legend}) are drawn from the label masks interpolated between slices. Orientation:
+radiological (patient right on the image left).</li>
+<li>Lesion = necrotic zone + interface band (volumes and the necrotic core's SIR from onfh-infer). ARCO extent
+class: the lesion's share of the femoral head (A under 15 %, B 15-30 %, C over 30 %), not an ARCO stage. JIC
+type: how far laterally the lesion reaches in the weight-bearing portion on the mid-coronal plane (A, B, C1,
+C2 beyond the acetabular edge).</li>
 <li>Regenerated fraction: share of the baseline lesion, aligned to the follow-up, that is viable femoral head
-now. Within a thin shell at the baseline lesion border (half the coarsest voxel edge + 1 mm) only the net
-change counts, so voxel-size noise does not masquerade as regeneration or new necrosis.</li>
-<li>SIR (signal-intensity ratio): mean T1 signal of a region divided by the mean of the reference region
-(eroded acetabulum of the same hip, same scan, by default). The primary SIR is that of the baseline lesion
-zone mapped onto each follow-up; a rising SIR there means its signal moves towards marrow.</li>
+now; within a thin shell at the baseline lesion border (half the coarsest voxel edge + 1 mm) only the net change
+counts.</li>
+<li>SIR: mean T1 signal of a region divided by that of the reference region (eroded acetabulum of the same hip
+and scan, by default). Primary SIR: the baseline lesion zone mapped onto each follow-up; a rise means its signal
+moves towards marrow.</li>
 <li>Head height loss: median distance from the baseline head centre to the head surface along rays within
-20&deg; of the lesion direction, baseline minus follow-up (positive = flattening of the dome). It is not an
-ARCO collapse measurement.</li>
-<li>Changes between visits are called real only beyond their repeatability coefficient (RC = 2.77 x the
-within-subject SD of same-day repeat scans; onfh-track's <code>repeatability</code> settings). Without a
-measured RC, head height loss is judged against 2.77 x a third of the slice spacing and other changes are
-not judged.</li>
-<li>Orientation: radiological (patient right on the image left); letters at the panel edges.</li>
+20&deg; of the lesion direction, baseline minus follow-up (positive = flatter dome); not an ARCO collapse
+measurement.</li>
+<li>A change is called real only beyond its repeatability coefficient (RC = 2.77 x the within-subject SD of
+same-day repeat scans; onfh-track's <code>repeatability</code> settings; without one, head height loss is judged
+against 2.77 x a third of the slice spacing). Charts shade the RC around the baseline value (around zero for
+head height loss, from zero for the regenerated fraction); tables mark changes beyond it with &#9679;.</li>
 </ul>
 """
 
 
-def primary_score(visits: Sequence[Mapping]) -> str | None:
-    """The score drawn beside the imaging change: Harris Hip Score when recorded at two visits, else the first
-    clinical column that is."""
-    counts = {c: sum(1 for v in visits if v.get(c) is not None) for c in CLINICAL_COLUMNS}
-    if counts.get("harris_hip_score", 0) >= 2:
-        return "harris_hip_score"
-    return next((c for c in CLINICAL_COLUMNS if counts[c] >= 2), None)
+def sign_meaning(better: str) -> str:
+    """Which sign of Spearman's rho (lesion change against score change) goes with improvement, and why."""
+    if better == "higher":
+        return "negative: the lesion shrinks as the score rises (higher is better)"
+    if better == "lower":
+        return "positive: the lesion shrinks as the score falls (lower is better)"
+    return "unknown (no direction of better for this score)"
 
 
 def change_correlation_html(hip: Mapping, record: Mapping, min_n: int = 3) -> str:
     """Per score: Spearman of this hip's lesion change (%) with the score change over the patient's own
-    visits, with n and what the sign means; stated as descriptive, with a pointer to the cohort table."""
+    visits, with n and what the sign means, as a table only when some score has ``min_n`` paired visits;
+    otherwise one sentence. Descriptive, with a pointer to the cohort table."""
     from onfh_seg.report.charts import paired_change
     from onfh_seg.stats import spearman
 
     visits = record.get("visits") or []
-    rows = []
+    rows, most = [], 0
     for c in CLINICAL_COLUMNS:
         pairs = paired_change(dict(hip), visits, c)
         if not pairs:
             continue
+        most = max(most, len(pairs))
         res = spearman([p[1] for p in pairs], [p[2] for p in pairs], min_n)
+        if not isinstance(res["rho"], float):
+            continue
         name, _, better = SCORES.get(c, (c, "", ""))
-        rho = f"{res['rho']:+.2f}" if isinstance(res["rho"], float) else f"n/a ({res['note']})"
-        good = "negative" if better == "higher" else "positive"
-        rows.append(f'<tr><td class="l">{_esc(name)}</td><td>{res["n"]}</td><td>{_esc(rho)}</td>'
-                    f'<td class="l">{_esc(good)} (lesion shrinks as the score gets better)</td></tr>')
+        rows.append(f'<tr><td class="l">{_esc(name)}</td><td>{res["n"]}</td><td>{res["rho"]:+.2f}</td>'
+                    f'<td class="l">{_esc(sign_meaning(better))}</td></tr>')
+    side = f"{str(hip['hip']).capitalize()} hip"
     if not rows:
-        return ""
-    return ('<table><tr><th class="l">Score</th><th>Visits paired</th><th>Spearman &rho;</th>'
+        if not most:
+            return ""
+        return (f'<p class="muted">{side}: lesion change and score change are paired at {most} visit'
+                f"{'s' if most != 1 else ''} (imaging and scores at the same months); a within-patient correlation "
+                f"needs {min_n}, so none is stated. Correlations across the cohort are in onfh-track's "
+                "correlations.csv.</p>")
+    return (f"<h3>{side}: lesion change against score change over this patient's visits</h3>"
+            '<table><tr><th class="l">Score</th><th>Visits paired</th><th>Spearman &rho;</th>'
             '<th class="l">Sign that goes with improvement</th></tr>' + "".join(rows) + "</table>"
             '<p class="muted">Correlation over this patient\'s own visits (lesion volume change against the score '
             "change at the same months): it describes this patient only, is not a test, and does not show cause and "
             "effect. Correlations across the cohort are in onfh-track's correlations.csv.</p>")
 
 
-def changes_html(figures: ReportFigures, record: dict) -> str:
-    """Imaging change beside clinical change, per hip with a lesion, with the within-patient correlation."""
-    lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
-    out = []
-    for h in lesion_hips:
-        table = change_correlation_html(h, record)
-        if not table and h["hip"] not in figures.changes:
-            continue
-        out.append(f"<h3>{_esc(h['hip'].capitalize())} hip</h3>")
-        if h["hip"] in figures.changes:
-            score, png = figures.changes[h["hip"]]
-            out.append(img_tag(png, f"{h['hip']} hip lesion change beside {score_title(score)[0]} change", "wide"))
-        out.append(table)
-    if not out:
+def charts_html(figures: ReportFigures) -> str:
+    """The small trajectory charts, one per imaging measure, in one row."""
+    if not figures.imaging:
         return ""
-    return "<h2>Imaging change beside clinical change</h2>\n" + "\n".join(out)
+    imgs = "".join(img_tag(png, f"trajectory: {key}", "chart") for key, png in figures.imaging.items())
+    return ("<h2>Trajectories</h2>"
+            f'<div class="charts">{imgs}</div>'
+            '<p class="muted">Shaded: within the repeatability coefficient (RC) of the baseline value (of zero for '
+            "head height loss; from zero for the regenerated fraction): a visit outside the band changed beyond "
+            "measurement noise.</p>")
 
 
-def charts_html(figures: ReportFigures, record: dict) -> str:
-    """Trajectory charts (one per imaging measure) and one chart per clinical score."""
-    out = []
-    if figures.imaging:
-        out.append("<h2>Trajectories</h2>")
-        out.append('<div class="charts">' + "".join(img_tag(png, f"trajectory: {key}", "chart")
-                                                     for key, png in figures.imaging.items()) + "</div>")
-    out.append("<h2>Clinical scores</h2>")
-    out.append(scores_table(record))
-    if figures.scores:
-        out.append('<div class="charts">' + "".join(img_tag(png, f"clinical score: {score_title(key)[0]}", "chart")
-                                                     for key, png in figures.scores.items()) + "</div>")
-    return "\n".join(out)
+def clinical_html(record: dict) -> str:
+    """Clinical scores as one table, then the within-patient correlation per hip with a lesion (or one sentence)."""
+    out = ["<h2>Clinical scores</h2>", scores_table(record)]
+    for h in record["hips"]:
+        if not is_healthy(h):
+            out.append(change_correlation_html(h, record))
+    return "\n".join(p for p in out if p)
 
 
 def render_report(record: dict, figures: ReportFigures | None = None, package_version: str | None = None) -> str:
@@ -395,53 +429,40 @@ def render_report(record: dict, figures: ReportFigures | None = None, package_ve
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>ONFH follow-up report: {pid}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>Femoral head osteonecrosis follow-up: {pid}</h1>",
         f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
+        headline_html(record),
         _header(record, package_version),
     ]
     lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
     healthy = [h for h in record["hips"] if is_healthy(h)]
     parts += [hip_section(h, record, figures) for h in lesion_hips]
     if healthy:
-        parts.append(healthy_section(healthy, figures))
-    parts.append(charts_html(figures, record))
-    parts.append(changes_html(figures, record))
-    parts += ["<h2>Methods and definitions</h2>", METHODS, f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
-              "</body></html>\n"]
-    return "\n".join(parts)
+        parts.append(healthy_section(healthy, figures, record))
+    parts.append(charts_html(figures))
+    parts.append(clinical_html(record))
+    legend = "; ".join(f"{c}: {name}" for name, _, c in CONTOURS)
+    parts += ["<h2>Methods and definitions</h2>", METHODS.replace("{legend}", _esc(legend)),
+              f'<div class="disclaimer end">{_esc(DISCLAIMER)}</div>', "</body></html>\n"]
+    return "\n".join(p for p in parts if p)
 
 
 def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> ReportFigures:
     """All PNGs of a report. ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``."""
-    from onfh_seg.report.charts import change_pair_png, imaging_chart_png, score_chart_png
+    from onfh_seg.report.charts import imaging_chart_png
     from onfh_seg.report.views import hip_view_pngs
 
     figs = ReportFigures()
     for hip, cols in (views or {}).items():
-        figs.views[hip] = hip_view_pngs([(f"{tp} ({float(m):g} mo)", v) for tp, m, v in cols])
+        figs.views[hip] = hip_view_pngs([(f"{tp}, {float(m):g} mo", v) for tp, m, v in cols])
     lesion_hips = [h for h in record["hips"] if not is_healthy(h)]
-    noise = {}
-    rc = (record.get("repeatability") or {}).get("collapse_mm")
-    for h in lesion_hips:
-        n = height_noise_mm(record, [tp["timepoint"] for tp in h["timepoints"]])
-        if rc is not None or n is not None:
-            noise[h["hip"]] = float(rc) if rc is not None else RC_FACTOR * n
     for key in IMAGING_CHART_KEYS:
-        png = imaging_chart_png(lesion_hips, key, noise if key == "collapse_mm" else None)
+        png = imaging_chart_png(lesion_hips, key, record)
         if png is not None:
             figs.imaging[key] = png
-    visits = record.get("visits") or []
-    for score in CLINICAL_COLUMNS:
-        png = score_chart_png(visits, score)
-        if png is not None:
-            figs.scores[score] = png
-    primary = primary_score(visits)
-    for h in lesion_hips if primary else []:
-        png = change_pair_png(h, visits, primary)
-        if png is not None:
-            figs.changes[h["hip"]] = (primary, png)
     return figs
 
 

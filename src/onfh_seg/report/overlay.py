@@ -267,9 +267,10 @@ def _pixel_legend(draw, width: int, y: int) -> None:
         x += w + space
 
 
-def _letters(ax, letters: tuple[str, str, str, str]) -> None:
+def _letters(ax, letters: tuple[str, str, str, str], fontsize: float = 8) -> None:
     """Orientation letters at the left, right, top and bottom panel edges."""
-    style = {"color": "orange", "fontsize": 8, "transform": ax.transAxes, "ha": "center", "va": "center"}
+    style = {"color": "orange", "fontsize": fontsize, "transform": ax.transAxes, "ha": "center", "va": "center",
+             "fontweight": "bold" if fontsize > 8 else "normal"}
     left, right, top, bottom = letters
     ax.text(0.04, 0.5, left, **style)
     ax.text(0.96, 0.5, right, **style)
@@ -306,7 +307,7 @@ def draw_contours(ax, lab2d: np.ndarray | None, fields: Mapping[str, np.ndarray]
         ax.contour(f, levels=[0.5], colors=colour, linewidths=width)
 
 
-def scale_bar(ax, mm_per_col: float, mm_per_row: float, colour: str = "white") -> None:
+def scale_bar(ax, mm_per_col: float, mm_per_row: float, colour: str = "white", fontsize: float = 7) -> None:
     """A horizontal scale bar (5, 10, 20 or 50 mm, about a fifth of the panel width) at the bottom right."""
     x0, x1 = sorted(ax.get_xlim())
     y_lo, y_hi = sorted(ax.get_ylim())  # rows grow downwards: y_hi is the bottom
@@ -316,5 +317,5 @@ def scale_bar(ax, mm_per_col: float, mm_per_row: float, colour: str = "white") -
     right = x1 - 0.06 * (x1 - x0)
     y = y_hi - 0.06 * (y_hi - y_lo)
     ax.plot([right - px, right], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
-    ax.text(right - px / 2, y - 0.025 * (y_hi - y_lo), f"{length:g} mm", color=colour, fontsize=7,
+    ax.text(right - px / 2, y - 0.025 * (y_hi - y_lo), f"{length:g} mm", color=colour, fontsize=fontsize,
             ha="center", va="bottom")

@@ -1,7 +1,10 @@
-"""Aligned T1 views of the follow-up report: display planes per timepoint, drawn as plain/contoured pairs.
+"""Aligned T1 views of the follow-up report: display planes per timepoint, drawn as contoured and plain panels.
 
 matplotlib Agg canvases only (``Figure`` + ``FigureCanvasAgg``; no pyplot
 global state); figures come back as PNG bytes for the HTML report.
+
+Each view of each timepoint becomes two square panels (contoured, plain) that
+the report shows one row per plane, one panel per visit.
 
 Views are sampled on RAS-aligned planes in the *baseline* world through one
 point (the baseline lesion centroid, or the head centre), so after
@@ -33,17 +36,16 @@ from onfh_seg.geometry import apply, crop_box, resample, voxel_spacing
 from onfh_seg.report.overlay import CONTOURS, VIEWS, _letters, draw_contours, panel, scale_bar, window
 
 DPI = 100
-PANEL_PX = 340  # each panel of a pair, in PNG pixels (the report shows them at this size or larger)
-TITLE_PX = 26
+PANEL_PX = 400  # each panel, in PNG pixels (the report shows them at this size or smaller)
 SMOOTH_MM = 0.7  # Gaussian sigma applied to the interpolated contour fields
 
 View = tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
 
 
-def png_bytes(fig: Figure, facecolor: str = "white") -> bytes:
+def png_bytes(fig: Figure, facecolor: str = "white", dpi: int = DPI) -> bytes:
     """PNG bytes of an Agg figure (no software metadata, so the bytes are reproducible)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor=facecolor, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, facecolor=facecolor, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -130,41 +132,38 @@ def view_window(views: Mapping[str, View]) -> tuple[float, float]:
     return window(vals[vals > 0] if np.any(vals > 0) else vals)
 
 
-def pair_png(view: str, v: View, win: tuple[float, float], title: str, step_mm: float = 0.5,
-             cross: bool = True) -> bytes:
-    """One view of one timepoint as a pair: plain T1 (left) and the same with contours (right).
+LABEL_PT = 15  # orientation letters and scale-bar text: about 9 pt when a panel prints 60 mm wide (3 visits on A4)
 
-    Both panels carry orientation letters and a scale bar; the contoured one
-    marks the sampled point (the plane centre) with an orange cross.
-    """
+
+def panel_png(view: str, v: View, win: tuple[float, float], contoured: bool, step_mm: float = 0.5,
+              cross: bool = True) -> bytes:
+    """One view of one timepoint as a square panel: plain T1, or the same with contours (and an orange cross
+    on the sampled point, the plane centre). Orientation letters and a scale bar on both; no title (the
+    report captions it in text)."""
     img2d, lab2d, fields = v
-    width_in = 2 * PANEL_PX / DPI
-    fig = Figure(figsize=(width_in, (PANEL_PX + TITLE_PX) / DPI), dpi=DPI, facecolor="black")
+    fig = Figure(figsize=(PANEL_PX / DPI, PANEL_PX / DPI), dpi=DPI, facecolor="black")
     FigureCanvasAgg(fig)
-    letters = next(lt for name, _, lt in VIEWS if name == view)
-    for col, contoured in enumerate((False, True)):
-        ax = fig.add_axes((col / 2.0, 0.0, 0.5, PANEL_PX / (PANEL_PX + TITLE_PX)))
-        ax.imshow(img2d, cmap="gray", vmin=win[0], vmax=win[1], interpolation="bilinear")
-        ax.set_xlim(-0.5, img2d.shape[1] - 0.5)
-        ax.set_ylim(img2d.shape[0] - 0.5, -0.5)
-        if contoured:
-            draw_contours(ax, None if fields else lab2d, fields, linewidth=1.6)
-            if cross:
-                cy, cx = (img2d.shape[0] - 1) / 2.0, (img2d.shape[1] - 1) / 2.0
-                ax.plot([cx], [cy], marker="+", color="orange", markersize=10, markeredgewidth=1.2)
-        _letters(ax, letters)
-        scale_bar(ax, step_mm, step_mm)
-        ax.set_axis_off()
-    fig.text(0.5, 1.0 - 0.5 * TITLE_PX / (PANEL_PX + TITLE_PX), title, color="white", fontsize=10,
-             ha="center", va="center")
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(img2d, cmap="gray", vmin=win[0], vmax=win[1], interpolation="bilinear")
+    ax.set_xlim(-0.5, img2d.shape[1] - 0.5)
+    ax.set_ylim(img2d.shape[0] - 0.5, -0.5)
+    if contoured:
+        draw_contours(ax, None if fields else lab2d, fields, linewidth=1.8)
+        if cross:
+            cy, cx = (img2d.shape[0] - 1) / 2.0, (img2d.shape[1] - 1) / 2.0
+            ax.plot([cx], [cy], marker="+", color="orange", markersize=14, markeredgewidth=1.6)
+    _letters(ax, next(lt for name, _, lt in VIEWS if name == view), fontsize=LABEL_PT)
+    scale_bar(ax, step_mm, step_mm, fontsize=LABEL_PT)
+    ax.set_axis_off()
     return png_bytes(fig, "black")
 
 
-def hip_view_pngs(columns: Sequence[tuple[str, Mapping[str, View]]]) -> dict[str, list[tuple[str, bytes]]]:
-    """Per view (axial, coronal, sagittal): ``(column title, pair PNG)`` for every timepoint column."""
-    out: dict[str, list[tuple[str, bytes]]] = {view: [] for view, _, _ in VIEWS}
+def hip_view_pngs(columns: Sequence[tuple[str, Mapping[str, View]]]) -> dict[str, list[tuple[str, bytes, bytes]]]:
+    """Per view (axial, coronal, sagittal): ``(column title, contoured PNG, plain PNG)`` for every timepoint."""
+    out: dict[str, list[tuple[str, bytes, bytes]]] = {view: [] for view, _, _ in VIEWS}
     for col_title, views in columns:
         win = view_window(views)
         for view, _, _ in VIEWS:
-            out[view].append((col_title, pair_png(view, views[view], win, f"{col_title}: {view}")))
+            out[view].append((col_title, panel_png(view, views[view], win, True),
+                              panel_png(view, views[view], win, False)))
     return out

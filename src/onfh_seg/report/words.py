@@ -219,7 +219,85 @@ def hip_paragraph(hip: Mapping, record: Mapping) -> list[str]:
         out.append(f"New lesion outside the baseline zone: {number(last['new_necrosis_ml'], 1)} mL.")
     noise = height_noise_mm(record, [b["timepoint"], last["timepoint"]])
     slice_mm = None if noise is None else noise / HEIGHT_NOISE_PER_SLICE
-    out.append(collapse_statement(last.get("collapse_mm"), noise, slice_mm, rep.get("collapse_mm")))
+    out.append(collapse_statement(last.get("head_height_loss_mm"), noise, slice_mm, rep.get("head_height_loss_mm")))
     out.append("The ARCO extent class is the lesion's share of the head, not an ARCO stage (staging also needs "
                "radiographs and the clinical picture).")
     return out
+
+
+# ---------------------------------------------------------------- headline and repeatability
+
+ARROW = "\u2192"
+# change measure -> key of its repeatability coefficient in the record's "repeatability" (configs/track.yaml)
+RC_KEYS = {"lesion_change_ml": "lesion_volume_ml", "sir_change": "sir", "regenerated_pct": "regenerated_pct",
+           "head_height_loss_mm": "head_height_loss_mm"}
+
+
+def change_rc(record: Mapping, hip: Mapping, key: str) -> float | None:
+    """Repeatability coefficient of change measure ``key`` of a hip (``RC_KEYS``); head height loss without a
+    measured RC falls back to 2.77 x a third of the coarsest slice spacing of the hip's scans. None: unknown."""
+    rc = (record.get("repeatability") or {}).get(RC_KEYS.get(key, ""))
+    if rc is not None:
+        return float(rc)
+    if key == "head_height_loss_mm":
+        noise = height_noise_mm(record, [str(tp["timepoint"]) for tp in hip["timepoints"]])
+        return None if noise is None else RC_FACTOR * noise
+    return None
+
+
+def beyond_rc(value, rc: float | None) -> bool | None:
+    """Whether a change exceeds its RC (None when either is unknown)."""
+    if value is None or rc is None or not math.isfinite(float(value)):
+        return None
+    return abs(float(value)) > float(rc)
+
+
+def _limit(value, rc: float | None, unit: str, decimals: int, what: str = "repeatability limit") -> str:
+    """'beyond the 1.1 mL repeatability limit' / 'within ...' ('' when the RC is unknown)."""
+    b = beyond_rc(value, rc)
+    if b is None:
+        return ""
+    return f"{'beyond' if b else 'within'} the {number(rc, decimals)}{' ' + unit if unit else ''} {what}"
+
+
+def headline(hip: Mapping, record: Mapping) -> str:
+    """One line per hip for the top of the report: lesion size then and now and whether the change is beyond
+    noise, the ARCO extent class, the regenerated share and the head height loss (healthy hips:
+    ``healthy_line``)."""
+    if is_healthy(hip):
+        return healthy_line(hip)
+    tps = hip["timepoints"]
+    b, last = tps[0], tps[-1]
+    side = f"{str(hip['hip']).capitalize()} hip"
+    if len(tps) == 1:
+        return (f"{side}: lesion {number(b.get('lesion_volume_ml'), 1)} mL at {b['timepoint']}, "
+                f"ARCO extent {b.get('arco_extent') or 'none'}; one scan only, no change measured yet.")
+    ch = last.get("lesion_change_ml")
+    limit = _limit(ch, change_rc(record, hip, "lesion_change_ml"), "mL", 1)
+    pct = last.get("lesion_change_pct")
+    inner = ", ".join(p for p in (f"{number(pct, 0, True)}%" if pct is not None else "", limit) if p)
+    parts = [f"lesion {number(b.get('lesion_volume_ml'), 1)} {ARROW} {number(last.get('lesion_volume_ml'), 1)} mL"
+             + (f" ({inner})" if inner else "")]
+    e0, e1 = b.get("arco_extent") or "none", last.get("arco_extent") or "none"
+    parts.append(f"ARCO extent {e0} {ARROW} {e1}" if e0 != e1 else f"ARCO extent {e0} (unchanged)")
+    regen = last.get("regenerated_pct")
+    if regen is not None:
+        rc = change_rc(record, hip, "regenerated_pct")
+        within = " (within the noise limit)" if beyond_rc(regen, rc) is False else ""
+        parts.append(f"{number(regen, 0)}% of the baseline lesion regenerated{within}")
+    if (last.get("new_necrosis_ml") or 0) >= MIN_LESION_ML:
+        parts.append(f"new lesion {number(last['new_necrosis_ml'], 1)} mL outside the baseline zone")
+    loss = last.get("head_height_loss_mm")
+    if loss is not None and math.isfinite(float(loss)):
+        rc = change_rc(record, hip, "head_height_loss_mm")
+        b_rc = beyond_rc(loss, rc)
+        judge = "" if b_rc is None else f" ({'beyond' if b_rc else 'within'} {number(rc, 1)} mm)"
+        parts.append(f"head height loss {number(loss, 1)} mm{judge}")
+    else:
+        parts.append("head height loss not measured")
+    return f"{side} ({b['timepoint']} {ARROW} {last['timepoint']}): " + ", ".join(parts) + "."
+
+
+def hips_affected(record: Mapping) -> str:
+    """'right: lesion; left: no lesion' for the report header."""
+    return "; ".join(f"{h['hip']}: {'no lesion' if is_healthy(h) else 'lesion'}" for h in record["hips"]) or "none"

@@ -4,14 +4,16 @@ Per patient (``_patient_job``, one process each with ``workers`` > 1):
 ``track.patient.compute_patient``, its transforms, HTML report and JSON (JSON
 last, so a patient JSON means a finished patient). A patient whose inputs and
 settings hash (``track.inputs.input_hash`` over ``HASHED_KEYS``) matches its
-JSON is resumed. Then ``errors.csv`` and the tables of ``track.tables``.
+JSON is resumed; with ``report_pdf`` a resumed patient without its PDF gets it
+printed from its existing HTML report (no re-registration). Then
+``errors.csv`` and the tables of ``track.tables``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfh_seg.io.nifti import atomic_write_text
@@ -35,6 +37,7 @@ class CohortResult:
     failed: dict[str, str]
     errors: list[dict]
     out_dir: Path
+    pdf_printed: list[str] = field(default_factory=list)  # resumed patients whose PDF was printed from their HTML
 
 
 def _patient_job(args) -> tuple[str, str, dict | str]:
@@ -62,11 +65,10 @@ def _patient_job(args) -> tuple[str, str, dict | str]:
         return p.patient_id, "error", msg
 
 
-def _resumable(p: PatientInput, out: Path, digest: str, report: bool, pdf: bool = False) -> dict | None:
+def _resumable(p: PatientInput, out: Path, digest: str, report: bool) -> dict | None:
+    """The patient's record when its JSON (and HTML report when wanted) exist and match ``digest``, else None."""
     jpath = out / "patients" / f"{p.patient_id}.json"
     if not jpath.is_file() or (report and not (out / "reports" / f"{p.patient_id}.html").is_file()):
-        return None
-    if report and pdf and not (out / "reports" / f"{p.patient_id}.pdf").is_file():
         return None
     try:
         record = json.loads(jpath.read_text(encoding="utf-8"))
@@ -107,15 +109,25 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
     resumed, todo = [], []
     for pid, p in patients.items():
         digest = input_hash(p, hashed)
-        rec = _resumable(p, out, digest, report, pdf) if cfg.get("resume", True) else None
+        rec = _resumable(p, out, digest, report) if cfg.get("resume", True) else None
         if rec is not None:
             records[pid] = rec
             resumed.append(pid)
-            if progress:
-                progress(pid, "unchanged")
         else:
             todo.append((p, dict(cfg), str(out), digest))
     failed: dict[str, str] = {}
+    printed: list[str] = []
+    for pid in list(resumed):
+        if pdf and not (out / "reports" / f"{pid}.pdf").is_file():
+            try:
+                _print_pdf(out / "reports" / f"{pid}.html")
+                printed.append(pid)
+            except RuntimeError as exc:
+                failed[pid] = str(exc)
+                resumed.remove(pid)
+                del records[pid]
+        if progress:
+            progress(pid, "unchanged" if pid in records else "error")
     workers = max(1, int(cfg.get("workers", 1)))
     pool = None
     if str(cfg.get("executor") or "local") == "dask" and todo:  # one Dask task per patient (onfh_seg.dask_exec)
@@ -155,4 +167,11 @@ def track_cohort(cfg: Mapping, progress: Callable[[str, str], None] | None = Non
     for fname, text in cohort_tables(records, int(cfg.get("min_correlation_n", 3))).items():
         atomic_write_text(out / fname, text)
     tracked = [pid for pid in records if pid not in resumed]
-    return CohortResult(records, tracked, resumed, failed, errors, out)
+    return CohortResult(records, tracked, resumed, failed, errors, out, printed)
+
+
+def _print_pdf(html_path: Path) -> Path:
+    """The PDF of an existing HTML report, beside it."""
+    from onfh_seg.report.pdf import html_to_pdf
+
+    return html_to_pdf(html_path, html_path.with_suffix(".pdf"))

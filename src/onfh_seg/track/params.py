@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-TRACK_VERSION = "onfh-track/3"  # 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
+TRACK_VERSION = "onfh-track/4"  # 4: head_height_loss_mm replaces collapse_mm; 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
 # numeric per-hip metrics, in table order
 HIP_METRICS = (
     "head_volume_ml",
@@ -23,7 +23,7 @@ HIP_METRICS = (
     "sir_lesion",
     "sir_baseline_zone",
     "sir_change",
-    "collapse_mm",
+    "head_height_loss_mm",
     "registration_shift_mm",
 )
 CATEGORICAL = ("arco_extent", "jic_type")

@@ -30,7 +30,7 @@ Per patient, per hip, per timepoint (baseline = the earliest scan):
   (``measure.reference_mask``: eroded acetabulum by default); ``sir_lesion`` the
   same over the current lesion (2+3); ``sir_change`` = ``sir_baseline_zone`` -
   its baseline value (a rise means the zone's signal moves towards marrow).
-* ``collapse_mm`` (collapse indicator): loss of head height along the baseline
+* ``head_height_loss_mm`` (collapse indicator): loss of head height along the baseline
   lesion direction vs baseline. From the baseline head centre, rays within
   ``collapse_cone_deg`` of the direction to the baseline lesion centroid are
   cast through the head masks (trilinear, 0.5 crossing); the median ray length
@@ -160,7 +160,7 @@ def compute_patient(
             "sir_lesion": sir_zone0,
             "sir_baseline_zone": sir_zone0,
             "sir_change": 0.0 if sir_zone0 is not None else None,
-            "collapse_mm": 0.0 if math.isfinite(b_height) else None,
+            "head_height_loss_mm": 0.0 if math.isfinite(b_height) else None,
             "registration_shift_mm": 0.0,
         }, bh)]
         if n_b_les:
@@ -222,7 +222,7 @@ def compute_patient(
                 "sir_lesion": sir_les,
                 "sir_baseline_zone": sir_zone,
                 "sir_change": (sir_zone - sir_zone0) if (sir_zone is not None and sir_zone0 is not None) else None,
-                "collapse_mm": (b_height - height) if math.isfinite(b_height) and math.isfinite(height) else None,
+                "head_height_loss_mm": (b_height - height) if math.isfinite(b_height) and math.isfinite(height) else None,
                 "registration_shift_mm": shift,
             }, bh, transform=f"transforms/{tname}.json" if transform_refs else None,
                 registration=_reg_summary(reg)))

@@ -21,14 +21,14 @@ IMAGING_CHANGE = ("lesion_change_pct", "regenerated_pct", "sir_change")
 SUMMARY_COLUMNS = (
     "patient_id", "hip", "baseline_months", "last_months", "baseline_lesion_ml", "last_lesion_ml",
     "lesion_change_ml", "lesion_change_pct", "regenerated_pct", "sir_baseline_zone_baseline",
-    "sir_baseline_zone_last", "sir_change", "new_necrosis_ml", "collapse_mm",
+    "sir_baseline_zone_last", "sir_change", "new_necrosis_ml", "head_height_loss_mm",
 )
 CORRELATION_COLUMNS = ("imaging_metric", "score_change", "n", "rho", "p_value", "note")
 ERROR_COLUMNS = ("patient_id", "timepoint", "reason")
 # change measure -> its repeatability coefficient in the record's "repeatability" (configs/track.yaml); a follow-up
 # gets a "<change>_beyond_rc" row (1: beyond measurement noise, 0: within it) when the RC is known
 CHANGE_RC = (("lesion_change_ml", "lesion_volume_ml"), ("sir_change", "sir"), ("regenerated_pct", "regenerated_pct"),
-             ("collapse_mm", "collapse_mm"))
+             ("head_height_loss_mm", "head_height_loss_mm"))
 
 
 def tidy_rows(record: dict) -> list[dict]:
@@ -68,7 +68,7 @@ def summary_rows(record: dict) -> list[dict]:
             "regenerated_pct": last.get("regenerated_pct"),
             "sir_baseline_zone_baseline": b.get("sir_baseline_zone"),
             "sir_baseline_zone_last": last.get("sir_baseline_zone"), "sir_change": last.get("sir_change"),
-            "new_necrosis_ml": last.get("new_necrosis_ml"), "collapse_mm": last.get("collapse_mm"),
+            "new_necrosis_ml": last.get("new_necrosis_ml"), "head_height_loss_mm": last.get("head_height_loss_mm"),
         }
         for c, sc in record.get("score_changes", {}).items():
             row[f"{c}_baseline"] = sc["baseline"]
