@@ -122,7 +122,7 @@ ul.words li{margin:2px 0}
   h2,h3,.pl{break-after:avoid}
   .plane,table,.charts{break-inside:avoid}
   .plane{margin:0 0 2px 0} .plane .pl{font-size:8.5pt;margin:0}
-  .visits{max-width:165mm;gap:3px}
+  .visits{max-width:175mm;gap:3px}
   figure.tp img.plain,figure.tp:hover img.plain{display:none} figure.tp:hover img.contoured{display:block}
   figure.tp figcaption{font-size:8.5pt}
   .legend{font-size:8.5pt;margin:0 0 2px 0}

@@ -132,7 +132,7 @@ def view_window(views: Mapping[str, View]) -> tuple[float, float]:
     return window(vals[vals > 0] if np.any(vals > 0) else vals)
 
 
-LABEL_PT = 15  # orientation letters and scale-bar text: about 9 pt when a panel prints 60 mm wide (3 visits on A4)
+LABEL_PT = 16  # orientation letters and scale-bar text: about 8.5 pt when a panel prints 54 mm wide (3 visits on A4)
 
 
 def panel_png(view: str, v: View, win: tuple[float, float], contoured: bool, step_mm: float = 0.5,
