@@ -362,8 +362,10 @@ class Segmenter:
         judged = 0
         known = [r[0] for r in confirmed]
         mid = body_midline_x(xc, g_aff, in_field_of_view(g_aff, xc.shape, affine, x.shape))
-        queue = (partner_candidates(known[0], x.shape, affine, mid) if len(known) == 1
-                 else sphere_candidates(xc, g_aff, known, mid))
+        # where the partner of a head already found can be, then the strongest head-sized spheres (the first
+        # head may itself be a false one, so the spheres are tried when its partner is not found)
+        queue = (partner_candidates(known[0], x.shape, affine, mid, max_n=8) if len(known) == 1 else []) + \
+            sphere_candidates(xc, g_aff, known, mid)
         while queue and len(confirmed) < 2 and judged < MAX_SEARCH:
             centre = queue.pop(0)
             if not far_from(centre, known):
@@ -376,7 +378,7 @@ class Segmenter:
             confirmed.append(r)
             known.append(r[0])
             if len(confirmed) == 1:  # one head found: now look where its partner can be
-                queue = partner_candidates(r[0], x.shape, affine, mid) + queue
+                queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
         return judged
 
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
