@@ -6,7 +6,7 @@ Loads the report with a measuring script (``--dump-dom``) at 1000 and 1400 px to
 top of the page down to the end of the first hip's image rows, and (at 1400 px) of its measurements table
 down to the end of the clinical section; takes one full-page screenshot per width and crops those boxes into
 ``report_P01_1000.png``, ``report_P01_1400.png`` and ``report_P01_tables.png``. Prints the report to PDF
-(``report.pdf.html_to_pdf``) and renders its pages at 80 dpi into ``report_P01_pdf_<n>.png`` (PyMuPDF, else
+(``report.pdf.html_to_pdf``) and renders its pages at 100 dpi into ``report_P01_pdf_<n>.png`` (PyMuPDF, else
 poppler's ``pdftoppm``). Every file is written atomically.
 """
 
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 WIDTHS = (1000, 1400)
-PDF_DPI = 80
+PDF_DPI = 100
 PROBE = """<script>window.addEventListener('load', () => {
   const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
     return [Math.floor(r.left), Math.floor(r.top + window.scrollY), Math.ceil(r.right), Math.ceil(r.bottom + window.scrollY)]; };
