@@ -342,6 +342,16 @@ def test_pdf_of_a_three_visit_patient_is_two_pages_of_legible_text(tmp_path):
     assert len(spans) > 100 and "Right hip (m00" in " ".join(t for _, t in spans)
     small = [(round(size, 2), text) for size, text in spans if size < 8.0]
     assert not small, small[:5]
+    # text inside the pictures too: chart labels print at their drawn size, view letters and scale text >= 8 pt
+    from onfh_seg.report.charts import CHART_DPI, CHART_SIZE_IN, TEXT_PT
+    from onfh_seg.report.views import DPI, LABEL_PT
+
+    images = [(i["width"], i["bbox"][2] - i["bbox"][0]) for page in doc for i in page.get_image_info()]
+    charts = [w_pt for w_px, w_pt in images if w_px == round(CHART_SIZE_IN[0] * CHART_DPI)]
+    panels = [w_pt for w_px, w_pt in images if w_px == PANEL_PX]
+    assert len(charts) == 4 and len(panels) == 9  # the healthy hip's images stay behind their toggle
+    assert min(TEXT_PT * w / (72 * CHART_SIZE_IN[0]) for w in charts) >= 8.0
+    assert min(LABEL_PT * w / (72 * PANEL_PX / DPI) for w in panels) >= 8.0
 
 
 PROBE = """<script>window.addEventListener('load', () => {

@@ -1,7 +1,7 @@
 """Trajectory charts of the follow-up report: one small chart per imaging measure, drawn at print size.
 
 Each chart is sized for a quarter of an A4 text width (``CHART_SIZE_IN``) with
-text of at least 8 pt, so the four charts print side by side and stay legible;
+text of 8.5 pt, so the four charts print side by side at about their own size;
 on screen they scale with the page. One line per hip with a lesion against
 months from baseline, the hip named at the line's end (no legend box); a
 shaded band shows the repeatability coefficient (RC) around the baseline value
@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from onfh_seg.report.views import png_bytes
 from onfh_seg.report.words import change_rc, number
 
-CHART_SIZE_IN = (2.4, 1.85)  # printed at about 45 mm wide: text at 8-9 pt
-CHART_DPI = 150
+CHART_SIZE_IN = (1.8, 1.55)  # printed four across an A4 text width (about 46 mm each): text at 8.5 pt
+CHART_DPI = 200
 TEXT_PT = 8.5
 HIP_STYLE = {"right": {"color": "tab:blue", "marker": "o"}, "left": {"color": "tab:orange", "marker": "s"}}
 
@@ -31,7 +31,7 @@ HIP_STYLE = {"right": {"color": "tab:blue", "marker": "o"}, "left": {"color": "t
 # (around 0) | "from_zero" (0 to RC), y axis from zero)
 IMAGING_CHARTS: dict[str, tuple[str, str, str, str, bool]] = {
     "lesion_volume_ml": ("Lesion volume (mL)", "", "lesion_change_ml", "baseline", True),
-    "regenerated_pct": ("Regenerated (% of lesion)", "", "regenerated_pct", "from_zero", True),
+    "regenerated_pct": ("Regenerated (%)", "", "regenerated_pct", "from_zero", True),
     "sir_baseline_zone": ("Primary SIR", "", "sir_change", "baseline", False),
     "head_height_loss_mm": ("Head height loss (mm)", "", "head_height_loss_mm", "zero", False),
 }
@@ -89,7 +89,7 @@ def imaging_chart_png(hips: Sequence[Mapping], key: str, record: Mapping | None 
         return None
     fig = Figure(figsize=CHART_SIZE_IN, dpi=CHART_DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.2, 0.22, 0.76, 0.56))
+    ax = fig.add_axes((0.25, 0.25, 0.71, 0.5))
     rcs = []
     top = 0.0
     xmax = max(max(xs) for _, (xs, _) in series.values() if xs)
@@ -110,7 +110,7 @@ def imaging_chart_png(hips: Sequence[Mapping], key: str, record: Mapping | None 
         top = max(top, max(ys))
     rc_text = number(max(rcs), 2 if max(rcs) < 1 else 1) if rcs else ""
     sub = ("shaded: RC " + ("" if kind == "from_zero" else "\u00b1") + rc_text) if rcs else unit
-    ax.set_title(f"{title}\n{sub}", fontsize=TEXT_PT, loc="left", pad=4)
+    fig.text(0.03, 0.97, f"{title}\n{sub}", fontsize=TEXT_PT, ha="left", va="top")
     ax.set_xlabel("months", fontsize=TEXT_PT, labelpad=1)
     ax.tick_params(labelsize=TEXT_PT, length=2, pad=1.5)
     ax.set_xlim(-0.05 * max(xmax, 1.0), max(xmax, 1.0) * (1.25 if len(series) > 1 else 1.06))
