@@ -1,0 +1,127 @@
+"""The known failure modes, each as its own slice of the fine validation crops (training styles only).
+
+    .venv/bin/python scripts/val_failure_modes.py models/fine.ckpt outputs/train/fine_gre/run1/checkpoints/best.ckpt
+
+Each validation crop (the fine_dr2 validation patients, seed 2112, tissue maps) is rendered twice with a
+seeded contrast drawn from the T1 prior: once as a spin-echo-like T1 and once as a 3D gradient echo near
+opposed phase (``synth.randomise.chemical_shift``: fatty marrow dark, dark lines at fat-water borders, the
+joint's dark-bright-dark lines).
+
+Crops come from the fine_dr2 validation patients (seed 2112) and 6 more validation patients with small
+lesions (seed 2113, extent 3-12%). Crops are grouped by what they hold:
+
+* ``healthy``: no lesion: a false lesion (labels 2+3) over 0.5 mL is counted;
+* ``small``: lesion under 3.5 mL;
+* ``bright core``: most of the necrotic core fat- or blood-like (Mitchell A/B);
+* ``wide band``: the band is over 35% of the lesion;
+* ``other``: the remaining lesions.
+
+For each group and rendering: lesion (2+3) Dice and lesion volume error (median), false lesions on healthy
+heads. Mirroring (the engine's ``tta``) is on, as onfh-infer runs by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onfh_seg.model.data import dr_normalise, extract_patch, load_dr_items
+from onfh_seg.model.module import SegModule
+from onfh_seg.synth.cohort import synth_config
+from onfh_seg.synth.phantom import TISSUES
+from onfh_seg.synth.randomise import build_dr_cohort, chemical_shift, random_contrast, render_random
+
+VOX_ML = 1.1**3 / 1000.0
+PATCH = (96, 96, 96)
+
+
+def group(tissue: np.ndarray, labels: np.ndarray) -> str:
+    """The failure-mode group of one crop from its truth."""
+    lesion = np.isin(labels, (2, 3))
+    if lesion.sum() * VOX_ML < 0.05:
+        return "healthy"
+    if lesion.sum() * VOX_ML < 3.5:
+        return "small"
+    core = labels == 2
+    bright = np.isin(tissue, (TISSUES["core_fat"], TISSUES["core_blood"]))
+    if core.any() and (bright & core).sum() > 0.5 * core.sum():
+        return "bright core"
+    if (labels == 3).sum() > 0.35 * lesion.sum():
+        return "wide band"
+    return "other"
+
+
+def small_lesion_items(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tissue crops of 6 validation patients (seed 2113, not a training seed) whose lesions are small
+    (ONFH extent 3-12% of the head), rendered once into ``out``; only the diseased hips are kept."""
+    cfg = synth_config({"seed": 2113, "n_patients": 6, "months": [0], "disease": {"extent": [0.03, 0.12]}})
+    cfg["shapes"] = True
+    items = load_dr_items(build_dr_cohort(cfg, out, "fine", 1.1, 112, workers=1, progress=False))
+    return [(t, y) for t, y in items if np.isin(y, (2, 3)).any()]
+
+
+def render_pair(tissue: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The crop as a T1 spin echo and as a gradient echo near opposed phase (same contrast draw)."""
+    out = {}
+    for name in ("T1", "GRE opposed"):
+        rng = np.random.default_rng([seed, 11])
+        c = random_contrast(rng, prior_prob=1.0)
+        img = render_random(tissue, labels, rng, c)
+        if name != "T1":
+            img = chemical_shift(img, tissue, rng, phase_deg=180.0, blur_vox=0.8)
+        noise = rng.normal(0, 0.02 * float(np.percentile(img, 95)), img.shape).astype(np.float32)
+        out[name] = dr_normalise(np.abs(img + noise), np.random.default_rng([seed, 12]))
+    return out
+
+
+def predict(m: SegModule, x: np.ndarray) -> np.ndarray:
+    """Labels of one crop, mirrored and averaged as the engine's ``tta``."""
+    t = torch.from_numpy(x)[None, None]
+    with torch.no_grad():
+        p = torch.softmax(m.predict_volume(t), 1)
+        p = 0.5 * (p + torch.softmax(m.predict_volume(torch.flip(t, (2,))), 1).flip(2))
+    return p.argmax(1)[0].numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ckpts", nargs="+")
+    ap.add_argument("--cache", default="cache/dr/fine_1.1mm_112/seed2112_shapes")
+    ap.add_argument("--small-cache", default="cache/dr/fine_1.1mm_112/seed2113_small",
+                    help="validation patients with small lesions (extent 3-12%%), rendered here once")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    small = small_lesion_items(Path(a.small_cache))
+    crops = []
+    for i, (tis, lab) in enumerate(load_dr_items(sorted(Path(a.cache).glob("*.npz"))) + small):
+        centre = np.array(tis.shape) // 2
+        t, y = extract_patch(tis, lab, centre, PATCH)
+        crops.append((group(t.astype(np.uint8), y), y, render_pair(t.astype(np.uint8), y, 5000 + i)))
+    print("crops:", {g: sum(c[0] == g for c in crops) for g in ("healthy", "small", "bright core", "wide band", "other")})
+    for ck in a.ckpts:
+        m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
+        res: dict[tuple[str, str], list] = {}
+        for g, y, images in crops:
+            true = np.isin(y, (2, 3))
+            for style, x in images.items():
+                pred = np.isin(predict(m, x), (2, 3))
+                den = int(pred.sum() + true.sum())
+                dice = float("nan") if den == 0 else 2 * int((pred & true).sum()) / den
+                verr = float("nan") if not true.any() else (pred.sum() - true.sum()) / true.sum() * 100
+                res.setdefault((g, style), []).append((dice, verr, pred.sum() * VOX_ML))
+        print(f"## {ck}")
+        for (g, style), v in sorted(res.items()):
+            d = np.array(v)
+            if g == "healthy":
+                print(f"{g:12s} {style:12s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
+                      f"largest {d[:, 2].max():.2f} mL")
+            else:
+                print(f"{g:12s} {style:12s} n={len(v):2d}  lesion Dice median {np.nanmedian(d[:, 0]):.3f}, "
+                      f"volume error median {np.nanmedian(d[:, 1]):+.1f}%")
+
+
+if __name__ == "__main__":
+    main()
