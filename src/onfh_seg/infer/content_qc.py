@@ -22,7 +22,7 @@ import numpy as np
 
 SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.measure.QC_FLAGS)
 MIN_SLAB_ML = 0.1  # smallest slab worth a flag (the smallest lesion classed is 0.5 mL)
-MIN_SLAB_VOXELS = 64
+MIN_SLAB_VOXELS = 8
 SLAB_NEIGHBOUR_FRACTION = 0.4  # share of a run's voxels whose slice neighbours hold a clearly other value
 SLAB_CONTRAST = 0.05  # "clearly other": more than this fraction of the image's 1st-99th percentile range
 SCALE_JUMP = 1.35  # a slice's median ratio to its neighbours' mean beyond this (or below 1/this): a jump
@@ -33,7 +33,7 @@ MIN_RATIO_FRACTION = 0.02  # of the slice
 
 
 def min_slab_voxels(voxel_ml: float) -> int:
-    """Run length (voxels) from which a constant run counts as a slab: ``MIN_SLAB_ML`` of tissue, at least 64."""
+    """Run length (voxels) from which a constant run counts as a slab: ``MIN_SLAB_ML`` of tissue, at least 8."""
     if not (math.isfinite(voxel_ml) and voxel_ml > 0):
         return MIN_SLAB_VOXELS
     return max(MIN_SLAB_VOXELS, math.ceil(MIN_SLAB_ML / voxel_ml))
