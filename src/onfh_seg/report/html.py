@@ -106,7 +106,7 @@ figure.tp:focus figcaption{color:#fff;width:100%;font-size:16px}
 .legend{font-size:13px;margin:2px 0 6px 0}
 .legend span.sw{display:inline-block;width:20px;height:0;border-top:3px solid;margin:0 4px 3px 10px;vertical-align:middle}
 .legend span.cross{color:orange;font-weight:bold;margin:0 3px 0 10px}
-.charts{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;max-width:1000px}
+.charts{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;max-width:880px}
 .charts img{width:100%;height:auto;border:1px solid #ccc}
 ul.healthy{list-style:none;padding-left:0;margin:4px 0} ul.healthy li{margin:4px 0}
 details summary{cursor:pointer;color:#234}
