@@ -13,6 +13,8 @@ TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 # container: IMAGE_VARIANT=cuda (docker/Dockerfile's defaults) or cpu (BASE_IMAGE: any Debian/Ubuntu image
 # with python3 and python3-venv, or one that apt-get can install them into)
 ENGINE        ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+# podman writes OCI images unless told otherwise; the docker format keeps the PACS image's HEALTHCHECK
+BUILD_FLAGS   ?= $(if $(findstring podman,$(ENGINE)),--format docker)
 IMAGE_VARIANT ?= cuda
 IMAGE         ?= onfh-seg:$(IMAGE_VARIANT)
 PACS_IMAGE    ?= onfh-seg-pacs:$(IMAGE_VARIANT)
@@ -70,11 +72,11 @@ clean-demo:
 
 image:
 ifeq ($(IMAGE_VARIANT),cpu)
-	$(ENGINE) build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	$(ENGINE) build $(BUILD_FLAGS) -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  --build-arg ORT_PACKAGE=$(ORT_CPU) -t $(IMAGE) .
 else
-	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE) .
+	$(ENGINE) build $(BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .
 endif
 
 image-pacs: image
-	$(ENGINE) build -f docker/Dockerfile.pacs --build-arg BASE_IMAGE=$(IMAGE) -t $(PACS_IMAGE) .
+	$(ENGINE) build $(BUILD_FLAGS) -f docker/Dockerfile.pacs --build-arg BASE_IMAGE=$(IMAGE) -t $(PACS_IMAGE) .

@@ -119,7 +119,9 @@ def test_cpu_image_segments_like_the_host(cpu_image: str, tmp_path: Path) -> Non
 def test_pacs_image_listens_between_orthanc_and_the_model(cpu_image: str, orthanc, hip_studies, tmp_path: Path) -> None:
     """docker/Dockerfile.pacs on the CPU image: Orthanc pushes a study to the listener container, which
     sends SEG + SR back into the same study in Orthanc."""
-    from pacs_fixtures import free_port
+    from pacs_fixtures import free_port, study_files
+
+    from onfh_seg.pacs.net import dicomweb_client, stow
 
     res = subprocess.run(["make", "image-pacs", "ENGINE=podman", "IMAGE_VARIANT=cpu", f"BASE_IMAGE={BASE}",
                           f"IMAGE={cpu_image}", f"PACS_IMAGE={PACS_IMAGE}"],
@@ -135,6 +137,7 @@ def test_pacs_image_listens_between_orthanc_and_the_model(cpu_image: str, orthan
             PACS_IMAGE, "infer.provider=cpu", "infer.tta=false")
     try:
         study = hip_studies[0]
+        stow(dicomweb_client(orthanc.dicomweb), study_files(study))  # the study is in the PACS first
         deadline = time.monotonic() + 120
         while True:  # until the listener answers (C-ECHO, as its health check does)
             echo = _podman("exec", name, "python", "-m", "onfh_seg.pacs.echo", check=False)

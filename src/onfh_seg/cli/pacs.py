@@ -39,7 +39,7 @@ def _missing_extra() -> str | None:
         import dicomweb_client  # noqa: F401
         import pynetdicom  # noqa: F401
     except ImportError as exc:
-        return f"onfh-pacs needs the 'pacs' extra (pip install 'onfh-seg[pacs]'): {exc}"
+        return f"onfh-pacs needs pynetdicom and dicomweb-client (dependencies of onfh-seg: pip install .): {exc}"
     return None
 
 
