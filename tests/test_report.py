@@ -206,6 +206,9 @@ def test_headline_one_line_per_hip_answers_first():
     assert box.index("Right hip") < box.index("Left hip: no lesion")
     assert html.index('class="headline"') < html.index("<table")  # before anything else
     assert "right: lesion; left: no lesion" in html
+    rec["hips"][0]["timepoints"][2]["qc_flags"] = ["low_confidence"]  # the last visit untrusted: said in the line
+    box = re.search(r'<div class="headline">(.*?)</div>', render_report(rec, ReportFigures(), "1"), re.S).group(1)
+    assert '<span class="warn"> (QC: m12 not trustworthy: low_confidence)</span></p><p class="healthy">' in box
     single = {"hip": "right", "timepoints": rec["hips"][0]["timepoints"][:1]}
     assert headline(single, rec) == "Right hip: lesion 10.0 mL at m00, ARCO extent C; one scan only, no change measured yet."
 

@@ -198,11 +198,20 @@ def qc_warning(record: dict) -> str:
             f"report and should not be used for decisions.<ul>{items}</ul></div>")
 
 
+def headline_qc(hip: Mapping) -> str:
+    """' (QC: m16 not trustworthy: low_confidence)' when a QC flag untrusts the first or last visit of a hip."""
+    tps = hip["timepoints"]
+    ends = tps[:1] if len(tps) == 1 else [tps[0], tps[-1]]
+    bad = [f"{t['timepoint']} not trustworthy: {', '.join(untrusted_flags(t))}" for t in ends if untrusted_flags(t)]
+    return f" (QC: {'; '.join(bad)})" if bad else ""
+
+
 def headline_html(record: dict) -> str:
-    """The headline box: one line per hip, hips with a lesion first."""
+    """The headline box: one line per hip, hips with a lesion first, each with a QC note when a flag untrusts
+    the visits it compares."""
     hips = sorted(record["hips"], key=is_healthy)
-    lines = "".join(f'<p class="{"healthy" if is_healthy(h) else "lesion"}">{_esc(headline(h, record))}</p>'
-                    for h in hips)
+    lines = "".join(f'<p class="{"healthy" if is_healthy(h) else "lesion"}">{_esc(headline(h, record))}'
+                    f'<span class="warn">{_esc(headline_qc(h))}</span></p>' for h in hips)
     return f'<div class="headline">{lines}</div>'
 
 
