@@ -44,7 +44,6 @@ from onfh_seg.io.dicom import (
     sort_slices,
 )
 from onfh_seg.io.nifti import atomic_write_bytes, make_image
-from onfh_seg.measure import MIN_LESION_ML
 
 MANUFACTURER = "onfh-seg"
 MODEL_NAME = "onfh-seg"
@@ -367,13 +366,13 @@ def _number(hip: Mapping[str, Any], key: str) -> float | None:
 
 
 def lesion_absent(hip: Mapping[str, Any]) -> bool:
-    """Whether a hip shows no measurable necrosis: ARCO extent 'none', or (without a class) a lesion volume under
-    ``measure.MIN_LESION_ML``."""
+    """Whether a hip shows no measurable necrosis: ARCO extent 'none' (``measure`` gives it below its smallest
+    lesion), or, without a class, a lesion volume of 0."""
     extent = hip.get("arco_extent")
     if extent not in (None, ""):
         return str(extent) == "none"
     volume = _number(hip, "lesion_volume_ml")
-    return volume is not None and volume < MIN_LESION_ML
+    return volume is not None and volume <= 0.0
 
 
 def _hip_group(hip: Mapping[str, Any], model_version: str, seg: Dataset | None = None) -> Any:
