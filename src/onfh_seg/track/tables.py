@@ -13,6 +13,7 @@ import io
 from collections.abc import Mapping, Sequence
 
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
+from onfh_seg.report.words import RC_KEYS
 from onfh_seg.stats import spearman
 from onfh_seg.track.params import HIP_METRICS
 
@@ -27,8 +28,7 @@ CORRELATION_COLUMNS = ("imaging_metric", "score_change", "n", "rho", "p_value", 
 ERROR_COLUMNS = ("patient_id", "timepoint", "reason")
 # change measure -> its repeatability coefficient in the record's "repeatability" (configs/track.yaml); a follow-up
 # gets a "<change>_beyond_rc" row (1: beyond measurement noise, 0: within it) when the RC is known
-CHANGE_RC = (("lesion_change_ml", "lesion_volume_ml"), ("sir_change", "sir"), ("regenerated_pct", "regenerated_pct"),
-             ("head_height_loss_mm", "head_height_loss_mm"))
+CHANGE_RC = tuple(RC_KEYS.items())  # the report's mapping (report.words.RC_KEYS), so CSV and report agree
 
 
 def tidy_rows(record: dict) -> list[dict]:
