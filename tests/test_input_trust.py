@@ -540,3 +540,14 @@ def test_study_of_results_only_gets_one_audit_line(tmp_path: Path) -> None:
     assert record["status"] == "refused" and "no image instances in the study (only SEG/SR: 1 received)" in record["reason"]
     assert [(r["study_uid"], r["status"]) for r in read_audit(state / "audit.jsonl")] == [("1.2.826.0.1.7", "refused")]
     assert queue.settled(0.0, now=time.time() + 1.0) == [] and ledger.entries["1.2.826.0.1.7"]["status"] == "refused"
+
+
+def test_nibabel_affine_error_is_worded_for_a_user() -> None:
+    """'Could not decompose affine' (nibabel, with the matrix on the next lines) says nothing to a user."""
+    from nibabel.spatialimages import HeaderDataError
+
+    from onfh_seg.infer.image_read import _first_line
+
+    message = _first_line(HeaderDataError("Could not decompose affine:\n[[nan 0 0 0]]"))
+    assert message == "the affine cannot be written as a qform (degenerate or non-finite voxel axes)"
+    assert _first_line(KeyError(99)) == "unknown code 99"
