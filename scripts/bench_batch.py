@@ -16,7 +16,9 @@ resident size of any worker process and of the main process.
 Prints a markdown table with the machine (CPU, cores, memory, load average before the run) and versions,
 then the median seconds per scan of each stage (``run_manifest.json`` ``stage_seconds``) in the last
 local-pool run and the last single-scan run, and the single scan's time outside the pipeline (start,
-imports, model load, run records).
+imports, model load, run records). Machine-independent measures from the same run: the CPU seconds of one
+fine-network pass (96^3, one thread) and the CPU seconds per scan of the local pool divided by it (fine-pass
+equivalents, FPE); the single scan against a bare ``python -c "import onnxruntime"`` process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import csv
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -140,9 +143,16 @@ class RssSampler:
         return main, max(others, default=0)
 
 
-def run_infer(args: list[str], cwd: Path) -> tuple[float, int, int]:
-    """Run onfh-infer; (wall seconds, main peak RSS, largest worker peak RSS). Exits on failure."""
-    t0 = time.perf_counter()
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of all finished child processes of this one so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_infer(args: list[str], cwd: Path) -> tuple[float, int, int, float]:
+    """Run onfh-infer; (wall seconds, main peak RSS, largest worker peak RSS, CPU seconds of the whole
+    process tree). Exits on failure."""
+    t0, c0 = time.perf_counter(), children_cpu_s()
     proc = subprocess.Popen([str(BIN / "onfh-infer"), *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     sampler = RssSampler(proc.pid)
@@ -151,7 +161,38 @@ def run_infer(args: list[str], cwd: Path) -> tuple[float, int, int]:
     main, worker = sampler.stop()
     if proc.returncode != 0 or "failed 0" not in out:
         raise SystemExit(f"onfh-infer {' '.join(args)} failed:\n{out[-1000:]}\n{err[-2000:]}")
-    return wall, main, worker
+    return wall, main, worker, children_cpu_s() - c0
+
+
+FINE_PASS = """
+import json, sys, time
+import numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+meta = json.load(open(sys.argv[1] + "/model.json"))
+sess = ort.InferenceSession(sys.argv[1] + "/" + meta["fine"]["file"], so, providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).random((1, 1, 96, 96, 96), dtype=np.float32)
+sess.run(None, {"image": x})
+out = []
+for _ in range(5):
+    t = time.process_time(); sess.run(None, {"image": x}); out.append(time.process_time() - t)
+print(sorted(out)[2])
+"""
+
+
+def fine_pass_cpu_s(model_dir: Path) -> float:
+    """CPU seconds of one 96^3 pass of the fine network on one ONNX Runtime thread (median of 5 after a warm-up)."""
+    res = subprocess.run([sys.executable, "-c", FINE_PASS, str(model_dir)], capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def bare_import_s(repeats: int = 5) -> float:
+    """Wall seconds of a new ``python -c "import onnxruntime"`` process (median): the floor of any single scan."""
+    walls = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import onnxruntime"], check=True)
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls)
 
 
 def mib(n: int) -> str:
@@ -167,6 +208,7 @@ def main() -> None:
     ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"), help="ONNX Runtime provider")
     ap.add_argument("--cohort", type=Path, help="an existing cohort manifest (default: generate one)")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
+    ap.add_argument("--model-dir", type=Path, default=ROOT / "models", help="model whose fine pass is timed")
     a = ap.parse_args()
     if a.scans < 1 or a.workers < 1 or a.repeats < 1 or a.single_repeats < 1:
         raise SystemExit("--scans, --workers, --repeats and --single-repeats must be >= 1")
@@ -187,18 +229,20 @@ def main() -> None:
 
         rows = []
         csvs: dict[str, bytes] = {}
-        runs: dict[str, dict[str, list]] = {e: {"wall": [], "main": [], "worker": []} for e in EXECUTORS}
+        runs: dict[str, dict[str, list]] = {e: {"wall": [], "main": [], "worker": [], "cpu": []} for e in EXECUTORS}
+        fine_cpu = [fine_pass_cpu_s(a.model_dir)]  # measured in the same run, between the batches too
         for i in range(a.repeats):  # interleaved, so that drift of a shared machine hits both alike
             for executor in EXECUTORS:
                 out = work / f"out_{executor}_{i}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, main_rss, worker_rss = run_infer([*common, f"out_dir={out}", f"executor={executor}"], work)
-                for key, value in zip(("wall", "main", "worker"), (wall, main_rss, worker_rss)):
+                wall, main_rss, worker_rss, cpu = run_infer([*common, f"out_dir={out}", f"executor={executor}"], work)
+                for key, value in zip(("wall", "main", "worker", "cpu"), (wall, main_rss, worker_rss, cpu)):
                     runs[executor][key].append(value)
                 csvs.setdefault(executor, (out / "measurements.csv").read_bytes())
                 if executor == "local":
                     stages["batch"] = run_record(out)
-                print(f"{executor} run {i + 1}: {wall:.1f} s", file=sys.stderr)
+                print(f"{executor} run {i + 1}: {wall:.1f} s, {cpu:.1f} CPU-s", file=sys.stderr)
+            fine_cpu.append(fine_pass_cpu_s(a.model_dir))
         for executor in EXECUTORS:
             walls = runs[executor]["wall"]
             wall = statistics.median(walls)
@@ -213,12 +257,13 @@ def main() -> None:
         for i in range(a.single_repeats):
             out = work / f"single_{i}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, main_rss, _ = run_infer([f"input={images[0]}", f"out_dir={out}", f"provider={a.provider}"], work)
+            wall, main_rss, _, _ = run_infer([f"input={images[0]}", f"out_dir={out}", f"provider={a.provider}"], work)
             singles.append(wall)
             stages["single"] = run_record(out)
             stages["single"]["wall_s"] = wall
             single_rss.append(main_rss)
         s = statistics.median(singles)
+        bare = bare_import_s()
         rows.append(("single scan, new process (`onfh-infer input=scan.nii.gz`)",
                      f"{s:.2f} s ({min(singles):.2f}-{max(singles):.2f})", f"{60 / s:.1f}", f"{s:.2f} s",
                      mib(max(single_rss)), "-"))
@@ -237,6 +282,11 @@ def main() -> None:
     print(f"\nDask / local pool throughput: {dask_rate / local_rate * 100:.1f}% (medians); per back-to-back pair "
           f"{', '.join(f'{r * 100:.1f}%' for r in pair_ratios)}, median {statistics.median(pair_ratios) * 100:.1f}%; "
           f"measurements.csv identical: {'yes' if identical else 'NO'}")
+    fp = statistics.median(fine_cpu)
+    cpu_scan = statistics.median(runs["local"]["cpu"]) / a.scans
+    print(f"\nOne fine pass (96^3, one ONNX Runtime thread): {fp:.3f} CPU-s (median of {len(fine_cpu)} measurements "
+          f"in this run). Local pool: {cpu_scan:.2f} CPU-s per scan = **{cpu_scan / fp:.1f} fine-pass equivalents (FPE)** "
+          f"per scan. Single scan: {s:.2f} s = {s / bare:.1f}x a bare `python -c \"import onnxruntime\"` ({bare:.2f} s).")
     print_stages(stages)
     if not identical:
         raise SystemExit(1)
@@ -250,7 +300,8 @@ def run_record(out: Path) -> dict:
     return {k: record.get(k) for k in ("stage_seconds", "provider_used", "threads_per_worker")}
 
 
-STAGES = ("load", "engine.normalise_s", "engine.resample_s", "engine.networks_s", "engine.coarse_s", "engine.fine_s",
+STAGES = ("load", "engine.normalise_s", "engine.resample_s", "engine.networks_s", "engine.coarse_s", "engine.search_s",
+          "engine.fine_s",
           "engine.post_s", "segment", "measure", "write", "total")
 
 
