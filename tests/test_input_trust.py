@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from nibabel.spatialimages import HeaderDataError
 from pydicom.uid import generate_uid
 
 from conftest import read_csv
@@ -34,8 +36,12 @@ from test_reliability_io import (
 )
 
 from onfh_seg.batch import run_batch
+from onfh_seg.cli.common import override_hint
+from onfh_seg.infer.image_read import _first_line
 from onfh_seg.infer.inputs import InputError, expand_input
 from onfh_seg.infer.pipeline import process_scan
+from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, store_instance
+from onfh_seg.pacs.state import Ledger, read_audit
 
 
 @pytest.fixture(scope="module")
@@ -511,10 +517,6 @@ def test_tiny_dicom_spacing_is_one_clear_line(hip_series: Path, tmp_path: Path) 
 @pytest.mark.parametrize("value", ["it's (1).nii.gz", "o'neil [2].nii", "it's \"x\" $HOME.nii"])
 def test_quoting_hint_for_an_apostrophe_works_in_a_shell(value: str) -> None:
     """The hint suggested single quotes, which cannot hold an apostrophe."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from onfh_seg.cli.common import override_hint
-
     hint = override_hint([f"input={value}"])
     suggested = hint.split("e.g. ", 1)[1]
     arg = subprocess.run(["bash", "-c", f"printf %s {suggested}"], capture_output=True, text=True,
@@ -525,9 +527,6 @@ def test_quoting_hint_for_an_apostrophe_works_in_a_shell(value: str) -> None:
 
 def test_study_of_results_only_gets_one_audit_line(tmp_path: Path) -> None:
     """A study that brought only an SR was accepted and never recorded: no audit line."""
-    from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, store_instance
-    from onfh_seg.pacs.state import Ledger, read_audit
-
     state = tmp_path / "state"
     queue = StudyQueue(state)
     report = pydicom.Dataset()
@@ -544,10 +543,6 @@ def test_study_of_results_only_gets_one_audit_line(tmp_path: Path) -> None:
 
 def test_nibabel_affine_error_is_worded_for_a_user() -> None:
     """'Could not decompose affine' (nibabel, with the matrix on the next lines) says nothing to a user."""
-    from nibabel.spatialimages import HeaderDataError
-
-    from onfh_seg.infer.image_read import _first_line
-
     message = _first_line(HeaderDataError("Could not decompose affine:\n[[nan 0 0 0]]"))
     assert message == "the affine cannot be written as a qform (degenerate or non-finite voxel axes)"
     assert _first_line(KeyError(99)) == "unknown code 99"
