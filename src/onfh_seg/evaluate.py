@@ -463,6 +463,3 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def format_summary(s: dict) -> str:
-    """Human-readable table of one cohort with targets."""
-    return format_table({"value": s})

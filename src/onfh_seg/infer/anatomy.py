@@ -170,12 +170,6 @@ def robust_sphere(points: np.ndarray, keep: float = 0.8) -> tuple[np.ndarray, fl
     return centre, radius, float(np.sqrt(np.mean(resid**2)))
 
 
-def surface_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World coordinates (n, 3) of the mask's boundary voxels (mask minus its face erosion)."""
-    boundary = mask & ~ndimage.binary_erosion(mask)
-    return voxel_to_ras(affine, np.argwhere(boundary))
-
-
 def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) on a face of the volume."""
     out = np.zeros(mask.shape, bool)

@@ -400,10 +400,6 @@ def expand_input(
 # ---------------------------------------------------------------- hashing
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _dicom_files(job: ScanJob) -> list[Path]:
     return sorted(Path(p) for p in job.series.files)
 

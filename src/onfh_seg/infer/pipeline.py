@@ -278,12 +278,6 @@ def resume_check(job: ScanJob, out_dir: str | Path, model_version: str, settings
     return meas, None
 
 
-def completed_measurements(job: ScanJob, out_dir: str | Path, model_version: str,
-                           settings: Mapping[str, Any] | None = None) -> dict | None:
-    """The existing measurements of ``job`` if it is already done as asked (see :func:`resume_check`)."""
-    return resume_check(job, out_dir, model_version, result_settings(None) if settings is None else settings)[0]
-
-
 # ---------------------------------------------------------------- the scan
 
 

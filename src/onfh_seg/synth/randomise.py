@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg import labels as L
 from onfh_seg.synth.phantom import N_TISSUES, TISSUES, Patient, render
 from onfh_seg.synth.shapes import make_waves, rotation, sd_ellipsoid
 
@@ -386,12 +385,6 @@ def build_dr_cohort(cfg: dict, out_dir: str | Path, stage: str, spacing: float, 
         for j in tqdm(jobs, desc=f"render {stage}", disable=not progress):
             paths.extend(_patient_job(j))
     return [Path(p) for p in paths]
-
-
-def label_fraction(labels: np.ndarray) -> dict[str, float]:
-    """Share of voxels per segmentation label (for logging what a cohort contains)."""
-    n = max(1, labels.size)
-    return {L.LABELS[k]: float((labels == k).sum() / n) for k in L.LABELS}
 
 
 def restyle_grids(grids: dict, pat: Patient, months: float, rng: np.random.Generator) -> dict:
