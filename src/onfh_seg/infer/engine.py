@@ -16,6 +16,7 @@ import numpy as np
 
 from onfh_seg.geometry import covering_grid, crop_grid, resample
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
+from onfh_seg.infer.anatomy import check_anatomy
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.infer.search import (
     SEPARATION_MM,
@@ -354,6 +355,32 @@ class Segmenter:
             probs, lab, f_aff, f_shape = self._fine(x, affine, fine_centre)
         return fine_centre, probs, lab, f_aff, f_shape
 
+    def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
+                       shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """The crop's class probabilities on the input voxels it covers: (their slices, probabilities)."""
+        inv = np.linalg.inv(affine)
+        corners = np.array([[a, b, c] for a in (0, f_shape[0] - 1) for b in (0, f_shape[1] - 1) for c in (0, f_shape[2] - 1)], float)
+        world = corners @ f_aff[:3, :3].T + f_aff[:3, 3]
+        vox = world @ inv[:3, :3].T + inv[:3, 3]
+        lo = np.clip(np.floor(vox.min(0)).astype(int), 0, np.array(shape) - 1)
+        hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 1, np.array(shape))
+        sub_aff = affine.copy()
+        sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+        t_res = time.perf_counter()
+        p_in = probs_on_grid(probs, f_aff, sub_aff, tuple(int(v) for v in hi - lo), self.resample_threads)
+        self._clock["resample_s"] += time.perf_counter() - t_res
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), p_in
+
+    def _head_shaped(self, found: tuple, affine: np.ndarray, shape: tuple[int, ...]) -> bool:
+        """Whether a head found by the search passes the anatomy gate's own head checks on the input grid
+        (sphere fit, axis ratio, socket; a head cut by the field of view is judged as the gate judges it)."""
+        _, probs, _, f_aff, f_shape = found
+        sl, p_in = self._to_input_grid(probs, f_aff, f_shape, affine, shape)
+        labels = np.zeros(shape, np.uint8)
+        labels[sl] = lesion_decision(p_in, self.lesion_threshold)
+        verdict = check_anatomy(clean_labels(labels, affine), affine)
+        return bool(verdict.heads) and all(h.plausible for h in verdict.heads)
+
     def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray,
                 confirmed: list[tuple]) -> int:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
@@ -373,7 +400,8 @@ class Segmenter:
             judged += 1
             r = self._confirm(x, affine, centre, search=True)
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
-                    or not plausible_head(r[0], mid, known[0] if known else None)):
+                    or not plausible_head(r[0], mid, known[0] if known else None)
+                    or not self._head_shaped(r, affine, x.shape)):
                 continue
             confirmed.append(r)
             known.append(r[0])
@@ -404,7 +432,6 @@ class Segmenter:
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
         conf_sum, conf_n = 0.0, 0
-        inv = np.linalg.inv(affine)
         found: list[np.ndarray] = []
         for centre, probs, lab, f_aff, f_shape in confirmed:
             found.append(centre)
@@ -412,19 +439,7 @@ class Segmenter:
             if fg.any():
                 conf_sum += float(probs.max(0)[fg].sum())
                 conf_n += int(fg.sum())
-            # back to the input grid, on the input voxels covered by the crop
-            corners = np.array([[a, b, c] for a in (0, f_shape[0] - 1) for b in (0, f_shape[1] - 1) for c in (0, f_shape[2] - 1)], float)
-            world = corners @ f_aff[:3, :3].T + f_aff[:3, 3]
-            vox = world @ inv[:3, :3].T + inv[:3, 3]
-            lo = np.clip(np.floor(vox.min(0)).astype(int), 0, np.array(image.shape) - 1)
-            hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 1, np.array(image.shape))
-            sub_aff = affine.copy()
-            sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-            sub_shape = tuple(int(v) for v in hi - lo)
-            t_res = time.perf_counter()
-            p_in = probs_on_grid(probs, f_aff, sub_aff, sub_shape, self.resample_threads)
-            self._clock["resample_s"] += time.perf_counter() - t_res
-            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            sl, p_in = self._to_input_grid(probs, f_aff, f_shape, affine, image.shape)
             fgp = 1.0 - p_in[0]
             take = fgp > best[sl]
             labels[sl][take] = lesion_decision(p_in, self.lesion_threshold)[take]
