@@ -125,7 +125,7 @@ def test_style_b_cohort_has_the_default_layout(tmp_path):
 
 def test_unknown_style_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="style"):
-        generate_cohort(synth_cfg(n_patients=1, style="c"), tmp_path)
+        generate_cohort(synth_cfg(n_patients=1, style="z"), tmp_path)
 
 
 def test_kspace_truncation_rings_and_motion_ghosts():
