@@ -161,3 +161,29 @@ def test_search_finds_heads_the_coarse_stage_missed(slab_scan, monkeypatch, coar
         assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
     assert res.search["heads_added"] == (2 if coarse_finds == "none" else 1)
     assert 0 < res.search["candidates_judged"] <= 16
+
+
+@needs_model
+def test_slab_as_dicom_study_finds_both_heads_on_their_sides(slab_scan, tmp_path) -> None:
+    """The same thin gradient-echo slab written as a DICOM series (VIBE-like name): both heads, right and left."""
+    import json
+    import subprocess
+    import sys
+
+    from onfh_seg.pacs.demo import nifti_to_dicom_series
+
+    image, truth = slab_scan
+    nifti_to_dicom_series(image, tmp_path / "study", patient_id="P004", patient_name="Slab^Test",
+                          study_uid="1.2.826.0.1.3680043.8.498.77", study_date="20261203",
+                          description="fl3d_vibe_tra_20deg", series_number=26, body_part="PELVIS")
+    cli = Path(sys.executable).parent / "onfh-infer"
+    res = subprocess.run([str(cli), "-i", str(tmp_path / "study"), "-o", str(tmp_path / "out"), "overlay=false",
+                          f"model_dir={MODELS}", "provider=cpu"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [meas_path] = (tmp_path / "out").glob("*_measurements.json")
+    meas = json.loads(meas_path.read_text())
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    got = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in meas["hips"]}
+    assert set(got) == {"right", "left"}, meas["qc_flags"]
+    for side in got:
+        assert np.linalg.norm(got[side] - true[side]) < 20.0
