@@ -63,15 +63,21 @@ def small_lesion_items(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(t, y) for t, y in items if np.isin(y, (2, 3)).any()]
 
 
-def render_pair(tissue: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The crop as a T1 spin echo and as a gradient echo near opposed phase (same contrast draw)."""
+RENDERINGS = {"T1": None, "GRE opposed": 0.8}  # name -> partial-volume blur (voxels) of the chemical shift
+# --why-gre: is it the dark marrow of opposed phase, or the dark lines at fat-water borders (partial volume)?
+WHY_GRE = {"T1": None, "opposed, no border lines": 0.0, "GRE opposed": 0.8, "opposed, wide border lines": 1.5}
+
+
+def render_pair(tissue: np.ndarray, labels: np.ndarray, seed: int,
+                renderings: dict[str, float | None] = RENDERINGS) -> dict[str, np.ndarray]:
+    """The crop in each rendering (same contrast draw): T1, or opposed phase with the given border blur."""
     out = {}
-    for name in ("T1", "GRE opposed"):
+    for name, blur in renderings.items():
         rng = np.random.default_rng([seed, 11])
         c = random_contrast(rng, prior_prob=1.0)
         img = render_random(tissue, labels, rng, c)
-        if name != "T1":
-            img = chemical_shift(img, tissue, rng, phase_deg=180.0, blur_vox=0.8)
+        if blur is not None:  # blur 0: the marrow darkens, but no border line forms
+            img = chemical_shift(img, tissue, rng, phase_deg=180.0, blur_vox=blur)
         noise = rng.normal(0, 0.02 * float(np.percentile(img, 95)), img.shape).astype(np.float32)
         out[name] = dr_normalise(np.abs(img + noise), np.random.default_rng([seed, 12]))
     return out
@@ -92,14 +98,19 @@ def main() -> None:
     ap.add_argument("--cache", default="cache/dr/fine_1.1mm_112/seed2112_shapes")
     ap.add_argument("--small-cache", default="cache/dr/fine_1.1mm_112/seed2113_small",
                     help="validation patients with small lesions (extent 3-12%%), rendered here once")
+    ap.add_argument("--why-gre", action="store_true",
+                    help="healthy heads only: opposed phase with and without the dark fat-water border lines")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    small = small_lesion_items(Path(a.small_cache))
+    small = [] if a.why_gre else small_lesion_items(Path(a.small_cache))
     crops = []
     for i, (tis, lab) in enumerate(load_dr_items(sorted(Path(a.cache).glob("*.npz"))) + small):
         centre = np.array(tis.shape) // 2
         t, y = extract_patch(tis, lab, centre, PATCH)
-        crops.append((group(t.astype(np.uint8), y), y, render_pair(t.astype(np.uint8), y, 5000 + i)))
+        g = group(t.astype(np.uint8), y)
+        if a.why_gre and g != "healthy":
+            continue
+        crops.append((g, y, render_pair(t.astype(np.uint8), y, 5000 + i, WHY_GRE if a.why_gre else RENDERINGS)))
     print("crops:", {g: sum(c[0] == g for c in crops) for g in ("healthy", "small", "bright core", "wide band", "other")})
     for ck in a.ckpts:
         m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
@@ -116,10 +127,10 @@ def main() -> None:
         for (g, style), v in sorted(res.items()):
             d = np.array(v)
             if g == "healthy":
-                print(f"{g:12s} {style:12s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
-                      f"largest {d[:, 2].max():.2f} mL")
+                print(f"{g:12s} {style:26s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
+                      f"largest {d[:, 2].max():.2f} mL, total {d[:, 2].sum():.2f} mL")
             else:
-                print(f"{g:12s} {style:12s} n={len(v):2d}  lesion Dice median {np.nanmedian(d[:, 0]):.3f}, "
+                print(f"{g:12s} {style:26s} n={len(v):2d}  lesion Dice median {np.nanmedian(d[:, 0]):.3f}, "
                       f"volume error median {np.nanmedian(d[:, 1]):+.1f}%")
 
 
