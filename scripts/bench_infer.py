@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def network_inputs(scan: Path, meta: dict) -> tuple[list[np.ndarray], list[str]]:
     """The exact arrays the engine feeds the networks for this scan (without mirroring): the coarse
     grid, then the fine sliding windows of each head crop; returns (arrays, group name per array)."""
-    from onfh_seg.infer.engine import Segmenter, sliding_window
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.infer.windows import sliding_window
     from onfh_seg.geometry import covering_grid, crop_grid, resample
     from onfh_seg.preprocess import normalise
 

@@ -147,7 +147,7 @@ def test_single_hip_side_from_acetabulum_under_any_affine():
 
 def test_engine_keeps_one_head_component_per_crop():
     """A second bright blob (e.g. the greater trochanter) labelled head is removed in crop space."""
-    from onfh_seg.infer.engine import keep_main_components
+    from onfh_seg.infer.windows import keep_main_components
 
     probs = np.zeros((5, 40, 40, 40), np.float32)
     probs[0] = 1.0
@@ -163,7 +163,7 @@ def test_engine_keeps_one_head_component_per_crop():
 
 
 def test_lesion_decision_threshold_inside_head_only():
-    from onfh_seg.infer.engine import lesion_decision
+    from onfh_seg.infer.windows import lesion_decision
 
     #            bg    head  nec   band  acet
     p = np.array([

@@ -55,7 +55,8 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
     import json
     import shutil
 
-    from onfh_seg.infer.engine import Segmenter, _starts
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.infer.windows import starts as _starts
 
     img = nib.load(str(demo_scan[0]))
     data = np.asarray(img.dataobj, np.float32)
@@ -106,7 +107,7 @@ def test_femoral_head_volume_is_not_inflated(demo_scan):
 
 
 def test_fine_window_choice():
-    from onfh_seg.infer.engine import fine_window
+    from onfh_seg.infer.windows import fine_window
 
     meta = {"crop_vox": 96, "train_patch_vox": [64, 64, 64]}
     assert fine_window(meta, "patch") == (64, 64, 64) and fine_window(meta, "crop") == (96, 96, 96)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 inferers = pytest.importorskip("monai.inferers")
 
-from onfh_seg.infer.engine import _starts, gaussian_importance, sliding_window  # noqa: E402
+from onfh_seg.infer.windows import gaussian_importance, sliding_window, starts  # noqa: E402
 
 
 def _network() -> "torch.nn.Module":
@@ -56,11 +56,11 @@ def test_gaussian_importance_equals_monai_map() -> None:
 
 
 def test_window_starts_cover_the_volume_once_per_step() -> None:
-    assert _starts(10, 16, 8) == [0]
-    assert _starts(40, 16, 8) == [0, 8, 16, 24]
-    assert _starts(41, 16, 8) == [0, 8, 16, 24, 25]
+    assert starts(10, 16, 8) == [0]
+    assert starts(40, 16, 8) == [0, 8, 16, 24]
+    assert starts(41, 16, 8) == [0, 8, 16, 24, 25]
     for n in range(16, 80):
-        s = _starts(n, 16, 8)
+        s = starts(n, 16, 8)
         assert s[0] == 0 and s[-1] == n - 16 and all(b - a <= 8 for a, b in zip(s, s[1:]))
 
 
@@ -70,8 +70,8 @@ def test_probs_on_grid_gives_the_labels_of_resampling_every_class_everywhere(see
     probability and labels (argmax and the lesion threshold) equal those of the full resampling; a box
     drawn too tight (a much lower background limit) would change labels, and this data shows it."""
     from onfh_seg.geometry import crop_grid, resample_probs
-    from onfh_seg.infer import engine
-    from onfh_seg.infer.engine import lesion_decision, probs_on_grid
+    from onfh_seg.infer import windows
+    from onfh_seg.infer.windows import lesion_decision, probs_on_grid
 
     rng = np.random.default_rng(seed)
     n = 32
@@ -93,6 +93,6 @@ def test_probs_on_grid_gives_the_labels_of_resampling_every_class_everywhere(see
     assert (full.argmax(0) > 0).any()
     for threshold in (None, 0.4):
         assert np.array_equal(lesion_decision(fast, threshold), lesion_decision(full, threshold))
-    monkeypatch.setattr(engine, "FOREGROUND_P0", 0.05)
+    monkeypatch.setattr(windows, "FOREGROUND_P0", 0.05)
     tight = probs_on_grid(probs, f_aff, dst, shape)
     assert not np.array_equal(lesion_decision(tight, None), lesion_decision(full, None))

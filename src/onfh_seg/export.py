@@ -106,7 +106,7 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
                  lesion_threshold: float | None = None, force: bool = False) -> dict:
     """Export both cascade stages and write ``model.json``; returns the metadata.
 
-    ``lesion_threshold``: the engine's lesion decision rule (``infer.engine.lesion_decision``), stored
+    ``lesion_threshold``: the engine's lesion decision rule (``infer.windows.lesion_decision``), stored
     in ``model.json``; None keeps the plain argmax. The shipped model's folder is only
     overwritten with ``force`` (:func:`check_export_target`).
     """
