@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,17 @@ def assert_same_outputs(out: Path, ref: Path) -> None:
         assert comparable_measurements(out / name) == comparable_measurements(ref / name), name
     for name in ("measurements.csv", "errors.csv"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def sdist_tree(dst: Path) -> Path:
+    """What an sdist of the project holds (pyproject, setup.py, src, configs, the ONNX model)."""
+    dst.mkdir(parents=True)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, dst / name)
+    shutil.copytree(ROOT / "src" / "onfh_seg", dst / "src" / "onfh_seg",
+                    ignore=shutil.ignore_patterns("__pycache__", "_data"))
+    shutil.copytree(ROOT / "configs", dst / "configs")
+    (dst / "models").mkdir()
+    for name in ("coarse.onnx", "fine.onnx", "model.json", "MODEL_CARD.md"):
+        shutil.copy(ROOT / "models" / name, dst / "models" / name)
+    return dst

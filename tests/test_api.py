@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import sdist_tree
 
 from onfh_seg import config
 from onfh_seg.config import ConfigError
@@ -84,27 +84,13 @@ def test_segment_reports_a_bad_scan_in_one_line(tmp_path: Path) -> None:
     assert "constant" in str(err.value) and "\n" not in str(err.value)
 
 
-def _wheel_tree(dst: Path) -> Path:
-    """What an sdist of the project holds (pyproject, setup.py, src, configs, the ONNX model)."""
-    dst.mkdir(parents=True)
-    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
-        shutil.copy(ROOT / name, dst / name)
-    shutil.copytree(ROOT / "src" / "onfh_seg", dst / "src" / "onfh_seg",
-                    ignore=shutil.ignore_patterns("__pycache__", "_data"))
-    shutil.copytree(ROOT / "configs", dst / "configs")
-    (dst / "models").mkdir()
-    for name in ("coarse.onnx", "fine.onnx", "model.json", "MODEL_CARD.md"):
-        shutil.copy(ROOT / "models" / name, dst / "models" / name)
-    return dst
-
-
 @pytest.mark.slow
 def test_non_editable_wheel_segments_and_tracks_outside_the_repository(tmp_path: Path) -> None:
     """Build a wheel, install it (no editable link, no environment variables) and run the README's
     example from a folder outside the repository on a tiny synthetic cohort (1 patient, 2 visits)."""
     from onfh_seg.synth.cohort import generate_cohort, synth_config
 
-    src = _wheel_tree(tmp_path / "src_tree")
+    src = sdist_tree(tmp_path / "src_tree")
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, capture_output=True, timeout=600)

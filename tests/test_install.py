@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import sdist_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_INSTALL_MB = 800
@@ -55,20 +55,6 @@ def test_make_demo_installs_no_extras() -> None:
 
 def _du_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) / 2**20
-
-
-def sdist_tree(dst: Path) -> Path:
-    """What an sdist of the project holds (pyproject, setup.py, src, configs, the ONNX model)."""
-    dst.mkdir(parents=True)
-    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
-        shutil.copy(ROOT / name, dst / name)
-    shutil.copytree(ROOT / "src" / "onfh_seg", dst / "src" / "onfh_seg",
-                    ignore=shutil.ignore_patterns("__pycache__", "_data"))
-    shutil.copytree(ROOT / "configs", dst / "configs")
-    (dst / "models").mkdir()
-    for name in ("coarse.onnx", "fine.onnx", "model.json", "MODEL_CARD.md"):
-        shutil.copy(ROOT / "models" / name, dst / "models" / name)
-    return dst
 
 
 def demo_scan(folder: Path) -> Path:
