@@ -24,7 +24,7 @@ from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
-from onfh_seg.synth.randomise import chemical_shift, random_contrast, render_random, slab_mask
+from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
 def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:
@@ -231,8 +231,9 @@ class RandomisedPatchDataset(Dataset):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.acquisition, self.spatial = build_dr_augment()
         self.spacing_mm = float(spacing_mm)
-        # shares of samples drawn as: gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``),
-        # a thin oblique slab with a limited field of view (``slab``); absent or 0: not drawn (older runs unchanged)
+        # shares of samples drawn as: the default renderer's spin-echo T1 contrast (``realistic``, the mixture of
+        # issue 23), gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``), a thin oblique
+        # slab with a limited field of view (``slab``); absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.epoch = 0
 
@@ -248,9 +249,13 @@ class RandomisedPatchDataset(Dataset):
         centre = sample_centre(rng, lab, size, self.fg_prob)
         t, y = extract_patch(tis, lab, centre, size)
         t = t.astype(np.uint8)
+        realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
         post = self.acq.get("post_contrast", 0.0)
-        x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
-        if self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:
+        if realistic:
+            x = render_random(t, y, rng, realistic_contrast(rng))
+        else:
+            x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
+        if not realistic and self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:
             x = chemical_shift(x, t, rng)
         if self.pool > 1:  # render finer than the network grid (partial volume), then average down
             p = self.pool

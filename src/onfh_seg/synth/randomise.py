@@ -118,6 +118,17 @@ def random_contrast(rng: np.random.Generator, prior_prob: float = 0.5, post_cont
     return Contrast(mean.astype(np.float32), std, texture, band_gap)
 
 
+def realistic_contrast(rng: np.random.Generator) -> Contrast:
+    """A contrast close to the default renderer's spin-echo T1 (``T1_PRIOR``, small jitter, full band):
+    the realistic share of a training mixture (issue 23), beside the fully random draws."""
+    prior = np.array([T1_PRIOR[k] for k in sorted(T, key=T.get)], np.float32)
+    mean = np.clip(prior * np.float32(rng.uniform(0.9, 1.1)) + rng.normal(0, 0.03, N_TISSUES), 0.0, 1.2)
+    mean[T["air"]] = rng.uniform(0.0, 0.03)
+    std = rng.uniform(0.0, 0.03, N_TISSUES).astype(np.float32)
+    texture = rng.uniform(0.02, 0.08, N_TISSUES).astype(np.float32)
+    return Contrast(mean.astype(np.float32), std, texture, 0.0)
+
+
 def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
     """Zero-mean, unit-std smooth random field (Gaussian-filtered white noise on a coarse lattice)."""
     step = max(1, int(sigma_vox // 2))
