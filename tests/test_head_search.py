@@ -145,13 +145,15 @@ def test_style_c_scan_is_a_thin_oblique_slab_with_labels(slab_scan) -> None:
 @needs_model
 @pytest.mark.parametrize("coarse_finds", ["none", "right"])
 def test_search_finds_heads_the_coarse_stage_missed(slab_scan, monkeypatch, coarse_finds) -> None:
-    """With the coarse stage made blind (no head, or only the right one), the search finds both heads on their sides."""
+    """With the coarse stage made blind (no head, or only the right one, and no probability anywhere), the search
+    finds both heads on their sides."""
     from onfh_seg.infer.engine import Segmenter
 
     image, truth = slab_scan
     true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
     seg = Segmenter(MODELS, provider="cpu", threads=2)
-    monkeypatch.setattr(seg, "_locate", lambda xc, g: [] if coarse_finds == "none" else [true["right"]])
+    blind = lambda xc, g: ([] if coarse_finds == "none" else [true["right"]], np.zeros(xc.shape, np.float32))  # noqa: E731
+    monkeypatch.setattr(seg, "_locate", blind)
     img = nib.load(str(image))
     res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
     _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
@@ -187,3 +189,19 @@ def test_slab_as_dicom_study_finds_both_heads_on_their_sides(slab_scan, tmp_path
     assert set(got) == {"right", "left"}, meas["qc_flags"]
     for side in got:
         assert np.linalg.norm(got[side] - true[side]) < 20.0
+
+
+def test_coarse_peaks_rank_weak_head_responses_away_from_known_heads() -> None:
+    """Local maxima of the coarse probability, strongest first, above the floor, not near a known head or the midline."""
+    from onfh_seg.infer.search import coarse_peaks
+
+    aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    aff[:3, 3] = -120.0
+    prob = np.zeros((60, 60, 30), np.float32)
+    for ijk, p in (((50, 30, 15), 0.3), ((10, 30, 15), 0.08), ((30, 30, 15), 0.5), ((10, 50, 5), 0.001)):
+        prob[ijk] = p * 60  # a spike that stays a peak of about p after smoothing
+    right = aff[:3, :3] @ np.array([50, 30, 15]) + aff[:3, 3]
+    left = aff[:3, :3] @ np.array([10, 30, 15]) + aff[:3, 3]
+    got = coarse_peaks(prob, aff, known=[], midline_x=0.0)
+    assert [tuple(np.round(c)) for c in got] == [tuple(right), tuple(left)]  # midline peak and the 0.001 one dropped
+    assert [tuple(np.round(c)) for c in coarse_peaks(prob, aff, known=[right], midline_x=0.0)] == [tuple(left)]

@@ -21,6 +21,7 @@ from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.infer.search import (
     SEPARATION_MM,
     body_midline_x,
+    coarse_peaks,
     far_from,
     in_field_of_view,
     partner_candidates,
@@ -157,16 +158,17 @@ class Segmenter:
 
     def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
         """Head centres (RAS mm) from the coarse stage."""
-        return self._locate(*self.coarse_grid(x, affine))
+        return self._locate(*self.coarse_grid(x, affine))[0]
 
-    def _locate(self, xc: np.ndarray, g_aff: np.ndarray) -> list[np.ndarray]:
-        """Head centres (RAS mm) from the coarse network on the coarse grid."""
+    def _locate(self, xc: np.ndarray, g_aff: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Head centres (RAS mm) from the coarse network on the coarse grid, and its head-and-lesion
+        probability there (for the head search)."""
         c = self.meta["coarse"]
         # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
         lab = probs.argmax(0).astype(np.uint8)
         _, heads = find_heads(lab, g_aff, min_ml=8.0)
-        return [h.centre_ras for h in select_heads(heads)]
+        return [h.centre_ras for h in select_heads(heads)], probs[1:4].sum(0)
 
     @staticmethod
     def mirror_candidate(image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
@@ -246,7 +248,7 @@ class Segmenter:
         verdict = check_anatomy(clean_labels(labels, affine), affine)
         return bool(verdict.heads) and all(h.plausible for h in verdict.heads)
 
-    def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray,
+    def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray, fg_prob: np.ndarray,
                 confirmed: list[tuple]) -> int:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
         candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; appends to
@@ -254,10 +256,11 @@ class Segmenter:
         judged = 0
         known = [r[0] for r in confirmed]
         mid = body_midline_x(xc, g_aff, in_field_of_view(g_aff, xc.shape, affine, x.shape))
-        # where the partner of a head already found can be, then the strongest head-sized spheres (the first
-        # head may itself be a false one, so the spheres are tried when its partner is not found)
+        # where the partner of a head already found can be, then where the coarse network saw a weak head, then
+        # the strongest head-sized spheres (the first head may itself be a false one, so the others are tried
+        # when its partner is not found)
         queue = (partner_candidates(known[0], x.shape, affine, mid, max_n=8) if len(known) == 1 else []) + \
-            sphere_candidates(xc, g_aff, known, mid)
+            coarse_peaks(fg_prob, g_aff, known, mid) + sphere_candidates(xc, g_aff, known, mid)
         while queue and len(confirmed) < 2 and judged < MAX_SEARCH:
             centre = queue.pop(0)
             if not far_from(centre, known):
@@ -281,7 +284,7 @@ class Segmenter:
         x = normalise(image)
         self._clock["normalise_s"] = time.perf_counter() - t["start"]
         xc, g_aff = self.coarse_grid(x, affine)
-        centres = self._locate(xc, g_aff)
+        centres, fg_prob = self._locate(xc, g_aff)
         if len(centres) == 1 and not self.fast:
             centres += self.mirror_candidate(image, affine, centres[0])
         t["coarse"] = time.perf_counter()
@@ -292,7 +295,7 @@ class Segmenter:
                 confirmed.append(r)
         n_coarse = len(confirmed)
         t["confirm"] = time.perf_counter()
-        judged = self._search(x, affine, xc, g_aff, confirmed) if len(confirmed) < 2 else 0
+        judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed) if len(confirmed) < 2 else 0
         t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)

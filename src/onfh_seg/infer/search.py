@@ -8,6 +8,9 @@ stays the judge (``engine.Segmenter`` runs it on each candidate in turn):
 * ``partner_candidates``: one head found, so the other lies about one
   intercapital distance (150-230 mm) away in x at a similar height and depth;
   a lattice there, nearest to the mirror position first;
+* ``coarse_peaks``: where the coarse network saw something head-like but too
+  weakly to call a head (local maxima of its smoothed head-and-lesion
+  probability), strongest first;
 * ``sphere_candidates``: no head found: a gradient Hough transform for spheres
   of femoral-head radius (20-28 mm) on the coarse grid, either contrast
   polarity, local maxima strongest first.
@@ -26,6 +29,7 @@ LATTICE_MM = 35.0  # candidate spacing: a 105 mm fine crop then holds any 56 mm 
 SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
 LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body's midline (adults: 80-100 mm)
 MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
+PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one fine judgement
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 
 
@@ -103,9 +107,20 @@ def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.nda
     mid = float(np.mean(INTERCAPITAL_MM))
     signs = (-1.0, 1.0) if midline_x is None else (-1.0 if found[0] > midline_x else 1.0,)
     cands = [found + np.array([s * dx, dy, dz]) for s in signs for dx in dxs for dy in steps for dz in steps]
-    cands = [c for c in cands if inside_fov(c, shape, affine, margin_mm=20.0)]
     cands.sort(key=lambda c: float(np.hypot(abs(c[0] - found[0]) - mid, np.linalg.norm(c[1:] - found[1:]))))
-    return cands[:max_n]
+    out: list[np.ndarray] = []
+    for c in cands:  # a thin oblique slab holds few lattice points: move each into the field of view instead
+        c = into_fov(c, shape, affine)
+        if all(np.linalg.norm(c - o) >= LATTICE_MM / 3 for o in out):
+            out.append(c)
+    return out[:max_n]
+
+
+def into_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The nearest point (in voxel index space) of the image's field of view to a world point."""
+    ijk = np.linalg.inv(affine) @ np.append(np.asarray(centre, float), 1.0)
+    ijk = np.clip(ijk[:3], 0, np.asarray(shape[:3]) - 1)
+    return affine[:3, :3] @ ijk + affine[:3, 3]
 
 
 def sphere_votes(x: np.ndarray, spacing_mm: float, radii_mm: tuple[float, ...] = HEAD_RADII_MM) -> np.ndarray:
@@ -147,6 +162,27 @@ def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray]
     peaks = (acc == ndimage.maximum_filter(acc, size=size)) & (acc > 0.2 * acc.max())
     ijk = np.argwhere(peaks)
     ijk = ijk[np.argsort(-acc[peaks], kind="stable")]
+    out: list[np.ndarray] = []
+    for v in ijk:
+        c = affine[:3, :3] @ v + affine[:3, 3]
+        if far_from(c, known + out) and plausible_head(c, midline_x):
+            out.append(c)
+        if len(out) >= max_n:
+            break
+    return out
+
+
+def coarse_peaks(fg_prob: np.ndarray, affine: np.ndarray, known: list[np.ndarray], midline_x: float | None = None,
+                 max_n: int = 4, min_prob: float = PEAK_MIN_PROB) -> list[np.ndarray]:
+    """Centres (RAS mm) of the strongest local maxima of the coarse network's smoothed head-and-lesion
+    probability (``fg_prob``, on the coarse RAS grid ``affine``) above ``min_prob``, away from known
+    heads and, when the midline is known, at least ``LATERAL_MM`` from it."""
+    sm = ndimage.gaussian_filter(np.asarray(fg_prob, np.float32), 1.5)
+    spacing = float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
+    size = max(3, int(round(SEPARATION_MM / spacing)) | 1)
+    peaks = (sm == ndimage.maximum_filter(sm, size=size)) & (sm >= min_prob)
+    ijk = np.argwhere(peaks)
+    ijk = ijk[np.argsort(-sm[peaks], kind="stable")]
     out: list[np.ndarray] = []
     for v in ijk:
         c = affine[:3, :3] @ v + affine[:3, 3]
