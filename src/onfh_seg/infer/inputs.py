@@ -221,7 +221,7 @@ def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude:
     patient or study, or (``patient_id``: a manifest row's) of another patient
     still becomes one job (named after the folder) that fails with the one-line reason.
     """
-    from onfh_seg.io.dicom import DicomError, check_manifest_patient, check_one_patient, find_series
+    from onfh_seg.io.dicom_series import DicomError, check_manifest_patient, check_one_patient, find_series
     from onfh_seg.io.dicom_select import ALL_T1, select_series
 
     try:
@@ -273,7 +273,7 @@ def _with_skipped(job: ScanJob, skipped: list[str]) -> ScanJob:
 
 def _series_job(folder: Path, image_ref: str, chosen: Any, reason: str, summary: str, n_found: int) -> ScanJob:
     """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``."""
-    from onfh_seg.io.dicom import series_identifiers
+    from onfh_seg.io.dicom_series import series_identifiers
 
     info: dict[str, Any] = {
         "series_instance_uid": chosen.series_uid,
@@ -439,7 +439,8 @@ def load_scan(job: ScanJob) -> LoadedScan:
     if job.error:
         raise InputError(job.error)
     if job.kind == "dicom":
-        from onfh_seg.io.dicom import load_series, series_shape
+        from onfh_seg.io.dicom import load_series
+        from onfh_seg.io.dicom_geometry import series_shape
 
         files = _dicom_files(job)
         for f in files:

@@ -35,15 +35,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from onfh_seg import labels
-from onfh_seg.io.dicom import (
-    ORIENTATION_TOLERANCE,
-    DicomError,
-    series_affine,
-    series_shape,
-    slice_name,
-    sort_slices,
-)
-from onfh_seg.io.nifti import atomic_write_bytes, make_image
+from onfh_seg.io.dicom_geometry import ORIENTATION_TOLERANCE, series_affine, series_shape, sort_slices
+from onfh_seg.io.dicom_series import DicomError, slice_name
+from onfh_seg.io.files import atomic_write_bytes
+from onfh_seg.io.nifti import make_image
 
 MANUFACTURER = "onfh-seg"
 MODEL_NAME = "onfh-seg"

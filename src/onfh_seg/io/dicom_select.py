@@ -34,7 +34,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from onfh_seg import config
-from onfh_seg.io.dicom import DicomError, SeriesInfo, _float_or_none, find_series, load_series, series_identifiers
+from onfh_seg.io.dicom import load_series
+from onfh_seg.io.dicom_series import DicomError, SeriesInfo, find_series, float_or_none, series_identifiers
 
 RULES_FILE = "dicom_rules"  # configs/dicom_rules.yaml
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # prefix of the error when every series is refused for its anatomy
@@ -78,7 +79,7 @@ def _limit(key: str, value: Any) -> float | None:
     """A numeric rule limit (None disables it)."""
     if value is None:
         return None
-    number = _float_or_none(value)
+    number = float_or_none(value)
     if number is None or isinstance(value, bool):
         raise DicomError(f"rule '{key}' must be a number, got {value!r}")
     return number
@@ -145,7 +146,7 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
 
 
 def _number(series: SeriesInfo, keyword: str) -> float | None:
-    return _float_or_none(_first(series).get(keyword))
+    return float_or_none(_first(series).get(keyword))
 
 
 def _names(series: SeriesInfo) -> str:
@@ -201,7 +202,7 @@ def dynamic_reason(series: SeriesInfo, rules: Mapping[str, Any]) -> str | None:
         return f"ImageType {image_type} (dicom.rules.dynamic_image_types)"
     limit = rules["dynamic_min_temporal_positions"]
     for keyword in ("NumberOfTemporalPositions", "TemporalPositionIdentifier"):
-        values = [_float_or_none(ds.get(keyword)) for ds in series.headers]
+        values = [float_or_none(ds.get(keyword)) for ds in series.headers]
         top = max((v for v in values if v is not None), default=None)
         if limit is not None and top is not None and top >= limit:
             return f"{keyword} {_short_number(top)} (dicom.rules.dynamic_min_temporal_positions {_short_number(limit)})"
@@ -292,7 +293,7 @@ def _rounded(series: SeriesInfo, keyword: str, digits: int = 2) -> float | None:
 
 
 def _orientation(series: SeriesInfo) -> tuple[float, ...]:
-    values = [_float_or_none(v) for v in (_first(series).get("ImageOrientationPatient") or [])]
+    values = [float_or_none(v) for v in (_first(series).get("ImageOrientationPatient") or [])]
     return tuple(round(v, 3) for v in values if v is not None)
 
 
