@@ -50,6 +50,7 @@ from onfh_seg.io.nifti import make_image
 
 GRID_TOLERANCE_MM = 1e-3
 
+
 # ---------------------------------------------------------------------------
 # label map <-> frames
 
