@@ -437,7 +437,7 @@ def test_startup_cleanup_removes_only_own_temporaries_of_ended_processes(scan_se
 
 def test_atomic_write_temporaries_carry_the_writer_pid(tmp_path, monkeypatch):
     """The temporary of an interrupted atomic write is named so that clean-up can recognise it."""
-    from onfh_seg.io import nifti
+    from onfh_seg.io import files
 
     seen: list[str] = []
     real_replace = os.replace
@@ -446,8 +446,8 @@ def test_atomic_write_temporaries_carry_the_writer_pid(tmp_path, monkeypatch):
         seen.append(Path(src).name)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(nifti.os, "replace", spy_replace)
-    nifti.atomic_write_text(tmp_path / "a.json", "{}")
+    monkeypatch.setattr(files.os, "replace", spy_replace)
+    files.atomic_write_text(tmp_path / "a.json", "{}")
     assert len(seen) == 1 and own_temporary_pid(seen[0]) == os.getpid(), seen
     assert seen[0].startswith(".a.json.onfh-tmp-")
 

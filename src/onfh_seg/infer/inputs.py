@@ -23,12 +23,14 @@ Inputs are only inputs: files named like this tool's outputs (``*_seg.nii.gz``,
 skips ``out_dir`` when it lies inside the folder, and a manifest row naming an
 image inside ``out_dir`` fails (unless the manifest itself lies there).
 
-The image itself is read and checked by ``infer.image_read`` (regular files
-only, a size cap, the header gate).
+Scan names and ``ScanJob`` are in ``infer.scan_jobs``, the jobs of a DICOM study
+folder in ``infer.dicom_jobs``. The image itself is read and checked by
+``infer.image_read`` (regular files only, a size cap, the header gate) and
+``infer.image_checks``.
 
 :func:`load_scan` reads and validates one job. Every problem is a
 ``ValueError`` (or ``FileNotFoundError``) with a one-line message, so a batch
-can record it and carry on. No torch; pydicom is imported only for DICOM jobs.
+can record it and carry on. No torch.
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,49 +47,32 @@ import numpy as np
 
 from onfh_seg.geometry import voxel_volume_ml
 from onfh_seg.infer.content_qc import SUSPECT_IMAGE_CONTENT, content_problems
-from onfh_seg.infer.image_read import (
-    DEFAULT_MAX_IMAGE_MB,
-    GEOMETRY_CHOICES,
-    InputError,
-    check_size_limit,
-    file_kind,
-    geometry_flags,
-    load_nifti_gated,
-    require_regular_file,
-    sha256_regular_file,
-    validate_image,
+from onfh_seg.infer.dicom_jobs import (  # noqa: F401  dicom_job, selection_line re-exported for callers
+    dicom_job,
+    dicom_jobs,
+    folder_has_dicom,
+    selection_line,
 )
+from onfh_seg.infer.header_gate import GEOMETRY_CHOICES, geometry_flags
+from onfh_seg.infer.image_checks import validate_image
+from onfh_seg.infer.image_read import DEFAULT_MAX_IMAGE_MB, check_size_limit, load_nifti_gated
+from onfh_seg.infer.input_files import InputError, require_regular_file, sha256_regular_file
+from onfh_seg.infer.scan_jobs import (  # noqa: F401  dicom_series_name, sanitise re-exported for callers
+    ScanJob,
+    absolute_path,
+    dedupe_names,
+    dicom_series_name,
+    is_nifti_name,
+    is_tool_output,
+    is_within,
+    sanitise,
+    scan_stem,
+)
+from onfh_seg.io.dicom import load_series
+from onfh_seg.io.dicom_geometry import series_shape
 from onfh_seg.io.manifest import ManifestError, read_manifest
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MANIFEST_KEEP = ("patient_id", "timepoint", "months")
-# Per-scan output names of onfh-infer (onfh_seg.infer.pipeline.OUTPUT_SUFFIXES): never inputs.
-TOOL_OUTPUT_SUFFIXES = ("_seg.nii.gz", "_seg.dcm", "_sr.dcm", "_overlay.png", "_measurements.json")
-
-
-@dataclass
-class ScanJob:
-    """One scan to segment.
-
-    ``kind`` is "nifti" or "dicom". ``image_ref`` is the image as the user
-    named it (manifest entry or path), used in the CSV ``image`` column.
-    ``series`` holds the chosen DICOM series (``onfh_seg.io.dicom.SeriesInfo``)
-    and ``dicom`` its description; ``error`` is a problem found while
-    expanding the input (the job then fails with it).
-    """
-
-    kind: str
-    path: Path
-    name: str
-    image_ref: str
-    labels: Path | None = None
-    meta: dict[str, str] = field(default_factory=dict)
-    series: Any = None
-    dicom: dict[str, Any] | None = None
-    error: str | None = None
-    max_image_mb: float = DEFAULT_MAX_IMAGE_MB
-    allow_unknown_orientation: bool = False
-    geometry: str = "auto"  # NIfTI: auto (sform and qform must agree) | sform | qform (configs/infer.yaml)
 
 
 @dataclass
@@ -107,202 +90,16 @@ class LoadedScan:
     qc_reasons: dict[str, list[str]] = field(default_factory=dict)  # flag -> why (suspect_image_content)
 
 
-# ---------------------------------------------------------------- names
-
-
-def is_nifti_name(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def is_tool_output(path: Path) -> bool:
-    """True for file names onfh-infer writes (``<name>_seg.nii.gz``, ``_seg.dcm``, ``_sr.dcm``, ...)."""
-    return path.name.lower().endswith(TOOL_OUTPUT_SUFFIXES)
-
-
-def _absolute(path: Path | str) -> Path:
-    """Absolute, normalised path (symlinks resolved where possible)."""
-    return Path(os.path.realpath(os.path.abspath(str(path))))
-
-
-def is_within(path: Path, folder: Path | None) -> bool:
-    """True when ``path`` is ``folder`` or lies below it (both made absolute)."""
-    if folder is None:
-        return False
-    path, folder = _absolute(path), _absolute(folder)
-    return path == folder or folder in path.parents
-
-
-def scan_stem(path: Path) -> str:
-    """``scan.nii.gz`` -> ``scan``; ``scan.nii`` -> ``scan``; other files lose their last suffix."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "scan"
-    return path.stem or name
-
-
-def sanitise(text: str, max_len: int = 64) -> str:
-    """A file-name-safe version of ``text`` (letters, digits, ``.-_``; runs of others -> ``_``)."""
-    out = re.sub(r"[^A-Za-z0-9.\-]+", "_", text).strip("._-")
-    return out[:max_len].rstrip("._-")
-
-
-def dicom_series_name(series_number: int | None, description: str) -> str:
-    """``<SeriesNumber>_<sanitised description>``, e.g. ``3_t1_tse_cor``."""
-    number = "S" if series_number is None else str(series_number)
-    desc = sanitise(description)
-    return f"{number}_{desc}" if desc else f"{number}_series"
-
-
-def _dedupe(jobs: list[ScanJob]) -> list[ScanJob]:
-    """Make job names unique: prepend the parent folder name, then add ``_2``, ``_3``..."""
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.name] = counts.get(job.name, 0) + 1
-    for job in jobs:
-        if counts[job.name] > 1:
-            parent = sanitise(job.path.parent.name) if job.kind == "nifti" else sanitise(job.path.name)
-            if parent:
-                job.name = f"{parent}_{job.name}"
-    seen: dict[str, int] = {}
-    for job in jobs:
-        base = job.name
-        if base in seen:
-            seen[base] += 1
-            job.name = f"{base}_{seen[base]}"
-            while job.name in seen:
-                seen[base] += 1
-                job.name = f"{base}_{seen[base]}"
-        seen.setdefault(job.name, 1)
-    return jobs
-
-
-# ---------------------------------------------------------------- expansion
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    """DICOM Part 10 file ("DICM" at byte 128)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def folder_has_dicom(folder: Path, exclude: Path | None = None) -> bool:
-    """True if any regular file under ``folder`` (any depth, outside ``exclude``) is a DICOM file."""
-    return any(
-        p.is_file() and not is_tool_output(p) and not is_within(p, exclude) and _looks_like_dicom(p)
-        for p in sorted(folder.rglob("*"))
-    )
-
-
 def _exclusion(folder: Path, out_dir: Path | None) -> Path | None:
     """``out_dir`` when it lies strictly inside ``folder`` (to be skipped by a recursive search), else None."""
-    if out_dir is None or _absolute(out_dir) == _absolute(folder) or not is_within(out_dir, folder):
+    if out_dir is None or absolute_path(out_dir) == absolute_path(folder) or not is_within(out_dir, folder):
         return None
     return out_dir
 
 
-def dicom_job(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None,
-              patient_id: str | None = None) -> ScanJob:
-    """One job for a DICOM study folder: the series the rules choose (headers only)."""
-    return dicom_jobs(folder, image_ref, rules, exclude, patient_id)[0]
-
-
-def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude: Path | None = None,
-               patient_id: str | None = None, series: str = "auto") -> list[ScanJob]:
-    """Jobs for a DICOM study folder: the series chosen now (headers only).
-
-    ``series`` is ``auto`` (the rules' choice, ``io.dicom_select``), a
-    SeriesNumber or SeriesInstanceUID (that series), or ``all-t1`` (one job per
-    T1 candidate). A folder without a usable series, holding more than one
-    patient or study, or (``patient_id``: a manifest row's) of another patient
-    still becomes one job (named after the folder) that fails with the one-line reason.
-    """
-    from onfh_seg.io.dicom import DicomError, check_manifest_patient, check_one_patient, find_series
-    from onfh_seg.io.dicom_select import ALL_T1, select_series
-
-    try:
-        found = find_series(folder, exclude=exclude)
-        if not found:
-            raise DicomError(f"no DICOM image series found in {folder}")
-        check_one_patient(found, folder)
-        selection = select_series(found, rules, series)
-        check_manifest_patient(selection.chosen, patient_id)
-    except DicomError as exc:
-        name = sanitise(folder.resolve().name) or "dicom"
-        return [ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])]
-    chosen = selection.chosen
-    odd = non_regular_files(folder, exclude)
-    if str(series).strip() != ALL_T1:
-        return [_with_skipped(_series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found)),
-                              odd)]
-    total = len(selection.candidates)
-    return [_with_skipped(_series_job(folder, image_ref, s,
-                        f"series=all-t1: T1 candidate {k} of {total}; "
-                        + (f"the rules' choice: {selection.reason}" if s is chosen
-                           else f"the rules choose #{chosen.series_number}"),
-                        f"series {s.series_number} '{s.description or s.protocol_name}' (series=all-t1, "
-                        + ("the rules' choice)" if s is chosen else f"the rules choose {chosen.series_number})"),
-                        len(found)), odd)
-            for k, s in enumerate(selection.candidates, 1)]
-
-
-def non_regular_files(folder: Path, exclude: Path | None = None) -> list[str]:
-    """``"<relative path> (<kind>)"`` of every entry under ``folder`` that is neither a folder nor a regular file
-    (FIFOs, devices, sockets; never opened), outside ``exclude``."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        try:
-            mode = p.stat().st_mode
-        except OSError:
-            continue  # a broken link: nothing to read
-        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)) and not is_within(p, exclude):
-            found.append(f"{p.relative_to(folder)} ({file_kind(mode)})")
-    return found
-
-
-def _with_skipped(job: ScanJob, skipped: list[str]) -> ScanJob:
-    """``job`` recording the non-regular files its folder search skipped (``dicom.non_regular_files_skipped``)."""
-    if skipped and job.dicom is not None:
-        job.dicom["non_regular_files_skipped"] = list(skipped)
-    return job
-
-
-def _series_job(folder: Path, image_ref: str, chosen: Any, reason: str, summary: str, n_found: int) -> ScanJob:
-    """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``."""
-    from onfh_seg.io.dicom import series_identifiers
-
-    info: dict[str, Any] = {
-        "series_instance_uid": chosen.series_uid,
-        "series_number": chosen.series_number,
-        "series_description": chosen.description,
-        "protocol_name": chosen.protocol_name,
-        "selection_reason": reason,
-        "selection_summary": summary,
-        "n_files": chosen.n_files,
-        "n_series_found": n_found,
-    }
-    if chosen.duplicates:
-        info["duplicate_instances_skipped"] = chosen.duplicates  # same SOPInstanceUID found twice
-    info.update(series_identifiers(chosen))
-    name = dicom_series_name(chosen.series_number, chosen.description or chosen.protocol_name)
-    return ScanJob("dicom", folder, name, image_ref, series=chosen, dicom=info)
-
-
-def selection_line(job: ScanJob) -> str | None:
-    """Console line of a DICOM job's series choice, ``<patient>: <selection_summary>``, e.g.
-    ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
-    if job.kind != "dicom" or not job.dicom or not job.dicom.get("selection_summary"):
-        return None
-    who = job.meta.get("patient_id") or job.dicom.get("PatientID") or job.name
-    return f"{who}: {job.dicom['selection_summary']}"
-
-
 def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = None,
                    series: str = "auto") -> list[ScanJob]:
+    """One job per manifest row with an image (an image on several rows once; see the module docstring)."""
     require_regular_file(manifest)
     guard_out_dir = out_dir is not None and not is_within(manifest.parent, out_dir)
     try:
@@ -394,7 +191,7 @@ def expand_input(
     for job in jobs:
         job.max_image_mb, job.allow_unknown_orientation = limit, bool(allow_unknown_orientation)
         job.geometry = geometry
-    return _dedupe(jobs)
+    return dedupe_names(jobs)
 
 
 # ---------------------------------------------------------------- hashing
@@ -434,29 +231,34 @@ def content_check(scan: LoadedScan) -> LoadedScan:
     return scan
 
 
+def _load_dicom(job: ScanJob) -> LoadedScan:
+    """Read and validate a DICOM job's chosen series (size cap from its headers before any pixel is read)."""
+    files = _dicom_files(job)
+    for f in files:
+        require_regular_file(f)
+    shape = series_shape(job.series.headers)
+    check_size_limit(shape, math.prod(shape) * 4, job.max_image_mb, job.name)
+    sha = dicom_sha256(files)
+    img = load_series(job.series)
+    image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
+    skipped = (job.dicom or {}).get("non_regular_files_skipped") or []
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} that "
+                        f"{'are' if len(skipped) > 1 else 'is'} not a regular file: {', '.join(skipped)}")
+    return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
+
+
+def _load_nifti(job: ScanJob) -> LoadedScan:
+    """Read and validate a NIfTI job's file (streamed, size-capped, header gate)."""
+    img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation,
+                                                        job.geometry)
+    image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
+    return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
+                      orientation_unknown=unknown, qc_flags=geometry_flags(img.affine))
+
+
 def load_scan(job: ScanJob) -> LoadedScan:
     """Read and validate one job's image (NIfTI file or DICOM series), then check its content."""
     if job.error:
         raise InputError(job.error)
-    if job.kind == "dicom":
-        from onfh_seg.io.dicom import load_series, series_shape
-
-        files = _dicom_files(job)
-        for f in files:
-            require_regular_file(f)
-        shape = series_shape(job.series.headers)
-        check_size_limit(shape, math.prod(shape) * 4, job.max_image_mb, job.name)
-        sha = dicom_sha256(files)
-        img = load_series(job.series)
-        image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
-        skipped = (job.dicom or {}).get("non_regular_files_skipped") or []
-        if skipped:
-            warnings.append(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} that "
-                            f"{'are' if len(skipped) > 1 else 'is'} not a regular file: {', '.join(skipped)}")
-        return content_check(LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings,
-                                        list(job.series.headers)))
-    img, sha, gate_warnings, unknown = load_nifti_gated(Path(job.path), job.max_image_mb, job.allow_unknown_orientation,
-                                                        job.geometry)
-    image, warnings = validate_image(np.asanyarray(img.dataobj), img.affine)
-    return content_check(LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, gate_warnings + warnings,
-                                    orientation_unknown=unknown, qc_flags=geometry_flags(img.affine)))
+    return content_check(_load_dicom(job) if job.kind == "dicom" else _load_nifti(job))
