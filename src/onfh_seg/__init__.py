@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from onfh_seg.version import __version__
 __all__ = ["__version__", "segment", "track"]
 
 

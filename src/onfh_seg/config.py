@@ -167,6 +167,44 @@ def settings(name: str, overrides: Mapping[str, Any] | None = None, require: boo
     return validate(name, merge(defaults(name), over), require=require)
 
 
+# ---------------------------------------------------------------- typed settings
+
+
+def typed(name: str, cfg: Mapping[str, Any], require: bool = True) -> Any:
+    """A full configuration of ``name`` (e.g. Hydra's composed one) validated and returned as its schema
+    dataclass (:class:`InferSettings`, :class:`TrackSettings`, ...; nested sections as their dataclasses).
+
+    This is the object the entry points pass down: nothing below reads YAML or fills in defaults again.
+    A YAML key without a schema field is validated but not carried (give it a field to use it).
+    """
+    return _build(SCHEMAS[name], validate(name, cfg, require=require))
+
+
+def _build(schema: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(schema)
+    kwargs = {}
+    for f in dataclasses.fields(schema):
+        if f.name in values:
+            tp, value = hints[f.name], values[f.name]
+            kwargs[f.name] = _build(tp, value) if dataclasses.is_dataclass(tp) and isinstance(value, Mapping) else value
+    return schema(**kwargs)
+
+
+def infer_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> InferSettings:
+    """onfh-infer's settings: configs/infer.yaml merged with ``overrides`` (nested dicts), validated, typed."""
+    return typed("infer", settings("infer", overrides, require=require), require=require)
+
+
+def track_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> TrackSettings:
+    """onfh-track's settings: configs/track.yaml merged with ``overrides`` (nested dicts), validated, typed."""
+    return typed("track", settings("track", overrides, require=require), require=require)
+
+
+def as_dict(settings_obj: Any) -> dict:
+    """A settings dataclass as a plain dict (nested sections as dicts), e.g. for the run records."""
+    return dataclasses.asdict(settings_obj)
+
+
 # ---------------------------------------------------------------- validation
 
 
