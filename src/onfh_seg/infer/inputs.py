@@ -60,11 +60,9 @@ from onfh_seg.infer.image_read import (
     validate_image,
 )
 from onfh_seg.io.manifest import ManifestError, read_manifest
+from onfh_seg.run.outputs import NIFTI_SUFFIXES, is_tool_output, scan_name
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MANIFEST_KEEP = ("patient_id", "timepoint", "months")
-# Per-scan output names of onfh-infer (onfh_seg.infer.pipeline.OUTPUT_SUFFIXES): never inputs.
-TOOL_OUTPUT_SUFFIXES = ("_seg.nii.gz", "_seg.dcm", "_sr.dcm", "_overlay.png", "_measurements.json")
 
 
 @dataclass
@@ -114,11 +112,6 @@ def is_nifti_name(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def is_tool_output(path: Path) -> bool:
-    """True for file names onfh-infer writes (``<name>_seg.nii.gz``, ``_seg.dcm``, ``_sr.dcm``, ...)."""
-    return path.name.lower().endswith(TOOL_OUTPUT_SUFFIXES)
-
-
 def _absolute(path: Path | str) -> Path:
     """Absolute, normalised path (symlinks resolved where possible)."""
     return Path(os.path.realpath(os.path.abspath(str(path))))
@@ -130,15 +123,6 @@ def is_within(path: Path, folder: Path | None) -> bool:
         return False
     path, folder = _absolute(path), _absolute(folder)
     return path == folder or folder in path.parents
-
-
-def scan_stem(path: Path) -> str:
-    """``scan.nii.gz`` -> ``scan``; ``scan.nii`` -> ``scan``; other files lose their last suffix."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "scan"
-    return path.stem or name
 
 
 def sanitise(text: str, max_len: int = 64) -> str:
@@ -329,7 +313,7 @@ def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = No
             row_jobs = dicom_jobs(path, ref, rules, exclude=_exclusion(path, out_dir),
                                   patient_id=row.get("patient_id"), series=series)
         else:
-            row_jobs = [ScanJob("nifti", path, scan_stem(path), ref)]
+            row_jobs = [ScanJob("nifti", path, scan_name(path), ref)]
         for job in row_jobs:  # several only for series=all-t1
             if is_tool_output(path):
                 job.error = f"{ref} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, *_sr.dcm, ...), not a scan"
@@ -371,7 +355,7 @@ def expand_input(
         )  # a FIFO or device named like a scan is a job that fails with one line, never skipped silently
         exclude = _exclusion(path, out)
         if niftis:
-            jobs = [ScanJob("nifti", p, scan_stem(p), str(p)) for p in niftis]
+            jobs = [ScanJob("nifti", p, scan_name(p), str(p)) for p in niftis]
         elif folder_has_dicom(path, exclude):
             jobs = dicom_jobs(path, str(path), dicom_rules, exclude=exclude, series=series)
         else:
@@ -385,7 +369,7 @@ def expand_input(
         require_regular_file(path)
         if is_tool_output(path):
             raise InputError(f"{path} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, ...), not a scan")
-        jobs = [ScanJob("nifti", path, scan_stem(path), str(path))]
+        jobs = [ScanJob("nifti", path, scan_name(path), str(path))]
     limit = DEFAULT_MAX_IMAGE_MB if max_image_mb is None else float(max_image_mb)
     if not limit > 0:
         raise InputError(f"max_image_mb must be positive, got {max_image_mb!r}")
