@@ -227,11 +227,12 @@ def test_study_objects_carry_the_patient_unless_deidentified(hip_studies, tmp_pa
 
     import pydicom
 
-    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.config import infer_settings
+    from onfh_seg.run.jobs import engine_spec
     from onfh_seg.pacs.study import finish_objects, process_study
 
     study = hip_studies[0]
-    infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
+    infer_cfg = infer_settings({"tta": False, "overlay": False, "provider": "cpu"}, require=False)
     outcome = process_study(study.folder, tmp_path / "out", engine_spec(infer_cfg, 1).build(), infer_cfg, True)
     assert outcome.status == "ready", outcome.reason
     assert outcome.series["series_instance_uid"] == study.series_uid and outcome.series["selection_reason"]
