@@ -50,6 +50,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from onfh_seg.config_schemas import InferSettings
 from onfh_seg.infer.inputs import ScanJob, expand_input, selection_line
 from onfh_seg.io.label_tables import write_label_tables
@@ -76,9 +78,7 @@ from onfh_seg.run.records import (
 log = logging.getLogger("onfh_seg.run.batch")
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
+def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="scan", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
