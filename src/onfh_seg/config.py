@@ -17,8 +17,10 @@ environment variables ``ONFH_SEG_CONFIGS`` / ``ONFH_SEG_MODELS``. No import of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import json
 import os
 import re
 import types
@@ -92,8 +94,6 @@ def default_model_dir() -> Path:
 
 def model_version(model_dir: str | Path | None = None) -> str | None:
     """``model_version`` of ``model_dir``'s model.json (default model when None); None if unreadable."""
-    import json
-
     path = (resolve_model_dir(model_dir) if model_dir is not None else default_model_dir()) / "model.json"
     try:
         return str(json.loads(path.read_text(encoding="utf-8"))["model_version"])
@@ -144,8 +144,6 @@ def _compose(folder: Path, name: str, group: str = ""):
 
 def defaults(name: str) -> dict:
     """The defaults of ``configs/<name>.yaml`` as a plain dict (mandatory values are ``"???"``)."""
-    import copy
-
     return copy.deepcopy(_defaults_cached(name, str(config_dir())))
 
 
@@ -181,28 +179,22 @@ def typed(name: str, cfg: Mapping[str, Any], require: bool = True) -> Any:
 
 
 def _build(schema: type, values: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(schema)
-    kwargs = {}
-    for f in dataclasses.fields(schema):
-        if f.name in values:
-            tp, value = hints[f.name], values[f.name]
-            kwargs[f.name] = _build(tp, value) if dataclasses.is_dataclass(tp) and isinstance(value, Mapping) else value
-    return schema(**kwargs)
+    """``schema`` from validated ``values``; nested sections become their dataclasses."""
+    return schema(**{k: _build(tp, values[k]) if dataclasses.is_dataclass(tp) and isinstance(values[k], Mapping)
+                     else values[k] for k, (tp, _) in _fields(schema).items() if k in values})
 
 
 def infer_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> InferSettings:
     """onfh-infer's settings: configs/infer.yaml merged with ``overrides`` (nested dicts), validated, typed."""
-    return typed("infer", settings("infer", overrides, require=require), require=require)
+    return _build(InferSettings, settings("infer", overrides, require=require))
 
 
 def track_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> TrackSettings:
     """onfh-track's settings: configs/track.yaml merged with ``overrides`` (nested dicts), validated, typed."""
-    return typed("track", settings("track", overrides, require=require), require=require)
+    return _build(TrackSettings, settings("track", overrides, require=require))
 
 
-def as_dict(settings_obj: Any) -> dict:
-    """A settings dataclass as a plain dict (nested sections as dicts), e.g. for the run records."""
-    return dataclasses.asdict(settings_obj)
+as_dict = dataclasses.asdict  # a settings dataclass as a plain dict (nested sections as dicts): run records, hashes
 
 
 # ---------------------------------------------------------------- validation
