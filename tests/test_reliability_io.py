@@ -12,6 +12,7 @@ Siemens series (skipped when ../shared is absent).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -714,6 +715,7 @@ def test_run_batch_wires_out_dir_and_size_limit(phantom, tmp_path: Path) -> None
         summary = run_batch(infer_settings(cfg), segmenter_factory=lambda threads: ThresholdSegmenter())
         assert (summary.done, summary.failed) == (1, 0), [r["error"] for r in summary.results]
     assert sorted(p.name for p in folder.glob("*_measurements.json")) == ["hip_measurements.json"]
-    summary = run_batch(infer_settings({**cfg, "out_dir": str(tmp_path / "small"), "max_image_mb": 0.1}),
+    small = dataclasses.replace(infer_settings({**cfg, "out_dir": str(tmp_path / "small")}), max_image_mb=0.1)  # below
+    summary = run_batch(small,  # the command line's minimum of 1 MiB, to refuse this small phantom
                         segmenter_factory=lambda threads: ThresholdSegmenter())
     assert summary.failed == 1 and "above max_image_mb=0.1" in summary.results[0]["error"]

@@ -79,17 +79,17 @@ def infer_run(settings: InferSettings, *, segmenter_factory: SegmenterFactory | 
 
 def track_run(settings: TrackSettings, *, progress: Callable[[str, str], None] | None = None,
               on_start: Callable[[int], None] | None = None) -> CohortResult:
-    """Run onfh-track with ``settings``: out_dir checked (before anything is read), the manifest found,
-    ``on_start(number of patients)``, then every patient (``progress(patient_id, status)``) under
-    :func:`tracking_run`."""
+    """Run onfh-track with ``settings``: out_dir checked (before anything is read), the manifest found, then
+    under :func:`tracking_run` (out_dir locked) ``on_start(number of patients)`` and every patient
+    (``progress(patient_id, status)``)."""
     if not str(settings.out_dir or "").strip():
         raise ValueError("out_dir is empty")
     check_writable(Path(str(settings.out_dir)))
     if not Path(settings.manifest).is_file():
         raise FileNotFoundError(f"manifest not found: {settings.manifest}")
-    if on_start is not None:
-        on_start(len({r.get("patient_id") for r in read_manifest(settings.manifest, warn=False)}))
     with tracking_run(settings):
+        if on_start is not None:
+            on_start(len({r.get("patient_id") for r in read_manifest(settings.manifest, warn=False)}))
         return track_cohort(settings, progress=progress)
 
 

@@ -46,10 +46,10 @@ class StudyOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def study_settings_key(segmenter: Any, settings: InferSettings, deidentify: bool) -> str:
+def study_settings_key(segmenter: Any, infer_cfg: InferSettings, deidentify: bool) -> str:
     """The ledger key: model version, onfh-infer's result settings and ``deidentify``."""
     version = str(getattr(segmenter, "version", "unknown"))
-    return settings_key(version, {**result_settings(settings), "deidentify": bool(deidentify)})
+    return settings_key(version, {**result_settings(infer_cfg), "deidentify": bool(deidentify)})
 
 
 def _save(ds: Dataset, path: Path) -> None:
@@ -92,15 +92,15 @@ def _not_written(value: Any) -> str | None:
     return None if value else "not written"
 
 
-def process_study(folder: Path, out_dir: Path, segmenter: Any, settings: InferSettings,
+def process_study(folder: Path, out_dir: Path, segmenter: Any, infer_cfg: InferSettings,
                   deidentify: bool = False) -> StudyOutcome:
     """Segment and measure the T1 series of the study in ``folder``; never raises for a bad study."""
     t0 = time.perf_counter()
-    job = dicom_job(Path(folder), str(folder), settings.dicom.rules or None, exclude=Path(out_dir))
+    job = dicom_job(Path(folder), str(folder), infer_cfg.dicom.rules or None, exclude=Path(out_dir))
     series = dict(job.dicom or {})
     series = {k: series[k] for k in ("series_instance_uid", "series_number", "series_description",
                                       "selection_reason", "n_files", "n_series_found") if k in series}
-    result = run_job(job, Path(out_dir), segmenter, settings)
+    result = run_job(job, Path(out_dir), segmenter, infer_cfg)
     timings = {"process_s": round(time.perf_counter() - t0, 3)}
     paths = output_paths(out_dir, job.name)
     try:
