@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from onfh_seg.config import infer_settings
 from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
 from onfh_seg.io.dicom import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
@@ -238,14 +239,15 @@ def run_scans(inputs: list[Path], out: Path, cfg: dict | None = None) -> list[di
     """process_scan with the shipped model for each input; returns the measurements JSON of each."""
     from onfh_seg.infer.engine import Segmenter
     from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.infer.pipeline import output_paths, process_scan
+    from onfh_seg.infer.pipeline import process_scan
+    from onfh_seg.run.outputs import output_paths
 
     cfg = {"overlay": False, **(cfg or {})}
     segmenter = Segmenter(MODELS, provider="cpu", threads=2)
     records = []
     for path in inputs:
         for job in expand_input(path, (cfg.get("dicom") or {}).get("rules")):
-            result = process_scan(job, out / path.name, segmenter, cfg)
+            result = process_scan(job, out / path.name, segmenter, infer_settings(cfg, require=False))
             meas = json.loads(output_paths(out / path.name, job.name)["measurements"].read_text())
             records.append({**meas, "result": result})
     return records
@@ -273,7 +275,8 @@ def test_head_series_refused_by_their_headers(tmp_path: Path) -> None:
 def run_scans_no_model(inputs: list[Path], out: Path) -> list[dict]:
     """process_scan with a segmenter that must not be called (the header filter refuses first)."""
     from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.infer.pipeline import output_paths, process_scan
+    from onfh_seg.infer.pipeline import process_scan
+    from onfh_seg.run.outputs import output_paths
 
     class NoModel:
         version, sha256, providers = "none", None, []
@@ -284,7 +287,7 @@ def run_scans_no_model(inputs: list[Path], out: Path) -> list[dict]:
     records = []
     for path in inputs:
         [job] = expand_input(path)
-        result = process_scan(job, out / path.name, NoModel(), {})
+        result = process_scan(job, out / path.name, NoModel(), infer_settings(require=False))
         meas = json.loads(output_paths(out / path.name, job.name)["measurements"].read_text())
         records.append({**meas, "result": result, "folder": out / path.name})
     return records

@@ -51,22 +51,42 @@ def test_segment_settings_go_through_the_cli_validator(one_scan: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"tta='flase' is not allowed: expected true or false"):
         segment(one_scan, tta="flase")
-    with pytest.raises(ConfigError, match=r"unknown key 'provder' \(did you mean 'provider'\?\)"):
+    with pytest.raises(ConfigError, match=r"qc.min_confidence='high' is not allowed: expected a number"):
+        segment(one_scan, qc={"min_confidence": "high"})
+    with pytest.raises(ConfigError, match=r"unknown key 'qc.min_confidenc' \(did you mean 'qc.min_confidence'\?\)"):
+        segment(one_scan, qc={"min_confidenc": 0.5})
+    with pytest.raises(TypeError, match="provder"):  # a misspelt keyword argument: Python's own error
         segment(one_scan, provder="cpu")
+
+
+def test_segment_and_track_take_the_config_keys_as_keywords() -> None:
+    """The keyword arguments of segment() and track() are exactly the keys of configs/infer.yaml and
+    configs/track.yaml (less the paths they take as arguments, and re-analysis, which is onfh-infer's)."""
+    from onfh_seg import segment, track
+
+    seg_keys = set(inspect.signature(segment).parameters) - {"image", "out_dir", "name"}
+    assert seg_keys == set(config.defaults("infer")) - {"input", "out_dir", "reanalyse"}
+    track_keys = set(inspect.signature(track).parameters) - {"manifest", "infer_dir", "out_dir"}
+    assert track_keys == set(config.defaults("track")) - {"manifest", "infer_dir", "out_dir"}
 
 
 def test_segment_in_memory_equals_written_outputs(one_scan: Path, tmp_path: Path) -> None:
     """A nibabel image in memory and a path with out_dir give the same labels and measurements."""
     from onfh_seg import segment
 
+    from onfh_seg.api import ScanResult
+
     img = nib.load(str(one_scan))
-    labels, meas = segment(img, provider="cpu")
+    scan = segment(img, provider="cpu")
+    assert isinstance(scan, ScanResult) and scan.name == "image"
+    labels, meas = scan.labels, scan.measurements
     assert isinstance(labels, nib.Nifti1Image) and labels.shape == img.shape
     np.testing.assert_array_equal(labels.affine, img.affine)
     assert meas["status"] == "ok" and meas["hips"] and meas["model_version"] == config.model_version()
     assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2, 3, 4}
 
-    labels2, meas2 = segment(one_scan, out_dir=tmp_path / "seg", provider="cpu")
+    scan2 = segment(one_scan, out_dir=tmp_path / "seg", provider="cpu")
+    labels2, meas2 = scan2.labels, scan2.measurements
     np.testing.assert_array_equal(np.asarray(labels.dataobj), np.asarray(labels2.dataobj))
     assert meas2["hips"] == meas["hips"] and meas2["qc_flags"] == meas["qc_flags"]
     written = nib.load(str(tmp_path / "seg" / "P001_m00_seg.nii.gz"))
@@ -111,11 +131,11 @@ def test_non_editable_wheel_segments_and_tracks_outside_the_repository(tmp_path:
         from onfh_seg import segment, track
         from onfh_seg.config import config_dir, default_model_dir
 
-        labels, meas = segment(nib.load("cohort/images/P001_m00.nii.gz"))
-        labels_all, meas_all = segment("cohort/manifest.csv", out_dir="seg")
+        scan = segment(nib.load("cohort/images/P001_m00.nii.gz"))
+        scans = segment("cohort/manifest.csv", out_dir="seg")
         result = track("cohort/manifest.csv", "seg", "tracking")
         print(json.dumps({"module": onfh_seg.__file__, "configs": str(config_dir()), "models": str(default_model_dir()),
-                          "hips": len(meas["hips"]), "scans": len(meas_all), "shape": list(labels.shape),
+                          "hips": len(scan.measurements["hips"]), "scans": len(scans), "shape": list(scan.labels.shape),
                           "patients": sorted(result.records)}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONFH_SEG_") and k != "PYTHONPATH"}

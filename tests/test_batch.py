@@ -1,4 +1,4 @@
-"""Batch inference (onfh_seg.batch): failure isolation, run records, worker-count independence, resume.
+"""Batch inference (onfh_seg.run.batch): failure isolation, run records, worker-count independence, resume.
 
 The plumbing tests use ``FakeSegmenter`` (defined here, tests only): it returns
 the truth label map of images it knows (an onfh-synth cohort laid out as
@@ -22,7 +22,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from onfh_seg.batch import run_batch
+from onfh_seg.config import InferSettings, infer_settings
+from onfh_seg.run.batch import run_batch
 from onfh_seg.infer.image_read import load_nifti_checked, validate_image
 from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
@@ -127,7 +128,7 @@ def truncated_copy(src: Path, dst: Path) -> None:
     dst.write_bytes(raw[: len(raw) // 2])
 
 
-def base_cfg(input_path: Path, out_dir: Path, model_dir: Path, **over) -> dict:
+def base_cfg(input_path: Path, out_dir: Path, model_dir: Path, **over) -> InferSettings:
     cfg = {
         "input": str(input_path), "out_dir": str(out_dir), "model_dir": str(model_dir), "provider": "auto",
         "threads": 0, "workers": 1, "tta": False, "fast": False, "reference": "acetabulum", "overlay": False,
@@ -135,7 +136,7 @@ def base_cfg(input_path: Path, out_dir: Path, model_dir: Path, **over) -> dict:
         "dicom": {"write_seg": True, "write_sr": True, "rules": {}},
     }
     cfg.update(over)
-    return cfg
+    return infer_settings(cfg)
 
 
 def factory(model_dir: Path):

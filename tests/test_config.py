@@ -219,3 +219,19 @@ def test_train_cli_bad_values_are_one_line(tmp_path: Path) -> None:
         assert res.returncode == 1, res.stderr
         assert res.stderr.strip().splitlines() == [expected]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_settings_objects_are_typed_validated_and_complete() -> None:
+    """config.infer_settings/track_settings: the schema dataclasses (nested sections too), every YAML key
+    filled in, the same one-line errors; typed() takes a full configuration (what Hydra composes) back."""
+    s = config.infer_settings({"input": "a.nii.gz", "out_dir": "o", "qc": {"min_confidence": 0.3}})
+    assert isinstance(s, config.InferSettings) and isinstance(s.qc, config.QCSettings)
+    assert s.qc.min_confidence == 0.3 and s.qc.head_ml_range == config.defaults("infer")["qc"]["head_ml_range"]
+    assert list(config.as_dict(s)) == list(config.defaults("infer"))  # every key, in the YAML's order
+    assert config.typed("infer", config.as_dict(s)) == s
+    t = config.track_settings({"manifest": "m.csv", "infer_dir": "i", "out_dir": "o"})
+    assert isinstance(t.registration, config.RegistrationSettings) and t.registration.seed == config.defaults("track")["registration"]["seed"]
+    with pytest.raises(ConfigError, match=r"^onfh-infer: tta='flase' is not allowed"):
+        config.infer_settings({"tta": "flase"}, require=False)
+    with pytest.raises(ConfigError, match=r"missing value for 'input'"):
+        config.infer_settings({"out_dir": "o"})

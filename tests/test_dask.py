@@ -1,4 +1,4 @@
-"""executor=dask (onfh_seg.dask_exec): same outputs as the local pool, resume, failure isolation, a killed worker.
+"""executor=dask (onfh_seg.run.dask_exec): same outputs as the local pool, resume, failure isolation, a killed worker.
 
 Uses the ten-scan batch of tests/test_batch.py (9 good scans, 1 truncated) and
 its ``FakeSegmenter``; a 2-worker local Dask cluster runs in the default suite.
@@ -16,9 +16,10 @@ import pytest
 
 pytest.importorskip("distributed", reason="executor=dask needs dask[distributed] (pip install 'onfh-seg[dask]')")
 
-from onfh_seg.batch import run_batch  # noqa: E402
-from onfh_seg.dask_exec import cached_segmenter, open_client  # noqa: E402
-from onfh_seg import dask_exec  # noqa: E402
+from onfh_seg.run.batch import run_batch  # noqa: E402
+from onfh_seg.run.dask_exec import open_client  # noqa: E402
+from onfh_seg.run.jobs import cached_segmenter  # noqa: E402
+from onfh_seg.run import dask_exec  # noqa: E402
 from onfh_seg.io.nifti import TMP_MARK  # noqa: E402
 from conftest import assert_same_outputs  # noqa: E402
 from test_batch import (  # noqa: E402,F401  (fixtures)
@@ -117,7 +118,7 @@ def test_engine_missing_on_the_workers_stops_the_run_with_one_line(batch_set, tm
 
 def test_segmenter_built_once_per_process(tmp_path) -> None:
     """The per-process cache builds a segmenter once per engine spec; a failure is one line, every time."""
-    from onfh_seg.batch import EngineSpec
+    from onfh_seg.run.jobs import EngineSpec
 
     spec = EngineSpec("test_batch:FakeSegmenter", str(tmp_path), "cpu", 1, False, False)
     first = cached_segmenter(spec)
@@ -162,7 +163,7 @@ def test_cli_scheduler_without_dask_is_one_line(batch_set, tmp_path) -> None:
 def test_track_on_dask_matches_local(tmp_path_factory, tmp_path) -> None:
     """onfh-track with executor=dask (one task per patient, 2 workers) writes the same files as workers=1 (~40 s: slow)."""
     from conftest import synth_cohort as make_cohort
-    from onfh_seg.config import settings
+    from onfh_seg.config import track_settings
     from onfh_seg.track.cohort import track_cohort
     from truth_infer import write_truth_infer_outputs
 
@@ -170,8 +171,8 @@ def test_track_on_dask_matches_local(tmp_path_factory, tmp_path) -> None:
     infer = write_truth_infer_outputs(synth_cohort / "manifest.csv", tmp_path / "infer")
     outs = []
     for name, over in (("local", {}), ("dask", {"executor": "dask", "workers": 2})):
-        cfg = settings("track", {"manifest": str(synth_cohort / "manifest.csv"), "infer_dir": str(infer),
-                                 "out_dir": str(tmp_path / name), "report": False, **over})
+        cfg = track_settings({"manifest": str(synth_cohort / "manifest.csv"), "infer_dir": str(infer),
+                              "out_dir": str(tmp_path / name), "report": False, **over})
         res = track_cohort(cfg)
         assert len(res.records) == 2 and not res.failed
         outs.append(tmp_path / name)

@@ -20,7 +20,7 @@ import pytest
 from conftest import cli_env, no_temporaries, read_csv, run_cli, synth_cohort
 from test_batch import FAKE_ENGINE, base_cfg, factory, truncated_copy
 
-from onfh_seg.batch import run_batch
+from onfh_seg.run.batch import run_batch
 from onfh_seg.infer.inputs import dicom_series_name, expand_input, load_scan
 from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS, HIP_QC_KEYS, QC_FLAGS
 
@@ -65,10 +65,10 @@ def mr_like(shape=(40, 40, 16), seed=0) -> np.ndarray:
 def test_inference_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import onfh_seg.cli.infer, onfh_seg.batch, onfh_seg.infer.pipeline, onfh_seg.infer.inputs\n"
+        "import onfh_seg.cli.infer, onfh_seg.run.batch, onfh_seg.infer.pipeline, onfh_seg.infer.inputs\n"
         "import onfh_seg.infer.engine, onfh_seg.infer.postprocess, onfh_seg.measure, onfh_seg.report.overlay\n"
         "import onfh_seg.io.dicom, onfh_seg.io.dicom_out, onfh_seg.preprocess\n"
-        "import onfh_seg.batch as b; b.load_engine_class(b.DEFAULT_ENGINE)\n"
+        "import onfh_seg.run.jobs as b; b.load_engine_class(b.DEFAULT_ENGINE)\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'lightning', 'monai')))\n"
         "assert not bad, bad\n"
         "print('ok')\n"
@@ -376,7 +376,8 @@ def test_cuda_provider_runs_without_tf32_unless_asked(monkeypatch, tf32) -> None
     cuda_tf32: false) or 1 when asked; what the session reports is kept for the run record."""
     import onnxruntime as ort
 
-    from onfh_seg.batch import EngineSpec, engine_spec
+    from onfh_seg.config import infer_settings
+    from onfh_seg.run.jobs import EngineSpec, engine_spec
     from onfh_seg.infer.engine import Segmenter
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -387,7 +388,7 @@ def test_cuda_provider_runs_without_tf32_unless_asked(monkeypatch, tf32) -> None
     assert _FakeSession.made == [[("CUDAExecutionProvider", {"use_tf32": want}), "CPUExecutionProvider"]] * 2
     assert seg.provider == "CUDAExecutionProvider"
     assert seg.provider_options["CUDAExecutionProvider"] == {"use_tf32": want}
-    spec = engine_spec({"model_dir": str(MODELS), "cuda_tf32": bool(tf32)}, workers=1)
+    spec = engine_spec(infer_settings({"model_dir": str(MODELS), "cuda_tf32": bool(tf32)}, require=False), workers=1)
     assert isinstance(spec, EngineSpec) and spec.cuda_tf32 is bool(tf32)
     assert spec.build().provider_options["CUDAExecutionProvider"] == {"use_tf32": want}
     _FakeSession.made = []

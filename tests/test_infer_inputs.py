@@ -16,8 +16,8 @@ from onfh_seg.infer.inputs import (
     expand_input,
     load_scan,
     sanitise,
-    scan_stem,
 )
+from onfh_seg.run.outputs import scan_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HFS = SHARED / "data" / "dicom" / "siemens_t1_decubitus" / "HFS"
@@ -56,10 +56,10 @@ def one_line_error(path: Path, exc_type=InputError) -> str:
 
 
 def test_names() -> None:
-    assert scan_stem(Path("a/scan.nii.gz")) == "scan"
-    assert scan_stem(Path("scan.NII")) == "scan"
-    assert scan_stem(Path("x.y.nii.gz")) == "x.y"
-    assert scan_stem(Path("my scan (2).nii.gz")) == "my scan (2)"  # kept as is: onfh-track derives the same name
+    assert scan_name(Path("a/scan.nii.gz")) == "scan"
+    assert scan_name(Path("scan.NII")) == "scan"
+    assert scan_name(Path("x.y.nii.gz")) == "x.y"
+    assert scan_name(Path("my scan (2).nii.gz")) == "my scan (2)"  # kept as is: onfh-track derives the same name
     assert sanitise("T1 TSE cor / fs?") == "T1_TSE_cor_fs"
     assert dicom_series_name(3, "t1_tse cor") == "3_t1_tse_cor"
     assert dicom_series_name(None, "") == "S_series"

@@ -35,7 +35,8 @@ from test_reliability_io import (
     write_phantom_nifti,
 )
 
-from onfh_seg.batch import run_batch
+from onfh_seg.config import InferSettings, infer_settings
+from onfh_seg.run.batch import run_batch
 from onfh_seg.cli.common import override_hint
 from onfh_seg.infer.image_read import _first_line
 from onfh_seg.infer.inputs import InputError, expand_input
@@ -199,7 +200,7 @@ def test_second_run_keeps_the_first_runs_rows(phantom_file: Path, tmp_path: Path
     (first / "bad.nii").write_bytes(b"not a nifti")
     cfg = {"out_dir": str(out), "workers": 1, "overlay": False}
     for folder in (first, second):
-        run_batch({**cfg, "input": str(folder)}, segmenter_factory=lambda threads: ThresholdSegmenter())
+        run_batch(infer_settings({**cfg, "input": str(folder)}), segmenter_factory=lambda threads: ThresholdSegmenter())
     _, rows = read_csv(out / "measurements.csv")
     assert sorted({r["scan"] for r in rows}) == ["a", "b", "c"]
     assert [r["side"] for r in rows if r["scan"] == "a"] == ["right", "left"]
@@ -213,7 +214,7 @@ def test_manifest_values_of_earlier_runs_are_kept(phantom_file: Path, tmp_path: 
         shutil.copy(phantom_file, tmp_path / name)
         manifest = tmp_path / f"{pid}.csv"
         manifest.write_text(f"patient_id,timepoint,months,image\n{pid},m6,6,{name}\n")
-        run_batch({"input": str(manifest), "out_dir": str(out), "workers": 1, "overlay": False},
+        run_batch(infer_settings({"input": str(manifest), "out_dir": str(out), "workers": 1, "overlay": False}),
                   segmenter_factory=lambda threads: ThresholdSegmenter())
     cols, rows = read_csv(out / "measurements.csv")
     assert cols[:5] == ["scan", "image", "patient_id", "timepoint", "months"]
@@ -396,9 +397,9 @@ def test_clean_backgrounds_are_not_flagged(phantom_file: Path, tmp_path: Path) -
 # ---------------------------------------------------------------- (g) a SEG that cannot be written is reported
 
 
-def batch_cfg(study: Path, out: Path, **dicom: Any) -> dict:
-    return {"input": str(study), "out_dir": str(out), "workers": 1, "overlay": False,
-            "dicom": {"write_seg": True, "write_sr": True, **dicom}}
+def batch_cfg(study: Path, out: Path, **dicom: Any) -> InferSettings:
+    return infer_settings({"input": str(study), "out_dir": str(out), "workers": 1, "overlay": False,
+                           "dicom": {"write_seg": True, "write_sr": True, **dicom}})
 
 
 @pytest.mark.parametrize(("keyword", "words"), [
@@ -415,7 +416,7 @@ def test_seg_failure_is_reported_and_no_sr_alone(hip_series: Path, tmp_path: Pat
 
     study = edit_slices(hip_series, tmp_path / "study", drop)
     out = tmp_path / "out"
-    with caplog.at_level("WARNING", logger="onfh_seg.batch"):
+    with caplog.at_level("WARNING", logger="onfh_seg.run.batch"):
         summary = run_batch(batch_cfg(study, out), segmenter_factory=lambda threads: ThresholdSegmenter())
     [result] = summary.results
     assert result["status"] == "ok", result["error"]

@@ -65,7 +65,7 @@ class _EmptySegmenter:
 
 
 def test_manifest_run_carries_patient_and_months_and_records_the_provider(tmp_path: Path) -> None:
-    from onfh_seg.batch import run_batch
+    from onfh_seg.run.batch import run_batch
 
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
@@ -79,7 +79,7 @@ def test_manifest_run_carries_patient_and_months_and_records_the_provider(tmp_pa
         writer.writeheader()
         writer.writerows(rows)
     out = tmp_path / "out"
-    cfg = config.settings("infer", {"input": str(tmp_path / "manifest.csv"), "out_dir": str(out), "overlay": False})
+    cfg = config.infer_settings({"input": str(tmp_path / "manifest.csv"), "out_dir": str(out), "overlay": False})
     summary = run_batch(cfg, segmenter_factory=lambda threads: _EmptySegmenter())
     assert (summary.done, summary.no_hip) == (0, ["P1_m00", "P1_m06"]), summary.results  # an empty segmenter finds no hip
 

@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # 
 
 from pacs_fixtures import hip_studies  # noqa: E402,F401
 
+from onfh_seg.config import infer_settings  # noqa: E402
 from onfh_seg.pacs.listener import StudyQueue, read_study_state  # noqa: E402
 from onfh_seg.pacs.net import NetworkError, with_retries  # noqa: E402
 from onfh_seg.pacs.pull import date_range  # noqa: E402
@@ -227,11 +228,11 @@ def test_study_objects_carry_the_patient_unless_deidentified(hip_studies, tmp_pa
 
     import pydicom
 
-    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.run.jobs import engine_spec
     from onfh_seg.pacs.study import finish_objects, process_study
 
     study = hip_studies[0]
-    infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
+    infer_cfg = infer_settings({"tta": False, "overlay": False, "provider": "cpu"}, require=False)
     outcome = process_study(study.folder, tmp_path / "out", engine_spec(infer_cfg, 1).build(), infer_cfg, True)
     assert outcome.status == "ready", outcome.reason
     assert outcome.series["series_instance_uid"] == study.series_uid and outcome.series["selection_reason"]
@@ -255,7 +256,8 @@ def test_a_folder_without_images_is_refused_with_a_reason(tmp_path: Path) -> Non
     from onfh_seg.pacs.study import process_study
 
     (tmp_path / "empty").mkdir()
-    outcome = process_study(tmp_path / "empty", tmp_path / "out", segmenter=None, infer_cfg={}, deidentify=False)
+    outcome = process_study(tmp_path / "empty", tmp_path / "out", segmenter=None, infer_cfg=infer_settings(require=False),
+                            deidentify=False)
     assert outcome.status == "refused" and "no DICOM image series" in outcome.reason and outcome.files == []
 
 
@@ -306,12 +308,12 @@ def test_pull_reports_a_network_failure_and_sends_on_the_next_run(tmp_path: Path
     cfg = {"state_dir": str(tmp_path / "state"), "retries": 1, "backoff_s": 0.0, "timeout_s": 5, "deidentify": False,
            "pull": {"url": "http://pacs.invalid/dicom-web", "date_from": "20260101", "limit": 10}}
     client = FlakyClient(generate_uid(), stow_failures=2)  # both tries of the first run fail
-    first = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    first = pull.run_pull(cfg, segmenter=None, infer_cfg=infer_settings(require=False), client=client)
     assert (first.sent, first.failed) == (0, 1)
     assert first.studies[0]["reason"].startswith("network: STOW-RS failed after 2 tries: ConnectionError")
-    second = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    second = pull.run_pull(cfg, segmenter=None, infer_cfg=infer_settings(require=False), client=client)
     assert (second.sent, second.failed, second.skipped) == (1, 0, 0) and len(client.stored) == 1
-    third = pull.run_pull(cfg, segmenter=None, infer_cfg={}, client=client)
+    third = pull.run_pull(cfg, segmenter=None, infer_cfg=infer_settings(require=False), client=client)
     assert (third.sent, third.skipped) == (0, 1) and len(client.stored) == 1
     assert [r["status"] for r in read_audit(tmp_path / "state" / "audit.jsonl")] == ["error", "sent"]
 

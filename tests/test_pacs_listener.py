@@ -110,7 +110,8 @@ def test_listener_round_trip_kill_restart_and_sigterm(orthanc, hip_studies: list
 def test_results_wait_in_the_outbox_while_the_destination_is_down(orthanc, hip_studies: list[DemoStudy],
                                                                    tmp_path: Path) -> None:
     """Destination down: the study is made once, kept in the outbox with an audit line saying so, and sent later."""
-    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.config import infer_settings
+    from onfh_seg.run.jobs import engine_spec
     from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, send_outbox
     from onfh_seg.pacs.state import Ledger
     from onfh_seg.pacs.study import study_settings_key
@@ -122,7 +123,7 @@ def test_results_wait_in_the_outbox_while_the_destination_is_down(orthanc, hip_s
     queue = StudyQueue(state)
     for path in study_files(study):
         queue.add(pydicom.dcmread(path), "MODALITY", now=0.0)
-    infer_cfg = with_defaults({"tta": False, "overlay": False, "provider": "cpu"})
+    infer_cfg = infer_settings({"tta": False, "overlay": False, "provider": "cpu"}, require=False)
     segmenter = engine_spec(infer_cfg, 1).build()
     key = study_settings_key(segmenter, infer_cfg, False)
     ledger = Ledger(state / "ledger.json")

@@ -55,7 +55,8 @@ def referenced_uids(ds: Any) -> set[str]:
 @pytest.fixture(scope="module")
 def pulled(orthanc, hip_studies, tmp_path_factory) -> dict[str, Any]:
     """Upload 4 hip studies + the shared head series by STOW-RS, then one pull run (in process, shipped model)."""
-    from onfh_seg.batch import engine_spec, with_defaults
+    from onfh_seg.config import infer_settings
+    from onfh_seg.run.jobs import engine_spec
     from onfh_seg.pacs.pull import run_pull
 
     head = head_study()
@@ -65,7 +66,7 @@ def pulled(orthanc, hip_studies, tmp_path_factory) -> dict[str, Any]:
     state = tmp_path_factory.mktemp("pacs_state")
     cfg = {"state_dir": str(state), "retries": 2, "backoff_s": 0.2, "timeout_s": 60, "deidentify": False,
            "pull": {"url": orthanc.dicomweb, "since_last_run": True, "lookback_days": 1, "limit": 100}}
-    infer_cfg = with_defaults(INFER)
+    infer_cfg = infer_settings(INFER, require=False)
     summary = run_pull(cfg, engine_spec(infer_cfg, 1).build(), infer_cfg)
     return {"summary": summary, "client": client, "head": head, "state": state, "cfg": cfg}
 

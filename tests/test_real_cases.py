@@ -96,13 +96,15 @@ def summary(rec: dict) -> str:
 def records(inputs, tmp_path_factory) -> dict[str, dict]:
     """Each case through process_scan (onfh-infer's per-scan step) with the shipped model, CLI defaults."""
     from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.infer.pipeline import output_paths, process_scan
+    from onfh_seg.config import infer_settings
+    from onfh_seg.infer.pipeline import process_scan
+    from onfh_seg.run.outputs import output_paths
 
     out = tmp_path_factory.mktemp("real_out")
     recs = {}
     for name, path in inputs.items():
         [job] = expand_input(path, series=SERIES.get(name, "auto"))
-        result = process_scan(job, out / name, segmenter(), {"overlay": False})
+        result = process_scan(job, out / name, segmenter(), infer_settings({"overlay": False}, require=False))
         meas = json.loads(output_paths(out / name, job.name)["measurements"].read_text())
         recs[name] = {**meas, "result": result, "folder": out / name}
         print(f"\n[real case] {name}: {summary(recs[name])}")
@@ -138,7 +140,9 @@ def test_dicom_geometry_as_documented(inputs) -> None:
 def test_dicom_studies_refused_by_series_choice(inputs, tmp_path: Path) -> None:
     """Given as plain folders, neither DICOM study reaches the model: no T1 series among them."""
     from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.infer.pipeline import output_paths, process_scan
+    from onfh_seg.config import infer_settings
+    from onfh_seg.infer.pipeline import process_scan
+    from onfh_seg.run.outputs import output_paths
 
     class NoModel:
         version, sha256, providers = "none", None, []
@@ -148,7 +152,7 @@ def test_dicom_studies_refused_by_series_choice(inputs, tmp_path: Path) -> None:
 
     for name in ("forearm_scout", "prostate_adc"):  # today: "no T1 series" (a scout; an ADC map taken for dynamic)
         [job] = expand_input(inputs[name])
-        result = process_scan(job, tmp_path / name, NoModel(), {})
+        result = process_scan(job, tmp_path / name, NoModel(), infer_settings(require=False))
         meas = json.loads(output_paths(tmp_path / name, job.name)["measurements"].read_text())
         assert meas["status"] == "error" and "T1" in meas["error"], meas["error"]
         assert meas["hips"] == [] and result["rows"] == []

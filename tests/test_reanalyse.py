@@ -1,4 +1,4 @@
-"""Model-update re-analysis (onfh_seg.reanalyse): exactly the scans of another model version run again, the
+"""Model-update re-analysis (onfh_seg.run.reanalyse): exactly the scans of another model version run again, the
 earlier outputs are kept, and reanalysis.csv compares old and new per scan and hip.
 
 Two model versions: tests/test_batch.py's FakeSegmenter (version from env ``FAKE_SEGMENTER_VERSION``) and a
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onfh_seg.batch import run_batch
-from onfh_seg.reanalyse import COLUMNS, previous_folder, run_reanalysis
+from onfh_seg.run.batch import run_batch
+from onfh_seg.run.reanalyse import COLUMNS, previous_folder, run_reanalysis
 from test_batch import BIN, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries  # noqa: F401 (fixture)
 
 ENGINE = "test_reanalyse:NoLesionV2Segmenter"
@@ -194,7 +194,7 @@ def test_reanalysis_with_perturbed_shipped_model(batch_set, tmp_path) -> None:
 
 
 def test_summary_line_names_a_settings_only_change() -> None:
-    from onfh_seg.reanalyse import comparison_rows, summary_line
+    from onfh_seg.run.reanalyse import comparison_rows, summary_line
 
     hip = {"side": "right", "lesion_volume_ml": 2.0, "percent_head_involved": 10.0, "arco_extent": "A",
            "jic_type": "B", "sir_necrotic": 1.1}

@@ -12,6 +12,7 @@ Siemens series (skipped when ../shared is absent).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -36,8 +37,10 @@ from pydicom.dataset import Dataset
 
 from conftest import write_dicom_series
 
+from onfh_seg.config import infer_settings
 from onfh_seg.infer.inputs import InputError, expand_input, load_scan
-from onfh_seg.infer.pipeline import OUTPUT_SUFFIXES, process_scan
+from onfh_seg.infer.pipeline import process_scan
+from onfh_seg.run.outputs import OUTPUT_SUFFIXES
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.io.dicom import find_series, load_series
 
@@ -130,7 +133,7 @@ class ThresholdSegmenter:
         return StandInResult(clean_labels(labels, affine), 0.95)
 
 
-CFG: dict[str, Any] = {"overlay": False, "dicom": {"write_seg": True, "write_sr": True}}
+CFG = infer_settings({"overlay": False, "dicom": {"write_seg": True, "write_sr": True}}, require=False)
 
 
 def run_one(path: Path, out: Path, **expand: Any) -> tuple[dict, dict]:
@@ -702,16 +705,17 @@ def test_fuzzed_headers_are_refused_flagged_or_unchanged(phantom, tmp_path: Path
 
 def test_run_batch_wires_out_dir_and_size_limit(phantom, tmp_path: Path) -> None:
     """onfh-infer's batch passes out_dir and max_image_mb to the input layer."""
-    from onfh_seg.batch import run_batch
+    from onfh_seg.run.batch import run_batch
 
     folder = tmp_path / "scans"
     folder.mkdir()
     shutil.copy(phantom[0], folder / "hip.nii")
     cfg = {"input": str(folder), "out_dir": str(folder), "workers": 1, "overlay": False, "resume": False}
     for _ in range(2):  # the second run finds hip_seg.nii.gz etc. beside the scan
-        summary = run_batch(cfg, segmenter_factory=lambda threads: ThresholdSegmenter())
+        summary = run_batch(infer_settings(cfg), segmenter_factory=lambda threads: ThresholdSegmenter())
         assert (summary.done, summary.failed) == (1, 0), [r["error"] for r in summary.results]
     assert sorted(p.name for p in folder.glob("*_measurements.json")) == ["hip_measurements.json"]
-    summary = run_batch({**cfg, "out_dir": str(tmp_path / "small"), "max_image_mb": 0.1},
+    small = dataclasses.replace(infer_settings({**cfg, "out_dir": str(tmp_path / "small")}), max_image_mb=0.1)  # below
+    summary = run_batch(small,  # the command line's minimum of 1 MiB, to refuse this small phantom
                         segmenter_factory=lambda threads: ThresholdSegmenter())
     assert summary.failed == 1 and "above max_image_mb=0.1" in summary.results[0]["error"]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from onfh_seg.batch import run_batch
+from onfh_seg.run.batch import run_batch
 from onfh_seg.lifecycle import DirLock, own_temporary_pid, remove_own_temporaries
 from conftest import BIN, ROOT, assert_same_outputs, cli_env, no_temporaries, synth_cohort
 from test_batch import FAKE_ENGINE, base_cfg, factory, fake_model_dir, write_crop
@@ -152,12 +152,12 @@ def scan_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_out(scan_set, tmp_path_factory):
     """An uninterrupted run (workers=1, in this process) with the settings the CLI composes."""
-    from onfh_seg.config import settings
+    from onfh_seg.config import infer_settings
 
     scans, model, _ = scan_set
     out = tmp_path_factory.mktemp("ref") / "out"
-    cfg = settings("infer", {"input": str(scans), "out_dir": str(out), "model_dir": str(model),
-                             "engine": FAKE_ENGINE, "overlay": False})
+    cfg = infer_settings( {"input": str(scans), "out_dir": str(out), "model_dir": str(model),
+                          "engine": FAKE_ENGINE, "overlay": False})
     summary = run_batch(cfg)
     assert (summary.done, summary.skipped, summary.failed) == (8, 0, 0)
     return out

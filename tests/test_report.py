@@ -396,11 +396,12 @@ def test_pdf_without_chromium_is_one_line(tmp_path, monkeypatch):
 
 
 def test_track_asks_for_chromium_before_anything_when_pdf_wanted(tmp_path, monkeypatch):
+    from onfh_seg.config import track_settings
     from onfh_seg.track.cohort import track_cohort
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    cfg = {"manifest": str(tmp_path / "none.csv"), "infer_dir": str(tmp_path), "out_dir": str(tmp_path / "out"),
-           "report": True, "report_pdf": True}
+    cfg = track_settings({"manifest": str(tmp_path / "none.csv"), "infer_dir": str(tmp_path), "out_dir": str(tmp_path / "out"),
+                          "report": True, "report_pdf": True})
     with pytest.raises(ValueError, match="report_pdf=true needs headless Chromium"):
         track_cohort(cfg)
     assert not (tmp_path / "out").exists()

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import write_dicom_series
 
-from onfh_seg.batch import run_batch
+from onfh_seg.config import InferSettings, TrackSettings, infer_settings, track_settings
+from onfh_seg.run.batch import run_batch
 from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
 from onfh_seg.track.identity import read_infer_dir
 from onfh_seg.track.cohort import track_cohort
@@ -91,21 +92,18 @@ def write_csv_bom_crlf(path: Path, rows: list[dict], columns: list[str]) -> None
     path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
 
 
-def infer_cfg(input_path: Path, out_dir: Path, **over) -> dict:
+def infer_cfg(input_path: Path, out_dir: Path, **over) -> InferSettings:
     cfg = {"input": str(input_path), "out_dir": str(out_dir), "model_dir": "unused", "provider": "auto",
            "threads": 1, "workers": 1, "tta": False, "fast": False, "reference": "acetabulum", "overlay": False,
            "resume": True, "qc": {"head_ml_range": [15.0, 120.0], "min_confidence": 0.6},
            "dicom": {"write_seg": False, "write_sr": False, "rules": {}}}
     cfg.update(over)
-    return cfg
+    return infer_settings(cfg)
 
 
-def track_cfg(manifest: Path, infer_dir: Path, out_dir: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "track.yaml"))
-    cfg.update(manifest=str(manifest), infer_dir=str(infer_dir), out_dir=str(out_dir), report=False, workers=1)
-    return cfg
+def track_cfg(manifest: Path, infer_dir: Path, out_dir: Path) -> TrackSettings:
+    return track_settings({"manifest": str(manifest), "infer_dir": str(infer_dir), "out_dir": str(out_dir),
+                           "report": False, "workers": 1})
 
 
 @pytest.fixture(scope="module")

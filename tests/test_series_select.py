@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from onfh_seg import config
-from onfh_seg.batch import run_batch
+from onfh_seg.run.batch import run_batch
 from onfh_seg.infer.inputs import expand_input, selection_line
 from onfh_seg.io.dicom import DicomError, SeriesInfo, find_series
 from onfh_seg.io.dicom_select import merge_rules, select_series, select_t1_series, series_candidates
@@ -120,7 +120,7 @@ def test_console_prints_choice_and_runner_up_per_study(tmp_path: Path, caplog) -
     study = siemens_vfa_twist_study(tmp_path / "study")
     [job] = expand_input(study)
     assert selection_line(job) == f"P01: {job.dicom['selection_summary']}"
-    with caplog.at_level(logging.INFO, logger="onfh_seg.batch"):
+    with caplog.at_level(logging.INFO, logger="onfh_seg.run.batch"):
         run_batch(base_cfg(study, tmp_path / "out", tmp_path), segmenter_factory=factory(tmp_path))
     assert any(r.getMessage().startswith("P01: series 26 'fl3d_vibe_pre_flip_20deg' (T1 3D GRE, pre-contrast); not 25")
                for r in caplog.records)

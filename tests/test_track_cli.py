@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from onfh_seg.config import track_settings
 from onfh_seg.io.manifest import read_manifest, resolve, write_manifest
 from onfh_seg.track.cohort import HASHED_KEYS, track_cohort
 from onfh_seg.track.inputs import collect_patients, input_hash
@@ -138,7 +139,7 @@ def test_cli_bad_input_is_one_line(cohort, tmp_path):
     only_bad = tmp_path / "bad.csv"
     write_manifest(only_bad, [{"patient_id": "P009", "timepoint": "m00", "months": 0,
                                "image": str(tmp_path / "none.nii.gz")}])
-    cfg = {"manifest": str(only_bad), "infer_dir": str(cohort / "infer"), "out_dir": str(tmp_path / "o")}
+    cfg = track_settings({"manifest": str(only_bad), "infer_dir": str(cohort / "infer"), "out_dir": str(tmp_path / "o")})
     with pytest.raises(ValueError, match="no usable patients"):
         track_cohort(cfg)
     _, errors = read_csv(tmp_path / "o" / "errors.csv")

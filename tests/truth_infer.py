@@ -15,7 +15,8 @@ import numpy as np
 from onfh_seg.infer.inputs import expand_input
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
 from onfh_seg.measure import measure_scan, qc_flags
-from onfh_seg.track.identity import MEASUREMENTS_SUFFIX, SEG_SUFFIX, normalised_path
+from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, SEG_SUFFIX
+from onfh_seg.track.identity import normalised_path
 
 
 def write_truth_infer_outputs(manifest_path: str | Path, infer_dir: str | Path, reference: str = "acetabulum",

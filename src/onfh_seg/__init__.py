@@ -14,10 +14,19 @@ not for clinical use.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from onfh_seg.version import __version__
+
 __all__ = ["__version__", "segment", "track"]
+
+# The subpackage ``onfh_seg.track`` shares its name with the API function ``track``. Importing the (empty)
+# subpackage now and dropping the attribute the import machinery sets means ``from onfh_seg import track`` is
+# always the function (through ``__getattr__`` below), whatever was imported before; ``onfh_seg.track.*``
+# modules import as usual (``from onfh_seg.track.cohort import ...``).
+importlib.import_module("onfh_seg.track")
+globals().pop("track", None)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,10 @@ environment variables ``ONFH_SEG_CONFIGS`` / ``ONFH_SEG_MODELS``. No import of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import json
 import os
 import re
 import types
@@ -92,8 +94,6 @@ def default_model_dir() -> Path:
 
 def model_version(model_dir: str | Path | None = None) -> str | None:
     """``model_version`` of ``model_dir``'s model.json (default model when None); None if unreadable."""
-    import json
-
     path = (resolve_model_dir(model_dir) if model_dir is not None else default_model_dir()) / "model.json"
     try:
         return str(json.loads(path.read_text(encoding="utf-8"))["model_version"])
@@ -144,8 +144,6 @@ def _compose(folder: Path, name: str, group: str = ""):
 
 def defaults(name: str) -> dict:
     """The defaults of ``configs/<name>.yaml`` as a plain dict (mandatory values are ``"???"``)."""
-    import copy
-
     return copy.deepcopy(_defaults_cached(name, str(config_dir())))
 
 
@@ -165,6 +163,38 @@ def settings(name: str, overrides: Mapping[str, Any] | None = None, require: boo
     over = dict(overrides or {})
     check_keys(name, over)  # before merging, so a misspelt nested key is reported as such
     return validate(name, merge(defaults(name), over), require=require)
+
+
+# ---------------------------------------------------------------- typed settings
+
+
+def typed(name: str, cfg: Mapping[str, Any], require: bool = True) -> Any:
+    """A full configuration of ``name`` (e.g. Hydra's composed one) validated and returned as its schema
+    dataclass (:class:`InferSettings`, :class:`TrackSettings`, ...; nested sections as their dataclasses).
+
+    This is the object the entry points pass down: nothing below reads YAML or fills in defaults again.
+    A YAML key without a schema field is validated but not carried (give it a field to use it).
+    """
+    return _build(SCHEMAS[name], validate(name, cfg, require=require))
+
+
+def _build(schema: type, values: Mapping[str, Any]) -> Any:
+    """``schema`` from validated ``values``; nested sections become their dataclasses."""
+    return schema(**{k: _build(tp, values[k]) if dataclasses.is_dataclass(tp) and isinstance(values[k], Mapping)
+                     else values[k] for k, (tp, _) in _fields(schema).items() if k in values})
+
+
+def infer_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> InferSettings:
+    """onfh-infer's settings: configs/infer.yaml merged with ``overrides`` (nested dicts), validated, typed."""
+    return _build(InferSettings, settings("infer", overrides, require=require))
+
+
+def track_settings(overrides: Mapping[str, Any] | None = None, require: bool = True) -> TrackSettings:
+    """onfh-track's settings: configs/track.yaml merged with ``overrides`` (nested dicts), validated, typed."""
+    return _build(TrackSettings, settings("track", overrides, require=require))
+
+
+as_dict = dataclasses.asdict  # a settings dataclass as a plain dict (nested sections as dicts): run records, hashes
 
 
 # ---------------------------------------------------------------- validation

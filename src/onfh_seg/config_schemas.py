@@ -30,7 +30,7 @@ class DicomSettings:
 
 @dataclass
 class InferSettings:
-    """configs/infer.yaml (onfh-infer, :func:`onfh_seg.segment`)."""
+    """configs/infer.yaml (onfh-infer, :func:`onfh_seg.segment`); fields in the YAML's order (the run record's)."""
 
     input: Path_
     out_dir: Path_
@@ -39,14 +39,14 @@ class InferSettings:
     threads: int = dataclasses.field(metadata={"min": 0})
     cuda_tf32: bool = dataclasses.field()
     workers: int = dataclasses.field(metadata={"min": 1})
-    max_image_mb: float = dataclasses.field(metadata={"min": 1})
-    allow_unknown_orientation: bool = dataclasses.field()
-    geometry: Literal["auto", "sform", "qform"] = dataclasses.field()
     tta: bool = dataclasses.field()
     fast: bool = dataclasses.field()
     reference: Reference = dataclasses.field()
     overlay: bool = dataclasses.field()
     resume: bool = dataclasses.field()
+    max_image_mb: float = dataclasses.field(metadata={"min": 1})
+    allow_unknown_orientation: bool = dataclasses.field()
+    geometry: Literal["auto", "sform", "qform"] = dataclasses.field()
     wait_lock: bool = dataclasses.field()
     engine: str = dataclasses.field()
     executor: Literal["local", "dask"] = dataclasses.field()
@@ -55,8 +55,8 @@ class InferSettings:
     series: str = dataclasses.field(metadata={  # which series of a DICOM study (io.dicom_select)
         "pattern": r"auto|all-t1|[0-9]+|[0-9]+(\.[0-9]+)+",
         "allowed": "auto, all-t1, a SeriesNumber or a SeriesInstanceUID"})
-    anatomy: dict[str, Any] = dataclasses.field()  # enabled + AnatomyLimits overrides (infer/anatomy.py checks them)
     qc: QCSettings = dataclasses.field()
+    anatomy: dict[str, Any] = dataclasses.field()  # enabled + AnatomyLimits overrides (infer/anatomy.py checks them)
     dicom: DicomSettings = dataclasses.field()
 
 

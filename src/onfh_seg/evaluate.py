@@ -27,6 +27,7 @@ from onfh_seg import labels as L
 from onfh_seg.geometry import ball_mask, voxel_volume_ml
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.measure import arco_extent, measure_scan
+from onfh_seg.run.outputs import output_paths, scan_name
 
 RETEST_SUFFIX = "_retest"  # synth.cohort.RETEST_SUFFIX: <pid>_m00_retest repeats <pid>_m00 on the same day
 RC_FACTOR = 2.77  # repeatability coefficient = 2.77 x within-subject SD (QIBA)
@@ -392,10 +393,10 @@ def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path,
     multi = len(tags) > 1
     preds = []
     for m, r in pairs:
-        stem = Path(r["image"]).name.replace(".nii.gz", "").replace(".nii", "")
+        stem = scan_name(r["image"])
         if multi:
             stem = f"{tags[m]}_{stem}"
-        preds.append(None if pred_dir is None else str(Path(pred_dir) / f"{stem}_seg.nii.gz"))
+        preds.append(None if pred_dir is None else str(output_paths(pred_dir, stem)["seg"]))
     jobs = [(str(m), r, reference, p) for (m, r), p in zip(pairs, preds)]
     initargs = (str(model_dir), max(1, 2 // max(1, workers)), tta, dict(engine_kw or {}))
     if workers <= 1:

@@ -15,6 +15,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from onfh_seg import config as _config
 from onfh_seg.config import ConfigError
+from onfh_seg.version import __version__
 
 
 def config_dir() -> str:
@@ -50,8 +51,6 @@ def config_groups(folder: str) -> list[str]:
 
 def version_line(config_name: str) -> str:
     """``<tool> <package version> (model <model version>)`` for ``--version``."""
-    from onfh_seg import __version__
-
     model = _config.model_version() or "not found"
     return f"{_config.TOOLS.get(config_name, config_name)} {__version__} (onfh-seg {__version__}, model {model})"
 

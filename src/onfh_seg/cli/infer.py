@@ -1,6 +1,7 @@
 """``onfh-infer``: segment and measure ONFH on T1 hip MRI. Hydra config: configs/infer.yaml.
 
-Thin entry point around :func:`onfh_seg.batch.run_batch`; no torch.
+Thin entry point: the composed configuration becomes onfh-infer's settings
+(:class:`onfh_seg.config.InferSettings`) and goes to :func:`onfh_seg.api.infer_run`; no torch.
 """
 
 from __future__ import annotations
@@ -10,33 +11,27 @@ import sys
 
 from omegaconf import DictConfig
 
+from onfh_seg import config
+from onfh_seg.api import infer_run
 from onfh_seg.cli.common import hydra_main, to_dict
+from onfh_seg.run.records import provider_used
 
 
 def run(cfg: DictConfig) -> int:
     """Run inference on ``cfg.input``; print the summary line; 1 if no scan succeeded."""
-    from onfh_seg.batch import run_batch
-    from onfh_seg.run_records import provider_used
-
+    settings = config.typed("infer", to_dict(cfg))
     # `docker stop` / kill send SIGTERM: stop like Ctrl-C, so no partial outputs are left behind
     signal.signal(signal.SIGTERM, _interrupt)
-    c, command_line = to_dict(cfg), ["onfh-infer", *sys.argv[1:]]
-    reanalysis = None
-    if c.get("reanalyse"):  # an earlier run: re-run what another model/settings made, compare (onfh_seg.reanalyse)
-        from onfh_seg.reanalyse import run_reanalysis
-
-        reanalysis = run_reanalysis(c, command_line=command_line)
-        summary = reanalysis.batch
-    else:
-        summary = run_batch(c, command_line=command_line)
+    result = infer_run(settings, command_line=["onfh-infer", *sys.argv[1:]])
+    summary = result.batch
     used = provider_used(summary.results)
     if used:
         print(f"execution provider: {used}")  # what ONNX Runtime ran on, not what was asked for
     print(f"{summary.line()} -> {summary.out_dir}")
     if summary.failed:
         print(f"errors: {summary.out_dir / 'errors.csv'}", file=sys.stderr)
-    if reanalysis is not None:
-        print(f"{reanalysis.line} -> {reanalysis.table}")
+    if result.reanalysis is not None:
+        print(f"{result.reanalysis.line} -> {result.reanalysis.table}")
     return summary.exit_code
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from onfh_seg import config
 from onfh_seg.cli.common import hydra_main, to_dict
+from onfh_seg.run.jobs import engine_spec
 
 MODES = ("pull", "listen")
 
@@ -45,8 +47,6 @@ def _missing_extra() -> str | None:
 
 def run(cfg: DictConfig) -> int:
     """Run one pull, or listen until SIGTERM; print the summary line."""
-    from onfh_seg.batch import engine_spec, with_defaults
-
     plain = to_dict(cfg)
     check_config(plain)
     missing = _missing_extra()
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> int:
     logging.getLogger("onfh_seg.pacs").setLevel(logging.INFO)
     for noisy in ("highdicom", "pynetdicom", "dicomweb_client"):  # one line per study is enough
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    infer_cfg = with_defaults(plain.get("infer") or {})
+    infer_cfg = config.infer_settings(plain.get("infer") or {}, require=False)  # onfh-infer's, typed
     segmenter = engine_spec(infer_cfg, 1).build()
     if plain["mode"] == "pull":
         from onfh_seg.pacs.pull import run_pull

@@ -10,34 +10,28 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
+from tqdm import tqdm
 
+from onfh_seg import config
+from onfh_seg.api import track_run
 from onfh_seg.cli.common import hydra_main, to_dict
 
 
 def run(cfg: DictConfig) -> int:
     """Track the cohort of ``cfg.manifest`` from the onfh-infer outputs in ``cfg.infer_dir``."""
-    from tqdm import tqdm
-
-    from onfh_seg.api import tracking_run
-    from onfh_seg.io.manifest import read_manifest
-    from onfh_seg.lifecycle import check_writable
-    from onfh_seg.track.cohort import track_cohort
-
-    c = to_dict(cfg)  # validated by hydra_main (onfh_seg.config)
-    if not str(c["out_dir"] or "").strip():
-        raise ValueError("out_dir is empty")
-    check_writable(Path(str(c["out_dir"])))  # before reading anything
+    settings = config.typed("track", to_dict(cfg))  # validated by hydra_main (onfh_seg.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / kill: stop like Ctrl-C
     t0 = time.time()
+    bars: list[Any] = []
     try:
-        n = len({r.get("patient_id") for r in read_manifest(c["manifest"], warn=False)})
-    except FileNotFoundError:
-        raise FileNotFoundError(f"manifest not found: {c['manifest']}") from None
-    with tracking_run(c), tqdm(total=n, desc="onfh-track patients", unit="patient") as bar:
-        res = track_cohort(c, progress=lambda pid, status: bar.update(1))
+        res = track_run(settings, progress=lambda pid, status: bars[0].update(1),
+                        on_start=lambda n: bars.append(tqdm(total=n, desc="onfh-track patients", unit="patient")))
+    finally:
+        for bar in bars:
+            bar.close()
     n_err = len({e["patient_id"] for e in res.errors if e["patient_id"]})
     print(
         f"onfh-track: {len(res.records)} of {len(res.records) + len(res.failed)} patients tracked "

@@ -94,7 +94,8 @@ class Segmenter:
 
         from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
 
-        cli = defaults("infer")
+        given = (model_dir, provider, threads, tta, fast, cuda_tf32)
+        cli = defaults("infer") if None in given else {}  # a run passes every value: no YAML read then
         model_dir = default_model_dir() if model_dir is None else resolve_model_dir(model_dir)
         provider = cli["provider"] if provider is None else provider
         threads = cli["threads"] if threads is None else threads

@@ -66,11 +66,11 @@ from onfh_seg.infer.scan_jobs import (  # noqa: F401  dicom_series_name, sanitis
     is_tool_output,
     is_within,
     sanitise,
-    scan_stem,
 )
 from onfh_seg.io.dicom import load_series
 from onfh_seg.io.dicom_geometry import series_shape
 from onfh_seg.io.manifest import ManifestError, read_manifest
+from onfh_seg.run.outputs import scan_name
 
 MANIFEST_KEEP = ("patient_id", "timepoint", "months")
 
@@ -126,7 +126,7 @@ def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = No
             row_jobs = dicom_jobs(path, ref, rules, exclude=_exclusion(path, out_dir),
                                   patient_id=row.get("patient_id"), series=series)
         else:
-            row_jobs = [ScanJob("nifti", path, scan_stem(path), ref)]
+            row_jobs = [ScanJob("nifti", path, scan_name(path), ref)]
         for job in row_jobs:  # several only for series=all-t1
             if is_tool_output(path):
                 job.error = f"{ref} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, *_sr.dcm, ...), not a scan"
@@ -168,7 +168,7 @@ def expand_input(
         )  # a FIFO or device named like a scan is a job that fails with one line, never skipped silently
         exclude = _exclusion(path, out)
         if niftis:
-            jobs = [ScanJob("nifti", p, scan_stem(p), str(p)) for p in niftis]
+            jobs = [ScanJob("nifti", p, scan_name(p), str(p)) for p in niftis]
         elif folder_has_dicom(path, exclude):
             jobs = dicom_jobs(path, str(path), dicom_rules, exclude=exclude, series=series)
         else:
@@ -182,7 +182,7 @@ def expand_input(
         require_regular_file(path)
         if is_tool_output(path):
             raise InputError(f"{path} is an onfh-infer output (*_seg.nii.gz, *_seg.dcm, ...), not a scan")
-        jobs = [ScanJob("nifti", path, scan_stem(path), str(path))]
+        jobs = [ScanJob("nifti", path, scan_name(path), str(path))]
     limit = DEFAULT_MAX_IMAGE_MB if max_image_mb is None else float(max_image_mb)
     if not limit > 0:
         raise InputError(f"max_image_mb must be positive, got {max_image_mb!r}")

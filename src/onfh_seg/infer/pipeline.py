@@ -35,33 +35,23 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from onfh_seg.config_schemas import DicomSettings, InferSettings
 from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image, read_json_dict
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.measure import SIDE_ORDER, mark_trust, measurements_row, with_scan_flags
+from onfh_seg.run.outputs import output_paths
+from onfh_seg.version import __version__
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 NO_FEMORAL_HEAD = "no_femoral_head_found"  # the anatomy gate's flag when no head is found (infer.anatomy)
 EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
-OUTPUT_SUFFIXES = {
-    "seg": "_seg.nii.gz",
-    "overlay": "_overlay.png",
-    "dicom_seg": "_seg.dcm",
-    "dicom_sr": "_sr.dcm",
-    "measurements": "_measurements.json",
-}
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
-    """All per-scan output paths of ``name`` in ``out_dir``."""
-    out = Path(out_dir)
-    return {key: out / f"{name}{suffix}" for key, suffix in OUTPUT_SUFFIXES.items()}
 
 
 def one_line(exc: BaseException) -> str:
@@ -86,8 +76,6 @@ def _package_version(*names: str) -> str | None:
 @lru_cache(maxsize=1)
 def software_versions() -> dict[str, str | None]:
     """Versions of onfh-seg and the libraries the inference path uses (no imports needed)."""
-    from onfh_seg import __version__
-
     return {
         "onfh_seg": __version__,
         "python": platform.python_version(),
@@ -122,15 +110,6 @@ def _round_timings(timings: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, (int, float)):
             out[key] = round(float(value), 3)
     return out
-
-
-def _cfg(cfg: Mapping[str, Any] | None, dotted: str, default: Any) -> Any:
-    node: Any = cfg or {}
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node or node[part] is None:
-            return default
-        node = node[part]
-    return node
 
 
 # ---------------------------------------------------------------- writers
@@ -196,22 +175,6 @@ RESULT_SETTINGS: tuple[str, ...] = (
 )
 
 
-def default_setting(dotted: str) -> Any:
-    """onfh-infer's default for a dotted key (configs/infer.yaml, the one place defaults live);
-    a null mapping setting (``dicom.rules``) is ``{}``."""
-    from onfh_seg.config import defaults
-
-    node: Any = defaults("infer")
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return {} if node is None and dotted in ("dicom.rules", "anatomy") else node
-
-
-def setting(cfg: Mapping[str, Any] | None, dotted: str) -> Any:
-    """``cfg``'s value of a dotted key, else onfh-infer's default."""
-    return _cfg(cfg, dotted, default_setting(dotted))
-
-
 def _plain(value: Any) -> Any:
     """A JSON-comparable copy of a setting (numbers as floats, mappings sorted, sequences as lists)."""
     if isinstance(value, Mapping):
@@ -225,17 +188,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def result_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The settings of ``cfg`` that change a scan's outputs (``RESULT_SETTINGS`` keys, defaults filled in;
-    a mapping setting is its default updated with the given keys, so ``{}`` and the defaults compare equal)."""
-    out = {}
-    for key in RESULT_SETTINGS:
-        default = default_setting(key)
-        value = _cfg(cfg, key, default)
-        if isinstance(default, Mapping) and isinstance(value, Mapping):
-            value = {**default, **value}
-        out[key] = _plain(value)
-    return out
+def result_settings(settings: InferSettings) -> dict[str, Any]:
+    """The settings that change a scan's outputs (``RESULT_SETTINGS`` keys, JSON-comparable; a null
+    ``dicom.rules`` is ``{}``)."""
+    values = {"tta": settings.tta, "fast": settings.fast, "reference": settings.reference, "overlay": settings.overlay,
+              "qc.head_ml_range": settings.qc.head_ml_range, "qc.min_confidence": settings.qc.min_confidence,
+              "dicom.write_seg": settings.dicom.write_seg, "dicom.write_sr": settings.dicom.write_sr,
+              "dicom.sr_without_seg": settings.dicom.sr_without_seg, "dicom.rules": settings.dicom.rules or {},
+              "geometry": settings.geometry, "anatomy": settings.anatomy}
+    return {key: _plain(values[key]) for key in RESULT_SETTINGS}
 
 
 def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -320,7 +281,7 @@ def _job_context(job: ScanJob) -> dict[str, Any]:
 
 
 def _write_dicom_outputs(
-    scan: LoadedScan, labels: np.ndarray, meas: dict, paths: dict[str, Path], cfg: Mapping[str, Any]
+    scan: LoadedScan, labels: np.ndarray, meas: dict, paths: dict[str, Path], dicom: DicomSettings
 ) -> tuple[dict[str, Any], list[str]]:
     """SEG (always) and SR (when a right/left hip was measured) next to the NIfTI seg.
 
@@ -343,7 +304,7 @@ def _write_dicom_outputs(
             warnings.append(f"{what} not written: {one_line(exc)}")
 
     no_head = [f for f in meas["qc_flags"] if f in ("no_femoral_head_found", "not_hip_anatomy")]
-    if setting(cfg, "dicom.write_seg"):
+    if dicom.write_seg:
         if no_head:  # the anatomy gate failed: no SEG that claims a femoral head
             out["dicom_seg"] = {"status": "not_written", "reason": f"{no_head[0]}: no femoral head to segment"}
         else:
@@ -351,9 +312,9 @@ def _write_dicom_outputs(
                 make_image(labels, scan.affine, np.uint8), scan.source_datasets, paths["dicom_seg"],
                 model_version=version))
     seg_failed = isinstance(out.get("dicom_seg"), Mapping) and out["dicom_seg"].get("status") == "error"
-    if setting(cfg, "dicom.write_sr"):
+    if dicom.write_sr:
         sided = [h for h in meas["hips"] if h["side"] in ("right", "left") and h.get("trusted", True)]
-        if seg_failed and not setting(cfg, "dicom.sr_without_seg"):  # never an SR alone unless asked for
+        if seg_failed and not dicom.sr_without_seg:  # never an SR alone unless asked for
             out["dicom_sr"] = {"status": "not_written", "reason": "the DICOM SEG could not be written (see dicom_seg); "
                                                                   "dicom.sr_without_seg=true writes the SR alone"}
         elif sided:
@@ -374,12 +335,11 @@ def _remove(paths: list[Path]) -> None:
             pass
 
 
-def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping[str, Any] | None = None) -> dict:
+def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: InferSettings) -> dict:
     """Segment and measure one scan, write its outputs; never raises for a bad scan.
 
-    ``cfg`` keys (all optional): ``reference`` (acetabulum | viable_head),
-    ``overlay`` (bool), ``dicom.write_seg`` / ``dicom.write_sr`` (bool),
-    ``qc.head_ml_range`` ([lo, hi] mL), ``qc.min_confidence``.
+    ``settings`` (onfh-infer's, :func:`onfh_seg.config.infer_settings`): ``reference``, ``overlay``,
+    ``anatomy``, ``qc.*`` and ``dicom.*`` are read here.
 
     Returns ``{"name", "input", "input_path", "input_sha256", "settings",
     "status": "ok"|"error", "error", "rows", "timings", "model_version",
@@ -391,13 +351,13 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(out_dir, job.name)
     info = segmenter_info(segmenter)
-    settings = result_settings(cfg)
-    meas = _base_record(job, info, settings)
+    result_keys = result_settings(settings)
+    meas = _base_record(job, info, result_keys)
     timings: dict[str, Any] = {}
     produced: list[Path] = []
-    reference = str(setting(cfg, "reference"))
+    reference = str(settings.reference)
     try:
-        limits = limits_from_config(setting(cfg, "anatomy"))  # a bad anatomy setting fails before any work
+        limits = limits_from_config(settings.anatomy)  # a bad anatomy setting fails before any work
         t = time.perf_counter()
         scan = load_scan(job)
         meas["input_sha256"] = scan.sha256
@@ -415,11 +375,11 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         meas["head_search"] = dict(getattr(result, "search", {}) or {})  # heads the coarse stage missed (infer.search)
 
         t = time.perf_counter()
-        lo, hi = setting(cfg, "qc.head_ml_range")
+        lo, hi = settings.qc.head_ml_range
         gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
             scan.image, labels, scan.affine, confidence, reference, (float(lo), float(hi)),
-            float(setting(cfg, "qc.min_confidence")), limits,
-            gate=bool(setting(cfg, "anatomy.enabled")),
+            float(settings.qc.min_confidence), limits,
+            gate=bool(settings.anatomy["enabled"]),
         )
         labels, hips, flags = gated.labels, gated.hips, gated.flags
         if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
@@ -437,7 +397,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         write_seg(paths["seg"], scan.header_image, labels)
         produced.append(paths["seg"])
         outputs["seg"] = paths["seg"].name
-        if setting(cfg, "overlay"):
+        if settings.overlay:
             centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
             overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
                              f"{job.name} | {OVERLAY_TITLE_NOTE}")
@@ -445,7 +405,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
             outputs["overlay"] = paths["overlay"].name
         meas.update(status="ok", qc_flags=flags, mean_confidence=round(confidence, 4), hips=hips)
         if job.kind == "dicom":
-            dicom_out, writer_warnings = _write_dicom_outputs(scan, labels, meas, paths, cfg or {})
+            dicom_out, writer_warnings = _write_dicom_outputs(scan, labels, meas, paths, settings.dicom)
             produced += [paths[k] for k, v in dicom_out.items() if isinstance(v, str)]
             outputs.update(dicom_out)
         timings["write"] = time.perf_counter() - t
@@ -486,7 +446,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, cfg: Mapping
         "input": job.image_ref,
         "input_path": meas["input_path"],
         "input_sha256": meas["input_sha256"],
-        "settings": settings,
+        "settings": result_keys,
         "status": status,
         "error": error,
         "rows": rows,

@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.infer.image_read import DEFAULT_MAX_IMAGE_MB
+from onfh_seg.run.outputs import NIFTI_SUFFIXES, is_tool_output  # noqa: F401  is_tool_output re-exported
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# Per-scan output names of onfh-infer (onfh_seg.infer.pipeline.OUTPUT_SUFFIXES): never inputs.
-TOOL_OUTPUT_SUFFIXES = ("_seg.nii.gz", "_seg.dcm", "_sr.dcm", "_overlay.png", "_measurements.json")
 
 
 @dataclass
@@ -50,11 +48,6 @@ def is_nifti_name(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def is_tool_output(path: Path) -> bool:
-    """True for file names onfh-infer writes (``<name>_seg.nii.gz``, ``_seg.dcm``, ``_sr.dcm``, ...)."""
-    return path.name.lower().endswith(TOOL_OUTPUT_SUFFIXES)
-
-
 def absolute_path(path: Path | str) -> Path:
     """Absolute, normalised path (symlinks resolved where possible)."""
     return Path(os.path.realpath(os.path.abspath(str(path))))
@@ -66,15 +59,6 @@ def is_within(path: Path, folder: Path | None) -> bool:
         return False
     path, folder = absolute_path(path), absolute_path(folder)
     return path == folder or folder in path.parents
-
-
-def scan_stem(path: Path) -> str:
-    """``scan.nii.gz`` -> ``scan``; ``scan.nii`` -> ``scan``; other files lose their last suffix."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "scan"
-    return path.stem or name
 
 
 def sanitise(text: str, max_len: int = 64) -> str:

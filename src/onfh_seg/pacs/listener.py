@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.io.nifti import atomic_write_text
 from onfh_seg.pacs.net import Destination, NetworkError, c_store, dicomweb_client, stow
 from onfh_seg.pacs.state import Ledger, append_audit, audit_record
@@ -243,7 +244,7 @@ def send_outbox(state_dir: Path, cfg: Mapping[str, Any], ledger: Ledger) -> int:
 
 
 def handle_queued_study(study: str, queue: StudyQueue, cfg: Mapping[str, Any], segmenter: Any,
-                        infer_cfg: Mapping[str, Any], ledger: Ledger, key: str) -> dict[str, Any]:
+                        infer_cfg: InferSettings, ledger: Ledger, key: str) -> dict[str, Any]:
     """Process one settled study from the queue, send its SEG + SR, record it; returns the audit line."""
     state_dir = Path(cfg["state_dir"])
     folder = queue.claim(study)
@@ -305,7 +306,7 @@ def handle_queued_study(study: str, queue: StudyQueue, cfg: Mapping[str, Any], s
     return out
 
 
-def run_listener(cfg: Mapping[str, Any], segmenter: Any, infer_cfg: Mapping[str, Any],
+def run_listener(cfg: Mapping[str, Any], segmenter: Any, infer_cfg: InferSettings,
                  stop: threading.Event | None = None, on_ready: Callable[[], None] | None = None) -> int:
     """Receive, queue, process and send until ``stop`` is set (or ``listen.max_studies`` studies were handled)."""
     stop = stop or threading.Event()

@@ -19,6 +19,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.pacs.net import NetworkError, StudyRef, dicomweb_client, query_studies, retrieve_study, stow, with_retries
 from onfh_seg.pacs.state import Ledger, append_audit, audit_record, utc_now
 from onfh_seg.pacs.study import StudyOutcome, process_study, study_settings_key
@@ -61,7 +62,7 @@ def date_range(pull: Mapping[str, Any], ledger: Ledger) -> tuple[str, str] | Non
     return (lo, hi)
 
 
-def handle_study(ref: StudyRef, client: Any, segmenter: Any, cfg: Mapping[str, Any], infer_cfg: Mapping[str, Any],
+def handle_study(ref: StudyRef, client: Any, segmenter: Any, cfg: Mapping[str, Any], infer_cfg: InferSettings,
                  ledger: Ledger, key: str, work_dir: Path) -> dict[str, Any]:
     """Retrieve, process and send one study; record it in the ledger and the audit log; returns the audit line."""
     retries, backoff = int(cfg["retries"]), float(cfg["backoff_s"])
@@ -104,7 +105,7 @@ def handle_study(ref: StudyRef, client: Any, segmenter: Any, cfg: Mapping[str, A
     return record
 
 
-def run_pull(cfg: Mapping[str, Any], segmenter: Any, infer_cfg: Mapping[str, Any], client: Any = None) -> PullSummary:
+def run_pull(cfg: Mapping[str, Any], segmenter: Any, infer_cfg: InferSettings, client: Any = None) -> PullSummary:
     """One pull run (see the module docstring)."""
     state_dir = Path(cfg["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True)

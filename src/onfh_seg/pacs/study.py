@@ -2,7 +2,7 @@
 
 :func:`process_study` chooses the T1 series with the existing rules
 (:func:`onfh_seg.infer.inputs.dicom_job`), segments and measures it with
-:func:`onfh_seg.infer.pipeline.process_scan` (anatomy gate included), then
+:func:`onfh_seg.run.jobs.run_job`, as onfh-infer runs every scan (anatomy gate included), then
 finishes the objects for a PACS (:func:`finish_objects`): the SR is rebuilt so
 that it references the SEG and the source series, and unless ``deidentify``
 the Patient module is copied from the source into both.
@@ -21,11 +21,14 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.infer.inputs import dicom_job
-from onfh_seg.infer.pipeline import output_paths, process_scan, result_settings, setting
+from onfh_seg.infer.pipeline import result_settings
 from onfh_seg.io.dicom_out import build_dicom_sr, copy_patient_module
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.pacs.state import settings_key
+from onfh_seg.run.jobs import run_job
+from onfh_seg.run.outputs import output_paths
 
 OUR_MODALITIES = ("SEG", "SR")  # never taken as input (our own results stored back in the same study)
 
@@ -43,7 +46,7 @@ class StudyOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def study_settings_key(segmenter: Any, infer_cfg: Mapping[str, Any], deidentify: bool) -> str:
+def study_settings_key(segmenter: Any, infer_cfg: InferSettings, deidentify: bool) -> str:
     """The ledger key: model version, onfh-infer's result settings and ``deidentify``."""
     version = str(getattr(segmenter, "version", "unknown"))
     return settings_key(version, {**result_settings(infer_cfg), "deidentify": bool(deidentify)})
@@ -89,15 +92,15 @@ def _not_written(value: Any) -> str | None:
     return None if value else "not written"
 
 
-def process_study(folder: Path, out_dir: Path, segmenter: Any, infer_cfg: Mapping[str, Any],
+def process_study(folder: Path, out_dir: Path, segmenter: Any, infer_cfg: InferSettings,
                   deidentify: bool = False) -> StudyOutcome:
     """Segment and measure the T1 series of the study in ``folder``; never raises for a bad study."""
     t0 = time.perf_counter()
-    job = dicom_job(Path(folder), str(folder), setting(infer_cfg, "dicom.rules") or None, exclude=Path(out_dir))
+    job = dicom_job(Path(folder), str(folder), infer_cfg.dicom.rules or None, exclude=Path(out_dir))
     series = dict(job.dicom or {})
     series = {k: series[k] for k in ("series_instance_uid", "series_number", "series_description",
                                       "selection_reason", "n_files", "n_series_found") if k in series}
-    result = process_scan(job, out_dir, segmenter, infer_cfg)
+    result = run_job(job, Path(out_dir), segmenter, infer_cfg)
     timings = {"process_s": round(time.perf_counter() - t0, 3)}
     paths = output_paths(out_dir, job.name)
     try:
@@ -105,7 +108,7 @@ def process_study(folder: Path, out_dir: Path, segmenter: Any, infer_cfg: Mappin
     except (OSError, ValueError) as exc:
         return StudyOutcome("error", f"no measurements written: {exc}", series or None, timings=timings)
     flags = list(meas.get("qc_flags") or [])
-    if result["status"] != "ok":
+    if result["status"] not in ("ok", "skipped"):
         error = str(result["error"])
         refused = error.startswith("not_hip_anatomy") or job.error is not None
         return StudyOutcome("refused" if refused else "error", error, series or None, qc_flags=flags, timings=timings)

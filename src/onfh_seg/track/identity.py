@@ -32,9 +32,8 @@ from pathlib import Path
 
 from onfh_seg.io.manifest import ManifestError, read_manifest
 from onfh_seg.io.nifti import read_json_dict, sha256_file
+from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, scan_name
 
-MEASUREMENTS_SUFFIX = "_measurements.json"
-SEG_SUFFIX = "_seg.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,6 @@ class RecordedScan:
 def normalised_path(path: str | Path) -> str:
     """Absolute path with symlinks resolved (how onfh-infer records ``input_path``)."""
     return os.path.realpath(Path(path))
-
-
-def legacy_name(image_ref: str) -> str:
-    """The pre-``input_path`` name rule: file name without ``.nii.gz`` / ``.nii``."""
-    name = Path(image_ref).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _from_measurements(path: Path) -> RecordedScan | None:
@@ -144,7 +134,7 @@ class InferIndex:
         by_ref = [n for n, r in self.scans.items() if r.image_ref == image_ref]
         if len(by_ref) == 1:
             return self.scans[by_ref[0]]
-        legacy = self.scans.get(legacy_name(image_ref))
+        legacy = self.scans.get(scan_name(image_ref))
         if legacy is not None and not legacy.input_path and not by_ref:
             return legacy
         return None

@@ -22,13 +22,11 @@ from onfh_seg.geometry import ball_mask, voxel_to_ras
 from onfh_seg.hips import split_hips
 from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
 from onfh_seg.io.nifti import load_nifti, sha256_file
+from onfh_seg.run.outputs import output_paths, scan_name
 from onfh_seg.track.identity import (
-    MEASUREMENTS_SUFFIX,
-    SEG_SUFFIX,
     InferIndex,
     RecordedScan,
     current_sha256,
-    legacy_name,
     normalised_path,
     read_infer_dir,
     recorded_error,
@@ -131,9 +129,9 @@ def collect_patients(manifest_path: str | Path, infer_dir: str | Path) -> tuple[
 def _scan_input(tp: str, months: float, path: Path, image_ref: str, index: InferIndex) -> ScanInput:
     """A timepoint's scan with onfh-infer's recorded identity; ``error`` set when it cannot be tracked."""
     rec = index.find(path, image_ref)
-    name = rec.name if rec is not None else legacy_name(image_ref)
-    s = ScanInput(tp, months, path, index.infer_dir / f"{name}{SEG_SUFFIX}",
-                  index.infer_dir / f"{name}{MEASUREMENTS_SUFFIX}", name=name)
+    name = rec.name if rec is not None else scan_name(image_ref)
+    paths = output_paths(index.infer_dir, name)
+    s = ScanInput(tp, months, path, paths["seg"], paths["measurements"], name=name)
     if rec is not None:
         s.kind, s.series_uid = rec.input_kind, rec.series_uid
     s.error = _check_scan(s, rec, index, image_ref)

@@ -1,7 +1,8 @@
 """Per-run records of onfh-infer: ``measurements.csv``, ``errors.csv`` and ``run_manifest.json``.
 
 Written once per run by the process that holds the out_dir lock (the local pool's
-parent or the Dask client), from the per-scan results of :mod:`onfh_seg.batch`.
+parent or the Dask client), from the per-scan results of :mod:`onfh_seg.run.batch`
+(:class:`BatchSummary`).
 """
 
 from __future__ import annotations
@@ -10,21 +11,69 @@ import json
 import statistics
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from onfh_seg.config import as_dict
+from onfh_seg.config_schemas import InferSettings
+from onfh_seg.infer.inputs import ScanJob
 from onfh_seg.infer.pipeline import row_sort_key, rows_from_measurements, software_versions
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import atomic_write_text, read_json_dict
 from onfh_seg.measure import CSV_COLUMNS
-
-if TYPE_CHECKING:
-    from onfh_seg.batch import BatchSummary, EngineSpec
-    from onfh_seg.infer.inputs import ScanJob
+from onfh_seg.run.jobs import EngineSpec
 
 ERROR_COLUMNS = ["scan", "image", "error"]
 MANIFEST_CSV_COLUMNS = ("patient_id", "timepoint", "months")  # carried into measurements.csv for manifest input
+
+
+@dataclass
+class BatchSummary:
+    """Outcome of a run; ``results`` are per-scan dicts in job order."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    results: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+    no_hip: list[str] = field(default_factory=list)  # scans refused: no femoral head found, or not hip anatomy
+
+    @classmethod
+    def of(cls, out_dir: Path, results: list[dict]) -> BatchSummary:
+        """The counts of ``results`` (a refusal as not a hip is counted apart, never as done or failed)."""
+        no_hip = [r["name"] for r in results if r.get("no_hip")]
+        return cls(done=sum(r["status"] == "ok" and not r.get("no_hip") for r in results),
+                   skipped=sum(r["status"] == "skipped" for r in results),
+                   failed=sum(r["status"] == "error" and not r.get("no_hip") for r in results),
+                   results=results, out_dir=out_dir, no_hip=no_hip)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.done + self.skipped + len(self.no_hip) > 0 else 1
+
+    @property
+    def reruns(self) -> dict[str, int]:
+        """Why finished scans ran again: reason -> count (first seen first)."""
+        out: dict[str, int] = {}
+        for r in self.results:
+            if r.get("rerun_reason"):
+                out[r["rerun_reason"]] = out.get(r["rerun_reason"], 0) + 1
+        return out
+
+    def line(self) -> str:
+        text = f"done {self.done}, "
+        if self.no_hip:  # counted apart and named: a refusal is an answer, not a measurement
+            names = ", ".join(self.no_hip[:5]) + (f", +{len(self.no_hip) - 5} more" if len(self.no_hip) > 5 else "")
+            text += f"no hip found {len(self.no_hip)} ({names}), "
+        text += f"skipped {self.skipped}, failed {self.failed}"
+        reruns = self.reruns
+        if reruns:
+            n = sum(reruns.values())
+            why = next(iter(reruns)) if len(reruns) == 1 else ", ".join(f"{c} {r}" for r, c in reruns.items())
+            text += f"; re-run {n}: {why}"
+        return text
 
 
 def _number(text: Any) -> Any:
@@ -119,7 +168,7 @@ def stage_seconds(results: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def write_run_manifest(
-    out_dir: Path, cfg: Mapping[str, Any], summary: BatchSummary, spec: EngineSpec, workers: int,
+    out_dir: Path, settings: InferSettings, summary: BatchSummary, spec: EngineSpec, workers: int,
     started: str, duration_s: float, command_line: list[str] | None,
 ) -> Path:
     """``run_manifest.json``: what ran, on what, with which model, and how long each scan took."""
@@ -136,8 +185,8 @@ def write_run_manifest(
         "provider_used": provider_used(summary.results),
         # as ONNX Runtime reports them, e.g. {"CUDAExecutionProvider": {"use_tf32": "0", ...}}
         "provider_options": next((r["provider_options"] for r in summary.results if r.get("provider_options")), {}),
-        "executor": str(cfg.get("executor") or "local"),
-        "scheduler": cfg.get("scheduler"),
+        "executor": str(settings.executor),
+        "scheduler": settings.scheduler,
         "workers": workers,
         "threads_per_worker": spec.threads,
         "started": started,
@@ -145,7 +194,7 @@ def write_run_manifest(
         "duration_s": round(duration_s, 3),
         "stage_seconds": stage_seconds(summary.results),
         "command_line": list(command_line) if command_line is not None else list(sys.argv),
-        "config": dict(cfg),
+        "config": as_dict(settings),
         "counts": {"total": len(summary.results), "done": summary.done, "skipped": summary.skipped,
                    "no_hip": len(summary.no_hip),
                    "failed": summary.failed},

@@ -27,6 +27,7 @@ type or extent of any hip, or a hip found/lost).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -36,8 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.config import model_version
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.infer.inputs import ScanJob
+from onfh_seg.infer.pipeline import result_settings, resume_check, segmenter_info
+from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import TMP_MARK, read_json_dict
+from onfh_seg.lifecycle import DirLock, check_writable
+from onfh_seg.measure import SIDE_ORDER
+from onfh_seg.run.batch import run_batch, scan_jobs
+from onfh_seg.run.jobs import DEFAULT_ENGINE, EngineSpec, SegmenterFactory, engine_spec
+from onfh_seg.run.outputs import output_paths
+from onfh_seg.run.records import BatchSummary
 
 REANALYSIS_CSV = "reanalysis.csv"
 PREVIOUS = "previous"
@@ -65,7 +76,7 @@ class Plan:
 class Reanalysis:
     """Outcome: the batch summary, the comparison rows and the one-line summary."""
 
-    batch: Any
+    batch: BatchSummary
     rows: list[dict]
     line: str
     table: Path
@@ -77,8 +88,6 @@ class Reanalysis:
 def plan_reanalysis(jobs: list[ScanJob], earlier: Path, model_version: str, settings: Mapping[str, Any]) -> Plan:
     """Sort ``jobs`` by what the earlier run holds for them: finished with another model/settings/input
     (``rerun``), finished as asked (``current``), or nothing finished (``new``)."""
-    from onfh_seg.infer.pipeline import output_paths, resume_check
-
     plan = Plan()
     for job in jobs:
         meas, why = resume_check(job, earlier, model_version, settings, True)
@@ -103,8 +112,6 @@ def previous_folder(out_dir: Path, old: Mapping[str, Any], reason: str) -> Path:
 
 def scan_files(folder: Path, name: str) -> list[Path]:
     """The existing per-scan files of ``name`` in ``folder``, measurements JSON first."""
-    from onfh_seg.infer.pipeline import output_paths
-
     paths = output_paths(folder, name)
     ordered = [paths["measurements"]] + [p for k, p in paths.items() if k != "measurements"]
     return [p for p in ordered if p.is_file()]
@@ -165,8 +172,6 @@ def _delta(old: Any, new: Any) -> float | None:
 
 def match_hips(old: list[dict], new: list[dict]) -> list[tuple[str, dict | None, dict | None]]:
     """Pairs of hips by side (right, left, then unknown in order); a hip on one side only pairs with None."""
-    from onfh_seg.measure import SIDE_ORDER
-
     pairs = []
     sides = [s for s in SIDE_ORDER if any(h.get("side") == s for h in old + new)]
     sides += sorted({str(h.get("side")) for h in old + new} - set(sides))
@@ -219,13 +224,9 @@ def summary_line(rows: list[dict], n_rerun: int, n_total: int) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def current_model_version(spec: Any, factory: Any) -> str:
+def current_model_version(spec: EngineSpec, factory: SegmenterFactory | None) -> str:
     """The model version this run's segmenter reports: the shipped engine's from ``model.json`` (no model
     loaded here, e.g. a client without the workers' GPU), any other engine's from one instance built here."""
-    from onfh_seg.batch import DEFAULT_ENGINE
-    from onfh_seg.config import model_version
-    from onfh_seg.infer.pipeline import segmenter_info
-
     if factory is None and spec.engine == DEFAULT_ENGINE:
         version = model_version(spec.model_dir)
         if version is not None:
@@ -234,41 +235,31 @@ def current_model_version(spec: Any, factory: Any) -> str:
     return segmenter_info(segmenter)["model_version"]
 
 
-def run_reanalysis(cfg: Mapping[str, Any], segmenter_factory: Any = None,
+def run_reanalysis(settings: InferSettings, segmenter_factory: SegmenterFactory | None = None,
                    command_line: list[str] | None = None) -> Reanalysis:
-    """Re-analyse ``cfg["reanalyse"]`` (an earlier out_dir) into ``cfg["out_dir"]``; see the module docstring."""
-    from onfh_seg.batch import engine_spec, run_batch, with_defaults
-    from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.infer.pipeline import output_paths, result_settings
-    from onfh_seg.io.manifest import write_manifest
-    from onfh_seg.lifecycle import DirLock, check_writable
-
-    cfg = with_defaults(cfg)
-    earlier = Path(str(cfg.get("reanalyse") or ""))
-    if not str(cfg.get("reanalyse") or "").strip() or not earlier.is_dir():
+    """Re-analyse ``settings.reanalyse`` (an earlier out_dir) into ``settings.out_dir``; see the module docstring."""
+    earlier = Path(str(settings.reanalyse or ""))
+    if not str(settings.reanalyse or "").strip() or not earlier.is_dir():
         raise FileNotFoundError(f"reanalyse: earlier run folder not found: {earlier}")
     if not any(earlier.glob("*_measurements.json")):
         raise ValueError(f"reanalyse: {earlier} holds no onfh-infer outputs (*_measurements.json)")
-    out_dir = Path(str(cfg["out_dir"]))
+    out_dir = Path(str(settings.out_dir))
     check_writable(out_dir)
     in_place = out_dir.exists() and out_dir.resolve() == earlier.resolve()
     if in_place:
         check_writable(earlier)
-    jobs = expand_input(cfg.get("input"), dict(((cfg.get("dicom") or {}).get("rules")) or {}), out_dir=out_dir,
-                        max_image_mb=cfg.get("max_image_mb"),
-                        allow_unknown_orientation=bool(cfg["allow_unknown_orientation"]),
-                        series=str(cfg.get("series") or "auto"), geometry=str(cfg["geometry"]))
-    spec = engine_spec(cfg, 1)
+    jobs = scan_jobs(settings, out_dir)
+    spec = engine_spec(settings, 1)
     version = current_model_version(spec, segmenter_factory)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with DirLock(out_dir, "onfh-infer", wait=bool(cfg["wait_lock"])):  # released for run_batch, which locks again
-        plan = plan_reanalysis(jobs, earlier, version, result_settings(cfg))
+    with DirLock(out_dir, "onfh-infer", wait=bool(settings.wait_lock)):  # released for run_batch, which locks again
+        plan = plan_reanalysis(jobs, earlier, version, result_settings(settings))
         if in_place:
             for folder in sorted(set(move_aside(out_dir, plan).values())):
                 keep_run_records(out_dir, folder)
         else:
             copy_current(earlier, out_dir, plan.current)
-    batch = run_batch({**cfg, "reanalyse": None, "resume": True}, segmenter_factory=segmenter_factory,
+    batch = run_batch(dataclasses.replace(settings, reanalyse=None, resume=True), segmenter_factory=segmenter_factory,
                       command_line=command_line)
     rows = []
     for name, (reason, old) in sorted(plan.rerun.items()):
