@@ -15,12 +15,14 @@ from onfh_seg.cli.common import config_dir
 TINY = ["model.net.channels=[4,8,16]", "model.net.strides=[2,2]", "model.lr=1e-2", "data.patch_vox=[32,32,32]",
         "data.samples_per_epoch=4", "data.batch_size=2", "data.num_workers=0", "data.augment=false",
         "trainer.max_steps=24", "trainer.check_val_every_n_epoch=3", "trainer.log_every_n_steps=1"]
+GEN = ("data.generate={n_patients: 1, seed: 7, months: [0], "
+       "acquisition: {max_matrix: 128, orientations: {coronal: 1}, small_fov_fraction: 0}}")
 
 
-def _cfg(overrides: list[str]) -> dict:
+def _cfg(overrides: list[str], run_dir: Path | str = "unused") -> dict:
+    """The resolved train config; ``run_dir`` is set before resolving (checkpoints and logs go below it)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    cfg.run_dir = "unused"
+        cfg = compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -37,13 +39,11 @@ def smoke_runs(tmp_path_factory):
     from onfh_seg.train import train
 
     root = tmp_path_factory.mktemp("train")
-    gen = "data.generate={n_patients: 1, seed: 7, months: [0], acquisition: {max_matrix: 128, orientations: {coronal: 1}, small_fov_fraction: 0}}"
     out = {}
     for stage, extra in (("fine", ["data.val_vox=[64,64,64]", "data.crop_vox=80"]), ("coarse", ["experiment=coarse"])):
-        cfg = _cfg(extra + TINY + [gen, "data.generate_val=null", f"data.cache_dir={root / 'cache'}"])
+        cfg = _cfg(extra + TINY + [GEN, "data.generate_val=null", f"data.cache_dir={root / 'cache'}"], root / stage)
         cfg["data"]["val_manifests"] = []
         cfg["data"]["generate_val"] = cfg["data"]["generate"]
-        cfg["run_dir"] = str(root / stage)
         out[stage] = train(cfg)
         out[stage]["run_dir"] = root / stage
     return out
@@ -62,6 +62,26 @@ def test_smoke_training_loss_falls_and_checkpoints(smoke_runs):
         assert "val/dice_mean" in res["metrics"]
 
 
+def test_training_without_callbacks_or_logger(smoke_runs, tmp_path):
+    """``callbacks=none logger=none``: no best.ckpt and no logs; the final weights still go to last.ckpt, which
+    the run record then names as the best."""
+    from onfh_seg.train import train
+
+    cache = smoke_runs["fine"]["run_dir"].parent / "cache"  # the smoke runs' generated cohort, reused
+    tiny = [o for o in TINY if not o.startswith("trainer.max_steps=")]
+    cfg = _cfg(["data.val_vox=[64,64,64]", "data.crop_vox=80", *tiny, GEN, "data.generate_val=null",
+                f"data.cache_dir={cache}", "trainer.max_steps=4", "callbacks=none", "logger=none"], tmp_path / "run")
+    cfg["data"]["val_manifests"] = []
+    cfg["data"]["generate_val"] = cfg["data"]["generate"]
+    res = train(cfg)
+    import torch
+
+    assert res["best"] == res["last"] == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert torch.load(res["last"], map_location="cpu", weights_only=False)["global_step"] == 4
+    assert not (tmp_path / "run" / "logs").exists() and (tmp_path / "run" / "result.json").is_file()
+
+
 def test_killed_run_resumes_from_the_latest_epoch(tmp_path, monkeypatch):
     """last.ckpt holds the latest epoch end (not only the best one): a run killed at step 13 resumes from step 12."""
     import torch
@@ -69,12 +89,10 @@ def test_killed_run_resumes_from_the_latest_epoch(tmp_path, monkeypatch):
     from onfh_seg.model.module import SegModule
     from onfh_seg.train import train
 
-    gen = "data.generate={n_patients: 1, seed: 7, months: [0], acquisition: {max_matrix: 128, orientations: {coronal: 1}, small_fov_fraction: 0}}"
-    cfg = _cfg(["data.val_vox=[64,64,64]", "data.crop_vox=80", *TINY, gen, "data.generate_val=null",
-                f"data.cache_dir={tmp_path / 'cache'}", "trainer.check_val_every_n_epoch=100"])
+    cfg = _cfg(["data.val_vox=[64,64,64]", "data.crop_vox=80", *TINY, GEN, "data.generate_val=null",
+                f"data.cache_dir={tmp_path / 'cache'}", "trainer.check_val_every_n_epoch=100"], tmp_path / "run")
     cfg["data"]["val_manifests"] = []
     cfg["data"]["generate_val"] = cfg["data"]["generate"]
-    cfg["run_dir"] = str(tmp_path / "run")
     step = SegModule.training_step
 
     def killed_at_13(self, batch, idx):

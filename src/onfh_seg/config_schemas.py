@@ -201,19 +201,27 @@ class NetSettings:
 
 @dataclass
 class ModelSettings:
-    """configs/model/*.yaml."""
+    """configs/model/*.yaml: keyword arguments of ``_target_`` (``onfh_seg.model.module.SegModule``)."""
 
+    _target_: str
     net: NetSettings
     lr: float = dataclasses.field(metadata={"min": 0})
     weight_decay: float = dataclasses.field(metadata={"min": 0})
     dice_weight: float = dataclasses.field(metadata={"min": 0})
     ce_weight: float = dataclasses.field(metadata={"min": 0})
+    max_steps: int = dataclasses.field()  # ${trainer.max_steps}; the next three from data
+    stage: Literal["fine", "coarse"] = dataclasses.field()
+    spacing_mm: float = dataclasses.field(metadata={"min": 0.1})
+    patch_vox: tuple[int, int, int] = dataclasses.field()
 
 
 @dataclass
 class DataSettings:
-    """configs/data/*.yaml (``randomise``: the domain-randomised data of ``*_dr*.yaml``, else null)."""
+    """configs/data/*.yaml: keyword arguments of ``_target_`` (``onfh_seg.model.data.SegDataModule``) besides
+    ``generate`` / ``generate_val`` (read by ``onfh_seg.train``); ``randomise``: the domain-randomised data of
+    ``*_dr*.yaml``, else null."""
 
+    _target_: str
     stage: Literal["fine", "coarse"]
     train_manifests: list[Path_]
     val_manifests: list[Path_]
@@ -234,8 +242,12 @@ class DataSettings:
 
 @dataclass
 class TrainerSettings:
-    """configs/trainer/*.yaml: keyword arguments of ``lightning.Trainer`` (the ones below; optional ones may be absent)."""
+    """configs/trainer/*.yaml: keyword arguments of ``_target_`` (``pytorch_lightning.Trainer``; the ones below,
+    optional ones may be absent)."""
 
+    _target_: str
+    default_root_dir: Path_
+    enable_model_summary: bool
     accelerator: Literal["cpu", "gpu", "cuda", "auto"]
     devices: Union[int, str, list[int]]
     max_steps: int
@@ -255,11 +267,13 @@ class TrainerSettings:
 
 @dataclass
 class TrainSettings:
-    """configs/train.yaml with its data/, model/ and trainer/ groups (onfh-train)."""
+    """configs/train.yaml with its data/, model/, callbacks/, logger/ and trainer/ groups (onfh-train)."""
 
     data: DataSettings
     model: ModelSettings
     trainer: TrainerSettings
+    callbacks: dict[str, Union[dict[str, Any], None]]  # name -> Lightning callback (a _target_ and its arguments)
+    logger: dict[str, Union[dict[str, Any], None]]  # name -> Lightning logger
     task_name: str
     seed: int
     threads: Union[int, None] = dataclasses.field(metadata={"min": 1})

@@ -8,7 +8,8 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 
 def run(cfg: DictConfig) -> int:
-    from onfh_seg.train import train
+    """Print the composed config, instantiate its data module, model, callbacks, logger and trainer, and fit."""
+    from onfh_seg.train import train  # torch and Lightning (the [train] extra): imported only to train
 
     c = to_dict(cfg)
     print(OmegaConf.to_yaml(cfg))
