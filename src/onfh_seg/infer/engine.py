@@ -200,8 +200,8 @@ class Segmenter:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
         ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
 
-        For the head search (``search``) only head voxels inside the image's field of view count, the
-        judging passes run without mirroring, and a confirmed head is segmented again as usual."""
+        For the head search (``search``) only head voxels inside the image's field of view count and the
+        judging passes run without mirroring (``_search`` segments a head it keeps again as usual)."""
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None)
         if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
@@ -216,8 +216,6 @@ class Segmenter:
         if head_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage does not confirm a head here
             return None
         fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-        if search and self.tta:  # the confirmed head, segmented the way the coarse stage's heads are
-            probs, lab, f_aff, f_shape = self._fine(x, affine, fine_centre)
         return fine_centre, probs, lab, f_aff, f_shape
 
     def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
@@ -265,8 +263,11 @@ class Segmenter:
             judged += 1
             r = self._confirm(x, affine, centre, search=True)
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
-                    or not plausible_head(r[0], mid, known[0] if known else None)
-                    or not self._head_shaped(r, affine, x.shape)):
+                    or not plausible_head(r[0], mid, known[0] if known else None)):
+                continue
+            if self.tta:  # the confirmed head, segmented the way the coarse stage's heads are (only after the
+                r = (r[0], *self._fine(x, affine, r[0]))  # checks of its centre: mirroring doubles the passes)
+            if not self._head_shaped(r, affine, x.shape):
                 continue
             confirmed.append(r)
             known.append(r[0])
