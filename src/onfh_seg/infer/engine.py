@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onfh_seg.geometry import covering_grid, crop_grid, resample
+from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.anatomy import check_anatomy
 from onfh_seg.infer.postprocess import clean_labels
@@ -149,6 +149,18 @@ class Segmenter:
         self._clock["resample_s"] += time.perf_counter() - t
         return out
 
+    def _crop_image(self, x: np.ndarray, affine: np.ndarray, f_aff: np.ndarray, f_shape: tuple) -> np.ndarray:
+        """The normalised image on a crop grid. Only the crop voxels within the image are resampled; the rest
+        is 0, as the resampler gives outside the image (a crop at the edge of the field of view)."""
+        lo, hi = sampled_box(x.shape, affine, f_aff, f_shape)
+        if np.all(lo == 0) and np.all(hi == np.array(f_shape)):
+            return self._resample(x, affine, f_aff, f_shape, order=1)
+        out = np.zeros(f_shape, np.float32)
+        if np.all(hi > lo):
+            out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = self._resample(x, affine, f_aff, f_shape, order=1,
+                                                                         box=(lo, hi))
+        return out
+
     def coarse_grid(self, x: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The normalised image on the coarse stage's RAS grid, and that grid's affine."""
         c = self.meta["coarse"]
@@ -191,7 +203,7 @@ class Segmenter:
         n = int(f["crop_vox"])
         mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
-        xf = self._resample(x, affine, f_aff, f_shape, order=1)
+        xf = self._crop_image(x, affine, f_aff, f_shape)
         probs = sliding_window(lambda a: self._run(self.fine, a, mirror), xf, self.window_vox, self.overlap, f["divisor"])
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
