@@ -17,6 +17,8 @@ version's ``src`` (the helpers of ``scripts/bench_batch.py`` run it and sample e
   equivalents (FPE).
 
 Prints a markdown table of medians and per-round ratios (base / this: > 1 means this checkout is cheaper).
+``scripts/bench_ab.sh`` alternates batch runs of a commit and the working tree only (wall and CPU time,
+all outputs compared); this adds the single scan, FPE and memory, for two checkouts already on disk.
 """
 
 from __future__ import annotations
