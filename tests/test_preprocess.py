@@ -184,6 +184,25 @@ def test_resample_in_a_box_or_in_threads_equals_the_whole_grid_bit_for_bit(seed:
     assert np.array_equal(part, whole[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_outside_the_sampled_box_the_resampling_is_cval(seed: int) -> None:
+    """``sampled_box`` holds every destination voxel that samples the source: resampling only it (the engine's
+    crops at the edge of the field of view) and filling the rest with ``cval`` equals the whole grid exactly."""
+    from onfh_seg.geometry import sampled_box
+
+    rng = np.random.default_rng(200 + seed)
+    src = rng.random(tuple(int(v) for v in rng.integers(5, 30, 3)), dtype=np.float32)
+    shape = tuple(int(v) for v in rng.integers(10, 40, 3))
+    a, b = _overlapping_grids(rng, src.shape, shape)
+    b[:3, 3] += rng.normal(0, 15, 3)  # destinations partly, or wholly, off the source
+    whole = resample(src, a, b, shape, 1, 0.0)
+    lo, hi = sampled_box(src.shape, a, b, shape)
+    part = np.zeros(shape, np.float32)
+    if np.all(hi > lo):
+        part[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = resample(src, a, b, shape, 1, 0.0, box=(lo, hi))
+    assert part.tobytes() == whole.tobytes()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_source_coordinates_are_the_ones_affine_transform_uses(seed: int) -> None:
     """On float64 data (where a last-bit difference in a coordinate shows in the value), map_coordinates on

@@ -85,6 +85,23 @@ def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray
     return w.min(0), w.max(0)
 
 
+def sampled_box(src_shape: Sequence[int], src_affine: np.ndarray, dst_affine: np.ndarray,
+                dst_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Destination voxel bounds ``(lo, hi)`` (hi exclusive, clipped) holding every destination voxel whose
+    centre lies within the source grid's voxel centres, one voxel of margin; empty (some hi <= lo) if none.
+
+    ``resample`` gives ``cval`` outside that hull (scipy's constant mode does not interpolate beyond the
+    edge voxels), so only this box needs computing."""
+    n = np.asarray(src_shape[:3], np.float64) - 1
+    corners = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])], np.float64)
+    to_dst = np.linalg.inv(np.asarray(dst_affine, np.float64)) @ np.asarray(src_affine, np.float64)
+    d = corners @ to_dst[:3, :3].T + to_dst[:3, 3]
+    m = np.array(dst_shape[:3])
+    lo = np.clip(np.floor(d.min(0)).astype(int) - 1, 0, m)
+    hi = np.clip(np.ceil(d.max(0)).astype(int) + 2, 0, m)
+    return lo, hi
+
+
 def field_of_view_x_mm(shape: tuple[int, ...], affine: np.ndarray) -> float:
     """Extent of the image grid along world x (mm), from its 8 corner voxel centres."""
     lo, hi = world_bounds(shape, affine)

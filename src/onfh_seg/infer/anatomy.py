@@ -200,6 +200,7 @@ def fibonacci_directions(n: int) -> np.ndarray:
 
 
 CAP_DIRECTIONS = fibonacci_directions(400)
+CAP_ROWS = 4096  # offsets per block of dot products in ``cap_coverage`` (13 MB)
 
 
 def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
@@ -213,7 +214,8 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
         return 0.0
     unit = offsets / np.maximum(np.linalg.norm(offsets, axis=1, keepdims=True), 1e-9)
     hit = np.zeros(len(CAP_DIRECTIONS), bool)
-    hit[np.unique(np.argmax(unit @ CAP_DIRECTIONS.T, axis=1))] = True
+    for a in range(0, len(unit), CAP_ROWS):  # in row blocks: all rows at once take ~100 MB for a large socket
+        hit[np.argmax(unit[a:a + CAP_ROWS] @ CAP_DIRECTIONS.T, axis=1)] = True
     return float(hit[cap].mean())
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onfh_seg.geometry import covering_grid, crop_grid, resample
+from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.anatomy import check_anatomy
 from onfh_seg.infer.postprocess import clean_labels
@@ -151,6 +151,18 @@ class Segmenter:
         self._clock["resample_s"] += time.perf_counter() - t
         return out
 
+    def _crop_image(self, x: np.ndarray, affine: np.ndarray, f_aff: np.ndarray, f_shape: tuple) -> np.ndarray:
+        """The normalised image on a crop grid. Only the crop voxels within the image are resampled; the rest
+        is 0, as the resampler gives outside the image (a crop at the edge of the field of view)."""
+        lo, hi = sampled_box(x.shape, affine, f_aff, f_shape)
+        if np.all(lo == 0) and np.all(hi == np.array(f_shape)):
+            return self._resample(x, affine, f_aff, f_shape, order=1)
+        out = np.zeros(f_shape, np.float32)
+        if np.all(hi > lo):
+            out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = self._resample(x, affine, f_aff, f_shape, order=1,
+                                                                         box=(lo, hi))
+        return out
+
     def coarse_grid(self, x: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The normalised image on the coarse stage's RAS grid, and that grid's affine."""
         c = self.meta["coarse"]
@@ -194,7 +206,7 @@ class Segmenter:
         n = int(f["crop_vox"])
         mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
-        xf = self._resample(x, affine, f_aff, f_shape, order=1)
+        xf = self._crop_image(x, affine, f_aff, f_shape)
         probs = sliding_window(lambda a: self._run(self.fine, a, mirror), xf, self.window_vox, self.overlap, f["divisor"])
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
@@ -203,8 +215,8 @@ class Segmenter:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
         ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
 
-        For the head search (``search``) only head voxels inside the image's field of view count, the
-        judging passes run without mirroring, and a confirmed head is segmented again as usual."""
+        For the head search (``search``) only head voxels inside the image's field of view count and the
+        judging passes run without mirroring (``_search`` segments a head it keeps again as usual)."""
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None)
         if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
@@ -219,8 +231,6 @@ class Segmenter:
         if head_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage does not confirm a head here
             return None
         fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-        if search and self.tta:  # the confirmed head, segmented the way the coarse stage's heads are
-            probs, lab, f_aff, f_shape = self._fine(x, affine, fine_centre)
         return fine_centre, probs, lab, f_aff, f_shape
 
     def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
@@ -269,8 +279,11 @@ class Segmenter:
             judged += 1
             r = self._confirm(x, affine, centre, search=True)
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
-                    or not plausible_head(r[0], mid, known[0] if known else None)
-                    or not self._head_shaped(r, affine, x.shape)):
+                    or not plausible_head(r[0], mid, known[0] if known else None)):
+                continue
+            if self.tta:  # the confirmed head, segmented the way the coarse stage's heads are (only after the
+                r = (r[0], *self._fine(x, affine, r[0]))  # checks of its centre: mirroring doubles the passes)
+            if not self._head_shaped(r, affine, x.shape):
                 continue
             confirmed.append(r)
             known.append(r[0])

@@ -51,7 +51,9 @@ def in_field_of_view(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affin
                      shape: tuple[int, ...]) -> np.ndarray:
     """Voxels of a grid whose centres fall inside an image's voxel grid (half a voxel of margin)."""
     to_in = np.linalg.inv(affine) @ grid_affine
-    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in grid_shape[:3]], indexing="ij")
+    # index vectors broadcast against each other: the same sums as on a full meshgrid, without building it
+    g = [np.arange(n, dtype=np.float32).reshape([-1 if a == ax else 1 for a in range(3)])
+         for ax, n in enumerate(grid_shape[:3])]
     inside = np.ones(tuple(grid_shape[:3]), bool)
     for r in range(3):
         v = to_in[r, 0] * g[0] + to_in[r, 1] * g[1] + to_in[r, 2] * g[2] + to_in[r, 3]
