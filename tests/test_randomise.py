@@ -6,7 +6,8 @@ import numpy as np
 
 from onfh_seg import labels as L
 from onfh_seg.synth.cohort import plan_patient, synth_config
-from onfh_seg.synth.phantom import N_TISSUES, TISSUES, render
+from onfh_seg.synth.patient import N_TISSUES, TISSUES
+from onfh_seg.synth.phantom import render
 from onfh_seg.synth.randomise import (head_phantom_labels, random_contrast, ras_cube, render_random,
                                       render_tissue)
 

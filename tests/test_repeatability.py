@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import synth_cfg
-from onfh_seg.evaluate import repeatability, repeatability_coefficient
+from onfh_seg.evaluate_summary import repeatability, repeatability_coefficient
 
 
 def test_repeatability_coefficient_formula():

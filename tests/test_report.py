@@ -14,16 +14,8 @@ import pytest
 
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, NECROTIC
 from onfh_seg.report.charts import band
-from onfh_seg.report.html import (
-    BEYOND,
-    DISCLAIMER,
-    ReportFigures,
-    metrics_table,
-    render_report,
-    report_figures,
-    sign_meaning,
-    write_report,
-)
+from onfh_seg.report.html import DISCLAIMER, ReportFigures, render_report, report_figures, write_report
+from onfh_seg.report.html_tables import BEYOND, metrics_table, sign_meaning
 from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
 from onfh_seg.report.pdf import chromium_path, html_to_pdf
 from onfh_seg.report.views import PANEL_PX, sample_views
@@ -293,7 +285,7 @@ def test_report_without_images_or_scores():
 
 @pytest.mark.parametrize("value,expected", [(None, "&ndash;"), (float("nan"), "&ndash;"), (25.6, "25.6")])
 def test_regenerated_fraction_shown_in_percent(value, expected):
-    from onfh_seg.report.html import fmt
+    from onfh_seg.report.html_tables import fmt
 
     assert fmt("regenerated_pct", value) == expected
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import synth_cfg
 from onfh_seg import labels as L
 from onfh_seg.io.manifest import read_manifest, resolve
-from onfh_seg.synth import phantom, style_b, style_b_scan
+from onfh_seg.synth import phantom, style_b, style_b_labels, style_b_scan
 from onfh_seg.synth.cohort import generate_cohort
 
 FAST = {"max_matrix": 64, "fine_mm": 1.3, "coarse_mm": 4.0, "slice_mm": [5.0, 6.0], "iso_mm": [2.0, 2.5]}
@@ -39,7 +39,7 @@ def test_labels_equal_phantom_labels(months):
     for side in ("right", "left"):  # diseased (with a regenerated channel at 9 months) and healthy hip
         P = _box(pat.hips[side].centre, 45.0, 1.1)
         _, lab_a, rg_a = phantom.render(P, pat, months)[:3]
-        lab_b, rg_b = style_b.label_points(P, pat, months)
+        lab_b, rg_b = style_b_labels.label_points(P, pat, months)
         assert np.array_equal(lab_a, lab_b)
         assert np.array_equal(rg_a, rg_b)
         assert (lab_b == L.ACETABULUM).any() and (lab_b == L.HEAD).any()
@@ -73,7 +73,7 @@ def test_band_darker_than_viable_marrow_and_varies():
     look = style_b.sample_look(np.random.default_rng(2), pat, "iso_3d")
     P = _box(pat.hips["right"].centre, 30.0, 0.7)
     img = style_b.render_b(P, pat, 0.0, look)
-    lab, _ = style_b.label_points(P, pat, 0.0)
+    lab, _ = style_b_labels.label_points(P, pat, 0.0)
     band, viable = img[lab == L.BAND], img[lab == L.HEAD]
     assert np.median(band) < np.median(viable)
     # faint or invisible in places: a share of band points keeps marrow-like signal

@@ -14,7 +14,8 @@ from conftest import synth_cfg
 from onfh_seg import labels as L
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.synth import phantom
-from onfh_seg.synth.cohort import DEMO_SCORES, generate_cohort, plan_demo, plan_patient
+from onfh_seg.synth.cohort import generate_cohort, plan_demo, plan_patient
+from onfh_seg.synth.plan import DEMO_SCORES
 
 
 def _scan_rows(manifest: Path) -> list[dict]:

@@ -10,6 +10,7 @@ mapped with the true transform to baseline) from the predictions against the
 same quantity from the true labels. All numbers come from running the ONNX
 models on the cohort. Cohorts: in-style validation, out-of-style A (the
 default ``onfh-synth`` renderer), out-of-style B (``onfh_seg.synth.style_b``).
+The cohort summary and the side-by-side table are in ``evaluate_summary``.
 """
 
 from __future__ import annotations
@@ -22,45 +23,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from onfh_seg import labels as L
+from onfh_seg.evaluate_summary import format_table, summarise  # format_table: cli.evaluate imports it from here
 from onfh_seg.geometry import ball_mask, voxel_volume_ml
+from onfh_seg.infer.engine import Segmenter
 from onfh_seg.io.manifest import read_manifest, resolve
+from onfh_seg.io.nifti import save_nifti
 from onfh_seg.measure import arco_extent, measure_scan
 from onfh_seg.run.outputs import output_paths, scan_name
 
-RETEST_SUFFIX = "_retest"  # synth.cohort.RETEST_SUFFIX: <pid>_m00_retest repeats <pid>_m00 on the same day
-RC_FACTOR = 2.77  # repeatability coefficient = 2.77 x within-subject SD (QIBA)
-
-SMALL_LESION_ML = 3.5
 HIP_BALL_PAD_MM = 8.0  # per-hip Dice: voxels within head radius + this of the true head centre
-
-# Issue 12 targets (out-of-style cohorts, medians over hips) and the earlier per-label targets.
-TARGETS: dict[str, tuple[str, float]] = {
-    "lesion_dice_median_hips": (">=", 0.90),
-    "lesion_dice_small_median_hips": (">=", 0.80),
-    "median_abs_lesion_volume_error_pct": ("<=", 7.0),
-    "head_dice_median_hips": (">=", 0.93),
-    "arco_agreement_pct": (">=", 90.0),
-    "healthy_hips_with_false_necrosis_gt_0_5ml": ("<=", 0),
-    "missed_hips_fully_visible_head": ("<=", 0),
-    "dice_femoral_head": (">=", 0.95), "dice_necrotic_zone": (">=", 0.90), "dice_interface_band": (">=", 0.70),
-    "dice_acetabulum": (">=", 0.90), "dice_lesion": (">=", 0.90), "median_abs_sir_error": ("<=", 0.05),
-}
-# Rows of the side-by-side table, in order (summary keys not listed here stay in summary.json only).
-TABLE_KEYS = (
-    "n_scans", "n_hips", "n_diseased_hips", "n_healthy_hips",
-    "lesion_dice_median_hips", "lesion_dice_small_median_hips", "n_small_lesion_hips",
-    "median_abs_lesion_volume_error_pct", "worst_lesion_volume_error_pct",
-    "head_dice_median_hips", "arco_agreement_pct",
-    "healthy_hips_with_false_necrosis_gt_0_5ml", "worst_false_lesion_ml_healthy",
-    "missed_hips_fully_visible_head", "n_hips_fully_visible_head",
-    "regenerated_fraction_error_median_pts", "regenerated_fraction_error_max_pts", "n_regenerated_pairs",
-    "dice_femoral_head", "dice_necrotic_zone", "dice_interface_band", "dice_acetabulum", "dice_lesion",
-    "median_abs_sir_error", "hips_found_pct",
-    "n_retest_pairs", "rc_lesion_volume_ml", "rc_lesion_volume_rel_pct", "rc_percent_head_pts",
-    "rc_percent_head_rel_pct", "rc_sir", "rc_sir_rel_pct", "regen_noise95_pts",
-)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,8 +93,6 @@ _SEG = None
 
 def make_segmenter(model_dir: str, threads: int, tta: bool, engine_kw: dict):
     """The ONNX cascade (``Segmenter``); anything with ``segment(image, affine)`` returning ``SegResult`` works."""
-    from onfh_seg.infer.engine import Segmenter
-
     return Segmenter(model_dir, provider="cpu", threads=threads, tta=tta, **engine_kw)
 
 
@@ -139,8 +111,6 @@ def evaluate_scan(args: tuple) -> dict:
     res = _SEG.segment(image, img_nii.affine)
     pred = res.labels
     if pred_path:
-        from onfh_seg.io.nifti import save_nifti
-
         save_nifti(pred, img_nii.affine, pred_path, np.uint8)
     spacing = np.linalg.norm(img_nii.affine[:3, :3], axis=0)
     vml = voxel_volume_ml(img_nii.affine)
@@ -248,105 +218,6 @@ def regenerated_errors(items: list[dict]) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------- summary
-
-
-def _median(v: Sequence[float]) -> float:
-    a = np.array([x for x in v if x is not None], float)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else float("nan")
-
-
-def summarise(scans: list[dict], hips: list[dict], regen: list[dict] | None = None) -> dict:
-    """Cohort summary with the issue's target measures (medians over hips unless the key says otherwise)."""
-    s: dict = {"n_scans": len(scans), "n_hips": len(hips)}
-    for c in list(L.LABELS.values())[1:] + ["lesion"]:
-        v = np.array([x[f"dice_{c}"] for x in scans], float)
-        s[f"dice_{c}"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-        if c != "lesion":
-            h = np.array([x[f"hd95_{c}"] for x in scans], float)
-            s[f"hd95_median_mm_{c}"] = float(np.nanmedian(h)) if np.isfinite(h).any() else float("nan")
-    measured = [h for h in hips if not h.get("truth_head_not_measurable")]
-    dis = [h for h in measured if h["stage"] != "0" and h["true_lesion_ml"] > 0]
-    s["n_diseased_hips"] = len(dis)
-    s["lesion_dice_median_hips"] = _median([h["lesion_dice"] for h in dis])
-    small = [h for h in dis if h["true_lesion_ml"] < SMALL_LESION_ML]
-    s["lesion_dice_small_median_hips"] = _median([h["lesion_dice"] for h in small])
-    s["n_small_lesion_hips"] = len(small)
-    s["head_dice_median_hips"] = _median([h["head_dice"] for h in measured])
-    err = [100 * (h["pred_lesion_ml"] - h["true_lesion_ml"]) / h["true_lesion_ml"] for h in dis]
-    err_c = [100 * abs(h["pred_lesion_ml"] - h["true_lesion_ml_continuous"]) / h["true_lesion_ml_continuous"]
-             for h in dis if h["true_lesion_ml_continuous"] > 0]
-    s["median_abs_lesion_volume_error_pct"] = _median([abs(e) for e in err])
-    s["worst_lesion_volume_error_pct"] = float(max(err, key=abs)) if err else float("nan")  # signed: + over
-    s["median_abs_lesion_volume_error_vs_continuous_pct"] = _median(err_c)
-    sir = [abs(h["pred_sir"] - h["true_sir"]) for h in dis if h["pred_sir"] is not None and h["true_sir"] is not None]
-    s["median_abs_sir_error"] = _median(sir)
-    s["n_sir_pairs"] = len(sir)
-    agree = [h["pred_arco"] == h["true_arco"] for h in measured]
-    s["arco_agreement_pct"] = float(100 * np.mean(agree)) if agree else float("nan")
-    healthy = [h for h in measured if h["stage"] == "0"]
-    s["n_healthy_hips"] = len(healthy)
-    s["healthy_hips_with_false_necrosis_gt_0_5ml"] = int(sum(h.get("false_lesion_ml", 0) > 0.5 for h in healthy))
-    s["worst_false_lesion_ml_healthy"] = float(max([h.get("false_lesion_ml", 0.0) for h in healthy], default=0.0))
-    visible = [h for h in hips if h.get("head_fully_visible")]
-    s["n_hips_fully_visible_head"] = len(visible)
-    s["missed_hips_fully_visible_head"] = int(sum(not h["found"] for h in visible))
-    s["hips_found_pct"] = float(100 * np.mean([h["found"] for h in hips])) if hips else float("nan")
-    s.update(repeatability(hips))
-    if regen is not None:
-        e = [r["regen_frac_error_pts"] if r["regen_frac_pred"] is not None else 100 * r["regen_frac_true"] for r in regen]
-        s["regenerated_fraction_error_median_pts"] = _median(e)
-        s["regenerated_fraction_error_max_pts"] = float(max(e)) if e else float("nan")
-        s["n_regenerated_pairs"] = len(e)
-    return s
-
-
-# ----------------------------------------------------------------------------- repeatability
-
-
-def repeatability_coefficient(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(RC, relative RC in %) of paired repeat measurements: RC = 2.77 x within-subject SD, the SD from the
-    pair differences (wSD^2 = mean(d^2) / 2); relative: the same with d / pair mean (wCV). NaN without pairs."""
-    x, y = np.asarray(a, float), np.asarray(b, float)
-    if x.size == 0:
-        return float("nan"), float("nan")
-    d = x - y
-    mean = (x + y) / 2.0
-    rc = RC_FACTOR * float(np.sqrt(np.mean(d**2) / 2.0))
-    ok = mean != 0
-    rel = RC_FACTOR * 100.0 * float(np.sqrt(np.mean((d[ok] / mean[ok]) ** 2) / 2.0)) if ok.any() else float("nan")
-    return rc, rel
-
-
-def _scan_stem(scan: str) -> str:
-    return scan.replace(".nii.gz", "").replace(".nii", "")
-
-
-def repeatability(hips: list[dict]) -> dict:
-    """Test-retest repeatability over diseased hips measured in a scan and its same-day repeat
-    (``<scan>_retest``): RC (absolute and relative) of lesion volume, % of head and SIR; for the regenerated
-    fraction between the two (truly 0) the 95 % noise limit, 1.96 x its RMS, in points. Empty without pairs."""
-    by = {(_scan_stem(h["scan"]), h["side"]): h for h in hips}
-    pairs = [(by[(stem[: -len(RETEST_SUFFIX)], side)], h) for (stem, side), h in by.items()
-             if stem.endswith(RETEST_SUFFIX) and (stem[: -len(RETEST_SUFFIX)], side) in by]
-    pairs = [(t, r) for t, r in pairs if t.get("found") and r.get("found") and t.get("stage") != "0"
-             and (t.get("true_lesion_ml") or 0) > 0]
-    if not pairs:
-        return {}
-    out: dict = {"n_retest_pairs": len(pairs)}
-    for key, field_ in (("lesion_volume_ml", "pred_lesion_ml"), ("percent_head", "pred_extent_pct"),
-                        ("sir", "pred_sir")):
-        ab = [(t[field_], r[field_]) for t, r in pairs if t.get(field_) is not None and r.get(field_) is not None]
-        rc, rel = repeatability_coefficient([p[0] for p in ab], [p[1] for p in ab])
-        name = {"lesion_volume_ml": "rc_lesion_volume_ml", "percent_head": "rc_percent_head_pts", "sir": "rc_sir"}[key]
-        out[name] = rc
-        out[name.replace("_ml", "").replace("_pts", "") + "_rel_pct"] = rel
-    regen = [100.0 * r["regen_frac_pred"] for _, r in pairs if r.get("regen_frac_pred") is not None]
-    out["regen_noise95_pts"] = 1.96 * float(np.sqrt(np.mean(np.square(regen)))) if regen else float("nan")
-    return out
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -386,8 +257,6 @@ def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path,
     ``pred_dir`` the predictions are saved there and the regenerated-fraction error is computed.
     ``workers <= 1`` runs in this process (``make_segmenter`` is called once).
     """
-    from tqdm import tqdm
-
     pairs = cohort_rows(manifest)
     tags = manifest_tags(list(dict.fromkeys(m for m, _ in pairs)))
     multi = len(tags) > 1
@@ -443,24 +312,3 @@ def evaluate_cohorts(cohorts: dict[str, str | Sequence[str]], model_dir: str | P
         if on_cohort:
             on_cohort(name, s, scans, hips)
     return out
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if not np.isfinite(v) else f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
-    return str(v)
-
-
-def format_table(summaries: dict[str, dict]) -> str:
-    """One table: a row per measure, a column per cohort, then the target."""
-    names = list(summaries)
-    w = max([12] + [len(n) + 2 for n in names])
-    lines = [f"{'measure':45s}" + "".join(f"{n:>{w}s}" for n in names) + f"{'target':>10s}"]
-    keys = [k for k in TABLE_KEYS if any(k in s for s in summaries.values())]
-    for k in keys:
-        t = TARGETS.get(k)
-        tv = "" if t is None else f"{t[0]} {t[1]:g}"
-        lines.append(f"{k:45s}" + "".join(f"{_fmt(summaries[n].get(k, '')):>{w}s}" for n in names) + f"{tv:>10s}")
-    return "\n".join(lines)
-
-

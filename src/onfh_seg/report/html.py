@@ -3,7 +3,7 @@
 No external files, scripts, fonts or style sheets: the file can be mailed or
 archived on its own. Everything shown comes from the patient record written by
 ``track.patient.compute_patient`` plus the figures of ``report.views`` and
-``report.charts``; the words come from ``report.words``.
+``report.charts``; the words come from ``report.words``, the tables from ``report.html_tables``.
 
 Layout, the answer first: one headline per hip (lesion size then and now and
 whether the change is beyond noise, ARCO extent, regenerated share, head
@@ -22,60 +22,39 @@ style sheet fits a 3-visit patient on two A4 pages with text of at least 8 pt
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onfh_seg.io.manifest import CLINICAL_COLUMNS
+from onfh_seg import __version__
 from onfh_seg.io.nifti import atomic_write_text
-from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
+from onfh_seg.report.charts import imaging_chart_png
+from onfh_seg.report.html_tables import (
+    BEYOND,
+    DETAIL_METRICS,
+    change_correlation_html,
+    esc,
+    metrics_table,
+    scores_table,
+    untrusted_flags,
+)
 from onfh_seg.report.overlay import CONTOURS, CROSS_LEGEND
+from onfh_seg.report.pdf import html_to_pdf
+from onfh_seg.report.views import hip_view_pngs
 from onfh_seg.report.words import (
-    RC_KEYS,
-    SCORES,
-    beyond_rc,
-    change_rc,
     headline,
     healthy_line,
     hip_paragraph,
     hips_affected,
     is_healthy,
     months,
-    number,
-    score_title,
     versions_text,
 )
 
 DISCLAIMER = (
     "Research software. The segmentation model was trained on synthetic data only and is not for clinical use."
 )
-BEYOND = "\u25cf"  # the mark of a change beyond its repeatability coefficient
 
-# key: (label, unit, decimals, scale)
-METRICS: dict[str, tuple[str, str, int, float]] = {
-    "head_volume_ml": ("Femoral head volume", "mL", 1, 1.0),
-    "lesion_volume_ml": ("Lesion volume (necrotic zone + band)", "mL", 2, 1.0),
-    "percent_head_involved": ("Lesion, % of head", "%", 1, 1.0),
-    "arco_extent": ("ARCO extent class (share of the head; not a stage)", "", 0, 1.0),
-    "jic_type": ("JIC type (lesion position in the weight-bearing portion)", "", 0, 1.0),
-    "lesion_change_ml": ("Lesion change from baseline", "mL", 2, 1.0),
-    "lesion_change_pct": ("Lesion change from baseline", "%", 1, 1.0),
-    "regenerated_pct": ("Regenerated fraction of the baseline lesion", "%", 1, 1.0),
-    "new_necrosis_ml": ("New necrosis outside the baseline zone", "mL", 2, 1.0),
-    "sir_baseline_zone": ("T1 SIR in the baseline lesion zone (primary SIR)", "ratio", 3, 1.0),
-    "sir_change": ("Change of the primary SIR from baseline", "ratio", 3, 1.0),
-    "head_height_loss_mm": ("Head height loss along the lesion direction", "mm", 1, 1.0),
-    # details
-    "necrotic_core_volume_ml": ("Necrotic core volume", "mL", 2, 1.0),
-    "band_volume_ml": ("Interface band volume", "mL", 2, 1.0),
-    "regenerated_volume_ml": ("Regenerated volume", "mL", 2, 1.0),
-    "sir_lesion": ("T1 SIR in the current lesion", "ratio", 3, 1.0),
-    "sir_necrotic": ("T1 SIR in the necrotic core (onfh-infer)", "ratio", 3, 1.0),
-    "registration_shift_mm": ("Registration correction of the head centre (QC)", "mm", 1, 1.0),
-}
-DETAIL_METRICS = ("necrotic_core_volume_ml", "band_volume_ml", "regenerated_volume_ml", "sir_lesion", "sir_necrotic",
-                  "registration_shift_mm")
 IMAGING_CHART_KEYS = ("lesion_volume_ml", "regenerated_pct", "sir_baseline_zone", "head_height_loss_mm")
 
 CSS = """
@@ -146,44 +125,10 @@ class ReportFigures:
     imaging: dict[str, bytes] = field(default_factory=dict)
 
 
-def _esc(v) -> str:
-    return html.escape("" if v is None else str(v))
-
-
-def fmt(key: str, value, signed: bool = False) -> str:
-    """Formatted metric value (a dash when missing); never "-0.0"."""
-    if value is None or value == "":
-        return "&ndash;"
-    if key in ("arco_extent", "jic_type"):
-        return _esc(value)
-    _, _, nd, scale = METRICS.get(key, ("", "", 2, 1.0))
-    try:
-        v = float(value) * scale
-    except (TypeError, ValueError):
-        return _esc(value)
-    text = number(v, nd, signed)
-    return "&ndash;" if text == "\u2013" else _esc(text)
-
-
 def img_tag(png: bytes, alt: str, cls: str = "") -> str:
     """An <img> with the PNG embedded as a data URI."""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img class="{cls}" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
-
-
-def untrusted_flags(item: Mapping) -> list[str]:
-    """The QC flags of a scan or timepoint record that make its measurements untrustworthy.
-
-    Scan-wide flags (``qc_flags``) count; when the record carries its hip's own
-    flags (``hip_qc_flags``, with ``trusted``), those replace the scan's per-hip
-    ones (another hip's implausible head does not untrust this one).
-    """
-    flags = [f for f in item.get("qc_flags") or [] if f in UNTRUSTED_FLAGS]
-    if "hip_qc_flags" in item:
-        flags = [f for f in flags if f not in HIP_FLAGS] + list(item.get("hip_qc_flags") or [])
-    if item.get("trusted") is False and not flags:
-        flags = ["untrusted"]
-    return list(dict.fromkeys(flags))
+    return f'<img class="{cls}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def qc_warning(record: dict) -> str:
@@ -192,7 +137,7 @@ def qc_warning(record: dict) -> str:
     flagged = [(tp, flags) for tp, flags in flagged if flags]
     if not flagged:
         return ""
-    items = "".join(f"<li>{_esc(tp)}: {_esc(', '.join(flags))}</li>" for tp, flags in flagged)
+    items = "".join(f"<li>{esc(tp)}: {esc(', '.join(flags))}</li>" for tp, flags in flagged)
     return ('<div class="qcwarn"><b>Warning: measurements not trustworthy.</b> Quality control flagged these '
             "scans; their values are shown (marked in the tables) but are left out of the DICOM measurement "
             f"report and should not be used for decisions.<ul>{items}</ul></div>")
@@ -210,8 +155,8 @@ def headline_html(record: dict) -> str:
     """The headline box: one line per hip, hips with a lesion first, each with a QC note when a flag untrusts
     the visits it compares."""
     hips = sorted(record["hips"], key=is_healthy)
-    lines = "".join(f'<p class="{"healthy" if is_healthy(h) else "lesion"}">{_esc(headline(h, record))}'
-                    f'<span class="warn">{_esc(headline_qc(h))}</span></p>' for h in hips)
+    lines = "".join(f'<p class="{"healthy" if is_healthy(h) else "lesion"}">{esc(headline(h, record))}'
+                    f'<span class="warn">{esc(headline_qc(h))}</span></p>' for h in hips)
     return f'<div class="headline">{lines}</div>'
 
 
@@ -219,61 +164,32 @@ def _header(record: dict, package_version: str) -> str:
     scans = record.get("scans", [])
     flagged = [f"{s['timepoint']}: {', '.join(s.get('qc_flags') or [])}" for s in scans if s.get("qc_flags")]
     rows = [
-        ("Patient", _esc(record["patient_id"])),
-        ("Hips", _esc(hips_affected(record))),
-        ("Scans", ", ".join(f"{_esc(s['timepoint'])} ({months(s['months'])})" for s in scans)
-         + f"; baseline {_esc(record['baseline']['timepoint'])}"),
-        ("QC flags", _esc("; ".join(flagged) or "none")),
-        ("SIR reference region", _esc(record.get("reference", "acetabulum"))),
-        ("Software and model", _esc(versions_text(record, package_version))),
+        ("Patient", esc(record["patient_id"])),
+        ("Hips", esc(hips_affected(record))),
+        ("Scans", ", ".join(f"{esc(s['timepoint'])} ({months(s['months'])})" for s in scans)
+         + f"; baseline {esc(record['baseline']['timepoint'])}"),
+        ("QC flags", esc("; ".join(flagged) or "none")),
+        ("SIR reference region", esc(record.get("reference", "acetabulum"))),
+        ("Software and model", esc(versions_text(record, package_version))),
     ]
     out = [qc_warning(record), '<p class="header">'
            + " &middot; ".join(f'<span class="k">{k}:</span> {v}' for k, v in rows) + "</p>"]
     problems = [*(f"{e['timepoint']}: {e['reason']}" for e in record.get("errors", []))]
     problems += [w for w in record.get("warnings", []) if w not in problems]
     if problems:
-        out.append('<p class="warn"><b>Attention:</b> ' + "; ".join(_esc(p) for p in problems) + "</p>")
+        out.append('<p class="warn"><b>Attention:</b> ' + "; ".join(esc(p) for p in problems) + "</p>")
     return "\n".join(out)
 
 
 def hip_summary(hip: dict, record: dict | None = None) -> str:
     """The plain-words summary of a hip as a list, one sentence per item (escaped)."""
-    return '<ul class="words">' + "".join(f"<li>{_esc(s)}</li>" for s in hip_paragraph(hip, record or {})) + "</ul>"
-
-
-def metrics_table(hip: dict, keys: Sequence[str] | None = None, record: Mapping | None = None) -> str:
-    """Measurements of a hip by timepoint (``keys``: the rows; default the main ones), with the repeatability
-    coefficient (RC) of each change measure and ``BEYOND`` on follow-up changes that exceed it."""
-    keys = keys or [k for k in METRICS if k not in DETAIL_METRICS]
-    tps = hip["timepoints"]
-    bad = [bool(untrusted_flags(t)) for t in tps]
-    cls = ['' if not b else ' class="untrusted"' for b in bad]
-    head = "".join(f"<th{c}>{_esc(t['timepoint'])}<br>{months(t['months'])}"
-                   f"{'<br>&#9888; QC: ' + _esc(', '.join(untrusted_flags(t))) if b else ''}</th>"
-                   for t, b, c in zip(tps, bad, cls))
-    out = [f'<table class="metrics"><tr><th class="l">Measure</th><th class="l">Unit</th><th>RC</th>{head}</tr>']
-    for key in keys:
-        label, unit, nd, _ = METRICS[key]
-        if all(t.get(key) is None for t in tps):
-            continue
-        rc = change_rc(record or {}, hip, key) if key in RC_KEYS else None
-        cells = []
-        for i, (t, c) in enumerate(zip(tps, cls)):
-            mark = i > 0 and beyond_rc(t.get(key), rc) is True
-            text = fmt(key, t.get(key)) + (f' <span class="rc">{BEYOND}</span>' if mark else "")
-            td = c or (' class="beyond"' if mark else "")
-            cells.append(f"<td{td}>{text}</td>")
-        rc_cell = _esc(number(rc, max(nd - 1, 1) if unit != "ratio" else 2)) if rc is not None else ""
-        out.append(f'<tr><td class="l">{_esc(label)}</td><td class="l">{_esc(unit)}</td><td>{rc_cell}</td>'
-                   f'{"".join(cells)}</tr>')
-    out.append("</table>")
-    return "\n".join(out)
+    return '<ul class="words">' + "".join(f"<li>{esc(s)}</li>" for s in hip_paragraph(hip, record or {})) + "</ul>"
 
 
 def legend_html() -> str:
     """Legend of every line and mark in the image panels."""
-    items = "".join(f'<span class="sw" style="border-color:{c}"></span>{_esc(name)}' for name, _, c in CONTOURS)
-    return (f'<p class="legend">{items}<span class="cross">+</span>{_esc(CROSS_LEGEND)}. '
+    items = "".join(f'<span class="sw" style="border-color:{c}"></span>{esc(name)}' for name, _, c in CONTOURS)
+    return (f'<p class="legend">{items}<span class="cross">+</span>{esc(CROSS_LEGEND)}. '
             '<span class="noprint">Hover over an image for the plain T1; click to enlarge.</span></p>')
 
 
@@ -285,8 +201,8 @@ def views_html(hip_name: str, views: Mapping[str, Sequence[tuple[str, bytes, byt
         figs = "".join(
             f'<figure class="tp" tabindex="0">{img_tag(c, f"{hip_name} hip, {view}, {title}, contoured", "contoured")}'
             f'{img_tag(p, f"{hip_name} hip, {view}, {title}, plain T1", "plain")}'
-            f"<figcaption>{_esc(title)}</figcaption></figure>" for title, c, p in cols)
-        out.append(f'<div class="plane"><div class="pl">{_esc(view.capitalize())}</div>'
+            f"<figcaption>{esc(title)}</figcaption></figure>" for title, c, p in cols)
+        out.append(f'<div class="plane"><div class="pl">{esc(view.capitalize())}</div>'
                    f'<div class="visits" style="--n:{max(1, len(cols))}">{figs}</div></div>')
     return "\n".join(out)
 
@@ -294,7 +210,7 @@ def views_html(hip_name: str, views: Mapping[str, Sequence[tuple[str, bytes, byt
 def hip_section(hip: dict, record: dict, figures: ReportFigures) -> str:
     """The section of a hip with a lesion."""
     name = hip["hip"]
-    parts = [f'<section class="hip"><h2>{_esc(name.capitalize())} hip</h2>']
+    parts = [f'<section class="hip"><h2>{esc(name.capitalize())} hip</h2>']
     if name in figures.views:
         parts += [legend_html(), views_html(name, figures.views[name])]
     parts += [metrics_table(hip, record=record),
@@ -313,26 +229,9 @@ def healthy_section(hips: Sequence[dict], figures: ReportFigures, record: Mappin
         inner = metrics_table(hip, record=record)
         if hip["hip"] in figures.views:
             inner = legend_html() + views_html(hip["hip"], figures.views[hip["hip"]]) + inner
-        items.append(f'<li class="healthy">{_esc(healthy_line(hip))}<details><summary>Show images and measurements'
+        items.append(f'<li class="healthy">{esc(healthy_line(hip))}<details><summary>Show images and measurements'
                      f"</summary>{inner}</details></li>")
     return f'<h2>Hips without a lesion</h2><ul class="healthy">{"".join(items)}</ul>'
-
-
-def scores_table(record: dict) -> str:
-    """The clinical scores, one row per score (name, unit, direction of better) and one column per visit."""
-    visits = record.get("visits") or []
-    cols = [c for c in CLINICAL_COLUMNS if any(c in v for v in visits)]
-    if not cols:
-        return '<p class="muted">No clinical scores in the manifest.</p>'
-    changes = record.get("score_changes") or {}
-    head = "".join(f"<th>{_esc(v['timepoint'])}<br>{months(v['months'])}</th>" for v in visits)
-    out = [f'<table class="scores"><tr><th class="l">Score</th>{head}<th>Change<br>(last &minus; first)</th></tr>']
-    for c in cols:
-        cells = "".join(f"<td>{_esc(f'{v[c]:g}') if c in v else '&ndash;'}</td>" for v in visits)
-        change = _esc(number(changes[c]["change"], 1, True)) if c in changes else "&ndash;"
-        out.append(f'<tr><td class="l">{_esc(score_title(c)[0])}</td>{cells}<td>{change}</td></tr>')
-    out.append("</table>")
-    return "\n".join(out)
 
 
 METHODS = """
@@ -363,51 +262,6 @@ head height loss, from zero for the regenerated fraction); tables mark changes b
 """
 
 
-def sign_meaning(better: str) -> str:
-    """Which sign of Spearman's rho (lesion change against score change) goes with improvement, and why."""
-    if better == "higher":
-        return "negative: the lesion shrinks as the score rises (higher is better)"
-    if better == "lower":
-        return "positive: the lesion shrinks as the score falls (lower is better)"
-    return "unknown (no direction of better for this score)"
-
-
-def change_correlation_html(hip: Mapping, record: Mapping, min_n: int = 3) -> str:
-    """Per score: Spearman of this hip's lesion change (%) with the score change over the patient's own
-    visits, with n and what the sign means, as a table only when some score has ``min_n`` paired visits;
-    otherwise one sentence. Descriptive, with a pointer to the cohort table."""
-    from onfh_seg.report.charts import paired_change
-    from onfh_seg.stats import spearman
-
-    visits = record.get("visits") or []
-    rows, most = [], 0
-    for c in CLINICAL_COLUMNS:
-        pairs = paired_change(dict(hip), visits, c)
-        if not pairs:
-            continue
-        most = max(most, len(pairs))
-        res = spearman([p[1] for p in pairs], [p[2] for p in pairs], min_n)
-        if not isinstance(res["rho"], float):
-            continue
-        name, _, better = SCORES.get(c, (c, "", ""))
-        rows.append(f'<tr><td class="l">{_esc(name)}</td><td>{res["n"]}</td><td>{res["rho"]:+.2f}</td>'
-                    f'<td class="l">{_esc(sign_meaning(better))}</td></tr>')
-    side = f"{str(hip['hip']).capitalize()} hip"
-    if not rows:
-        if not most:
-            return ""
-        return (f'<p class="muted">{side}: lesion change and score change are paired at {most} visit'
-                f"{'s' if most != 1 else ''} (imaging and scores at the same months); a within-patient correlation "
-                f"needs {min_n}, so none is stated. Correlations across the cohort are in onfh-track's "
-                "correlations.csv.</p>")
-    return (f"<h3>{side}: lesion change against score change over this patient's visits</h3>"
-            '<table><tr><th class="l">Score</th><th>Visits paired</th><th>Spearman &rho;</th>'
-            '<th class="l">Sign that goes with improvement</th></tr>' + "".join(rows) + "</table>"
-            '<p class="muted">Correlation over this patient\'s own visits (lesion volume change against the score '
-            "change at the same months): it describes this patient only, is not a test, and does not show cause and "
-            "effect. Correlations across the cohort are in onfh-track's correlations.csv.</p>")
-
-
 def charts_html(figures: ReportFigures) -> str:
     """The small trajectory charts, one per imaging measure, in one row."""
     if not figures.imaging:
@@ -432,9 +286,9 @@ def clinical_html(record: dict) -> str:
 def render_report(record: dict, figures: ReportFigures | None = None, package_version: str | None = None) -> str:
     """The report HTML text."""
     if package_version is None:
-        from onfh_seg import __version__ as package_version
+        package_version = __version__
     figures = figures or ReportFigures()
-    pid = _esc(record["patient_id"])
+    pid = esc(record["patient_id"])
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -442,7 +296,7 @@ def render_report(record: dict, figures: ReportFigures | None = None, package_ve
         f"<title>ONFH follow-up report: {pid}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>Femoral head osteonecrosis follow-up: {pid}</h1>",
-        f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
+        f'<div class="disclaimer">{esc(DISCLAIMER)}</div>',
         headline_html(record),
         _header(record, package_version),
     ]
@@ -454,16 +308,13 @@ def render_report(record: dict, figures: ReportFigures | None = None, package_ve
     parts.append(charts_html(figures))
     parts.append(clinical_html(record))
     legend = "; ".join(f"{c}: {name}" for name, _, c in CONTOURS)
-    parts += ["<h2>Methods and definitions</h2>", METHODS.replace("{legend}", _esc(legend)),
-              f'<div class="disclaimer end">{_esc(DISCLAIMER)}</div>', "</body></html>\n"]
+    parts += ["<h2>Methods and definitions</h2>", METHODS.replace("{legend}", esc(legend)),
+              f'<div class="disclaimer end">{esc(DISCLAIMER)}</div>', "</body></html>\n"]
     return "\n".join(p for p in parts if p)
 
 
 def report_figures(record: dict, views: Mapping[str, Sequence] | None) -> ReportFigures:
     """All PNGs of a report. ``views``: hip name -> list of ``(timepoint, months, sample_views(...))``."""
-    from onfh_seg.report.charts import imaging_chart_png
-    from onfh_seg.report.views import hip_view_pngs
-
     figs = ReportFigures()
     for hip, cols in (views or {}).items():
         figs.views[hip] = hip_view_pngs([(f"{tp}, {float(m):g} mo", v) for tp, m, v in cols])
@@ -484,7 +335,5 @@ def write_report(record: dict, views: Mapping[str, Sequence] | None, path: str |
     text = render_report(record, report_figures(record, views))
     atomic_write_text(path, text)
     if pdf:
-        from onfh_seg.report.pdf import html_to_pdf
-
         html_to_pdf(Path(path), Path(path).with_suffix(".pdf"))
     return Path(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from nibabel import orientations
+from PIL import Image, ImageDraw, ImageFont
 
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
@@ -96,8 +97,6 @@ RGB: dict[str, tuple[int, int, int]] = {
 @lru_cache(maxsize=8)
 def _font(points: float):
     """DejaVu Sans (matplotlib's bundled font) at ``points`` pt for ``DPI``; Pillow's own font without it."""
-    from PIL import ImageFont
-
     px = max(6, round(points * DPI / 72))
     spec = find_spec("matplotlib")
     for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -193,8 +192,6 @@ def overlay_png(
     RAS mm), orientation letters sit at the panel edges and a scale bar at the
     bottom right. Grey window: 1-99.5 percentiles. Written atomically.
     """
-    from PIL import Image, ImageDraw
-
     img, can_aff = to_canonical(np.asarray(image, np.float32), affine)
     lab = None if labels is None else to_canonical(np.asarray(labels), affine)[0]
     spacing = np.linalg.norm(can_aff[:3, :3], axis=0)

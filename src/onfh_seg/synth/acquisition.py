@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.synth.phantom import Patient, render
+from onfh_seg.synth.patient import Patient
+from onfh_seg.synth.phantom import render
 from onfh_seg.synth.shapes import make_waves, rotation
 
 FINE_MM = 0.8

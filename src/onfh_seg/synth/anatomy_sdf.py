@@ -6,11 +6,10 @@ Shared by both renderers (``phantom.render`` and ``style_b``), so their label ma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from onfh_seg import labels as L
+from onfh_seg.synth.patient import Hip, Patient
 from onfh_seg.synth.shapes import (
     Points,
     dot,
@@ -22,9 +21,6 @@ from onfh_seg.synth.shapes import (
     smin,
     sub,
 )
-
-if TYPE_CHECKING:
-    from onfh_seg.synth.phantom import Hip, Patient
 
 
 def head_radius_field(P: Points, h: Hip, collapse_mm: float) -> np.ndarray:

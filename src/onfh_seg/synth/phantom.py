@@ -1,9 +1,10 @@
-"""Anatomy and disease of a synthetic hip phantom, rendered on arbitrary points.
+"""Anatomy and disease of a synthetic hip phantom: sampling, and rendering on arbitrary points.
 
 The phantom lives in its own *anatomy frame* (RAS+ mm, pelvis centre near the
 origin, patient right at +x). Each scan places it in the scanner with a rigid
 pose (see ``acquisition``). ``render`` returns the noiseless T1 signal (fat = 1),
-the label map and the ``regenerated`` mask for one timepoint.
+the label map and the ``regenerated`` mask for one timepoint. The data model
+(``Hip``, ``Patient``, ``hip_state``, the tissue tables) is in ``patient``.
 
 Label geometry (see ``onfh_seg.labels``): the femoral head is the (possibly
 collapsed) head sphere cut at the head-neck junction plane, perpendicular to the
@@ -13,8 +14,6 @@ that covers the head, up to its rim plane).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,150 +27,17 @@ from onfh_seg.synth.anatomy_sdf import (  # also phantom.<name> for existing cal
     pelvis_sdf,
     tract_distance,
 )
+from onfh_seg.synth.patient import CORE_TISSUE, MITCHELL_T1, T1, TISSUES, Hip, Patient, State, hip_state
 from onfh_seg.synth.shapes import (
     Points,
-    Waves,
     dot,
     make_waves,
     norm,
     sd_ellipsoid,
     sub,
+    take,
     unit,
 )
-
-# Relative T1 signal, fat = 1.0 (shared/notes/onfh-mri.md).
-T1 = {
-    "fat": 1.0,
-    "yellow_marrow": 0.93,
-    "red_marrow": 0.70,
-    "cartilage": 0.40,
-    "muscle": 0.33,
-    "fluid": 0.22,
-    "urine": 0.18,
-    "cortex": 0.05,
-    "vessel": 0.07,
-    "air": 0.0,
-    "skin": 0.5,
-    "tendon": 0.06,
-}
-MITCHELL_T1 = {"A": 0.88, "B": 0.78, "C": 0.24, "D": 0.13}
-
-# Tissue sub-labels (finer than the segmentation labels), for the domain-randomised
-# training renderer (``onfh_seg.synth.randomise``), which draws an intensity per
-# sub-label and per image. ``render(..., with_tissue=True)`` returns them.
-TISSUES: dict[str, int] = {
-    "air": 0, "muscle": 1, "fat_septa": 2, "subcutaneous_fat": 3, "skin": 4, "pelvic_fat": 5,
-    "bladder_wall": 6, "urine": 7, "rectum_wall": 8, "rectum_content": 9, "vessel": 10,
-    "pelvic_cortex": 11, "pelvic_marrow": 12, "joint_fluid": 13, "cartilage": 14, "acetabular_sclerosis": 15,
-    "femoral_cortex": 16, "subchondral_plate": 17, "red_marrow": 18, "yellow_marrow": 19, "edema_marrow": 20,
-    "core_fat": 21, "core_blood": 22, "core_fluid": 23, "core_fibrous": 24, "band": 25, "regenerated": 26,
-    "cyst": 27,
-}
-N_TISSUES = max(TISSUES.values()) + 1
-CORE_TISSUE = {"A": TISSUES["core_fat"], "B": TISSUES["core_blood"], "C": TISSUES["core_fluid"], "D": TISSUES["core_fibrous"]}
-STAGES = ("0", "1", "2", "3A", "3B", "4")
-RESPONSES = ("responder", "stable", "progressor")
-
-
-@dataclass
-class Hip:
-    """Geometry and disease of one hip (side: 'right' at +x or 'left')."""
-
-    side: str
-    centre: np.ndarray
-    radius: float
-    neck_dir: np.ndarray  # unit vector from head centre towards the neck
-    neck_len: float
-    neck_radius: float
-    gt_centre: np.ndarray
-    gt_axes: tuple[float, float, float]
-    shaft_top: np.ndarray
-    shaft_dir: np.ndarray
-    lt_centre: np.ndarray
-    joint_mm: float
-    cup_axis: np.ndarray  # acetabular opening direction
-    rim_h: float
-    head_waves: Waves
-    serp_waves: Waves
-    tex_waves: Waves
-    # disease
-    stage: str = "0"
-    extent: float = 0.0  # fraction of head volume at baseline
-    mitchell: str = "none"
-    edema: float = 0.0  # fractional T1 drop of head/neck marrow at baseline
-    lesion_dir: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    band_mm: float = 0.0
-    lesion_R: float = 0.0  # radius of the lesion ball around the dome point (set by calibration)
-    response: str = "stable"
-    tract_a: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    tract_b: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    regen_radius_mm: float = 0.0
-    shrink_frac: float = 0.0
-    grow_frac: float = 0.0
-    collapse_mm: float = 0.0
-    collapse_growth_mm: float = 0.0
-    # shape diversity (used by the domain-randomised training data; the default renderer keeps "ball", no cysts)
-    lesion_shape: str = "ball"
-    foci: tuple = ()  # extra lesion directions (unit vectors) for "multifocal"
-    cysts: tuple = ()  # subchondral cysts: ((x, y, z) centre in mm, radius mm), head label, fluid-like signal
-
-    @property
-    def s(self) -> float:
-        return 1.0 if self.side == "right" else -1.0
-
-    @property
-    def diseased(self) -> bool:
-        return self.stage != "0"
-
-    @property
-    def dome(self) -> np.ndarray:
-        return self.centre + self.radius * self.lesion_dir
-
-
-@dataclass
-class Patient:
-    """Whole-pelvis phantom parameters."""
-
-    patient_id: str
-    body_axes: tuple[float, float]
-    body_y: float
-    fat_mm: float
-    hips: dict[str, Hip]
-    bladder_axes: tuple[float, float, float]
-    body_waves: Waves
-    septa_waves: Waves
-    symphysis: np.ndarray
-
-
-@dataclass(frozen=True)
-class State:
-    """Disease state of one hip at one timepoint (derived from months and response)."""
-
-    lesion_R: float
-    regen_radius: float
-    band_mm: float
-    band_contrast: float  # 1 = full low-signal band, 0 = invisible
-    collapse_mm: float
-    edema: float
-    regen_signal: float  # fraction of the way from necrotic to marrow signal
-
-
-def hip_state(h: Hip, months: float) -> State:
-    """Disease state of a hip ``months`` after baseline."""
-    if not h.diseased:  # a healthy hip may still carry bone-marrow edema (not necrosis)
-        return State(0.0, 0.0, 0.0, 0.0, 0.0, float(h.edema), 0.0)
-    g = 1.0 - np.exp(-months / 5.0)  # response progress, 0 at baseline
-    R, regen, band, contrast, collapse, edema = h.lesion_R, 0.0, h.band_mm, 1.0, h.collapse_mm, h.edema
-    if h.response == "responder":
-        R = h.lesion_R * (1.0 - h.shrink_frac * g)
-        regen = h.regen_radius_mm * g
-        band = max(1.5, h.band_mm * (1.0 - 0.3 * g))
-        contrast = 1.0 - 0.45 * g
-        edema = h.edema * (1.0 - g)
-    elif h.response == "progressor":
-        R = h.lesion_R * (1.0 + h.grow_frac * g)
-        collapse = h.collapse_mm + h.collapse_growth_mm * g
-    return State(float(R), float(regen), float(band), float(contrast), float(collapse), float(edema), float(min(1.0, g * 1.3)))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -251,10 +117,6 @@ def calibrate_lesion(h: Hip, spacing: float = 0.6) -> None:
 # ----------------------------------------------------------------------------- render
 
 
-def _take(P: Points, m: np.ndarray) -> Points:
-    return (P[0][m], P[1][m], P[2][m])
-
-
 def femoral_vessels(P: Points, h: Hip) -> list[np.ndarray]:
     """Masks of the femoral artery and vein in front of a hip (vertical tubes)."""
     x, y = P[0], P[1]
@@ -275,7 +137,7 @@ def pelvis_near_hips(P: Points, pat: Patient) -> tuple[np.ndarray, dict[str, np.
     for m in near.values():
         sub_m = sub_m | m
     if sub_m.any():
-        pel[sub_m] = pelvis_sdf(_take(P, sub_m), pat)
+        pel[sub_m] = pelvis_sdf(take(P, sub_m), pat)
     return pel, near
 
 
@@ -346,7 +208,7 @@ def render(P: Points, pat: Patient, months: float, with_tissue: bool = False):
         m = hip_masks[side]
         if not m.any():
             continue
-        Q = _take(P, m)
+        Q = take(P, m)
         im_h, lab_h, rg_h, tis_h = img[m], lab[m], regen[m], tis[m]
         _render_hip(Q, h, months, pel[m], im_h, lab_h, rg_h, tis_h)
         img[m], lab[m], regen[m], tis[m] = im_h, lab_h, rg_h, tis_h
@@ -403,8 +265,15 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
         cy = marrow & head & (norm(sub(P, np.asarray(c, float))) < np.float32(r))
         img[cy] = T1["fluid"]
         tis[cy] = T["cyst"]
-    if not h.diseased:
-        return
+    if h.diseased:
+        _render_lesion(P, h, st, head, tex, msig, img, lab, regen, tis)
+
+
+def _render_lesion(P: Points, h: Hip, st: State, head: np.ndarray, tex: np.ndarray, msig: np.ndarray,
+                   img: np.ndarray, lab: np.ndarray, regen: np.ndarray, tis: np.ndarray) -> None:
+    """Paint the necrotic core, the interface band and the regenerated zone of a diseased hip (in place);
+    ``tex`` and ``msig`` are the hip's texture and viable-marrow signal at the points."""
+    T = TISSUES
     D = lesion_distance(P, h)
     base_les = head & (D < np.float32(h.lesion_R))
     les = head & (D < np.float32(st.lesion_R))
@@ -420,7 +289,7 @@ def _render_hip(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.ndarr
         mix = np.clip(0.5 + 0.8 * h.serp_waves((P[0] * 1.7, P[1] * 1.7, P[2] * 1.7)), 0, 1)
         csig = MITCHELL_T1["D"] + (MITCHELL_T1["A"] - MITCHELL_T1["D"]) * mix
     else:
-        csig = np.full(rq.shape, MITCHELL_T1[h.mitchell], np.float32)
+        csig = np.full(head.shape, MITCHELL_T1[h.mitchell], np.float32)
     csig = csig * tex
     img[core] = csig[core]
     if h.mitchell == "mixed":

@@ -13,6 +13,11 @@ import numpy as np
 Points = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def take(P: Points, m: np.ndarray) -> Points:
+    """The points where the mask ``m`` is true."""
+    return (P[0][m], P[1][m], P[2][m])
+
+
 def sub(P: Points, c) -> Points:
     """Points minus a constant vector."""
     return (P[0] - np.float32(c[0]), P[1] - np.float32(c[1]), P[2] - np.float32(c[2]))

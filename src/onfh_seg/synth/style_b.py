@@ -18,8 +18,8 @@ is this module's own:
   slabs, image formation in k-space (Gibbs ringing, motion ghosts), receive-coil
   bias, g-factor-scaled complex noise, magnitude image.
 
-Labels and the regenerated mask are evaluated exactly at each scan voxel centre.
-The output layout and truth JSON are those of ``cohort.generate_patient``.
+Labels and the regenerated mask are evaluated exactly at each scan voxel centre (``style_b_labels``).
+The output layout and truth JSON are those of every renderer (``scan_files.write_scan``).
 Selected with ``style: b`` in ``configs/synth.yaml`` (options under ``style_b``).
 """
 
@@ -31,23 +31,19 @@ from pathlib import Path
 import numpy as np
 from scipy.special import erfinv
 
-from onfh_seg import labels as L
-from onfh_seg.synth.anatomy_sdf import (
-    body_sdf,
-    femur_sdf,
-    head_radius_field,
-    lesion_distance,
-    pelvis_sdf,
-    tract_distance,
-)
-from onfh_seg.synth.phantom import Hip, Patient, femoral_vessels, hip_state, pelvis_near_hips
-from onfh_seg.synth.shapes import Points, dot, norm, sd_ellipsoid, sub
-from onfh_seg.synth.style_b_scan import ScanB, _coil_range, _take, acquire_b, plan_scans_b
+from onfh_seg.synth.anatomy_sdf import body_sdf, femur_sdf
+from onfh_seg.synth.patient import Hip, Patient, hip_state
+from onfh_seg.synth.phantom import femoral_vessels, pelvis_near_hips
+from onfh_seg.synth.plan import PatientPlan, timepoint_labels
+from onfh_seg.synth.scan_files import acquisition_record, merge_scores, write_scan
+from onfh_seg.synth.shapes import Points, dot, sd_ellipsoid, sub, take
+from onfh_seg.synth.style_b_labels import fine_truth, hip_geometry, scan_labels
+from onfh_seg.synth.style_b_scan import acquire_b, coil_range, plan_scans_b
 from onfh_seg.synth.style_b_texture import (
     GridB,
     Lattice,
     Octaves,
-    _grid_points,
+    grid_points,
     make_lattice,
     make_octaves,
     smoothstep,
@@ -56,8 +52,6 @@ from onfh_seg.synth.style_b_texture import (
 FINE_MM = 0.7  # per-hip intensity grid (default; option ``fine_mm``)
 FINE_HALF_MM = 46.0
 COARSE_MM = 2.5  # whole-body intensity grid (default; option ``coarse_mm``)
-TRUTH_MM = 0.6  # grid of the continuous truth volumes
-LABEL_RADIUS_PAD_MM = L.ACETABULUM_SHELL_MM + 3.0  # labels live within head radius + joint + this
 
 
 DEFAULTS: dict = {
@@ -143,74 +137,6 @@ def sample_look(rng: np.random.Generator, pat: Patient, protocol: str) -> Look:
     )
 
 
-# ----------------------------------------------------------------------------- geometry shared with the labels
-
-
-@dataclass
-class HipGeometry:
-    """Label-defining regions of one hip on a set of points (same definitions as ``phantom``)."""
-
-    rq: np.ndarray  # distance to the head centre
-    hr: np.ndarray  # deformed head radius along each point's direction
-    in_cup: np.ndarray
-    acet: np.ndarray
-    head: np.ndarray
-    core: np.ndarray
-    band: np.ndarray
-    regen: np.ndarray
-    band_depth: np.ndarray | None  # 0 at the viable edge of the band, 1 at the core edge (band points)
-
-
-def hip_geometry(P: Points, h: Hip, months: float, pel: np.ndarray) -> HipGeometry:
-    """Acetabulum, head, necrotic core, band and regenerated regions of hip ``h`` at ``months``."""
-    st = hip_state(h, months)
-    q = sub(P, h.centre)
-    rq = norm(q)
-    in_cup = dot(q, h.cup_axis) < np.float32(h.rim_h)
-    Rs = np.float32(h.radius + h.joint_mm)
-    hr = head_radius_field(P, h, st.collapse_mm)
-    acet = (pel < 0) & in_cup & (rq < Rs + np.float32(L.ACETABULUM_SHELL_MM))
-    head = (rq <= hr) & (dot(q, h.neck_dir) < np.float32(L.HEAD_NECK_JUNCTION_FRACTION * h.radius))
-    none = np.zeros(rq.shape, bool)
-    if not h.diseased:
-        return HipGeometry(rq, hr, in_cup, acet, head, none, none, none, None)
-    D = lesion_distance(P, h)
-    base_les = head & (D < np.float32(h.lesion_R))
-    les = head & (D < np.float32(st.lesion_R))
-    band = les & (D >= np.float32(st.lesion_R - st.band_mm))
-    depth = (np.float32(st.lesion_R) - D) / np.float32(max(st.band_mm, 1e-3))
-    if st.regen_radius > 0:  # regenerated channel along the injection tract, lined by the band
-        td = tract_distance(P, h)
-        les &= td >= np.float32(st.regen_radius)
-        band = les & (band | (td < np.float32(st.regen_radius + st.band_mm)))
-        depth = np.minimum(depth, (td - np.float32(st.regen_radius)) / np.float32(max(st.band_mm, 1e-3)))
-    core = les & ~band
-    return HipGeometry(rq, hr, in_cup, acet, head, core, band, base_les & ~les, np.clip(depth, 0, 1))
-
-
-def label_points(P: Points, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (uint8) and regenerated mask at points, by the label definitions of ``onfh_seg.labels``."""
-    n = np.shape(P[0])[0]
-    lab = np.zeros(n, np.uint8)
-    regen = np.zeros(n, bool)
-    for h in pat.hips.values():
-        q = sub(P, h.centre)
-        r = np.float32(h.radius * 1.1 + h.joint_mm + LABEL_RADIUS_PAD_MM)
-        m = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]) < r * r
-        if not m.any():
-            continue
-        Q = _take(P, m)
-        g = hip_geometry(Q, h, months, pelvis_sdf(Q, pat))
-        sub_lab, sub_rg = lab[m], regen[m]
-        sub_lab[g.acet] = L.ACETABULUM
-        sub_lab[g.head] = L.HEAD
-        sub_lab[g.core] = L.NECROTIC
-        sub_lab[g.band] = L.BAND
-        sub_rg |= g.regen
-        lab[m], regen[m] = sub_lab, sub_rg
-    return lab, regen
-
-
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -223,7 +149,7 @@ def render_b(P: Points, pat: Patient, months: float, look: Look) -> np.ndarray:
     body = body_sdf(P, pat)
     inside = body < 0
     if inside.any():
-        Pi = _take(P, inside)
+        Pi = take(P, inside)
         sig = np.float32(t["muscle"]) * (1 + np.float32(0.05) * look.body(Pi))
         septa = np.abs(look.septa((Pi[0], Pi[1], Pi[2] * np.float32(0.35)))) < 0.06  # fascial fat planes along the limb
         sig[septa] = np.float32(0.9 * t["fat"])
@@ -248,12 +174,12 @@ def render_b(P: Points, pat: Patient, months: float, look: Look) -> np.ndarray:
     img[bone] = t["cortex"]
     pm = pel < -1.6
     if pm.any():
-        red = smoothstep(0.5 + 0.6 * (look.pelvic_islands(_take(P, pm)) + np.float32(0.8 + look.red_bias)))
+        red = smoothstep(0.5 + 0.6 * (look.pelvic_islands(take(P, pm)) + np.float32(0.8 + look.red_bias)))
         img[pm] = np.float32(t["yellow"]) + (np.float32(t["red"]) - np.float32(t["yellow"])) * red
     for side, h in pat.hips.items():
         m = near[side]
         if m.any():
-            img[m] = _render_hip_b(_take(P, m), h, months, pel[m], img[m], look, look.hips[side])
+            img[m] = _render_hip_b(take(P, m), h, months, pel[m], img[m], look, look.hips[side])
     return img
 
 
@@ -312,7 +238,7 @@ def _render_hip_b(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.nda
     marrow = fem < -thick
     if not marrow.any():
         return img
-    Pm = _take(P, marrow)
+    Pm = take(P, marrow)
     msig = _marrow(Pm, h, g.rq[marrow], look, f)
     if st.edema > 0:  # patchy marrow edema in head and neck (not labelled necrotic)
         rqm = g.rq[marrow]
@@ -326,13 +252,13 @@ def _render_hip_b(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.nda
     les = (g.core | g.band | g.regen) & marrow  # the dark subchondral plate stays over the lesion
     if not les.any():
         return img
-    Pl = _take(P, les)
+    Pl = take(P, les)
     csig = _core_signal(Pl, h.mitchell, look, f)
     core_l, band_l, rg_l = g.core[les], g.band[les], g.regen[les]
     out = img[les]
     out[core_l] = csig[core_l]
     if band_l.any():
-        Pb = _take(Pl, band_l)
+        Pb = take(Pl, band_l)
         d = g.band_depth[les][band_l]
         width = np.float32(0.3) + np.float32(0.7) * smoothstep(0.5 + 0.5 * f.band_width(Pb))
         vis = np.clip(np.float32(0.55) + np.float32(0.75) * f.band_vis(Pb), 0, 1) * np.float32(st.band_contrast)
@@ -341,7 +267,7 @@ def _render_hip_b(P: Points, h: Hip, months: float, pel: np.ndarray, img: np.nda
         dark = mb + (np.float32(t["band"]) - mb) * vis
         out[band_l] = np.where(d < width, dark, csig[band_l])
     if rg_l.any():
-        heal = np.float32(t["red"]) * (1 + np.float32(0.08) * f.grain(_take(Pl, rg_l)))
+        heal = np.float32(t["red"]) * (1 + np.float32(0.08) * f.grain(take(Pl, rg_l)))
         out[rg_l] = csig[rg_l] + (heal - csig[rg_l]) * np.float32(st.regen_signal)
     img[les] = out
     return img
@@ -358,53 +284,25 @@ def render_grids_b(pat: Patient, months: float, look: Look, previous: dict | Non
         lo = np.array([-ax_ - 30, pat.body_y - ay_ * 1.1 - 30, -160.0])
         hi = np.array([ax_ + 30, pat.body_y + ay_ + 30, 130.0])
         shape = tuple(int(v) for v in np.ceil((hi - lo) / coarse_mm) + 1)
-        coarse = GridB(lo, coarse_mm, shape, render_b(_grid_points(lo, coarse_mm, shape), pat, months, look).reshape(shape))
+        coarse = GridB(lo, coarse_mm, shape, render_b(grid_points(lo, coarse_mm, shape), pat, months, look).reshape(shape))
         fine = {}
         nf = int(round(2 * FINE_HALF_MM / fine_mm)) + 1
         for side, h in pat.hips.items():
             o = h.centre - FINE_HALF_MM
-            fine[side] = GridB(o, fine_mm, (nf,) * 3, render_b(_grid_points(o, fine_mm, (nf,) * 3), pat, months, look).reshape((nf,) * 3))
+            fine[side] = GridB(o, fine_mm, (nf,) * 3, render_b(grid_points(o, fine_mm, (nf,) * 3), pat, months, look).reshape((nf,) * 3))
         return {"coarse": coarse, "fine": fine}
     fine = {}
     for side, g0 in previous["fine"].items():
         h = pat.hips[side]
         img = g0.img.copy()
         if h.diseased:
-            P = _grid_points(g0.origin, g0.spacing, g0.shape)
+            P = grid_points(g0.origin, g0.spacing, g0.shape)
             d2 = (P[0] - h.centre[0]) ** 2 + (P[1] - h.centre[1]) ** 2 + (P[2] - h.centre[2]) ** 2
             m = d2 < (h.radius + 18.0) ** 2
             flat = img.reshape(-1)
-            flat[m] = render_b(_take(P, m), pat, months, look)
+            flat[m] = render_b(take(P, m), pat, months, look)
         fine[side] = GridB(g0.origin, g0.spacing, g0.shape, img)
     return {"coarse": previous["coarse"], "fine": fine}
-
-
-def scan_labels(scan: ScanB, pose: np.ndarray, pat: Patient, months: float) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and regenerated mask at the scan voxel centres (exact geometry, no resampling)."""
-    A = np.linalg.inv(pose) @ scan.affine
-    g = np.meshgrid(*[np.arange(v, dtype=np.float32) for v in scan.shape], indexing="ij")
-    P = tuple((A[r, 0] * g[0] + A[r, 1] * g[1] + A[r, 2] * g[2] + A[r, 3]).astype(np.float32).ravel() for r in range(3))
-    lab, rg = label_points(P, pat, months)
-    return lab.reshape(scan.shape), rg.astype(np.uint8).reshape(scan.shape)
-
-
-def fine_truth(pat: Patient, months: float, spacing: float = TRUTH_MM) -> dict[str, dict]:
-    """Continuous ground-truth volumes per hip from a ``spacing`` grid around each head."""
-    from onfh_seg.synth.cohort import volume_record
-
-    vox = spacing**3 / 1000.0
-    out = {}
-    for side, h in pat.hips.items():
-        half = h.radius + 6
-        nn = int(np.ceil(2 * half / spacing)) + 1
-        P = _grid_points(h.centre - half, spacing, (nn,) * 3)
-        q = sub(P, h.centre)
-        Q = _take(P, q[0] ** 2 + q[1] ** 2 + q[2] ** 2 < np.float32((h.radius + 5) ** 2))
-        g = hip_geometry(Q, h, months, np.full(Q[0].shape, np.float32(100.0)))
-        head = g.head.sum() * vox
-        core, band = g.core.sum() * vox, g.band.sum() * vox
-        out[side] = volume_record(head, core, band, g.regen.sum() * vox)
-    return out
 
 
 # ----------------------------------------------------------------------------- cohort
@@ -417,10 +315,8 @@ def style_options(cfg: dict) -> dict:
     return opt
 
 
-def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
+def generate_patient_b(plan: PatientPlan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-B scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, acquisition_record, timepoint_labels, write_scan
-
     pat = plan.patient
     seed = int(cfg["seed"])
     opt = style_options(cfg)
@@ -441,11 +337,9 @@ def generate_patient_b(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
         if i == 0:
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
         acquisition = acquisition_record(
-            scan, _coil_range(scan, pose), protocol=scan.protocol, oblique_deg=round(scan.oblique_deg, 3),
+            scan, coil_range(scan, pose), protocol=scan.protocol, oblique_deg=round(scan.oblique_deg, 3),
             phase_axis=scan.phase_axis, ghost_mm=round(scan.ghost_mm, 4), gfactor_max=round(scan.gfactor_max, 4),
             kspace_taper=scan.kspace_taper)
         rows.append(write_scan(out_dir, plan, name, tp, m, pose, scan.affine, (img, lab, rg), fine,
                                base_lesion_ml, acquisition, top={"style": "b"}))
-    return _merge_scores(rows, plan)
-
-
+    return merge_scores(rows, plan)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.synth.phantom import Patient
-from onfh_seg.synth.shapes import Points, rotation, unit
+from onfh_seg.synth.patient import Patient
+from onfh_seg.synth.shapes import Points, rotation, take, unit
 
 OVERSAMPLE = 2  # in-plane object oversampling before k-space truncation
 # Voxel axis directions (world RAS rows) of the un-tilted scan planes.
@@ -25,10 +25,6 @@ BASE_AXES = {
     "coronal": np.array([[-1, 0, 0], [0, 0, -1], [0, 1, 0]], float),
     "sagittal": np.array([[0, -1, 0], [0, 0, -1], [1, 0, 0]], float),
 }
-
-
-def _take(P: Points, m: np.ndarray) -> Points:
-    return (P[0][m], P[1][m], P[2][m])
 
 
 @dataclass
@@ -142,7 +138,7 @@ def _sample(grids: dict, P: Points, prof: list[Points], w: np.ndarray) -> np.nda
             continue
         acc = np.zeros(int(inside.sum()), np.float32)
         for Q, wk in zip(prof, w):
-            qi = f.index(_take(Q, inside))
+            qi = f.index(take(Q, inside))
             acc += np.float32(wk) * ndimage.map_coordinates(f.img, qi, order=1, mode="nearest", prefilter=False)
         out[inside] = acc
         done |= inside
@@ -210,7 +206,7 @@ def acquire_b(grids: dict, scan: ScanB, pose: np.ndarray, rng: np.random.Generat
     return np.clip(np.round(out * np.float32(scan.scale)), 0, 32767).astype(np.int16)
 
 
-def _coil_range(scan: ScanB, pose: np.ndarray) -> float:
+def coil_range(scan: ScanB, pose: np.ndarray) -> float:
     """Half the relative spread (max-min)/(max+min) of the receive sensitivity within 120 mm of the FOV centre."""
     A = np.linalg.inv(pose) @ scan.affine
     c = A[:3, :3] @ ((np.array(scan.shape) - 1) / 2.0) + A[:3, 3]
@@ -223,7 +219,7 @@ def _coil_range(scan: ScanB, pose: np.ndarray) -> float:
 def plan_scans_b(plan, opt: dict, seed: int, index: int) -> tuple[str, list[ScanB]]:
     """Style-B protocol and one scan per timepoint (same protocol, tilt and resolution at every visit).
 
-    ``opt``: the style-B options (``style_b.style_options``); ``plan``: ``cohort.plan_patient``'s plan.
+    ``opt``: the style-B options (``style_b.style_options``); ``plan``: ``plan.plan_patient``'s plan.
     """
     pat = plan.patient
     rng = np.random.default_rng([int(seed), 0xB, index])

@@ -79,7 +79,8 @@ class GridB:
         return np.stack([(P[i] - np.float32(self.origin[i])) / np.float32(self.spacing) for i in range(3)])
 
 
-def _grid_points(origin: np.ndarray, spacing: float, shape: tuple[int, int, int]) -> Points:
+def grid_points(origin: np.ndarray, spacing: float, shape: tuple[int, int, int]) -> Points:
+    """The voxel centres of an axis-aligned grid (anatomy frame), flattened."""
     ax = [np.float32(origin[i]) + np.arange(shape[i], dtype=np.float32) * np.float32(spacing) for i in range(3)]
     g = np.meshgrid(*ax, indexing="ij")
     return tuple(a.ravel() for a in g)

@@ -31,8 +31,12 @@ import numpy as np
 from scipy import ndimage
 
 from onfh_seg.synth.acquisition import ORIENTATION_AXES, ScanGeometry
-from onfh_seg.synth.phantom import TISSUES, Patient, render
+from onfh_seg.synth.patient import TISSUES, Patient
+from onfh_seg.synth.phantom import render
+from onfh_seg.synth.plan import PatientPlan, timepoint_labels
+from onfh_seg.synth.scan_files import acquisition_record, merge_scores, write_scan
 from onfh_seg.synth.shapes import rotation
+from onfh_seg.synth.style_b_labels import fine_truth
 
 FAT_T1_MS = 380.0
 FAT_WATER_HZ = 440.0  # chemical shift of the main fat peak at 3 T
@@ -151,11 +155,8 @@ def acquire_c(pat: Patient, months: float, pose: np.ndarray, prot: Protocol,
     return mag.astype(np.float32), lab.reshape(shape), rg.reshape(shape).astype(np.uint8)
 
 
-def generate_patient_c(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
+def generate_patient_c(plan: PatientPlan, out_dir: Path, cfg: dict, index: int) -> list[dict]:
     """Render, acquire and write all style-C scans of one patient; return manifest rows."""
-    from onfh_seg.synth.cohort import _merge_scores, acquisition_record, timepoint_labels, write_scan
-    from onfh_seg.synth.style_b import fine_truth
-
     pat = plan.patient
     seed = int(cfg["seed"])
     rows: list[dict] = []
@@ -172,4 +173,4 @@ def generate_patient_c(plan, out_dir: Path, cfg: dict, index: int) -> list[dict]
                                          flip_deg=round(prot.flip_deg, 2), tilt_deg=round(prot.tilt_deg, 2))
         rows.append(write_scan(out_dir, plan, f"{pat.patient_id}_{tp}", tp, m, pose, prot.geom.affine, (img, lab, rg),
                                fine, base_lesion_ml, acquisition, top={"style": "c"}))
-    return _merge_scores(rows, plan)
+    return merge_scores(rows, plan)

@@ -1,0 +1,173 @@
+"""Random appearance of tissue maps for domain-randomised training (``randomise``): per-tissue contrast
+draws, the painted image, gradient-echo chemical shift and the thin-slab signal mask.
+
+* ``random_contrast`` draws a mean and a spread per tissue (a Gaussian mixture),
+  constrained only by what defines the disease on T1: the interface band is darker
+  than the viable marrow outside it and than a bright necrotic core inside it;
+  the necrotic core may be anything from fat-bright to fluid-dark;
+  ``realistic_contrast`` stays close to the spin-echo T1 prior;
+* ``render_random`` paints an image from a tissue map with that contrast, smooth
+  random texture per tissue, and a band that is faint or invisible in places;
+* ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from onfh_seg.synth.patient import N_TISSUES, TISSUES
+from onfh_seg.synth.shapes import rotation
+
+T = TISSUES
+# Physics prior (relative T1, fat = 1; shared/notes/onfh-mri.md), used by half the samples with wide jitter.
+T1_PRIOR = {
+    "air": 0.0, "muscle": 0.33, "fat_septa": 0.9, "subcutaneous_fat": 1.0, "skin": 0.5, "pelvic_fat": 0.95,
+    "bladder_wall": 0.33, "urine": 0.18, "rectum_wall": 0.3, "rectum_content": 0.05, "vessel": 0.07,
+    "pelvic_cortex": 0.05, "pelvic_marrow": 0.7, "joint_fluid": 0.22, "cartilage": 0.4, "acetabular_sclerosis": 0.1,
+    "femoral_cortex": 0.05, "subchondral_plate": 0.05, "red_marrow": 0.7, "yellow_marrow": 0.93,
+    "edema_marrow": 0.55, "core_fat": 0.88, "core_blood": 0.78, "core_fluid": 0.24, "core_fibrous": 0.13,
+    "band": 0.11, "regenerated": 0.75, "cyst": 0.22,
+}
+
+
+# ----------------------------------------------------------------------------- contrast
+
+
+@dataclass
+class Contrast:
+    """Per-tissue mean and spread (std as a fraction of the mean range) of one random image."""
+
+    mean: np.ndarray  # (N_TISSUES,)
+    std: np.ndarray  # (N_TISSUES,)
+    texture: np.ndarray  # (N_TISSUES,) amplitude of the smooth per-tissue texture
+    band_gap: float  # fraction of the band drawn like its neighbours (invisible in places)
+
+
+def random_contrast(rng: np.random.Generator, prior_prob: float = 0.5, post_contrast: float = 0.0) -> Contrast:
+    """Draw one contrast: fully random (SynthSeg) or the T1 prior with wide jitter; disease constraints enforced.
+
+    ``post_contrast``: share of prior-based draws made post-contrast (0 keeps the older draws unchanged)."""
+    if rng.uniform() < prior_prob:
+        prior = np.array([T1_PRIOR[k] for k in sorted(T, key=T.get)], np.float32)
+        mean = np.clip(prior + rng.normal(0, 0.12, N_TISSUES), 0.0, 1.2)
+        if rng.uniform() < 0.2:  # fat-suppressed T1: fat and fatty marrow dark
+            for k in ("subcutaneous_fat", "fat_septa", "pelvic_fat", "yellow_marrow", "core_fat"):
+                mean[T[k]] *= rng.uniform(0.1, 0.4)
+        if post_contrast > 0 and rng.uniform() < post_contrast:  # post-contrast T1: muscle, vessels, bladder wall and skin enhance
+            for k in ("muscle", "vessel", "bladder_wall", "skin", "rectum_wall"):
+                mean[T[k]] = min(1.2, mean[T[k]] * rng.uniform(1.3, 2.5) + rng.uniform(0.0, 0.2))
+    else:
+        mean = rng.uniform(0.0, 1.0, N_TISSUES).astype(np.float32)
+    mean[T["air"]] = rng.uniform(0.0, 0.05)
+    # the band is darker than the viable marrow outside it (and than a bright core inside it)
+    viable = float(min(mean[T["yellow_marrow"]], mean[T["red_marrow"]]))
+    if viable < 0.25:
+        mean[T["yellow_marrow"]] = max(mean[T["yellow_marrow"]], rng.uniform(0.3, 1.0))
+        mean[T["red_marrow"]] = max(mean[T["red_marrow"]], rng.uniform(0.25, 0.9))
+        viable = float(min(mean[T["yellow_marrow"]], mean[T["red_marrow"]]))
+    mean[T["edema_marrow"]] = min(mean[T["edema_marrow"]], viable * rng.uniform(0.5, 1.0))
+    mean[T["band"]] = viable * rng.uniform(0.0, 0.55)
+    # the necrotic core: anywhere from fat-bright to fluid-dark (Mitchell A-D), per sub-type
+    mean[T["core_fat"]] = rng.uniform(0.6, 1.1) * viable
+    mean[T["core_blood"]] = rng.uniform(0.45, 0.95) * viable
+    mean[T["core_fluid"]] = rng.uniform(0.05, 0.5) * viable
+    mean[T["core_fibrous"]] = rng.uniform(0.0, 0.35) * viable
+    mean[T["regenerated"]] = rng.uniform(0.4, 1.0) * viable
+    std = rng.uniform(0.0, 0.08, N_TISSUES).astype(np.float32)
+    texture = rng.uniform(0.0, 0.15, N_TISSUES).astype(np.float32)
+    band_gap = float(rng.uniform(0.0, 0.4)) if rng.uniform() < 0.5 else 0.0
+    return Contrast(mean.astype(np.float32), std, texture, band_gap)
+
+
+def realistic_contrast(rng: np.random.Generator) -> Contrast:
+    """A contrast close to the default renderer's spin-echo T1 (``T1_PRIOR``, small jitter, full band):
+    the realistic share of a training mixture (issue 23), beside the fully random draws."""
+    prior = np.array([T1_PRIOR[k] for k in sorted(T, key=T.get)], np.float32)
+    mean = np.clip(prior * np.float32(rng.uniform(0.9, 1.1)) + rng.normal(0, 0.03, N_TISSUES), 0.0, 1.2)
+    mean[T["air"]] = rng.uniform(0.0, 0.03)
+    std = rng.uniform(0.0, 0.03, N_TISSUES).astype(np.float32)
+    texture = rng.uniform(0.02, 0.08, N_TISSUES).astype(np.float32)
+    return Contrast(mean.astype(np.float32), std, texture, 0.0)
+
+
+def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field (Gaussian-filtered white noise on a coarse lattice)."""
+    step = max(1, int(sigma_vox // 2))
+    small = tuple(max(2, int(np.ceil(n / step)) + 1) for n in shape)
+    f = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), max(0.5, sigma_vox / step))
+    f = ndimage.zoom(f, [n / s for n, s in zip(shape, small)], order=1)[tuple(slice(0, n) for n in shape)]
+    f -= f.mean()
+    return f / max(float(f.std()), 1e-6)
+
+
+def render_random(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                  contrast: Contrast | None = None) -> np.ndarray:
+    """A float32 image from a tissue map: per-tissue Gaussian mixture, smooth texture, interrupted band."""
+    c = contrast or random_contrast(rng)
+    tis = tissue
+    if c.band_gap > 0:  # band invisible in places: drawn like the viable marrow around it
+        band = tis == T["band"]
+        if band.any():
+            gap = smooth_field(tis.shape, rng, 6.0) > np.quantile(rng.standard_normal(2000), 1 - c.band_gap)
+            tis = tis.copy()
+            tis[band & gap] = T["yellow_marrow"] if rng.uniform() < 0.7 else T["core_blood"]
+    mean = c.mean[tis]
+    img = mean + c.std[tis] * rng.standard_normal(tis.shape).astype(np.float32)
+    tex = smooth_field(tis.shape, rng, float(rng.uniform(2.0, 8.0)))
+    img *= 1.0 + c.texture[tis] * tex
+    return np.clip(img, 0.0, None).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- acquisitions
+
+# Fat signal fraction per tissue (in-phase signal = water + fat), for gradient-echo chemical shift.
+FAT_FRACTION = {
+    "air": 0.0, "muscle": 0.05, "fat_septa": 0.85, "subcutaneous_fat": 0.92, "skin": 0.3, "pelvic_fat": 0.9,
+    "bladder_wall": 0.02, "urine": 0.0, "rectum_wall": 0.05, "rectum_content": 0.1, "vessel": 0.0,
+    "pelvic_cortex": 0.1, "pelvic_marrow": 0.45, "joint_fluid": 0.0, "cartilage": 0.0, "acetabular_sclerosis": 0.1,
+    "femoral_cortex": 0.1, "subchondral_plate": 0.1, "red_marrow": 0.42, "yellow_marrow": 0.8,
+    "edema_marrow": 0.3, "core_fat": 0.75, "core_blood": 0.3, "core_fluid": 0.05, "core_fibrous": 0.05,
+    "band": 0.05, "regenerated": 0.55, "cyst": 0.0,
+}
+FAT_FRACTION_TABLE = np.array([FAT_FRACTION[k] for k in sorted(T, key=T.get)], np.float32)
+
+
+def chemical_shift(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator,
+                   phase_deg: float | None = None, blur_vox: float | None = None) -> np.ndarray:
+    """Gradient-echo water/fat phase: voxel signal = |water + fat * exp(i phase)|, summed within the voxel.
+
+    ``img`` is taken as the in-phase magnitude and split into water and fat by the tissue's fat
+    fraction (jittered per image). Near opposed phase (phase ~180 degrees) marrow that holds both
+    water and fat goes dark, and partial volume at fat-water borders cancels into a dark line
+    ("India ink"): the Gaussian blur before the magnitude stands for the voxel's extent.
+    """
+    ff = np.clip(FAT_FRACTION_TABLE + rng.normal(0, 0.08, FAT_FRACTION_TABLE.size).astype(np.float32), 0, 1)[tissue]
+    ph = np.deg2rad(rng.uniform(150, 210) if phase_deg is None else phase_deg)
+    re = img * ((1 - ff) + ff * np.float32(np.cos(ph)))
+    im = img * ff * np.float32(np.sin(ph))
+    sigma = float(rng.uniform(0.5, 1.1) if blur_vox is None else blur_vox)
+    re, im = ndimage.gaussian_filter(re, sigma), ndimage.gaussian_filter(im, sigma)
+    return np.sqrt(re * re + im * im).astype(np.float32)
+
+
+def slab_mask(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator) -> np.ndarray:
+    """Where a thin oblique slab acquisition has signal, on a patch grid centred on the sampled voxel.
+
+    12-40 slices of 3-6 mm, tilted 0-30 degrees from axial (70%) or coronal, 220-320 mm in-plane
+    field of view off-centre by up to 110 mm (heads at, or partly beyond, its edge).
+    """
+    normal_axis = 2 if rng.uniform() < 0.7 else 1
+    thick = float(rng.integers(12, 41) * rng.uniform(3.0, 6.0))
+    fov = rng.uniform(220, 320, 2)
+    R = rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 30)))
+    axes = [R[:, (normal_axis + k) % 3] for k in (0, 1, 2)]  # slab normal, then the two in-plane axes
+    off = np.array([rng.uniform(-0.5, 0.5) * thick, rng.uniform(-110, 110), rng.uniform(-110, 110)])
+    g = np.meshgrid(*[(np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
+    inside = np.ones(shape, bool)
+    for a, o, half in zip(axes, off, (thick / 2, fov[0] / 2, fov[1] / 2)):
+        d = a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o
+        inside &= np.abs(d) <= half
+    return inside
