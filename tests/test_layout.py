@@ -70,3 +70,42 @@ def test_layout_names_every_module_and_script() -> None:
     missing += [p.name for p in sorted((ROOT / "scripts").iterdir()) if p.name not in layout]
     missing += [p.name for p in sorted((ROOT / "configs").iterdir()) if p.stem not in layout]
     assert missing == []
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_import_circles() -> None:
+    """The real import graph (function-level imports included) has no circle between onfh_seg modules."""
+    graph = {m: _imports(p) - {m} for m, p in _modules().items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    circles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                circles.append(path[path.index(t):] + [t])
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == []
+
+
+def test_modules_and_functions_are_small() -> None:
+    """No module over 400 lines, no function over 80 (docs/development.md, house rules)."""
+    big_modules = [f"{m}: {n}" for m, p in sorted(_modules().items())
+                   if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    long_functions = []
+    for m, p in sorted(_modules().items()):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{m}.{node.name}: {n}")
+    assert big_modules == [] and long_functions == []

@@ -37,11 +37,12 @@ import numpy as np
 
 from onfh_seg.config_schemas import DicomSettings, InferSettings
 from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image, read_json_dict
+from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
-from onfh_seg.measure import SIDE_ORDER, mark_trust, measurements_row, with_scan_flags
+from onfh_seg.infer.scan_record import output_errors, result_settings, rows_from_measurements
+from onfh_seg.measure import mark_trust, with_scan_flags
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.version import __version__
 
@@ -136,107 +137,6 @@ def write_seg(path: str | Path, source: nib.Nifti1Image, labels: np.ndarray) -> 
 
 def _orientation(affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
-
-
-def output_errors(meas: Mapping[str, Any]) -> list[str]:
-    """``"<output>: <error>"`` for every output of a scan that could not be written (``outputs`` entries with
-    status error)."""
-    outputs = meas.get("outputs") or {}
-    return [f"{key}: {value.get('error')}" for key, value in outputs.items()
-            if isinstance(value, Mapping) and value.get("status") == "error"]
-
-
-def rows_from_measurements(meas: Mapping[str, Any]) -> list[dict]:
-    """``measurements.csv`` rows of one scan's measurements dict (one per hip, or one empty-hip row)."""
-    hips = list(meas.get("hips") or []) or [None]
-    problems = "; ".join(output_errors(meas)) or None
-    return [
-        measurements_row(meas["name"], meas["input"], hip, meas.get("qc_flags") or [], meas.get("model_version") or "",
-                         problems)
-        for hip in hips
-    ]
-
-
-def row_sort_key(row: Mapping[str, Any]) -> tuple:
-    side = row.get("side")
-    return (str(row["scan"]), SIDE_ORDER.index(side) if side in SIDE_ORDER else -1)
-
-
-# ---------------------------------------------------------------- resume
-
-# Settings that change a scan's outputs (dotted config key -> the default the code uses). Each scan's
-# measurements JSON records them ("settings"); resume re-runs a scan when one differs. Not here because
-# results do not depend on them: workers, threads, provider, resume, progress, out_dir. The model's own
-# settings (lesion threshold, window, overlap) are part of its version.
-RESULT_SETTINGS: tuple[str, ...] = (
-    "tta", "fast", "reference", "overlay", "qc.head_ml_range", "qc.min_confidence",
-    "dicom.write_seg", "dicom.write_sr", "dicom.sr_without_seg", "dicom.rules", "geometry",
-    "anatomy",  # {enabled: ...} plus any AnatomyLimits overrides
-)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-comparable copy of a setting (numbers as floats, mappings sorted, sequences as lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return str(value)
-
-
-def result_settings(settings: InferSettings) -> dict[str, Any]:
-    """The settings that change a scan's outputs (``RESULT_SETTINGS`` keys, JSON-comparable; a null
-    ``dicom.rules`` is ``{}``)."""
-    values = {"tta": settings.tta, "fast": settings.fast, "reference": settings.reference, "overlay": settings.overlay,
-              "qc.head_ml_range": settings.qc.head_ml_range, "qc.min_confidence": settings.qc.min_confidence,
-              "dicom.write_seg": settings.dicom.write_seg, "dicom.write_sr": settings.dicom.write_sr,
-              "dicom.sr_without_seg": settings.dicom.sr_without_seg, "dicom.rules": settings.dicom.rules or {},
-              "geometry": settings.geometry, "anatomy": settings.anatomy}
-    return {key: _plain(values[key]) for key in RESULT_SETTINGS}
-
-
-def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Keys of ``current`` whose value differs from (or is missing in) ``recorded``."""
-    return [k for k, v in current.items() if k not in recorded or _plain(recorded[k]) != v]
-
-
-def resume_check(job: ScanJob, out_dir: str | Path, model_version: str, settings: Mapping[str, Any],
-                 resume: bool = True) -> tuple[dict | None, str | None]:
-    """``(measurements, None)`` when ``job`` is already done as asked, else ``(None, reason)``.
-
-    Done means ``<name>_measurements.json`` has status ok, the same
-    ``input_sha256`` as the input now, the same ``model_version`` and
-    ``settings``, and every output it lists exists. ``reason`` says why a
-    finished scan runs again (``"input changed"``, ``"model changed"``,
-    ``"settings changed (tta)"``, ``"outputs missing (seg)"``, ``"resume=false"``);
-    it is None for a scan without a finished earlier output (new, or failed before).
-    """
-    paths = output_paths(out_dir, job.name)
-    meas = read_json_dict(paths["measurements"])
-    if meas is None or meas.get("status") != "ok":
-        return None, None
-    if not resume:
-        return None, "resume=false"
-    recorded_outputs = [k for k, v in (meas.get("outputs") or {"seg": paths["seg"].name}).items()
-                        if v and not (isinstance(v, Mapping) and v.get("status") == "not_written")]
-    missing = [k for k in recorded_outputs if k in paths and not paths[k].is_file()]
-    if missing:
-        return None, f"outputs missing ({', '.join(missing)})"
-    sha = input_sha256(job)
-    if sha is None or sha != meas.get("input_sha256"):
-        return None, "input changed"
-    if meas.get("model_version") != model_version:
-        return None, "model changed"
-    if not isinstance(meas.get("settings"), Mapping):
-        return None, "settings not recorded"
-    changed = changed_settings(meas["settings"], settings)
-    if changed:
-        return None, f"settings changed ({', '.join(changed)})"
-    return meas, None
 
 
 # ---------------------------------------------------------------- the scan
@@ -335,6 +235,89 @@ def _remove(paths: list[Path]) -> None:
             pass
 
 
+def _segment(scan: LoadedScan, segmenter: Any, timings: dict[str, Any], meas: dict) -> tuple[np.ndarray, float]:
+    """The segmenter on one loaded scan: (labels on the input grid, mean confidence); engine timings and the
+    head search go into ``timings`` and ``meas``."""
+    t = time.perf_counter()
+    result = segmenter.segment(scan.image, scan.affine)
+    labels = np.asarray(result.labels)
+    if labels.shape != scan.image.shape:
+        raise RuntimeError(f"segmenter returned labels of shape {labels.shape} for an image of shape {scan.image.shape}")
+    labels = labels.astype(np.uint8, copy=False)
+    confidence = float(result.mean_confidence)
+    timings["segment"] = time.perf_counter() - t
+    timings["engine"] = dict(getattr(result, "timings", {}) or {})
+    meas["head_search"] = dict(getattr(result, "search", {}) or {})  # heads the coarse stage missed (infer.search)
+    return labels, confidence
+
+
+def _measure(scan: LoadedScan, labels: np.ndarray, confidence: float, settings: InferSettings, limits: Any,
+             meas: dict) -> tuple[np.ndarray, list[dict], list[str]]:
+    """The anatomy gate, then per-hip measurements and QC flags: (labels, hips, scan flags)."""
+    lo, hi = settings.qc.head_ml_range
+    gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
+        scan.image, labels, scan.affine, confidence, str(settings.reference), (float(lo), float(hi)),
+        float(settings.qc.min_confidence), limits,
+        gate=bool(settings.anatomy["enabled"]),
+    )
+    labels, hips, flags = gated.labels, gated.hips, gated.flags
+    if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
+        flags = with_scan_flags(flags, scan.qc_flags)
+        hips = mark_trust(hips, flags)
+        meas["qc_reasons"] = dict(scan.qc_reasons)
+    meas["anatomy"] = gated.anatomy
+    if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
+        hips = [{**hip, "side": "unknown"} for hip in hips]
+    return labels, hips, flags
+
+
+def _write_outputs(job: ScanJob, scan: LoadedScan, labels: np.ndarray, hips: list[dict], paths: dict[str, Path],
+                   settings: InferSettings, produced: list[Path]) -> tuple[dict[str, Any], list[str]]:
+    """The NIfTI segmentation and the overlay (DICOM outputs come after the measurements): (outputs, warnings);
+    every file written is appended to ``produced``."""
+    outputs: dict[str, Any] = {}
+    write_seg(paths["seg"], scan.header_image, labels)
+    produced.append(paths["seg"])
+    outputs["seg"] = paths["seg"].name
+    if settings.overlay:
+        centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
+        overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
+                         f"{job.name} | {OVERLAY_TITLE_NOTE}")
+        produced.append(paths["overlay"])
+        outputs["overlay"] = paths["overlay"].name
+    return outputs, []
+
+
+def _finish(meas: dict, job: ScanJob, scan: LoadedScan, info: Mapping[str, Any], outputs: dict[str, Any],
+            writer_warnings: list[str], timings: dict[str, Any]) -> None:
+    """The rest of a measured scan's record: warnings, image geometry, outputs, context, provider, timings."""
+    meas.update(
+        warnings=scan.warnings + writer_warnings,
+        image={
+            "shape": list(scan.image.shape),
+            "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(scan.affine[:3, :3], axis=0)],
+            "orientation": _orientation(scan.affine),
+        },
+        outputs=outputs,
+        **_job_context(job),
+        providers=info["providers"], provider=info["provider"],
+        timings=_round_timings(timings),
+        software=software_versions(),
+    )
+
+
+def _fail(meas: dict, job: ScanJob, info: Mapping[str, Any], paths: dict[str, Path], timings: dict[str, Any],
+          t_start: float, error: str) -> None:
+    """A failed scan: its outputs removed, its record written with the one-line error."""
+    _remove([p for k, p in paths.items() if k != "measurements"])
+    timings["total"] = time.perf_counter() - t_start
+    refused = [NOT_HIP_ANATOMY] if error.startswith(f"{NOT_HIP_ANATOMY}:") else []  # DICOM headers: not a hip
+    meas.update(status="error", error=error, qc_flags=refused, mean_confidence=None, hips=[])
+    meas.update(**_job_context(job), providers=info["providers"], provider=info["provider"], timings=_round_timings(timings),
+                software=software_versions())
+    atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
+
+
 def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: InferSettings) -> dict:
     """Segment and measure one scan, write its outputs; never raises for a bad scan.
 
@@ -355,54 +338,18 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
     meas = _base_record(job, info, result_keys)
     timings: dict[str, Any] = {}
     produced: list[Path] = []
-    reference = str(settings.reference)
     try:
         limits = limits_from_config(settings.anatomy)  # a bad anatomy setting fails before any work
         t = time.perf_counter()
         scan = load_scan(job)
         meas["input_sha256"] = scan.sha256
         timings["load"] = time.perf_counter() - t
-
+        labels, confidence = _segment(scan, segmenter, timings, meas)
         t = time.perf_counter()
-        result = segmenter.segment(scan.image, scan.affine)
-        labels = np.asarray(result.labels)
-        if labels.shape != scan.image.shape:
-            raise RuntimeError(f"segmenter returned labels of shape {labels.shape} for an image of shape {scan.image.shape}")
-        labels = labels.astype(np.uint8, copy=False)
-        confidence = float(result.mean_confidence)
-        timings["segment"] = time.perf_counter() - t
-        timings["engine"] = dict(getattr(result, "timings", {}) or {})
-        meas["head_search"] = dict(getattr(result, "search", {}) or {})  # heads the coarse stage missed (infer.search)
-
-        t = time.perf_counter()
-        lo, hi = settings.qc.head_ml_range
-        gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
-            scan.image, labels, scan.affine, confidence, reference, (float(lo), float(hi)),
-            float(settings.qc.min_confidence), limits,
-            gate=bool(settings.anatomy["enabled"]),
-        )
-        labels, hips, flags = gated.labels, gated.hips, gated.flags
-        if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
-            flags = with_scan_flags(flags, scan.qc_flags)
-            hips = mark_trust(hips, flags)
-            meas["qc_reasons"] = dict(scan.qc_reasons)
-        meas["anatomy"] = gated.anatomy
-        if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
-            hips = [{**hip, "side": "unknown"} for hip in hips]
+        labels, hips, flags = _measure(scan, labels, confidence, settings, limits, meas)
         timings["measure"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        outputs: dict[str, Any] = {}
-        writer_warnings: list[str] = []
-        write_seg(paths["seg"], scan.header_image, labels)
-        produced.append(paths["seg"])
-        outputs["seg"] = paths["seg"].name
-        if settings.overlay:
-            centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
-            overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
-                             f"{job.name} | {OVERLAY_TITLE_NOTE}")
-            produced.append(paths["overlay"])
-            outputs["overlay"] = paths["overlay"].name
+        outputs, writer_warnings = _write_outputs(job, scan, labels, hips, paths, settings, produced)
         meas.update(status="ok", qc_flags=flags, mean_confidence=round(confidence, 4), hips=hips)
         if job.kind == "dicom":
             dicom_out, writer_warnings = _write_dicom_outputs(scan, labels, meas, paths, settings.dicom)
@@ -410,20 +357,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
             outputs.update(dicom_out)
         timings["write"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
-
-        meas.update(
-            warnings=scan.warnings + writer_warnings,
-            image={
-                "shape": list(scan.image.shape),
-                "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(scan.affine[:3, :3], axis=0)],
-                "orientation": _orientation(scan.affine),
-            },
-            outputs=outputs,
-            **_job_context(job),
-            providers=info["providers"], provider=info["provider"],
-            timings=_round_timings(timings),
-            software=software_versions(),
-        )
+        _finish(meas, job, scan, info, outputs, writer_warnings, timings)
         # outputs of an earlier run that this run did not produce (overlay off, no SR now)
         _remove([p for k, p in paths.items() if k != "measurements" and p not in produced])
         atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
@@ -433,13 +367,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
         raise
     except Exception as exc:  # failure isolation: any problem with this scan is reported, not raised
         error = one_line(exc)
-        _remove([p for k, p in paths.items() if k != "measurements"])
-        timings["total"] = time.perf_counter() - t_start
-        refused = [NOT_HIP_ANATOMY] if error.startswith(f"{NOT_HIP_ANATOMY}:") else []  # DICOM headers: not a hip
-        meas.update(status="error", error=error, qc_flags=refused, mean_confidence=None, hips=[])
-        meas.update(**_job_context(job), providers=info["providers"], provider=info["provider"], timings=_round_timings(timings),
-                    software=software_versions())
-        atomic_write_text(paths["measurements"], json.dumps(meas, indent=2) + "\n")
+        _fail(meas, job, info, paths, timings, t_start, error)
         status, rows = "error", []
     return {
         "name": job.name,

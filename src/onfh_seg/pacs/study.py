@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from onfh_seg.config_schemas import InferSettings
 from onfh_seg.infer.inputs import dicom_job
-from onfh_seg.infer.pipeline import result_settings
+from onfh_seg.infer.scan_record import result_settings
 from onfh_seg.io.dicom_out import build_dicom_sr, copy_patient_module
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.pacs.state import settings_key

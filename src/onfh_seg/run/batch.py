@@ -15,7 +15,7 @@
   written here;
 * resume: a scan whose ``<name>_measurements.json`` says ok with the same
   ``input_sha256``, ``model_version`` and result settings
-  (``pipeline.RESULT_SETTINGS``) and whose outputs exist is skipped; a
+  (``scan_record.RESULT_SETTINGS``) and whose outputs exist is skipped; a
   finished scan that runs again is counted with its reason
   (``re-run 1: settings changed (tta)``); ``resume=false`` re-runs all;
 * a failing scan goes to ``errors.csv`` with its one-line reason and the

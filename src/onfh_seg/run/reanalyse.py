@@ -2,7 +2,7 @@
 
 Given an earlier onfh-infer out_dir and the current model and settings,
 exactly the scans whose finished outputs came from another model version or
-other result settings (:func:`onfh_seg.infer.pipeline.resume_check`: "model
+other result settings (:func:`onfh_seg.infer.scan_record.resume_check`: "model
 changed", "settings changed (...)", also "input changed" and "outputs
 missing") run again; scans already made with the current model and settings
 are not run. The earlier outputs are kept:
@@ -40,7 +40,8 @@ from typing import Any
 from onfh_seg.config import model_version
 from onfh_seg.config_schemas import InferSettings
 from onfh_seg.infer.inputs import ScanJob
-from onfh_seg.infer.pipeline import result_settings, resume_check, segmenter_info
+from onfh_seg.infer.pipeline import segmenter_info
+from onfh_seg.infer.scan_record import result_settings, resume_check
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.io.nifti import TMP_MARK, read_json_dict
 from onfh_seg.lifecycle import DirLock, check_writable
