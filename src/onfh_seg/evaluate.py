@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -33,6 +33,7 @@ from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import save_nifti
 from onfh_seg.measure import arco_extent, measure_scan
 from onfh_seg.run.outputs import output_paths, scan_name
+from onfh_seg.run.pool import Executor, map_jobs
 
 HIP_BALL_PAD_MM = 8.0  # per-hip Dice: voxels within head radius + this of the true head centre
 
@@ -89,6 +90,7 @@ def _match(hips: list[dict], truth_hips: list[dict]) -> dict[str, dict]:
 
 
 _SEG = None
+_SEG_ARGS: tuple | None = None  # what a pool worker's _SEG was built from
 
 
 def make_segmenter(model_dir: str, threads: int, tta: bool, engine_kw: dict):
@@ -99,6 +101,15 @@ def make_segmenter(model_dir: str, threads: int, tta: bool, engine_kw: dict):
 def _init(model_dir: str, threads: int, tta: bool, engine_kw: dict) -> None:
     global _SEG
     _SEG = make_segmenter(model_dir, threads, tta, engine_kw)
+
+
+def _evaluate_in_worker(initargs: tuple, job: tuple) -> dict:
+    """``evaluate_scan`` in a pool worker, its segmenter built once per worker process from ``initargs``."""
+    global _SEG_ARGS
+    if _SEG is None or _SEG_ARGS != initargs:
+        _init(*initargs)
+        _SEG_ARGS = initargs
+    return evaluate_scan(job)
 
 
 def evaluate_scan(args: tuple) -> dict:
@@ -272,8 +283,11 @@ def evaluate(manifest: str | Path | Sequence[str | Path], model_dir: str | Path,
         _init(*initargs)
         results = [evaluate_scan(j) for j in tqdm(jobs, desc="evaluate", disable=not progress)]
     else:
-        with ProcessPoolExecutor(workers, initializer=_init, initargs=initargs) as pool:
-            results = list(tqdm(pool.map(evaluate_scan, jobs), total=len(jobs), desc="evaluate", disable=not progress))
+        done: dict[int, dict] = {}
+        runs = map_jobs(partial(_evaluate_in_worker, initargs), jobs, Executor("local", workers))
+        for i, result in tqdm(runs, total=len(jobs), desc="evaluate", disable=not progress):
+            done[i] = result
+        results = [done[i] for i in range(len(jobs))]
     scans = [r["scan"] for r in results]
     if multi:
         for (m, _), sc, res in zip(pairs, scans, results):
