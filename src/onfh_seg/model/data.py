@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_labels
 from onfh_seg.hips import find_heads, select_heads
@@ -24,6 +25,7 @@ from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
+from onfh_seg.run.pool import Executor, map_jobs
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -79,10 +81,6 @@ def _cache_job(args) -> list[Path]:
 def build_cache(manifests: list[str], cache_dir: str | Path, stage: str, spacing: float, crop_vox: int,
                 progress: bool = True, workers: int = 2) -> list[Path]:
     """Cache every labelled scan of the manifests (``workers`` processes); returns the non-empty cache files."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
     cache_dir = Path(cache_dir) / f"{stage}_{spacing:g}mm_{crop_vox}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     pairs = []
@@ -92,11 +90,9 @@ def build_cache(manifests: list[str], cache_dir: str | Path, stage: str, spacing
                 pairs.append((resolve(m, r["image"]), resolve(m, r["labels"])))
     jobs = [(img, lab, cache_dir, stage, spacing, crop_vox) for img, lab in pairs]
     files: list[Path] = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_cache_job, jobs), total=len(jobs), desc=f"cache {stage}", disable=not progress))
-    else:
-        results = [_cache_job(j) for j in tqdm(jobs, desc=f"cache {stage}", disable=not progress)]
+    done = dict(tqdm(map_jobs(_cache_job, jobs, Executor("local", workers)), total=len(jobs), desc=f"cache {stage}",
+                     disable=not progress))
+    results = [done[i] for i in range(len(jobs))]
     for r in results:
         files.extend(p for p in r if not p.name.endswith("_none.npz"))
     return files
