@@ -152,6 +152,26 @@ def sphere_votes(x: np.ndarray, spacing_mm: float, radii_mm: tuple[float, ...] =
     return ndimage.gaussian_filter(acc, 1.0)
 
 
+def strongest_peaks(score: np.ndarray, affine: np.ndarray, strong: np.ndarray, known: list[np.ndarray],
+                    midline_x: float | None, max_n: int) -> list[np.ndarray]:
+    """Centres (RAS mm) of the local maxima of ``score`` (an RAS grid, ``affine``) where ``strong`` is true,
+    strongest first, at least ``SEPARATION_MM`` apart and from known heads, and, when the midline is known,
+    at least ``LATERAL_MM`` from it."""
+    spacing = float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
+    size = max(3, int(round(SEPARATION_MM / spacing)) | 1)
+    peaks = (score == ndimage.maximum_filter(score, size=size)) & strong
+    ijk = np.argwhere(peaks)
+    ijk = ijk[np.argsort(-score[peaks], kind="stable")]
+    out: list[np.ndarray] = []
+    for v in ijk:
+        c = affine[:3, :3] @ v + affine[:3, 3]
+        if far_from(c, known + out) and plausible_head(c, midline_x):
+            out.append(c)
+        if len(out) >= max_n:
+            break
+    return out
+
+
 def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray], midline_x: float | None = None,
                       max_n: int = 8) -> list[np.ndarray]:
     """Centres (RAS mm) of the strongest head-sized spheres in ``x`` (an RAS grid), away from known heads
@@ -160,18 +180,7 @@ def sphere_candidates(x: np.ndarray, affine: np.ndarray, known: list[np.ndarray]
     acc = sphere_votes(x, spacing)
     if not acc.any():
         return []
-    size = max(3, int(round(SEPARATION_MM / spacing)) | 1)
-    peaks = (acc == ndimage.maximum_filter(acc, size=size)) & (acc > 0.2 * acc.max())
-    ijk = np.argwhere(peaks)
-    ijk = ijk[np.argsort(-acc[peaks], kind="stable")]
-    out: list[np.ndarray] = []
-    for v in ijk:
-        c = affine[:3, :3] @ v + affine[:3, 3]
-        if far_from(c, known + out) and plausible_head(c, midline_x):
-            out.append(c)
-        if len(out) >= max_n:
-            break
-    return out
+    return strongest_peaks(acc, affine, acc > 0.2 * acc.max(), known, midline_x, max_n)
 
 
 def coarse_peaks(fg_prob: np.ndarray, affine: np.ndarray, known: list[np.ndarray], midline_x: float | None = None,
@@ -180,16 +189,4 @@ def coarse_peaks(fg_prob: np.ndarray, affine: np.ndarray, known: list[np.ndarray
     probability (``fg_prob``, on the coarse RAS grid ``affine``) above ``min_prob``, away from known
     heads and, when the midline is known, at least ``LATERAL_MM`` from it."""
     sm = ndimage.gaussian_filter(np.asarray(fg_prob, np.float32), 1.5)
-    spacing = float(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)).mean())
-    size = max(3, int(round(SEPARATION_MM / spacing)) | 1)
-    peaks = (sm == ndimage.maximum_filter(sm, size=size)) & (sm >= min_prob)
-    ijk = np.argwhere(peaks)
-    ijk = ijk[np.argsort(-sm[peaks], kind="stable")]
-    out: list[np.ndarray] = []
-    for v in ijk:
-        c = affine[:3, :3] @ v + affine[:3, 3]
-        if far_from(c, known + out) and plausible_head(c, midline_x):
-            out.append(c)
-        if len(out) >= max_n:
-            break
-    return out
+    return strongest_peaks(sm, affine, sm >= min_prob, known, midline_x, max_n)
