@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
     """``segment`` and ``track`` from :mod:`onfh_seg.api`, imported on first use (so ``import onfh_seg``
     and the command lines stay light)."""
     if name in ("segment", "track"):
+        # function-level import: lazy: `import onfh_seg` stays light until the API is used
         from onfh_seg import api
 
         return getattr(api, name)

@@ -26,6 +26,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -106,11 +107,10 @@ def model_version(model_dir: str | Path | None = None) -> str | None:
 
 @lru_cache(maxsize=None)
 def _defaults_cached(name: str, folder: str) -> dict:
+    # function-level import: OmegaConf loads only when a YAML file is read
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("now"):  # Hydra's ${now:...}, for run folders
-        from datetime import datetime
-
         OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern))
     cfg = _compose(Path(folder), name)
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
@@ -119,6 +119,7 @@ def _defaults_cached(name: str, folder: str) -> dict:
 def _compose(folder: Path, name: str, group: str = ""):
     """``<folder>/<group>/<name>.yaml`` with its defaults list applied (group options such as
     ``- data: fine`` and same-group bases such as ``- fine``), as Hydra composes it without overrides."""
+    # function-level import: OmegaConf loads only when a YAML file is read
     from omegaconf import OmegaConf
 
     path = folder / group / f"{name}.yaml"

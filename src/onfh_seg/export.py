@@ -17,6 +17,7 @@ from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
 
 def load_module(ckpt: str | Path):
     """Load a ``SegModule`` from a Lightning checkpoint (CPU, eval mode)."""
+    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
     from onfh_seg.model.module import SegModule
 
     m = SegModule.load_from_checkpoint(str(ckpt), map_location="cpu")
@@ -93,6 +94,7 @@ def model_version(meta: dict) -> str:
 
 def check_export_target(out_dir: str | Path, force: bool = False) -> None:
     """Refuse (``FileExistsError``, one line) to write into the shipped model's folder unless ``force``."""
+    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
     from onfh_seg.config import default_model_dir
 
     shipped = default_model_dir()
@@ -137,6 +139,7 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")
         meta["checkpoints_shipped"] = {"coarse": "coarse.ckpt", "fine": "fine.ckpt"}
+    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
     from onfh_seg.io.nifti import atomic_write_text
 
     atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))

@@ -247,6 +247,7 @@ def resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, d
         for a, b in chunks:
             part(a, b)
     else:  # scipy's interpolation releases the GIL
+        # function-level import: threads only for large resamples
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(len(chunks)) as pool:

@@ -257,6 +257,7 @@ class InheritedFd:
         self.fd = int(fd)
 
     def __reduce__(self) -> tuple:
+        # function-level import: only when a lock is pickled into a worker
         from multiprocessing.reduction import DupFd
 
         return (_rebuild_fd, (DupFd(self.fd),))

@@ -61,6 +61,7 @@ def override_hint(args: list[str]) -> str | None:
     Paths with spaces, non-ASCII letters, ``( ) [ ] = ,`` break Hydra's override
     grammar (or turn into a sweep); the hint shows how to quote the value.
     """
+    # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -110,6 +111,7 @@ class ArgError(ValueError):
 
 def _group_options(config_name: str, folder: str) -> dict[str, bool]:
     """Config groups of ``folder`` -> whether ``config_name``'s defaults list names them (``key=``) or not (``+key=``)."""
+    # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
     from omegaconf import OmegaConf
 
     listed: set[str] = set()
@@ -213,6 +215,7 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
     before ``task`` sees it. Every problem is one line on stderr (exit code 1 for a
     bad setting, 2 for an override Hydra cannot parse).
     """
+    # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
     import hydra
 
     folder = config_dir()

@@ -36,6 +36,7 @@ def model_version(model_dir: str | Path) -> str | None:
 
 
 def run(cfg: DictConfig) -> int:
+    # function-level import: imported when the command runs: `--help` and argument errors stay fast
     from onfh_seg.evaluate import evaluate_cohorts, format_table
     from onfh_seg.io.manifest import write_manifest
     from onfh_seg.io.nifti import atomic_write_text

@@ -8,6 +8,7 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 
 def run(cfg: DictConfig) -> int:
+    # function-level import: imported when the command runs: `--help` and argument errors stay fast
     from pathlib import Path
 
     from onfh_seg.export import check_export_target, export_model

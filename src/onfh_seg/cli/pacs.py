@@ -58,11 +58,13 @@ def run(cfg: DictConfig) -> int:
     infer_cfg = config.infer_settings(plain.get("infer") or {}, require=False)  # onfh-infer's, typed
     segmenter = engine_spec(infer_cfg, 1).build()
     if plain["mode"] == "pull":
+        # function-level import: imported when the command runs: `--help` and argument errors stay fast
         from onfh_seg.pacs.pull import run_pull
 
         summary = run_pull(plain, segmenter, infer_cfg)
         print(f"{summary.line()}; audit: {plain['state_dir']}/audit.jsonl")
         return 1 if summary.failed else 0
+    # function-level import: imported when the command runs: `--help` and argument errors stay fast
     from onfh_seg.pacs.listener import run_listener
 
     stop = threading.Event()

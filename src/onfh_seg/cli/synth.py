@@ -12,6 +12,7 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 def run(cfg: DictConfig) -> int:
     """Generate the cohort described by ``cfg`` (and previews if asked)."""
+    # function-level import: imported when the command runs: `--help` and argument errors stay fast
     from tqdm import tqdm
 
     from onfh_seg.synth.cohort import generate_cohort

@@ -60,6 +60,7 @@ class SegResult:
 
 def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
     """ONNX Runtime providers for ``auto|cpu|cuda`` and a one-line explanation."""
+    # function-level import: onnxruntime loads only when a model is built (imports of the engine stay light)
     import onnxruntime as ort
 
     avail = ort.get_available_providers()
@@ -90,6 +91,8 @@ class Segmenter:
         source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
+        # function-level imports: onnxruntime loads only when a model is built (imports of the engine stay light);
+        # config's YAML defaults only for library callers that pass no value
         import onnxruntime as ort
 
         from onfh_seg.config import default_model_dir, defaults, resolve_model_dir

@@ -189,6 +189,7 @@ def _write_dicom_outputs(
     ``{"status": "error", "error": "..."}`` and a warning is returned, so the
     NIfTI segmentation, JSON and CSV rows are kept.
     """
+    # function-level import: highdicom only for DICOM inputs; tests replace these writers on the module
     from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
 
     out: dict[str, Any] = {}
@@ -389,6 +390,7 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
 
 def overlay_png_lazy(*args: Any, **kwargs: Any) -> None:
     """``onfh_seg.report.overlay.overlay_png`` imported on first use (matplotlib is slow to import)."""
+    # function-level import: matplotlib loads only when an overlay is drawn
     from onfh_seg.report.overlay import overlay_png
 
     overlay_png(*args, **kwargs)

@@ -36,6 +36,7 @@ def _key(image: Path, stage: str, spacing: float, crop_vox: int) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
+    # function-level import: only for the in-memory archive
     import io
 
     buf = io.BytesIO()
@@ -140,6 +141,7 @@ def sample_centre(rng: np.random.Generator, lab: np.ndarray, size: tuple[int, in
 
 def build_augment():
     """Training-only augmentation (TorchIO). Left/right flips keep label meaning (labels are side-free)."""
+    # function-level import: TorchIO (training extra) loads only in training data workers
     import torchio as tio
 
     return tio.Compose([
@@ -171,6 +173,7 @@ class PatchDataset(Dataset):
         x, y = extract_patch(img, lab, centre, self.patch)
         xt, yt = torch.from_numpy(x)[None], torch.from_numpy(y.astype(np.int64))[None]
         if self.augment is not None:
+            # function-level import: TorchIO (training extra) loads only in training data workers
             import torchio as tio
 
             torch.manual_seed(int(rng.integers(2**31)))
@@ -182,6 +185,7 @@ class PatchDataset(Dataset):
 def build_dr_augment():
     """Acquisition effects for domain-randomised images (TorchIO), applied to the image only,
     then a spatial part applied to image and labels (rotating thick slices makes them oblique)."""
+    # function-level import: TorchIO (training extra) loads only in training data workers
     import torchio as tio
 
     acquisition = tio.Compose([
@@ -237,6 +241,7 @@ class RandomisedPatchDataset(Dataset):
         return self.length
 
     def __getitem__(self, i: int):
+        # function-level import: TorchIO (training extra) loads only in training data workers
         import torchio as tio
 
         rng = np.random.default_rng([self.seed, self.epoch, i, 7])
@@ -334,6 +339,7 @@ class SegDataModule(pl.LightningDataModule):
     def _setup_randomised(self) -> None:
         """Domain-randomised training (tissue maps, random contrast per sample) and a fixed validation
         set rendered the same way from other patients (training styles only: no held-out renderer)."""
+        # function-level import: only for domain-randomised training
         from omegaconf import OmegaConf
 
         from onfh_seg.synth.cohort import synth_config

@@ -50,6 +50,7 @@ class SegModule(pl.LightningModule):
         patch = self.hparams.patch_vox
         if self.hparams.stage != "fine" or not patch or all(s <= p for s, p in zip(x.shape[2:], patch)):
             return self(x)
+        # function-level import: MONAI's inferers only for sliding-window validation
         from monai.inferers import sliding_window_inference
 
         return sliding_window_inference(x, tuple(patch), sw_batch_size=2, predictor=self, overlap=0.5, mode="gaussian")

@@ -76,6 +76,7 @@ def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onfh_seg.pacs.demo SCAN.nii.gz FOLDER``: a demo scan as a DICOM study, for the PACS walk-through."""
+    # function-level import: only for the demo command line
     import argparse
     import re
     from datetime import date

@@ -11,6 +11,7 @@ import sys
 
 def echo(host: str, port: int, ae_title: str, timeout_s: float = 5.0) -> bool:
     """True when ``ae_title`` at ``host:port`` accepts an association and answers C-ECHO with success."""
+    # function-level import: optional dependency (pacs extra)
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 

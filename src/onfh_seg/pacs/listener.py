@@ -172,6 +172,7 @@ def _merge(source: Path, target: Path) -> None:
 
 def start_scp(queue: StudyQueue, host: str, port: int, ae_title: str) -> Any:
     """Start the C-STORE SCP (non-blocking); returns the server (``.shutdown()`` stops it)."""
+    # function-level import: optional dependency (pacs extra)
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
 

@@ -24,6 +24,7 @@ class NetworkError(RuntimeError):
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: connection problems, timeouts, HTTP 5xx/429, failed associations."""
+    # function-level import: optional dependency (pacs extra)
     import requests
 
     if isinstance(exc, requests.HTTPError):
@@ -70,6 +71,7 @@ def _value(item: dict, tag: str) -> Any:
 
 def dicomweb_client(url: str, timeout_s: float = 30.0) -> Any:
     """A DICOMweb client for ``url`` (e.g. ``http://orthanc:8042/dicom-web``)."""
+    # function-level import: optional dependency (pacs extra)
     import requests
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session
@@ -113,6 +115,7 @@ WADO_MEDIA_TYPES = (("application/dicom", "1.2.840.10008.1.2.1"),)
 
 def _retrieve_series(client: Any, study_uid: str, series_uid: str) -> list[Dataset]:
     """WADO-RS one series as Explicit VR Little Endian, or as stored when the server cannot transcode (406/400)."""
+    # function-level import: optional dependency (pacs extra)
     import requests
 
     try:
@@ -177,6 +180,7 @@ def c_store(files: Sequence[Path], dest: Destination, calling_ae: str = "ONFH_SE
     datasets = [dcmread(p) for p in files]
 
     def send() -> list[str]:
+        # function-level import: optional dependency (pacs extra)
         from pynetdicom import AE
 
         ae = AE(ae_title=calling_ae)

@@ -66,6 +66,7 @@ def open_client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     ``*.json``), or of a new local cluster of
     ``workers`` processes with one thread each (``cluster`` is None for an existing scheduler)."""
     require_distributed()
+    # function-level import: optional dependency (dask extra)
     from distributed import Client, LocalCluster
 
     quiet_distributed_logs()
@@ -102,6 +103,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[tuple[Any, bool
     """``(client, remote)`` for the run (see :func:`open_client`); closed at the end. A local cluster's
     workers, restarted ones included, run with ``LOCAL_WORKER_CONFIG``."""
     require_distributed()
+    # function-level import: optional dependency (dask extra)
     import dask
 
     with dask.config.set(LOCAL_WORKER_CONFIG if not scheduler else {}):
@@ -115,6 +117,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[tuple[Any, bool
 def submit_in_order(client: Any, func: Callable[..., Any], argsets: Iterable[tuple], prefix: str) -> Iterator[tuple[int, Any]]:
     """Submit ``func(*args)`` for each argument tuple; yield ``(index, future)`` as the tasks finish.
     On any exception (Ctrl-C included) in the consumer, the tasks still queued are cancelled."""
+    # function-level import: optional dependency (dask extra)
     from distributed import as_completed
 
     run_id = uuid.uuid4().hex[:8]

@@ -66,6 +66,7 @@ def _patient_job(args: tuple[PatientInput, TrackSettings, str, str]) -> tuple[st
         record["repeatability"] = as_dict(settings.repeatability)  # the report judges changes against it
         save_transforms(out, found, params.write_tfm)
         if views is not None:
+            # function-level import: matplotlib/Chromium paths load only when a report is written
             from onfh_seg.report.html import write_report
 
             write_report(record, views, out / "reports" / f"{p.patient_id}.html", pdf=bool(settings.report_pdf))
@@ -108,6 +109,7 @@ def track_cohort(settings: TrackSettings, progress: Callable[[str, str], None] |
     report = bool(settings.report)
     pdf = report and bool(settings.report_pdf)
     if pdf:
+        # function-level import: matplotlib/Chromium paths load only when a report is written
         from onfh_seg.report.pdf import chromium_path
 
         if chromium_path() is None:
@@ -164,6 +166,7 @@ def track_cohort(settings: TrackSettings, progress: Callable[[str, str], None] |
 
 def _print_pdf(html_path: Path) -> Path:
     """The PDF of an existing HTML report, beside it."""
+    # function-level import: matplotlib/Chromium paths load only when a report is written
     from onfh_seg.report.pdf import html_to_pdf
 
     return html_to_pdf(html_path, html_path.with_suffix(".pdf"))

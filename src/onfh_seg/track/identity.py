@@ -185,6 +185,7 @@ def current_sha256(rec: RecordedScan, image: Path) -> str | None:
     try:
         if rec.input_kind != "dicom":
             return sha256_file(image) if image.is_file() else None
+        # function-level import: pydicom only for DICOM inputs
         from onfh_seg.infer.inputs import dicom_sha256
         from onfh_seg.io.dicom import find_series
 

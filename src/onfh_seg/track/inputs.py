@@ -208,10 +208,12 @@ def read_image(s: ScanInput) -> tuple[np.ndarray, np.ndarray]:
 
     Raises ``ValueError`` when the image changed since :func:`collect_patients` checked it.
     """
+    # function-level import: pydicom only for DICOM inputs
     from onfh_seg.infer.inputs import ScanJob, load_scan as load_input
 
     job = ScanJob(s.kind, s.image, s.name, str(s.image))
     if s.kind == "dicom":
+        # function-level import: pydicom only for DICOM inputs
         from onfh_seg.io.dicom import find_series
 
         found = [x for x in find_series(s.image) if x.series_uid == s.series_uid]

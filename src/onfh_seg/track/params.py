@@ -45,6 +45,7 @@ class TrackParams:
     @classmethod
     def from_dict(cls, d: Mapping | None = None) -> "TrackParams":
         """``d`` over the defaults of configs/track.yaml (keys that are not parameters are ignored)."""
+        # function-level import: YAML defaults only for library callers that pass no params
         from onfh_seg.config import defaults
 
         merged = {**defaults("track"), **dict(d or {})}

@@ -49,6 +49,7 @@ class RegistrationParams(RegistrationSettings):
     @classmethod
     def from_dict(cls, d: dict | None = None) -> "RegistrationParams":
         """``d`` over the defaults of configs/track.yaml ``registration``."""
+        # function-level import: YAML defaults only for library callers that pass no params
         from onfh_seg.config import defaults
 
         merged = {**defaults("track")["registration"], **dict(d or {})}
