@@ -100,6 +100,23 @@ def test_partner_candidates_across_the_midline_mirror_first() -> None:
     assert all(-128 - 21 <= c[0] <= 128 + 21 for c in cands)
 
 
+def test_partner_candidates_are_moved_into_a_thin_oblique_slab() -> None:
+    """A 20-slice slab tilted 24 degrees: lattice points above or below it are moved into it, not dropped."""
+    from onfh_seg.infer.search import inside_fov
+
+    shape = (160, 160, 20)
+    tilt = np.deg2rad(24.0)
+    aff = np.eye(4)
+    aff[:3, :3] = np.array([[1.6, 0, 0], [0, 1.6 * np.cos(tilt), -3.6 * np.sin(tilt)],
+                            [0, 1.6 * np.sin(tilt), 3.6 * np.cos(tilt)]])
+    aff[:3, 3] = -aff[:3, :3] @ (np.array(shape) - 1) / 2
+    found = np.array([95.0, 5.0, 30.0])  # above the slab at the partner's x: 30 mm up, the slab is 36 mm thick
+    cands = partner_candidates(found, shape, aff, midline_x=0.0)
+    assert len(cands) == 12  # max_n, all kept
+    assert all(inside_fov(c, shape, aff, margin_mm=0.01) for c in cands)
+    assert all(np.linalg.norm(a - b) >= 35.0 / 3 for i, a in enumerate(cands) for b in cands[:i])
+
+
 def test_style_c_gradient_echo_physics() -> None:
     rng = np.random.default_rng(0)
     opp = tissue_signal(4.0, 1.14, 15.0, rng)  # 440 Hz x 1.14 ms = half a cycle: opposed phase

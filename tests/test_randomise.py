@@ -164,3 +164,31 @@ def test_cysts_and_healthy_edema_are_head_not_lesion():
     assert not np.isin(lab1, [L.NECROTIC, L.BAND]).any()
     assert (tis1 == TISSUES["cyst"]).sum() > 20 and np.all(lab1[tis1 == TISSUES["cyst"]] == L.HEAD)
     assert (tis1 == TISSUES["edema_marrow"]).sum() > 1000 and not (tis0 == TISSUES["edema_marrow"]).any()
+
+
+def test_realistic_contrast_is_the_t1_prior_with_a_full_band():
+    """The mixture's realistic share: the default renderer's T1 prior within 10% and 0.03, the band always drawn."""
+    from onfh_seg.synth.randomise import T1_PRIOR, realistic_contrast
+
+    rng = np.random.default_rng(3)
+    prior = np.array([T1_PRIOR[k] for k in sorted(TISSUES, key=TISSUES.get)], np.float32)
+    for _ in range(100):
+        c = realistic_contrast(rng)
+        assert c.band_gap == 0.0
+        assert np.all(np.abs(c.mean[1:] - prior[1:]) <= 0.1 * prior[1:] + 0.15)  # 0.03 jitter: 5 sigma
+        assert c.mean[TISSUES["band"]] < min(c.mean[TISSUES["yellow_marrow"]], c.mean[TISSUES["red_marrow"]])
+
+
+def test_realistic_share_changes_samples_and_absent_share_keeps_old_draws(tmp_path):
+    """``acquisitions.realistic`` draws realistic contrasts; without the key the samples are what they were."""
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
+    old = RandomisedPatchDataset(items, (32, 32, 32), 4, 1.0, seed=0)
+    zero = RandomisedPatchDataset(items, (32, 32, 32), 4, 1.0, seed=0, acquisitions={"realistic": 0.0})
+    real = RandomisedPatchDataset(items, (32, 32, 32), 4, 1.0, seed=0, acquisitions={"realistic": 1.0})
+    assert all((old[i][0] == zero[i][0]).all() for i in range(4))
+    assert any(not (old[i][0] == real[i][0]).all() for i in range(4))
+    assert all((old[i][1].shape == real[i][1].shape) for i in range(4))
