@@ -192,3 +192,41 @@ def test_realistic_share_changes_samples_and_absent_share_keeps_old_draws(tmp_pa
     assert all((old[i][0] == zero[i][0]).all() for i in range(4))
     assert any(not (old[i][0] == real[i][0]).all() for i in range(4))
     assert all((old[i][1].shape == real[i][1].shape) for i in range(4))
+
+
+def test_slab_edge_has_a_face_near_the_centre_with_a_real_edge():
+    """``slab_edge``: a slab face within -15..+25 mm of the patch centre; the signal fades over about one slice
+    beyond the face and is dimmed (RF profile) just inside it; labels count as in view only inside the slab."""
+    from onfh_seg.synth.contrast import slab_edge
+
+    rng = np.random.default_rng(11)
+    shape, spacing = (64, 64, 64), 1.1
+    faces_near = 0
+    for _ in range(20):
+        w, inside = slab_edge(shape, spacing, rng)
+        assert w.dtype == np.float32 and w.min() >= 0.0 and w.max() <= 1.0
+        assert np.all(w[inside] > 0) and np.all(w[inside] >= w[~inside].max() - 1e-6)  # in-plane FOV edges are hard
+        partial = (w > 0.02) & (w < 0.98)
+        assert partial.any()  # a fade and a dimmed rim, not a hard cut
+        c = np.array(shape) // 2
+        ball = np.linalg.norm((np.indices(shape).T - c).T * spacing, axis=0) <= 26.0
+        faces_near += bool(inside[ball].any() and (~inside[ball]).any())
+    assert faces_near >= 15  # the face crosses a head-sized ball round the centre (unless the FOV edge hides it)
+
+
+def test_slab_edge_share_changes_slab_samples_only(tmp_path):
+    """``acquisitions.slab_edge`` redraws the slab samples; labels outside the slab are background."""
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
+    hard = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0, acquisitions={"slab": 1.0})
+    zero = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
+                                  acquisitions={"slab": 1.0, "slab_edge": 0.0})
+    edge = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
+                                  acquisitions={"slab": 1.0, "slab_edge": 1.0})
+    assert all((hard[i][0] == zero[i][0]).all() for i in range(6))
+    samples = [edge[i] for i in range(6)]
+    assert any(not (hard[i][0] == samples[i][0]).all() for i in range(6))
+    assert any((s[1] == 0).float().mean() > 0.2 and (s[1] > 0).any() for s in samples)  # cut, head still in view

@@ -26,6 +26,7 @@ from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
+from onfh_seg.synth.contrast import slab_edge
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -233,7 +234,8 @@ class RandomisedPatchDataset(Dataset):
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: the default renderer's spin-echo T1 contrast (``realistic``, the mixture of
         # issue 23), gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``), a thin oblique
-        # slab with a limited field of view (``slab``); absent or 0: not drawn (older runs unchanged)
+        # slab with a limited field of view (``slab``), of which a share (``slab_edge``) has a face through the
+        # head with a real edge (``contrast.slab_edge``); absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.epoch = 0
 
@@ -268,8 +270,12 @@ class RandomisedPatchDataset(Dataset):
         s = self.acquisition(s)
         noisy = rician(s["image"].data[0].numpy().astype(np.float32), rng)
         if self.acq.get("slab", 0.0) > 0 and rng.uniform() < self.acq["slab"]:  # no signal outside the slab
-            inside = slab_mask(self.patch, self.spacing_mm, rng)
-            noisy = noisy * inside
+            if self.acq.get("slab_edge", 0.0) > 0 and rng.uniform() < self.acq["slab_edge"]:
+                weight, inside = slab_edge(self.patch, self.spacing_mm, rng)  # a face through the head, real edge
+            else:
+                inside = slab_mask(self.patch, self.spacing_mm, rng)
+                weight = inside
+            noisy = noisy * weight
             s["label"].set_data(s["label"].data * torch.from_numpy(inside)[None])
         s["image"].set_data(torch.from_numpy(noisy)[None])
         s = self.spatial(s)

@@ -8,7 +8,8 @@ draws, the painted image, gradient-echo chemical shift and the thin-slab signal 
   ``realistic_contrast`` stays close to the spin-echo T1 prior;
 * ``render_random`` paints an image from a tissue map with that contrast, smooth
   random texture per tissue, and a band that is faint or invisible in places;
-* ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab.
+* ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab;
+  ``slab_edge`` a slab face through the head with its real edge (RF profile, fade over one slice).
 """
 
 from __future__ import annotations
@@ -171,3 +172,31 @@ def slab_mask(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
         d = a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o
         inside &= np.abs(d) <= half
     return inside
+
+
+def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A thin oblique slab whose edge cuts the patch near its centre, with the edge a real slab has.
+
+    Returns (signal weight 0-1, inside-the-slab mask). Same geometry draws as ``slab_mask``, but one slab face
+    lies within -15..+25 mm of the patch centre (through a head the sampled centre sits in), and the face is not
+    a hard cut: the outermost 1-3 partitions lose 20-70% of their signal (the slab's RF profile), and the last
+    slice fades to zero over one slice thickness, as resampling a thick-slice slab onto a fine grid does.
+    Labels count as in view where the slab is (``inside``): a dimmed edge is still head, not necrosis.
+    """
+    normal_axis = 2 if rng.uniform() < 0.7 else 1
+    slice_mm = float(rng.uniform(3.0, 6.0))
+    thick = float(rng.integers(12, 41) * slice_mm)
+    fov = rng.uniform(220, 320, 2)
+    R = rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 30)))
+    axes = [R[:, (normal_axis + k) % 3] for k in (0, 1, 2)]
+    face = rng.choice([-1.0, 1.0]) * (thick / 2 - rng.uniform(-15.0, 25.0))  # slab centre so a face is near 0
+    off = np.array([face, rng.uniform(-110, 110), rng.uniform(-110, 110)])
+    g = np.meshgrid(*[(np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
+    depth = thick / 2 - np.abs(axes[0][0] * g[0] + axes[0][1] * g[1] + axes[0][2] * g[2] - off[0])  # > 0 inside
+    in_plane = np.ones(shape, bool)
+    for a, o, half in zip(axes[1:], off[1:], (fov[0] / 2, fov[1] / 2)):
+        in_plane &= np.abs(a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o) <= half
+    fade = np.clip(depth / slice_mm + 0.5, 0.0, 1.0)  # linear from the last slice centre to half a slice beyond
+    k, loss = int(rng.integers(1, 4)), float(rng.uniform(0.2, 0.7))
+    profile = 1.0 - loss * np.clip(1.0 - depth / (k * slice_mm), 0.0, 1.0)
+    return (fade * profile * in_plane).astype(np.float32), in_plane & (depth >= 0)
