@@ -12,6 +12,7 @@ from onfh_seg.hips import find_heads
 from onfh_seg.infer.search import (
     body_midline_x,
     far_from,
+    lattice_candidates,
     partner_candidates,
     plausible_head,
     sphere_candidates,
@@ -222,3 +223,75 @@ def test_coarse_peaks_rank_weak_head_responses_away_from_known_heads() -> None:
     got = coarse_peaks(prob, aff, known=[], midline_x=0.0)
     assert [tuple(np.round(c)) for c in got] == [tuple(right), tuple(left)]  # midline peak and the 0.001 one dropped
     assert [tuple(np.round(c)) for c in coarse_peaks(prob, aff, known=[right], midline_x=0.0)] == [tuple(left)]
+
+
+def test_lattice_candidates_cover_the_body_away_from_the_midline() -> None:
+    """The last-resort lattice: points in the body and the field of view, 60 mm apart, none within 50 mm of the
+    midline or 45 mm of a known head, nearest to the body's centre first."""
+    x, aff = pelvis_like()
+    fov = np.ones(x.shape, bool)
+    fov[:, :, :4] = False  # part of the grid outside the image
+    mid = body_midline_x(x, aff)
+    pts = lattice_candidates(x, aff, fov, [], mid, max_n=200)
+    assert len(pts) >= 4
+    inv = np.linalg.inv(aff)
+    for p in pts:
+        v = np.rint(inv[:3, :3] @ p + inv[:3, 3]).astype(int)
+        assert x[tuple(v)] > 0.1 and fov[tuple(v)]
+        assert abs(p[0] - mid) >= 50.0
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(pts) for b in pts[i + 1:]]
+    assert min(gaps) >= 60.0 - 1e-6
+    centre = np.mean([aff[:3, :3] @ v + aff[:3, 3] for v in np.argwhere((x > 0.1) & fov)], axis=0)
+    d = [np.linalg.norm(p - centre) for p in pts]
+    assert d == sorted(d)
+    known = [pts[0]]
+    assert all(far_from(p, known) for p in lattice_candidates(x, aff, fov, known, mid, max_n=200))
+    assert lattice_candidates(np.zeros_like(x), aff, fov, [], mid) == []
+
+
+@needs_model
+def test_scan_finds_heads_when_nothing_points_at_them(slab_scan, monkeypatch) -> None:
+    """Coarse stage blind and no sphere candidates: the lattice scan still finds both heads on their sides."""
+    from onfh_seg.infer import engine
+    from onfh_seg.infer.engine import Segmenter
+
+    image, truth = slab_scan
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    seg = Segmenter(MODELS, provider="cpu", threads=2, tta=False)
+    monkeypatch.setattr(seg, "_locate", lambda xc, g: ([], np.zeros(xc.shape, np.float32)))
+    monkeypatch.setattr(engine, "sphere_candidates", lambda *a, **k: [])
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
+    sides = {("right" if h.centre_ras[0] > 0 else "left"): h for h in heads}
+    assert set(sides) == {"right", "left"}, [h.centre_ras for h in heads]
+    for side, h in sides.items():
+        assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
+    assert res.search["heads_added"] == 2 and 0 < res.search["candidates_judged"] <= 16 + 48
+
+
+@needs_model
+def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_scan, monkeypatch) -> None:
+    """A coarse 'head' the anatomy gate's head checks refuse is dropped, and the search finds the real one."""
+    from onfh_seg.infer.engine import Segmenter
+
+    image, truth = slab_scan
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    seg = Segmenter(MODELS, provider="cpu", threads=2, tta=False)
+    monkeypatch.setattr(seg, "_locate", lambda xc, g: ([true["right"], true["left"]], np.zeros(xc.shape, np.float32)))
+    real_check = seg._head_shaped
+    calls: list[np.ndarray] = []
+
+    def refuse_left_once(found, affine, shape):  # the coarse stage's left head fails the checks the first time
+        calls.append(found[0])
+        if len(calls) <= 2 and found[0][0] < 0:
+            return False
+        return real_check(found, affine, shape)
+
+    monkeypatch.setattr(seg, "_head_shaped", refuse_left_once)
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    assert res.search["candidates_judged"] > 0 and res.search["heads_added"] == 1
+    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
+    sides = {("right" if h.centre_ras[0] > 0 else "left") for h in heads}
+    assert sides == {"right", "left"}

@@ -24,6 +24,7 @@ from onfh_seg.infer.search import (
     coarse_peaks,
     far_from,
     in_field_of_view,
+    lattice_candidates,
     partner_candidates,
     plausible_head,
     sphere_candidates,
@@ -41,6 +42,7 @@ log = logging.getLogger("onfh_seg.engine")
 
 MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
 MAX_SEARCH = 16  # fine-network judgements the head search may spend when the coarse stage finds fewer than two
+MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body (search.lattice_candidates)
 # the head search confirms a head with this much inside the field of view (a head with at least 5 mL in the
 # field of view counts as visible; the anatomy gate's smallest head component is the same 5 mL)
 SEARCH_MIN_HEAD_ML = 5.0
@@ -265,17 +267,30 @@ class Segmenter:
     def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray, fg_prob: np.ndarray,
                 confirmed: list[tuple]) -> int:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
-        candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; appends to
-        ``confirmed`` and returns the number of candidates judged."""
-        judged = 0
+        candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with no head found
+        then, slide the fine stage over a lattice of the body (``MAX_SCAN`` more). Appends to ``confirmed``
+        and returns the number of candidates judged."""
         known = [r[0] for r in confirmed]
-        mid = body_midline_x(xc, g_aff, in_field_of_view(g_aff, xc.shape, affine, x.shape))
+        fov = in_field_of_view(g_aff, xc.shape, affine, x.shape)
+        mid = body_midline_x(xc, g_aff, fov)
         # where the partner of a head already found can be, then where the coarse network saw a weak head, then
         # the strongest head-sized spheres (the first head may itself be a false one, so the others are tried
         # when its partner is not found)
         queue = (partner_candidates(known[0], x.shape, affine, mid, max_n=8) if len(known) == 1 else []) + \
             coarse_peaks(fg_prob, g_aff, known, mid) + sphere_candidates(xc, g_aff, known, mid)
-        while queue and len(confirmed) < 2 and judged < MAX_SEARCH:
+        judged = self._judge(x, affine, queue, confirmed, mid, MAX_SEARCH)
+        if not confirmed:  # nothing head-like where the coarse network or the spheres pointed: scan the body
+            judged += self._judge(x, affine, lattice_candidates(xc, g_aff, fov, [], mid, MAX_SCAN), confirmed, mid,
+                                  MAX_SCAN)
+        return judged
+
+    def _judge(self, x: np.ndarray, affine: np.ndarray, queue: list[np.ndarray], confirmed: list[tuple],
+               mid: float | None, budget: int) -> int:
+        """The fine stage judges the candidates of ``queue`` in turn (at most ``budget``) until two heads are
+        confirmed; a head it keeps is appended to ``confirmed``. Returns the number judged."""
+        judged = 0
+        known = [r[0] for r in confirmed]
+        while queue and len(confirmed) < 2 and judged < budget:
             centre = queue.pop(0)
             if not far_from(centre, known):
                 continue
@@ -294,6 +309,12 @@ class Segmenter:
                 queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
         return judged
 
+    def _keep_head_shaped(self, confirmed: list[tuple], affine: np.ndarray, shape: tuple[int, ...]) -> list[tuple]:
+        """The coarse stage's confirmed heads that pass the anatomy gate's own head checks (``_head_shaped``);
+        the others (a bladder, a uterus, an iliac wing taken for a head, which the gate would refuse) are
+        dropped, so the head search looks for the real ones."""
+        return [r for r in confirmed if self._head_shaped(r, affine, shape)]
+
     def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
         """Segment one scan (any orientation); labels come back on the input grid."""
         t = {"start": time.perf_counter()}
@@ -310,6 +331,7 @@ class Segmenter:
             r = self._confirm(x, affine, centre)
             if r is not None and far_from(r[0], [c[0] for c in confirmed], 2 * SEPARATION_MM):
                 confirmed.append(r)
+        confirmed = self._keep_head_shaped(confirmed, affine, image.shape)
         n_coarse = len(confirmed)
         t["confirm"] = time.perf_counter()
         judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed) if len(confirmed) < 2 else 0

@@ -13,7 +13,9 @@ stays the judge (``engine.Segmenter`` runs it on each candidate in turn):
   probability), strongest first;
 * ``sphere_candidates``: no head found: a gradient Hough transform for spheres
   of femoral-head radius (20-28 mm) on the coarse grid, either contrast
-  polarity, local maxima strongest first.
+  polarity, local maxima strongest first;
+* ``lattice_candidates``: still no head: a lattice over the body in the field of
+  view (the fine network slid over it), nearest to the body's centre first.
 
 numpy/scipy only (the inference image has no torch).
 """
@@ -31,6 +33,7 @@ LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body'
 MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
 PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one fine judgement
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
+SCAN_MM = 60.0  # lattice spacing of the last-resort scan: with the judge's re-centring, a head anywhere is caught
 
 
 def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
@@ -190,3 +193,27 @@ def coarse_peaks(fg_prob: np.ndarray, affine: np.ndarray, known: list[np.ndarray
     heads and, when the midline is known, at least ``LATERAL_MM`` from it."""
     sm = ndimage.gaussian_filter(np.asarray(fg_prob, np.float32), 1.5)
     return strongest_peaks(sm, affine, sm >= min_prob, known, midline_x, max_n)
+
+
+def lattice_candidates(xc: np.ndarray, affine: np.ndarray, fov: np.ndarray, known: list[np.ndarray],
+                       midline_x: float | None = None, max_n: int = 48) -> list[np.ndarray]:
+    """Points of a ``SCAN_MM`` lattice over the body (signal) inside the field of view on the coarse RAS grid
+    (``xc``, ``affine``, ``fov``), away from known heads and, when the midline is known, at least
+    ``LATERAL_MM`` from it; nearest to the body's centre first (the last resort when nothing else found a head)."""
+    body = (np.asarray(xc) > 0.1) & np.asarray(fov, bool)
+    if not body.any():
+        return []
+    ijk = np.argwhere(body)
+    world = ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    lo, hi = world.min(0), world.max(0)
+    axes = [np.arange(a + (b - a) % SCAN_MM / 2, b + 1e-6, SCAN_MM) if b - a >= SCAN_MM else np.array([(a + b) / 2])
+            for a, b in zip(lo, hi)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    inv = np.linalg.inv(affine)
+    vox = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    ok = np.all((vox >= 0) & (vox < np.array(body.shape)), axis=1)
+    pts, vox = pts[ok], vox[ok]
+    pts = pts[body[tuple(vox.T)]]
+    centre = world.mean(0)
+    pts = pts[np.argsort(np.linalg.norm(pts - centre, axis=1), kind="stable")]
+    return [p for p in pts if far_from(p, known) and plausible_head(p, midline_x)][:max_n]
