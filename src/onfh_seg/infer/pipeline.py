@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from onfh_seg.config_schemas import DicomSettings, InferSettings
+from onfh_seg.errors import one_line
 from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
 from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
 from onfh_seg.labels import LABELS
@@ -49,20 +50,9 @@ from onfh_seg.version import __version__
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 NO_FEMORAL_HEAD = "no_femoral_head_found"  # the anatomy gate's flag when no head is found (infer.anatomy)
-EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line description of an exception (type name added for unexpected ones)."""
-    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}" if text else f"file not found: {exc.filename}"
-    if not isinstance(exc, EXPECTED_ERRORS) or not text:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text[:500]
 
 
 def _package_version(*names: str) -> str | None:
