@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onfh_seg.io.manifest import ManifestError, read_manifest
+from onfh_seg.io.manifest import CsvError, read_csv_rows
 from onfh_seg.io.nifti import read_json_dict, sha256_file
 from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, scan_name
 
@@ -95,8 +95,8 @@ def _run_errors(infer_dir: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
-        rows = read_manifest(path, required=("scan", "error"))
-    except (ManifestError, OSError):
+        rows = read_csv_rows(path, required=("scan", "error"))
+    except (CsvError, OSError):
         return {}
     return {r["scan"]: r for r in rows if r.get("scan")}
 
