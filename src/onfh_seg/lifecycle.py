@@ -31,10 +31,10 @@ import socket
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.clock import OFFSET, utc_timestamp
 from onfh_seg.io.nifti import TMP_MARK
 
 log = logging.getLogger("onfh_seg.lifecycle")
@@ -217,7 +217,7 @@ class DirLock:
             fd = self._lock_once()
         try:
             record = {"tool": self.tool, "pid": os.getpid(), "host": socket.gethostname(),
-                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "started": utc_timestamp(OFFSET)}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
         except BaseException:
