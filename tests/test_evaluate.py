@@ -169,10 +169,8 @@ def test_cli_table_with_several_cohorts(tiny_b, monkeypatch, tmp_path, capsys):
 
 
 def test_cli_rejects_bad_cohort(tmp_path):
-    from onfh_seg.cli.evaluate import cohorts_from_config
-
     with pytest.raises(ValueError, match="cohorts.x"):
-        cohorts_from_config({"cohorts": {"x": [1, 2]}})
-    assert cohorts_from_config({"cohort": "a.csv", "cohorts": {"b": None, "c": ["x.csv"]}}) == {"cohort": ["a.csv"], "c": ["x.csv"]}
+        E.named_cohorts(None, {"x": [1, 2]})
+    assert E.named_cohorts("a.csv", {"b": None, "c": ["x.csv"]}) == {"cohort": ["a.csv"], "c": ["x.csv"]}
     with pytest.raises(FileNotFoundError):
         E.evaluate_cohorts({"x": str(tmp_path / "missing.csv")}, ROOT / "models", tmp_path)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from onfh_seg import __version__
+from onfh_seg.config_schemas import ExportSettings
 from onfh_seg.io.nifti import sha256_file
 from onfh_seg.labels import LABELS
 from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
@@ -144,3 +145,17 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
 
     atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))
     return meta
+
+
+def export_run(settings: ExportSettings) -> dict:
+    """onfh-export's work: the target checked and the checkpoints found before anything is loaded, then
+    :func:`export_model`; returns the model's metadata (``model.json``)."""
+    check_export_target(settings.out_dir, settings.force)  # before loading anything
+    for key, path in (("coarse_ckpt", settings.coarse_ckpt), ("fine_ckpt", settings.fine_ckpt)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key} not found: {path}")
+    extra = {"checkpoints": {"coarse": settings.coarse_ckpt, "fine": settings.fine_ckpt},
+             "training": settings.training or {}}
+    return export_model(settings.coarse_ckpt, settings.fine_ckpt, settings.out_dir, settings.fine_crop_vox, extra,
+                        ship_checkpoints=settings.ship_checkpoints, lesion_threshold=settings.lesion_threshold,
+                        force=settings.force)
