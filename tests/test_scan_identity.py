@@ -23,7 +23,8 @@ import pytest
 
 from conftest import write_dicom_series
 
-from onfh_seg.config import InferSettings, TrackSettings, infer_settings, track_settings
+from onfh_seg.config import infer_settings, track_settings
+from onfh_seg.config_schemas import InferSettings, TrackSettings
 from onfh_seg.run.batch import run_batch
 from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
 from onfh_seg.track.identity import read_infer_dir

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onfh_seg import __version__
+from onfh_seg.version import __version__
 from onfh_seg.config_schemas import ExportSettings
-from onfh_seg.io.nifti import sha256_file
+from onfh_seg.io.files import sha256_file
 from onfh_seg.labels import LABELS
 from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
 
@@ -141,7 +141,7 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")
         meta["checkpoints_shipped"] = {"coarse": "coarse.ckpt", "fine": "fine.ckpt"}
     # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
-    from onfh_seg.io.nifti import atomic_write_text
+    from onfh_seg.io.files import atomic_write_text
 
     atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))
     return meta

@@ -13,7 +13,7 @@
   is still cleaning up.
 * :func:`check_writable`: out_dir is probed before any work.
 * :func:`remove_own_temporaries`: removes only this package's temporaries
-  (``.<name>.onfh-tmp-<pid>-<random>.tmp``, see ``io.nifti.atomic_write_bytes``)
+  (``.<name>.onfh-tmp-<pid>-<random>.tmp``, see ``io.files.atomic_write_bytes``)
   whose writer process is gone; any other file (a user's ``.notes.tmp``) stays.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.clock import OFFSET, utc_timestamp
-from onfh_seg.io.nifti import TMP_MARK
+from onfh_seg.io.files import TMP_MARK
 
 log = logging.getLogger("onfh_seg.lifecycle")
 

@@ -37,13 +37,15 @@ import numpy as np
 
 from onfh_seg.config_schemas import DicomSettings, InferSettings
 from onfh_seg.errors import one_line
-from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
+from onfh_seg.infer.inputs import LoadedScan, load_scan
+from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.io.files import atomic_write_bytes, atomic_write_text
+from onfh_seg.io.nifti import make_image
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.infer.scan_record import output_errors, result_settings, rows_from_measurements
-from onfh_seg.measure import mark_trust, with_scan_flags
+from onfh_seg.quality import mark_trust, with_scan_flags
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.version import __version__
 
@@ -179,8 +181,9 @@ def _write_dicom_outputs(
     ``{"status": "error", "error": "..."}`` and a warning is returned, so the
     NIfTI segmentation, JSON and CSV rows are kept.
     """
-    # function-level import: highdicom only for DICOM inputs; tests replace these writers on the module
-    from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
+    # function-level import: highdicom only for DICOM inputs; tests replace these writers on their modules
+    from onfh_seg.io.dicom_out import write_dicom_seg
+    from onfh_seg.io.dicom_sr import write_dicom_sr
 
     out: dict[str, Any] = {}
     warnings: list[str] = []

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 
 log = logging.getLogger("onfh_seg.manifest")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.clock import ZULU, utc_timestamp
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 
 FINAL_STATUSES = ("sent", "refused")
 # keys never written to the audit log, whatever a caller passes

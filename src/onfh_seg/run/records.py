@@ -18,11 +18,11 @@ from typing import Any
 from onfh_seg.clock import OFFSET, utc_timestamp
 from onfh_seg.config import as_dict
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob
+from onfh_seg.infer.scan_jobs import ScanJob
 from onfh_seg.infer.pipeline import software_versions
 from onfh_seg.infer.scan_record import row_sort_key, rows_from_measurements
 from onfh_seg.io.manifest import write_manifest
-from onfh_seg.io.nifti import atomic_write_text, read_json_dict
+from onfh_seg.io.files import atomic_write_text, read_json_dict
 from onfh_seg.measure import CSV_COLUMNS
 from onfh_seg.run.jobs import EngineSpec
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfh_seg.io.manifest import CsvError, read_csv_rows
-from onfh_seg.io.nifti import read_json_dict, sha256_file
+from onfh_seg.io.files import read_json_dict, sha256_file
 from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, scan_name
 
 
@@ -187,7 +187,7 @@ def current_sha256(rec: RecordedScan, image: Path) -> str | None:
             return sha256_file(image) if image.is_file() else None
         # function-level import: pydicom only for DICOM inputs
         from onfh_seg.infer.inputs import dicom_sha256
-        from onfh_seg.io.dicom import find_series
+        from onfh_seg.io.dicom_series import find_series
 
         series = [s for s in find_series(image) if s.series_uid == rec.series_uid]
         return dicom_sha256([Path(p) for p in series[0].files]) if series else None

@@ -49,7 +49,7 @@ from scipy import ndimage
 from onfh_seg.geometry import apply, centred_grid, resample, voxel_spacing, voxel_to_ras
 from onfh_seg.errors import first_line
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.labels import HEAD_LABELS, LESION_LABELS
 from onfh_seg.measure import reference_mask, sir_of_mask
 from onfh_seg.report.views import sample_views

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 
 from onfh_seg.geometry import apply, ball_mask, crop_box, voxel_spacing
 from onfh_seg.config_schemas import RegistrationSettings
-from onfh_seg.io.nifti import atomic_write_bytes
+from onfh_seg.io.files import atomic_write_bytes
 
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
