@@ -31,6 +31,7 @@ import socket
 import tempfile
 import threading
 import time
+from multiprocessing.reduction import DupFd
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +258,4 @@ class InheritedFd:
         self.fd = int(fd)
 
     def __reduce__(self) -> tuple:
-        # function-level import: only when a lock is pickled into a worker
-        from multiprocessing.reduction import DupFd
-
         return (_rebuild_fd, (DupFd(self.fd),))

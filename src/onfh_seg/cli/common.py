@@ -112,9 +112,6 @@ class ArgError(ValueError):
 
 def _group_options(config_name: str, folder: str) -> dict[str, bool]:
     """Config groups of ``folder`` -> whether ``config_name``'s defaults list names them (``key=``) or not (``+key=``)."""
-    # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
-    from omegaconf import OmegaConf
-
     listed: set[str] = set()
     try:
         own = OmegaConf.to_container(OmegaConf.load(Path(folder) / f"{config_name}.yaml"))

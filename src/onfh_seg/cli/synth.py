@@ -7,6 +7,7 @@ Thin entry point: the composed configuration becomes onfh-synth's settings
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from onfh_seg import config
 from onfh_seg.cli.common import hydra_main, to_dict
@@ -15,9 +16,8 @@ from onfh_seg.cli.common import hydra_main, to_dict
 def run(cfg: DictConfig) -> int:
     """Generate the cohort described by ``cfg`` (and previews if asked)."""
     settings = config.typed("synth", to_dict(cfg))
-    # function-level import: imported when the command runs: `--help` and argument errors stay fast
-    from tqdm import tqdm
-
+    # function-level import: the generator (numpy/scipy renderers) loads when the command runs: `--help` and
+    # argument errors stay fast
     from onfh_seg.synth.cohort import cohort_size, synth_run
 
     n = cohort_size(settings)

@@ -46,6 +46,7 @@ from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.infer.scan_record import output_errors, result_settings, rows_from_measurements
 from onfh_seg.quality import mark_trust, with_scan_flags
+from onfh_seg.report.overlay import overlay_png
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.version import __version__
 
@@ -275,8 +276,8 @@ def _write_outputs(job: ScanJob, scan: LoadedScan, labels: np.ndarray, hips: lis
     outputs["seg"] = paths["seg"].name
     if settings.overlay:
         centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
-        overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
-                         f"{job.name} | {OVERLAY_TITLE_NOTE}")
+        overlay_png(scan.image, labels, scan.affine, centres, paths["overlay"],
+                    f"{job.name} | {OVERLAY_TITLE_NOTE}")
         produced.append(paths["overlay"])
         outputs["overlay"] = paths["overlay"].name
     return outputs, []
@@ -379,11 +380,3 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
         "no_hip": any(f in (NO_FEMORAL_HEAD, NOT_HIP_ANATOMY) for f in meas.get("qc_flags") or []),
         **info,
     }
-
-
-def overlay_png_lazy(*args: Any, **kwargs: Any) -> None:
-    """``onfh_seg.report.overlay.overlay_png`` imported on first use (matplotlib is slow to import)."""
-    # function-level import: matplotlib loads only when an overlay is drawn
-    from onfh_seg.report.overlay import overlay_png
-
-    overlay_png(*args, **kwargs)
