@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from onfh_seg.geometry import mask_centroid_ras  # noqa: E402
 from onfh_seg.io.manifest import read_manifest, resolve  # noqa: E402
-from onfh_seg.io.nifti import atomic_write_text, load_nifti  # noqa: E402
+from onfh_seg.io.files import atomic_write_text
+from onfh_seg.io.nifti import load_nifti
 from onfh_seg.labels import LESION_LABELS  # noqa: E402
 from onfh_seg.geometry import apply  # noqa: E402
 from onfh_seg.track.inputs import collect_patients  # noqa: E402

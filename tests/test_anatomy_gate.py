@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from onfh_seg.config import infer_settings
 from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
-from onfh_seg.io.dicom import DicomError, SeriesInfo
+from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
 from onfh_seg.infer.gate import measure_gated
@@ -177,8 +177,8 @@ def test_scan_wide_flags_untrust_every_hip() -> None:
 
 @pytest.mark.skipif(not (DECUBITUS / "HFS").is_dir(), reason=f"shared DICOM data not found at {DECUBITUS}")
 def test_sr_has_no_measurement_group_for_an_untrusted_hip(tmp_path: Path) -> None:
-    from onfh_seg.io.dicom import find_series
-    from onfh_seg.io.dicom_out import write_dicom_sr
+    from onfh_seg.io.dicom_series import find_series
+    from onfh_seg.io.dicom_sr import write_dicom_sr
 
     headers = list(find_series(DECUBITUS / "HFS")[0].headers)
     hips = [

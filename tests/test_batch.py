@@ -22,9 +22,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from onfh_seg.config import InferSettings, infer_settings
+from onfh_seg.config import infer_settings
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.run.batch import run_batch
-from onfh_seg.infer.image_read import load_nifti_checked, validate_image
+from onfh_seg.infer.image_checks import validate_image
+from onfh_seg.infer.image_read import load_nifti_checked
 from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.measure import CSV_COLUMNS

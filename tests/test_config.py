@@ -138,7 +138,7 @@ def test_cli_bad_keys_and_values_are_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_version_prints_package_and_model_versions(tmp_path: Path) -> None:
-    from onfh_seg import __version__
+    from onfh_seg.version import __version__
 
     res = _cli("onfh-infer", ["--version"], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -20,7 +20,7 @@ from onfh_seg.run.batch import run_batch  # noqa: E402
 from onfh_seg.run.dask_exec import open_client  # noqa: E402
 from onfh_seg.run.jobs import cached_segmenter  # noqa: E402
 from onfh_seg.run import dask_exec  # noqa: E402
-from onfh_seg.io.nifti import TMP_MARK  # noqa: E402
+from onfh_seg.io.files import TMP_MARK
 from conftest import assert_same_outputs  # noqa: E402
 from test_batch import (  # noqa: E402,F401  (fixtures)
     BIN, FAKE_ENGINE, FakeSegmenter, base_cfg, batch_set, cli_env, no_temporaries, reference_run, run_cli,

@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from onfh_seg.io.dicom import DicomError, find_series, load_series
+from onfh_seg.io.dicom import load_series
+from onfh_seg.io.dicom_series import DicomError, find_series
 from onfh_seg.io.dicom_select import load_dicom_volume, select_t1_series
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -14,13 +14,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from onfh_seg import labels
-from onfh_seg.io.dicom import DicomError, find_series, load_series, sort_slices
-from onfh_seg.io.dicom_out import (
-    frames_to_label_map,
-    label_map_to_frames,
-    write_dicom_seg,
-    write_dicom_sr,
-)
+from onfh_seg.io.dicom import load_series
+from onfh_seg.io.dicom_geometry import sort_slices
+from onfh_seg.io.dicom_series import DicomError, find_series
+from onfh_seg.io.dicom_out import frames_to_label_map, label_map_to_frames, write_dicom_seg
+from onfh_seg.io.dicom_sr import write_dicom_sr
 from onfh_seg.io.nifti import make_image
 from conftest import read_sr_hips
 

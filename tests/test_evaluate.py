@@ -15,7 +15,7 @@ from conftest import ROOT, synth_cfg
 from onfh_seg import evaluate as E
 from onfh_seg import labels as L
 from onfh_seg.infer.engine import SegResult
-from onfh_seg.io.manifest import read_manifest, resolve, write_manifest
+from onfh_seg.io.manifest import read_csv_rows, read_manifest, resolve, write_manifest
 
 FAST_B = {"max_matrix": 64, "fine_mm": 1.3, "coarse_mm": 4.0, "slice_mm": [5.0, 6.0], "iso_mm": [2.0, 2.5],
           "protocols": {"oblique_2d": 1.0, "iso_3d": 0.0}, "small_fov_fraction": 0.0}
@@ -159,7 +159,7 @@ def test_cli_table_with_several_cohorts(tiny_b, monkeypatch, tmp_path, capsys):
     assert summary["cohorts"]["in_style"]["n_scans"] == 4 and summary["cohorts"]["out_of_style_b"]["n_scans"] == 2
     for name in ("in_style", "out_of_style_b"):
         assert (tmp_path / "eval" / name / "hips.csv").is_file() and (tmp_path / "eval" / name / "scans.csv").is_file()
-    scans = read_manifest(tmp_path / "eval" / "in_style" / "scans.csv", required=("scan",))
+    scans = read_csv_rows(tmp_path / "eval" / "in_style" / "scans.csv", required=("scan",))
     assert sorted(r["scan"] for r in scans) == sorted(f"{d}/P001_m{m}.nii.gz" for d in (tiny_b.parent.name, "second")
                                                       for m in ("00", "09"))
     assert len(list((tmp_path / "eval" / "in_style" / "pred").glob("*_seg.nii.gz"))) == 4
@@ -169,10 +169,8 @@ def test_cli_table_with_several_cohorts(tiny_b, monkeypatch, tmp_path, capsys):
 
 
 def test_cli_rejects_bad_cohort(tmp_path):
-    from onfh_seg.cli.evaluate import cohorts_from_config
-
     with pytest.raises(ValueError, match="cohorts.x"):
-        cohorts_from_config({"cohorts": {"x": [1, 2]}})
-    assert cohorts_from_config({"cohort": "a.csv", "cohorts": {"b": None, "c": ["x.csv"]}}) == {"cohort": ["a.csv"], "c": ["x.csv"]}
+        E.named_cohorts(None, {"x": [1, 2]})
+    assert E.named_cohorts("a.csv", {"b": None, "c": ["x.csv"]}) == {"cohort": ["a.csv"], "c": ["x.csv"]}
     with pytest.raises(FileNotFoundError):
         E.evaluate_cohorts({"x": str(tmp_path / "missing.csv")}, ROOT / "models", tmp_path)

@@ -21,8 +21,10 @@ from conftest import cli_env, no_temporaries, read_csv, run_cli, synth_cohort
 from test_batch import FAKE_ENGINE, base_cfg, factory, truncated_copy
 
 from onfh_seg.run.batch import run_batch
-from onfh_seg.infer.inputs import dicom_series_name, expand_input, load_scan
-from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS, HIP_QC_KEYS, QC_FLAGS
+from onfh_seg.infer.inputs import expand_input, load_scan
+from onfh_seg.infer.scan_jobs import dicom_series_name
+from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS, HIP_QC_KEYS
+from onfh_seg.quality import QC_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -9,14 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from onfh_seg.infer.inputs import (
-    InputError,
-    ScanJob,
-    dicom_series_name,
-    expand_input,
-    load_scan,
-    sanitise,
-)
+from onfh_seg.infer.input_files import InputError
+from onfh_seg.infer.inputs import expand_input, load_scan
+from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, sanitise
 from onfh_seg.run.outputs import scan_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -35,11 +35,13 @@ from test_reliability_io import (
     write_phantom_nifti,
 )
 
-from onfh_seg.config import InferSettings, infer_settings
+from onfh_seg.config import infer_settings
+from onfh_seg.config_schemas import InferSettings
 from onfh_seg.run.batch import run_batch
 from onfh_seg.cli.common import override_hint
 from onfh_seg.infer.image_read import _first_line
-from onfh_seg.infer.inputs import InputError, expand_input
+from onfh_seg.infer.input_files import InputError
+from onfh_seg.infer.inputs import expand_input
 from onfh_seg.infer.pipeline import process_scan
 from onfh_seg.pacs.listener import StudyQueue, handle_queued_study, store_instance
 from onfh_seg.pacs.state import Ledger, read_audit

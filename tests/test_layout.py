@@ -109,3 +109,27 @@ def test_modules_and_functions_are_small() -> None:
                 if n > MAX_FUNCTION_LINES:
                     long_functions.append(f"{m}.{node.name}: {n}")
     assert big_modules == [] and long_functions == []
+
+
+def _function_imports(tree: ast.AST) -> list[ast.stmt]:
+    """Import statements inside functions."""
+    return [node for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_function_level_imports_say_why() -> None:
+    """An import inside a function (or its group of imports) has a ``function-level import: why`` comment."""
+    silent = []
+    for m, p in sorted(_modules().items()):
+        text = p.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        found = _function_imports(ast.parse(text))
+        import_lines = {i for node in found for i in range(node.lineno - 1, node.end_lineno)}
+        for node in found:
+            i = node.lineno - 1
+            while i >= 0 and "function-level import" not in lines[i] and (
+                    i in import_lines or not lines[i].strip() or lines[i].strip().startswith("#")):
+                i -= 1
+            if i < 0 or "function-level import" not in lines[i]:
+                silent.append(f"{m}:{node.lineno}")
+    assert silent == []

@@ -15,9 +15,9 @@ from onfh_seg.measure import (
     measure_hip,
     measure_scan,
     measurements_row,
-    qc_flags,
     sir_of_mask,
 )
+from onfh_seg.quality import qc_flags
 
 # x flipped (index 0 runs from patient right to left), anisotropic spacing
 FLIP_X = np.array([[-1.5, 0, 0, 150.0], [0, 1.25, 0, -40.0], [0, 0, 2.5, -50.0], [0, 0, 0, 1]])

@@ -125,7 +125,8 @@ def test_committed_files_are_the_upstream_files_with_their_licences() -> None:
 
 def test_dicom_geometry_as_documented(inputs) -> None:
     """The two DICOM series read as the README describes them (RAS: +x is the patient's right)."""
-    from onfh_seg.io.dicom import find_series, load_series
+    from onfh_seg.io.dicom import load_series
+    from onfh_seg.io.dicom_series import find_series
 
     [forearm] = find_series(inputs["forearm_scout"])
     img = load_series(forearm)

@@ -38,11 +38,13 @@ from pydicom.dataset import Dataset
 from conftest import write_dicom_series
 
 from onfh_seg.config import infer_settings
-from onfh_seg.infer.inputs import InputError, expand_input, load_scan
+from onfh_seg.infer.input_files import InputError
+from onfh_seg.infer.inputs import expand_input, load_scan
 from onfh_seg.infer.pipeline import process_scan
 from onfh_seg.run.outputs import OUTPUT_SUFFIXES
 from onfh_seg.infer.postprocess import clean_labels
-from onfh_seg.io.dicom import find_series, load_series
+from onfh_seg.io.dicom import load_series
+from onfh_seg.io.dicom_series import find_series
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -218,7 +220,8 @@ def perturb_orientation(folder: Path, scale: float = 1e-8, seed: int = 0) -> int
 
 @pytest.mark.skipif(not HFS.is_dir(), reason=f"shared DICOM data not found at {HFS}")
 def test_seg_written_despite_orientation_noise(tmp_path: Path) -> None:
-    from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
+    from onfh_seg.io.dicom_out import write_dicom_seg
+    from onfh_seg.io.dicom_sr import write_dicom_sr
     from onfh_seg.io.nifti import make_image
 
     series_dir = tmp_path / "HFS"
@@ -246,7 +249,7 @@ def test_seg_written_despite_orientation_noise(tmp_path: Path) -> None:
 
 
 def test_orientation_beyond_tolerance_is_not_snapped() -> None:
-    from onfh_seg.io.dicom_out import snap_orientation
+    from onfh_seg.io.dicom_derived import snap_orientation
 
     a, b, c = Dataset(), Dataset(), Dataset()
     a.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -288,11 +291,12 @@ def test_orientation_noise_does_not_lose_the_dicom_outputs(hip_dicom: Path, tmp_
 @pytest.mark.parametrize("failing", ["write_dicom_seg", "write_dicom_sr"])
 def test_failing_dicom_writer_keeps_nifti_json_and_rows(hip_dicom: Path, tmp_path: Path, monkeypatch, failing: str) -> None:
     import onfh_seg.io.dicom_out as dicom_out
+    import onfh_seg.io.dicom_sr as dicom_sr
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("Source images must have a shared orientation.")
 
-    monkeypatch.setattr(dicom_out, failing, broken)
+    monkeypatch.setattr(dicom_out if failing == "write_dicom_seg" else dicom_sr, failing, broken)
     out = tmp_path / "out"
     result, meas = run_one(hip_dicom, out)
     name = result["name"]

@@ -23,9 +23,10 @@ import pytest
 
 from conftest import write_dicom_series
 
-from onfh_seg.config import InferSettings, TrackSettings, infer_settings, track_settings
+from onfh_seg.config import infer_settings, track_settings
+from onfh_seg.config_schemas import InferSettings, TrackSettings
 from onfh_seg.run.batch import run_batch
-from onfh_seg.io.manifest import ManifestError, read_manifest, resolve
+from onfh_seg.io.manifest import CsvError, ManifestError, read_csv_rows, read_manifest, resolve
 from onfh_seg.track.identity import read_infer_dir
 from onfh_seg.track.cohort import track_cohort
 from onfh_seg.track.inputs import collect_patients
@@ -336,6 +337,18 @@ def test_manifest_reader_one_line_errors(tmp_path, content, message):
     assert "\n" not in str(info.value) and str(path) in str(info.value)
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest(tmp_path / "missing.csv")
+
+
+def test_csv_rows_reader_for_files_that_are_not_manifests(tmp_path):
+    """errors.csv and the like: the manifest reader's rules, errors that say "CSV file" (a CsvError)."""
+    path = tmp_path / "errors.csv"
+    path.write_bytes(b"\xef\xbb\xbfscan, error\r\n P1_m00 ,bad\r\n\r\nP1_m00,bad\r\n")
+    assert read_csv_rows(path, required=("scan", "error")) == [{"scan": "P1_m00", "error": "bad"}]
+    with pytest.raises(CsvError, match=r"^CSV file .* has no 'image' column") as info:
+        read_csv_rows(path, required=("image",))
+    assert not isinstance(info.value, ManifestError) and issubclass(ManifestError, CsvError)
+    with pytest.raises(FileNotFoundError, match="^CSV file not found"):
+        read_csv_rows(tmp_path / "missing.csv")
 
 
 @pytest.mark.slow

@@ -34,6 +34,24 @@ def test_train_config_composes():
     assert _cfg(["trainer.max_steps=7"])["trainer"]["max_steps"] == 7
 
 
+def test_export_run_checks_target_and_checkpoints_before_loading(tmp_path):
+    from onfh_seg import config
+    from onfh_seg.export import export_run
+
+    def settings(**over):
+        ckpts = {"coarse_ckpt": str(tmp_path / "coarse.ckpt"), "fine_ckpt": str(tmp_path / "fine.ckpt")}
+        return config.typed("export", config.settings("export", {**ckpts, "out_dir": str(tmp_path / "out"), **over}))
+
+    with pytest.raises(FileExistsError, match="holds the shipped model"):
+        export_run(settings(out_dir=str(config.default_model_dir())))
+    with pytest.raises(FileNotFoundError, match="^coarse_ckpt not found: "):
+        export_run(settings())
+    (tmp_path / "coarse.ckpt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="^fine_ckpt not found: "):
+        export_run(settings())
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     from onfh_seg.train import train

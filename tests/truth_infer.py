@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from onfh_seg.infer.inputs import expand_input
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, load_nifti, sha256_file
-from onfh_seg.measure import measure_scan, qc_flags
+from onfh_seg.io.files import atomic_write_bytes, atomic_write_text, sha256_file
+from onfh_seg.io.nifti import load_nifti
+from onfh_seg.measure import measure_scan
+from onfh_seg.quality import qc_flags
 from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, SEG_SUFFIX
 from onfh_seg.track.identity import normalised_path
 
@@ -27,7 +29,7 @@ def write_truth_infer_outputs(manifest_path: str | Path, infer_dir: str | Path, 
     named as onfh-infer names it: ``infer.inputs.expand_input``): copies the
     labels to ``<infer_dir>/<name>_seg.nii.gz`` and writes
     ``<name>_measurements.json`` with the identity onfh-infer records and
-    measurements from ``measure.measure_scan`` / ``measure.qc_flags``
+    measurements from ``measure.measure_scan`` / ``quality.qc_flags``
     (docs/CONTRACTS.md).
     """
     infer_dir = Path(infer_dir)

@@ -5,8 +5,8 @@ Python API (see :mod:`onfh_seg.api`)::
 
     from onfh_seg import segment, track
 
-    labels, measurements = segment("scan.nii.gz")
-    result = track("cohort/manifest.csv", "seg", "tracking")
+    scan = segment("scan.nii.gz")    # a ScanResult: scan.labels (nibabel image), scan.measurements
+    result = track("cohort/manifest.csv", "seg", "tracking")  # a CohortResult
 
 Research software. The shipped model is trained on synthetic data only and is
 not for clinical use.

@@ -31,6 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from omegaconf import OmegaConf
+
 from onfh_seg.config_schemas import (  # noqa: F401  (re-exported: config.<Schema>)
     SCHEMAS,
     TOOLS,
@@ -107,9 +109,6 @@ def model_version(model_dir: str | Path | None = None) -> str | None:
 
 @lru_cache(maxsize=None)
 def _defaults_cached(name: str, folder: str) -> dict:
-    # function-level import: OmegaConf loads only when a YAML file is read
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("now"):  # Hydra's ${now:...}, for run folders
         OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern))
     cfg = _compose(Path(folder), name)
@@ -119,9 +118,6 @@ def _defaults_cached(name: str, folder: str) -> dict:
 def _compose(folder: Path, name: str, group: str = ""):
     """``<folder>/<group>/<name>.yaml`` with its defaults list applied (group options such as
     ``- data: fine`` and same-group bases such as ``- fine``), as Hydra composes it without overrides."""
-    # function-level import: OmegaConf loads only when a YAML file is read
-    from omegaconf import OmegaConf
-
     path = folder / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no such configuration: {path}")

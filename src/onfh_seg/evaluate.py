@@ -16,7 +16,7 @@ The cohort summary and the side-by-side table are in ``evaluate_summary``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -26,14 +26,18 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from onfh_seg import labels as L
-from onfh_seg.evaluate_summary import format_table, summarise  # format_table: cli.evaluate imports it from here
+from onfh_seg.config import model_version
+from onfh_seg.config_schemas import EvalSettings
+from onfh_seg.evaluate_summary import summarise
 from onfh_seg.geometry import ball_mask, voxel_volume_ml
 from onfh_seg.infer.engine import Segmenter
-from onfh_seg.io.manifest import read_manifest, resolve
+from onfh_seg.io.files import atomic_write_text
+from onfh_seg.io.manifest import read_manifest, resolve, write_manifest
 from onfh_seg.io.nifti import save_nifti
 from onfh_seg.measure import arco_extent, measure_scan
 from onfh_seg.run.outputs import output_paths, scan_name
 from onfh_seg.run.pool import Executor, map_jobs
+from onfh_seg.synth.cohort import generate_cohort, synth_config
 
 HIP_BALL_PAD_MM = 8.0  # per-hip Dice: voxels within head radius + this of the true head centre
 
@@ -326,3 +330,54 @@ def evaluate_cohorts(cohorts: dict[str, str | Sequence[str]], model_dir: str | P
         if on_cohort:
             on_cohort(name, s, scans, hips)
     return out
+
+
+# ---------------------------------------------------------------- onfh-eval
+
+
+def named_cohorts(cohort: str | None, cohorts: Mapping[str, str | Sequence[str] | None]) -> dict[str, list[str]]:
+    """Named cohorts to evaluate: ``cohort`` (one manifest, named "cohort") and the non-null entries of
+    ``cohorts``."""
+    out: dict[str, list[str]] = {}
+    if cohort:
+        out["cohort"] = [str(cohort)]
+    for name, ms in (cohorts or {}).items():
+        if not ms:
+            continue
+        ms = [ms] if isinstance(ms, str) else list(ms)
+        if not all(isinstance(m, str) and m for m in ms):
+            raise ValueError(f"cohorts.{name} must be a manifest path or a list of manifest paths")
+        out[str(name)] = ms
+    return out
+
+
+def _write_cohort(out: Path, name: str, s: dict, scans: list[dict], hips: list[dict]) -> None:
+    """``out/<name>/``: scans.csv, hips.csv and summary.json of one cohort."""
+    d = out / name
+    write_manifest(d / "scans.csv", scans, list(dict.fromkeys(k for x in scans for k in x)))
+    write_manifest(d / "hips.csv", hips, list(dict.fromkeys(k for h in hips for k in h)))
+    atomic_write_text(d / "summary.json", json.dumps(s, indent=1))
+
+
+def eval_run(settings: EvalSettings, command_line: Sequence[str]) -> dict:
+    """onfh-eval's work: every named cohort evaluated (with none, a held-out cohort generated from
+    ``settings.generate``), ``out_dir/summary.json`` and per cohort ``out_dir/<cohort>/`` written; returns the
+    summary (``cohorts``: name -> summary)."""
+    out = Path(settings.out_dir)
+    cohorts: dict[str, list[str]] = named_cohorts(settings.cohort, settings.cohorts)
+    if not cohorts:
+        gen = synth_config(settings.generate)
+        manifest = out / "cohort" / "manifest.csv"
+        if not manifest.exists():
+            print(f"generating held-out cohort (seed {gen['seed']}, {gen['n_patients']} patients) ...", flush=True)
+            generate_cohort(gen, manifest.parent)
+        cohorts = {"heldout": [str(manifest)]}
+    if not (Path(settings.model_dir) / "model.json").is_file():
+        raise FileNotFoundError(f"no model.json in model_dir={settings.model_dir}")
+    engine_kw = {"window": settings.window, "overlap": settings.overlap, "lesion_threshold": settings.lesion_threshold}
+    summaries = evaluate_cohorts(cohorts, settings.model_dir, out, settings.workers, settings.tta, settings.reference,
+                                 engine_kw=engine_kw, on_cohort=partial(_write_cohort, out))
+    summary = {"model_version": model_version(settings.model_dir), "command": " ".join(command_line),
+               "tta": settings.tta, "cohorts": summaries}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary

@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onfh_seg import __version__
-from onfh_seg.io.nifti import sha256_file
+from onfh_seg.config import default_model_dir
+from onfh_seg.config_schemas import ExportSettings
+from onfh_seg.io.files import atomic_write_text, sha256_file
 from onfh_seg.labels import LABELS
 from onfh_seg.preprocess import NORM_CLIP, NORM_PERCENTILE
+from onfh_seg.version import __version__
 
 
 def load_module(ckpt: str | Path):
     """Load a ``SegModule`` from a Lightning checkpoint (CPU, eval mode)."""
-    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
+    # function-level import: Lightning and MONAI (training extras, heavy) load only when a checkpoint is read
     from onfh_seg.model.module import SegModule
 
     m = SegModule.load_from_checkpoint(str(ckpt), map_location="cpu")
@@ -94,9 +96,6 @@ def model_version(meta: dict) -> str:
 
 def check_export_target(out_dir: str | Path, force: bool = False) -> None:
     """Refuse (``FileExistsError``, one line) to write into the shipped model's folder unless ``force``."""
-    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
-    from onfh_seg.config import default_model_dir
-
     shipped = default_model_dir()
     if not force and shipped.exists() and Path(out_dir).resolve() == shipped.resolve():
         raise FileExistsError(f"out_dir {out_dir} holds the shipped model; choose another out_dir "
@@ -139,8 +138,19 @@ def export_model(coarse_ckpt: str | Path, fine_ckpt: str | Path, out_dir: str | 
         strip_checkpoint(coarse_ckpt, out_dir / "coarse.ckpt")
         strip_checkpoint(fine_ckpt, out_dir / "fine.ckpt")
         meta["checkpoints_shipped"] = {"coarse": "coarse.ckpt", "fine": "fine.ckpt"}
-    # function-level import: torch/Lightning (training extras) and config only when exporting, not on import
-    from onfh_seg.io.nifti import atomic_write_text
-
     atomic_write_text(out_dir / "model.json", json.dumps(meta, indent=1))
     return meta
+
+
+def export_run(settings: ExportSettings) -> dict:
+    """onfh-export's work: the target checked and the checkpoints found before anything is loaded, then
+    :func:`export_model`; returns the model's metadata (``model.json``)."""
+    check_export_target(settings.out_dir, settings.force)  # before loading anything
+    for key, path in (("coarse_ckpt", settings.coarse_ckpt), ("fine_ckpt", settings.fine_ckpt)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key} not found: {path}")
+    extra = {"checkpoints": {"coarse": settings.coarse_ckpt, "fine": settings.fine_ckpt},
+             "training": settings.training or {}}
+    return export_model(settings.coarse_ckpt, settings.fine_ckpt, settings.out_dir, settings.fine_crop_vox, extra,
+                        ship_checkpoints=settings.ship_checkpoints, lesion_threshold=settings.lesion_threshold,
+                        force=settings.force)

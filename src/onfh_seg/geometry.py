@@ -10,6 +10,7 @@ orientation, optionally through a rigid/affine world map).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -247,9 +248,6 @@ def resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, d
         for a, b in chunks:
             part(a, b)
     else:  # scipy's interpolation releases the GIL
-        # function-level import: threads only for large resamples
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(len(chunks)) as pool:
             list(pool.map(lambda ab: part(*ab), chunks))
     return out

@@ -13,7 +13,7 @@
   is still cleaning up.
 * :func:`check_writable`: out_dir is probed before any work.
 * :func:`remove_own_temporaries`: removes only this package's temporaries
-  (``.<name>.onfh-tmp-<pid>-<random>.tmp``, see ``io.nifti.atomic_write_bytes``)
+  (``.<name>.onfh-tmp-<pid>-<random>.tmp``, see ``io.files.atomic_write_bytes``)
   whose writer process is gone; any other file (a user's ``.notes.tmp``) stays.
 """
 
@@ -31,11 +31,12 @@ import socket
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from multiprocessing.reduction import DupFd
 from pathlib import Path
 from typing import Any
 
-from onfh_seg.io.nifti import TMP_MARK
+from onfh_seg.clock import OFFSET, utc_timestamp
+from onfh_seg.io.files import TMP_MARK
 
 log = logging.getLogger("onfh_seg.lifecycle")
 
@@ -217,7 +218,7 @@ class DirLock:
             fd = self._lock_once()
         try:
             record = {"tool": self.tool, "pid": os.getpid(), "host": socket.gethostname(),
-                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "started": utc_timestamp(OFFSET)}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
         except BaseException:
@@ -257,7 +258,4 @@ class InheritedFd:
         self.fd = int(fd)
 
     def __reduce__(self) -> tuple:
-        # function-level import: only when a lock is pickled into a worker
-        from multiprocessing.reduction import DupFd
-
         return (_rebuild_fd, (DupFd(self.fd),))

@@ -14,17 +14,7 @@ from scipy import ndimage
 from onfh_seg.geometry import box_centroid_ijk, mask_box, ras_to_voxel, voxel_spacing, voxel_to_ras, voxel_volume_ml
 from onfh_seg.hips import split_hips
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
-from onfh_seg.quality import (  # noqa: F401  the QC flags and their rules, re-exported for callers
-    HIP_FLAGS,
-    QC_FLAGS,
-    UNTRUSTED_FLAGS,
-    hip_flags,
-    is_mr_like,
-    mark_trust,
-    qc_flags,
-    with_scan_flags,
-    without_classes,
-)
+from onfh_seg.quality import UNTRUSTED_FLAGS
 
 HIP_KEYS = (
     "side",

@@ -22,7 +22,8 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None], min_n: int = 
     xa, ya = np.array(pairs).T
     if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return {"n": n, "rho": "n/a", "p_value": "n/a", "note": "constant values"}
-    from scipy import stats  # slow to import; only needed here
+    # function-level import: scipy.stats is slow to import; kept off the onfh-infer/onfh-track start path (api)
+    from scipy import stats
 
     res = stats.spearmanr(xa, ya)
     return {"n": n, "rho": round(float(res.statistic), 4), "p_value": round(float(res.pvalue), 4), "note": ""}

@@ -15,6 +15,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from onfh_seg import config as _config
 from onfh_seg.config import ConfigError
+from onfh_seg.errors import first_line
 from onfh_seg.version import __version__
 
 
@@ -39,7 +40,7 @@ def run_guarded(fn: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
     except (ValueError, FileNotFoundError, OSError, RuntimeError, MissingMandatoryValue) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         raise SystemExit(1)
     raise SystemExit(rc or 0)
 
@@ -111,9 +112,6 @@ class ArgError(ValueError):
 
 def _group_options(config_name: str, folder: str) -> dict[str, bool]:
     """Config groups of ``folder`` -> whether ``config_name``'s defaults list names them (``key=``) or not (``+key=``)."""
-    # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
-    from omegaconf import OmegaConf
-
     listed: set[str] = set()
     try:
         own = OmegaConf.to_container(OmegaConf.load(Path(folder) / f"{config_name}.yaml"))
@@ -252,5 +250,5 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
     except SystemExit:
         raise
     except Exception as exc:  # Hydra config errors (bad override syntax, unknown groups)
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         raise SystemExit(2)

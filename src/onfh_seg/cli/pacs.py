@@ -37,7 +37,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
 
 
 def _missing_extra() -> str | None:
-    try:
+    try:  # function-level import: is the PACS client stack (pynetdicom, dicomweb-client) installed?
         import dicomweb_client  # noqa: F401
         import pynetdicom  # noqa: F401
     except ImportError as exc:

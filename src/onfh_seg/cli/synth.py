@@ -1,35 +1,31 @@
-"""``onfh-synth``: generate a synthetic longitudinal hip T1 MRI cohort."""
+"""``onfh-synth``: generate a synthetic longitudinal hip T1 MRI cohort.
+
+Thin entry point: the composed configuration becomes onfh-synth's settings
+(:class:`onfh_seg.config_schemas.SynthSettings`) and goes to :func:`onfh_seg.synth.cohort.synth_run`.
+"""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 from omegaconf import DictConfig
+from tqdm import tqdm
 
+from onfh_seg import config
 from onfh_seg.cli.common import hydra_main, to_dict
 
 
 def run(cfg: DictConfig) -> int:
     """Generate the cohort described by ``cfg`` (and previews if asked)."""
-    # function-level import: imported when the command runs: `--help` and argument errors stay fast
-    from tqdm import tqdm
+    settings = config.typed("synth", to_dict(cfg))
+    # function-level import: the generator (numpy/scipy renderers) loads when the command runs: `--help` and
+    # argument errors stay fast
+    from onfh_seg.synth.cohort import cohort_size, synth_run
 
-    from onfh_seg.synth.cohort import generate_cohort
-    from onfh_seg.synth.preview import preview_cohort
-
-    c = to_dict(cfg)
-    out = Path(c["out_dir"])
-    n = 2 if c.get("demo") else int(c["n_patients"])
-    if n < 1:
-        raise ValueError("n_patients must be >= 1")
-    t0 = time.time()
+    n = cohort_size(settings)
     with tqdm(total=n, desc="onfh-synth patients", unit="patient") as bar:
-        manifest = generate_cohort(c, out, progress=lambda pid: bar.update(1))
-    print(f"wrote {manifest} ({n} patients, {time.time() - t0:.1f} s)")
-    if c.get("preview"):
-        pngs = preview_cohort(manifest)
-        print(f"wrote {len(pngs)} previews under {out / 'preview'}")
+        made = synth_run(settings, progress=lambda pid: bar.update(1))
+    print(f"wrote {made.manifest} ({n} patients, {made.seconds:.1f} s)")
+    if settings.preview:
+        print(f"wrote {len(made.previews)} previews under {made.manifest.parent / 'preview'}")
     return 0
 
 

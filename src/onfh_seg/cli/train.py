@@ -9,7 +9,8 @@ from onfh_seg.cli.common import hydra_main, to_dict
 
 def run(cfg: DictConfig) -> int:
     """Print the composed config, instantiate its data module, model, callbacks, logger and trainer, and fit."""
-    from onfh_seg.train import train  # torch and Lightning (the [train] extra): imported only to train
+    # function-level import: torch and Lightning (the [train] extra, heavy): imported only to train
+    from onfh_seg.train import train
 
     c = to_dict(cfg)
     print(OmegaConf.to_yaml(cfg))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.measure.QC_FLAGS)
+SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.quality.QC_FLAGS)
 MIN_SLAB_ML = 0.1  # smallest slab worth a flag (the smallest lesion classed is 0.5 mL)
 MIN_SLAB_VOXELS = 8
 SLAB_NEIGHBOUR_FRACTION = 0.4  # share of a run's voxels whose slice neighbours hold a clearly other value

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.infer.input_files import file_kind
-from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, is_tool_output, is_within, sanitise
+from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, is_within, sanitise
 from onfh_seg.io.dicom_select import ALL_T1, Selection, select_series
 from onfh_seg.io.dicom_series import (
     DicomError,
@@ -19,6 +19,7 @@ from onfh_seg.io.dicom_series import (
     find_series,
     series_identifiers,
 )
+from onfh_seg.run.outputs import is_tool_output
 
 
 def _looks_like_dicom(path: Path) -> bool:

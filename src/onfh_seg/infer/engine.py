@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
 from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.anatomy import check_anatomy
@@ -93,11 +94,8 @@ class Segmenter:
         source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
-        # function-level imports: onnxruntime loads only when a model is built (imports of the engine stay light);
-        # config's YAML defaults only for library callers that pass no value
+        # function-level import: onnxruntime (heavy) loads only when a model is built, off the onfh-infer start path
         import onnxruntime as ort
-
-        from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
 
         given = (model_dir, provider, threads, tta, fast, cuda_tf32)
         cli = defaults("infer") if None in given else {}  # a run passes every value: no YAML read then

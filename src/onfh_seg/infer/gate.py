@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy
-from onfh_seg.measure import hip_flags, mark_trust, measure_scan, qc_flags, without_classes
+from onfh_seg.measure import measure_scan
+from onfh_seg.quality import hip_flags, mark_trust, qc_flags, without_classes
 
 
 @dataclass

@@ -18,7 +18,7 @@ from onfh_seg.infer.input_files import InputError
 SHEAR_TOLERANCE = 1e-3  # |cos| between voxel axes above which an affine counts as sheared (0.06 degrees)
 QFORM_SFORM_TOLERANCE_MM = 0.5  # sform and qform placing a grid corner farther apart than this: a warning
 GEOMETRY_CHOICES = ("auto", "sform", "qform")  # configs/infer.yaml ``geometry``
-SHEARED_GEOMETRY = "sheared_geometry"  # QC flag of a sheared affine (onfh_seg.measure.QC_FLAGS)
+SHEARED_GEOMETRY = "sheared_geometry"  # QC flag of a sheared affine (onfh_seg.quality.QC_FLAGS)
 
 
 def _axcodes(affine: np.ndarray) -> str:

@@ -12,7 +12,7 @@ from onfh_seg.infer.input_files import InputError
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
-CT_AIR_VALUE = -500.0  # same threshold as onfh_seg.measure.is_mr_like
+CT_AIR_VALUE = -500.0  # same threshold as onfh_seg.quality.is_mr_like
 CT_MAX_FRACTION = 0.05
 CT_OFFSET = 1024.0  # CT stored without its rescale intercept: air near 0, water near 1024
 CT_SOFT_TISSUE_HU = (-150.0, 150.0)  # fat, muscle, organs and water: most of a CT body lies here

@@ -26,7 +26,6 @@ import nibabel as nib
 import numpy as np
 
 from onfh_seg.infer.header_gate import header_gate
-from onfh_seg.infer.image_checks import validate_image  # noqa: F401  re-exported for callers
 from onfh_seg.infer.input_files import InputError, require_regular_file, sha256_regular_file
 
 DEFAULT_MAX_IMAGE_MB = 1024.0  # float32 image size: 268 M voxels, e.g. 1024 x 1024 x 256; fits 2 workers in 24 GB

@@ -47,30 +47,22 @@ import numpy as np
 
 from onfh_seg.geometry import voxel_volume_ml
 from onfh_seg.infer.content_qc import SUSPECT_IMAGE_CONTENT, content_problems
-from onfh_seg.infer.dicom_jobs import (  # noqa: F401  dicom_job, selection_line re-exported for callers
-    dicom_job,
-    dicom_jobs,
-    folder_has_dicom,
-    selection_line,
-)
+from onfh_seg.infer.dicom_jobs import dicom_jobs, folder_has_dicom
 from onfh_seg.infer.header_gate import GEOMETRY_CHOICES, geometry_flags
 from onfh_seg.infer.image_checks import validate_image
 from onfh_seg.infer.image_read import DEFAULT_MAX_IMAGE_MB, check_size_limit, load_nifti_gated
 from onfh_seg.infer.input_files import InputError, require_regular_file, sha256_regular_file
-from onfh_seg.infer.scan_jobs import (  # noqa: F401  dicom_series_name, sanitise re-exported for callers
+from onfh_seg.infer.scan_jobs import (
     ScanJob,
     absolute_path,
     dedupe_names,
-    dicom_series_name,
     is_nifti_name,
-    is_tool_output,
     is_within,
-    sanitise,
 )
 from onfh_seg.io.dicom import load_series
 from onfh_seg.io.dicom_geometry import series_shape
 from onfh_seg.io.manifest import ManifestError, read_manifest
-from onfh_seg.run.outputs import scan_name
+from onfh_seg.run.outputs import is_tool_output, scan_name
 
 MANIFEST_KEEP = ("patient_id", "timepoint", "months")
 

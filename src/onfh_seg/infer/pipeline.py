@@ -36,33 +36,26 @@ import nibabel as nib
 import numpy as np
 
 from onfh_seg.config_schemas import DicomSettings, InferSettings
-from onfh_seg.infer.inputs import LoadedScan, ScanJob, input_sha256, load_scan
-from onfh_seg.io.nifti import atomic_write_bytes, atomic_write_text, make_image
+from onfh_seg.errors import one_line
+from onfh_seg.infer.inputs import LoadedScan, load_scan
+from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.io.files import atomic_write_bytes, atomic_write_text
+from onfh_seg.io.nifti import make_image
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.gate import measure_gated
 from onfh_seg.infer.scan_record import output_errors, result_settings, rows_from_measurements
-from onfh_seg.measure import mark_trust, with_scan_flags
+from onfh_seg.quality import mark_trust, with_scan_flags
+from onfh_seg.report.overlay import overlay_png
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.version import __version__
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 NO_FEMORAL_HEAD = "no_femoral_head_found"  # the anatomy gate's flag when no head is found (infer.anatomy)
-EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line description of an exception (type name added for unexpected ones)."""
-    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}" if text else f"file not found: {exc.filename}"
-    if not isinstance(exc, EXPECTED_ERRORS) or not text:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text[:500]
 
 
 def _package_version(*names: str) -> str | None:
@@ -189,8 +182,9 @@ def _write_dicom_outputs(
     ``{"status": "error", "error": "..."}`` and a warning is returned, so the
     NIfTI segmentation, JSON and CSV rows are kept.
     """
-    # function-level import: highdicom only for DICOM inputs; tests replace these writers on the module
-    from onfh_seg.io.dicom_out import write_dicom_seg, write_dicom_sr
+    # function-level import: highdicom only for DICOM inputs; tests replace these writers on their modules
+    from onfh_seg.io.dicom_out import write_dicom_seg
+    from onfh_seg.io.dicom_sr import write_dicom_sr
 
     out: dict[str, Any] = {}
     warnings: list[str] = []
@@ -282,8 +276,8 @@ def _write_outputs(job: ScanJob, scan: LoadedScan, labels: np.ndarray, hips: lis
     outputs["seg"] = paths["seg"].name
     if settings.overlay:
         centres = {h["side"]: h["head_centre_ras_mm"] for h in hips if h["head_centre_ras_mm"] is not None}
-        overlay_png_lazy(scan.image, labels, scan.affine, centres, paths["overlay"],
-                         f"{job.name} | {OVERLAY_TITLE_NOTE}")
+        overlay_png(scan.image, labels, scan.affine, centres, paths["overlay"],
+                    f"{job.name} | {OVERLAY_TITLE_NOTE}")
         produced.append(paths["overlay"])
         outputs["overlay"] = paths["overlay"].name
     return outputs, []
@@ -386,11 +380,3 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
         "no_hip": any(f in (NO_FEMORAL_HEAD, NOT_HIP_ANATOMY) for f in meas.get("qc_flags") or []),
         **info,
     }
-
-
-def overlay_png_lazy(*args: Any, **kwargs: Any) -> None:
-    """``onfh_seg.report.overlay.overlay_png`` imported on first use (matplotlib is slow to import)."""
-    # function-level import: matplotlib loads only when an overlay is drawn
-    from onfh_seg.report.overlay import overlay_png
-
-    overlay_png(*args, **kwargs)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.infer.image_read import DEFAULT_MAX_IMAGE_MB
-from onfh_seg.run.outputs import NIFTI_SUFFIXES, is_tool_output  # noqa: F401  is_tool_output re-exported
+from onfh_seg.run.outputs import NIFTI_SUFFIXES
 
 
 
@@ -21,7 +21,7 @@ class ScanJob:
 
     ``kind`` is "nifti" or "dicom". ``image_ref`` is the image as the user
     named it (manifest entry or path), used in the CSV ``image`` column.
-    ``series`` holds the chosen DICOM series (``onfh_seg.io.dicom.SeriesInfo``)
+    ``series`` holds the chosen DICOM series (``onfh_seg.io.dicom_series.SeriesInfo``)
     and ``dicom`` its description; ``error`` is a problem found while
     expanding the input (the job then fails with it).
     """

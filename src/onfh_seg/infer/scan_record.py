@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob, input_sha256
-from onfh_seg.io.nifti import read_json_dict
+from onfh_seg.infer.inputs import input_sha256
+from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.io.files import read_json_dict
 from onfh_seg.measure import SIDE_ORDER, measurements_row
 from onfh_seg.run.outputs import output_paths
 

@@ -3,8 +3,7 @@ the grid of ``io.dicom_geometry``.
 
 The DICOM reader is split in three: ``io.dicom_series`` finds the series of a study folder (and holds
 ``DicomError``, ``SeriesInfo`` and the identifiers that may leave the reader), ``io.dicom_geometry`` checks
-and sorts the slices, this module reads the pixels. ``io.dicom_select`` picks the T1 series. The names callers
-import from here (``DicomError``, ``SeriesInfo``, ``find_series``, ``sort_slices``) are re-exported below.
+and sorts the slices, this module reads the pixels. ``io.dicom_select`` picks the T1 series.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from onfh_seg.io.dicom_geometry import rescale_of, series_affine, sort_slices
-from onfh_seg.io.dicom_series import DicomError, SeriesInfo, find_series  # noqa: F401  re-exported for callers
+from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.nifti import make_image
 
 

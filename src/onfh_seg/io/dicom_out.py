@@ -10,9 +10,8 @@ Slice orientations that differ by float noise (within the reader's
 ``ORIENTATION_TOLERANCE``) are written as the first slice's
 (:func:`snap_orientation`): highdicom requires exactly equal values.
 
-Only the study's identity is taken from the source (``io.dicom_derived``, which also holds our codes and
-:func:`copy_patient_module`). The SR is built in ``io.dicom_sr``; ``build_dicom_sr``, ``write_dicom_sr``,
-``copy_patient_module`` and ``snap_orientation`` are re-exported here for callers.
+Only the study's identity is taken from the source (``io.dicom_derived``, which also holds our codes,
+:func:`copy_patient_module` and :func:`snap_orientation`). The SR is built and written in ``io.dicom_sr``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from onfh_seg import labels
-from onfh_seg.io.dicom_derived import (  # noqa: F401  copy_patient_module, snap_orientation re-exported for callers
+from onfh_seg.io.dicom_derived import (
     DCM_INTERFACE,
     MODEL_NAME,
     SCT_ACETABULUM,
@@ -36,7 +35,6 @@ from onfh_seg.io.dicom_derived import (  # noqa: F401  copy_patient_module, snap
     SCT_FEMORAL_HEAD,
     SCT_MORPH_ABNORMAL,
     SCT_NECROSIS,
-    copy_patient_module,
     new_instance,
     reference_copy,
     save_dataset,
@@ -45,7 +43,6 @@ from onfh_seg.io.dicom_derived import (  # noqa: F401  copy_patient_module, snap
 )
 from onfh_seg.io.dicom_geometry import series_affine, series_shape, sort_slices
 from onfh_seg.io.dicom_series import DicomError, slice_name
-from onfh_seg.io.dicom_sr import build_dicom_sr, write_dicom_sr  # noqa: F401  re-exported for callers
 from onfh_seg.io.nifti import make_image
 
 GRID_TOLERANCE_MM = 1e-3

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.labels import HEAD_LABELS, LABEL_DESCRIPTIONS, LABEL_RGB, LABELS, LESION_LABELS
 
 LABEL_TABLE_FILES = ("labels.json", "labels.ctbl", "labels_itksnap.txt")

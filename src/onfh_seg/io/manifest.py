@@ -14,6 +14,9 @@ drops a row that repeats an earlier row exactly (with a logged warning). Everyth
 file and, where there is one, the line: a missing file, an empty file,
 non-UTF-8 text, a missing or repeated column, a row with more (non-empty)
 fields than the header, broken quoting.
+
+:func:`read_csv_rows` reads any other CSV file of the project (e.g. onfh-infer's ``errors.csv``) by the same
+rules; its errors are :class:`CsvError` and say "CSV file" where a manifest's say "manifest".
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 
 log = logging.getLogger("onfh_seg.manifest")
 
@@ -43,39 +46,43 @@ CLINICAL_COLUMNS = (
 DEFAULT_REQUIRED = ("patient_id", "image")
 
 
-class ManifestError(ValueError):
+class CsvError(ValueError):
+    """An unusable CSV file, described in one line."""
+
+
+class ManifestError(CsvError):
     """An unusable manifest, described in one line."""
 
 
-def _manifest_text(path: Path) -> str:
-    """The manifest's text (BOM removed); one-line errors for a missing, unreadable or non-UTF-8 file."""
+def _csv_text(path: Path, what: str, error: type[CsvError]) -> str:
+    """The file's text (BOM removed); one-line errors for a missing, unreadable or non-UTF-8 file."""
     if not path.exists():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     if not path.is_file():
-        raise ManifestError(f"manifest is not a file: {path}")
+        raise error(f"{what} is not a file: {path}")
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
 
 
-def _header(path: Path, fields: list[str] | None, required: Sequence[str]) -> list[str]:
+def _header(path: Path, fields: list[str] | None, required: Sequence[str], what: str, error: type[CsvError]) -> list[str]:
     """Stripped column names; one-line errors for no header, repeated or missing columns."""
     if not fields or not any(f.strip() for f in fields):
-        raise ManifestError(f"manifest {path} is empty (no header line)")
+        raise error(f"{what} {path} is empty (no header line)")
     names = [f.strip() for f in fields]
     repeated = sorted({n for n in names if n and names.count(n) > 1})
     if repeated:
-        raise ManifestError(f"manifest {path}: column(s) named twice: {', '.join(repeated)}")
+        raise error(f"{what} {path}: column(s) named twice: {', '.join(repeated)}")
     missing = [c for c in required if c not in names]
     if missing:
         which = ", ".join(repr(c) for c in missing)
-        raise ManifestError(
-            f"manifest {path} has no {which} column{'s' if len(missing) > 1 else ''} "
+        raise error(
+            f"{what} {path} has no {which} column{'s' if len(missing) > 1 else ''} "
             f"(columns: {', '.join(n for n in names if n)})"
         )
     return names
@@ -89,11 +96,22 @@ def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED, 
     silently, for a second reading of the same file); a short row gets empty
     values for its missing fields.
     """
-    path = Path(path)
-    text = _manifest_text(path)
+    return _read_rows(Path(path), required, warn, "manifest", ManifestError)
+
+
+def read_csv_rows(path: str | Path, required: Sequence[str] = (), warn: bool = True) -> list[dict[str, str]]:
+    """Rows of a CSV file that is not a manifest (e.g. ``errors.csv``), read as :func:`read_manifest` reads
+    one; errors are :class:`CsvError`."""
+    return _read_rows(Path(path), required, warn, "CSV file", CsvError)
+
+
+def _read_rows(path: Path, required: Sequence[str], warn: bool, what: str,
+               error: type[CsvError]) -> list[dict[str, str]]:
+    """The rows of :func:`read_manifest` and :func:`read_csv_rows`; ``what`` names the file in errors."""
+    text = _csv_text(path, what, error)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        names = _header(path, next(reader, None), required)
+        names = _header(path, next(reader, None), required, what, error)
         rows: list[dict[str, str]] = []
         seen: dict[tuple[str, ...], int] = {}
         for fields in reader:
@@ -102,21 +120,21 @@ def read_manifest(path: str | Path, required: Sequence[str] = DEFAULT_REQUIRED, 
                 continue  # blank line (or commas only)
             line = reader.line_num
             if len(values) > len(names) and any(values[len(names):]):
-                raise ManifestError(
-                    f"manifest {path} line {line}: {len(values)} fields but the header has {len(names)} "
+                raise error(
+                    f"{what} {path} line {line}: {len(values)} fields but the header has {len(names)} "
                     "(an unquoted comma in a value?)"
                 )
             values = values[: len(names)] + [""] * (len(names) - len(values))  # trailing empty fields dropped
             key = tuple(values)
             if key in seen:
                 if warn:
-                    log.warning("manifest %s line %d repeats line %d; the repeat is ignored", path, line,
+                    log.warning("%s %s line %d repeats line %d; the repeat is ignored", what, path, line,
                                 seen[key])
                 continue
             seen[key] = line
             rows.append({n: v for n, v in zip(names, values) if n})
     except csv.Error as exc:
-        raise ManifestError(f"manifest {path} line {reader.line_num}: malformed CSV ({exc})") from None
+        raise error(f"{what} {path} line {reader.line_num}: malformed CSV ({exc})") from None
     return rows
 
 

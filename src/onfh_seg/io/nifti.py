@@ -8,8 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-# compat: callers move in the run/ refactor (the file helpers live in io.files; save_nifti uses atomic_write_bytes)
-from onfh_seg.io.files import TMP_MARK, atomic_write_bytes, atomic_write_text, read_json_dict, sha256_file  # noqa: F401
+from onfh_seg.io.files import atomic_write_bytes
 
 
 def make_image(data: np.ndarray, affine: np.ndarray, dtype: type | np.dtype) -> nib.Nifti1Image:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+from datetime import date
 from pathlib import Path
 
 import nibabel as nib
@@ -76,11 +79,6 @@ def nifti_to_dicom_series(nifti: str | Path, folder: str | Path, *, patient_id: 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onfh_seg.pacs.demo SCAN.nii.gz FOLDER``: a demo scan as a DICOM study, for the PACS walk-through."""
-    # function-level import: only for the demo command line
-    import argparse
-    import re
-    from datetime import date
-
     parser = argparse.ArgumentParser(prog="python -m onfh_seg.pacs.demo",
                                      description="Write a NIfTI scan (e.g. from onfh-synth) as a one-series MR DICOM "
                                                  "study (same world geometry) to send to a PACS. Synthetic demo data only.")

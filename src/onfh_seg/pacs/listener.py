@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.pacs.net import Destination, NetworkError, c_store, dicomweb_client, stow
 from onfh_seg.pacs.state import Ledger, append_audit, audit_record
 from onfh_seg.pacs.study import OUR_MODALITIES, StudyOutcome, process_study, study_settings_key

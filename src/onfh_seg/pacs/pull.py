@@ -19,9 +19,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.clock import ZULU, utc_timestamp
 from onfh_seg.config_schemas import InferSettings
 from onfh_seg.pacs.net import NetworkError, StudyRef, dicomweb_client, query_studies, retrieve_study, stow, with_retries
-from onfh_seg.pacs.state import Ledger, append_audit, audit_record, utc_now
+from onfh_seg.pacs.state import Ledger, append_audit, audit_record
 from onfh_seg.pacs.study import StudyOutcome, process_study, study_settings_key
 
 log = logging.getLogger("onfh_seg.pacs")
@@ -134,6 +135,6 @@ def run_pull(cfg: Mapping[str, Any], segmenter: Any, infer_cfg: InferSettings, c
         else:
             summary.failed += 1
         log.info("study %s: %s%s", ref.study_uid, status, f" ({record['reason']})" if record["reason"] else "")
-    ledger.meta.update(last_run_date=today, last_run=utc_now())
+    ledger.meta.update(last_run_date=today, last_run=utc_timestamp(ZULU))
     ledger.save()
     return summary

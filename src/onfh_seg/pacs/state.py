@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.clock import ZULU, utc_timestamp
+from onfh_seg.io.files import atomic_write_text
 
 FINAL_STATUSES = ("sent", "refused")
 # keys never written to the audit log, whatever a caller passes
@@ -53,7 +53,7 @@ class Ledger:
 
     def record(self, study_uid: str, status: str, key: str, **extra: Any) -> None:
         """Store the outcome of ``study_uid`` and write the ledger."""
-        self.entries[study_uid] = {"status": status, "key": key, "time": utc_now(), **extra}
+        self.entries[study_uid] = {"status": status, "key": key, "time": utc_timestamp(ZULU), **extra}
         self.save()
 
     def save(self) -> None:
@@ -61,14 +61,9 @@ class Ledger:
         atomic_write_text(self.path, json.dumps({"meta": self.meta, "studies": self.entries}, indent=1, sort_keys=True) + "\n")
 
 
-def utc_now() -> str:
-    """The current UTC time as ISO 8601 (seconds)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def audit_record(**fields: Any) -> dict[str, Any]:
     """An audit line: the given fields minus any patient name or birth date, plus a UTC time."""
-    return {"time": utc_now(), **{k: v for k, v in fields.items() if k not in FORBIDDEN_AUDIT_KEYS}}
+    return {"time": utc_timestamp(ZULU), **{k: v for k, v in fields.items() if k not in FORBIDDEN_AUDIT_KEYS}}
 
 
 def append_audit(path: str | Path, record: Mapping[str, Any]) -> None:

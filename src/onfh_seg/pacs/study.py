@@ -1,7 +1,7 @@
 """One received study -> onfh-infer's DICOM path -> DICOM SEG + SR ready to send.
 
 :func:`process_study` chooses the T1 series with the existing rules
-(:func:`onfh_seg.infer.inputs.dicom_job`), segments and measures it with
+(:func:`onfh_seg.infer.dicom_jobs.dicom_job`), segments and measures it with
 :func:`onfh_seg.run.jobs.run_job`, as onfh-infer runs every scan (anatomy gate included), then
 finishes the objects for a PACS (:func:`finish_objects`): the SR is rebuilt so
 that it references the SEG and the source series, and unless ``deidentify``
@@ -22,10 +22,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import dicom_job
+from onfh_seg.infer.dicom_jobs import dicom_job
 from onfh_seg.infer.scan_record import result_settings
-from onfh_seg.io.dicom_out import build_dicom_sr, copy_patient_module
-from onfh_seg.io.nifti import atomic_write_bytes
+from onfh_seg.io.dicom_derived import copy_patient_module
+from onfh_seg.io.dicom_sr import build_dicom_sr
+from onfh_seg.io.files import atomic_write_bytes
 from onfh_seg.pacs.state import settings_key
 from onfh_seg.run.jobs import run_job
 from onfh_seg.run.outputs import output_paths

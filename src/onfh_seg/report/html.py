@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onfh_seg import __version__
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.version import __version__
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.report.charts import imaging_chart_png
 from onfh_seg.report.html_tables import (
     BEYOND,

@@ -12,7 +12,7 @@ import html
 from collections.abc import Mapping, Sequence
 
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
-from onfh_seg.measure import HIP_FLAGS, UNTRUSTED_FLAGS
+from onfh_seg.quality import HIP_FLAGS, UNTRUSTED_FLAGS
 from onfh_seg.report.charts import paired_change
 from onfh_seg.report.words import RC_KEYS, SCORES, beyond_rc, change_rc, months, number, score_title
 from onfh_seg.stats import spearman

@@ -24,7 +24,7 @@ import numpy as np
 from nibabel import orientations
 from PIL import Image, ImageDraw, ImageFont
 
-from onfh_seg.io.nifti import atomic_write_bytes
+from onfh_seg.io.files import atomic_write_bytes
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
 
 LABEL_COLOURS: dict[int, str] = {HEAD: "yellow", NECROTIC: "red", BAND: "cyan", ACETABULUM: "lime"}

@@ -52,8 +52,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from onfh_seg.clock import OFFSET, utc_timestamp
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob, expand_input, selection_line
+from onfh_seg.infer.dicom_jobs import selection_line
+from onfh_seg.infer.inputs import expand_input
+from onfh_seg.infer.scan_jobs import ScanJob
 from onfh_seg.io.label_tables import write_label_tables
 from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
 from onfh_seg.run.dask_exec import require_distributed
@@ -69,7 +72,6 @@ from onfh_seg.run.jobs import (
 from onfh_seg.run.pool import Executor, map_jobs
 from onfh_seg.run.records import (
     BatchSummary,
-    utc_timestamp,
     write_errors_csv,
     write_measurements_csv,
     write_run_manifest,
@@ -153,7 +155,7 @@ def run_batch(settings: InferSettings, segmenter_factory: SegmenterFactory | Non
     ``settings.engine`` themselves.
     """
     t0 = time.perf_counter()
-    started = utc_timestamp()
+    started = utc_timestamp(OFFSET)
     out_dir = _check(settings)
     jobs = scan_jobs(settings, out_dir)
     for line in filter(None, map(selection_line, jobs)):

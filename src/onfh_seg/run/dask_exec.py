@@ -48,7 +48,7 @@ LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ": {}, "distributed.w
 
 def require_distributed() -> None:
     """One-line error when ``dask.distributed`` is not installed."""
-    try:
+    try:  # function-level import: dask.distributed is an optional dependency (dask extra); is it installed?
         import distributed  # noqa: F401
     except ImportError:
         raise RuntimeError("executor=dask needs dask.distributed: pip install 'onfh-seg[dask]'") from None

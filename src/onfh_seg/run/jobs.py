@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from onfh_seg.config import resolve_model_dir
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob
-from onfh_seg.infer.pipeline import one_line, process_scan, segmenter_info
+from onfh_seg.errors import one_line
+from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.infer.pipeline import process_scan, segmenter_info
 from onfh_seg.infer.scan_record import result_settings, resume_check, rows_from_measurements
 
 DEFAULT_ENGINE = "onfh_seg.infer.engine:Segmenter"

@@ -39,11 +39,11 @@ from typing import Any
 
 from onfh_seg.config import model_version
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob
+from onfh_seg.infer.scan_jobs import ScanJob
 from onfh_seg.infer.pipeline import segmenter_info
 from onfh_seg.infer.scan_record import result_settings, resume_check
 from onfh_seg.io.manifest import write_manifest
-from onfh_seg.io.nifti import TMP_MARK, read_json_dict
+from onfh_seg.io.files import TMP_MARK, read_json_dict
 from onfh_seg.lifecycle import DirLock, check_writable
 from onfh_seg.measure import SIDE_ORDER
 from onfh_seg.run.batch import run_batch, scan_jobs

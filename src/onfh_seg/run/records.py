@@ -12,17 +12,17 @@ import statistics
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from onfh_seg.clock import OFFSET, utc_timestamp
 from onfh_seg.config import as_dict
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.inputs import ScanJob
+from onfh_seg.infer.scan_jobs import ScanJob
 from onfh_seg.infer.pipeline import software_versions
 from onfh_seg.infer.scan_record import row_sort_key, rows_from_measurements
 from onfh_seg.io.manifest import write_manifest
-from onfh_seg.io.nifti import atomic_write_text, read_json_dict
+from onfh_seg.io.files import atomic_write_text, read_json_dict
 from onfh_seg.measure import CSV_COLUMNS
 from onfh_seg.run.jobs import EngineSpec
 
@@ -137,11 +137,6 @@ def write_errors_csv(out_dir: Path, results: list[dict]) -> Path:
     return path
 
 
-def utc_timestamp() -> str:
-    """The current UTC time, ISO 8601 to the second (``run_manifest.json`` started/finished)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def provider_used(results: list[dict]) -> str | None:
     """The execution provider the segmenters actually ran on (first of ONNX Runtime's list), e.g.
     ``CUDAExecutionProvider``; several joined by ``,`` if workers differed; None if no segmenter ran."""
@@ -191,7 +186,7 @@ def write_run_manifest(
         "workers": workers,
         "threads_per_worker": spec.threads,
         "started": started,
-        "finished": utc_timestamp(),
+        "finished": utc_timestamp(OFFSET),
         "duration_s": round(duration_s, 3),
         "stage_seconds": stage_seconds(summary.results),
         "command_line": list(command_line) if command_line is not None else list(sys.argv),

@@ -15,19 +15,24 @@ Patients are planned in ``plan``, written by ``scan_files``; the renderer is pic
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from onfh_seg import labels as L
-from onfh_seg.config import config_dir
+from onfh_seg.config import as_dict, config_dir
+from onfh_seg.config_schemas import SynthSettings
 from onfh_seg.io.manifest import write_manifest
 from onfh_seg.lifecycle import die_with_parent
 from onfh_seg.synth.acquisition import FINE_MM, acquire, render_grids
 from onfh_seg.synth.patient import Patient
 from onfh_seg.synth.plan import PatientPlan, plan_demo, plan_patient, timepoint_labels
+from onfh_seg.synth.preview import preview_cohort
 from onfh_seg.synth.randomise import restyle_grids
 from onfh_seg.synth.scan_files import acquisition_record, merge_scores, volume_record, write_scan
 from onfh_seg.synth.style_b import generate_patient_b
@@ -126,3 +131,29 @@ def synth_config(overrides: dict | None = None) -> dict:
     base.pop("defaults", None)
     base.pop("hydra", None)
     return OmegaConf.to_container(OmegaConf.merge(base, overrides or {}), resolve=True)
+
+
+# ---------------------------------------------------------------- onfh-synth
+
+
+@dataclass
+class SynthRun:
+    """What onfh-synth made: the manifest, how long the cohort took, and the previews (``preview=true``)."""
+
+    manifest: Path
+    seconds: float
+    previews: list[Path] = field(default_factory=list)
+
+
+def cohort_size(settings: SynthSettings) -> int:
+    """The number of patients onfh-synth makes (the demo cohort has two)."""
+    return 2 if settings.demo else settings.n_patients
+
+
+def synth_run(settings: SynthSettings, progress: Callable[[str], None] | None = None) -> SynthRun:
+    """onfh-synth's work: the cohort of ``settings`` in ``settings.out_dir`` (``progress(patient_id)`` after each
+    patient), then its previews when ``settings.preview``."""
+    t0 = time.time()
+    manifest = generate_cohort(as_dict(settings), settings.out_dir, progress=progress)
+    seconds = time.time() - t0
+    return SynthRun(manifest, seconds, preview_cohort(manifest) if settings.preview else [])

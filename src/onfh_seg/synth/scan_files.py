@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from onfh_seg import labels as L
-from onfh_seg.io.nifti import atomic_write_text, save_nifti
+from onfh_seg.io.files import atomic_write_text
+from onfh_seg.io.nifti import save_nifti
 from onfh_seg.synth.patient import Patient, hip_state
 from onfh_seg.synth.plan import PatientPlan
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from onfh_seg.config import as_dict
 from onfh_seg.config_schemas import TrackSettings
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.track.inputs import PatientInput, collect_patients, input_hash
 from onfh_seg.track.params import TrackParams
 from onfh_seg.track.patient import compute_patient, save_transforms

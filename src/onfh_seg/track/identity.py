@@ -30,8 +30,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onfh_seg.io.manifest import ManifestError, read_manifest
-from onfh_seg.io.nifti import read_json_dict, sha256_file
+from onfh_seg.io.manifest import CsvError, read_csv_rows
+from onfh_seg.io.files import read_json_dict, sha256_file
 from onfh_seg.run.outputs import MEASUREMENTS_SUFFIX, scan_name
 
 
@@ -95,8 +95,8 @@ def _run_errors(infer_dir: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
-        rows = read_manifest(path, required=("scan", "error"))
-    except (ManifestError, OSError):
+        rows = read_csv_rows(path, required=("scan", "error"))
+    except (CsvError, OSError):
         return {}
     return {r["scan"]: r for r in rows if r.get("scan")}
 
@@ -187,7 +187,7 @@ def current_sha256(rec: RecordedScan, image: Path) -> str | None:
             return sha256_file(image) if image.is_file() else None
         # function-level import: pydicom only for DICOM inputs
         from onfh_seg.infer.inputs import dicom_sha256
-        from onfh_seg.io.dicom import find_series
+        from onfh_seg.io.dicom_series import find_series
 
         series = [s for s in find_series(image) if s.series_uid == rec.series_uid]
         return dicom_sha256([Path(p) for p in series[0].files]) if series else None

@@ -21,7 +21,8 @@ import numpy as np
 from onfh_seg.geometry import ball_mask, voxel_to_ras
 from onfh_seg.hips import split_hips
 from onfh_seg.io.manifest import CLINICAL_COLUMNS, read_manifest, resolve
-from onfh_seg.io.nifti import load_nifti, sha256_file
+from onfh_seg.io.files import sha256_file
+from onfh_seg.io.nifti import load_nifti
 from onfh_seg.run.outputs import output_paths, scan_name
 from onfh_seg.track.identity import (
     InferIndex,
@@ -209,12 +210,13 @@ def read_image(s: ScanInput) -> tuple[np.ndarray, np.ndarray]:
     Raises ``ValueError`` when the image changed since :func:`collect_patients` checked it.
     """
     # function-level import: pydicom only for DICOM inputs
-    from onfh_seg.infer.inputs import ScanJob, load_scan as load_input
+    from onfh_seg.infer.inputs import load_scan as load_input
+    from onfh_seg.infer.scan_jobs import ScanJob
 
     job = ScanJob(s.kind, s.image, s.name, str(s.image))
     if s.kind == "dicom":
         # function-level import: pydicom only for DICOM inputs
-        from onfh_seg.io.dicom import find_series
+        from onfh_seg.io.dicom_series import find_series
 
         found = [x for x in find_series(s.image) if x.series_uid == s.series_uid]
         if not found:

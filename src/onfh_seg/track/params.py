@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from onfh_seg.config import defaults
+
 TRACK_VERSION = "onfh-track/4"  # 4: head_height_loss_mm replaces collapse_mm; 3: regenerated_pct (%) replaces regenerated_fraction (0-1)
 # numeric per-hip metrics, in table order
 HIP_METRICS = (
@@ -45,9 +47,6 @@ class TrackParams:
     @classmethod
     def from_dict(cls, d: Mapping | None = None) -> "TrackParams":
         """``d`` over the defaults of configs/track.yaml (keys that are not parameters are ignored)."""
-        # function-level import: YAML defaults only for library callers that pass no params
-        from onfh_seg.config import defaults
-
         merged = {**defaults("track"), **dict(d or {})}
         return cls(**{k: merged[k] for k in cls.__dataclass_fields__})
 

@@ -47,8 +47,9 @@ import numpy as np
 from scipy import ndimage
 
 from onfh_seg.geometry import apply, centred_grid, resample, voxel_spacing, voxel_to_ras
+from onfh_seg.errors import first_line
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
-from onfh_seg.io.nifti import atomic_write_text
+from onfh_seg.io.files import atomic_write_text
 from onfh_seg.labels import HEAD_LABELS, LESION_LABELS
 from onfh_seg.measure import reference_mask, sir_of_mask
 from onfh_seg.report.views import sample_views
@@ -135,7 +136,7 @@ def _load_scans(p: PatientInput) -> tuple[ScanData, list[ScanData], list[dict], 
         try:
             follows.append(load_scan(s))
         except (OSError, ValueError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             errors.append({"timepoint": s.timepoint, "reason": msg})
             warnings.append(f"{s.timepoint}: {msg}")
     return base, follows, errors, warnings

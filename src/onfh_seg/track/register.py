@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from onfh_seg.geometry import apply, ball_mask, crop_box, voxel_spacing
+from onfh_seg.config import defaults
 from onfh_seg.config_schemas import RegistrationSettings
-from onfh_seg.io.nifti import atomic_write_bytes
+from onfh_seg.geometry import apply, ball_mask, crop_box, voxel_spacing
+from onfh_seg.io.files import atomic_write_bytes
 
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -49,9 +50,6 @@ class RegistrationParams(RegistrationSettings):
     @classmethod
     def from_dict(cls, d: dict | None = None) -> "RegistrationParams":
         """``d`` over the defaults of configs/track.yaml ``registration``."""
-        # function-level import: YAML defaults only for library callers that pass no params
-        from onfh_seg.config import defaults
-
         merged = {**defaults("track")["registration"], **dict(d or {})}
         known = {k: merged[k] for k in cls.__dataclass_fields__}
         for k in ("shrink_factors", "smoothing_sigmas_mm"):
