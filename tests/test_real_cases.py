@@ -93,7 +93,9 @@ class NoModel:
 
 # DICOM cases name their series: the automatic choice refuses both by their headers (a scout; an ADC map
 # taken for a dynamic series), see test_dicom_studies_refused_by_series_choice.
-SERIES = {"forearm_scout": "1", "prostate_adc": "701"}
+SERIES = {"forearm_scout": "1", "prostate_adc": "701",
+          # the coronal T1 after contrast (kept outside the repository), refused by the automatic choice
+          "cptac_ucec_c3n00858": "29", "cptac_ucec_c3n01763": "29", "cptac_ucec_c3n01003": "29"}
 
 
 @lru_cache(maxsize=1)
@@ -112,21 +114,26 @@ def summary(rec: dict) -> str:
             f"{len(rec['hips'])} hips {hips}; gate heads {heads}")
 
 
-@pytest.fixture(scope="module")
-def records(inputs, tmp_path_factory) -> dict[str, dict]:
-    """Each case through process_scan (onfh-infer's per-scan step) with the shipped model, CLI defaults."""
+def run_case(path: Path, folder: Path, model, series: str = "auto", overlay: bool = False) -> dict:
+    """One input through process_scan (onfh-infer's per-scan step), CLI defaults: its measurements + result."""
     from onfh_seg.infer.inputs import expand_input
     from onfh_seg.config import infer_settings
     from onfh_seg.infer.pipeline import process_scan
     from onfh_seg.run.outputs import output_paths
 
+    [job] = expand_input(path, series=series)
+    result = process_scan(job, folder, model, infer_settings({"overlay": overlay}, require=False))
+    meas = json.loads(output_paths(folder, job.name)["measurements"].read_text())
+    return {**meas, "result": result, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def records(inputs, tmp_path_factory) -> dict[str, dict]:
+    """Each case through process_scan with the shipped model."""
     out = tmp_path_factory.mktemp("real_out")
     recs = {}
     for name, path in inputs.items():
-        [job] = expand_input(path, series=SERIES.get(name, "auto"))
-        result = process_scan(job, out / name, segmenter(), infer_settings({"overlay": False}, require=False))
-        meas = json.loads(output_paths(out / name, job.name)["measurements"].read_text())
-        recs[name] = {**meas, "result": result, "folder": out / name}
+        recs[name] = run_case(path, out / name, segmenter(), SERIES.get(name, "auto"))
         print(f"\n[real case] {name}: {summary(recs[name])}")
     return recs
 
@@ -159,17 +166,10 @@ def test_dicom_geometry_as_documented(inputs) -> None:
 
 def test_dicom_studies_refused_by_series_choice(inputs, tmp_path: Path) -> None:
     """Given as plain folders, neither DICOM study reaches the model: no T1 series among them."""
-    from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.config import infer_settings
-    from onfh_seg.infer.pipeline import process_scan
-    from onfh_seg.run.outputs import output_paths
-
     for name in ("forearm_scout", "prostate_adc"):  # today: "no T1 series" (a scout; an ADC map taken for dynamic)
-        [job] = expand_input(inputs[name])
-        result = process_scan(job, tmp_path / name, NoModel(), infer_settings(require=False))
-        meas = json.loads(output_paths(tmp_path / name, job.name)["measurements"].read_text())
-        assert meas["status"] == "error" and "T1" in meas["error"], meas["error"]
-        assert meas["hips"] == [] and result["rows"] == []
+        rec = run_case(inputs[name], tmp_path / name, NoModel(), overlay=True)
+        assert rec["status"] == "error" and "T1" in rec["error"], rec["error"]
+        assert rec["hips"] == [] and rec["result"]["rows"] == []
 
 
 # ---------------------------------------------------------------- the shipped model
@@ -233,7 +233,6 @@ PELVIS_T1 = {
     "cptac_ucec_c3n01763": {"right": (103.0, 0.0, -48.0), "left": (-70.0, 0.0, -48.0)},
     "cptac_ucec_c3n01003": {"right": (105.0, 9.0, -5.0), "left": (-70.0, 9.0, 5.0)},
 }
-EXTERNAL_SERIES = {name: "29" for name in PELVIS_T1}  # the automatic choice refuses a post-contrast T1
 HEAD_CENTRE_TOL_MM = 15.0
 
 # What the shipped model 0.1.0+synth.bd2c4ed3 does on each pelvic scan (measured 2026-12-03, README).
@@ -261,20 +260,12 @@ def external_case(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def external_records(tmp_path_factory):
-    """name -> measurements of process_scan on that external case (run once per case, CLI defaults)."""
-    from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.config import infer_settings
-    from onfh_seg.infer.pipeline import process_scan
-    from onfh_seg.run.outputs import output_paths
-
+    """name -> process_scan's record of that external case with the shipped model (run once per case)."""
     out, cache = tmp_path_factory.mktemp("real_external"), {}
 
     def record(name: str) -> dict:
         if name not in cache:
-            [job] = expand_input(external_case(name) / "image", series=EXTERNAL_SERIES.get(name, "auto"))
-            result = process_scan(job, out / name, segmenter(), infer_settings({"overlay": False}, require=False))
-            meas = json.loads(output_paths(out / name, job.name)["measurements"].read_text())
-            cache[name] = {**meas, "result": result, "folder": out / name}
+            cache[name] = run_case(external_case(name) / "image", out / name, segmenter(), SERIES.get(name, "auto"))
             print(f"\n[real case] {name}: {summary(cache[name])}")
         return cache[name]
 
@@ -297,16 +288,9 @@ def test_external_manifests_match_the_readme() -> None:
 
 def test_post_contrast_pelvis_refused_by_series_choice(tmp_path: Path) -> None:
     """Given as a plain folder, the post-contrast coronal T1 never reaches the model (named series=29 above)."""
-    from onfh_seg.infer.inputs import expand_input
-    from onfh_seg.config import infer_settings
-    from onfh_seg.infer.pipeline import process_scan
-    from onfh_seg.run.outputs import output_paths
-
-    [job] = expand_input(external_case("cptac_ucec_c3n01763") / "image")
-    result = process_scan(job, tmp_path, NoModel(), infer_settings(require=False))
-    meas = json.loads(output_paths(tmp_path, job.name)["measurements"].read_text())
-    assert meas["status"] == "error" and "post-contrast" in meas["error"], meas["error"]
-    assert meas["hips"] == [] and result["rows"] == []
+    rec = run_case(external_case("cptac_ucec_c3n01763") / "image", tmp_path, NoModel(), overlay=True)
+    assert rec["status"] == "error" and "post-contrast" in rec["error"], rec["error"]
+    assert rec["hips"] == [] and rec["result"]["rows"] == []
 
 
 @needs_model
