@@ -224,7 +224,9 @@ def test_pelvic_scan_heads_found_where_they_are(records) -> None:
 # ---------------------------------------------------------------- cases kept outside the repository
 
 MANIFESTS = REAL / "manifests"
-EXTERNAL_ROOTS = tuple(Path(p) for p in (os.environ.get("ONFH_REAL_DATA"),) if p) + (ROOT.parent / "shared" / "data" / "real",)
+EXTERNAL_ROOTS = [ROOT.parent / "shared" / "data" / "real"]  # after tests/data/real itself
+if os.environ.get("ONFH_REAL_DATA"):
+    EXTERNAL_ROOTS.insert(0, Path(os.environ["ONFH_REAL_DATA"]))
 
 # Coronal T1 TSE after contrast (series 29), both femoral heads fully in view. Head centres (RAS mm, +x = the
 # patient's right) read off the coronal slices (README, +-5 mm), head radius about 20 mm.
@@ -280,6 +282,7 @@ def nearest_head(hip: dict, heads: dict) -> tuple[str, float]:
 
 
 def test_external_manifests_match_the_readme() -> None:
+    """Each manifest is named in the README with its own sha256 (the README is where the provenance is)."""
     readme = (REAL / "README.md").read_text(encoding="utf-8")
     for name in (*PELVIS_T1, "sts_thigh_t1"):
         text = (MANIFESTS / f"{name}.sha256").read_text()
