@@ -140,9 +140,11 @@ class Segmenter:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.overlap = float(overlap)
 
-    def _run(self, sess, x: np.ndarray, mirror: bool = False) -> np.ndarray:
+    def _run(self, sess, x: np.ndarray, mirror: bool = False, plain: np.ndarray | None = None) -> np.ndarray:
+        """The network on one window; ``mirror``: averaged with its pass on the left-right mirrored window;
+        ``plain``: this window's unmirrored output, already computed (its pass is not run again)."""
         t = time.perf_counter()
-        p = sess.run(None, {"image": x})[0]
+        p = sess.run(None, {"image": x})[0] if plain is None else plain
         if mirror:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
             p = 0.5 * (p + sess.run(None, {"image": np.ascontiguousarray(x[:, :, ::-1])})[0][:, :, ::-1])
         self._clock["networks_s"] += time.perf_counter() - t
@@ -201,16 +203,27 @@ class Segmenter:
             return []
         return [cand]
 
-    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray,
-              mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, mirror: bool | None = None,
+              plain: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape
-        (``mirror``: test-time mirroring, default the Segmenter's ``tta``)."""
+        (``mirror``: test-time mirroring, default the Segmenter's ``tta``). ``plain``: the unmirrored window
+        outputs of this same crop from an earlier call, reused; the list is filled with this call's."""
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = self._crop_image(x, affine, f_aff, f_shape)
-        probs = sliding_window(lambda a: self._run(self.fine, a, mirror), xf, self.window_vox, self.overlap, f["divisor"])
+        earlier = list(plain) if plain else []
+        seen: list[np.ndarray] = []
+
+        def run(a: np.ndarray) -> np.ndarray:  # windows come in the same order for the same crop
+            p = earlier[len(seen)] if len(seen) < len(earlier) else self._run(self.fine, a)
+            seen.append(p)
+            return self._run(self.fine, a, True, plain=p) if mirror else p
+
+        probs = sliding_window(run, xf, self.window_vox, self.overlap, f["divisor"])
+        if plain is not None:
+            plain[:] = seen
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
 
@@ -218,15 +231,21 @@ class Segmenter:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
         ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
 
-        For the head search (``search``) only head voxels inside the image's field of view count and the
-        judging passes run without mirroring (``_search`` segments a head it keeps again as usual)."""
-        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None)
+        The pass that only picks the crop's centre runs without mirroring; with ``tta`` the measured crop is
+        mirrored (a crop not re-centred reuses the unmirrored pass and adds the mirrored one). For the head
+        search (``search``) only head voxels inside the image's field of view count and no pass is mirrored
+        (``_search`` segments a head it keeps again as usual)."""
+        plain: list[np.ndarray] = []
+        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
+        moved = False
         if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                 if np.linalg.norm(c2 - centre) > 6.0:
-                    probs, lab, f_aff, f_shape = self._fine(x, affine, c2, mirror=False if search else None)
+                    centre, plain, moved = c2, [], True
+        if moved or (self.tta and not search):  # the measured crop: mirrored with tta
+            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None, plain=plain)
         head = np.isin(lab, (1, 2, 3))
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
