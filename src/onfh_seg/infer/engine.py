@@ -25,6 +25,7 @@ from onfh_seg.infer.search import (
     far_from,
     in_field_of_view,
     partner_candidates,
+    partner_out_of_view,
     plausible_head,
     sphere_candidates,
 )
@@ -285,9 +286,12 @@ class Segmenter:
                 confirmed: list[tuple]) -> int:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
         candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; appends to
-        ``confirmed`` and returns the number of candidates judged."""
+        ``confirmed`` and returns the number of candidates judged. No second head is searched for where it
+        cannot be in view (``infer.search.partner_out_of_view``)."""
         judged = 0
         known = [r[0] for r in confirmed]
+        if len(known) == 1 and partner_out_of_view(known[0], x.shape, affine):
+            return 0  # a one-hip field of view: the other head cannot be in view, no second head is searched for
         mid = body_midline_x(xc, g_aff, in_field_of_view(g_aff, xc.shape, affine, x.shape))
         # where the partner of a head already found can be, then where the coarse network saw a weak head, then
         # the strongest head-sized spheres (the first head may itself be a false one, so the others are tried
@@ -309,7 +313,9 @@ class Segmenter:
                 continue
             confirmed.append(r)
             known.append(r[0])
-            if len(confirmed) == 1:  # one head found: now look where its partner can be
+            if len(confirmed) == 1:  # one head found: now look where its partner can be, if it can be in view
+                if partner_out_of_view(r[0], x.shape, affine):
+                    break
                 queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
         return judged
 
