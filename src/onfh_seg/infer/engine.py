@@ -89,7 +89,7 @@ class Segmenter:
                  overlap: float | None = None, lesion_threshold: float | str | None = "model",
                  cuda_tf32: bool | None = None):
         """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
-        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
+        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring off,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         # function-level imports: onnxruntime loads only when a model is built (imports of the engine stay light);
