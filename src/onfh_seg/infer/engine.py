@@ -307,10 +307,12 @@ class Segmenter:
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
                     or not plausible_head(r[0], mid, known[0] if known else None)):
                 continue
-            if self.tta:  # the confirmed head, segmented the way the coarse stage's heads are (only after the
-                r = (r[0], *self._fine(x, affine, r[0]))  # checks of its centre: mirroring doubles the passes)
-            if not self._head_shaped(r, affine, x.shape):
+            # the head's shape is judged on a mirrored crop around it, whatever ``tta``: without mirroring a
+            # real neck scan's false head passed (tests/test_real_cases.py); with ``tta`` that crop is kept
+            mirrored = (r[0], *self._fine(x, affine, r[0], mirror=True))
+            if not self._head_shaped(mirrored, affine, x.shape):
                 continue
+            r = mirrored if self.tta else r
             confirmed.append(r)
             known.append(r[0])
             if len(confirmed) == 1:  # one head found: now look where its partner can be, if it can be in view
