@@ -10,7 +10,8 @@ version's ``src`` (the helpers of ``scripts/bench_batch.py`` run it and sample e
 
 * batch: ``executor=local workers=N provider=cpu`` on the first ``--scans`` scans (default: the cohort
   bench_batch.py generates), CPU seconds of the whole process tree, wall time, largest peak RSS of a worker;
-  the two versions' ``measurements.csv`` must be byte-identical (checked);
+  the two versions' ``measurements.csv`` must be byte-identical (checked; ``--outputs-may-differ`` only reports
+  it, for versions whose outputs differ on purpose, e.g. another default);
 * single scan: one scan in a new process, wall time, against a bare ``python -c "import onnxruntime"`` timed
   right after it;
 * one fine-network pass (96^3, one thread), measured once per round: CPU-s per scan / that = fine-pass
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--single-repeats", type=int, default=3, help="single-scan runs per version and round")
     ap.add_argument("--cohort", type=Path, help="an existing cohort manifest (default: generate one)")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
+    ap.add_argument("--outputs-may-differ", action="store_true",
+                    help="report, do not fail on, different measurements.csv (outputs changed on purpose)")
     a = ap.parse_args()
     versions = {"base": a.base_src.resolve(), "this": (ROOT / "src").resolve()}
     desc = machine()
@@ -94,8 +97,9 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     fp = statistics.median(fine)
     print(f"\nMachine: {desc}\n")
-    print(f"{a.scans} scans, `workers={a.workers} provider=cpu`, defaults otherwise (mirroring on, overlay on); "
-          f"{a.repeats} rounds alternating base and this; medians. One fine pass: {fp:.3f} CPU-s.\n")
+    print(f"{a.scans} scans, `workers={a.workers} provider=cpu`, "
+          f"{a.repeats} rounds alternating base and this; each version's own defaults otherwise; medians. "
+          f"One fine pass: {fp:.3f} CPU-s.\n")
     print("| version | batch wall | CPU-s per scan | FPE per scan | single scan | single / bare import | "
           "peak RSS per worker |")
     print("|---|---|---|---|---|---|---|")
@@ -107,7 +111,7 @@ def main() -> None:
           f"(median {statistics.median(wall_r):.2f}x); CPU-s base / this: {', '.join(f'{r:.2f}' for r in cpu_r)} "
           f"(median {statistics.median(cpu_r):.2f}x). measurements.csv identical: "
           f"{'yes' if csvs['base'] == csvs['this'] else 'NO'}")
-    if csvs["base"] != csvs["this"]:
+    if csvs["base"] != csvs["this"] and not a.outputs_may_differ:
         raise SystemExit(1)
 
 

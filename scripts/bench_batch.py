@@ -5,7 +5,7 @@
 
 Without --cohort, a synthetic cohort of ceil(scans / 3) patients x 3 visits is generated
 (onfh-synth, default acquisition, seed 2024) and its first --scans images are used (a manifest).
-Each batch runs ``onfh-infer`` in a new process (mirroring on, the default; overlay on; ``provider=cpu``)
+Each batch runs ``onfh-infer`` in a new process (its defaults: mirroring off since issue 28, overlay on; ``provider=cpu``)
 into a fresh out_dir: ``executor=local workers=N`` and ``executor=dask workers=N``; scans per minute =
 scans / wall time of the whole command (start, imports, cluster start, all scans, run records), median of
 --repeats; the runs alternate (pool, Dask, pool, Dask, ...) and the Dask/pool ratio is also given for each
@@ -273,7 +273,7 @@ def main() -> None:
 
     local_rate, dask_rate = float(rows[0][2]), float(rows[1][2])
     print(f"\nMachine: {desc}\n")
-    print(f"{a.scans} scans, mirroring on, overlay on, provider={a.provider}; batch: median of {a.repeats}, single scan: "
+    print(f"{a.scans} scans, onfh-infer defaults, provider={a.provider}; batch: median of {a.repeats}, single scan: "
           f"median of {a.single_repeats} (min-max in brackets)\n")
     print("| run | wall time | scans per minute | wall per scan | peak RSS main | peak RSS per worker |")
     print("|---|---|---|---|---|---|")

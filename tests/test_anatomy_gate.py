@@ -337,6 +337,8 @@ def test_demo_and_single_hip_sagittal_scans_still_measured(hip_scans: list[Path]
     assert all(h["trusted"] for h in demo["hips"]) and demo["hips"][0]["arco_extent"] in ("B", "C")
     assert small["status"] == "ok" and small["anatomy"]["passed"] and len(small["hips"]) == 1
     assert small["hips"][0]["trusted"] and small["hips"][0]["head_volume_ml"] > 15.0
+    # the other head cannot be in this field of view: no candidate is judged for it (infer.search)
+    assert small["head_search"] == {"candidates_judged": 0, "heads_added": 0}
     truth = json.loads((hip_scans[1].parents[1] / "truth" / "P001_m00.json").read_text())
     assert truth["acquisition"]["orientation"] == "sagittal" and truth["acquisition"]["fov"] == "hip"
 

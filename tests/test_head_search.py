@@ -14,6 +14,7 @@ from onfh_seg.infer.search import (
     far_from,
     lattice_candidates,
     partner_candidates,
+    partner_out_of_view,
     plausible_head,
     sphere_candidates,
 )
@@ -99,6 +100,21 @@ def test_partner_candidates_across_the_midline_mirror_first() -> None:
     assert any(c[0] > 30 + 140 for c in both) and any(c[0] < 30 - 140 for c in both)
     # nothing outside the field of view (20 mm of margin)
     assert all(-128 - 21 <= c[0] <= 128 + 21 for c in cands)
+
+
+def test_partner_out_of_view_only_in_a_one_hip_field_of_view() -> None:
+    """A sagittal one-hip field of view (22 slices of 5 mm across x) cannot hold any voxel of the other head
+    (at least 150 mm away in x); a pelvic one, a thin oblique slab over both hips, or a head at the edge of a
+    field of view that reaches 115 mm beyond it in x can."""
+    sag = np.array([[0, 0, 5.0, 0], [-0.95, 0, 0, 0], [0, -0.95, 0, 0], [0, 0, 0, 1]])  # P, I, R axes
+    sag[:3, 3] = np.array([40.0, 0, 0]) - sag[:3, :3] @ (np.array([221, 221, 22]) - 1) / 2
+    assert partner_out_of_view(np.array([40.0, 5, 0]), (221, 221, 22), sag)
+    assert partner_out_of_view(np.array([-10.0, 5, 0]), (221, 221, 22), sag)  # a head near the edge: 105 mm
+    pelvis = ras_grid((348, 348, 35), 1.08, (0, 0, 0))
+    assert not partner_out_of_view(np.array([90.0, 5, 0]), (348, 348, 35), pelvis)
+    reach = ras_grid((130, 160, 20), 1.0, (50, 0, 0))  # x from -15 to 115 mm: a head at 0 reaches 115 mm
+    assert not partner_out_of_view(np.array([0.0, 0, 0]), (130, 160, 20), reach)
+    assert partner_out_of_view(np.array([20.0, 0, 0]), (130, 160, 20), reach)  # 95 mm at most
 
 
 def test_partner_candidates_are_moved_into_a_thin_oblique_slab() -> None:

@@ -50,20 +50,9 @@ def test_shipped_model_segments_demo_scan(demo_scan):
     assert hips["right"]["lesion_volume_ml"] > 5.0  # the diseased hip is the patient's right
 
 
-def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(demo_scan, tmp_path):
-    """tta=True runs each fine window twice and the coarse grid once; model.json's lesion_threshold is used."""
-    import json
-    import shutil
-
-    from onfh_seg.infer.engine import Segmenter
-    from onfh_seg.infer.windows import starts as _starts
-
-    img = nib.load(str(demo_scan[0]))
-    data = np.asarray(img.dataobj, np.float32)
-    seg = Segmenter(MODELS, provider="cpu", tta=True)
-    assert seg.lesion_threshold == json.loads((MODELS / "model.json").read_text()).get("lesion_threshold")
-    calls = {"coarse": 0, "fine": 0}
-    for name in calls:
+def _counting(seg, calls: dict[str, int]) -> None:
+    """Count the ONNX Runtime runs of ``seg``'s coarse and fine sessions in ``calls``."""
+    for name in ("coarse", "fine"):
         sess = getattr(seg, name)
 
         class Counting:
@@ -75,13 +64,37 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
                 return self.s.run(*a, **k)
 
         setattr(seg, name, Counting(sess, name))
+
+
+def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(demo_scan, tmp_path):
+    """tta=True adds one mirrored run per window of each measured fine crop (the passes that pick a crop's
+    centre are not mirrored) and none on the coarse grid; model.json's lesion_threshold is used."""
+    import json
+    import shutil
+
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.infer.windows import starts as _starts
+
+    img = nib.load(str(demo_scan[0]))
+    data = np.asarray(img.dataobj, np.float32)
+    seg = Segmenter(MODELS, provider="cpu", tta=True)
+    plain = Segmenter(MODELS, provider="cpu", tta=False)
+    assert seg.lesion_threshold == json.loads((MODELS / "model.json").read_text()).get("lesion_threshold")
+    calls = {"coarse": 0, "fine": 0}
+    calls_plain = {"coarse": 0, "fine": 0}
+    _counting(seg, calls)
+    _counting(plain, calls_plain)
     res = seg.segment(data, img.affine)
-    # fine stage: training-patch windows over each crop (one window when patch = crop), each run twice (mirroring)
+    res_plain = plain.segment(data, img.affine)
+    # fine stage: training-patch windows over each crop (one window when patch = crop)
     fine = json.loads((MODELS / "model.json").read_text())["fine"]
     assert seg.window_vox == tuple(fine["train_patch_vox"])
     per_crop = int(np.prod([len(_starts(fine["crop_vox"], w, int(w * 0.5))) for w in seg.window_vox]))
-    assert calls["coarse"] == 1 and calls["fine"] >= 2 * per_crop * len(res.head_centres_ras)
-    assert calls["fine"] % (2 * per_crop) == 0
+    heads = len(res.head_centres_ras)
+    assert heads == len(res_plain.head_centres_ras) == 2
+    assert calls["coarse"] == calls_plain["coarse"] == 1
+    assert calls_plain["fine"] >= per_crop * heads and calls_plain["fine"] % per_crop == 0
+    assert calls["fine"] - calls_plain["fine"] == per_crop * heads  # the same centres, one mirrored pass each
 
     strict = tmp_path / "models"
     shutil.copytree(MODELS, strict, ignore=shutil.ignore_patterns("*.ckpt", "training"))
@@ -92,6 +105,24 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
     lesion = np.isin(res.labels, L.LESION_LABELS).sum()
     assert 0 < np.isin(res99.labels, L.LESION_LABELS).sum() < lesion  # a stricter rule calls less lesion
     assert (np.isin(res99.labels, L.HEAD_LABELS) == np.isin(res.labels, L.HEAD_LABELS)).all()  # head unchanged
+
+
+def test_mirrored_crop_reusing_its_unmirrored_pass_is_the_same(demo_scan):
+    """A measured crop that was not re-centred reuses the judging pass's unmirrored windows: its mirrored
+    probabilities are bit for bit those of a mirrored crop computed from scratch."""
+    from onfh_seg.infer.engine import Segmenter
+    from onfh_seg.preprocess import normalise
+
+    img = nib.load(str(demo_scan[0]))
+    seg = Segmenter(MODELS, provider="cpu", tta=True)
+    x = normalise(np.asarray(img.dataobj, np.float32))
+    centre = seg.locate_heads(x, img.affine)[0]
+    kept: list[np.ndarray] = []
+    unmirrored = seg._fine(x, img.affine, centre, mirror=False, plain=kept)
+    reused = seg._fine(x, img.affine, centre, mirror=True, plain=kept)
+    fresh = seg._fine(x, img.affine, centre, mirror=True)
+    assert kept and np.array_equal(reused[0], fresh[0]) and np.array_equal(reused[1], fresh[1])
+    assert not np.array_equal(unmirrored[0], fresh[0])
 
 
 def test_femoral_head_volume_is_not_inflated(demo_scan):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -39,7 +39,9 @@ from onfh_seg.run.jobs import EngineSpec, SegmenterFactory, engine_spec
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.run.reanalyse import Reanalysis, run_reanalysis
 from onfh_seg.run.records import BatchSummary
-from onfh_seg.track.cohort import CohortResult, track_cohort
+
+if TYPE_CHECKING:  # tracking's modules (SimpleITK, matplotlib) load only when tracking runs: see __getattr__
+    from onfh_seg.track.cohort import CohortResult
 
 __all__ = ["CohortResult", "InferRun", "ScanResult", "infer_run", "segment", "track", "track_run"]
 
@@ -90,6 +92,9 @@ def track_run(settings: TrackSettings, *, progress: Callable[[str, str], None] |
     with tracking_run(settings):
         if on_start is not None:
             on_start(len({r.get("patient_id") for r in read_manifest(settings.manifest, warn=False)}))
+        # function-level import: tracking pulls in SimpleITK and matplotlib, which onfh-infer's start-up skips
+        from onfh_seg.track.cohort import track_cohort
+
         return track_cohort(settings, progress=progress)
 
 
@@ -215,3 +220,13 @@ def track(
     settings = config.track_settings({**given, "manifest": str(manifest), "infer_dir": str(infer_dir),
                                       "out_dir": str(out_dir)})
     return track_run(settings)
+
+
+def __getattr__(name: str) -> Any:
+    """``CohortResult``, imported on first use (tracking's modules stay off onfh-infer's start-up)."""
+    if name == "CohortResult":
+        # function-level import: onfh_seg.track.cohort pulls in SimpleITK and matplotlib
+        from onfh_seg.track.cohort import CohortResult
+
+        return CohortResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from onfh_seg.infer.search import (
     in_field_of_view,
     lattice_candidates,
     partner_candidates,
+    partner_out_of_view,
     plausible_head,
     sphere_candidates,
 )
@@ -91,7 +92,7 @@ class Segmenter:
                  overlap: float | None = None, lesion_threshold: float | str | None = "model",
                  cuda_tf32: bool | None = None):
         """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
-        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
+        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring off,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         # function-level import: onnxruntime (heavy) loads only when a model is built, off the onfh-infer start path
@@ -140,9 +141,11 @@ class Segmenter:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.overlap = float(overlap)
 
-    def _run(self, sess, x: np.ndarray, mirror: bool = False) -> np.ndarray:
+    def _run(self, sess, x: np.ndarray, mirror: bool = False, plain: np.ndarray | None = None) -> np.ndarray:
+        """The network on one window; ``mirror``: averaged with its pass on the left-right mirrored window;
+        ``plain``: this window's unmirrored output, already computed (its pass is not run again)."""
         t = time.perf_counter()
-        p = sess.run(None, {"image": x})[0]
+        p = sess.run(None, {"image": x})[0] if plain is None else plain
         if mirror:  # mirror along the patient left-right axis (axis 0 of the RAS model grid)
             p = 0.5 * (p + sess.run(None, {"image": np.ascontiguousarray(x[:, :, ::-1])})[0][:, :, ::-1])
         self._clock["networks_s"] += time.perf_counter() - t
@@ -201,16 +204,27 @@ class Segmenter:
             return []
         return [cand]
 
-    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray,
-              mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, mirror: bool | None = None,
+              plain: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape
-        (``mirror``: test-time mirroring, default the Segmenter's ``tta``)."""
+        (``mirror``: test-time mirroring, default the Segmenter's ``tta``). ``plain``: the unmirrored window
+        outputs of this same crop from an earlier call, reused; the list is filled with this call's."""
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
         xf = self._crop_image(x, affine, f_aff, f_shape)
-        probs = sliding_window(lambda a: self._run(self.fine, a, mirror), xf, self.window_vox, self.overlap, f["divisor"])
+        earlier = list(plain) if plain else []
+        seen: list[np.ndarray] = []
+
+        def run(a: np.ndarray) -> np.ndarray:  # windows come in the same order for the same crop
+            p = earlier[len(seen)] if len(seen) < len(earlier) else self._run(self.fine, a)
+            seen.append(p)
+            return self._run(self.fine, a, True, plain=p) if mirror else p
+
+        probs = sliding_window(run, xf, self.window_vox, self.overlap, f["divisor"])
+        if plain is not None:
+            plain[:] = seen
         probs, lab = keep_main_components(probs)  # lab is probs' argmax (removed voxels: background)
         return probs, lab, f_aff, f_shape
 
@@ -218,15 +232,21 @@ class Segmenter:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
         ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
 
-        For the head search (``search``) only head voxels inside the image's field of view count and the
-        judging passes run without mirroring (``_search`` segments a head it keeps again as usual)."""
-        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None)
+        The pass that only picks the crop's centre runs without mirroring; with ``tta`` the measured crop is
+        mirrored (a crop not re-centred reuses the unmirrored pass and adds the mirrored one). For the head
+        search (``search``) only head voxels inside the image's field of view count and no pass is mirrored
+        (``_search`` segments a head it keeps again as usual)."""
+        plain: list[np.ndarray] = []
+        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
+        moved = False
         if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                 if np.linalg.norm(c2 - centre) > 6.0:
-                    probs, lab, f_aff, f_shape = self._fine(x, affine, c2, mirror=False if search else None)
+                    centre, plain, moved = c2, [], True
+        if moved or (self.tta and not search):  # the measured crop: mirrored with tta
+            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None, plain=plain)
         head = np.isin(lab, (1, 2, 3))
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
@@ -267,8 +287,11 @@ class Segmenter:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
         candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with no head found
         then, slide the fine stage over a lattice of the body (``MAX_SCAN`` more). Appends to ``confirmed``
-        and returns the number of candidates judged."""
+        and returns the number of candidates judged. No second head is searched for where it cannot be in view
+        (``infer.search.partner_out_of_view``)."""
         known = [r[0] for r in confirmed]
+        if len(known) == 1 and partner_out_of_view(known[0], x.shape, affine):
+            return 0  # a one-hip field of view: the other head cannot be in view, no second head is searched for
         fov = in_field_of_view(g_aff, xc.shape, affine, x.shape)
         mid = body_midline_x(xc, g_aff, fov)
         # where the partner of a head already found can be, then where the coarse network saw a weak head, then
@@ -297,13 +320,17 @@ class Segmenter:
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
                     or not plausible_head(r[0], mid, known[0] if known else None)):
                 continue
-            if self.tta:  # the confirmed head, segmented the way the coarse stage's heads are (only after the
-                r = (r[0], *self._fine(x, affine, r[0]))  # checks of its centre: mirroring doubles the passes)
-            if not self._head_shaped(r, affine, x.shape):
+            # the head's shape is judged on a mirrored crop around it, whatever ``tta``: without mirroring a
+            # real neck scan's false head passed (tests/test_real_cases.py); with ``tta`` that crop is kept
+            mirrored = (r[0], *self._fine(x, affine, r[0], mirror=True))
+            if not self._head_shaped(mirrored, affine, x.shape):
                 continue
+            r = mirrored if self.tta else r
             confirmed.append(r)
             known.append(r[0])
-            if len(confirmed) == 1:  # one head found: now look where its partner can be
+            if len(confirmed) == 1:  # one head found: now look where its partner can be, if it can be in view
+                if partner_out_of_view(r[0], x.shape, affine):
+                    break
                 queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
         return judged
 

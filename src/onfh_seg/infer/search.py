@@ -34,6 +34,7 @@ MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at
 PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one fine judgement
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 SCAN_MM = 60.0  # lattice spacing of the last-resort scan: with the judge's re-centring, a head anywhere is caught
+TILT_MARGIN_MM = 10.0  # the heads' x distance can be this much under INTERCAPITAL_MM[0] (a rotated pelvis)
 
 
 def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
@@ -100,6 +101,17 @@ def plausible_head(centre: np.ndarray, midline_x: float | None, partner: np.ndar
     if abs(dx) < LATERAL_MM:
         return False
     return partner is None or np.sign(dx) != np.sign(float(partner[0]) - midline_x)
+
+
+def partner_out_of_view(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> bool:
+    """Whether no voxel of the other femoral head can lie in the image's field of view (a one-hip field of
+    view): every point of it is nearer in x to the head found than the smallest intercapital distance less the
+    largest head radius and ``TILT_MARGIN_MM``."""
+    edges = [(-0.5, n - 0.5) for n in shape[:3]]
+    corners = np.array([[a, b, c] for a in edges[0] for b in edges[1] for c in edges[2]])
+    x = corners @ np.asarray(affine, float)[0, :3] + float(affine[0, 3])
+    reach = float(np.max(np.abs(x - float(found[0]))))
+    return reach < INTERCAPITAL_MM[0] - max(HEAD_RADII_MM) - TILT_MARGIN_MM
 
 
 def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray,
