@@ -240,12 +240,13 @@ PELVIS_T1 = {
 }
 HEAD_CENTRE_TOL_MM = 15.0
 
-# False lesions the shipped fine network calls on these (healthy-looking) heads, measured 2026-12-03 with the head
-# search of f5d931d and the CLI defaults (README of tests/data/real): issue 22 item 4, not met.
+# False lesions the shipped fine network calls on these (healthy-looking) heads, measured 2026-12-03 with the code
+# of e24d6f4 (head search with lattice scan, tta off by default) and the CLI defaults: issue 22 item 4, not met.
 FALSE_LESION = {
-    "cptac_ucec_c3n00858": "lesion 0.56 mL (right) and 0.92 mL (left) on healthy-looking heads",
-    "cptac_ucec_c3n01763": "lesion 2.92 mL (left; right 0.0 mL): a necrotic core called in heterogeneous marrow",
-    "cptac_ucec_c3n01003": "lesion 0.51 mL (right) and 1.55 mL (left) on healthy-looking heads",
+    "cptac_ucec_c3n00858": "lesion 0.58 mL (right) and 1.62 mL (left) on healthy-looking heads",
+    "cptac_ucec_c3n01763": "lesion 4.64 mL (left, flagged implausible_head_shape; right 0.0 mL): a necrotic core "
+                           "called in heterogeneous marrow",
+    "cptac_ucec_c3n01003": "lesion 0.54 mL (right) and 0.99 mL (left) on healthy-looking heads",
 }
 
 
