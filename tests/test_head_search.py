@@ -176,6 +176,18 @@ def test_style_c_scan_is_a_thin_oblique_slab_with_labels(slab_scan) -> None:
     assert {h["side"] for h in truth["hips"]} == {"right", "left"}
 
 
+def segment_both_heads(seg, image: Path, true: dict):
+    """Segment ``image`` and check both heads are found on their sides within 20 mm of ``true``; the result."""
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
+    sides = {("right" if h.centre_ras[0] > 0 else "left"): h for h in heads}
+    assert set(sides) == {"right", "left"}, [h.centre_ras for h in heads]
+    for side, h in sides.items():
+        assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
+    return res
+
+
 @needs_model
 @pytest.mark.parametrize("coarse_finds", ["none", "right"])
 def test_search_finds_heads_the_coarse_stage_missed(slab_scan, monkeypatch, coarse_finds) -> None:
@@ -188,13 +200,7 @@ def test_search_finds_heads_the_coarse_stage_missed(slab_scan, monkeypatch, coar
     seg = Segmenter(MODELS, provider="cpu", threads=2)
     blind = lambda xc, g: ([] if coarse_finds == "none" else [true["right"]], np.zeros(xc.shape, np.float32))  # noqa: E731
     monkeypatch.setattr(seg, "_locate", blind)
-    img = nib.load(str(image))
-    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
-    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
-    sides = {("right" if h.centre_ras[0] > 0 else "left"): h for h in heads}
-    assert set(sides) == {"right", "left"}, [h.centre_ras for h in heads]
-    for side, h in sides.items():
-        assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
+    res = segment_both_heads(seg, image, true)
     assert res.search["heads_added"] == (2 if coarse_finds == "none" else 1)
     assert 0 < res.search["candidates_judged"] <= 16
 
@@ -276,13 +282,7 @@ def test_scan_finds_heads_when_nothing_points_at_them(slab_scan, monkeypatch) ->
     seg = Segmenter(MODELS, provider="cpu", threads=2, tta=False)
     monkeypatch.setattr(seg, "_locate", lambda xc, g: ([], np.zeros(xc.shape, np.float32)))
     monkeypatch.setattr(engine, "sphere_candidates", lambda *a, **k: [])
-    img = nib.load(str(image))
-    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
-    _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
-    sides = {("right" if h.centre_ras[0] > 0 else "left"): h for h in heads}
-    assert set(sides) == {"right", "left"}, [h.centre_ras for h in heads]
-    for side, h in sides.items():
-        assert np.linalg.norm(h.centre_ras - true[side]) < 20.0
+    res = segment_both_heads(seg, image, true)
     assert res.search["heads_added"] == 2 and 0 < res.search["candidates_judged"] <= 16 + 48
 
 
