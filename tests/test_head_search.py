@@ -13,6 +13,7 @@ from onfh_seg.infer.search import (
     body_midline_x,
     far_from,
     lattice_candidates,
+    pair_plausible,
     partner_candidates,
     partner_out_of_view,
     plausible_head,
@@ -288,7 +289,9 @@ def test_scan_finds_heads_when_nothing_points_at_them(slab_scan, monkeypatch) ->
 
 @needs_model
 def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_scan, monkeypatch) -> None:
-    """A coarse 'head' the anatomy gate's head checks refuse is dropped, and the search finds the real one."""
+    """A coarse 'head' the anatomy gate's head checks refuse is dropped, and the search finds the real one (the
+    pair is made to look implausible: a plausible pair is left to the gate unchecked)."""
+    from onfh_seg.infer import engine
     from onfh_seg.infer.engine import Segmenter
 
     image, truth = slab_scan
@@ -305,9 +308,21 @@ def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_s
         return real_check(found, affine, shape)
 
     monkeypatch.setattr(seg, "_head_shaped", refuse_left_once)
+    monkeypatch.setattr(engine, "pair_plausible", lambda a, b: False)
     img = nib.load(str(image))
     res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
     assert res.search["candidates_judged"] > 0 and res.search["heads_added"] == 1
     _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
     sides = {("right" if h.centre_ras[0] > 0 else "left") for h in heads}
     assert sides == {"right", "left"}
+
+
+def test_pair_plausible_is_an_intercapital_distance_at_one_height() -> None:
+    """Two heads 140-240 mm apart in x and within 45 mm front-to-back and in height; not a head and a uterus."""
+    right = np.array([90.0, 0.0, 0.0])
+    assert pair_plausible(right, [-90.0, 10.0, -20.0])
+    assert pair_plausible(right, [-50.0, 0.0, 0.0])  # 140 mm: a rotated pelvis
+    assert not pair_plausible(right, [-10.0, 0.0, 60.0])  # uterus above the bladder (real CPTAC-UCEC case)
+    assert not pair_plausible(right, [-160.0, 0.0, 0.0])  # 250 mm
+    assert not pair_plausible(right, [-90.0, 0.0, 118.0])  # far above: abdomen
+    assert not pair_plausible(right, [-90.0, 50.0, 0.0])

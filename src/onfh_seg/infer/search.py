@@ -35,6 +35,7 @@ PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one f
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 SCAN_MM = 60.0  # lattice spacing of the last-resort scan: with the judge's re-centring, a head anywhere is caught
 TILT_MARGIN_MM = 10.0  # the heads' x distance can be this much under INTERCAPITAL_MM[0] (a rotated pelvis)
+PAIR_YZ_MM = 45.0  # two femoral heads lie at most this far apart front-to-back and in height (tilt, obliquity)
 
 
 def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float) -> bool:
@@ -101,6 +102,14 @@ def plausible_head(centre: np.ndarray, midline_x: float | None, partner: np.ndar
     if abs(dx) < LATERAL_MM:
         return False
     return partner is None or np.sign(dx) != np.sign(float(partner[0]) - midline_x)
+
+
+def pair_plausible(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two head centres (RAS mm) can be one patient's two femoral heads: an intercapital distance in x
+    (``INTERCAPITAL_MM`` widened by ``TILT_MARGIN_MM``) and within ``PAIR_YZ_MM`` front-to-back and in height."""
+    d = np.abs(np.asarray(a, float) - np.asarray(b, float))
+    lo, hi = INTERCAPITAL_MM[0] - TILT_MARGIN_MM, INTERCAPITAL_MM[1] + TILT_MARGIN_MM
+    return bool(lo <= d[0] <= hi and d[1] <= PAIR_YZ_MM and d[2] <= PAIR_YZ_MM)
 
 
 def partner_out_of_view(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> bool:
