@@ -164,14 +164,21 @@ def slab_mask(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     thick = float(rng.integers(12, 41) * rng.uniform(3.0, 6.0))
     fov = rng.uniform(220, 320, 2)
     R = rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 30)))
-    axes = [R[:, (normal_axis + k) % 3] for k in (0, 1, 2)]  # slab normal, then the two in-plane axes
     off = np.array([rng.uniform(-0.5, 0.5) * thick, rng.uniform(-110, 110), rng.uniform(-110, 110)])
-    g = np.meshgrid(*[(np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
+    d = _slab_distances(shape, spacing, R, normal_axis, off)
     inside = np.ones(shape, bool)
-    for a, o, half in zip(axes, off, (thick / 2, fov[0] / 2, fov[1] / 2)):
-        d = a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o
-        inside &= np.abs(d) <= half
+    for di, half in zip(d, (thick / 2, fov[0] / 2, fov[1] / 2)):
+        inside &= np.abs(di) <= half
     return inside
+
+
+def _slab_distances(shape: tuple[int, int, int], spacing: float, R: np.ndarray, normal_axis: int,
+                    off: np.ndarray) -> list[np.ndarray]:
+    """Signed distances (mm) of a patch grid centred on the sampled voxel from a slab's centre ``off`` along its
+    normal (column ``normal_axis`` of the rotation ``R``) and its two in-plane axes."""
+    g = np.meshgrid(*[(np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
+    axes = [R[:, (normal_axis + k) % 3] for k in (0, 1, 2)]
+    return [a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o for a, o in zip(axes, off)]
 
 
 def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -188,14 +195,11 @@ def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     thick = float(rng.integers(12, 41) * slice_mm)
     fov = rng.uniform(220, 320, 2)
     R = rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 30)))
-    axes = [R[:, (normal_axis + k) % 3] for k in (0, 1, 2)]
     face = rng.choice([-1.0, 1.0]) * (thick / 2 - rng.uniform(-15.0, 25.0))  # slab centre so a face is near 0
     off = np.array([face, rng.uniform(-110, 110), rng.uniform(-110, 110)])
-    g = np.meshgrid(*[(np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
-    depth = thick / 2 - np.abs(axes[0][0] * g[0] + axes[0][1] * g[1] + axes[0][2] * g[2] - off[0])  # > 0 inside
-    in_plane = np.ones(shape, bool)
-    for a, o, half in zip(axes[1:], off[1:], (fov[0] / 2, fov[1] / 2)):
-        in_plane &= np.abs(a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o) <= half
+    d = _slab_distances(shape, spacing, R, normal_axis, off)
+    depth = thick / 2 - np.abs(d[0])  # > 0 inside the slab
+    in_plane = (np.abs(d[1]) <= fov[0] / 2) & (np.abs(d[2]) <= fov[1] / 2)
     fade = np.clip(depth / slice_mm + 0.5, 0.0, 1.0)  # linear from the last slice centre to half a slice beyond
     k, loss = int(rng.integers(1, 4)), float(rng.uniform(0.2, 0.7))
     profile = 1.0 - loss * np.clip(1.0 - depth / (k * slice_mm), 0.0, 1.0)
