@@ -230,3 +230,42 @@ def test_slab_edge_share_changes_slab_samples_only(tmp_path):
     samples = [edge[i] for i in range(6)]
     assert any(not (hard[i][0] == samples[i][0]).all() for i in range(6))
     assert any((s[1] == 0).float().mean() > 0.2 and (s[1] > 0).any() for s in samples)  # cut, head still in view
+
+
+def test_marrow_mottle_darkens_only_healthy_marrow():
+    """``marrow_mottle``: dark patches or streaks in healthy marrow only (15-50% of its signal at most), never
+    brighter, everything else untouched, the same draw for the same seed."""
+    from onfh_seg.synth.contrast import MOTTLE_TISSUES, TISSUES, marrow_mottle
+
+    rng = np.random.default_rng(3)
+    tissue = np.full((40, 40, 40), TISSUES["muscle"], np.uint8)
+    tissue[8:32, 8:32, 8:32] = TISSUES["yellow_marrow"]
+    tissue[16:24, 16:24, 16:24] = TISSUES["band"]
+    img = (0.3 + 0.6 * np.isin(tissue, MOTTLE_TISSUES)).astype(np.float32)
+    darkened = 0
+    for k in range(12):
+        out = marrow_mottle(img, tissue, np.random.default_rng(k))
+        assert out.dtype == np.float32 and out.shape == img.shape
+        assert np.array_equal(out, marrow_mottle(img, tissue, np.random.default_rng(k)))
+        marrow = np.isin(tissue, MOTTLE_TISSUES)
+        assert np.array_equal(out[~marrow], img[~marrow])  # band, muscle untouched
+        assert np.all(out <= img + 1e-7) and np.all(out[marrow] >= 0.5 * img[marrow] - 1e-6)
+        darkened += float(((out < 0.9 * img) & marrow).mean() / marrow.mean()) > 0.02
+    assert darkened >= 10
+    assert np.array_equal(marrow_mottle(img, np.full_like(tissue, TISSUES["muscle"]), rng), img)
+
+
+def test_mottle_share_leaves_older_draws_unchanged(tmp_path):
+    """``acquisitions.mottle`` absent or 0 draws the same samples as before; 1 changes the images."""
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
+    base = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0, acquisitions={"gre": 0.3})
+    zero = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
+                                  acquisitions={"gre": 0.3, "mottle": 0.0})
+    mott = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
+                                  acquisitions={"gre": 0.3, "mottle": 1.0})
+    assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
+    assert any(not (base[i][0] == mott[i][0]).all() for i in range(6))

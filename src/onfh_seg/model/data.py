@@ -26,7 +26,7 @@ from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import slab_edge
+from onfh_seg.synth.contrast import marrow_mottle, slab_edge
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -235,7 +235,8 @@ class RandomisedPatchDataset(Dataset):
         # shares of samples drawn as: the default renderer's spin-echo T1 contrast (``realistic``, the mixture of
         # issue 23), gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``), a thin oblique
         # slab with a limited field of view (``slab``), of which a share (``slab_edge``) has a face through the
-        # head with a real edge (``contrast.slab_edge``); absent or 0: not drawn (older runs unchanged)
+        # head with a real edge (``contrast.slab_edge``); independently, healthy marrow made heterogeneous
+        # (``mottle``, ``contrast.marrow_mottle``); absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.epoch = 0
 
@@ -258,6 +259,8 @@ class RandomisedPatchDataset(Dataset):
             x = render_random(t, y, rng, realistic_contrast(rng))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
+        if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
+            x = marrow_mottle(x, t, rng)
         if not realistic and self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:
             x = chemical_shift(x, t, rng)
         if self.pool > 1:  # render finer than the network grid (partial volume), then average down
