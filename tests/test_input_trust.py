@@ -396,6 +396,36 @@ def test_clean_backgrounds_are_not_flagged(phantom_file: Path, tmp_path: Path) -
         assert result["status"] == "ok" and "suspect_image_content" not in meas["qc_flags"], meas.get("qc_reasons")
 
 
+def body_with_moving_edge(nx: int = 200, ny: int = 160, nz: int = 24) -> np.ndarray:
+    """Thick coronal-like slices of an elliptical body in zero-filled air whose outline grows and shrinks by up to
+    12 voxels from slice to slice (as 5 mm slices through the belly do), noisy tissue, air mostly zero with sparse
+    low values (so runs of zeros of every length lie along the body's edge)."""
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    data = np.zeros((nx, ny, nz), np.float32)
+    for k in range(nz):
+        ax, ay = 70 + 12 * np.sin(k / 2.0), 55 + 10 * np.cos(k / 1.5)
+        body = ((x - nx / 2) / ax) ** 2 + ((y - ny / 2) / ay) ** 2 <= 1
+        air = np.where(rng.uniform(size=(nx, ny)) < 0.06, rng.integers(1, 9, (nx, ny)), 0)  # sparse noise
+        data[:, :, k] = np.where(body, 300 + 40 * rng.standard_normal((nx, ny)), air)
+    return np.clip(data, 0, None)
+
+
+def test_air_at_a_moving_body_edge_is_not_a_slab() -> None:
+    """Zero-filled air beside a body outline that moves between thick slices (real CPTAC-UCEC coronal T1 pelvis
+    scans were all flagged for it) is not damage; zeros written over tissue in the same image still are."""
+    from onfh_seg.infer.content_qc import content_problems
+
+    data = body_with_moving_edge()
+    assert content_problems(data, 0.0043) == []
+    damaged_data = data.copy()
+    plane = damaged_data[:, :, 11].ravel(order="F")  # storage order, x fastest
+    plane[70 * 200 + 60: 76 * 200 + 140] = 0  # 1,280 bytes-worth of voxels zeroed across six rows of the body
+    damaged_data[:, :, 11] = plane.reshape((200, 160), order="F")
+    reasons = content_problems(damaged_data, 0.0043)
+    assert reasons and "value 0" in reasons[0] and "slice 11" in reasons[0], reasons
+
+
 # ---------------------------------------------------------------- (g) a SEG that cannot be written is reported
 
 

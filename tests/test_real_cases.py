@@ -329,6 +329,15 @@ def test_pelvis_t1_both_heads_found(external_records, name: str) -> None:
 
 
 @needs_model
+@pytest.mark.parametrize("name", list(PELVIS_T1))
+def test_pelvis_t1_not_taken_for_damaged_data(external_records, name: str) -> None:
+    """The scanner's zero-filled air beside a body outline that moves between 5.2 mm slices is not a damaged
+    "constant slab" (every hip of these scans was untrusted for it)."""
+    rec = external_records(name)
+    assert "suspect_image_content" not in rec["qc_flags"], rec.get("qc_reasons")
+
+
+@needs_model
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=FALSE_LESION[n]))
                                   for n in PELVIS_T1])
 def test_pelvis_t1_no_false_lesion_on_healthy_heads(external_records, name: str) -> None:

@@ -10,8 +10,9 @@ it. Either makes the image's numbers untrustworthy: the scan gets the QC flag
 ``suspect_image_content`` and one reason per finding.
 
 Not a finding: background of one value (zero-filled air) whose neighbours are
-background too, and whole constant slices at either end of the volume
-(padding). numpy only; memory is a few slices at a time.
+background too, air at the edge of a body that moves between thick slices
+(the slice beside holds tissue, but its own slice holds more air beside the
+run), and whole constant slices at either end of the volume (padding). numpy only; memory is a few slices at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.quality.QC_
 MIN_SLAB_ML = 0.1  # smallest slab worth a flag (the smallest lesion classed is 0.5 mL)
 MIN_SLAB_VOXELS = 8
 SLAB_NEIGHBOUR_FRACTION = 0.4  # share of a run's voxels whose slice neighbours hold a clearly other value
+IN_PLANE_UNLIKE = 0.6  # share of the voxels beside a run, in its own slice, that hold a clearly other value
 SLAB_CONTRAST = 0.05  # "clearly other": more than this fraction of the image's 1st-99th percentile range
 SCALE_JUMP = 1.35  # a slice's median ratio to its neighbours' mean beyond this (or below 1/this): a jump
 NEIGHBOUR_AGREEMENT = 0.2  # neighbours used for the ratio differ by at most this fraction of their mean
@@ -122,9 +124,25 @@ def constant_slabs(image: np.ndarray, voxel_ml: float) -> list[str]:
         counts = np.add.reduceat(differ, starts)[long]
         values = plane[starts[long]]
         suspect = counts >= SLAB_NEIGHBOUR_FRACTION * lengths[long]
+        for i in np.flatnonzero(suspect):  # background at a body edge that moves between slices is not damage
+            start, length = int(starts[long][i]), int(lengths[long][i])
+            suspect[i] = _in_plane_unlike(plane, start, length, image.shape[0], contrast)
         if np.any(suspect):
             hits.append((k, int(lengths[long][suspect].sum()), float(values[suspect][0])))
     return [_slab_reason(hits)] if hits else []
+
+
+def _in_plane_unlike(plane: np.ndarray, start: int, length: int, nx: int, contrast: float) -> bool:
+    """Whether the voxels beside a run in its own slice (the rows above and below it and its two ends, outside
+    the run) mostly hold a clearly other value: damage overwrites tissue, while a run of zero-filled air at the
+    edge of a body that moves between thick slices lies beside more air in its own slice."""
+    idx = np.arange(start, start + length)
+    near = np.concatenate([idx - nx, idx + nx, [start - 1] if start % nx else [], [start + length] if (start + length) % nx else []])
+    near = near[(near >= 0) & (near < plane.size) & ((near < start) | (near >= start + length))].astype(np.int64)
+    if near.size == 0:  # the run fills its slice
+        return True
+    same = np.abs(plane[near] - plane[start]) <= contrast  # NaN beside or in the run: unlike
+    return float(np.mean(~same)) >= IN_PLANE_UNLIKE
 
 
 def _slab_reason(hits: list[tuple[int, int, float]]) -> str:
