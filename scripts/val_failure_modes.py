@@ -5,7 +5,9 @@
 Each validation crop (the fine_dr2 validation patients, seed 2112, tissue maps) is rendered twice with a
 seeded contrast drawn from the T1 prior: once as a spin-echo-like T1 and once as a 3D gradient echo near
 opposed phase (``synth.randomise.chemical_shift``: fatty marrow dark, dark lines at fat-water borders, the
-joint's dark-bright-dark lines).
+joint's dark-bright-dark lines), and a third time as T1 with heterogeneous healthy marrow
+(``synth.contrast.marrow_mottle``, red-marrow islands and trabecular streaks as real heads show; the fine_mottle
+training draws it too, so for a network trained on it this rendering is in its training style).
 
 Crops come from the fine_dr2 validation patients (seed 2112) and 6 more validation patients with small
 lesions (seed 2113, extent 3-12%). Crops are grouped by what they hold:
@@ -17,7 +19,7 @@ lesions (seed 2113, extent 3-12%). Crops are grouped by what they hold:
 * ``other``: the remaining lesions.
 
 For each group and rendering: lesion (2+3) Dice and lesion volume error (median), false lesions on healthy
-heads. Mirroring (the engine's ``tta``) is on, as onfh-infer runs by default.
+heads. No mirroring, as onfh-infer runs by default (``--tta``: mirrored and averaged, the engine's ``tta=true``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from onfh_seg.model.data import dr_normalise, extract_patch, load_dr_items
 from onfh_seg.model.module import SegModule
 from onfh_seg.synth.cohort import synth_config
+from onfh_seg.synth.contrast import marrow_mottle
 from onfh_seg.synth.phantom import TISSUES
 from onfh_seg.synth.randomise import build_dr_cohort, chemical_shift, random_contrast, render_random
 
@@ -63,32 +66,37 @@ def small_lesion_items(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(t, y) for t, y in items if np.isin(y, (2, 3)).any()]
 
 
-RENDERINGS = {"T1": None, "GRE opposed": 0.8}  # name -> partial-volume blur (voxels) of the chemical shift
+# name -> partial-volume blur (voxels) of the chemical shift; "mottle": T1 with heterogeneous healthy marrow
+RENDERINGS = {"T1": None, "GRE opposed": 0.8, "T1 mottled marrow": "mottle"}
 # --why-gre: is it the dark marrow of opposed phase, or the dark lines at fat-water borders (partial volume)?
 WHY_GRE = {"T1": None, "opposed, no border lines": 0.0, "GRE opposed": 0.8, "opposed, wide border lines": 1.5}
 
 
 def render_pair(tissue: np.ndarray, labels: np.ndarray, seed: int,
-                renderings: dict[str, float | None] = RENDERINGS) -> dict[str, np.ndarray]:
-    """The crop in each rendering (same contrast draw): T1, or opposed phase with the given border blur."""
+                renderings: dict[str, float | str | None] = RENDERINGS) -> dict[str, np.ndarray]:
+    """The crop in each rendering (same contrast draw): T1, opposed phase with the given border blur, or T1 with
+    the healthy marrow made heterogeneous (``synth.contrast.marrow_mottle``: red-marrow islands, streaks)."""
     out = {}
     for name, blur in renderings.items():
         rng = np.random.default_rng([seed, 11])
         c = random_contrast(rng, prior_prob=1.0)
         img = render_random(tissue, labels, rng, c)
-        if blur is not None:  # blur 0: the marrow darkens, but no border line forms
+        if blur == "mottle":
+            img = marrow_mottle(img, tissue, np.random.default_rng([seed, 13]))
+        elif blur is not None:  # blur 0: the marrow darkens, but no border line forms
             img = chemical_shift(img, tissue, rng, phase_deg=180.0, blur_vox=blur)
         noise = rng.normal(0, 0.02 * float(np.percentile(img, 95)), img.shape).astype(np.float32)
         out[name] = dr_normalise(np.abs(img + noise), np.random.default_rng([seed, 12]))
     return out
 
 
-def predict(m: SegModule, x: np.ndarray) -> np.ndarray:
-    """Labels of one crop, mirrored and averaged as the engine's ``tta``."""
+def predict(m: SegModule, x: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Labels of one crop; with ``tta`` mirrored and averaged as the engine's ``tta=true``."""
     t = torch.from_numpy(x)[None, None]
     with torch.no_grad():
         p = torch.softmax(m.predict_volume(t), 1)
-        p = 0.5 * (p + torch.softmax(m.predict_volume(torch.flip(t, (2,))), 1).flip(2))
+        if tta:
+            p = 0.5 * (p + torch.softmax(m.predict_volume(torch.flip(t, (2,))), 1).flip(2))
     return p.argmax(1)[0].numpy()
 
 
@@ -100,6 +108,7 @@ def main() -> None:
                     help="validation patients with small lesions (extent 3-12%%), rendered here once")
     ap.add_argument("--why-gre", action="store_true",
                     help="healthy heads only: opposed phase with and without the dark fat-water border lines")
+    ap.add_argument("--tta", action="store_true", help="mirror and average (the engine's tta=true)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     small = [] if a.why_gre else small_lesion_items(Path(a.small_cache))
@@ -118,7 +127,7 @@ def main() -> None:
         for g, y, images in crops:
             true = np.isin(y, (2, 3))
             for style, x in images.items():
-                pred = np.isin(predict(m, x), (2, 3))
+                pred = np.isin(predict(m, x, a.tta), (2, 3))
                 den = int(pred.sum() + true.sum())
                 dice = float("nan") if den == 0 else 2 * int((pred & true).sum()) / den
                 verr = float("nan") if not true.any() else (pred.sum() - true.sum()) / true.sum() * 100
