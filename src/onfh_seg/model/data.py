@@ -236,7 +236,8 @@ class RandomisedPatchDataset(Dataset):
         # issue 23), gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``), a thin oblique
         # slab with a limited field of view (``slab``), of which a share (``slab_edge``) has a face through the
         # head with a real edge (``contrast.slab_edge``); independently, healthy marrow made heterogeneous
-        # (``mottle``, ``contrast.marrow_mottle``); absent or 0: not drawn (older runs unchanged)
+        # (``mottle``, ``contrast.marrow_mottle``, at most ``mottle_max_loss`` of their signal, default 0.5);
+        # absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.epoch = 0
 
@@ -260,7 +261,7 @@ class RandomisedPatchDataset(Dataset):
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
-            x = marrow_mottle(x, t, rng)
+            x = marrow_mottle(x, t, rng, self.acq.get("mottle_max_loss", 0.5))
         if not realistic and self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:
             x = chemical_shift(x, t, rng)
         if self.pool > 1:  # render finer than the network grid (partial volume), then average down

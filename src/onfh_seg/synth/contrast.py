@@ -129,13 +129,15 @@ def render_random(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generat
 MOTTLE_TISSUES = np.array([T[k] for k in ("yellow_marrow", "red_marrow", "pelvic_marrow", "edema_marrow")])
 
 
-def marrow_mottle(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def marrow_mottle(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator,
+                  max_loss: float = 0.5) -> np.ndarray:
     """Healthy marrow heterogeneity: islands of red marrow and trabecular streaks, darker than the marrow
     around them, which real T1 heads show (most of all after contrast and in older patients) and which the
     fine network must not read as necrosis or band.
 
     Dark patches of 1-3 mm (or streaks 4-12 mm long along a random voxel axis) cover part of the healthy
-    marrow and take away up to 15-50% of its signal; the labels do not change (healthy marrow stays head).
+    marrow and take away up to 30-100% of ``max_loss`` of its signal (15-50% by default); the labels do not
+    change (healthy marrow stays head).
     """
     marrow = np.isin(tissue, MOTTLE_TISSUES)
     if not marrow.any():
@@ -148,7 +150,7 @@ def marrow_mottle(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator)
     else:  # red-marrow islands
         f = smooth_field(img.shape, rng, float(rng.uniform(0.8, 2.5)))
     dark = np.clip(f - np.float32(rng.uniform(-0.3, 1.0)), 0.0, 1.0)
-    amp = np.float32(rng.uniform(0.15, 0.5))
+    amp = np.float32(rng.uniform(0.3 * max_loss, max_loss))
     return np.where(marrow, img * (1.0 - amp * dark), img).astype(np.float32)
 
 
