@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onfh_seg.arrays import every_nth
 from onfh_seg.infer.input_files import InputError
 
 MIN_SPACING_MM = 0.1
@@ -49,8 +50,7 @@ def check_affine(affine: np.ndarray) -> None:
 
 def looks_like_ct(image: np.ndarray) -> bool:
     """More than 5 % of (sampled, finite) voxels at or below -500: a CT in Hounsfield units."""
-    flat = image.ravel()
-    sample = flat[:: max(1, flat.size // 1_000_000)]
+    sample = every_nth(image, max(1, image.size // 1_000_000))
     sample = sample[np.isfinite(sample)]
     return sample.size > 0 and float(np.mean(sample <= CT_AIR_VALUE)) > CT_MAX_FRACTION
 
@@ -59,8 +59,7 @@ def looks_like_shifted_ct(image: np.ndarray) -> bool:
     """A CT stored without its -1024 intercept: no negatives, over 5 % air (<= 524), over 70 % of the body
     within soft tissue (874-1174) and some bone (over 1 % at >= 1324). A T1 MR body spreads far wider (fat is
     two to three times muscle)."""
-    flat = image.ravel()
-    sample = flat[:: max(1, flat.size // 1_000_000)].astype(np.float64)
+    sample = every_nth(image, max(1, image.size // 1_000_000)).astype(np.float64)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0 or float(sample.min()) < -100.0:
         return False
