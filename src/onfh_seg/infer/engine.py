@@ -37,7 +37,6 @@ from onfh_seg.infer.windows import (
     fine_window,
     keep_main_components,
     lesion_decision,
-    paste_crop,
     probs_on_grid,
     sliding_window,
 )
@@ -381,7 +380,10 @@ class Segmenter:
                 conf_sum += float(probs.max(0)[fg].sum())
                 conf_n += int(fg.sum())
             sl, p_in = self._to_input_grid(probs, f_aff, f_shape, affine, image.shape)
-            paste_crop(labels, best, sl, p_in, self.lesion_threshold)
+            fgp = 1.0 - p_in[0]
+            take = fgp > best[sl]
+            labels[sl][take] = lesion_decision(p_in, self.lesion_threshold)[take]
+            best[sl][take] = fgp[take]
         t["fine"] = time.perf_counter()
         labels = clean_labels(labels, affine)
         t["post"] = time.perf_counter()

@@ -153,35 +153,21 @@ def foreground_box(p0: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarra
 
 def probs_on_grid(probs: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, ...],
                   threads: int = 1) -> np.ndarray:
-    """Crop class probabilities (C, ...) resampled linearly onto the input sub-grid, for the labels and for
-    choosing between overlapping crops: every class in ``foreground_box``, background (probability 1 for class
-    0, 0 for the others) outside it.
+    """Crop class probabilities (C, ...) resampled linearly onto the input sub-grid (outside the crop:
+    background), for the labels: background everywhere, the other classes only in ``foreground_box``.
 
-    Outside that box every interpolated background probability exceeds 0.5 (the classes sum to 1), so the
-    argmax there is background whatever the classes hold, and a crop that is background there loses to, or
-    ties with, any crop that labels the voxel (``paste_crop``): the same labels. Inside the box every value
-    equals the whole-grid resampling exactly (``geometry.resample`` with a box).
+    Outside that box every interpolated background probability exceeds 0.5, so the argmax there is
+    background whatever the other classes hold (they are left 0); inside it every value equals the
+    whole-grid resampling exactly (``geometry.resample`` with a box).
     """
     out = np.zeros((probs.shape[0],) + tuple(int(s) for s in dst_shape), np.float32)
-    out[0] = 1.0
+    out[0] = resample(probs[0], src_affine, dst_affine, dst_shape, 1, 1.0, threads=threads)
     lo, hi = foreground_box(probs[0], src_affine, dst_affine, dst_shape)
     if np.all(hi > lo):
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        for c in range(probs.shape[0]):
-            cval = 1.0 if c == 0 else 0.0  # outside the crop: background
-            out[c][sl] = resample(probs[c], src_affine, dst_affine, dst_shape, 1, cval, box=(lo, hi), threads=threads)
+        for c in range(1, probs.shape[0]):
+            out[c][sl] = resample(probs[c], src_affine, dst_affine, dst_shape, 1, 0.0, box=(lo, hi), threads=threads)
     return out
-
-
-def paste_crop(labels: np.ndarray, best: np.ndarray, sl: tuple[slice, ...], p_in: np.ndarray,
-               threshold: float | None) -> None:
-    """Write one crop's labels (``lesion_decision`` of its input-grid probabilities ``p_in`` at ``sl``) into
-    ``labels`` where its foreground probability beats ``best``, the largest of the crops pasted before (then
-    updated): where crops overlap, the first crop with the largest foreground probability labels a voxel."""
-    fgp = 1.0 - p_in[0]
-    take = fgp > best[sl]
-    labels[sl][take] = lesion_decision(p_in, threshold)[take]
-    best[sl][take] = fgp[take]
 
 
 def fine_window(fine_meta: dict, window: str = "patch") -> tuple[int, int, int]:
