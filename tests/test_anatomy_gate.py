@@ -18,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from onfh_seg.config import infer_settings
-from onfh_seg.infer.anatomy import AnatomyLimits, check_anatomy, limits_from_config
+from onfh_seg.infer.anatomy import CAP_DIRECTIONS, AnatomyLimits, cap_coverage, check_anatomy, limits_from_config
 from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
@@ -366,3 +366,18 @@ def test_html_report_warns_about_untrusted_measurements() -> None:
         scan["qc_flags"] = []
     clean = render_report(rec, {}, None)
     assert "qcwarn\"" not in clean and "&#9888;" not in clean
+
+
+@pytest.mark.parametrize("cap_deg", [5.0, 30.0, 45.0, 80.0, 150.0, 180.0])
+def test_cap_coverage_same_as_every_vector_against_every_direction(cap_deg: float) -> None:
+    """The cap coverage compares only the vectors and directions near the cap: the same share as assigning
+    every vector to its nearest lattice direction."""
+    rng = np.random.default_rng(int(cap_deg))
+    for n, lift in ((3, 0.0), (500, 0.5), (20_000, -0.3), (20_000, 1.5)):
+        offsets = rng.normal(size=(n, 3)) * [1.0, 1.0, 0.5] + [0.0, 0.0, lift]
+        unit = offsets / np.linalg.norm(offsets, axis=1, keepdims=True)
+        hit = np.zeros(len(CAP_DIRECTIONS), bool)
+        hit[np.argmax(unit @ CAP_DIRECTIONS.T, axis=1)] = True
+        expected = float(hit[CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))].mean())
+        assert cap_coverage(offsets, cap_deg) == expected
+    assert cap_coverage(np.zeros((0, 3)), cap_deg) == 0.0

@@ -97,6 +97,35 @@ def test_cli_run_with_torch_blocked(cohort, fake_model, tmp_path: Path) -> None:
     assert json.loads((out / "P002_m00_measurements.json").read_text())["status"] == "ok"
 
 
+def test_nifti_run_does_not_import_pydicom(cohort, tmp_path: Path) -> None:
+    """Reading, segmenting (a stand-in segmenter), measuring and writing a NIfTI scan (overlay included) never
+    imports pydicom (nor requests through it); pydicom still imports afterwards, for DICOM input."""
+    code = (
+        "import sys, types\n"
+        "import numpy as np\n"
+        "import onfh_seg.cli.infer, onfh_seg.run.batch\n"
+        "from onfh_seg.config import infer_settings\n"
+        "from onfh_seg.infer.inputs import expand_input\n"
+        "from onfh_seg.infer.pipeline import process_scan\n"
+        "from onfh_seg.run.jobs import DEFAULT_ENGINE, load_engine_class\n"
+        "load_engine_class(DEFAULT_ENGINE)\n"
+        "class Empty:\n"
+        "    def segment(self, image, affine):\n"
+        "        return types.SimpleNamespace(labels=np.zeros(image.shape, np.uint8), mean_confidence=1.0)\n"
+        f"job = expand_input({str(cohort / 'images' / 'P002_m00.nii.gz')!r})[0]\n"
+        f"out = process_scan(job, {str(tmp_path / 'out')!r}, Empty(), infer_settings({{'input': 'x', 'out_dir': 'y'}}))\n"
+        "assert out['status'] == 'ok' and any(n.endswith('_overlay.png') for n in out['outputs']), out\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'requests', 'highdicom'))\n"
+        "assert not loaded, loaded[:5]\n"
+        "import pydicom.dataset\n"
+        "print('ok', pydicom.dataset.Dataset.__name__)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=cli_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "ok Dataset"
+
+
 # ---------------------------------------------------------------- CLI basics
 
 

@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from onfh_seg.arrays import every_nth
+from onfh_seg.infer.image_checks import looks_like_ct, looks_like_shifted_ct
 from onfh_seg.infer.input_files import InputError
 from onfh_seg.infer.inputs import expand_input, load_scan
 from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, sanitise
@@ -199,3 +201,19 @@ def test_header_without_orientation_refused_unless_allowed(tmp_path: Path) -> No
     [job] = expand_input(tmp_path / "noorient.nii.gz", allow_unknown_orientation=True)
     scan = load_scan(job)
     assert scan.orientation_unknown and any("sides reported as 'unknown'" in w for w in scan.warnings)
+
+
+@pytest.mark.parametrize("n_voxels", [999_983, 1_000_000, 1_999_999, 2_000_003, 2_999_999, 3_000_017])
+def test_ct_checks_decide_the_same_on_the_image_and_on_its_sample(n_voxels: int) -> None:
+    """``validate_image`` hands both CT checks the one sample they draw: a sample of that sample is itself, so
+    they decide as on the whole image (a CT, a CT without its offset, an MR-like image)."""
+    rng = np.random.default_rng(n_voxels)
+    shape = (n_voxels // 1000, 10, 100) if n_voxels % 1000 == 0 else (n_voxels, 1, 1)
+    for image in (rng.choice([-1000.0, 40.0, 700.0], n_voxels, p=[0.3, 0.6, 0.1]),  # CT in HU
+                  rng.choice([24.0, 1064.0, 1724.0], n_voxels, p=[0.3, 0.6, 0.1]),  # CT without its offset
+                  rng.gamma(2.0, 150.0, n_voxels)):  # MR-like
+        image = np.asfortranarray(image.reshape(shape), np.float32)
+        sample = every_nth(image, max(1, image.size // 1_000_000))
+        assert np.array_equal(every_nth(sample, max(1, sample.size // 1_000_000)), sample)
+        assert looks_like_ct(sample) == looks_like_ct(image)
+        assert looks_like_shifted_ct(sample) == looks_like_shifted_ct(image)

@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from onfh_seg import config
 from onfh_seg.run.batch import run_batch
-from onfh_seg.infer.dicom_jobs import selection_line
+from onfh_seg.infer.scan_jobs import selection_line
 from onfh_seg.infer.inputs import expand_input
 from onfh_seg.io.dicom_series import DicomError, SeriesInfo, find_series
 from onfh_seg.io.dicom_select import merge_rules, select_series, select_t1_series, series_candidates

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 inferers = pytest.importorskip("monai.inferers")
 
-from onfh_seg.infer.windows import gaussian_importance, sliding_window, starts  # noqa: E402
+from onfh_seg.infer.windows import class_argmax, gaussian_importance, sliding_window, starts  # noqa: E402
 
 
 def _network() -> "torch.nn.Module":
@@ -96,3 +96,16 @@ def test_probs_on_grid_gives_the_labels_of_resampling_every_class_everywhere(see
     monkeypatch.setattr(windows, "FOREGROUND_P0", 0.05)
     tight = probs_on_grid(probs, f_aff, dst, shape)
     assert not np.array_equal(lesion_decision(tight, None), lesion_decision(full, None))
+
+
+def test_class_argmax_is_numpys_argmax_ties_included() -> None:
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        probs = rng.random((5, 23, 19, 7)).astype(dtype)
+        probs[:, ::3] = np.round(probs[:, ::3], 1)  # ties: the first class of the largest value wins
+        probs[:, 0, 0, 0] = 0.2
+        probs[2:, 1, 1, 1] = -0.0
+        probs[:2, 1, 1, 1] = 0.0
+        got = class_argmax(probs)
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, probs.argmax(0))

@@ -202,13 +202,9 @@ def source_coordinates(vox: np.ndarray, lo: Sequence[int], hi: Sequence[int]) ->
     idx = [np.arange(a, b, dtype=np.float64) for a, b in zip(lo, hi)]
     shape = tuple(len(i) for i in idx)
     out = np.empty((3,) + shape, np.float64)
-    for h in range(3):
-        c = np.full(shape, vox[h, 3])
-        for axis in range(3):
-            view = [1, 1, 1]
-            view[axis] = shape[axis]
-            c += idx[axis].reshape(view) * vox[h, axis]
-        out[h] = c
+    for h in range(3):  # ((offset + i m0) + j m1) + k m2: the sums along the first two axes once, then one pass
+        first_two = (vox[h, 3] + idx[0] * vox[h, 0])[:, None] + (idx[1] * vox[h, 1])[None, :]
+        np.add(first_two[:, :, None], (idx[2] * vox[h, 2])[None, None, :], out=out[h])
     return out
 
 

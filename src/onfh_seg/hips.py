@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from onfh_seg.arrays import every_nth
 from onfh_seg.geometry import (
     ball_mask,
     box_centroid_ijk,
@@ -122,7 +123,7 @@ def estimate_body_centre_x(image: np.ndarray, affine: np.ndarray, min_fov_x_mm: 
         return None
     img = np.asarray(image, dtype=np.float32)
     step = max(1, img.size // 1_000_000)
-    thr = otsu_threshold(img.ravel()[::step])
+    thr = otsu_threshold(every_nth(img, step))
     fg = img > thr
     centre = mask_centroid_ras(fg, affine)
     return None if centre is None else float(centre[0])

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from onfh_seg.arrays import every_nth
+
 QC_FLAGS = (
     "no_femoral_head_found",
     "not_hip_anatomy",
@@ -38,7 +40,7 @@ def is_mr_like(
     if img.ndim != 3 or img.size == 0:
         return False
     step = max(1, img.size // 1_000_000)
-    sample = img.ravel()[::step].astype(np.float64)
+    sample = every_nth(img, step).astype(np.float64)
     finite = np.isfinite(sample)
     if finite.mean() < 0.99:
         return False

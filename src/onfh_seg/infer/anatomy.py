@@ -201,6 +201,8 @@ def fibonacci_directions(n: int) -> np.ndarray:
 
 CAP_DIRECTIONS = fibonacci_directions(400)
 CAP_ROWS = 4096  # offsets per block of dot products in ``cap_coverage`` (13 MB)
+# more than the lattice's covering radius (about 7.8 degrees: every unit vector lies that close to some direction)
+CAP_MARGIN_DEG = 15.0
 
 
 def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
@@ -208,14 +210,20 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
 
     ``offsets`` (n, 3) are world vectors from the head centre to acetabulum
     voxels; each is assigned to its nearest direction of a 400-point lattice.
+    A vector's nearest direction lies within ``CAP_MARGIN_DEG`` of it, so only
+    vectors within ``cap_deg`` + that margin of +z can hit a cap direction, and
+    only directions within ``cap_deg`` + twice the margin can be their nearest:
+    the same hits as comparing every vector with every direction.
     """
     cap = CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))
     if not len(offsets):
         return 0.0
     unit = offsets / np.maximum(np.linalg.norm(offsets, axis=1, keepdims=True), 1e-9)
-    hit = np.zeros(len(CAP_DIRECTIONS), bool)
+    unit = unit[unit[:, 2] >= np.cos(np.radians(min(cap_deg + CAP_MARGIN_DEG, 180.0)))]
+    near = np.flatnonzero(CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(min(cap_deg + 2 * CAP_MARGIN_DEG, 180.0))))
+    hit = np.zeros(len(CAP_DIRECTIONS), bool)  # complete for the cap directions only
     for a in range(0, len(unit), CAP_ROWS):  # in row blocks: all rows at once take ~100 MB for a large socket
-        hit[np.argmax(unit[a:a + CAP_ROWS] @ CAP_DIRECTIONS.T, axis=1)] = True
+        hit[near[np.argmax(unit[a:a + CAP_ROWS] @ CAP_DIRECTIONS[near].T, axis=1)]] = True
     return float(hit[cap].mean())
 
 

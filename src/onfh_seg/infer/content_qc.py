@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from onfh_seg.arrays import every_nth
+
 SUSPECT_IMAGE_CONTENT = "suspect_image_content"  # QC flag (onfh_seg.quality.QC_FLAGS)
 MIN_SLAB_ML = 0.1  # smallest slab worth a flag (the smallest lesion classed is 0.5 mL)
 MIN_SLAB_VOXELS = 8
@@ -96,7 +98,7 @@ def _padding_slices(image: np.ndarray) -> set[int]:
 
 def _sample(image: np.ndarray) -> np.ndarray:
     """About 200,000 voxels of ``image`` (every n-th in memory order)."""
-    return np.asarray(image).ravel()[:: max(1, image.size // 200_000)]
+    return every_nth(image, max(1, image.size // 200_000))
 
 
 def constant_slabs(image: np.ndarray, voxel_ml: float) -> list[str]:

@@ -128,12 +128,3 @@ def _series_job(folder: Path, image_ref: str, chosen: SeriesInfo, reason: str, s
     info.update(series_identifiers(chosen))
     name = dicom_series_name(chosen.series_number, chosen.description or chosen.protocol_name)
     return ScanJob("dicom", folder, name, image_ref, series=chosen, dicom=info)
-
-
-def selection_line(job: ScanJob) -> str | None:
-    """Console line of a DICOM job's series choice, ``<patient>: <selection_summary>``, e.g.
-    ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
-    if job.kind != "dicom" or not job.dicom or not job.dicom.get("selection_summary"):
-        return None
-    who = job.meta.get("patient_id") or job.dicom.get("PatientID") or job.name
-    return f"{who}: {job.dicom['selection_summary']}"

@@ -33,6 +33,7 @@ from onfh_seg.infer.search import (
     sphere_candidates,
 )
 from onfh_seg.infer.windows import (
+    class_argmax,
     fine_window,
     keep_main_components,
     lesion_decision,
@@ -186,7 +187,7 @@ class Segmenter:
         c = self.meta["coarse"]
         # no mirroring here: the coarse stage only locates heads
         probs = sliding_window(lambda a: self._run(self.coarse, a), xc, (128, 128, 128), 0.25, c["divisor"])
-        lab = probs.argmax(0).astype(np.uint8)
+        lab = class_argmax(probs)
         _, heads = find_heads(lab, g_aff, min_ml=8.0)
         return [h.centre_ras for h in select_heads(heads)], probs[1:4].sum(0)
 

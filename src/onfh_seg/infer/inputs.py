@@ -47,7 +47,6 @@ import numpy as np
 
 from onfh_seg.geometry import voxel_volume_ml
 from onfh_seg.infer.content_qc import SUSPECT_IMAGE_CONTENT, content_problems
-from onfh_seg.infer.dicom_jobs import dicom_jobs, folder_has_dicom
 from onfh_seg.infer.header_gate import GEOMETRY_CHOICES, geometry_flags
 from onfh_seg.infer.image_checks import validate_image
 from onfh_seg.infer.image_read import DEFAULT_MAX_IMAGE_MB, check_size_limit, load_nifti_gated
@@ -59,8 +58,6 @@ from onfh_seg.infer.scan_jobs import (
     is_nifti_name,
     is_within,
 )
-from onfh_seg.io.dicom import load_series
-from onfh_seg.io.dicom_geometry import series_shape
 from onfh_seg.io.manifest import ManifestError, read_manifest
 from onfh_seg.run.outputs import is_tool_output, scan_name
 
@@ -115,6 +112,9 @@ def _manifest_jobs(manifest: Path, rules: dict | None, out_dir: Path | None = No
             labels = Path(label_ref) if Path(label_ref).is_absolute() else manifest.parent / label_ref
         meta = {k: row[k] for k in MANIFEST_KEEP if row.get(k) not in (None, "")}
         if path.is_dir():
+            # function-level import: pydicom (heavy) loads only for DICOM input, off a NIfTI run's start-up
+            from onfh_seg.infer.dicom_jobs import dicom_jobs
+
             row_jobs = dicom_jobs(path, ref, rules, exclude=_exclusion(path, out_dir),
                                   patient_id=row.get("patient_id"), series=series)
         else:
@@ -161,13 +161,16 @@ def expand_input(
         exclude = _exclusion(path, out)
         if niftis:
             jobs = [ScanJob("nifti", p, scan_name(p), str(p)) for p in niftis]
-        elif folder_has_dicom(path, exclude):
-            jobs = dicom_jobs(path, str(path), dicom_rules, exclude=exclude, series=series)
         else:
-            raise InputError(
-                f"no NIfTI (.nii/.nii.gz) or DICOM files found in folder {path} "
-                "(onfh-infer outputs such as *_seg.nii.gz are not inputs)"
-            )
+            # function-level import: pydicom (heavy) loads only for a folder without NIfTI files
+            from onfh_seg.infer.dicom_jobs import dicom_jobs, folder_has_dicom
+
+            if not folder_has_dicom(path, exclude):
+                raise InputError(
+                    f"no NIfTI (.nii/.nii.gz) or DICOM files found in folder {path} "
+                    "(onfh-infer outputs such as *_seg.nii.gz are not inputs)"
+                )
+            jobs = dicom_jobs(path, str(path), dicom_rules, exclude=exclude, series=series)
     elif path.suffix.lower() == ".csv":
         jobs = _manifest_jobs(path, dicom_rules, out, series)
     else:
@@ -225,6 +228,10 @@ def content_check(scan: LoadedScan) -> LoadedScan:
 
 def _load_dicom(job: ScanJob) -> LoadedScan:
     """Read and validate a DICOM job's chosen series (size cap from its headers before any pixel is read)."""
+    # function-level import: pydicom (heavy) loads only for DICOM input, off a NIfTI run's start-up
+    from onfh_seg.io.dicom import load_series
+    from onfh_seg.io.dicom_geometry import series_shape
+
     files = _dicom_files(job)
     for f in files:
         require_regular_file(f)

@@ -95,3 +95,12 @@ def dedupe_names(jobs: list[ScanJob]) -> list[ScanJob]:
                 job.name = f"{base}_{seen[base]}"
         seen.setdefault(job.name, 1)
     return jobs
+
+
+def selection_line(job: ScanJob) -> str | None:
+    """Console line of a DICOM job's series choice, ``<patient>: <selection_summary>``, e.g.
+    ``P01: series 26 '...' (T1 3D GRE, pre-contrast); not 25 (...)``."""
+    if job.kind != "dicom" or not job.dicom or not job.dicom.get("selection_summary"):
+        return None
+    who = job.meta.get("patient_id") or job.dicom.get("PatientID") or job.name
+    return f"{who}: {job.dicom['selection_summary']}"

@@ -78,6 +78,19 @@ def sliding_window(run, x: np.ndarray, roi: tuple[int, int, int], overlap: float
     return out[:, : shape[0], : shape[1], : shape[2]]
 
 
+def class_argmax(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(0)`` as uint8 for finite class probabilities (C, ...) with C <= 256: the first class of
+    the largest value, as numpy's, in one pass per class (numpy's argmax over the class axis, the slow axis
+    of the array, took 4-6x longer)."""
+    best = np.array(probs[0], copy=True)
+    lab = np.zeros(best.shape, np.uint8)
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        lab[better] = c
+        np.maximum(best, probs[c], out=best)
+    return lab
+
+
 def lesion_decision(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     """Labels from class probabilities (C, ...): argmax, then inside the head (labels 1-3) a voxel is
     lesion (2 or 3, whichever is likelier) iff p(2) + p(3) >= ``threshold``, else viable head (1).
@@ -85,7 +98,7 @@ def lesion_decision(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     ``None`` keeps the plain argmax. The threshold is calibrated per model on the validation cohort
     (``model.json`` ``lesion_threshold``) so that lesion volumes are not biased.
     """
-    lab = probs.argmax(0).astype(np.uint8)
+    lab = class_argmax(probs)
     if threshold is None:
         return lab
     head = (lab >= 1) & (lab <= 3)
@@ -102,9 +115,9 @@ def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     than 10% of the largest are dropped. Returns (probs, labels) with removed
     voxels set to background.
     """
-    lab = probs.argmax(0).astype(np.uint8)
+    lab = class_argmax(probs)
     drop = np.zeros(lab.shape, bool)
-    cc, n = ndimage.label(np.isin(lab, (1, 2, 3)))
+    cc, n = ndimage.label((lab >= 1) & (lab <= 3))
     if n > 1:
         sizes = np.bincount(cc.ravel())[1:]
         drop |= (cc > 0) & (cc != int(np.argmax(sizes)) + 1)

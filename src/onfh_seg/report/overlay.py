@@ -24,6 +24,7 @@ import numpy as np
 from nibabel import orientations
 from PIL import Image, ImageDraw, ImageFont
 
+from onfh_seg.arrays import every_nth
 from onfh_seg.io.files import atomic_write_bytes
 from onfh_seg.labels import ACETABULUM, BAND, HEAD, HEAD_LABELS, LESION_LABELS, NECROTIC
 
@@ -60,9 +61,8 @@ def to_canonical(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
 def window(image: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.5, max_voxels: int = 1_000_000) -> tuple[float, float]:
     """Display window from percentiles of the finite voxels (a regular subsample of about
     ``max_voxels`` of them for large volumes: a display window does not need every voxel)."""
-    flat = np.asarray(image).ravel()
-    step = max(1, flat.size // max_voxels)
-    vals = np.asarray(flat[::step], np.float64)
+    image = np.asarray(image)
+    vals = np.asarray(every_nth(image, max(1, image.size // max_voxels)), np.float64)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return 0.0, 1.0

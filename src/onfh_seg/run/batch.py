@@ -54,9 +54,8 @@ from tqdm import tqdm
 
 from onfh_seg.clock import OFFSET, utc_timestamp
 from onfh_seg.config_schemas import InferSettings
-from onfh_seg.infer.dicom_jobs import selection_line
 from onfh_seg.infer.inputs import expand_input
-from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.infer.scan_jobs import ScanJob, selection_line
 from onfh_seg.io.label_tables import write_label_tables
 from onfh_seg.lifecycle import DirLock, check_writable, remove_own_temporaries
 from onfh_seg.run.dask_exec import require_distributed
