@@ -30,6 +30,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -110,15 +111,20 @@ def callback(name: str, target: str, **kwargs: object) -> list[str]:
 
 
 def run_train(overrides: list[str], log: Path, timeout_s: float) -> tuple[int, float]:
-    """Run ``onfh-train`` with ``overrides`` (output appended to ``log``); (exit code, seconds)."""
+    """Run ``onfh-train`` with ``overrides`` (output appended to ``log``) in a process group of its own, killed
+    with its data workers after ``timeout_s`` (a group, not a session: the device ends it with the call);
+    (exit code, 124 when killed; seconds)."""
     t = time.time()
     with open(log, "a") as fh:
         fh.write(f"\n$ onfh-train {' '.join(overrides)}\n")
         fh.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "onfh_seg.cli.train", *overrides], stdout=fh,
+                                stderr=subprocess.STDOUT, process_group=0)
         try:
-            rc = subprocess.run([sys.executable, "-m", "onfh_seg.cli.train", *overrides], stdout=fh,
-                                stderr=subprocess.STDOUT, timeout=max(timeout_s, 1), check=False).returncode
+            rc = proc.wait(timeout=max(timeout_s, 1))
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc = 124
     return rc, time.time() - t
 
@@ -186,20 +192,42 @@ def pack_run(run: Path, out: Path, stage: Path) -> list[Path]:
     return split_file(tar_path, out, PIECE_MIB * MIB)
 
 
-def probe(a: argparse.Namespace, work: Path, log: Path, sampler: GpuSampler, deadline: float) -> dict:
-    """The probe run; its rate summary (StepRate) with the probe's wall seconds."""
-    rate_json = work / "probe_rate.json"
+def probe_overrides(a: argparse.Namespace, work: Path) -> list[str]:
+    """The probe: ``--probe-s`` seconds of training, one validation crop rendered and none run, no checkpoint
+    callbacks or logger; its rate to ``work/probe_rate.json``."""
     ov = common_overrides(a, work) + [
         f"run_dir={work / 'probe'}", "logger=none", "callbacks.best_checkpoint=null",
         "callbacks.last_checkpoint=null", "data.randomise.val_samples=1",
-        "trainer.limit_val_batches=0", "trainer.max_steps=1000000", "data.samples_per_epoch=2000000"]
+        "++trainer.limit_val_batches=0", "trainer.max_steps=1000000", "data.samples_per_epoch=2000000"]
     ov += callback("budget", "onfh_seg.model.callbacks.WallClockStop", seconds=a.probe_s)
-    ov += callback("rate", "onfh_seg.model.callbacks.StepRate", every_s=10, warmup_steps=a.warmup_steps,
-                   out=rate_json)
+    return ov + callback("rate", "onfh_seg.model.callbacks.StepRate", every_s=10, warmup_steps=a.warmup_steps,
+                         out=work / "probe_rate.json")
+
+
+def probe(a: argparse.Namespace, work: Path, log: Path, sampler: GpuSampler, deadline: float) -> dict:
+    """The probe run; its rate summary (StepRate) with the probe's wall seconds."""
+    rate_json = work / "probe_rate.json"
+    rate_json.unlink(missing_ok=True)
+    ov = probe_overrides(a, work)
     sampler.phase = "probe"
-    rc, took = run_train(ov, log, min(deadline - time.time(), a.probe_s + 150))
+    rc, took = run_train(ov, log, min(deadline - time.time(), a.probe_timeout_s))
     res = json.loads(rate_json.read_text()) if rate_json.is_file() else {}
     return {**res, "rc": rc, "wall_s": round(took, 1)}
+
+
+def run_overrides(a: argparse.Namespace, work: Path, start: int, max_steps: int, val_every: int, batch: int,
+                  deadline: float) -> list[str]:
+    """The training run: ``max_steps`` and validation every ``val_every`` steps (also last.ckpt then), one
+    epoch for the whole call, ``WallClockStop`` at ``deadline``; its rate to ``work/run/rate.json``."""
+    ov = common_overrides(a, work) + [
+        f"run_dir={work / 'run'}", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={val_every}",
+        "trainer.check_val_every_n_epoch=1", f"data.samples_per_epoch={batch * (max_steps - start)}",
+        f"++callbacks.last_checkpoint.every_n_train_steps={val_every}"]
+    if a.ckpt_path:
+        ov.append(f"seed={a.seed + start}")  # new training samples, not the first run's again
+    ov += callback("budget", "onfh_seg.model.callbacks.WallClockStop", deadline=round(deadline, 1))
+    return ov + callback("rate", "onfh_seg.model.callbacks.StepRate", every_s=30, warmup_steps=a.warmup_steps,
+                         out=work / "run" / "rate.json")
 
 
 def main_run(a: argparse.Namespace, work: Path, log: Path, sampler: GpuSampler, deadline: float,
@@ -211,15 +239,7 @@ def main_run(a: argparse.Namespace, work: Path, log: Path, sampler: GpuSampler, 
     max_steps, val_every = plan_steps(rate, deadline - time.time(), setup_s, start, a.val_every_s)
     batch = int(probed.get("samples", 0) / max(probed.get("steps", 0), 1)) or 2
     rate_json = work / "run" / "rate.json"
-    ov = common_overrides(a, work) + [
-        f"run_dir={work / 'run'}", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={val_every}",
-        "trainer.check_val_every_n_epoch=1", f"data.samples_per_epoch={batch * (max_steps - start)}",
-        f"++callbacks.last_checkpoint.every_n_train_steps={val_every}"]
-    if a.ckpt_path:
-        ov.append(f"seed={a.seed + start}")  # new training samples, not the first run's again
-    ov += callback("budget", "onfh_seg.model.callbacks.WallClockStop", deadline=round(deadline, 1))
-    ov += callback("rate", "onfh_seg.model.callbacks.StepRate", every_s=30, warmup_steps=a.warmup_steps,
-                   out=rate_json)
+    ov = run_overrides(a, work, start, max_steps, val_every, batch, deadline)
     plan = {"start_step": start, "max_steps": max_steps, "val_every_steps": val_every,
             "rate_planned": rate, "setup_s_planned": round(setup_s, 1)}
     print(f"plan: {json.dumps(plan)}", flush=True)
@@ -294,6 +314,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--budget-s", type=float, default=510.0, help="training stops this long after --t0")
     r.add_argument("--grace-s", type=float, default=45.0, help="after the budget, the run is killed")
     r.add_argument("--probe-s", type=float, default=45.0, help="seconds of training in the probe")
+    r.add_argument("--probe-timeout-s", type=float, default=240.0, help="the probe is killed after this")
     r.add_argument("--warmup-steps", type=int, default=20, help="steps left out of the rates")
     r.add_argument("--val-every-s", type=float, default=90.0, help="validate every this many seconds of steps")
     r.add_argument("--val-render-s", type=float, default=40.0, help="estimated seconds to render the val crops")

@@ -91,12 +91,12 @@ def test_wall_clock_stop_stops_after_the_batch_at_the_deadline() -> None:
     assert trainer.should_stop is True and cb.stopped_at_step == 9
 
 
-def test_wall_clock_stop_in_seconds_counts_from_the_start_of_training() -> None:
+def test_wall_clock_stop_in_seconds_counts_from_the_first_batch() -> None:
     clock = Clock(0.0)
     cb = WallClockStop(seconds=30, clock=clock)
-    trainer = SimpleNamespace(should_stop=False, global_step=0)
-    clock.t = 50.0  # setup took 50 s
-    cb.on_train_start(trainer, None)
+    trainer = SimpleNamespace(should_stop=False, global_step=1)
+    clock.t = 50.0  # setup and the first batch (workers starting) took 50 s
+    cb.on_train_batch_end(trainer)
     clock.t = 79.0
     cb.on_train_batch_end(trainer)
     assert trainer.should_stop is False
@@ -141,24 +141,32 @@ def test_the_plan_fits_the_steps_into_what_is_left_of_the_budget() -> None:
     assert plan_steps(10.0, 50.0, 100.0, 0, 60.0)[0] == 10  # no time left: a token run, still a checkpoint
 
 
-def test_the_driver_overrides_compose_validate_and_instantiate(tmp_path: Path) -> None:
-    drv = _driver()
-    a = drv.parse(["run", "--out", str(tmp_path), "--workers", "15", "--", "data.batch_size=4"])
-    ov = drv.common_overrides(a, tmp_path) + [f"run_dir={tmp_path / 'run'}", "trainer.max_steps=3000",
-                                              "trainer.val_check_interval=500", "data.samples_per_epoch=12000"]
-    ov += drv.callback("budget", "onfh_seg.model.callbacks.WallClockStop", deadline=1e9)
-    ov += drv.callback("rate", "onfh_seg.model.callbacks.StepRate", every_s=30, out=tmp_path / "r.json")
+def _composed(ov: list[str]) -> dict:
+    """The train config for ``ov``, key-checked, composed and validated as onfh-train does."""
     config.check_override_keys("train", ov, groups=["data", "model", "trainer", "callbacks", "logger",
                                                     "experiment"])
     with initialize_config_dir(config_dir=str(config.config_dir()), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("train", overrides=ov), resolve=True)
     cfg.pop("hydra", None)
-    cfg = config.validate("train", cfg)
+    return config.validate("train", cfg)
+
+
+def test_the_driver_overrides_compose_validate_and_instantiate(tmp_path: Path) -> None:
+    drv = _driver()
+    a = drv.parse(["run", "--out", str(tmp_path), "--workers", "15", "--", "data.batch_size=4"])
+    cfg = _composed(drv.run_overrides(a, tmp_path, start=0, max_steps=3000, val_every=500, batch=4, deadline=1e9))
     assert cfg["trainer"]["accelerator"] == "gpu" and cfg["trainer"]["benchmark"] is True
+    assert cfg["trainer"]["max_steps"] == 3000 and cfg["trainer"]["val_check_interval"] == 500
     assert cfg["data"]["num_workers"] == 15 and cfg["data"]["batch_size"] == 4
+    assert cfg["data"]["samples_per_epoch"] == 12000  # one epoch for the whole call
     assert cfg["data"]["randomise"]["out_dir"] == str(tmp_path / "dr")
     kinds = [type(c).__name__ for c in instantiate_callbacks(cfg["callbacks"])]
     assert kinds == ["ModelCheckpoint", "ModelCheckpoint", "WallClockStop", "StepRate"]
+    probe = _composed(drv.probe_overrides(a, tmp_path))
+    assert probe["logger"] is None or not any(probe["logger"].values())
+    assert probe["trainer"]["limit_val_batches"] == 0 and probe["data"]["randomise"]["val_samples"] == 1
+    kinds = [type(c).__name__ for c in instantiate_callbacks(probe["callbacks"])]
+    assert kinds == ["WallClockStop", "StepRate"]
 
 
 def test_a_run_folder_packed_there_unpacks_here(tmp_path: Path) -> None:

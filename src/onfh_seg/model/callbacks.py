@@ -23,7 +23,8 @@ def budget_reached(now: float, deadline: float | None) -> bool:
 
 class WallClockStop(Callback):
     """Stop training after the batch that ends at or past a deadline: ``deadline`` (seconds since the epoch,
-    ``time.time()``: a whole call's budget, setup included) or ``seconds`` after training starts."""
+    ``time.time()``: a whole call's budget, setup included) or ``seconds`` after the first training batch
+    (a probe: data workers started, first kernels chosen)."""
 
     def __init__(self, deadline: float | None = None, seconds: float | None = None,
                  clock: Callable[[], float] = time.time):
@@ -32,12 +33,10 @@ class WallClockStop(Callback):
         self.deadline, self.seconds, self.clock = deadline, seconds, clock
         self.stopped_at_step: int | None = None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.seconds is not None:
-            self.deadline = self.clock() + float(self.seconds)
-
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if self.stopped_at_step is None and budget_reached(self.clock(), self.deadline):
+        if self.deadline is None:
+            self.deadline = self.clock() + float(self.seconds or 0.0)
+        elif self.stopped_at_step is None and budget_reached(self.clock(), self.deadline):
             self.stopped_at_step = int(trainer.global_step)
             trainer.should_stop = True
             print(f"wall-clock budget reached at step {trainer.global_step}: stopping", flush=True)
