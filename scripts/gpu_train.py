@@ -157,9 +157,8 @@ def cpu_copy(src: Path, dest: Path) -> None:
 
 def run_folder_files(run: Path) -> list[Path]:
     """What of a run folder comes back: checkpoints, CSV logs, the hydra config and the run records."""
-    keep = [p for p in sorted(run.rglob("*")) if p.is_file() and (
+    return [p for p in sorted(run.rglob("*")) if p.is_file() and (
         p.suffix in (".csv", ".yaml", ".json") or p.name in ("last.ckpt", "best.ckpt"))]
-    return keep
 
 
 def pack_run(run: Path, out: Path, stage: Path) -> list[Path]:
