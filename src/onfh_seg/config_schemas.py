@@ -263,6 +263,7 @@ class TrainerSettings:
     accumulate_grad_batches: Union[int, None] = None
     limit_train_batches: Union[int, float, None] = None
     limit_val_batches: Union[int, float, None] = None
+    benchmark: Union[bool, None] = None  # cuDNN benchmark (scripts/gpu_train.py sets it on a GPU)
 
 
 @dataclass
