@@ -14,8 +14,8 @@ and ``src`` on PYTHONPATH):
 2. the run: the same command with ``trainer.max_steps`` sized from the probe's rate to end near the budget
    (the learning-rate schedule then decays within the call), validation every ``--val-every-s`` seconds' worth
    of steps, and ``WallClockStop`` at ``--t0 + --budget-s`` (stops cleanly; the checkpoint is written after);
-   one epoch spans the whole call (``data.samples_per_epoch``): the data loader's persistent workers keep the
-   dataset's epoch number they started with, so every later epoch would repeat the first one's samples;
+   one epoch spans the whole call (``data.samples_per_epoch``; validation on a step interval). Written when the
+   persistent data workers repeated the first epoch's samples; ``model.data.EpochSampler`` has fixed that since;
 3. the run folder (checkpoints/last.ckpt and best.ckpt with their tensors on the CPU, logs/, result.json,
    gpu_train.json) as ``result.tar`` in pieces of at most 15 MiB with ``result.tar.sha256``, plus
    metrics.csv, gpu_util.csv and gpu_train.log, in ``--out`` (a device call brings back 8 files of 16 MiB).

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_labels
@@ -157,18 +157,19 @@ def build_augment():
 
 
 class PatchDataset(Dataset):
-    """Random training patches; patch ``i`` of epoch ``e`` is a pure function of (seed, e, i)."""
+    """Random training patches; patch ``i`` of epoch ``e`` (index ``e * length + i``, ``EpochSampler``) is a pure
+    function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, augment: bool, seed: int):
         self.items, self.patch, self.length, self.fg_prob, self.seed = items, tuple(patch), length, fg_prob, seed
         self.augment = build_augment() if augment else None
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, index: int):
+        epoch, i = divmod(int(index), self.length)
+        rng = np.random.default_rng([self.seed, epoch, i])
         img, lab = self.items[int(rng.integers(len(self.items)))]
         centre = sample_centre(rng, lab, self.patch, self.fg_prob)
         x, y = extract_patch(img, lab, centre, self.patch)
@@ -225,7 +226,8 @@ def dr_normalise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 class RandomisedPatchDataset(Dataset):
     """Domain-randomised patches from tissue maps: a new random contrast, resolution, bias, noise and
-    orientation for every sample (SynthSeg-style); sample ``i`` of epoch ``e`` is a pure function of (seed, e, i)."""
+    orientation for every sample (SynthSeg-style); sample ``i`` of epoch ``e`` (index ``e * length + i``,
+    ``EpochSampler``) is a pure function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
                  spacing_mm: float = 1.0, acquisitions: dict | None = None):
@@ -239,16 +241,16 @@ class RandomisedPatchDataset(Dataset):
         # (``mottle``, ``contrast.marrow_mottle``, at most ``mottle_max_loss`` of their signal, default 0.5);
         # absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, index: int):
         # function-level import: TorchIO (training extra) loads only in training data workers
         import torchio as tio
 
-        rng = np.random.default_rng([self.seed, self.epoch, i, 7])
+        epoch, i = divmod(int(index), self.length)
+        rng = np.random.default_rng([self.seed, epoch, i, 7])
         tis, lab = self.items[int(rng.integers(len(self.items)))]
         size = tuple(p * self.pool for p in self.patch)
         centre = sample_centre(rng, lab, size, self.fg_prob)
@@ -285,6 +287,25 @@ class RandomisedPatchDataset(Dataset):
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
         return torch.from_numpy(xn)[None], s["label"].data.long()
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * length + i`` for ``i`` in ``range(length)``: the epoch travels in the index, so data workers
+    that live across epochs (``persistent_workers``) draw new samples every epoch. Lightning calls ``set_epoch``
+    at the start of each training epoch (also when resuming). A dataset's attribute set in the main process never
+    reached such workers: before this, every epoch of a run with data workers repeated epoch 0's samples."""
+
+    def __init__(self, length: int) -> None:
+        self.length, self.epoch = int(length), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.length, (self.epoch + 1) * self.length))
 
 
 def load_dr_items(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -380,8 +401,9 @@ class SegDataModule(pl.LightningDataModule):
         self.val_ds = VolumeDataset([(x[0].numpy(), y[0].numpy().astype(np.uint8)) for x, y in fixed], None)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ds, batch_size=self.cfg["bs"], shuffle=False, num_workers=self.cfg["workers"],
-                          persistent_workers=self.cfg["workers"] > 0, drop_last=True, worker_init_fn=_one_thread)
+        return DataLoader(self.train_ds, batch_size=self.cfg["bs"], sampler=EpochSampler(len(self.train_ds)),
+                          num_workers=self.cfg["workers"], persistent_workers=self.cfg["workers"] > 0, drop_last=True,
+                          worker_init_fn=_one_thread)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)

@@ -69,11 +69,6 @@ class SegModule(pl.LightningModule):
         self.log("val/dice_mean", torch.nan_to_num(d, nan=0.0).mean(), prog_bar=True)
         self.val_scores.clear()
 
-    def on_train_epoch_start(self) -> None:
-        ds = getattr(self.trainer.datamodule, "train_ds", None)
-        if ds is not None:
-            ds.epoch = self.current_epoch
-
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.hparams.max_steps))
