@@ -2,8 +2,7 @@
 
 Caching uses the same ``onfh_seg.preprocess`` functions as inference:
 * stage ``coarse``: the whole scan on an RAS grid at the coarse spacing;
-* stage ``fine``: a cube around each femoral head (found from the label map) at
-  the fine spacing.
+* stage ``fine``: a cube around each femoral head (found from the label map) at the fine spacing.
 Any manifest of image/label NIfTI pairs works (synthetic or a site's own data).
 """
 
@@ -157,8 +156,7 @@ def build_augment():
 
 
 class PatchDataset(Dataset):
-    """Random training patches; patch ``i`` of epoch ``e`` (index ``e * length + i``, ``EpochSampler``) is a pure
-    function of (seed, e, i)."""
+    """Random training patches: sample ``i`` of epoch ``e`` (index ``e * length + i``) is a function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, augment: bool, seed: int):
         self.items, self.patch, self.length, self.fg_prob, self.seed = items, tuple(patch), length, fg_prob, seed
@@ -225,20 +223,17 @@ def dr_normalise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class RandomisedPatchDataset(Dataset):
-    """Domain-randomised patches from tissue maps: a new random contrast, resolution, bias, noise and
-    orientation for every sample (SynthSeg-style); sample ``i`` of epoch ``e`` (index ``e * length + i``,
-    ``EpochSampler``) is a pure function of (seed, e, i)."""
+    """Domain-randomised patches (SynthSeg-style): a new contrast, resolution, bias, noise and orientation for
+    every sample; sample ``i`` of epoch ``e`` (index ``e * length + i``) is a function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
                  spacing_mm: float = 1.0, acquisitions: dict | None = None):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.acquisition, self.spatial = build_dr_augment()
         self.spacing_mm = float(spacing_mm)
-        # shares of samples drawn as: the default renderer's spin-echo T1 contrast (``realistic``, the mixture of
-        # issue 23), gradient echo near opposed phase (``gre``), post-contrast (``post_contrast``), a thin oblique
-        # slab with a limited field of view (``slab``), of which a share (``slab_edge``) has a face through the
-        # head with a real edge (``contrast.slab_edge``); independently, healthy marrow made heterogeneous
-        # (``mottle``, ``contrast.marrow_mottle``, at most ``mottle_max_loss`` of their signal, default 0.5);
+        # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
+        # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
+        # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5);
         # absent or 0: not drawn (older runs unchanged)
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
 
@@ -290,10 +285,7 @@ class RandomisedPatchDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Indices ``epoch * length + i`` for ``i`` in ``range(length)``: the epoch travels in the index, so data workers
-    that live across epochs (``persistent_workers``) draw new samples every epoch. Lightning calls ``set_epoch``
-    at the start of each training epoch (also when resuming). A dataset's attribute set in the main process never
-    reached such workers: before this, every epoch of a run with data workers repeated epoch 0's samples."""
+    """Indices ``epoch * length + i`` (Lightning calls ``set_epoch``): persistent data workers get the epoch."""
 
     def __init__(self, length: int) -> None:
         self.length, self.epoch = int(length), 0
@@ -334,8 +326,7 @@ class VolumeDataset(Dataset):
 
 
 def _one_thread(_: int) -> None:
-    """Data-loader workers compute with one thread: on a small machine, torch's default of one thread
-    per core in every worker oversubscribes the cores and stalls the training process's own threads."""
+    """Data-loader workers compute with one thread (torch's one per core in every worker oversubscribes)."""
     torch.set_num_threads(1)
 
 
