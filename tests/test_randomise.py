@@ -214,18 +214,21 @@ def test_slab_edge_has_a_face_near_the_centre_with_a_real_edge():
     assert faces_near >= 15  # the face crosses a head-sized ball round the centre (unless the FOV edge hides it)
 
 
-def test_slab_edge_share_changes_slab_samples_only(tmp_path):
-    """``acquisitions.slab_edge`` redraws the slab samples; labels outside the slab are background."""
+def one_patient_datasets(tmp_path, *acquisitions: dict) -> list:
+    """Six-sample randomised datasets (32^3 at 2 mm, seed 0) of one synthetic patient, one per acquisition mix."""
     from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
     from onfh_seg.synth.randomise import build_dr_cohort
 
     cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
     items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
-    hard = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0, acquisitions={"slab": 1.0})
-    zero = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
-                                  acquisitions={"slab": 1.0, "slab_edge": 0.0})
-    edge = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
-                                  acquisitions={"slab": 1.0, "slab_edge": 1.0})
+    return [RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0, acquisitions=a)
+            for a in acquisitions]
+
+
+def test_slab_edge_share_changes_slab_samples_only(tmp_path):
+    """``acquisitions.slab_edge`` redraws the slab samples; labels outside the slab are background."""
+    hard, zero, edge = one_patient_datasets(tmp_path, {"slab": 1.0}, {"slab": 1.0, "slab_edge": 0.0},
+                                            {"slab": 1.0, "slab_edge": 1.0})
     assert all((hard[i][0] == zero[i][0]).all() for i in range(6))
     samples = [edge[i] for i in range(6)]
     assert any(not (hard[i][0] == samples[i][0]).all() for i in range(6))
@@ -257,15 +260,7 @@ def test_marrow_mottle_darkens_only_healthy_marrow():
 
 def test_mottle_share_leaves_older_draws_unchanged(tmp_path):
     """``acquisitions.mottle`` absent or 0 draws the same samples as before; 1 changes the images."""
-    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
-    from onfh_seg.synth.randomise import build_dr_cohort
-
-    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
-    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
-    base = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0, acquisitions={"gre": 0.3})
-    zero = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
-                                  acquisitions={"gre": 0.3, "mottle": 0.0})
-    mott = RandomisedPatchDataset(items, (32, 32, 32), 6, 1.0, seed=0, spacing_mm=2.0,
-                                  acquisitions={"gre": 0.3, "mottle": 1.0})
+    base, zero, mott = one_patient_datasets(tmp_path, {"gre": 0.3}, {"gre": 0.3, "mottle": 0.0},
+                                            {"gre": 0.3, "mottle": 1.0})
     assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
     assert any(not (base[i][0] == mott[i][0]).all() for i in range(6))
