@@ -1,6 +1,6 @@
 """Issue 23 item 1: one training call on a lent GPU machine, and the pieces that carry things there and back.
 
-    python3 scripts/gpu_train.py run --out DIR [--exp fine_mottle] [--budget-s 510] [--probe-s 45] [--t0 UNIX]
+    python3 scripts/gpu_train.py run --out DIR [--exp fine_mottle3] [--budget-s 510] [--probe-s 45] [--t0 UNIX]
                                      [--workers N] [--ckpt-path CKPT] [--trainer gpu] [-- key=value ...]
     python3 scripts/gpu_train.py split FILE FOLDER --piece-mib N      # FOLDER/FILE.NN + FILE.sha256
     python3 scripts/gpu_train.py join FOLDER NAME DEST [--sha-folder F]
@@ -307,7 +307,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     r = sub.add_parser("run", help="probe, train to the budget, pack the run folder (on the device)")
     r.add_argument("--out", required=True, help="where the pieces go ($OUT on the device)")
     r.add_argument("--work", default="/tmp/onfh_train", help="folder with dr/ (the carried tissue crops)")
-    r.add_argument("--exp", default="fine_mottle")
+    r.add_argument("--exp", default="fine_mottle3")
     r.add_argument("--trainer", default="gpu", help="configs/trainer group (cpu to try it here)")
     r.add_argument("--t0", type=float, default=0.0, help="when the call started (unix seconds; default: now)")
     r.add_argument("--budget-s", type=float, default=510.0, help="training stops this long after --t0")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 23 item 1 on a lent GPU machine: the last of the calls that scripts/gpu_train_pack.sh prints.
-#     bash scripts/gpu_train.sh [gpu_train.py run options, e.g. --exp fine_mottle --budget-s 510] [-- key=value ...]
+#     bash scripts/gpu_train.sh [gpu_train.py run options, e.g. --exp fine_mottle3 --budget-s 510] [-- key=value ...]
 # Joins the carried pieces of .gpu_train/ (earlier calls left them in /tmp/onfh_train/pieces), checks them
 # against .gpu_train/train.tar.xz.sha256, unpacks the packages and the tissue crops into /tmp/onfh_train, and
 # runs scripts/gpu_train.py run: a probe (steps/s, GPU utilisation), training until the budget after this

@@ -12,7 +12,7 @@
 # Then prints the device calls to make back to back (the machine stays warm 30 s after a call; what the
 # earlier calls leave in /tmp/onfh_train is gone once it goes back).
 #     scripts/gpu_train_pack.sh                          # PY=.venv/bin/python CACHE_DR=cache/dr
-#     RESUME_CKPT=outputs/train/fine_mottle/gpu-1/checkpoints/last.ckpt scripts/gpu_train_pack.sh
+#     RESUME_CKPT=outputs/train/fine_mottle3/gpu-1/checkpoints/last.ckpt scripts/gpu_train_pack.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -55,5 +55,5 @@ echo "Device calls, back to back (run, each with its carry):"
 for ((i = 0; i < n - 1; i++)); do
   echo "  carry [\"${pieces[$i]}\"]  command: mkdir -p /tmp/onfh_train/pieces && cp ${pieces[$i]} /tmp/onfh_train/pieces/ && ls -l /tmp/onfh_train/pieces  (timeout_s 60)"
 done
-echo "  carry [\"${pieces[$((n - 1))]}\", \".gpu_train/train.tar.xz.sha256\"]  command: bash scripts/gpu_train.sh --exp fine_mottle  (timeout_s 600)"
-echo "Then, here: scripts/gpu_train_unpack.sh <files_at of that call> outputs/train/fine_mottle/gpu-<n>"
+echo "  carry [\"${pieces[$((n - 1))]}\", \".gpu_train/train.tar.xz.sha256\"]  command: bash scripts/gpu_train.sh --exp fine_mottle3  (timeout_s 600)"
+echo "Then, here: scripts/gpu_train_unpack.sh <files_at of that call> outputs/train/fine_mottle3/gpu-<n>"

@@ -3,7 +3,7 @@
 # in the call's files folder), joined, checked against its checksum and unpacked into DEST
 # (checkpoints/last.ckpt with the optimizer state, best.ckpt, logs/, result.json, gpu_train.json).
 #     scripts/gpu_train_unpack.sh FILES_FOLDER DEST
-#     onfh-train experiment=fine_mottle ckpt_path=DEST/checkpoints/last.ckpt trainer.max_steps=<more>   # resume
+#     onfh-train experiment=fine_mottle3 ckpt_path=DEST/checkpoints/last.ckpt trainer.max_steps=<more>   # resume
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 FILES_FOLDER DEST" >&2; exit 2; }
