@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The measurements a coarse-network shipping rule names (configs/experiment/coarse_*.yaml), for one or more checkpoints.
+#
+#   scripts/judge_coarse.sh OUT_DIR NAME=CKPT [NAME=CKPT ...]      e.g.  outputs/judge_coarse step5600=<run>/checkpoints/step5600.ckpt
+#   NAME=shipped (no checkpoint) measures the shipped coarse network with the same fine network.
+#
+# Each checkpoint is exported with the fine network FINE (default models/fine.ckpt, the shipped one), then
+# (1) femoral-head Dice on the coarse_slab validation crops and (2) on the coarse_dr crops (scripts/val_dr.py, seed 2202);
+# (3) heads found on the style-C development cohorts cache/dev_c8 + dev_c9 (scripts/eval_locator.py, head search on)
+#     and on the three real development scans (CPTAC-UCEC series 29, from $ONFH_REAL_DATA or ../shared/data/real).
+# Uses only development data, never a held-out cohort.
+set -euo pipefail
+out=${1:?out dir}; shift
+root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
+py=.venv/bin/python; bin=.venv/bin; fine=${FINE:-models/fine.ckpt}
+real=${ONFH_REAL_DATA:-../shared/data/real}
+mkdir -p "$out"
+names=(); ckpts=()
+for arg in "$@"; do
+  name=${arg%%=*}; ck=${arg#*=}; names+=("$name")
+  [ "$name" = shipped ] && ck=models/coarse.ckpt
+  ckpts+=("$ck")
+  echo "export $name <- $ck (fine: $fine)"
+  "$bin/onfh-export" coarse_ckpt="$ck" fine_ckpt="$fine" out_dir="$out/export_$name" > "$out/export_$name.log" 2>&1
+done
+
+echo "(1), (2) validation crops, femoral-head Dice"
+cache=cache/dr/coarse_2mm_0/seed2202
+"$py" scripts/val_dr.py --cache "$cache" --seed 2202 --patch 64 --pool 2 --spacing 4 --samples 48 --fg 0.5 \
+  --acq gre=0.35,post_contrast=0.15,slab=0.5 "${ckpts[@]}" > "$out/val_slab.txt" 2>&1
+"$py" scripts/val_dr.py --cache "$cache" --seed 2202 --patch 64 --pool 2 "${ckpts[@]}" > "$out/val_dr.txt" 2>&1
+grep -H ckpt "$out/val_slab.txt" "$out/val_dr.txt" || true
+
+echo "(3) heads found"
+for n in "${names[@]}"; do
+  for c in dev_c8 dev_c9; do
+    [ -f "cache/$c/manifest.csv" ] || { echo "  cache/$c missing, skipped"; continue; }
+    "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$out/export_$n" --threads 2 > "$out/loc_${n}_$c.txt" 2>&1
+    echo "  $n $c: $(grep TOTAL "$out/loc_${n}_$c.txt")"
+  done
+  for c in c3n00858 c3n01763 c3n01003; do
+    d="$real/cptac_ucec_$c/image"; [ -d "$d" ] || { echo "  $c: not found under $real, skipped"; continue; }
+    "$bin/onfh-infer" input="$d" series=29 threads=2 model_dir="$out/export_$n" out_dir="$out/real_${n}_$c" \
+      > "$out/real_${n}_$c.log" 2>&1 || true
+  done
+done
+"$py" - "$out" <<'PY'
+import glob, json, sys
+for d in sorted(glob.glob(f"{sys.argv[1]}/real_*_c3n*/")):
+    m = glob.glob(d + "*_measurements.json")
+    if not m:
+        print(" ", d.split("/")[-2], "no output"); continue
+    r = json.load(open(m[0]))
+    print(" ", d.split("/")[-2], r.get("qc_flags"),
+          [(h["side"], round(h["head_volume_ml"], 1), [round(v) for v in h["head_centre_ras_mm"]], h.get("flags"))
+           for h in r["hips"]])
+PY
