@@ -55,10 +55,12 @@ def test_every_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     assert module.hparams.stage == data.cfg["stage"] == cfg["data"]["stage"]
     assert module.hparams.max_steps == trainer.max_steps == cfg["trainer"]["max_steps"]
     assert list(module.hparams.patch_vox) == list(data.cfg["patch"]) and module.hparams.lr == cfg["model"]["lr"]
-    assert [c.filename for c in callbacks] == ["best", "last"]
+    names = [c.filename for c in callbacks]  # best, last, plus step milestones in some experiments
+    assert names.count("best") == 1 and names.count("last") == 1
+    assert all(n in ("best", "last", "step{step}") for n in names)
     assert all(isinstance(c, ModelCheckpoint) for c in callbacks)
     assert {Path(c.dirpath) for c in callbacks} == {run_dir.resolve() / "checkpoints"}
-    assert [c.monitor for c in callbacks] == ["val/dice_mean", None]
+    assert [c.monitor for c in callbacks] [:2] == ["val/dice_mean", None]
     assert [type(lg) for lg in loggers] == [CSVLogger] and Path(loggers[0].root_dir) == run_dir / "logs"
     assert trainer.checkpoint_callbacks == callbacks and trainer.loggers == loggers
     assert not run_dir.exists()  # nothing written before fitting
