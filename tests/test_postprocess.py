@@ -162,6 +162,24 @@ def test_engine_keeps_one_head_component_per_crop():
     assert np.array_equal(lab, out.argmax(0))  # the engine uses lab as the cleaned probabilities' argmax
 
 
+def test_engine_drops_small_acetabulum_pieces_only():
+    """Acetabulum pieces under 10% of the largest become background; larger ones stay."""
+    from onfh_seg.infer.windows import keep_main_components
+
+    probs = np.zeros((5, 40, 40, 40), np.float32)
+    probs[0] = 1.0
+    big = (slice(2, 22), slice(2, 12), slice(2, 12))  # 2000 voxels
+    medium = (slice(30, 38),) * 3  # 512 voxels: 26% of the largest
+    small = (slice(2, 5), slice(30, 33), slice(30, 33))  # 27 voxels: 1%
+    for sl in (big, medium, small):
+        probs[(slice(None),) + sl] = 0.0
+        probs[(4,) + sl] = 1.0
+    out, lab = keep_main_components(probs)
+    assert (lab[big] == 4).all() and (lab[medium] == 4).all()
+    assert (lab[small] == 0).all() and (out[0][small] == 1.0).all() and (out[4][small] == 0.0).all()
+    assert np.array_equal(lab, out.argmax(0))
+
+
 def test_lesion_decision_threshold_inside_head_only():
     from onfh_seg.infer.windows import lesion_decision
 

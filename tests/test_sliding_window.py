@@ -109,3 +109,22 @@ def test_class_argmax_is_numpys_argmax_ties_included() -> None:
         got = class_argmax(probs)
         assert got.dtype == np.uint8
         assert np.array_equal(got, probs.argmax(0))
+
+
+def test_one_window_is_the_blend_and_leaves_the_networks_output_alone() -> None:
+    """A crop that is one window: the blend's quotient (p * w) / w bit for bit, and the array ``run`` returned
+    is not written to (the engine keeps it to reuse as the unmirrored pass)."""
+    from onfh_seg.infer.windows import gaussian_importance
+
+    rng = np.random.default_rng(5)
+    x = rng.random((16, 16, 16), dtype=np.float32)
+    kept: list[np.ndarray] = []
+
+    def run(a: np.ndarray) -> np.ndarray:
+        kept.append(np.concatenate([a, 1.0 - a], axis=1))
+        return kept[-1]
+
+    out = sliding_window(run, x, (16, 16, 16), overlap=0.5, divisor=16)
+    p, w = kept[0][0], gaussian_importance((16, 16, 16))
+    assert np.array_equal(out, (p * w) / w[None])
+    assert np.array_equal(kept[0][0, 0], x) and np.array_equal(kept[0][0, 1], 1.0 - x)

@@ -62,7 +62,9 @@ def sliding_window(run, x: np.ndarray, roi: tuple[int, int, int], overlap: float
     weight = _importance(roi)
     if full == roi:  # one window (the fine crop): the blend below reduces to this, bit for bit
         p = run(np.ascontiguousarray(xp[None, None], np.float32))[0]
-        return ((p * weight) / weight[None])[:, : shape[0], : shape[1], : shape[2]]
+        blended = np.multiply(p, weight)  # a new array: ``run``'s output may be kept (the engine reuses it)
+        np.divide(blended, weight[None], out=blended)  # in place: the same quotients, one allocation fewer
+        return blended[:, : shape[0], : shape[1], : shape[2]]
     acc = None
     norm = np.zeros(full, np.float32)
     for i in starts(full[0], roi[0], steps[0]):
@@ -124,8 +126,9 @@ def keep_main_components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cc, n = ndimage.label(lab == 4)
     if n > 1:
         sizes = np.bincount(cc.ravel())
-        small = np.flatnonzero(sizes < 0.1 * sizes[1:].max())
-        drop |= np.isin(cc, small[small > 0])
+        small = sizes < 0.1 * sizes[1:].max()
+        small[0] = False
+        drop |= small[cc]  # a lookup per voxel: the components np.isin(cc, their ids) marks
     if drop.any():
         probs = probs.copy()
         probs[:, drop] = 0.0

@@ -237,7 +237,8 @@ def overlay_png(
     if legend:
         _pixel_legend(draw, width, height - round(LEGEND_INCH * DPI / 2))
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", compress_level=6)
+    # zlib level 1: the same pixels as level 6 in about half the time (24 -> 14 ms), 5% larger (issue 28)
+    canvas.save(buf, format="PNG", compress_level=1)
     atomic_write_bytes(out_path, buf.getvalue())
 
 
