@@ -239,3 +239,19 @@ def test_random_patient_is_independent_of_cohort_size():
     cfg = synth_cfg()
     a, b = plan_patient(2, cfg), plan_patient(2, synth_cfg(n_patients=50))
     assert np.allclose(a.patient.hips["right"].centre, b.patient.hips["right"].centre)
+
+
+def test_healthy_fraction_makes_healthy_patients_and_keeps_the_others():
+    """``disease.healthy_fraction`` (training cohorts against false lesions) gives some patients two healthy
+    hips; every other patient is the one drawn without it, and the default draws none."""
+    base = synth_cfg()
+    cfg = synth_cfg()
+    cfg["disease"] = dict(cfg["disease"], healthy_fraction=0.5)
+    plans = [(plan_patient(i, base), plan_patient(i, cfg)) for i in range(12)]
+    assert all(any(h.diseased for h in a.patient.hips.values()) for a, _ in plans)
+    healthy = [b for _, b in plans if not any(h.diseased for h in b.patient.hips.values())]
+    assert 2 <= len(healthy) <= 10
+    for a, b in plans:
+        if any(h.diseased for h in b.patient.hips.values()):
+            assert a.months == b.months and np.allclose(a.poses[-1], b.poses[-1])
+            assert [h.lesion_R for h in a.patient.hips.values()] == [h.lesion_R for h in b.patient.hips.values()]

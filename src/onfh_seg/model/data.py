@@ -379,7 +379,8 @@ class SegDataModule(pl.LightningDataModule):
             cfg = synth_config({k: v for k, v in gen.items() if k in ("seed", "n_patients", "months", "disease", "acquisition")})
             cfg["shapes"] = bool(gen.get("shapes", False))  # lesion shapes, cysts, healthy-hip edema
             # a patient's content does not depend on the cohort size
-            out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else ""))
+            healthy = float(cfg["disease"].get("healthy_fraction", 0.0))
+            out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else "") + (f"_healthy{healthy:g}" if healthy else ""))
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
         acq = r.get("acquisitions") or None

@@ -119,6 +119,13 @@ def sample_geometry(rng: np.random.Generator, acq: dict, pat: Patient, orientati
     )
 
 
+def healthy_patient(cfg: dict, index: int) -> bool:
+    """Whether patient ``index`` has two healthy hips (``disease.healthy_fraction``, default 0: every patient
+    has at least one necrotic hip). Drawn from its own stream, so cohorts without it are unchanged."""
+    frac = float(cfg["disease"].get("healthy_fraction", 0.0))
+    return frac > 0 and float(np.random.default_rng([int(cfg["seed"]), index, 7]).uniform()) < frac
+
+
 def plan_patient(index: int, cfg: dict) -> PatientPlan:
     """Sample one random patient (independent of cohort size: seeded by (seed, index))."""
     rng = np.random.default_rng([int(cfg["seed"]), index])
@@ -127,6 +134,8 @@ def plan_patient(index: int, cfg: dict) -> PatientPlan:
     dis = cfg["disease"]
     kind = ("unilateral", "bilateral", "unilateral", "unilateral")[index % 4]
     sides = ["right", "left"] if kind == "bilateral" else [("right", "left")[int(rng.integers(2))]]
+    if healthy_patient(cfg, index):
+        sides = []
     for side in sides:
         stage = _choice(rng, dis["stages"])
         extent = _u(rng, dis["extent"])
