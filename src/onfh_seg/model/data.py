@@ -378,8 +378,7 @@ class SegDataModule(pl.LightningDataModule):
             gen = dict(r[split])
             cfg = synth_config({k: v for k, v in gen.items() if k in ("seed", "n_patients", "months", "disease", "acquisition")})
             cfg["shapes"] = bool(gen.get("shapes", False))  # lesion shapes, cysts, healthy-hip edema
-            # a patient's content does not depend on the cohort size
-            healthy = float(cfg["disease"].get("healthy_fraction", 0.0))
+            healthy = float(cfg["disease"].get("healthy_fraction", 0.0))  # content does not depend on cohort size
             out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else "") + (f"_healthy{healthy:g}" if healthy else ""))
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
