@@ -7,13 +7,12 @@
 # Each checkpoint is exported with the fine network FINE (default models/fine.ckpt, the shipped one), then
 # (1) femoral-head Dice on the coarse_slab validation crops and (2) on the coarse_dr crops (scripts/val_dr.py, seed 2202);
 # (3) heads found on the style-C development cohorts cache/dev_c8 + dev_c9 (scripts/eval_locator.py, head search on)
-#     and on the three real development scans (CPTAC-UCEC series 29, from $ONFH_REAL_DATA or ../shared/data/real).
+#     and on the three real development scans (scripts/judge_real.sh).
 # Uses only development data, never a held-out cohort.
 set -euo pipefail
 out=${1:?out dir}; shift
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 py=.venv/bin/python; bin=.venv/bin; fine=${FINE:-models/fine.ckpt}
-real=${ONFH_REAL_DATA:-../shared/data/real}
 mkdir -p "$out"
 names=(); ckpts=()
 for arg in "$@"; do
@@ -38,20 +37,6 @@ for n in "${names[@]}"; do
     "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$out/export_$n" --threads 2 > "$out/loc_${n}_$c.txt" 2>&1
     echo "  $n $c: $(grep TOTAL "$out/loc_${n}_$c.txt")"
   done
-  for c in c3n00858 c3n01763 c3n01003; do
-    d="$real/cptac_ucec_$c/image"; [ -d "$d" ] || { echo "  $c: not found under $real, skipped"; continue; }
-    "$bin/onfh-infer" input="$d" series=29 threads=2 model_dir="$out/export_$n" out_dir="$out/real_${n}_$c" \
-      > "$out/real_${n}_$c.log" 2>&1 || true
-  done
 done
-"$py" - "$out" <<'PY'
-import glob, json, sys
-for d in sorted(glob.glob(f"{sys.argv[1]}/real_*_c3n*/")):
-    m = glob.glob(d + "*_measurements.json")
-    if not m:
-        print(" ", d.split("/")[-2], "no output"); continue
-    r = json.load(open(m[0]))
-    print(" ", d.split("/")[-2], r.get("qc_flags"),
-          [(h["side"], round(h["head_volume_ml"], 1), [round(v) for v in h["head_centre_ras_mm"]], h.get("flags"))
-           for h in r["hips"]])
-PY
+pairs=(); for n in "${names[@]}"; do pairs+=("$n=$out/export_$n"); done
+scripts/judge_real.sh "$out" "${pairs[@]}"

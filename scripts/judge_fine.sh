@@ -5,8 +5,7 @@
 #   NAME=shipped (no checkpoint) measures the shipped models/ as they are.
 #
 # For each checkpoint: exports it with the shipped coarse network (COARSE, default models/coarse.ckpt), then
-# (1) the three real development scans (CPTAC-UCEC, series 29; looked up in $ONFH_REAL_DATA or ../shared/data/real;
-#     skipped when absent): side, head centre, head and lesion volume and flags of each hip;
+# (1) the three real development scans (scripts/judge_real.sh): side, head centre, head and lesion volume, flags;
 # (2) the style-C development cohorts cache/dev_c8 and cache/dev_c9 (scripts/eval_locator.py, head search on);
 # (3) lesion Dice on the 64 fine_mix validation crops, (4) on the 64 fine_gre crops (scripts/val_dr.py, seed 2112);
 # (5) the repeatability coefficient on the retest cohort cache/rt (onfh-eval).
@@ -15,7 +14,6 @@ set -euo pipefail
 out=${1:?out dir}; shift
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 py=.venv/bin/python; bin=.venv/bin; coarse=${COARSE:-models/coarse.ckpt}
-real=${ONFH_REAL_DATA:-../shared/data/real}
 mkdir -p "$out"
 names=(); ckpts=()
 for arg in "$@"; do
@@ -28,25 +26,8 @@ done
 model_dir() { if [ "$1" = shipped ]; then echo models; else echo "$out/export_$1"; fi; }
 
 echo "(1) real development scans"
-for n in "${names[@]}"; do
-  for c in c3n00858 c3n01763 c3n01003; do
-    d="$real/cptac_ucec_$c/image"; [ -d "$d" ] || { echo "  $c: not found under $real, skipped"; continue; }
-    "$bin/onfh-infer" input="$d" series=29 threads=2 model_dir="$(model_dir "$n")" out_dir="$out/real_${n}_$c" \
-      > "$out/real_${n}_$c.log" 2>&1 || true
-  done
-done
-"$py" - "$out" <<'PY'
-import glob, json, sys
-for d in sorted(glob.glob(f"{sys.argv[1]}/real_*_c3n*/")):
-    m = glob.glob(d + "*_measurements.json")
-    if not m:
-        print(" ", d.split("/")[-2], "no output"); continue
-    r = json.load(open(m[0]))
-    hips = [(h["side"], round(h["head_volume_ml"], 1), round(h["lesion_volume_ml"], 2),
-             [round(v) for v in h["head_centre_ras_mm"]], h.get("flags")) for h in r["hips"]]
-    over = sum(h["lesion_volume_ml"] > 0.5 for h in r["hips"])
-    print(" ", d.split("/")[-2], r.get("qc_flags"), f"over 0.5 mL: {over}", hips)
-PY
+pairs=(); for n in "${names[@]}"; do pairs+=("$n=$(model_dir "$n")"); done
+scripts/judge_real.sh "$out" "${pairs[@]}"
 
 echo "(2) style-C development cohorts"
 for n in "${names[@]}"; do
