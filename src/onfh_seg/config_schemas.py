@@ -135,6 +135,7 @@ class DiseaseSettings:
     mitchell: dict[str, float]
     responses: dict[str, float]
     edema_fraction: float
+    healthy_fraction: float
 
 
 @dataclass
