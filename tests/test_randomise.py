@@ -264,3 +264,33 @@ def test_mottle_share_leaves_older_draws_unchanged(tmp_path):
                                             {"gre": 0.3, "mottle": 1.0})
     assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
     assert any(not (base[i][0] == mott[i][0]).all() for i in range(6))
+
+
+def test_thick_slices_average_across_the_slice():
+    """``thick_slices`` keeps the mean signal, blurs a thin bright sheet across the slice axis into neighbouring
+    slices (partial volume: a plane lying between two slice centres still shows, weaker), and leaves the
+    in-plane axes sharp."""
+    from onfh_seg.synth.contrast import thick_slices
+
+    x = np.zeros((48, 48, 48), np.float32)
+    x[:, :, 24] = 1.0  # one-voxel sheet normal to axis 2
+    across = 0
+    for seed in range(12):
+        y = thick_slices(x, np.random.default_rng(seed), 1.0, thickness_mm=(4.0, 6.0))
+        assert y.shape == x.shape and y.dtype == x.dtype
+        profile = y.mean(axis=(0, 1))
+        if np.isclose(profile.max(), 1.0, atol=1e-5):  # sliced along an in-plane axis: the sheet stays sharp
+            assert np.allclose(y[:, :, 24], 1.0, atol=1e-5) and np.allclose(y[:, :, 10], 0.0)
+        else:  # sliced across the sheet: spread over the slice, not sampled as a full-signal plane or lost
+            across += 1
+            assert 0.02 < profile.max() < 0.5, profile
+            assert profile[18:31].sum() > 0.6 * profile.sum()
+    assert across >= 2
+
+
+def test_slice_profile_share_changes_samples_only_when_drawn(tmp_path):
+    """``acquisitions.slice_profile`` absent or 0 draws the same samples as before; 1 changes the images."""
+    base, zero, prof = one_patient_datasets(tmp_path, {"gre": 0.3}, {"gre": 0.3, "slice_profile": 0.0},
+                                            {"gre": 0.3, "slice_profile": 1.0})
+    assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
+    assert any(not (base[i][0] == prof[i][0]).all() for i in range(6))

@@ -25,7 +25,7 @@ from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import marrow_mottle, slab_edge
+from onfh_seg.synth.contrast import marrow_mottle, slab_edge, thick_slices
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -57,8 +57,7 @@ def cache_scan(image_path: Path, label_path: Path, cache_dir: Path, stage: str, 
     aff = img_nii.affine
     out = []
     if stage == "coarse":
-        g_aff, g_shape = covering_grid(img.shape, aff, spacing, multiple=coarse_multiple)
-        grids = [(g_aff, g_shape)]
+        grids = [covering_grid(img.shape, aff, spacing, multiple=coarse_multiple)]
     else:
         _, heads = find_heads(lab, aff, min_ml=5.0)
         grids = [crop_grid(h.centre_ras, crop_vox, spacing) for h in select_heads(heads)]
@@ -93,9 +92,8 @@ def build_cache(manifests: list[str], cache_dir: str | Path, stage: str, spacing
     files: list[Path] = []
     done = dict(tqdm(map_jobs(_cache_job, jobs, Executor("local", workers)), total=len(jobs), desc=f"cache {stage}",
                      disable=not progress))
-    results = [done[i] for i in range(len(jobs))]
-    for r in results:
-        files.extend(p for p in r if not p.name.endswith("_none.npz"))
+    for i in range(len(jobs)):
+        files.extend(p for p in done[i] if not p.name.endswith("_none.npz"))
     return files
 
 
@@ -110,11 +108,9 @@ def load_items(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def extract_patch(img: np.ndarray, lab: np.ndarray, centre: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Patch of ``size`` centred at ``centre`` (voxel), zero-padded outside the volume."""
-    out_i = np.zeros(size, np.float32)
-    out_l = np.zeros(size, np.uint8)
+    out_i, out_l = np.zeros(size, np.float32), np.zeros(size, np.uint8)
     lo = np.asarray(centre, int) - np.asarray(size) // 2
-    src_lo = np.maximum(lo, 0)
-    src_hi = np.minimum(lo + np.asarray(size), img.shape)
+    src_lo, src_hi = np.maximum(lo, 0), np.minimum(lo + np.asarray(size), img.shape)
     if np.any(src_hi <= src_lo):
         return out_i, out_l
     dst_lo = src_lo - lo
@@ -182,14 +178,16 @@ class PatchDataset(Dataset):
         return xt, yt
 
 
-def build_dr_augment():
+def build_dr_augment(anisotropy: bool = True):
     """Acquisition effects for domain-randomised images (TorchIO), applied to the image only,
-    then a spatial part applied to image and labels (rotating thick slices makes them oblique)."""
+    then a spatial part applied to image and labels (rotating thick slices makes them oblique).
+    ``anisotropy=False``: no TorchIO thick slices (``synth.contrast.thick_slices`` draws them instead)."""
     # function-level import: TorchIO (training extra) loads only in training data workers
     import torchio as tio
 
     acquisition = tio.Compose([
-        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.4, 7.0), p=0.8, include=["image"]),  # 1.5-7.7 mm slices
+        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.4, 7.0), p=0.8 if anisotropy else 0.0,
+                             include=["image"]),  # 1.5-7.7 mm slices, one plane sampled per slice
         tio.RandomGhosting(num_ghosts=(2, 8), intensity=(0.2, 0.7), p=0.12, include=["image"]),
         tio.RandomMotion(degrees=4, translation=4, num_transforms=2, p=0.08, include=["image"]),
         tio.RandomBiasField(coefficients=0.5, order=3, p=0.7, include=["image"]),
@@ -229,13 +227,13 @@ class RandomisedPatchDataset(Dataset):
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
                  spacing_mm: float = 1.0, acquisitions: dict | None = None):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
-        self.acquisition, self.spatial = build_dr_augment()
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
-        # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5);
-        # absent or 0: not drawn (older runs unchanged)
+        # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
+        # thick slices with a slice profile (``slice_profile``, replacing TorchIO's); absent or 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
+        self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
     def __len__(self) -> int:
         return self.length
@@ -265,6 +263,8 @@ class RandomisedPatchDataset(Dataset):
             p = self.pool
             x = x.reshape(self.patch[0], p, self.patch[1], p, self.patch[2], p).mean(axis=(1, 3, 5))
             y = y[p // 2::p, p // 2::p, p // 2::p]
+        if self.acq.get("slice_profile", 0.0) > 0 and rng.uniform() < self.acq["slice_profile"]:
+            x = thick_slices(x, rng, self.spacing_mm)
         torch.manual_seed(int(rng.integers(2**31)))
         s = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(x))[None]),
                         label=tio.LabelMap(tensor=torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))[None]))

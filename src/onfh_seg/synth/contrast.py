@@ -11,7 +11,9 @@ draws, the painted image, gradient-echo chemical shift and the thin-slab signal 
 * ``marrow_mottle`` gives healthy marrow the heterogeneity real heads have (red-marrow islands, trabecular
   striation): dark patches and streaks that are not a band;
 * ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab;
-  ``slab_edge`` a slab face through the head with its real edge (RF profile, fade over one slice).
+  ``slab_edge`` a slab face through the head with its real edge (RF profile, fade over one slice);
+* ``thick_slices`` acquires thick slices with a real slice profile (partial volume across the slice), where
+  TorchIO's ``RandomAnisotropy`` samples one plane per slice.
 """
 
 from __future__ import annotations
@@ -236,3 +238,31 @@ def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     k, loss = int(rng.integers(1, 4)), float(rng.uniform(0.2, 0.7))
     profile = 1.0 - loss * np.clip(1.0 - depth / (k * slice_mm), 0.0, 1.0)
     return (fade * profile * in_plane).astype(np.float32), in_plane & (depth >= 0)
+
+
+def _linear_weights(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Matrix of linear-interpolation weights giving values at positions ``dst`` from values at ``src``
+    (increasing; ends held constant)."""
+    j = np.clip(np.searchsorted(src, dst) - 1, 0, len(src) - 2)
+    w = np.clip((dst - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0)
+    m = np.zeros((len(dst), len(src)))
+    m[np.arange(len(dst)), j] = 1.0 - w
+    m[np.arange(len(dst)), j + 1] = w
+    return m
+
+
+def thick_slices(img: np.ndarray, rng: np.random.Generator, spacing_mm: float,
+                 thickness_mm: tuple[float, float] = (1.5, 7.7), gap: tuple[float, float] = (0.0, 0.3)) -> np.ndarray:
+    """Thick slices along a random axis, as a scanner acquires them (SynthSeg-style): each slice averages the
+    signal over its thickness (Gaussian slice profile, full width at half maximum = the thickness), slices are
+    taken every thickness x (1 + gap) from a random start, and the volume is interpolated back linearly."""
+    axis = int(rng.integers(3))
+    thick = float(rng.uniform(*thickness_mm))
+    step = thick * (1.0 + float(rng.uniform(*gap))) / spacing_mm
+    n = img.shape[axis]
+    blurred = ndimage.gaussian_filter1d(img, thick / 2.3548 / spacing_mm, axis=axis, mode="nearest")
+    grid = np.arange(n, dtype=float)
+    centres = float(rng.uniform(0.0, step)) + step * np.arange(-1, int(np.ceil(n / step)) + 1)
+    resample = _linear_weights(centres, grid) @ _linear_weights(grid, centres)  # voxels <- slice centres <- voxels
+    out = np.tensordot(resample, np.moveaxis(blurred, axis, 0), axes=(1, 0))
+    return np.moveaxis(out, 0, axis).astype(img.dtype)
