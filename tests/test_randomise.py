@@ -294,3 +294,28 @@ def test_slice_profile_share_changes_samples_only_when_drawn(tmp_path):
                                             {"gre": 0.3, "slice_profile": 1.0})
     assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
     assert any(not (base[i][0] == prof[i][0]).all() for i in range(6))
+
+
+def test_visible_contrast_draws_the_band_whole_where_a_core_matches_the_marrow():
+    """``random_contrast(visible=True)`` draws the same contrasts, except that a contrast whose necrotic core
+    (some sub-type) is within ``CORE_GAP`` of the viable marrow gets no band gaps: a lesion is then always seen
+    through its core or its whole band. Without it some training lesions could be seen through neither."""
+    from onfh_seg.synth.contrast import CORE_GAP, CORE_TISSUES
+
+    hidden = changed = 0
+    for seed in range(200):
+        a = random_contrast(np.random.default_rng(seed))
+        b = random_contrast(np.random.default_rng(seed), visible=True)
+        assert np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std)
+        viable = min(a.mean[TISSUES["yellow_marrow"]], a.mean[TISSUES["red_marrow"]])
+        near = any(abs(a.mean[TISSUES[k]] / viable - 1.0) < CORE_GAP for k in CORE_TISSUES)
+        hidden += near and a.band_gap > 0
+        changed += a.band_gap != b.band_gap
+        assert b.band_gap == (0.0 if near else a.band_gap)
+    assert hidden > 10 and changed == hidden  # the old draws did hide lesions; only those change
+
+
+def test_visible_share_leaves_older_draws_unchanged(tmp_path):
+    """``acquisitions.visible`` absent or 0 draws the same samples as before."""
+    base, zero = one_patient_datasets(tmp_path, {"gre": 0.3}, {"gre": 0.3, "visible": 0.0})
+    assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))

@@ -231,7 +231,7 @@ class RandomisedPatchDataset(Dataset):
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
         # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
-        # thick slices with a slice profile (``slice_profile``, replacing TorchIO's); absent or 0: not drawn
+        # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -254,7 +254,7 @@ class RandomisedPatchDataset(Dataset):
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
         else:
-            x = render_random(t, y, rng, random_contrast(rng, post_contrast=post) if post > 0 else None)
+            x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
             x = marrow_mottle(x, t, rng, self.acq.get("mottle_max_loss", 0.5))
         if not realistic and self.acq.get("gre", 0.0) > 0 and rng.uniform() < self.acq["gre"]:

@@ -40,6 +40,11 @@ T1_PRIOR = {
 
 # ----------------------------------------------------------------------------- contrast
 
+# ``random_contrast(visible=True)``: a core sub-type within this fraction of the viable marrow's signal is invisible
+# by itself, so its band is drawn whole.
+CORE_GAP = 0.15
+CORE_TISSUES = ("core_fat", "core_blood", "core_fluid", "core_fibrous")
+
 
 @dataclass
 class Contrast:
@@ -51,10 +56,14 @@ class Contrast:
     band_gap: float  # fraction of the band drawn like its neighbours (invisible in places)
 
 
-def random_contrast(rng: np.random.Generator, prior_prob: float = 0.5, post_contrast: float = 0.0) -> Contrast:
+def random_contrast(rng: np.random.Generator, prior_prob: float = 0.5, post_contrast: float = 0.0,
+                    visible: bool = False) -> Contrast:
     """Draw one contrast: fully random (SynthSeg) or the T1 prior with wide jitter; disease constraints enforced.
 
-    ``post_contrast``: share of prior-based draws made post-contrast (0 keeps the older draws unchanged)."""
+    ``post_contrast``: share of prior-based draws made post-contrast (0 keeps the older draws unchanged).
+    ``visible``: every lesion can be seen: where a necrotic-core sub-type is drawn within ``CORE_GAP`` of the viable
+    marrow (a fat-like core, Mitchell A), the band is drawn whole (no gaps), so the lesion is never labelled where
+    neither its core nor its band shows (the draws are otherwise the same)."""
     if rng.uniform() < prior_prob:
         prior = np.array([T1_PRIOR[k] for k in sorted(T, key=T.get)], np.float32)
         mean = np.clip(prior + rng.normal(0, 0.12, N_TISSUES), 0.0, 1.2)
@@ -84,6 +93,8 @@ def random_contrast(rng: np.random.Generator, prior_prob: float = 0.5, post_cont
     std = rng.uniform(0.0, 0.08, N_TISSUES).astype(np.float32)
     texture = rng.uniform(0.0, 0.15, N_TISSUES).astype(np.float32)
     band_gap = float(rng.uniform(0.0, 0.4)) if rng.uniform() < 0.5 else 0.0
+    if visible and any(abs(mean[T[k]] / viable - 1.0) < CORE_GAP for k in CORE_TISSUES):
+        band_gap = 0.0
     return Contrast(mean.astype(np.float32), std, texture, band_gap)
 
 
