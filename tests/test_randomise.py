@@ -259,12 +259,42 @@ def test_marrow_mottle_darkens_only_healthy_marrow():
     assert np.array_equal(marrow_mottle(img, np.full_like(tissue, TISSUES["muscle"]), rng), img)
 
 
-@pytest.mark.parametrize("key", ["mottle", "slice_profile"])
+@pytest.mark.parametrize("key", ["mottle", "slice_profile", "scar"])
 def test_a_new_share_leaves_older_draws_unchanged(tmp_path, key: str):
     """``acquisitions.<key>`` absent or 0 draws the same samples as before; 1 changes the images."""
     base, zero, new = one_patient_datasets(tmp_path, {"gre": 0.3}, {"gre": 0.3, key: 0.0}, {"gre": 0.3, key: 1.0})
     assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
     assert any(not (base[i][0] == new[i][0]).all() for i in range(6))
+
+
+def test_physeal_scar_is_a_thin_head_line_on_the_neck_side():
+    """``physeal_scar`` paints a thin sheet of ``subchondral_plate`` across the healthy head marrow only, between
+    the head centre and the neck (the closed growth plate), keeps the labels, and is the same for the same seed."""
+    from onfh_seg.labels import HEAD, NECROTIC
+    from onfh_seg.synth.contrast import TISSUES, physeal_scar
+
+    g = np.indices((64, 64, 64)).astype(np.float32)
+    r = np.sqrt((g[0] - 32) ** 2 + (g[1] - 32) ** 2 + (g[2] - 40) ** 2)
+    tissue = np.full((64, 64, 64), TISSUES["muscle"], np.uint8)
+    labels = np.zeros((64, 64, 64), np.uint8)
+    neck = (np.sqrt((g[0] - 32) ** 2 + (g[1] - 32) ** 2) < 7) & (g[2] < 40)  # the neck runs to -z
+    tissue[neck] = TISSUES["yellow_marrow"]
+    tissue[r < 12] = TISSUES["yellow_marrow"]
+    labels[r < 12] = HEAD
+    labels[(r < 12) & (g[2] > 46)] = NECROTIC  # a lesion at the dome: never painted
+    n_scar = 0
+    for seed in range(8):
+        out = physeal_scar(tissue, labels, np.random.default_rng(seed), 1.0)
+        assert np.array_equal(out, physeal_scar(tissue, labels, np.random.default_rng(seed), 1.0))
+        changed = out != tissue
+        assert np.all(out[changed] == TISSUES["subchondral_plate"]) and np.all(labels[changed] == HEAD)
+        if changed.sum():
+            n_scar += 1
+            z = g[2][changed]
+            assert z.mean() < 40.0  # on the neck's side of the head centre
+            assert changed.sum() < 0.25 * (r < 12).sum()  # a line across the head, not a region
+    assert n_scar >= 6
+    assert np.array_equal(physeal_scar(tissue, np.zeros_like(labels), np.random.default_rng(0), 1.0), tissue)
 
 
 def test_thick_slices_average_across_the_slice():

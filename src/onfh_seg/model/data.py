@@ -25,7 +25,7 @@ from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import marrow_mottle, slab_edge, thick_slices
+from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, slab_edge, thick_slices
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -231,7 +231,8 @@ class RandomisedPatchDataset(Dataset):
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
         # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
-        # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``); 0: not drawn
+        # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
+        # across the head's base (``scar``); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -249,6 +250,8 @@ class RandomisedPatchDataset(Dataset):
         centre = sample_centre(rng, lab, size, self.fg_prob)
         t, y = extract_patch(tis, lab, centre, size)
         t = t.astype(np.uint8)
+        if self.acq.get("scar", 0.0) > 0 and rng.uniform() < self.acq["scar"]:  # the closed growth plate
+            t = physeal_scar(t, y, rng, self.spacing_mm / self.pool)
         realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
         post = self.acq.get("post_contrast", 0.0)
         if realistic:

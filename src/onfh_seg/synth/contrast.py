@@ -12,6 +12,7 @@ draws, the painted image, gradient-echo chemical shift and the thin-slab signal 
   striation): dark patches and streaks that are not a band;
 * ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab;
   ``slab_edge`` a slab face through the head with its real edge (RF profile, fade over one slice);
+* ``physeal_scar`` draws the closed growth plate across a healthy head's base: a dark line that is not a band;
 * ``thick_slices`` acquires thick slices with a real slice profile (partial volume across the slice), where
   TorchIO's ``RandomAnisotropy`` samples one plane per slice.
 """
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from onfh_seg.labels import BAND as L_BAND
+from onfh_seg.labels import HEAD as L_HEAD
+from onfh_seg.labels import NECROTIC as L_NECROTIC
 from onfh_seg.synth.patient import N_TISSUES, TISSUES
 from onfh_seg.synth.shapes import rotation
 
@@ -165,6 +169,63 @@ def marrow_mottle(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator,
     dark = np.clip(f - np.float32(rng.uniform(-0.3, 1.0)), 0.0, 1.0)
     amp = np.float32(rng.uniform(0.3 * max_loss, max_loss))
     return np.where(marrow, img * (1.0 - amp * dark), img).astype(np.float32)
+
+
+# Femoral marrow that a physeal scar crosses, and the marrow whose centroid gives the neck's direction.
+SCAR_TISSUES = np.array([T[k] for k in ("yellow_marrow", "red_marrow", "edema_marrow")])
+
+
+def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 spacing_mm: float) -> np.ndarray:
+    """The physeal scar of an adult femoral head: a thin, wavy, dark line of sclerotic bone across the base of
+    the head (the closed growth plate), the classic mimic of the double-line sign. It is healthy head: painted
+    as ``subchondral_plate`` tissue on the healthy head marrow only; the labels do not change.
+
+    Geometry from the crop itself: the head is the head-labelled voxels (its centroid and equivalent-sphere
+    radius R), the neck direction points from the head centre to the femoral marrow just outside the head.
+    The scar is a surface 0.05-0.45 R from the centre towards the neck, tilted up to 30 degrees off
+    perpendicular to the neck, waved by 0.3-1.5 mm, 0.6-2.0 mm thick, with gaps over up to 30% of it.
+    Returns a new tissue map (the input when the crop holds no usable head).
+    """
+    head = labels == L_HEAD
+    lesion = (labels == L_NECROTIC) | (labels == L_BAND)
+    whole = head | lesion
+    n_vox = int(whole.sum())
+    if n_vox < 500:
+        return tissue
+    idx = np.argwhere(whole)
+    R = float((3.0 * n_vox / (4.0 * np.pi)) ** (1.0 / 3.0))  # voxels
+    ci = idx.mean(axis=0)
+    lo = np.maximum(np.floor(ci - 2.2 * R).astype(int), 0)
+    hi = np.minimum(np.ceil(ci + 2.2 * R).astype(int) + 1, tissue.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))  # the work stays in a box around the head
+    t_b, head_b, whole_b = tissue[box], head[box], whole[box]
+    c = (ci - lo).astype(np.float32)
+    marrow = np.isin(t_b, SCAR_TISSUES)
+    grid = np.indices(t_b.shape, dtype=np.float32)
+    d = np.sqrt(sum((grid[k] - c[k]) ** 2 for k in range(3)))
+    neck = marrow & ~whole_b & (d > R) & (d < 2.2 * R)
+    if neck.sum() < 50:
+        return tissue
+    n = np.argwhere(neck).astype(np.float32).mean(axis=0) - c
+    n /= max(float(np.linalg.norm(n)), 1e-6)
+    tilt = np.deg2rad(rng.uniform(0.0, 30.0))
+    a = rng.standard_normal(3)
+    a -= a.dot(n) * n
+    a /= max(float(np.linalg.norm(a)), 1e-6)
+    n = (n * np.cos(tilt) + np.cross(a, n) * np.sin(tilt)).astype(np.float32)
+    offset = float(rng.uniform(0.05, 0.45)) * R
+    wave = smooth_field(t_b.shape, rng, float(rng.uniform(4.0, 10.0)) / spacing_mm)
+    wave *= np.float32(rng.uniform(0.3, 1.5) / spacing_mm)
+    s = sum((grid[k] - c[k]) * n[k] for k in range(3)) - np.float32(offset) - wave
+    half = np.float32(rng.uniform(0.3, 1.0) / spacing_mm)
+    scar = (np.abs(s) < half) & head_b & marrow
+    gap = float(rng.uniform(0.0, 0.3))
+    if gap > 0:
+        scar &= smooth_field(t_b.shape, rng, 4.0 / spacing_mm) < np.quantile(rng.standard_normal(2000), 1 - gap)
+    out = tissue.copy()
+    out[box][scar] = T["subchondral_plate"]
+    return out
 
 
 # ----------------------------------------------------------------------------- acquisitions
