@@ -183,8 +183,9 @@ def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generato
 
     Geometry from the crop itself: the head is the head-labelled voxels (its centroid and equivalent-sphere
     radius R), the neck direction points from the head centre to the femoral marrow just outside the head.
-    The scar is a surface 0.05-0.45 R from the centre towards the neck, tilted up to 30 degrees off
-    perpendicular to the neck, waved by 0.3-1.5 mm, 0.6-2.0 mm thick, with gaps over up to 30% of it.
+    The scar is a surface 0.05-0.45 R from the centre towards the neck, tilted up to 50 degrees off
+    perpendicular to the neck (real scars run from near perpendicular to the neck to near horizontal on coronal
+    images), waved by 0.3-1.5 mm, 0.6-2.5 mm thick, with gaps over up to 30% of it.
     Returns a new tissue map (the input when the crop holds no usable head).
     """
     head = labels == L_HEAD
@@ -209,7 +210,7 @@ def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generato
         return tissue
     n = np.argwhere(neck).astype(np.float32).mean(axis=0) - c
     n /= max(float(np.linalg.norm(n)), 1e-6)
-    tilt = np.deg2rad(rng.uniform(0.0, 30.0))
+    tilt = np.deg2rad(rng.uniform(0.0, 50.0))
     a = rng.standard_normal(3)
     a -= a.dot(n) * n
     a /= max(float(np.linalg.norm(a)), 1e-6)
@@ -218,7 +219,7 @@ def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     wave = smooth_field(t_b.shape, rng, float(rng.uniform(4.0, 10.0)) / spacing_mm)
     wave *= np.float32(rng.uniform(0.3, 1.5) / spacing_mm)
     s = sum((grid[k] - c[k]) * n[k] for k in range(3)) - np.float32(offset) - wave
-    half = np.float32(rng.uniform(0.3, 1.0) / spacing_mm)
+    half = np.float32(rng.uniform(0.3, 1.25) / spacing_mm)
     scar = (np.abs(s) < half) & head_b & marrow
     gap = float(rng.uniform(0.0, 0.3))
     if gap > 0:
