@@ -25,7 +25,7 @@ from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, slab_edge, thick_slices
+from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -198,16 +198,6 @@ def build_dr_augment(anisotropy: bool = True):
         tio.RandomGamma(log_gamma=(-0.4, 0.4), p=0.4, include=["image"]),
     ])
     return acquisition, spatial
-
-
-def rician(img: np.ndarray, rng: np.random.Generator, snr: tuple[float, float] = (5.0, 60.0)) -> np.ndarray:
-    """Magnitude (Rician) noise at an SNR drawn log-uniformly, relative to the bright-tissue signal."""
-    s = float(np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]))))
-    ref = float(np.percentile(img[img > 0], 95)) if np.any(img > 0) else 1.0
-    sigma = np.float32(ref / s)
-    n1 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
-    n2 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
-    return np.sqrt((img + n1) ** 2 + n2**2)
 
 
 def dr_normalise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

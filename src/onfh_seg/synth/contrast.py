@@ -13,6 +13,7 @@ draws, the painted image, gradient-echo chemical shift and the thin-slab signal 
 * ``chemical_shift`` and ``slab_mask`` imitate a gradient echo near opposed phase and a thin oblique slab;
   ``slab_edge`` a slab face through the head with its real edge (RF profile, fade over one slice);
 * ``physeal_scar`` draws the closed growth plate across a healthy head's base: a dark line that is not a band;
+* ``rician`` adds magnitude noise;
 * ``thick_slices`` acquires thick slices with a real slice profile (partial volume across the slice), where
   TorchIO's ``RandomAnisotropy`` samples one plane per slice.
 """
@@ -339,3 +340,13 @@ def thick_slices(img: np.ndarray, rng: np.random.Generator, spacing_mm: float,
     resample = _linear_weights(centres, grid) @ _linear_weights(grid, centres)  # voxels <- slice centres <- voxels
     out = np.tensordot(resample, np.moveaxis(blurred, axis, 0), axes=(1, 0))
     return np.moveaxis(out, 0, axis).astype(img.dtype)
+
+
+def rician(img: np.ndarray, rng: np.random.Generator, snr: tuple[float, float] = (5.0, 60.0)) -> np.ndarray:
+    """Magnitude (Rician) noise at an SNR drawn log-uniformly, relative to the bright-tissue signal."""
+    s = float(np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]))))
+    ref = float(np.percentile(img[img > 0], 95)) if np.any(img > 0) else 1.0
+    sigma = np.float32(ref / s)
+    n1 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
+    n2 = rng.standard_normal(img.shape, dtype=np.float32) * sigma
+    return np.sqrt((img + n1) ** 2 + n2**2)
