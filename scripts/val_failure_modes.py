@@ -7,10 +7,13 @@ seeded contrast drawn from the T1 prior: once as a spin-echo-like T1 and once as
 opposed phase (``synth.randomise.chemical_shift``: fatty marrow dark, dark lines at fat-water borders, the
 joint's dark-bright-dark lines), and a third time as T1 with heterogeneous healthy marrow
 (``synth.contrast.marrow_mottle``, red-marrow islands and trabecular streaks as real heads show; the fine_mottle
-training draws it too, so for a network trained on it this rendering is in its training style).
+training draws it too, so for a network trained on it this rendering is in its training style), and a fourth time
+as T1 with a physeal scar across the head's base (``synth.contrast.physeal_scar``, the closed growth plate: the
+classic mimic of the double-line sign; fine_scar trains on it).
 
 Crops come from the fine_dr2 validation patients (seed 2112) and 6 more validation patients with small
-lesions (seed 2113, extent 3-12%). Crops are grouped by what they hold:
+lesions (seed 2121, extent 3-12%; until 2026-12-04 seed 2113, which fine_healthy's training cohort and its
+successors also use, so earlier small-lesion numbers are not comparable). Crops are grouped by what they hold:
 
 * ``healthy``: no lesion: a false lesion (labels 2+3) over 0.5 mL is counted;
 * ``small``: lesion under 3.5 mL;
@@ -33,7 +36,7 @@ import torch
 from onfh_seg.model.data import dr_normalise, extract_patch, load_dr_items
 from onfh_seg.model.module import SegModule
 from onfh_seg.synth.cohort import synth_config
-from onfh_seg.synth.contrast import marrow_mottle
+from onfh_seg.synth.contrast import marrow_mottle, physeal_scar
 from onfh_seg.synth.phantom import TISSUES
 from onfh_seg.synth.randomise import build_dr_cohort, chemical_shift, random_contrast, render_random
 
@@ -58,32 +61,35 @@ def group(tissue: np.ndarray, labels: np.ndarray) -> str:
 
 
 def small_lesion_items(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Tissue crops of 6 validation patients (seed 2113, not a training seed) whose lesions are small
+    """Tissue crops of 6 validation patients (seed 2121, not a training seed) whose lesions are small
     (ONFH extent 3-12% of the head), rendered once into ``out``; only the diseased hips are kept."""
-    cfg = synth_config({"seed": 2113, "n_patients": 6, "months": [0], "disease": {"extent": [0.03, 0.12]}})
+    cfg = synth_config({"seed": 2121, "n_patients": 6, "months": [0], "disease": {"extent": [0.03, 0.12]}})
     cfg["shapes"] = True
     items = load_dr_items(build_dr_cohort(cfg, out, "fine", 1.1, 112, workers=1, progress=False))
     return [(t, y) for t, y in items if np.isin(y, (2, 3)).any()]
 
 
-# name -> partial-volume blur (voxels) of the chemical shift; "mottle": T1 with heterogeneous healthy marrow
-RENDERINGS = {"T1": None, "GRE opposed": 0.8, "T1 mottled marrow": "mottle"}
+# name -> partial-volume blur (voxels) of the chemical shift; "mottle": T1 with heterogeneous healthy marrow;
+# "scar": T1 with a physeal scar
+RENDERINGS = {"T1": None, "GRE opposed": 0.8, "T1 mottled marrow": "mottle", "T1 physeal scar": "scar"}
 # --why-gre: is it the dark marrow of opposed phase, or the dark lines at fat-water borders (partial volume)?
 WHY_GRE = {"T1": None, "opposed, no border lines": 0.0, "GRE opposed": 0.8, "opposed, wide border lines": 1.5}
 
 
 def render_pair(tissue: np.ndarray, labels: np.ndarray, seed: int,
                 renderings: dict[str, float | str | None] = RENDERINGS) -> dict[str, np.ndarray]:
-    """The crop in each rendering (same contrast draw): T1, opposed phase with the given border blur, or T1 with
-    the healthy marrow made heterogeneous (``synth.contrast.marrow_mottle``: red-marrow islands, streaks)."""
+    """The crop in each rendering (same contrast draw): T1, opposed phase with the given border blur, T1 with
+    the healthy marrow made heterogeneous (``synth.contrast.marrow_mottle``: red-marrow islands, streaks), or T1
+    with a physeal scar (``synth.contrast.physeal_scar``)."""
     out = {}
     for name, blur in renderings.items():
         rng = np.random.default_rng([seed, 11])
         c = random_contrast(rng, prior_prob=1.0)
-        img = render_random(tissue, labels, rng, c)
+        t = physeal_scar(tissue, labels, np.random.default_rng([seed, 14]), 1.1) if blur == "scar" else tissue
+        img = render_random(t, labels, rng, c)
         if blur == "mottle":
             img = marrow_mottle(img, tissue, np.random.default_rng([seed, 13]))
-        elif blur is not None:  # blur 0: the marrow darkens, but no border line forms
+        elif blur not in (None, "scar"):  # blur 0: the marrow darkens, but no border line forms
             img = chemical_shift(img, tissue, rng, phase_deg=180.0, blur_vox=blur)
         noise = rng.normal(0, 0.02 * float(np.percentile(img, 95)), img.shape).astype(np.float32)
         out[name] = dr_normalise(np.abs(img + noise), np.random.default_rng([seed, 12]))
@@ -104,7 +110,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpts", nargs="+")
     ap.add_argument("--cache", default="cache/dr/fine_1.1mm_112/seed2112_shapes")
-    ap.add_argument("--small-cache", default="cache/dr/fine_1.1mm_112/seed2113_small",
+    ap.add_argument("--small-cache", default="cache/dr/fine_1.1mm_112/seed2121_small",
                     help="validation patients with small lesions (extent 3-12%%), rendered here once")
     ap.add_argument("--why-gre", action="store_true",
                     help="healthy heads only: opposed phase with and without the dark fat-water border lines")
