@@ -232,6 +232,86 @@ def test_hip_series_chosen_over_a_head_series_and_rules_configurable() -> None:
         select_t1_series([header("FOOBAR")], {"refused_body_parts": ["FOO.*"]})
 
 
+# ---------------------------------------------------------------- second look when the gate refuses every head
+
+
+class TwoLooks:
+    """A segmenter double: a refused pair (flat discs, no socket) first; with ``exclude`` the real pair, or
+    again a refused one (``second_ok=False``). Records the centres it was told to exclude."""
+
+    def __init__(self, second_ok: bool = True) -> None:
+        self.second_ok, self.excluded = second_ok, []
+
+    def segment(self, image, affine, exclude=()):
+        from types import SimpleNamespace
+
+        self.excluded.append([list(np.round(c, 1)) for c in exclude])
+        if not exclude:
+            centres = [(-90.0, 0.0, 30.0), (90.0, 0.0, 30.0)]
+            labels = labels_with(*({"centre": c, "flat": True, "socket": False} for c in centres))
+        elif self.second_ok:
+            centres = [(-90.0, 0.0, -10.0), (90.0, 0.0, -10.0)]
+            labels = labels_with(*({"centre": c} for c in centres))
+        else:
+            centres = [(-90.0, 0.0, -30.0)]
+            labels = labels_with({"centre": centres[0], "socket": False})
+        return SimpleNamespace(labels=labels, mean_confidence=0.9, head_centres_ras=[np.array(c) for c in centres],
+                               timings={}, search={"candidates_judged": 0, "heads_added": 0})
+
+
+def run_steps(segmenter) -> tuple[tuple, dict]:
+    """segment_scan, measure_scan and second_look as process_scan runs them."""
+    from types import SimpleNamespace
+
+    from onfh_seg.infer.scan_steps import measure_scan, second_look, segment_scan
+
+    scan = SimpleNamespace(image=mr_image(), affine=AFFINE, qc_flags=[], qc_reasons={}, orientation_unknown=False)
+    settings = infer_settings({}, require=False)
+    limits = limits_from_config(settings.anatomy)
+    meas, timings = {}, {}
+    labels, confidence, found = segment_scan(scan, segmenter, timings, meas)
+    labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
+    return second_look(scan, segmenter, settings, limits, meas, timings, found, (labels, hips, flags, confidence)), meas
+
+
+def test_second_look_excludes_the_refused_structures_and_keeps_an_accepted_result() -> None:
+    seg = TwoLooks()
+    (labels, hips, flags, _), meas = run_steps(seg)
+    assert seg.excluded == [[], [[-90.0, 0.0, 30.0], [90.0, 0.0, 30.0]]]
+    assert "not_hip_anatomy" not in flags and sorted(h["side"] for h in hips) == ["left", "right"]
+    assert labels.any() and meas["anatomy"]["passed"] is True
+    look = meas["head_search"]["second_look"]
+    assert look["kept"] is True and look["excluded_ras_mm"] == [[-90.0, 0.0, 30.0], [90.0, 0.0, 30.0]]
+
+
+def test_second_look_refused_too_keeps_the_first_result() -> None:
+    seg = TwoLooks(second_ok=False)
+    (labels, hips, flags, _), meas = run_steps(seg)
+    assert len(seg.excluded) == 2 and flags == ["not_hip_anatomy"] and hips == [] and not labels.any()
+    assert meas["head_search"]["second_look"]["kept"] is False
+    assert len(meas["anatomy"]["heads"]) == 2  # the first look's refused pair, as reported before
+
+
+def test_no_second_look_for_an_accepted_scan_or_a_segmenter_without_exclude() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def segment(self, image, affine):
+            self.calls += 1
+            return TwoLooks().segment(image, affine)
+
+    plain = Plain()
+    (_, hips, flags, _), meas = run_steps(plain)
+    assert plain.calls == 1 and flags == ["not_hip_anatomy"] and "second_look" not in meas["head_search"]
+
+    accepted = TwoLooks()
+    accepted.segment = lambda image, affine, exclude=(): TwoLooks.segment(accepted, image, affine,
+                                                                                 exclude=[np.zeros(3)])
+    (_, hips, flags, _), meas = run_steps(accepted)
+    assert len(accepted.excluded) == 1 and len(hips) == 2 and "second_look" not in meas["head_search"]
+
+
 # ---------------------------------------------------------------- the shipped model, real and synthetic scans
 
 

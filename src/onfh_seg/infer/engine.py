@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,12 +286,11 @@ class Segmenter:
         return bool(verdict.heads) and all(h.plausible for h in verdict.heads)
 
     def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray, fg_prob: np.ndarray,
-                confirmed: list[tuple]) -> int:
-        """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each
-        candidate, until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with no head found
-        then, slide the fine stage over a lattice of the body (``MAX_SCAN`` more). Appends to ``confirmed``
-        and returns the number of candidates judged. No second head is searched for where it cannot be in view
-        (``infer.search.partner_out_of_view``)."""
+                confirmed: list[tuple], avoid: Sequence[np.ndarray] = ()) -> int:
+        """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each candidate,
+        until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with none found then, slide it over
+        a lattice of the body (``MAX_SCAN`` more). Appends to ``confirmed``, returns the number judged. No second
+        head is searched for where it cannot be in view (``search.partner_out_of_view``), none kept near ``avoid``."""
         known = [r[0] for r in confirmed]
         if len(known) == 1 and partner_out_of_view(known[0], x.shape, affine):
             return 0  # a one-hip field of view: the other head cannot be in view, no second head is searched for
@@ -301,25 +301,25 @@ class Segmenter:
         # when its partner is not found)
         queue = (partner_candidates(known[0], x.shape, affine, mid, max_n=8) if len(known) == 1 else []) + \
             coarse_peaks(fg_prob, g_aff, known, mid) + sphere_candidates(xc, g_aff, known, mid)
-        judged = self._judge(x, affine, queue, confirmed, mid, MAX_SEARCH)
+        judged = self._judge(x, affine, queue, confirmed, mid, MAX_SEARCH, avoid)
         if not confirmed:  # nothing head-like where the coarse network or the spheres pointed: scan the body
             judged += self._judge(x, affine, lattice_candidates(xc, g_aff, fov, [], mid, MAX_SCAN), confirmed, mid,
-                                  MAX_SCAN)
+                                  MAX_SCAN, avoid)
         return judged
 
     def _judge(self, x: np.ndarray, affine: np.ndarray, queue: list[np.ndarray], confirmed: list[tuple],
-               mid: float | None, budget: int) -> int:
+               mid: float | None, budget: int, avoid: Sequence[np.ndarray] = ()) -> int:
         """The fine stage judges the candidates of ``queue`` in turn (at most ``budget``) until two heads are
         confirmed; a head it keeps is appended to ``confirmed``. Returns the number judged."""
         judged = 0
         known = [r[0] for r in confirmed]
         while queue and len(confirmed) < 2 and judged < budget:
             centre = queue.pop(0)
-            if not far_from(centre, known):
+            if not far_from(centre, known) or not far_from(centre, avoid):
                 continue
             judged += 1
             r = self._confirm(x, affine, centre, search=True)
-            if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM)
+            if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM) or not far_from(r[0], avoid)
                     or not plausible_head(r[0], mid, known[0] if known else None)):
                 continue
             # the head's shape is judged on a mirrored crop around it, whatever ``tta``: without mirroring a
@@ -348,26 +348,29 @@ class Segmenter:
             return confirmed
         return [r for r in confirmed if self._head_shaped(r, affine, shape)]
 
-    def segment(self, image: np.ndarray, affine: np.ndarray) -> SegResult:
-        """Segment one scan (any orientation); labels come back on the input grid."""
+    def segment(self, image: np.ndarray, affine: np.ndarray, exclude: Sequence[np.ndarray] = ()) -> SegResult:
+        """Segment one scan (any orientation); labels come back on the input grid. No head is confirmed within
+        ``SEPARATION_MM`` of a centre in ``exclude`` (RAS mm; ``infer.scan_steps.second_look``)."""
+        avoid = [np.asarray(c, float) for c in exclude]
         t = {"start": time.perf_counter()}
         self._clock = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
         x = normalise(image)
         self._clock["normalise_s"] = time.perf_counter() - t["start"]
         xc, g_aff = self.coarse_grid(x, affine)
         centres, fg_prob = self._locate(xc, g_aff)
+        centres = [c for c in centres if far_from(c, avoid)]
         if len(centres) == 1 and not self.fast:
             centres += self.mirror_candidate(image, affine, centres[0])
         t["coarse"] = time.perf_counter()
         confirmed: list[tuple] = []
         for centre in centres:
             r = self._confirm(x, affine, centre)
-            if r is not None and far_from(r[0], [c[0] for c in confirmed], 2 * SEPARATION_MM):
+            if r is not None and far_from(r[0], [c[0] for c in confirmed], 2 * SEPARATION_MM) and far_from(r[0], avoid):
                 confirmed.append(r)
         confirmed = self._keep_head_shaped(confirmed, affine, image.shape)
         n_coarse = len(confirmed)
         t["confirm"] = time.perf_counter()
-        judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed) if len(confirmed) < 2 else 0
+        judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed, avoid) if len(confirmed) < 2 else 0
         t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)

@@ -39,19 +39,17 @@ from onfh_seg.config_schemas import DicomSettings, InferSettings
 from onfh_seg.errors import one_line
 from onfh_seg.infer.inputs import LoadedScan, load_scan
 from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.infer.scan_steps import NOT_HIP_ANATOMY, measure_scan, second_look, segment_scan
 from onfh_seg.io.files import atomic_write_bytes, atomic_write_text
 from onfh_seg.io.nifti import make_image
 from onfh_seg.labels import LABELS
 from onfh_seg.infer.anatomy import limits_from_config
-from onfh_seg.infer.gate import measure_gated
 from onfh_seg.infer.scan_record import output_errors, result_settings, rows_from_measurements
-from onfh_seg.quality import mark_trust, with_scan_flags
 from onfh_seg.report.overlay import overlay_png
 from onfh_seg.run.outputs import output_paths
 from onfh_seg.version import __version__
 
 OVERLAY_TITLE_NOTE = "synthetic-trained model, research only"
-NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 NO_FEMORAL_HEAD = "no_femoral_head_found"  # the anatomy gate's flag when no head is found (infer.anatomy)
 
 
@@ -230,42 +228,6 @@ def _remove(paths: list[Path]) -> None:
             pass
 
 
-def _segment(scan: LoadedScan, segmenter: Any, timings: dict[str, Any], meas: dict) -> tuple[np.ndarray, float]:
-    """The segmenter on one loaded scan: (labels on the input grid, mean confidence); engine timings and the
-    head search go into ``timings`` and ``meas``."""
-    t = time.perf_counter()
-    result = segmenter.segment(scan.image, scan.affine)
-    labels = np.asarray(result.labels)
-    if labels.shape != scan.image.shape:
-        raise RuntimeError(f"segmenter returned labels of shape {labels.shape} for an image of shape {scan.image.shape}")
-    labels = labels.astype(np.uint8, copy=False)
-    confidence = float(result.mean_confidence)
-    timings["segment"] = time.perf_counter() - t
-    timings["engine"] = dict(getattr(result, "timings", {}) or {})
-    meas["head_search"] = dict(getattr(result, "search", {}) or {})  # heads the coarse stage missed (infer.search)
-    return labels, confidence
-
-
-def _measure(scan: LoadedScan, labels: np.ndarray, confidence: float, settings: InferSettings, limits: Any,
-             meas: dict) -> tuple[np.ndarray, list[dict], list[str]]:
-    """The anatomy gate, then per-hip measurements and QC flags: (labels, hips, scan flags)."""
-    lo, hi = settings.qc.head_ml_range
-    gated = measure_gated(  # anatomy gate (infer/anatomy.py), then per-hip measurements and QC flags
-        scan.image, labels, scan.affine, confidence, str(settings.reference), (float(lo), float(hi)),
-        float(settings.qc.min_confidence), limits,
-        gate=bool(settings.anatomy["enabled"]),
-    )
-    labels, hips, flags = gated.labels, gated.hips, gated.flags
-    if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
-        flags = with_scan_flags(flags, scan.qc_flags)
-        hips = mark_trust(hips, flags)
-        meas["qc_reasons"] = dict(scan.qc_reasons)
-    meas["anatomy"] = gated.anatomy
-    if scan.orientation_unknown:  # no sform/qform (allow_unknown_orientation): no left/right claim
-        hips = [{**hip, "side": "unknown"} for hip in hips]
-    return labels, hips, flags
-
-
 def _write_outputs(job: ScanJob, scan: LoadedScan, labels: np.ndarray, hips: list[dict], paths: dict[str, Path],
                    settings: InferSettings, produced: list[Path]) -> tuple[dict[str, Any], list[str]]:
     """The NIfTI segmentation and the overlay (DICOM outputs come after the measurements): (outputs, warnings);
@@ -339,10 +301,12 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
         scan = load_scan(job)
         meas["input_sha256"] = scan.sha256
         timings["load"] = time.perf_counter() - t
-        labels, confidence = _segment(scan, segmenter, timings, meas)
+        labels, confidence, found = segment_scan(scan, segmenter, timings, meas)
         t = time.perf_counter()
-        labels, hips, flags = _measure(scan, labels, confidence, settings, limits, meas)
+        labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
         timings["measure"] = time.perf_counter() - t
+        labels, hips, flags, confidence = second_look(scan, segmenter, settings, limits, meas, timings, found,
+                                                      (labels, hips, flags, confidence))
         t = time.perf_counter()
         outputs, writer_warnings = _write_outputs(job, scan, labels, hips, paths, settings, produced)
         meas.update(status="ok", qc_flags=flags, mean_confidence=round(confidence, 4), hips=hips)
