@@ -159,3 +159,29 @@ def test_onnx_matches_torch(smoke_runs, tmp_path):
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-4
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9999
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(smoke_runs, tmp_path):
+    import torch
+
+    from onfh_seg.export import average_checkpoints, load_module
+
+    src = smoke_runs["fine"]["last"]
+    ck = torch.load(str(src), map_location="cpu", weights_only=False)
+    shifted = {**ck, "state_dict": {k: (v + 1.0 if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}}
+    torch.save(shifted, str(tmp_path / "shifted.ckpt"))
+    out = average_checkpoints([src, tmp_path / "shifted.ckpt"], tmp_path / "avg.ckpt")
+    got = torch.load(str(out), map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in got and len(got["averaged_from"]) == 2
+    floats = [k for k, v in ck["state_dict"].items() if v.is_floating_point()]
+    assert floats
+    for k in floats:
+        assert torch.allclose(got["state_dict"][k], ck["state_dict"][k] + 0.5, atol=1e-6), k
+    assert load_module(out).hparams.stage == "fine"  # loads like any checkpoint (onfh-export, judge_fine.sh)
+    missing = {**ck, "state_dict": dict(list(ck["state_dict"].items())[1:])}
+    torch.save(missing, str(tmp_path / "other.ckpt"))
+    with pytest.raises(ValueError, match="different networks"):
+        average_checkpoints([src, tmp_path / "other.ckpt"], tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError):
+        average_checkpoints([], tmp_path / "none.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()

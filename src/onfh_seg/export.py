@@ -83,6 +83,32 @@ def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
+def average_checkpoints(srcs: list[str | Path], dst: str | Path) -> Path:
+    """Weights-only checkpoint whose floating-point tensors are the mean of ``srcs``' (stochastic weight
+    averaging over the milestones of one run); hyperparameters and step from the last source. The networks
+    must have the same shapes (one architecture); integer buffers are taken from the last source."""
+    if not srcs:
+        raise ValueError("average_checkpoints: no checkpoints given")
+    cks = [torch.load(str(s), map_location="cpu", weights_only=False) for s in srcs]
+    keys = list(cks[-1]["state_dict"])
+    if any(list(c["state_dict"]) != keys for c in cks):
+        raise ValueError("average_checkpoints: the checkpoints hold different networks")
+    avg = {}
+    for k in keys:
+        ts = [c["state_dict"][k] for c in cks]
+        if any(t.shape != ts[-1].shape for t in ts):
+            raise ValueError(f"average_checkpoints: {k} has different shapes")
+        avg[k] = torch.stack([t.double() for t in ts]).mean(0).to(ts[-1].dtype) if ts[-1].is_floating_point() else ts[-1]
+    keep = {k: cks[-1][k] for k in ("hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in cks[-1]}
+    keep["state_dict"] = avg
+    keep["averaged_from"] = [str(s) for s in srcs]
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(keep, str(tmp))
+    tmp.replace(dst)
+    return dst
+
+
 def model_version(meta: dict) -> str:
     """``<software>+synth.<hash>``: changes when either network or the inference rule (lesion threshold,
     fine-stage window, overlap) changes."""

@@ -23,6 +23,7 @@ from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
 from onfh_seg.labels import NUM_CLASSES
+from onfh_seg.model.augment import build_augment, build_dr_augment
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
 from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
@@ -135,22 +136,6 @@ def sample_centre(rng: np.random.Generator, lab: np.ndarray, size: tuple[int, in
     return np.array([rng.integers(h, max(h + 1, e)) for h, e in zip(half, hi)])
 
 
-def build_augment():
-    """Training-only augmentation (TorchIO). Left/right flips keep label meaning (labels are side-free)."""
-    # function-level import: TorchIO (training extra) loads only in training data workers
-    import torchio as tio
-
-    return tio.Compose([
-        tio.RandomFlip(axes=(0,), flip_probability=0.5),  # axis 0 = patient left-right in RAS model space
-        tio.RandomAffine(scales=(0.9, 1.1), degrees=12, translation=4, p=0.5),
-        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.5, 4.0), p=0.2),
-        tio.RandomBiasField(coefficients=0.3, p=0.3),
-        tio.RandomGamma(log_gamma=(-0.3, 0.3), p=0.3),
-        tio.RandomNoise(std=(0, 0.05), p=0.3),
-        tio.RandomBlur(std=(0, 0.8), p=0.1),
-    ])
-
-
 class PatchDataset(Dataset):
     """Random training patches: sample ``i`` of epoch ``e`` (index ``e * length + i``) is a function of (seed, e, i)."""
 
@@ -176,28 +161,6 @@ class PatchDataset(Dataset):
             s = self.augment(tio.Subject(image=tio.ScalarImage(tensor=xt), label=tio.LabelMap(tensor=yt)))
             xt, yt = s["image"].data.float(), s["label"].data.long()
         return xt, yt
-
-
-def build_dr_augment(anisotropy: bool = True):
-    """Acquisition effects for domain-randomised images (TorchIO), applied to the image only,
-    then a spatial part applied to image and labels (rotating thick slices makes them oblique).
-    ``anisotropy=False``: no TorchIO thick slices (``synth.contrast.thick_slices`` draws them instead)."""
-    # function-level import: TorchIO (training extra) loads only in training data workers
-    import torchio as tio
-
-    acquisition = tio.Compose([
-        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.4, 7.0), p=0.8 if anisotropy else 0.0,
-                             include=["image"]),  # 1.5-7.7 mm slices, one plane sampled per slice
-        tio.RandomGhosting(num_ghosts=(2, 8), intensity=(0.2, 0.7), p=0.12, include=["image"]),
-        tio.RandomMotion(degrees=4, translation=4, num_transforms=2, p=0.08, include=["image"]),
-        tio.RandomBiasField(coefficients=0.5, order=3, p=0.7, include=["image"]),
-    ])
-    spatial = tio.Compose([
-        tio.RandomFlip(axes=(0,), flip_probability=0.5),
-        tio.RandomAffine(scales=(0.85, 1.15), degrees=25, translation=6, p=0.8),
-        tio.RandomGamma(log_gamma=(-0.4, 0.4), p=0.4, include=["image"]),
-    ])
-    return acquisition, spatial
 
 
 def dr_normalise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

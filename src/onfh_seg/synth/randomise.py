@@ -13,7 +13,7 @@ instead, with a new random contrast for every training sample:
   importable from here, where the training data module takes them).
 
 Resolution, oblique thick slices, bias, ghosting, motion and Rician noise are
-added afterwards by TorchIO transforms (``onfh_seg.model.data.build_dr_augment``).
+added afterwards by TorchIO transforms (``onfh_seg.model.augment.build_dr_augment``).
 Non-hip negatives for the coarse stage (a head, thighs, lower abdomen) come from
 ``random_negative_tissue``: their labels are all background.
 """
