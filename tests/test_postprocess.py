@@ -212,3 +212,19 @@ def test_clean_labels_empty_and_far_apart_pieces():
     out = clean_labels(lab, aff, min_speck_ml=0.01)
     assert out[38, 38, 38] == 0 and out[36, 1, 37] == 0
     assert (out[2:14, 2:14, 2:14] == lab[2:14, 2:14, 2:14]).all()
+
+
+def test_single_head_far_from_a_wide_body_centre_ignores_a_lateral_socket():
+    """A real scan's fine network segmented socket lateral to the left head (C3N-01763, one head found): the
+    acetabulum said "right". In a wide field of view a head 50 mm or more from the body's centre takes that side."""
+    labels, xyz = two_hips(FLIP_X, FLIP_SHAPE, centres=(LEFT,))
+    labels[labels == ACETABULUM] = 0
+    d = np.linalg.norm(xyz - LEFT, axis=-1)
+    labels[(d > 28) & (d < 40) & (xyz[..., 0] < LEFT[0] - 20)] = ACETABULUM  # a socket on the lateral side
+    body = ((xyz[..., 0] / 140.0) ** 2 + (xyz[..., 1] / 60.0) ** 2) < 1.0
+    image = np.where(body, 600.0, 5.0).astype(np.float32)
+    assert estimate_body_centre_x(image, FLIP_X) == pytest.approx(0.0, abs=2.0)
+    assert list(split_hips(labels, FLIP_X)) == ["right"]  # no image: the (wrong) socket decides, as before
+    assert list(split_hips(labels, FLIP_X, image=image)) == ["left"]
+    # the same head nearer than 50 mm to the centre: the socket still decides
+    assert list(split_hips(labels, FLIP_X, image=image, far_mm=100.0)) == ["right"]

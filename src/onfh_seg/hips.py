@@ -174,15 +174,20 @@ def split_hips(
     min_ml: float = 5.0,
     radius_factor: float = 2.5,
     min_fov_x_mm: float = 280.0,
+    far_mm: float = 50.0,
 ) -> dict[str, np.ndarray]:
     """Per-hip region masks keyed "right" / "left" (or "unknown"), in that order.
 
     Femoral heads are connected components of labels 1-3 of at least ``min_ml``
     mL (see ``select_heads``: at most one per side). Sides come from world x
-    (``assign_sides``). With a single head (a one-hip field of view) the side
-    comes from anatomy first (``side_from_acetabulum``: the socket lies medial to
-    its head), then from ``body_centre_x`` if given or estimated from a wide
-    enough ``image`` (``estimate_body_centre_x``), else unknown. Each hip region is the ball of radius ``radius_factor`` x head
+    (``assign_sides``). With a single head the side comes from ``body_centre_x`` if
+    given; else, when a wide enough ``image`` shows the body's centre
+    (``estimate_body_centre_x``) and the head lies at least ``far_mm`` from it,
+    from that centre (a wide field of view shows the side plainly; the socket
+    label can be wrong: a real scan's socket segmented lateral to its head gave
+    the left head "right"); else from anatomy (``side_from_acetabulum``: the
+    socket lies medial to its head), then from the centre if it is 20 mm away,
+    else unknown. Each hip region is the ball of radius ``radius_factor`` x head
     radius (equal-volume sphere) around the head centroid, so acetabulum voxels
     near that head belong to that hip; a voxel in two balls goes to the nearer
     centre.
@@ -191,11 +196,12 @@ def split_hips(
     heads = select_heads(heads)
     sides = None
     if len(heads) == 1 and body_centre_x is None:
-        side = side_from_acetabulum(labels, affine, heads[0])
+        if image is not None:
+            body_centre_x = estimate_body_centre_x(image, affine, min_fov_x_mm)
+        far = body_centre_x is not None and abs(heads[0].centre_ras[0] - body_centre_x) >= far_mm
+        side = None if far else side_from_acetabulum(labels, affine, heads[0])
         if side is not None:
             sides = {side: heads[0]}
-        elif image is not None:
-            body_centre_x = estimate_body_centre_x(image, affine, min_fov_x_mm)
     if sides is None:
         sides = assign_sides(heads, body_centre_x)
     balls = {s: ball_mask(labels.shape, affine, h.centre_ras, radius_factor * h.radius_mm) for s, h in sides.items()}
