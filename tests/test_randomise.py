@@ -297,6 +297,32 @@ def test_physeal_scar_is_a_thin_head_line_on_the_neck_side():
     assert np.array_equal(physeal_scar(tissue, np.zeros_like(labels), np.random.default_rng(0), 1.0), tissue)
 
 
+def test_physeal_scar_offset_moves_it_towards_the_head_neck_junction():
+    """``offset_r``: a scar drawn 0.6-0.8 R out lies nearer the neck than one drawn 0.05-0.2 R out."""
+    from onfh_seg.labels import HEAD
+    from onfh_seg.synth.contrast import TISSUES, physeal_scar
+
+    g = np.indices((64, 64, 64)).astype(np.float32)
+    r = np.sqrt((g[0] - 32) ** 2 + (g[1] - 32) ** 2 + (g[2] - 40) ** 2)
+    tissue = np.full((64, 64, 64), TISSUES["muscle"], np.uint8)
+    labels = np.zeros((64, 64, 64), np.uint8)
+    tissue[(np.sqrt((g[0] - 32) ** 2 + (g[1] - 32) ** 2) < 8) & (g[2] < 40)] = TISSUES["yellow_marrow"]
+    tissue[r < 12] = TISSUES["yellow_marrow"]
+    labels[r < 12] = HEAD
+    depth = {}
+    for name, offset in (("centre", (0.05, 0.2)), ("junction", (0.6, 0.8))):
+        zs = []
+        for seed in range(6):
+            out = physeal_scar(tissue, labels, np.random.default_rng(seed), 1.0, offset)
+            changed = out != tissue
+            assert np.all(labels[changed] == HEAD)
+            if changed.sum():
+                zs.append(float(g[2][changed].mean()))
+        assert len(zs) >= 4
+        depth[name] = float(np.mean(zs))
+    assert depth["junction"] < depth["centre"] - 3.0  # further towards the neck (-z), in voxels
+
+
 def test_thick_slices_average_across_the_slice():
     """``thick_slices`` keeps the mean signal, blurs a thin bright sheet across the slice axis into neighbouring
     slices (partial volume: a plane lying between two slice centres still shows, weaker), and leaves the

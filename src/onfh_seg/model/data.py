@@ -185,7 +185,7 @@ class RandomisedPatchDataset(Dataset):
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
         # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
         # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
-        # across the head's base (``scar``); 0: not drawn
+        # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -204,7 +204,8 @@ class RandomisedPatchDataset(Dataset):
         t, y = extract_patch(tis, lab, centre, size)
         t = t.astype(np.uint8)
         if self.acq.get("scar", 0.0) > 0 and rng.uniform() < self.acq["scar"]:  # the closed growth plate
-            t = physeal_scar(t, y, rng, self.spacing_mm / self.pool)
+            t = physeal_scar(t, y, rng, self.spacing_mm / self.pool,
+                             (self.acq.get("scar_offset_lo", 0.05), self.acq.get("scar_offset_hi", 0.45)))
         realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
         post = self.acq.get("post_contrast", 0.0)
         if realistic:

@@ -177,14 +177,15 @@ SCAR_TISSUES = np.array([T[k] for k in ("yellow_marrow", "red_marrow", "edema_ma
 
 
 def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                 spacing_mm: float) -> np.ndarray:
+                 spacing_mm: float, offset_r: tuple[float, float] = (0.05, 0.45)) -> np.ndarray:
     """The physeal scar of an adult femoral head: a thin, wavy, dark line of sclerotic bone across the base of
     the head (the closed growth plate), the classic mimic of the double-line sign. It is healthy head: painted
     as ``subchondral_plate`` tissue on the healthy head marrow only; the labels do not change.
 
     Geometry from the crop itself: the head is the head-labelled voxels (its centroid and equivalent-sphere
     radius R), the neck direction points from the head centre to the femoral marrow just outside the head.
-    The scar is a surface 0.05-0.45 R from the centre towards the neck, tilted up to 50 degrees off
+    The scar is a surface ``offset_r`` (default 0.05-0.45) R from the centre towards the neck (the head-neck
+    junction of a neck 0.65 R wide lies about 0.76 R out: 0.5-0.85 puts the scar near it, as adults show), tilted up to 50 degrees off
     perpendicular to the neck (real scars run from near perpendicular to the neck to near horizontal on coronal
     images), waved by 0.3-1.5 mm, 0.6-2.5 mm thick, with gaps over up to 30% of it.
     Returns a new tissue map (the input when the crop holds no usable head).
@@ -216,7 +217,7 @@ def physeal_scar(tissue: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     a -= a.dot(n) * n
     a /= max(float(np.linalg.norm(a)), 1e-6)
     n = (n * np.cos(tilt) + np.cross(a, n) * np.sin(tilt)).astype(np.float32)
-    offset = float(rng.uniform(0.05, 0.45)) * R
+    offset = float(rng.uniform(*offset_r)) * R
     wave = smooth_field(t_b.shape, rng, float(rng.uniform(4.0, 10.0)) / spacing_mm)
     wave *= np.float32(rng.uniform(0.3, 1.5) / spacing_mm)
     s = sum((grid[k] - c[k]) * n[k] for k in range(3)) - np.float32(offset) - wave
