@@ -92,6 +92,21 @@ def test_blob_without_socket_is_not_a_hip() -> None:
     assert any("acetabulum" in r for r in result.reasons)
 
 
+def test_whole_head_with_half_a_socket_over_it_is_not_a_hip() -> None:
+    """A real greater trochanter taken for a head had acetabulum over 42% of its superior cap (limit then 0.35);
+    whole heads of the development data had 73% or more. Bone over one side of the cap only: refused."""
+    labels = labels_with({"centre": (0, 0, 0), "socket": False})
+    off = world_grid()
+    d = np.linalg.norm(off, axis=-1)
+    labels[(d > 25) & (d < 35) & (off[..., 2] > -0.2 * d) & (off[..., 0] > 6.0)] = ACETABULUM  # one side
+    result = check_anatomy(labels, AFFINE)
+    [head] = result.heads
+    assert 0.3 < head.cap_coverage < 0.6 and head.acetabulum_ml > 10.0
+    assert result.flag == "not_hip_anatomy" and any("superior cap" in r for r in result.reasons)
+    looser = check_anatomy(labels, AFFINE, limits=AnatomyLimits(min_cap_coverage=0.35))
+    assert looser.passed  # the old limit let it through
+
+
 def test_flat_disc_is_not_a_femoral_head() -> None:
     result = check_anatomy(labels_with({"centre": (0, 0, 0), "flat": True}), AFFINE)
     assert result.flag == "not_hip_anatomy"
