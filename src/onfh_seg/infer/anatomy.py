@@ -54,7 +54,7 @@ class AnatomyLimits:
     cap_deg: float = 45.0  # superior cap: directions within this angle of world +z
     # share of cap directions with acetabulum in the shell (whole heads): 0.35 until 2026-12-04, when a network took a
     # real greater trochanter for a head at 0.42; whole heads of the development data (style-C dev, retest, real
-    # dev: 87 heads, shipped network) had 0.73 or more
+    # dev: 81 heads, shipped network) had 0.73 or more
     min_cap_coverage: float = 0.6
     min_acetabulum_ml: float = 10.0  # acetabulum volume in the shell
     max_lesion_fraction: float = 0.93  # lesion (2+3) / head (1+2+3)
