@@ -76,9 +76,14 @@ def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Weights-only copy of a Lightning checkpoint (no optimizer state), loadable with ``load_module``."""
     ck = torch.load(str(src), map_location="cpu", weights_only=False)
     keep = {k: ck[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in ck}
+    return _save_checkpoint(keep, dst)
+
+
+def _save_checkpoint(ck: dict, dst: str | Path) -> Path:
+    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint)."""
     dst = Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(keep, str(tmp))
+    torch.save(ck, str(tmp))
     tmp.replace(dst)
     return dst
 
@@ -102,11 +107,7 @@ def average_checkpoints(srcs: list[str | Path], dst: str | Path) -> Path:
     keep = {k: cks[-1][k] for k in ("hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in cks[-1]}
     keep["state_dict"] = avg
     keep["averaged_from"] = [str(s) for s in srcs]
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(keep, str(tmp))
-    tmp.replace(dst)
-    return dst
+    return _save_checkpoint(keep, dst)
 
 
 def model_version(meta: dict) -> str:
