@@ -68,7 +68,7 @@ def _counting(seg, calls: dict[str, int]) -> None:
 
 def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(demo_scan, tmp_path):
     """tta=True adds one mirrored run per window of each measured fine crop (the passes that pick a crop's
-    centre are not mirrored) and none on the coarse grid; model.json's lesion_threshold is used."""
+    centre and the heads are not mirrored) and none on the coarse grid; model.json's lesion_threshold is used."""
     import json
     import shutil
 
@@ -95,6 +95,8 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
     assert calls["coarse"] == calls_plain["coarse"] == 1
     assert calls_plain["fine"] >= per_crop * heads and calls_plain["fine"] % per_crop == 0
     assert calls["fine"] - calls_plain["fine"] == per_crop * heads  # the same centres, one mirrored pass each
+    # heads are chosen on plain passes, whatever tta: the same head centres, bit for bit
+    assert all(np.array_equal(a, b) for a, b in zip(res.head_centres_ras, res_plain.head_centres_ras))
 
     strict = tmp_path / "models"
     shutil.copytree(MODELS, strict, ignore=shutil.ignore_patterns("*.ckpt", "training"))

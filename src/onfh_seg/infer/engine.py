@@ -20,6 +20,7 @@ from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
 from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
 from onfh_seg.infer.anatomy import check_anatomy
 from onfh_seg.infer.postprocess import clean_labels
+from onfh_seg.infer.providers import choose_providers, with_provider_options
 from onfh_seg.infer.search import (
     SEPARATION_MM,
     body_midline_x,
@@ -63,28 +64,6 @@ class SegResult:
     timings: dict[str, float] = field(default_factory=dict)
     # the head search's record: candidates judged by the fine network and heads it added (``infer.search``)
     search: dict[str, int] = field(default_factory=dict)
-
-
-def choose_providers(provider: str = "auto") -> tuple[list[str], str]:
-    """ONNX Runtime providers for ``auto|cpu|cuda`` and a one-line explanation."""
-    # function-level import: onnxruntime loads only when a model is built (imports of the engine stay light)
-    import onnxruntime as ort
-
-    avail = ort.get_available_providers()
-    if provider == "cpu":
-        return ["CPUExecutionProvider"], "CPU execution provider (requested)"
-    if "CUDAExecutionProvider" in avail:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDA execution provider"
-    if provider == "cuda":
-        raise RuntimeError("CUDA execution provider requested but not available in this onnxruntime")
-    return ["CPUExecutionProvider"], "CUDA not available; falling back to the CPU execution provider"
-
-
-def with_provider_options(providers: list[str], cuda_tf32: bool = False) -> list:
-    """ONNX Runtime's providers argument: the CUDA provider with ``use_tf32`` set (off unless asked: on an
-    H200, issue 15 measured fine probabilities up to 1.2e-3 from the CPU provider's with TF32, 2.3e-5
-    without), the others by name."""
-    return [(p, {"use_tf32": "1" if cuda_tf32 else "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 class Segmenter:
@@ -235,10 +214,9 @@ class Segmenter:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
         ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
 
-        The pass that only picks the crop's centre runs without mirroring; with ``tta`` the measured crop is
-        mirrored (a crop not re-centred reuses the unmirrored pass and adds the mirrored one). For the head
-        search (``search``) only head voxels inside the image's field of view count and no pass is mirrored
-        (``_search`` segments a head it keeps again as usual)."""
+        No pass is mirrored, whatever ``tta``: heads are chosen on plain passes (``segment`` mirrors the measured
+        crops of the heads it keeps). For the head search (``search``) only head voxels inside the image's field
+        of view count (``_judge`` segments a head it keeps again, mirrored)."""
         plain: list[np.ndarray] = []
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
         moved = False
@@ -248,8 +226,9 @@ class Segmenter:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                 if np.linalg.norm(c2 - centre) > 6.0:
                     centre, plain, moved = c2, [], True
-        if moved or (self.tta and not search):  # the measured crop: mirrored with tta
-            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False if search else None, plain=plain)
+        if moved:
+            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
+        self._measured[id(probs)] = (centre, plain)  # for ``_mirror_measured``
         head = np.isin(lab, (1, 2, 3))
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
@@ -336,6 +315,12 @@ class Segmenter:
                 queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
         return judged
 
+    def _mirror_measured(self, x: np.ndarray, affine: np.ndarray, found: tuple) -> tuple:
+        """A head's measured crop (``_confirm``) with test-time mirroring: its plain pass reused, the mirrored
+        pass added; the head centre is kept."""
+        centre, plain = self._measured[id(found[1])]
+        return (found[0], *self._fine(x, affine, centre, mirror=True, plain=plain))
+
     def _keep_head_shaped(self, confirmed: list[tuple], affine: np.ndarray, shape: tuple[int, ...]) -> list[tuple]:
         """The coarse stage's confirmed heads, less those that fail the anatomy gate's own head checks
         (``_head_shaped``: a bladder, a uterus, an iliac wing taken for a head, which the gate would refuse), so
@@ -354,6 +339,7 @@ class Segmenter:
         avoid = [np.asarray(c, float) for c in exclude]
         t = {"start": time.perf_counter()}
         self._clock = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
+        self._measured: dict[int, tuple] = {}  # id(probs) of a measured crop: (its centre, its plain passes)
         x = normalise(image)
         self._clock["normalise_s"] = time.perf_counter() - t["start"]
         xc, g_aff = self.coarse_grid(x, affine)
@@ -371,6 +357,8 @@ class Segmenter:
         n_coarse = len(confirmed)
         t["confirm"] = time.perf_counter()
         judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed, avoid) if len(confirmed) < 2 else 0
+        if self.tta:  # the heads were chosen on plain passes; the search's crops are mirrored already
+            confirmed[:n_coarse] = [self._mirror_measured(x, affine, r) for r in confirmed[:n_coarse]]
         t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
