@@ -71,11 +71,13 @@ def main() -> None:
     ap.add_argument("--visible-ml", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-search", action="store_true", help="the coarse stage alone (the engine before the head search)")
+    ap.add_argument("--tta", action="store_true", help="mirror the measured crops (onfh-infer's default since "
+                    "2026-12-04); without it no mirroring, as the fine shipping rules' references were measured")
     a = ap.parse_args()
     root = Path(a.manifest).parent
     rows = [r for r in csv.DictReader(open(a.manifest)) if r.get("image")]
     for model_dir in a.model_dir or ["models"]:
-        seg = Segmenter(model_dir, provider="cpu", threads=a.threads)
+        seg = Segmenter(model_dir, provider="cpu", threads=a.threads, tta=a.tta)
         if a.no_search:
             seg._search = lambda *args, **kwargs: 0  # noqa: E731  (measurement only)
         tot = {"found": 0, "visible": 0, "false_heads": 0, "false_lesion": 0, "search_added": 0}

@@ -10,10 +10,12 @@
 # (3) lesion Dice on the 64 fine_mix validation crops, (4) on the 64 fine_gre crops (scripts/val_dr.py, seed 2112);
 # (5) the repeatability coefficient on the retest cohort cache/rt (onfh-eval).
 # Writes everything under OUT_DIR and prints a summary. Uses only development data, never a held-out cohort.
+# TTA=false (default): no test-time mirroring in (1), (2) and (5), as the shipped references of the fine rules up to
+# fine_scar3 were measured (onfh-infer's default was tta=false until 2026-12-04); TTA=true mirrors as onfh-infer now does.
 set -euo pipefail
 out=${1:?out dir}; shift
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
-py=.venv/bin/python; bin=.venv/bin; coarse=${COARSE:-models/coarse.ckpt}
+py=.venv/bin/python; bin=.venv/bin; coarse=${COARSE:-models/coarse.ckpt}; export TTA=${TTA:-false}
 mkdir -p "$out"
 names=(); ckpts=()
 for arg in "$@"; do
@@ -33,7 +35,7 @@ echo "(2) style-C development cohorts"
 for n in "${names[@]}"; do
   for c in dev_c8 dev_c9; do
     [ -f "cache/$c/manifest.csv" ] || { echo "  cache/$c missing, skipped"; continue; }
-    "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$(model_dir "$n")" --threads 2 > "$out/loc_${n}_$c.txt" 2>&1
+    "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$(model_dir "$n")" --threads 2 $([ "$TTA" = true ] && echo --tta) > "$out/loc_${n}_$c.txt" 2>&1
     echo "  $n $c: $(grep TOTAL "$out/loc_${n}_$c.txt")"
   done
 done
@@ -48,7 +50,7 @@ grep -H ckpt "$out/val_mix.txt" "$out/val_gre.txt" || true
 
 echo "(5) retest cohort"
 for n in "${names[@]}"; do
-  "$bin/onfh-eval" cohort=cache/rt/manifest.csv model_dir="$(model_dir "$n")" out_dir="$out/rt_$n" workers=2 \
+  "$bin/onfh-eval" cohort=cache/rt/manifest.csv model_dir="$(model_dir "$n")" out_dir="$out/rt_$n" workers=2 tta="$TTA" \
     > "$out/rt_$n.log" 2>&1 || true
   echo "  $n: $(grep -m1 "rc_lesion_volume_ml " "$out/rt_$n.log" || echo "no RC: see $out/rt_$n.log")"
 done

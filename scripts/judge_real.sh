@@ -6,6 +6,7 @@
 #
 # The scans are looked up in $ONFH_REAL_DATA or ../shared/data/real (skipped when absent). Used by
 # scripts/judge_fine.sh and scripts/judge_coarse.sh; development data only, never a held-out scan.
+# TTA (default false): onfh-infer's tta, false as the fine rules' shipped references were measured.
 set -euo pipefail
 out=${1:?out dir}; shift
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -15,7 +16,7 @@ for arg in "$@"; do
   name=${arg%%=*}; dir=${arg#*=}
   for c in c3n00858 c3n01763 c3n01003; do
     d="$real/cptac_ucec_$c/image"; [ -d "$d" ] || { echo "  $c: not found under $real, skipped"; continue; }
-    .venv/bin/onfh-infer input="$d" series=29 threads=2 model_dir="$dir" out_dir="$out/real_${name}_$c" \
+    .venv/bin/onfh-infer input="$d" series=29 threads=2 tta="${TTA:-false}" model_dir="$dir" out_dir="$out/real_${name}_$c" \
       > "$out/real_${name}_$c.log" 2>&1 || true
   done
 done
