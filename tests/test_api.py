@@ -34,14 +34,14 @@ def one_scan(tmp_path_factory) -> Path:
 
 
 def test_segmenter_defaults_are_the_cli_defaults() -> None:
-    """Segmenter() with no arguments runs as onfh-infer does: mirroring off, the shipped model."""
+    """Segmenter() with no arguments runs as onfh-infer does: mirroring on (since 2026-12-04), the shipped model."""
     from onfh_seg.infer.engine import Segmenter
 
     params = inspect.signature(Segmenter.__init__).parameters
     assert all(params[k].default is None for k in ("model_dir", "provider", "threads", "tta", "fast"))
     seg = Segmenter()
     cli = config.defaults("infer")
-    assert seg.tta is cli["tta"] is False and seg.fast is cli["fast"] is False
+    assert seg.tta is cli["tta"] is True and seg.fast is cli["fast"] is False
     assert Path(seg.model_dir).resolve() == config.default_model_dir().resolve()
     assert seg.provider in seg.providers and seg.provider == seg.fine.get_providers()[0]
 
