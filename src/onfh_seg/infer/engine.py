@@ -228,7 +228,8 @@ class Segmenter:
                     centre, plain, moved = c2, [], True
         if moved:
             probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
-        self._measured[id(probs)] = (centre, plain)  # for ``_mirror_measured``
+        if self.tta and not search:  # for ``_mirror_measured`` (a search candidate is re-cropped there)
+            self._measured[id(probs)] = (centre, plain)
         head = np.isin(lab, (1, 2, 3))
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
@@ -359,6 +360,7 @@ class Segmenter:
         judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed, avoid) if len(confirmed) < 2 else 0
         if self.tta:  # the heads were chosen on plain passes; the search's crops are mirrored already
             confirmed[:n_coarse] = [self._mirror_measured(x, affine, r) for r in confirmed[:n_coarse]]
+        self._measured.clear()  # the plain passes kept for it
         t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
