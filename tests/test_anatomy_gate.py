@@ -165,6 +165,38 @@ def test_failed_gate_measures_nothing_and_empties_the_label_map() -> None:
     assert list(row) == CSV_COLUMNS and row["side"] is None and row["arco_extent"] is None
 
 
+def body_image(centre_x: float = 0.0) -> np.ndarray:
+    """A bright body 240 mm wide centred at ``centre_x`` (world mm) on a dark background, 300 mm field of view."""
+    img = np.random.default_rng(0).uniform(0, 40, SHAPE).astype(np.float32)
+    body = np.abs(world_grid()[..., 0] - centre_x) < 120.0
+    img[body] = np.random.default_rng(1).uniform(300, 1000, int(body.sum()))
+    return img
+
+
+@pytest.mark.parametrize("head_x, passed", [(0.0, False), (-25.0, False), (70.0, True), (-70.0, True)])
+def test_lone_head_on_the_body_midline_is_not_a_hip(head_x: float, passed: bool) -> None:
+    """A lone head-shaped structure in a socket within 30 mm of the midline of a wide field of view (an abdomen's
+    bowel or bladder) is refused; a lone femoral head lies 65 mm or more out (here 70 mm) and is measured."""
+    labels = labels_with({"centre": (head_x, 0, 0), "lesion": True})
+    assert check_anatomy(labels, AFFINE).passed  # its shape alone passes
+    gated = measure_gated(body_image(), labels, AFFINE, mean_confidence=0.9)
+    assert ("not_hip_anatomy" not in gated.flags) is passed and bool(gated.hips) is passed
+    if not passed:
+        assert any("midline" in r for r in gated.anatomy["reasons"]) and not gated.labels.any()
+
+
+def test_midline_check_needs_a_known_midline_and_one_head() -> None:
+    from onfh_seg.infer.anatomy import midline_check
+
+    one = check_anatomy(labels_with({"centre": (0, 0, 0)}), AFFINE)
+    assert midline_check(one, None) is one  # a narrow field of view: no midline, no check
+    assert midline_check(one, 100.0) is one  # 100 mm out
+    refused = midline_check(one, 10.0)
+    assert refused.flag == "not_hip_anatomy" and refused.heads[0].failures and not one.heads[0].failures  # a new result
+    pair = check_anatomy(labels_with({"centre": (90, 0, 0)}, {"centre": (-90, 0, 0)}), AFFINE)
+    assert midline_check(pair, 0.0) is pair  # a pair is judged by its distance, not by this
+
+
 @pytest.mark.parametrize("bad", [{"socket": False}, {"flat": True}], ids=["no_socket", "flat"])
 def test_implausible_second_head_is_flagged_and_untrusted(bad: dict) -> None:
     labels = labels_with({"centre": (90, 0, 0), "lesion": True}, {"centre": (-90, 0, 0), **bad})

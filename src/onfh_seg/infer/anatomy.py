@@ -31,7 +31,7 @@ numpy/scipy only. Thresholds: ``AnatomyLimits`` (configs/infer.yaml
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,9 @@ class AnatomyLimits:
     min_acetabulum_ml: float = 10.0  # acetabulum volume in the shell
     max_lesion_fraction: float = 0.93  # lesion (2+3) / head (1+2+3)
     pair_distance_mm: tuple[float, float] = (130.0, 230.0)  # centre-to-centre distance of two heads
+    # a lone head's distance from the body's midline where a wide field of view shows it: a femoral head lies about
+    # 65 mm or more out (pairs 130-230 mm apart); development heads: synthetic 47 mm or more, real 77-93 mm
+    min_midline_mm: float = 30.0
 
 
 def limits_from_config(cfg: Mapping[str, Any] | None) -> AnatomyLimits:
@@ -330,6 +333,23 @@ def check_anatomy(labels: np.ndarray, affine: np.ndarray, limits: AnatomyLimits 
     if not any(c.plausible for c in checks):
         return AnatomyResult("not_hip_anatomy", reasons, checks, distance)
     return AnatomyResult(None, reasons, checks, distance)
+
+
+def midline_check(result: AnatomyResult, body_centre_x: float | None, limits: AnatomyLimits | None = None) -> AnatomyResult:
+    """A scan the gate passed on one plausible head: that head must lie ``min_midline_mm`` or more from the body's
+    midline (``body_centre_x``, world x; None where the field of view cannot show it: no check), else the scan is
+    ``not_hip_anatomy`` (a structure near the midline, e.g. in an abdomen, is not a femoral head)."""
+    limits = limits or AnatomyLimits()
+    plausible = [h for h in result.heads if h.plausible]
+    if not result.passed or body_centre_x is None or len(plausible) != 1:
+        return result
+    off = abs(plausible[0].centre_ras_mm[0] - body_centre_x)
+    if off >= limits.min_midline_mm:
+        return result
+    why = f"{off:.0f} mm from the body's midline (a femoral head: {limits.min_midline_mm:g} mm or more)"
+    heads = [replace(h, failures=[*h.failures, why]) if h is plausible[0] else h for h in result.heads]
+    reasons = [*result.reasons, f"head at {_xyz(plausible[0].component_centre_ras_mm)}: {why}"]
+    return AnatomyResult("not_hip_anatomy", reasons, heads, result.pair_distance_mm)
 
 
 def _xyz(v: list[float]) -> str:

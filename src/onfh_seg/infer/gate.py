@@ -12,9 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy
+from onfh_seg.hips import estimate_body_centre_x
+from onfh_seg.infer.anatomy import AnatomyLimits, AnatomyResult, check_anatomy, midline_check
 from onfh_seg.measure import measure_scan
 from onfh_seg.quality import hip_flags, mark_trust, qc_flags, without_classes
+
+MIDLINE_FOV_MM = 280.0  # the body's midline is estimated only on fields of view this wide in x (as the engine's)
 
 
 @dataclass
@@ -46,6 +49,8 @@ def measure_gated(
     skips the image-based check (hips are still flagged and marked).
     """
     result = check_anatomy(labels, affine, limits) if gate else AnatomyResult(None, [], [])
+    if gate and result.passed and sum(h.plausible for h in result.heads) == 1:  # a lone head: not on the midline
+        result = midline_check(result, estimate_body_centre_x(image, affine, MIDLINE_FOV_MM), limits)
     if gate and not result.passed:
         flags = qc_flags(image, labels, affine, [], mean_confidence, head_ml_range, min_confidence, result.flag)
         return GatedMeasurement(np.zeros(np.shape(labels), np.uint8), [], flags, result.to_json())
