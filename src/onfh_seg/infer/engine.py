@@ -111,6 +111,7 @@ class Segmenter:
         self.model_dir = model_dir
         # seconds spent in the parts of the current ``segment`` call (reset there)
         self._clock: dict[str, float] = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
+        self._measured: dict[int, tuple] = {}  # id(probs) of a measured crop: (its centre, its plain passes)
         # threads for resampling (scipy releases the GIL): the ONNX Runtime count, or every usable core
         self.resample_threads = int(threads) if int(threads) > 0 else (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -340,7 +341,7 @@ class Segmenter:
         avoid = [np.asarray(c, float) for c in exclude]
         t = {"start": time.perf_counter()}
         self._clock = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
-        self._measured: dict[int, tuple] = {}  # id(probs) of a measured crop: (its centre, its plain passes)
+        self._measured = {}
         x = normalise(image)
         self._clock["normalise_s"] = time.perf_counter() - t["start"]
         xc, g_aff = self.coarse_grid(x, affine)
@@ -358,10 +359,10 @@ class Segmenter:
         n_coarse = len(confirmed)
         t["confirm"] = time.perf_counter()
         judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed, avoid) if len(confirmed) < 2 else 0
+        t["search"] = time.perf_counter()
         if self.tta:  # the heads were chosen on plain passes; the search's crops are mirrored already
             confirmed[:n_coarse] = [self._mirror_measured(x, affine, r) for r in confirmed[:n_coarse]]
         self._measured.clear()  # the plain passes kept for it
-        t["search"] = time.perf_counter()
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
         conf_sum, conf_n = 0.0, 0
