@@ -41,23 +41,27 @@ def inputs(paths: list[str]) -> list[tuple[str, Path, list[dict]]]:
     return out
 
 
-def lesion_ml(seg: Segmenter, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, mirror: str) -> float:
-    """Lesion volume (mL, crop grid) of the fine crop around ``centre``: ``mirror`` plain | mirrored | average."""
+def lesion_ml(seg: Segmenter, probs: np.ndarray) -> float:
+    """Lesion volume (mL, crop grid) of crop probabilities, after the crop clean-up and the lesion threshold."""
+    probs, _ = keep_main_components(probs)
+    lab = lesion_decision(probs, seg.lesion_threshold)
+    return float(np.isin(lab, (2, 3)).sum()) * float(seg.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
+
+
+def crop_probs(seg: Segmenter, x: np.ndarray, affine: np.ndarray, centre: np.ndarray,
+               mirrored: bool = False) -> np.ndarray:
+    """The fine network's probabilities on the crop around ``centre`` (``mirrored``: of the left-right mirrored crop,
+    mirrored back)."""
     f = seg.meta["fine"]
     f_aff, f_shape = crop_grid(centre, int(f["crop_vox"]), f["spacing_mm"])
     xf = seg._crop_image(x, affine, f_aff, f_shape)
 
     def run(a: np.ndarray) -> np.ndarray:
-        plain = seg.fine.run(None, {"image": a})[0]
-        if mirror == "plain":
-            return plain
-        flipped = seg.fine.run(None, {"image": np.ascontiguousarray(a[:, :, ::-1])})[0][:, :, ::-1]
-        return flipped if mirror == "mirrored" else 0.5 * (plain + flipped)
+        if not mirrored:
+            return seg.fine.run(None, {"image": a})[0]
+        return seg.fine.run(None, {"image": np.ascontiguousarray(a[:, :, ::-1])})[0][:, :, ::-1]
 
-    probs = sliding_window(run, xf, seg.window_vox, seg.overlap, f["divisor"])
-    probs, _ = keep_main_components(probs)
-    lab = lesion_decision(probs, seg.lesion_threshold)
-    return float(np.isin(lab, (2, 3)).sum()) * float(f["spacing_mm"]) ** 3 / 1000.0
+    return sliding_window(run, xf, seg.window_vox, seg.overlap, f["divisor"])
 
 
 def true_lesion(truth: list[dict], centre: np.ndarray) -> str:
@@ -83,13 +87,11 @@ def main() -> None:
         x = normalise(raw)
         for c in seg.segment(raw, img.affine).head_centres_ras:
             c = np.asarray(c, float)
-            moved = [lesion_ml(seg, x, img.affine, c + d, "plain") for d in shifts]
-            print(f"{name} | {np.round(c, 1).tolist()} | {true_lesion(truth, c)} | "
-                  f"{lesion_ml(seg, x, img.affine, c, 'plain'):.2f} | "
-                  f"{min(moved):.2f}/{float(np.median(moved)):.2f}/{max(moved):.2f} | "
-                  f"{lesion_ml(seg, x, img.affine, c, 'mirrored'):.2f} | "
-                  f"{lesion_ml(seg, x, img.affine, c, 'average'):.2f}", flush=True)
-
+            moved = [lesion_ml(seg, crop_probs(seg, x, img.affine, c + d)) for d in shifts]
+            plain, flipped = crop_probs(seg, x, img.affine, c), crop_probs(seg, x, img.affine, c, mirrored=True)
+            print(f"{name} | {np.round(c, 1).tolist()} | {true_lesion(truth, c)} | {lesion_ml(seg, plain):.2f} | "
+                  f"{min(moved):.2f}/{float(np.median(moved)):.2f}/{max(moved):.2f} | {lesion_ml(seg, flipped):.2f} | "
+                  f"{lesion_ml(seg, 0.5 * (plain + flipped)):.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
