@@ -84,8 +84,15 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
     calls_plain = {"coarse": 0, "fine": 0}
     _counting(seg, calls)
     _counting(plain, calls_plain)
+    crops = {"tta": 0, "plain": 0}
+    for s, k in ((seg, "tta"), (plain, "plain")):  # crop images resampled from the scan
+        def counted(*a, _f=s._crop_image, _k=k):
+            crops[_k] += 1
+            return _f(*a)
+        s._crop_image = counted
     res = seg.segment(data, img.affine)
     res_plain = plain.segment(data, img.affine)
+    assert crops["tta"] == crops["plain"] > 0  # a mirrored pass reuses its crop's image, not resampled again
     # fine stage: training-patch windows over each crop (one window when patch = crop)
     fine = json.loads((MODELS / "model.json").read_text())["fine"]
     assert seg.window_vox == tuple(fine["train_patch_vox"])
@@ -110,7 +117,7 @@ def test_engine_mirrors_fine_stage_only_and_applies_the_model_lesion_threshold(d
 
 
 def test_mirrored_crop_reusing_its_unmirrored_pass_is_the_same(demo_scan):
-    """A measured crop that was not re-centred reuses the judging pass's unmirrored windows: its mirrored
+    """A measured crop that was not re-centred reuses the judging pass's crop image and unmirrored windows: its mirrored
     probabilities are bit for bit those of a mirrored crop computed from scratch."""
     from onfh_seg.infer.engine import Segmenter
     from onfh_seg.preprocess import normalise
@@ -120,10 +127,12 @@ def test_mirrored_crop_reusing_its_unmirrored_pass_is_the_same(demo_scan):
     x = normalise(np.asarray(img.dataobj, np.float32))
     centre = seg.locate_heads(x, img.affine)[0]
     kept: list[np.ndarray] = []
-    unmirrored = seg._fine(x, img.affine, centre, mirror=False, plain=kept)
-    reused = seg._fine(x, img.affine, centre, mirror=True, plain=kept)
+    crop: list[np.ndarray] = []
+    unmirrored = seg._fine(x, img.affine, centre, mirror=False, plain=kept, crop=crop)
+    reused = seg._fine(x, img.affine, centre, mirror=True, plain=kept, crop=crop)
     fresh = seg._fine(x, img.affine, centre, mirror=True)
-    assert kept and np.array_equal(reused[0], fresh[0]) and np.array_equal(reused[1], fresh[1])
+    assert kept and len(crop) == 1  # the unmirrored pass's windows and crop image, kept
+    assert np.array_equal(reused[0], fresh[0]) and np.array_equal(reused[1], fresh[1])
     assert not np.array_equal(unmirrored[0], fresh[0])
 
 

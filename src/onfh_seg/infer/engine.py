@@ -111,7 +111,8 @@ class Segmenter:
         self.model_dir = model_dir
         # seconds spent in the parts of the current ``segment`` call (reset there)
         self._clock: dict[str, float] = {"normalise_s": 0.0, "resample_s": 0.0, "networks_s": 0.0}
-        self._measured: dict[int, tuple] = {}  # id(probs) of a measured crop: (its centre, its plain passes)
+        # id(probs) of a measured crop: (its centre, its plain passes, its normalised crop image)
+        self._measured: dict[int, tuple] = {}
         # threads for resampling (scipy releases the GIL): the ONNX Runtime count, or every usable core
         self.resample_threads = int(threads) if int(threads) > 0 else (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -188,15 +189,19 @@ class Segmenter:
         return [cand]
 
     def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, mirror: bool | None = None,
-              plain: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+              plain: list[np.ndarray] | None = None,
+              crop: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         """Cleaned class probabilities of the crop around ``centre``, their argmax, the crop's affine and shape
         (``mirror``: test-time mirroring, default the Segmenter's ``tta``). ``plain``: the unmirrored window
-        outputs of this same crop from an earlier call, reused; the list is filled with this call's."""
+        outputs of this same crop from an earlier call, reused; the list is filled with this call's. ``crop``:
+        likewise the crop's normalised image (not resampled again)."""
         f = self.meta["fine"]
         n = int(f["crop_vox"])
         mirror = self.tta if mirror is None else mirror
         f_aff, f_shape = crop_grid(centre, n, f["spacing_mm"])
-        xf = self._crop_image(x, affine, f_aff, f_shape)
+        xf = crop[0] if crop else self._crop_image(x, affine, f_aff, f_shape)
+        if crop is not None:
+            crop[:] = [xf]
         earlier = list(plain) if plain else []
         seen: list[np.ndarray] = []
 
@@ -219,18 +224,19 @@ class Segmenter:
         crops of the heads it keeps). For the head search (``search``) only head voxels inside the image's field
         of view count (``_judge`` segments a head it keeps again, mirrored)."""
         plain: list[np.ndarray] = []
-        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
+        crop: list[np.ndarray] = []
+        probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
         moved = False
         if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
                 if np.linalg.norm(c2 - centre) > 6.0:
-                    centre, plain, moved = c2, [], True
+                    centre, plain, crop, moved = c2, [], [], True
         if moved:
-            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain)
+            probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
         if self.tta and not search:  # for ``_mirror_measured`` (a search candidate is re-cropped there)
-            self._measured[id(probs)] = (centre, plain)
+            self._measured[id(probs)] = (centre, plain, crop)
         head = np.isin(lab, (1, 2, 3))
         if search:
             head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
@@ -318,10 +324,10 @@ class Segmenter:
         return judged
 
     def _mirror_measured(self, x: np.ndarray, affine: np.ndarray, found: tuple) -> tuple:
-        """A head's measured crop (``_confirm``) with test-time mirroring: its plain pass reused, the mirrored
-        pass added; the head centre is kept."""
-        centre, plain = self._measured[id(found[1])]
-        return (found[0], *self._fine(x, affine, centre, mirror=True, plain=plain))
+        """A head's measured crop (``_confirm``) with test-time mirroring: its image and plain pass reused, the
+        mirrored pass added; the head centre is kept."""
+        centre, plain, crop = self._measured[id(found[1])]
+        return (found[0], *self._fine(x, affine, centre, mirror=True, plain=plain, crop=crop))
 
     def _keep_head_shaped(self, confirmed: list[tuple], affine: np.ndarray, shape: tuple[int, ...]) -> list[tuple]:
         """The coarse stage's confirmed heads, less those that fail the anatomy gate's own head checks
