@@ -324,19 +324,62 @@ def run_steps(segmenter) -> tuple[tuple, dict]:
 def test_second_look_excludes_the_refused_structures_and_keeps_an_accepted_result() -> None:
     seg = TwoLooks()
     (labels, hips, flags, _), meas = run_steps(seg)
-    assert seg.excluded == [[], [[-90.0, 0.0, 30.0], [90.0, 0.0, 30.0]]]
+    assert seg.excluded == [[], [[90.0, 0.0, 30.0]]]  # the first look it accepts with two hips is kept
     assert "not_hip_anatomy" not in flags and sorted(h["side"] for h in hips) == ["left", "right"]
     assert labels.any() and meas["anatomy"]["passed"] is True
     look = meas["head_search"]["second_look"]
-    assert look["kept"] is True and look["excluded_ras_mm"] == [[-90.0, 0.0, 30.0], [90.0, 0.0, 30.0]]
+    assert look["kept"] is True and look["excluded_ras_mm"] == [[90.0, 0.0, 30.0]] and look["looks"] == 1
 
 
 def test_second_look_refused_too_keeps_the_first_result() -> None:
     seg = TwoLooks(second_ok=False)
     (labels, hips, flags, _), meas = run_steps(seg)
-    assert len(seg.excluded) == 2 and flags == ["not_hip_anatomy"] and hips == [] and not labels.any()
-    assert meas["head_search"]["second_look"]["kept"] is False
+    # each refused head alone, then both: all refused
+    assert seg.excluded == [[], [[90.0, 0.0, 30.0]], [[-90.0, 0.0, 30.0]], [[-90.0, 0.0, 30.0], [90.0, 0.0, 30.0]]]
+    assert flags == ["not_hip_anatomy"] and hips == [] and not labels.any()
+    assert meas["head_search"]["second_look"]["kept"] is False and meas["head_search"]["second_look"]["looks"] == 3
     assert len(meas["anatomy"]["heads"]) == 2  # the first look's refused pair, as reported before
+
+
+class RealWithFalse:
+    """A segmenter double: a false head (a bladder) found with a real head, at an implausible distance, so the gate
+    refuses both. Excluding the real head finds the false one with the other real head (refused again); excluding
+    the false one finds the real pair; excluding both, the other real head alone."""
+
+    FALSE, REAL, PARTNER = (0.0, 20.0, -10.0), (90.0, 0.0, -10.0), (-90.0, 0.0, -10.0)  # RAS: +x is right
+
+    def __init__(self) -> None:
+        self.excluded = []
+
+    def segment(self, image, affine, exclude=()):
+        from types import SimpleNamespace
+
+        gone = {tuple(np.round(c, 1)) for c in exclude}
+        self.excluded.append(sorted(gone))
+        if not gone:
+            centres = [self.FALSE, self.REAL]
+        elif gone == {self.REAL}:
+            centres = [self.FALSE, self.PARTNER]
+        elif gone == {self.FALSE}:
+            centres = [self.REAL, self.PARTNER]
+        else:
+            centres = [self.PARTNER]
+        labels = labels_with(*({"centre": c} for c in centres))
+        return SimpleNamespace(labels=labels, mean_confidence=0.9, head_centres_ras=[np.array(c) for c in centres],
+                               timings={}, search={"candidates_judged": 0, "heads_added": 0})
+
+
+def test_second_look_does_not_lose_a_real_head_paired_with_a_false_one() -> None:
+    """dev_c10 P004_m12 (style C, seed 9303): the left head (11.7 mL of necrosis) and a false head in the anterior
+    midline were refused as a pair at 95 mm; excluding both, the second look kept the right head alone and the
+    lesion went unmeasured. Each refused head is now excluded alone first."""
+    seg = RealWithFalse()
+    (labels, hips, flags, _), meas = run_steps(seg)
+    assert seg.excluded == [[], [RealWithFalse.REAL], [RealWithFalse.FALSE]]
+    assert "not_hip_anatomy" not in flags and sorted(h["side"] for h in hips) == ["left", "right"]
+    look = meas["head_search"]["second_look"]
+    assert look["kept"] is True and look["excluded_ras_mm"] == [list(RealWithFalse.FALSE)] and look["looks"] == 2
+    assert meas["anatomy"]["passed"] is True and len(meas["anatomy"]["heads"]) == 2
 
 
 def test_no_second_look_for_an_accepted_scan_or_a_segmenter_without_exclude() -> None:

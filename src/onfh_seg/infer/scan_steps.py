@@ -45,27 +45,45 @@ def _accepts_exclude(segmenter: Any) -> bool:
         return False
 
 
+def exclusion_sets(found: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """What the second look excludes, in turn: with two refused heads each one alone (a real head paired with a
+    false one, e.g. a bladder at an implausible distance, is not lost with it), then both; else all found."""
+    if len(found) == 2:
+        return [[found[1]], [found[0]], list(found)]
+    return [list(found)]
+
+
 def second_look(scan: LoadedScan, segmenter: Any, settings: InferSettings, limits: Any, meas: dict,
                 timings: dict[str, Any], found: list[np.ndarray], first: tuple) -> tuple:
-    """When the anatomy gate refused every head the segmenter found (``not_hip_anatomy``), look once more with
-    those structures excluded, so the head search goes on to the candidates behind them (a bladder or bowel pair
-    taken for heads hides the real ones). The second result is kept only if the gate accepts it; either way the
-    record says so (``head_search.second_look``). Returns (labels, hips, flags, confidence)."""
+    """When the anatomy gate refused every head the segmenter found (``not_hip_anatomy``), look again with
+    structures found excluded (``exclusion_sets``), so the head search goes on to the candidates behind them (a
+    bladder or bowel pair taken for heads hides the real ones). A look the gate accepts with two hips is kept at
+    once; else the first look it accepts with one; else the first result stands. Either way the record says so
+    (``head_search.second_look``). Returns (labels, hips, flags, confidence)."""
     if NOT_HIP_ANATOMY not in first[2] or not found or not _accepts_exclude(segmenter):
         return first
     t = time.perf_counter()
     first_search, first_anatomy = meas.get("head_search", {}), meas.get("anatomy")
-    labels, confidence, _ = segment_scan(scan, segmenter, {}, meas, exclude=found)
-    labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
-    kept = NOT_HIP_ANATOMY not in flags and bool(hips)
-    look = {"excluded_ras_mm": [[round(float(v), 1) for v in c] for c in found], "kept": kept,
-            "seconds": round(time.perf_counter() - t, 3)}
+    best, n_looks = None, 0
+    for exclude in exclusion_sets(found):
+        n_looks += 1
+        labels, confidence, _ = segment_scan(scan, segmenter, {}, meas, exclude=exclude)
+        labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
+        if NOT_HIP_ANATOMY in flags or not hips:
+            continue
+        if best is None or len(hips) > len(best[1][1]):
+            best = (exclude, (labels, hips, flags, confidence), meas.get("head_search", {}), meas.get("anatomy"))
+        if len(hips) >= 2:
+            break
+    excluded = best[0] if best is not None else found
+    look = {"excluded_ras_mm": [[round(float(v), 1) for v in c] for c in excluded], "kept": best is not None,
+            "looks": n_looks, "seconds": round(time.perf_counter() - t, 3)}
     timings["second_look"] = look["seconds"]
-    if not kept:  # the first result stands, with its own records
+    if best is None:  # the first result stands, with its own records
         meas["head_search"], meas["anatomy"] = {**first_search, "second_look": look}, first_anatomy
         return first
-    meas["head_search"] = {**meas.get("head_search", {}), "second_look": look}
-    return labels, hips, flags, confidence
+    meas["head_search"], meas["anatomy"] = {**best[2], "second_look": look}, best[3]
+    return best[1]
 
 
 def measure_scan(scan: LoadedScan, labels: np.ndarray, confidence: float, settings: InferSettings, limits: Any,
