@@ -382,6 +382,35 @@ def test_second_look_does_not_lose_a_real_head_paired_with_a_false_one() -> None
     assert meas["anatomy"]["passed"] is True and len(meas["anatomy"]["heads"]) == 2
 
 
+def test_second_look_keeps_the_first_one_hip_look_when_no_look_finds_two() -> None:
+    """Excluding the false head finds the real one alone (its partner out of sight); excluding the real one, or both,
+    is refused: the one-hip look is kept, after all three were tried (a two-hip look would have ended the search)."""
+    from types import SimpleNamespace
+
+    seg = RealWithFalse()
+    real_segment = seg.segment
+
+    def segment(image, affine, exclude=()):
+        gone = {tuple(np.round(c, 1)) for c in exclude}
+        if gone == {RealWithFalse.FALSE}:
+            hip = {"centre": RealWithFalse.REAL}
+        elif len(gone) == 2:  # nothing head-shaped left: a blob without a socket
+            hip = {"centre": (0.0, 0.0, 40.0), "socket": False}
+        else:
+            return real_segment(image, affine, exclude)
+        seg.excluded.append(sorted(gone))
+        return SimpleNamespace(labels=labels_with(hip), mean_confidence=0.9, head_centres_ras=[np.array(hip["centre"])],
+                               timings={}, search={"candidates_judged": 0, "heads_added": 0})
+
+    seg.segment = segment
+    (labels, hips, flags, _), meas = run_steps(seg)
+    assert len(seg.excluded) == 4  # the first look, then all three exclusion sets
+    assert [h["side"] for h in hips] == ["right"] and "not_hip_anatomy" not in flags
+    look = meas["head_search"]["second_look"]
+    assert look["kept"] is True and look["looks"] == 3 and look["excluded_ras_mm"] == [list(RealWithFalse.FALSE)]
+    assert meas["anatomy"]["passed"] is True and len(meas["anatomy"]["heads"]) == 1
+
+
 def test_no_second_look_for_an_accepted_scan_or_a_segmenter_without_exclude() -> None:
     class Plain:
         def __init__(self) -> None:
