@@ -35,6 +35,33 @@ def test_repeatability_pairs_scan_with_its_retest_only():
     assert repeatability(hips[2:4]) == {}
 
 
+def test_rc_interval_from_the_chi_square_of_the_pairs():
+    from onfh_seg.evaluate_summary import rc_interval
+
+    lo, hi = rc_interval(0.75, 11)
+    assert lo == pytest.approx(0.53, abs=0.005) and hi == pytest.approx(1.27, abs=0.005)  # chi2(11): 21.92, 3.816
+    lo40, hi40 = rc_interval(0.75, 40)
+    assert lo < lo40 < 0.75 < hi40 < hi  # more pairs, a narrower interval around the same RC
+    assert all(np.isnan(v) for v in rc_interval(0.75, 0))
+    # by simulation: the interval of a 95% level covers the true RC in about 95% of 11-pair samples
+    rng = np.random.default_rng(0)
+    wsd, covered = 0.3, 0
+    for _ in range(2000):
+        d = rng.normal(0.0, np.sqrt(2.0) * wsd, 11)
+        rc = 2.77 * np.sqrt(np.mean(d**2) / 2.0)
+        a, b = rc_interval(rc, 11)
+        covered += a <= 2.77 * wsd <= b
+    assert 0.93 < covered / 2000 < 0.97
+
+
+def test_repeatability_reports_the_rc_interval():
+    hips = [_hip(f"P{i}_m00.nii.gz", 10.0 + i, 20.0, 0.5) for i in range(3)] + \
+        [_hip(f"P{i}_m00_retest.nii.gz", 10.5 + i, 20.0, 0.5) for i in range(3)]
+    out = repeatability(hips)
+    assert out["n_retest_pairs"] == 3
+    assert out["rc_lesion_volume_ml_lo95"] < out["rc_lesion_volume_ml"] < out["rc_lesion_volume_ml_hi95"]
+
+
 def test_generator_makes_a_same_day_retest(tmp_path):
     from onfh_seg.synth.cohort import generate_cohort
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import chi2
 
 from onfh_seg import labels as L
 
@@ -41,7 +42,8 @@ TABLE_KEYS = (
     "regenerated_fraction_error_median_pts", "regenerated_fraction_error_max_pts", "n_regenerated_pairs",
     "dice_femoral_head", "dice_necrotic_zone", "dice_interface_band", "dice_acetabulum", "dice_lesion",
     "median_abs_sir_error", "hips_found_pct",
-    "n_retest_pairs", "rc_lesion_volume_ml", "rc_lesion_volume_rel_pct", "rc_percent_head_pts",
+    "n_retest_pairs", "rc_lesion_volume_ml", "rc_lesion_volume_ml_lo95", "rc_lesion_volume_ml_hi95",
+    "rc_lesion_volume_rel_pct", "rc_percent_head_pts",
     "rc_percent_head_rel_pct", "rc_sir", "rc_sir_rel_pct", "regen_noise95_pts",
 )
 
@@ -117,6 +119,18 @@ def repeatability_coefficient(a: Sequence[float], b: Sequence[float]) -> tuple[f
     return rc, rel
 
 
+def rc_interval(rc: float, n_pairs: int, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a repeatability coefficient from ``n_pairs`` repeat pairs: with normal pair
+    differences, sum(d^2) / (2 wSD^2) is chi-square with ``n_pairs`` degrees of freedom, so RC x sqrt(n / chi2 upper)
+    to RC x sqrt(n / chi2 lower). With 11 pairs an RC of 0.75 mL spans 0.53-1.27 mL: two networks' RCs on the same
+    small retest cohort need a wide gap to differ. NaN without pairs."""
+    if n_pairs < 1 or not np.isfinite(rc):
+        return float("nan"), float("nan")
+    a = (1.0 - level) / 2.0
+    return (rc * float(np.sqrt(n_pairs / chi2.ppf(1.0 - a, n_pairs))),
+            rc * float(np.sqrt(n_pairs / chi2.ppf(a, n_pairs))))
+
+
 def _scan_stem(scan: str) -> str:
     return scan.replace(".nii.gz", "").replace(".nii", "")
 
@@ -140,6 +154,8 @@ def repeatability(hips: list[dict]) -> dict:
         name = {"lesion_volume_ml": "rc_lesion_volume_ml", "percent_head": "rc_percent_head_pts", "sir": "rc_sir"}[key]
         out[name] = rc
         out[name.replace("_ml", "").replace("_pts", "") + "_rel_pct"] = rel
+        if key == "lesion_volume_ml":
+            out["rc_lesion_volume_ml_lo95"], out["rc_lesion_volume_ml_hi95"] = rc_interval(rc, len(ab))
     regen = [100.0 * r["regen_frac_pred"] for _, r in pairs if r.get("regen_frac_pred") is not None]
     out["regen_noise95_pts"] = 1.96 * float(np.sqrt(np.mean(np.square(regen)))) if regen else float("nan")
     return out
