@@ -8,14 +8,15 @@
 # (1) the three real development scans (scripts/judge_real.sh): side, head centre, head and lesion volume, flags;
 # (2) the style-C development cohorts cache/dev_c8 and cache/dev_c9 (scripts/eval_locator.py, head search on);
 # (3) lesion Dice on the 64 fine_mix validation crops, (4) on the 64 fine_gre crops (scripts/val_dr.py, seed 2112);
-# (5) the repeatability coefficient on the retest cohort cache/rt (onfh-eval).
+# (5) the repeatability coefficient on the retest cohort RT (onfh-eval; default cache/rt, 11 pairs, as the rules up to
+# fine_long2 name it; RT=cache/rt40, 47 pairs, for rules that name it: docs/benchmarks.md "Repeatability").
 # Writes everything under OUT_DIR and prints a summary. Uses only development data, never a held-out cohort.
 # TTA=false (default): no test-time mirroring in (1), (2) and (5), as the shipped references of the fine rules up to
 # fine_scar3 were measured (onfh-infer's default was tta=false until 2026-12-04); TTA=true mirrors as onfh-infer now does.
 set -euo pipefail
 out=${1:?out dir}; shift
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
-py=.venv/bin/python; bin=.venv/bin; coarse=${COARSE:-models/coarse.ckpt}; export TTA=${TTA:-false}
+py=.venv/bin/python; bin=.venv/bin; coarse=${COARSE:-models/coarse.ckpt}; export TTA=${TTA:-false}; rt=${RT:-cache/rt}
 mkdir -p "$out"
 names=(); ckpts=()
 for arg in "$@"; do
@@ -50,7 +51,7 @@ grep -H ckpt "$out/val_mix.txt" "$out/val_gre.txt" || true
 
 echo "(5) retest cohort"
 for n in "${names[@]}"; do
-  "$bin/onfh-eval" cohort=cache/rt/manifest.csv model_dir="$(model_dir "$n")" out_dir="$out/rt_$n" workers=2 tta="$TTA" \
+  "$bin/onfh-eval" cohort="$rt/manifest.csv" model_dir="$(model_dir "$n")" out_dir="$out/rt_$n" workers=2 tta="$TTA" \
     > "$out/rt_$n.log" 2>&1 || true
   echo "  $n: $(grep -m1 "rc_lesion_volume_ml " "$out/rt_$n.log" || echo "no RC: see $out/rt_$n.log")"
 done
