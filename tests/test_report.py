@@ -25,6 +25,7 @@ from onfh_seg.report.words import (
     healthy_line,
     hip_paragraph,
     number,
+    rc_number,
     score_title,
     versions_text,
 )
@@ -448,3 +449,13 @@ def test_correlation_needs_three_paired_visits():
     html = render_report(rec, report_figures(rec, None))
     assert "n/a" not in html and "Spearman" not in html  # no table of n/a rows
     assert "paired at 1 visit (imaging and scores at the same months); a within-patient correlation needs 3" in html
+
+
+def test_rc_printed_as_configured_not_rounded_across_a_change():
+    """configs/track.yaml's RC of 1.45 mL printed as "1.4" would call a 1.42 mL change "within the 1.4 mL limit"."""
+    assert rc_number(1.45, 1) == "1.45" and rc_number(1.1, 1) == "1.1" and rc_number(5.0, 1) == "5.0"
+    assert rc_number(0.072, 2) == "0.072" and rc_number(2.77 * 5 / 3, 1) == "4.6"  # derived: the usual rounding
+    assert rc_number(None, 1) == number(None, 1)
+    rec = record()
+    rec["repeatability"] = {"lesion_volume_ml": 1.45}
+    assert "the 1.45 mL repeatability limit" in headline(rec["hips"][0], rec)

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from onfh_seg.report.views import png_bytes
-from onfh_seg.report.words import change_rc, number
+from onfh_seg.report.words import change_rc, number, rc_number
 
 CHART_SIZE_IN = (1.8, 1.55)  # printed four across an A4 text width (about 46 mm each): text at 8.5 pt
 CHART_DPI = 200
@@ -108,7 +108,7 @@ def imaging_chart_png(hips: Sequence[Mapping], key: str, record: Mapping | None 
             ax.annotate(name, (xs[-1], ys[-1]), xytext=(3, 0), textcoords="offset points", fontsize=TEXT_PT,
                         color=style["color"], va="center")
         top = max(top, max(ys))
-    rc_text = number(max(rcs), 2 if max(rcs) < 1 else 1) if rcs else ""
+    rc_text = rc_number(max(rcs), 2 if max(rcs) < 1 else 1) if rcs else ""
     sub = ("shaded: RC " + ("" if kind == "from_zero" else "\u00b1") + rc_text) if rcs else unit
     fig.text(0.03, 0.97, f"{title}\n{sub}", fontsize=TEXT_PT, ha="left", va="top")
     ax.set_xlabel("months", fontsize=TEXT_PT, labelpad=1)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from onfh_seg.io.manifest import CLINICAL_COLUMNS
 from onfh_seg.quality import HIP_FLAGS, UNTRUSTED_FLAGS
 from onfh_seg.report.charts import paired_change
-from onfh_seg.report.words import RC_KEYS, SCORES, beyond_rc, change_rc, months, number, score_title
+from onfh_seg.report.words import RC_KEYS, SCORES, beyond_rc, change_rc, months, number, rc_number, score_title
 from onfh_seg.stats import spearman
 
 BEYOND = "\u25cf"  # the mark of a change beyond its repeatability coefficient
@@ -102,7 +102,7 @@ def metrics_table(hip: dict, keys: Sequence[str] | None = None, record: Mapping 
             text = fmt(key, t.get(key)) + (f' <span class="rc">{BEYOND}</span>' if mark else "")
             td = c or (' class="beyond"' if mark else "")
             cells.append(f"<td{td}>{text}</td>")
-        rc_cell = esc(number(rc, max(nd - 1, 1) if unit != "ratio" else 2)) if rc is not None else ""
+        rc_cell = esc(rc_number(rc, max(nd - 1, 1) if unit != "ratio" else 2)) if rc is not None else ""
         out.append(f'<tr><td class="l">{esc(label)}</td><td class="l">{esc(unit)}</td><td>{rc_cell}</td>'
                    f'{"".join(cells)}</tr>')
     out.append("</table>")

@@ -53,6 +53,18 @@ def number(v, decimals: int = 1, signed: bool = False) -> str:
     return f"{r:{'+' if signed else ''}.{decimals}f}"
 
 
+def rc_number(rc, decimals: int = 1) -> str:
+    """A repeatability coefficient as printed: with ``decimals``, or one more where that shows it exactly (a
+    configured RC of 1.45 mL reads "1.45", not "1.4", so a change of 1.42 mL is not "within the 1.4 mL limit"; a
+    derived one such as 2.77 x 5 mm / 3 keeps ``decimals``)."""
+    try:
+        f = float(rc)
+    except (TypeError, ValueError):
+        return number(rc, decimals)
+    exact = math.isfinite(f) and abs(round(f, decimals) - f) > 1e-9 and abs(round(f, decimals + 1) - f) < 1e-9
+    return number(f, decimals + 1 if exact else decimals)
+
+
 def months(m) -> str:
     """"6 mo" (months from baseline)."""
     return f"{float(m):g} mo"
@@ -159,13 +171,13 @@ def collapse_statement(loss_mm: float | None, noise_mm: float | None, slice_mm: 
     loss = f"Head height loss along the lesion direction: {number(loss_mm, 1)} mm"
     if rc_mm is not None:
         rc = float(rc_mm)
-        noise = f"RC {number(rc, 1)} mm from test-retest scans, so changes under it cannot be told from noise"
+        noise = f"RC {rc_number(rc, 1)} mm from test-retest scans, so changes under it cannot be told from noise"
     elif noise_mm is None:
         return f"{loss} (measurement noise unknown: no voxel size recorded); no collapse statement is made."
     else:
         rc = RC_FACTOR * noise_mm
         noise = (f"measurement noise about \u00b1{number(noise_mm, 1)} mm on {number(slice_mm, 1)} mm slices, "
-                 f"so changes under {number(rc, 1)} mm cannot be told from noise")
+                 f"so changes under {rc_number(rc, 1)} mm cannot be told from noise")
     if abs(float(loss_mm)) <= rc:
         return f"{loss} ({noise}): within measurement noise, no collapse can be stated from these images."
     if float(loss_mm) > 0:
@@ -177,7 +189,7 @@ def judged(change, rc, unit: str, decimals: int, up: str = "increase", down: str
     """A change between visits against its repeatability coefficient, in words ('' when either is unknown)."""
     if change is None or rc is None or not math.isfinite(float(change)):
         return ""
-    rc_text = f"RC {number(rc, decimals)}{' ' + unit if unit else ''}"
+    rc_text = f"RC {rc_number(rc, decimals)}{' ' + unit if unit else ''}"
     if abs(float(change)) > float(rc):
         return f"{rc_text}: a real {up if float(change) > 0 else down}"
     return f"within the {rc_text}: no change beyond measurement noise"
@@ -257,7 +269,7 @@ def _limit(value, rc: float | None, unit: str, decimals: int, what: str = "repea
     b = beyond_rc(value, rc)
     if b is None:
         return ""
-    return f"{'beyond' if b else 'within'} the {number(rc, decimals)}{' ' + unit if unit else ''} {what}"
+    return f"{'beyond' if b else 'within'} the {rc_number(rc, decimals)}{' ' + unit if unit else ''} {what}"
 
 
 def headline(hip: Mapping, record: Mapping) -> str:
@@ -291,7 +303,7 @@ def headline(hip: Mapping, record: Mapping) -> str:
     if loss is not None and math.isfinite(float(loss)):
         rc = change_rc(record, hip, "head_height_loss_mm")
         b_rc = beyond_rc(loss, rc)
-        judge = "" if b_rc is None else f" ({'beyond' if b_rc else 'within'} {number(rc, 1)} mm)"
+        judge = "" if b_rc is None else f" ({'beyond' if b_rc else 'within'} {rc_number(rc, 1)} mm)"
         parts.append(f"head height loss {number(loss, 1)} mm{judge}")
     else:
         parts.append("head height loss not measured")
