@@ -62,3 +62,33 @@ def test_fine_validation_runs_training_patch_windows_coarse_one_pass():
         with torch.no_grad():
             out = m.predict_volume(torch.zeros(1, 1, 32, 32, 32))
         assert out.shape == (1, 5, 32, 32, 32) and set(seen) == expect, (stage, seen)
+
+
+def _zero_out_filters(net: torch.nn.Module, dead: dict[str, torch.Tensor]) -> None:
+    """Zero the output filters ``dead[name]`` (weights and biases) of the named parameters; a transposed conv's
+    output filters are along its second axis."""
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, idx in dead.items():
+            params[name].index_fill_(1 if name.endswith(".0.conv.weight") else 0, idx, 0.0)
+
+
+def test_narrowed_unet_computes_what_the_wide_one_computes_when_the_dropped_channels_are_dead():
+    from onfh_seg.model.network import narrow_unet_state
+    torch.manual_seed(0)
+    wide = build_unet([8, 16, 32], [2, 2], act="leakyrelu", up_kernel_size=2).eval()
+    narrow = build_unet([4, 8, 16], [2, 2], act="leakyrelu", up_kernel_size=2).eval()
+    # dead channels (zero filters, zero bias) output exactly 0 through instance norm and leaky ReLU, so whatever
+    # reads them gets nothing from them: the wide net then computes what its live channels compute
+    live_cut = {"model.0": torch.tensor([0, 2, 5, 7]), "model.1.submodule.0": torch.tensor([1, 3, 4, 9, 10, 11, 12, 15]),
+                "model.1.submodule.1.submodule": torch.arange(16, 32)}
+    dead = {f"{block}.{conv}.{p}": idx for block, idx in live_cut.items()
+            for conv in ("conv.unit0.conv", "residual") for p in ("weight", "bias")}
+    up_dead = torch.tensor([0, 1, 6, 7])  # the decoder level's output (transposed conv, then its residual unit)
+    dead |= {f"model.1.submodule.2.{p}": up_dead for p in ("0.conv.weight", "0.conv.bias", "1.conv.unit0.conv.weight",
+                                                           "1.conv.unit0.conv.bias")}
+    _zero_out_filters(wide, dead)
+    narrow.load_state_dict(narrow_unet_state(wide.state_dict(), [4, 8, 16]))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), narrow(x), atol=1e-5)
