@@ -6,6 +6,11 @@ A head is *visible* when the scan holds at least ``--visible-ml`` (5 mL) of its 
 ``scan_label_volumes_ml``). A found head counts for the side whose true centre it is nearest to, within 30 mm.
 Also reports false heads (found more than 30 mm from any true head) and healthy hips with a false lesion over
 0.5 mL. Prints one table per model directory.
+
+By default the engine alone is counted (``Segmenter.segment``: coarse stage, head search, fine stage), as the
+shipping rules so far name it. ``--pipeline`` counts what onfh-infer reports: the engine, then the anatomy gate and
+its second look (``infer.scan_steps``, onfh-infer's settings), so a head the gate refuses is missed and a head the
+second look recovers is found.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from onfh_seg.config import infer_settings
 from onfh_seg.hips import find_heads
+from onfh_seg.infer.anatomy import limits_from_config
 from onfh_seg.infer.engine import Segmenter
+from onfh_seg.infer.inputs import load_scan
+from onfh_seg.infer.scan_jobs import ScanJob
+from onfh_seg.infer.scan_steps import measure_scan, second_look, segment_scan
 
 MATCH_MM = 30.0
 
@@ -34,15 +44,33 @@ def truth_heads(truth: dict, visible_ml: float) -> dict[str, dict]:
     return {s: {**d, "visible": d["visible_ml"] >= visible_ml} for s, d in pose_centres.items()}
 
 
-def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float) -> dict:
-    """Run the cascade on one scan and match found heads to the true ones."""
+def pipeline_labels(seg: Segmenter, image: Path) -> tuple[np.ndarray, dict]:
+    """Labels as onfh-infer reports them (engine, anatomy gate, second look; nothing written) and the head search
+    record."""
+    settings = infer_settings(require=False)
+    limits = limits_from_config(settings.anatomy)
+    scan = load_scan(ScanJob(kind="nifti", path=image, name=image.name, image_ref=str(image)))
+    meas: dict = {}
+    labels, confidence, found = segment_scan(scan, seg, {}, meas)
+    labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
+    labels, *_ = second_look(scan, seg, settings, limits, meas, {}, found, (labels, hips, flags, confidence))
+    return np.asarray(labels), meas.get("head_search", {})
+
+
+def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipeline: bool = False) -> dict:
+    """Run the cascade (``pipeline``: as onfh-infer reports it) on one scan and match found heads to the true
+    ones."""
     img = nib.load(str(image))
-    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
-    _, heads = find_heads(res.labels, img.affine, min_ml=1.0)
+    if pipeline:
+        labels, search = pipeline_labels(seg, image)
+    else:
+        res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+        labels, search = res.labels, res.search
+    _, heads = find_heads(labels, img.affine, min_ml=1.0)
     true = truth_heads(truth, visible_ml)
     vox_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
     out = {"found": 0, "visible": sum(t["visible"] for t in true.values()), "false_heads": 0, "false_lesion": 0,
-           "search_added": res.search.get("heads_added", 0), "missed": []}
+           "search_added": search.get("heads_added", 0), "missed": []}
     matched = set()
     for h in heads:
         d = {s: float(np.linalg.norm(h.centre_ras - t["centre"])) for s, t in true.items()}
@@ -51,8 +79,8 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float) -> d
             out["false_heads"] += 1
             continue
         matched.add(side)
-        near = np.linalg.norm(np.argwhere(np.isin(res.labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
-                              - h.centre_ras, axis=1) < 35.0 if np.isin(res.labels, (2, 3)).any() else np.zeros(0, bool)
+        near = np.linalg.norm(np.argwhere(np.isin(labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
+                              - h.centre_ras, axis=1) < 35.0 if np.isin(labels, (2, 3)).any() else np.zeros(0, bool)
         if true[side]["lesion_ml"] == 0 and near.sum() * vox_ml > 0.5:
             out["false_lesion"] += 1
     for s, t in true.items():
@@ -73,6 +101,8 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true", help="the coarse stage alone (the engine before the head search)")
     ap.add_argument("--tta", action="store_true", help="mirror the measured crops (onfh-infer's default since "
                     "2026-12-04); without it no mirroring, as the fine shipping rules' references were measured")
+    ap.add_argument("--pipeline", action="store_true", help="count what onfh-infer reports: the anatomy gate and "
+                    "its second look after the engine")
     a = ap.parse_args()
     root = Path(a.manifest).parent
     rows = [r for r in csv.DictReader(open(a.manifest)) if r.get("image")]
@@ -81,9 +111,10 @@ def main() -> None:
         if a.no_search:
             seg._search = lambda *args, **kwargs: 0  # noqa: E731  (measurement only)
         tot = {"found": 0, "visible": 0, "false_heads": 0, "false_lesion": 0, "search_added": 0}
-        print(f"## {model_dir} ({seg.version})")
+        print(f"## {model_dir} ({seg.version}){' as onfh-infer reports (gate, second look)' if a.pipeline else ''}")
         for r in rows:
-            s = score_scan(seg, root / r["image"], json.loads((root / r["truth"]).read_text()), a.visible_ml)
+            s = score_scan(seg, root / r["image"], json.loads((root / r["truth"]).read_text()), a.visible_ml,
+                           a.pipeline)
             for k in tot:
                 tot[k] += s[k]
             name = Path(r["image"]).name.replace(".nii.gz", "")

@@ -341,6 +341,26 @@ def test_second_look_refused_too_keeps_the_first_result() -> None:
     assert len(meas["anatomy"]["heads"]) == 2  # the first look's refused pair, as reported before
 
 
+def test_eval_locator_counts_the_engine_or_what_onfh_infer_reports(tmp_path: Path) -> None:
+    """scripts/eval_locator.py: the engine alone takes the refused pair for heads (both false, both true heads
+    missed); ``pipeline=True`` counts the gate's second look, which finds the true pair."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_locator", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "eval_locator.py")
+    loc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loc)
+    image = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(mr_image(), AFFINE), str(image))
+    truth = {"hips": [{"side": side, "head_centre_ras_mm": [x, 0.0, -10.0], "lesion_volume_ml": 0.0,
+                       "scan_label_volumes_ml": {"femoral_head": 44.0, "necrotic_zone": 0.0, "interface_band": 0.0}}
+                      for side, x in (("right", -90.0), ("left", 90.0))]}
+    engine = loc.score_scan(TwoLooks(), image, truth, 5.0)
+    assert engine["found"] == 0 and engine["false_heads"] == 2 and sorted(engine["missed"]) == ["left", "right"]
+    reported = loc.score_scan(TwoLooks(), image, truth, 5.0, pipeline=True)
+    assert reported["found"] == 2 and reported["false_heads"] == 0 and reported["missed"] == []
+
+
 class RealWithFalse:
     """A segmenter double: a false head (a bladder) found with a real head, at an implausible distance, so the gate
     refuses both. Excluding the real head finds the false one with the other real head (refused again); excluding
