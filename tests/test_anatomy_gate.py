@@ -354,7 +354,7 @@ def test_eval_locator_counts_the_engine_or_what_onfh_infer_reports(tmp_path: Pat
     nib.save(nib.Nifti1Image(mr_image(), AFFINE), str(image))
     truth = {"hips": [{"side": side, "head_centre_ras_mm": [x, 0.0, -10.0], "lesion_volume_ml": 0.0,
                        "scan_label_volumes_ml": {"femoral_head": 44.0, "necrotic_zone": 0.0, "interface_band": 0.0}}
-                      for side, x in (("right", -90.0), ("left", 90.0))]}
+                      for side, x in (("right", 90.0), ("left", -90.0))]}  # RAS+: +x is the right
     engine = loc.score_scan(TwoLooks(), image, truth, 5.0)
     assert engine["found"] == 0 and engine["false_heads"] == 2 and sorted(engine["missed"]) == ["left", "right"]
     reported = loc.score_scan(TwoLooks(), image, truth, 5.0, pipeline=True)
