@@ -33,7 +33,8 @@ def main() -> None:
     state = {f"net.{k}": v for k, v in narrow_unet_state(net, channels).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    torch.save({"state_dict": state, "hyper_parameters": hp, "pytorch-lightning_version": ckpt.get("pytorch-lightning_version"), "narrowed_from": str(args.wide),
+    torch.save({"state_dict": state, "hyper_parameters": hp,
+                "pytorch-lightning_version": ckpt.get("pytorch-lightning_version"), "narrowed_from": str(args.wide),
                 "narrowed_from_sha256": hashlib.sha256(args.wide.read_bytes()).hexdigest()}, tmp)
     os.replace(tmp, args.out)
     n = sum(v.numel() for v in state.values())

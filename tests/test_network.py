@@ -80,7 +80,8 @@ def test_narrowed_unet_computes_what_the_wide_one_computes_when_the_dropped_chan
     narrow = build_unet([4, 8, 16], [2, 2], act="leakyrelu", up_kernel_size=2).eval()
     # dead channels (zero filters, zero bias) output exactly 0 through instance norm and leaky ReLU, so whatever
     # reads them gets nothing from them: the wide net then computes what its live channels compute
-    live_cut = {"model.0": torch.tensor([0, 2, 5, 7]), "model.1.submodule.0": torch.tensor([1, 3, 4, 9, 10, 11, 12, 15]),
+    live_cut = {"model.0": torch.tensor([0, 2, 5, 7]),
+                "model.1.submodule.0": torch.tensor([1, 3, 4, 9, 10, 11, 12, 15]),
                 "model.1.submodule.1.submodule": torch.arange(16, 32)}
     dead = {f"{block}.{conv}.{p}": idx for block, idx in live_cut.items()
             for conv in ("conv.unit0.conv", "residual") for p in ("weight", "bias")}
