@@ -2,6 +2,11 @@
 
     .venv/bin/python scripts/bench_ab.py --base-src OTHER_CHECKOUT/src [--scans 18] [--workers 2]
                                          [--repeats 3] [--single-repeats 3] [--cohort manifest.csv]
+                                         [--base-model-dir DIR] [--model-dir DIR]
+
+Two models on the same code: ``--base-src src --base-model-dir models --model-dir <export of a candidate>
+--outputs-may-differ`` (each version's ``onfh-infer`` gets its ``model_dir=``; FPE stays in passes of the base's
+fine network, the one measured each round, and the candidate's own pass is printed beside it).
 
 Absolute times on a shared machine drift by more than the differences measured here, so both versions run in
 the same session, alternating (base, this, base, this, ...), and the results are ratios of back-to-back runs.
@@ -60,6 +65,8 @@ def main() -> None:
     ap.add_argument("--single-repeats", type=int, default=3, help="single-scan runs per version and round")
     ap.add_argument("--cohort", type=Path, help="an existing cohort manifest (default: generate one)")
     ap.add_argument("--keep", type=Path, help="keep the work folder here (default: a temporary folder)")
+    ap.add_argument("--base-model-dir", type=Path, help="the base version's model_dir (default: its own default)")
+    ap.add_argument("--model-dir", type=Path, help="this version's model_dir (default: its own default)")
     ap.add_argument("--outputs-may-differ", action="store_true",
                     help="report, do not fail on, different measurements.csv (outputs changed on purpose)")
     a = ap.parse_args()
@@ -70,25 +77,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_ab_")) if a.keep is None else a.keep.resolve()
     work.mkdir(parents=True, exist_ok=True)
     runs = {v: {k: [] for k in ("wall", "cpu", "worker", "single", "single_ratio")} for v in versions}
-    fine, csvs = [], {}
+    fine, fine_this, csvs = [], [], {}
+    model_args = {"base": [f"model_dir={a.base_model_dir.resolve()}"] if a.base_model_dir else [],
+                  "this": [f"model_dir={a.model_dir.resolve()}"] if a.model_dir else []}
     try:
         os.environ["PYTHONPATH"] = str(versions["this"])
         source = a.cohort.resolve() if a.cohort else make_cohort(a.scans, work / "cohort")
         manifest, images = first_scans(source, a.scans, work / "bench_manifest.csv")
         for i in range(a.repeats):
-            fine.append(fine_pass_cpu_s(ROOT / "models"))
+            fine.append(fine_pass_cpu_s((a.base_model_dir or ROOT / "models").resolve()))
+            if a.model_dir:
+                fine_this.append(fine_pass_cpu_s(a.model_dir.resolve()))
             for name, src in versions.items():
                 out = work / f"out_{name}_{i}"
                 shutil.rmtree(out, ignore_errors=True)
                 wall, _, worker, cpu = run_version(src, [f"input={manifest}", f"out_dir={out}", "provider=cpu",
-                                                         f"workers={a.workers}"], work)
+                                                         f"workers={a.workers}", *model_args[name]], work)
                 csvs.setdefault(name, (out / "measurements.csv").read_bytes())
                 runs[name]["wall"].append(wall)
                 runs[name]["cpu"].append(cpu)
                 runs[name]["worker"].append(worker)
                 for j in range(a.single_repeats):
                     single = work / f"single_{name}_{i}_{j}"
-                    s, _, _, _ = run_version(src, [f"input={images[0]}", f"out_dir={single}", "provider=cpu"], work)
+                    s, _, _, _ = run_version(src, [f"input={images[0]}", f"out_dir={single}", "provider=cpu",
+                                                   *model_args[name]], work)
                     runs[name]["single"].append(s)
                     runs[name]["single_ratio"].append(s / bare_import_s(1))
                 print(f"round {i + 1} {name}: batch {wall:.1f} s, {cpu:.1f} CPU-s; single {s:.2f} s", file=sys.stderr)
@@ -99,7 +111,8 @@ def main() -> None:
     print(f"\nMachine: {desc}\n")
     print(f"{a.scans} scans, `workers={a.workers} provider=cpu`, "
           f"{a.repeats} rounds alternating base and this; each version's own defaults otherwise; medians. "
-          f"One fine pass: {fp:.3f} CPU-s.\n")
+          f"One fine pass: {fp:.3f} CPU-s"
+          + (f" (this version's fine network: {statistics.median(fine_this):.3f})" if fine_this else "") + ".\n")
     print("| version | batch wall | CPU-s per scan | FPE per scan | single scan | single / bare import | "
           "peak RSS per worker |")
     print("|---|---|---|---|---|---|---|")
