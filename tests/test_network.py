@@ -93,3 +93,47 @@ def test_narrowed_unet_computes_what_the_wide_one_computes_when_the_dropped_chan
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_scales_with_temperature_squared():
+    from onfh_seg.model.module import distillation_loss
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 4, 4, 4), torch.randn(2, 5, 4, 4, 4)
+    assert distillation_loss(t, t).abs() < 1e-6
+    p, log_q = torch.softmax(t, 1), torch.log_softmax(s, 1)
+    by_hand = (p * (torch.log(p) - log_q)).sum(1).mean()
+    assert torch.allclose(distillation_loss(s, t), by_hand, atol=1e-6)
+    p2, log_q2 = torch.softmax(t / 2, 1), torch.log_softmax(s / 2, 1)
+    assert torch.allclose(distillation_loss(s, t, 2.0), 4 * (p2 * (torch.log(p2) - log_q2)).sum(1).mean(), atol=1e-6)
+
+
+def test_a_student_learns_from_a_teacher_checkpoint_kept_out_of_its_own_weights(tmp_path):
+    import warnings
+
+    from onfh_seg.model.module import SegModule, distillation_loss
+    net = {"channels": [4, 8, 16], "strides": [2, 2], "act": "leakyrelu", "up_kernel_size": 2}
+    torch.manual_seed(0)
+    teacher = SegModule(net={**net, "channels": [8, 16, 32]}, patch_vox=[16, 16, 16])
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, tmp_path / "t.ckpt")
+    student = SegModule(net=net, patch_vox=[16, 16, 16], teacher=str(tmp_path / "t.ckpt"), kd_weight=0.5)
+    student.on_fit_start()
+    assert len(student._teacher) == 1 and not any(k.startswith("_teacher") for k in student.state_dict())
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in student.net.parameters())
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 5, (2, 1, 16, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = student.training_step((x, y), 0)
+    with torch.no_grad():
+        expected = student.loss(student(x), y) + 0.5 * distillation_loss(student(x), teacher(x))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    plain = SegModule(net=net, patch_vox=[16, 16, 16])
+    plain.on_fit_start()
+    assert plain._teacher == []
+
+
+@pytest.mark.parametrize("cfg", [{"init_from": "no/such.ckpt", "model": {}},
+                                 {"init_from": None, "model": {"teacher": "no/such.ckpt", "kd_weight": 1.0}}])
+def test_training_refuses_a_missing_start_or_teacher_checkpoint_before_any_work(cfg):
+    from onfh_seg.train import train
+    with pytest.raises(FileNotFoundError, match="no checkpoint at no/such.ckpt"):
+        train(cfg)

@@ -214,6 +214,9 @@ class ModelSettings:
     stage: Literal["fine", "coarse"] = dataclasses.field()
     spacing_mm: float = dataclasses.field(metadata={"min": 0.1})
     patch_vox: tuple[int, int, int] = dataclasses.field()
+    teacher: Union[Path_, None] = dataclasses.field()  # distillation (SegModule): a checkpoint to learn from
+    kd_weight: float = dataclasses.field(metadata={"min": 0})  # > 0 with a teacher
+    kd_temperature: float = dataclasses.field(metadata={"min": 0.01})
 
 
 @dataclass

@@ -95,6 +95,9 @@ def load_weights(module: pl.LightningModule, path: str) -> None:
 def train(cfg: dict[str, Any]) -> dict:
     """Train one stage from a resolved train config; returns the best/last checkpoint paths, the final
     metrics and the seconds spent fitting (also written to ``<run_dir>/result.json``)."""
+    for what, path in (("init_from", cfg.get("init_from")), ("model.teacher", cfg["model"].get("teacher"))):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{what}: no checkpoint at {path}")
     pl.seed_everything(int(cfg["seed"]), workers=True)
     torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
     run_dir = Path(cfg["run_dir"])

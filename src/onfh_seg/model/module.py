@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from onfh_seg.labels import LABELS, NUM_CLASSES
@@ -20,12 +21,34 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 
     return torch.stack(out)
 
 
+def load_teacher(path: str) -> torch.nn.Module:
+    """The network of a trained checkpoint, frozen, for distillation (its own widths from its hyperparameters)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_unet(**ckpt["hyper_parameters"]["net"], out_channels=NUM_CLASSES)
+    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    return net.eval().requires_grad_(False)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Voxel-mean KL divergence of the student's class distribution from the teacher's (both logits, softened by
+    ``temperature``), times temperature^2 (Hinton et al. 2015)."""
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="none", log_target=True)
+    return kl.sum(1).mean() * t * t
+
+
 class SegModule(pl.LightningModule):
-    """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4)."""
+    """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4).
+
+    ``teacher`` (a checkpoint) with ``kd_weight`` > 0: the loss adds ``kd_weight`` x ``distillation_loss`` against
+    that network's logits on the same batch (e.g. a narrower network learning from the shipped one). The teacher
+    is loaded when fitting starts and is not part of this module's weights or checkpoints.
+    """
 
     def __init__(self, net: dict, lr: float = 2e-3, weight_decay: float = 1e-5, max_steps: int = 1000,
                  stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None,
-                 dice_weight: float = 1.0, ce_weight: float = 1.0):
+                 dice_weight: float = 1.0, ce_weight: float = 1.0, teacher: str | None = None,
+                 kd_weight: float = 0.0, kd_temperature: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_unet(**net, out_channels=NUM_CLASSES)
@@ -33,13 +56,25 @@ class SegModule(pl.LightningModule):
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
                                lambda_dice=dice_weight, lambda_ce=ce_weight)
         self.val_scores: list[torch.Tensor] = []
+        self._teacher: list[torch.nn.Module] = []  # a list: not a submodule, so not in state_dict or parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        if self.hparams.get("teacher") and self.hparams.get("kd_weight", 0.0) > 0 and not self._teacher:
+            self._teacher.append(load_teacher(self.hparams.teacher).to(self.device))
+
     def training_step(self, batch, _):
         x, y = batch
-        loss = self.loss(self(x), y)
+        logits = self(x)
+        loss = self.loss(logits, y)
+        if self._teacher:
+            with torch.no_grad():
+                target = self._teacher[0](x)
+            kd = distillation_loss(logits, target, self.hparams.kd_temperature)
+            self.log("train/kd", kd, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            loss = loss + self.hparams.kd_weight * kd
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
