@@ -114,7 +114,8 @@ def test_a_student_learns_from_a_teacher_checkpoint_kept_out_of_its_own_weights(
     net = {"channels": [4, 8, 16], "strides": [2, 2], "act": "leakyrelu", "up_kernel_size": 2}
     torch.manual_seed(0)
     teacher = SegModule(net={**net, "channels": [8, 16, 32]}, patch_vox=[16, 16, 16])
-    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, tmp_path / "t.ckpt")
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
+                "pytorch-lightning_version": "2.0.0"}, tmp_path / "t.ckpt")
     student = SegModule(net=net, patch_vox=[16, 16, 16], teacher=str(tmp_path / "t.ckpt"), kd_weight=0.5)
     student.on_fit_start()
     assert len(student._teacher) == 1 and not any(k.startswith("_teacher") for k in student.state_dict())

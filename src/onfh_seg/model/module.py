@@ -23,10 +23,7 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 
 
 def load_teacher(path: str) -> torch.nn.Module:
     """The network of a trained checkpoint, frozen, for distillation (its own widths from its hyperparameters)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_unet(**ckpt["hyper_parameters"]["net"], out_channels=NUM_CLASSES)
-    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    return net.eval().requires_grad_(False)
+    return SegModule.load_from_checkpoint(path, map_location="cpu").net.eval().requires_grad_(False)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
