@@ -326,3 +326,75 @@ def test_pair_plausible_is_an_intercapital_distance_at_one_height() -> None:
     assert not pair_plausible(right, [-160.0, 0.0, 0.0])  # 250 mm
     assert not pair_plausible(right, [-90.0, 0.0, 118.0])  # far above: abdomen
     assert not pair_plausible(right, [-90.0, 50.0, 0.0])
+
+
+# the acquisition of issue 22's real scan, as written there: a 3D spoiled gradient echo near opposed phase
+# (TR 3.85 ms, TE 1.42 ms, flip 20 degrees), 160 x 160 x 20 voxels of 1.625 x 1.625 x 3.6 mm (field of view 260 mm),
+# an oblique axial slab tilted 24 degrees, the hips 14-22 mm off the field's centre so the heads sit at its lateral
+# edges; a healthy patient
+ACCEPT_LIKE = {
+    "n_slices": [20, 20], "slice_mm": [3.6, 3.6], "fov_mm": [260.0, 260.0], "inplane_mm": [1.625, 1.625],
+    "tilt_deg": [24.0, 24.0], "tilt_lr_fraction": 1.0, "offcentre_fraction": 1.0, "offcentre_x_mm": [-22.0, -14.0],
+    "tr_ms": [3.85, 3.85], "te_ms": [1.42, 1.42], "flip_deg": [20.0, 20.0],
+}
+
+
+def test_style_c_protocol_ranges_can_be_pinned() -> None:
+    """``style_c`` options pin the slab (issue 22's acquisition); without options the draws are the defaults'."""
+    from onfh_seg.synth.style_c import DEFAULTS, style_options
+
+    cfg = synth_config({"seed": 9401, "style": "c", "style_c": ACCEPT_LIKE})
+    plan = plan_patient(0, cfg)
+    opt = style_options(cfg)
+    assert opt["snr"] == DEFAULTS["snr"] and opt["n_slices"] == [20, 20]
+    for i in range(5):
+        p = sample_protocol(np.random.default_rng([2, i]), plan.patient, plan.poses[0], opt)
+        assert p.geom.shape == (160, 160, 20) and p.tilt_deg == 24.0 and p.te_ms == 1.42 and p.flip_deg == 20.0
+        zooms = np.sqrt((p.geom.affine[:3, :3] ** 2).sum(0))
+        assert np.allclose(zooms, [1.625, 1.625, 3.6])
+        normal = p.geom.affine[:3, 2] / 3.6  # tilted about the left-right axis: no left-right component
+        assert abs(normal[0]) < 1e-9 and np.isclose(np.degrees(np.arccos(abs(normal[2]))), 24.0)
+        hips_mid = np.mean([h.centre for h in plan.patient.hips.values()], axis=0)
+        mid_world = plan.poses[0][:3, :3] @ hips_mid + plan.poses[0][:3, 3]
+        fov_centre = p.geom.affine[:3, :3] @ ((np.array(p.geom.shape) - 1) / 2) + p.geom.affine[:3, 3]
+        shift = np.linalg.inv(plan.poses[0][:3, :3]) @ (fov_centre - mid_world)
+        assert -22.0 <= shift[0] <= -14.0
+    a = sample_protocol(np.random.default_rng(7), plan.patient, plan.poses[0])
+    b = sample_protocol(np.random.default_rng(7), plan.patient, plan.poses[0], style_options({}))
+    assert np.array_equal(a.geom.affine, b.geom.affine) and a.te_ms == b.te_ms and a.geom.snr == b.geom.snr
+
+
+@needs_model
+@pytest.mark.parametrize("as_dicom", [False, True])
+def test_issue22_acquisition_healthy_heads_found_without_lesions(tmp_path, as_dicom) -> None:
+    """A rendering of issue 22's real scan (healthy): onfh-infer with its defaults finds both heads on their sides,
+    as NIfTI and as a DICOM series, with no lesion over 0.5 mL, and counts the scan as done."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = synth_config({"seed": 9401, "months": [0], "style": "c", "style_c": ACCEPT_LIKE,
+                        "disease": {"healthy_fraction": 1.0}})
+    rows = generate_patient_c(plan_patient(0, cfg), tmp_path, cfg, 0)
+    image, truth = tmp_path / rows[0]["image"], json.loads((tmp_path / rows[0]["truth"]).read_text())
+    assert all(h["lesion_volume_ml"] == 0 for h in truth["hips"])
+    src = image
+    if as_dicom:
+        from onfh_seg.pacs.demo import nifti_to_dicom_series
+
+        src = tmp_path / "study"
+        nifti_to_dicom_series(image, src, patient_id="P001", patient_name="Slab^Accept",
+                              study_uid="1.2.826.0.1.3680043.8.498.78", study_date="20261204",
+                              description="t1_vibe_opp_tra_20deg", series_number=7, body_part="PELVIS")
+    cli = Path(sys.executable).parent / "onfh-infer"
+    res = subprocess.run([str(cli), "-i", str(src), "-o", str(tmp_path / "out"), "overlay=false",
+                          f"model_dir={MODELS}", "provider=cpu"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "done 1," in res.stdout + res.stderr, res.stderr[-2000:]
+    [meas_path] = (tmp_path / "out").glob("*_measurements.json")
+    meas = json.loads(meas_path.read_text())
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    got = {h["side"]: h for h in meas["hips"]}
+    assert set(got) == {"right", "left"}, meas["qc_flags"]
+    for side, hip in got.items():
+        assert np.linalg.norm(np.asarray(hip["head_centre_ras_mm"]) - true[side]) < 20.0
+        assert hip["lesion_volume_ml"] <= 0.5, (side, hip["lesion_volume_ml"])

@@ -168,6 +168,7 @@ class SynthSettings:
     preview: bool = dataclasses.field()
     style: Literal["a", "b", "c", "dr"] = dataclasses.field()
     style_b: dict[str, Any] = dataclasses.field()
+    style_c: dict[str, Any] = dataclasses.field()
     disease: DiseaseSettings = dataclasses.field()
     acquisition: AcquisitionSettings = dataclasses.field()
 

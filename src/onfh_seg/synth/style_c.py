@@ -54,6 +54,14 @@ TISSUE_GRE: dict[str, tuple[float, float, float]] = {
     "band": (0.45, 1300.0, 0.03), "regenerated": (0.8, 1150.0, 0.6), "cyst": (1.0, 3000.0, 0.0),
 }
 SUB = (2, 2, 3)  # sub-samples per voxel (in plane, in plane, through slice)
+# protocol ranges, each drawn uniformly per scan ([lo, hi]; lo == hi pins it; ``onfh-synth style_c.<key>=...``);
+# fractions: of scans tilted about the left-right axis (else anterior-posterior) and of scans shifted sideways
+DEFAULTS: dict = {
+    "n_slices": [16, 32], "slice_mm": [2.5, 4.0], "fov_mm": [240.0, 300.0], "inplane_mm": [1.4, 1.9],
+    "tilt_deg": [10.0, 30.0], "tilt_lr_fraction": 0.7, "offcentre_fraction": 0.4, "offcentre_x_mm": [-30.0, 30.0],
+    "offcentre_y_mm": [-15.0, 15.0], "offcentre_z_mm": [-12.0, 12.0], "snr": [15.0, 40.0], "tr_ms": [3.5, 5.5],
+    "te_ms": [1.2, 2.6], "flip_deg": [10.0, 20.0],
+}
 
 
 @dataclass
@@ -85,20 +93,31 @@ def tissue_signal(tr_ms: float, te_ms: float, flip_deg: float, rng: np.random.Ge
     return (water + fat * np.exp(1j * phase)).astype(np.complex64)
 
 
-def sample_protocol(rng: np.random.Generator, pat: Patient, pose: np.ndarray) -> Protocol:
-    """A thin oblique axial slab over both hips, sometimes off-centre."""
-    n_slices = int(rng.integers(16, 33))
-    slice_mm = float(rng.uniform(2.5, 4.0))
-    fov = float(rng.uniform(240, 300))
-    inplane = float(rng.uniform(1.4, 1.9))
+def style_options(cfg: dict) -> dict:
+    """``cfg['style_c']`` over ``DEFAULTS``."""
+    opt = dict(DEFAULTS)
+    opt.update(cfg.get("style_c") or {})
+    return opt
+
+
+def sample_protocol(rng: np.random.Generator, pat: Patient, pose: np.ndarray,
+                    opt: dict | None = None) -> Protocol:
+    """A thin oblique axial slab over both hips, sometimes off-centre (ranges: ``opt``, default ``DEFAULTS``)."""
+    o = DEFAULTS if opt is None else opt
+    n_slices = int(rng.integers(int(o["n_slices"][0]), int(o["n_slices"][1]) + 1))
+    slice_mm = float(rng.uniform(*o["slice_mm"]))
+    fov = float(rng.uniform(*o["fov_mm"]))
+    inplane = float(rng.uniform(*o["inplane_mm"]))
     matrix = int(round(fov / inplane))
     inplane = fov / matrix
-    tilt = float(rng.uniform(10, 30))
-    axis = np.array([1.0, 0.0, 0.0]) if rng.uniform() < 0.7 else np.array([0.0, 1.0, 0.0])  # about L-R or A-P
+    tilt = float(rng.uniform(*o["tilt_deg"]))
+    lr = rng.uniform() < float(o["tilt_lr_fraction"])
+    axis = np.array([1.0, 0.0, 0.0]) if lr else np.array([0.0, 1.0, 0.0])  # about L-R or A-P
     R = rotation(axis, np.deg2rad(tilt) * rng.choice([-1, 1]))
     hips = list(pat.hips.values())
     mid = np.mean([h.centre for h in hips], axis=0)
-    off = np.array([rng.uniform(-30, 30) if rng.uniform() < 0.4 else 0.0, rng.uniform(-15, 15), rng.uniform(-12, 12)])
+    off_x = rng.uniform(*o["offcentre_x_mm"]) if rng.uniform() < float(o["offcentre_fraction"]) else 0.0
+    off = np.array([off_x, rng.uniform(*o["offcentre_y_mm"]), rng.uniform(*o["offcentre_z_mm"])])
     centre = pose[:3, :3] @ (mid + off) + pose[:3, 3]
     dirs = R @ ORIENTATION_AXES["axial"].T  # columns: voxel axis directions in world RAS
     shape = (matrix, matrix, n_slices)
@@ -106,10 +125,10 @@ def sample_protocol(rng: np.random.Generator, pat: Patient, pose: np.ndarray) ->
     A[:3, :3] = dirs * np.array([inplane, inplane, slice_mm])
     A[:3, 3] = centre - A[:3, :3] @ ((np.array(shape) - 1) / 2)
     geom = ScanGeometry(orientation="axial", fov_kind="slab", shape=shape, affine=A, inplane_mm=inplane,
-                        slice_mm=slice_mm, gap_mm=0.0, snr=float(rng.uniform(15, 40)),
+                        slice_mm=slice_mm, gap_mm=0.0, snr=float(rng.uniform(*o["snr"])),
                         bias_amplitude=float(rng.uniform(0.2, 0.5)), scale=float(np.exp(rng.uniform(np.log(300), np.log(2500)))))
-    return Protocol(geom, tr_ms=float(rng.uniform(3.5, 5.5)), te_ms=float(rng.uniform(1.2, 2.6)),
-                    flip_deg=float(rng.uniform(10, 20)), tilt_deg=tilt)
+    return Protocol(geom, tr_ms=float(rng.uniform(*o["tr_ms"])), te_ms=float(rng.uniform(*o["te_ms"])),
+                    flip_deg=float(rng.uniform(*o["flip_deg"])), tilt_deg=tilt)
 
 
 def _anatomy_points(affine: np.ndarray, pose: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -159,11 +178,12 @@ def generate_patient_c(plan: PatientPlan, out_dir: Path, cfg: dict, index: int) 
     """Render, acquire and write all style-C scans of one patient; return manifest rows."""
     pat = plan.patient
     seed = int(cfg["seed"])
+    opt = style_options(cfg)
     rows: list[dict] = []
     base_lesion_ml: dict[str, float] = {}
     for i, (m, pose, tp) in enumerate(zip(plan.months, plan.poses, timepoint_labels(plan))):
         rng = np.random.default_rng([seed, 0xC0, index, i])
-        prot = sample_protocol(rng, pat, pose)
+        prot = sample_protocol(rng, pat, pose, opt)
         img, lab, rg = acquire_c(pat, m, pose, prot, rng)
         fine = fine_truth(pat, m)
         if i == 0:
