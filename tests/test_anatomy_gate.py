@@ -600,3 +600,58 @@ def test_cap_coverage_same_as_every_vector_against_every_direction(cap_deg: floa
         expected = float(hit[CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))].mean())
         assert cap_coverage(offsets, cap_deg) == expected
     assert cap_coverage(np.zeros((0, 3)), cap_deg) == 0.0
+
+
+class DoubtedPartner:
+    """A segmenter double for issue 22's miss (accept_edge P005_m00, a healthy thin gradient-echo slab off-centre):
+    the real left head and, as its partner, a midline structure without a socket; the gate keeps the left head and
+    flags the other (``implausible_head_shape``), so the engine never searched for the real right head at the edge of
+    the field of view. Excluding the doubted structure finds the real pair (``partner_found``) or the left head
+    alone."""
+
+    FALSE, LEFT, RIGHT = (2.0, 20.0, -10.0), (-87.0, 0.0, -10.0), (87.0, 0.0, -10.0)  # RAS: +x is right
+
+    def __init__(self, partner_found: bool = True) -> None:
+        self.partner_found, self.excluded = partner_found, []
+
+    def segment(self, image, affine, exclude=()):
+        from types import SimpleNamespace
+
+        self.excluded.append(sorted(tuple(np.round(c, 1)) for c in exclude))
+        if not exclude:
+            hips = [{"centre": self.LEFT}, {"centre": self.FALSE, "socket": False}]
+        else:
+            hips = [{"centre": self.LEFT}] + ([{"centre": self.RIGHT}] if self.partner_found else [])
+        return SimpleNamespace(labels=labels_with(*hips), mean_confidence=0.9,
+                               head_centres_ras=[np.array(h["centre"]) for h in hips], timings={},
+                               search={"candidates_judged": 0, "heads_added": 0})
+
+
+@pytest.mark.parametrize("partner_found", [True, False])
+def test_second_look_past_a_doubted_partner(partner_found: bool) -> None:
+    """One head kept and its partner doubted: the second look excludes the doubted structure only, and keeps the look
+    if it has more convincing hips; else the first result (the doubted hip flagged, untrusted) stands."""
+    seg = DoubtedPartner(partner_found)
+    (labels, hips, flags, _), meas = run_steps(seg)
+    assert seg.excluded == [[], [DoubtedPartner.FALSE]]
+    look = meas["head_search"]["second_look"]
+    assert look["why"] == "doubted" and look["looks"] == 1 and look["kept"] is partner_found
+    assert look["excluded_ras_mm"] == [list(DoubtedPartner.FALSE)]
+    by_side = {h["side"]: h for h in hips}
+    assert set(by_side) == {"left", "right"} and by_side["left"]["qc_flags"] == []
+    if partner_found:
+        assert flags == [] and by_side["right"]["qc_flags"] == [] and by_side["right"]["head_centre_ras_mm"][0] > 60
+    else:  # the first look: the midline structure reported as the right hip, flagged and untrusted
+        assert by_side["right"]["qc_flags"] == ["implausible_head_shape"] and by_side["right"]["trusted"] is False
+        assert meas["anatomy"]["passed"] is True and len(meas["anatomy"]["heads"]) == 2
+
+
+def test_no_second_look_for_a_convincing_pair() -> None:
+    from onfh_seg.infer.scan_steps import doubted_heads
+
+    found = [np.array(DoubtedPartner.LEFT), np.array(DoubtedPartner.RIGHT)]
+    ok = {"passed": True, "heads": [{"component_centre_ras_mm": list(c), "failures": []} for c in found]}
+    assert doubted_heads(found, ok) == [] and doubted_heads(found[:1], ok) == []
+    bad = {"passed": True, "heads": [{"component_centre_ras_mm": list(found[1]), "failures": ["no socket"]}]}
+    assert [list(c) for c in doubted_heads(found, bad)] == [list(found[1])]
+    assert doubted_heads(found, {**bad, "passed": False}) == []  # a refused scan: the other second look

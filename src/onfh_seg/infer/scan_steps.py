@@ -1,6 +1,6 @@
 """The per-scan steps of ``infer.pipeline.process_scan`` between reading and writing: the segmenter on the scan
 (``segment_scan``), the anatomy gate and the measurements (``measure_scan``), and the second look when the gate
-refused every head found (``second_look``)."""
+refused every head found or doubted one of two (``second_look``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from onfh_seg.infer.inputs import LoadedScan
 from onfh_seg.quality import mark_trust, with_scan_flags
 
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
+IMPLAUSIBLE = "implausible_head_shape"
+SAME_HEAD_MM = 30.0  # a found head centre and a gate head's component centroid this close are the same structure
 
 
 def segment_scan(scan: LoadedScan, segmenter: Any, timings: dict[str, Any], meas: dict,
@@ -53,31 +55,51 @@ def exclusion_sets(found: list[np.ndarray]) -> list[list[np.ndarray]]:
     return [list(found)]
 
 
+def doubted_heads(found: list[np.ndarray], anatomy: dict | None) -> list[np.ndarray]:
+    """The found head centres whose structure the gate passed the scan without (``failures`` in its record), when
+    two were found: one convincing head kept with a second that is no head (``implausible_head_shape``)."""
+    if len(found) != 2 or not anatomy or not anatomy.get("passed"):
+        return []
+    bad = [np.asarray(h["component_centre_ras_mm"], float) for h in anatomy.get("heads", []) if h.get("failures")]
+    return [c for c in found if any(np.linalg.norm(c - b) < SAME_HEAD_MM for b in bad)][:1]
+
+
+def _convincing(hips: list[dict]) -> int:
+    """Hips without ``implausible_head_shape``."""
+    return sum(IMPLAUSIBLE not in h.get("qc_flags", []) for h in hips)
+
+
 def second_look(scan: LoadedScan, segmenter: Any, settings: InferSettings, limits: Any, meas: dict,
                 timings: dict[str, Any], found: list[np.ndarray], first: tuple) -> tuple:
-    """When the anatomy gate refused every head the segmenter found (``not_hip_anatomy``), look again with
-    structures found excluded (``exclusion_sets``), so the head search goes on to the candidates behind them (a
-    bladder or bowel pair taken for heads hides the real ones). A look the gate accepts with two hips is kept at
-    once; else the first look it accepts with one; else the first result stands. Either way the record says so
-    (``head_search.second_look``). Returns (labels, hips, flags, confidence)."""
-    if NOT_HIP_ANATOMY not in first[2] or not found or not _accepts_exclude(segmenter):
+    """Look again with structures found excluded, so the head search goes on to the candidates behind them:
+    - when the anatomy gate refused every head found (``not_hip_anatomy``; a bladder or bowel pair taken for heads
+      hides the real ones), excluding ``exclusion_sets`` in turn: a look the gate accepts with two hips is kept at
+      once, else the first look it accepts with one;
+    - when it kept one of two heads and doubted the other (``doubted_heads``: e.g. a midline structure taken for
+      the partner, which hides a real partner at the edge of the field of view), excluding the doubted one: the
+      look is kept if it has more convincing hips.
+    Else the first result stands. Either way the record says so (``head_search.second_look``). Returns (labels,
+    hips, flags, confidence)."""
+    refused = NOT_HIP_ANATOMY in first[2]
+    doubted = [] if refused else doubted_heads(found, meas.get("anatomy"))
+    if not (refused or doubted) or not found or not _accepts_exclude(segmenter):
         return first
     t = time.perf_counter()
     first_search, first_anatomy = meas.get("head_search", {}), meas.get("anatomy")
     best, n_looks = None, 0
-    for exclude in exclusion_sets(found):
+    for exclude in exclusion_sets(found) if refused else [doubted]:
         n_looks += 1
         labels, confidence, _ = segment_scan(scan, segmenter, {}, meas, exclude=exclude)
         labels, hips, flags = measure_scan(scan, labels, confidence, settings, limits, meas)
-        if NOT_HIP_ANATOMY in flags or not hips:
+        if NOT_HIP_ANATOMY in flags or not hips or (doubted and _convincing(hips) <= _convincing(first[1])):
             continue
         if best is None or len(hips) > len(best[1][1]):
             best = (exclude, (labels, hips, flags, confidence), meas.get("head_search", {}), meas.get("anatomy"))
         if len(hips) >= 2:
             break
-    excluded = best[0] if best is not None else found
+    excluded = best[0] if best is not None else (found if refused else doubted)
     look = {"excluded_ras_mm": [[round(float(v), 1) for v in c] for c in excluded], "kept": best is not None,
-            "looks": n_looks, "seconds": round(time.perf_counter() - t, 3)}
+            "looks": n_looks, "seconds": round(time.perf_counter() - t, 3), "why": "refused" if refused else "doubted"}
     timings["second_look"] = look["seconds"]
     if best is None:  # the first result stands, with its own records
         meas["head_search"], meas["anatomy"] = {**first_search, "second_look": look}, first_anatomy
