@@ -5,7 +5,8 @@
 
 Without --cohort, a synthetic cohort of ceil(scans / 3) patients x 3 visits is generated
 (onfh-synth, default acquisition, seed 2024) and its first --scans images are used (a manifest).
-Each batch runs ``onfh-infer`` in a new process (its defaults: mirroring off since issue 28, overlay on; ``provider=cpu``)
+Each batch runs ``onfh-infer`` in a new process (its defaults: mirroring on since 2026-12-04, overlay on;
+``provider=cpu``)
 into a fresh out_dir: ``executor=local workers=N`` and ``executor=dask workers=N``; scans per minute =
 scans / wall time of the whole command (start, imports, cluster start, all scans, run records), median of
 --repeats; the runs alternate (pool, Dask, pool, Dask, ...) and the Dask/pool ratio is also given for each

@@ -74,7 +74,7 @@ class Segmenter:
                  overlap: float | None = None, lesion_threshold: float | str | None = "model",
                  cuda_tf32: bool | None = None):
         """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
-        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring off,
+        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
         fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
         ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         # function-level import: onnxruntime (heavy) loads only when a model is built, off the onfh-infer start path
