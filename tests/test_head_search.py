@@ -11,6 +11,8 @@ import pytest
 from onfh_seg.hips import find_heads
 from onfh_seg.infer.search import (
     body_midline_x,
+    in_field_of_view,
+    lateral_faces,
     far_from,
     lattice_candidates,
     pair_plausible,
@@ -73,6 +75,42 @@ def test_midline_and_plausibility() -> None:
     assert not plausible_head(np.array([85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))  # same side as the first
     assert plausible_head(np.array([-85.0, 0, 0]), mid, partner=np.array([90.0, 0, 0]))
     assert plausible_head(np.array([3.0, 0, 0]), None)  # no midline known: nothing ruled out
+
+
+def test_no_midline_from_a_field_off_to_one_side_that_reaches_the_body_edge() -> None:
+    """slab_edge2 P003_m00 (style C, hips 45-65 mm off the field's centre): the field cut the body on the left and
+    reached its tapering edge on the right; taken for a cut on both sides, the centroid (45 mm off the true midline)
+    ruled the one head in view out. A side is cut only where the body there is deep (``CUT_DEPTH``)."""
+    x, aff = pelvis_like()  # body: an ellipse of half-axes 150 mm (x) and 100 mm (y); grid x from -158 to +158 mm
+    fov = np.ones(x.shape, bool)
+    fov[:15] = False  # x < -98 mm: the body cut where it is deep
+    fov[76:] = False  # x > +146 mm: the body's edge, 46 mm deep of 200, touches the field's side
+    assert body_midline_x(x, aff, fov) is None
+    fov[:15] = True  # the whole body in view (its edges touch the field on the right only): the centroid
+    assert abs(body_midline_x(x, aff, fov)) < 12.0
+    fov = np.ones(x.shape, bool)
+    fov[:8], fov[-8:] = False, False  # cut on both sides where the body is deep, 256 mm wide: over the pelvis
+    assert abs(body_midline_x(x, aff, fov)) < 6.0
+
+
+def test_lateral_faces_are_the_sides_of_a_slab_not_its_top_and_bottom() -> None:
+    """An axial slab 20 slices of 3.6 mm thick, tilted 24 degrees about the left-right axis: the faces across x
+    only; the top and bottom faces (the slice axis) are no lateral faces."""
+    shape = (160, 160, 20)
+    t = np.radians(24.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    img_aff = np.eye(4)
+    img_aff[:3, :3] = rot * np.array([1.625, 1.625, 3.6])
+    img_aff[:3, 3] = -img_aff[:3, :3] @ ((np.array(shape) - 1) / 2)
+    g_shape = (72, 72, 40)
+    g_aff = ras_grid(g_shape, 4.0, (0.0, 0.0, 0.0))
+    fov = in_field_of_view(g_aff, g_shape, img_aff, shape)
+    lat = lateral_faces(g_aff, g_shape, img_aff, shape) & fov
+    world_x = g_aff[0, 0] * np.argwhere(lat)[:, 0] + g_aff[0, 3]
+    assert lat.any() and np.all(np.abs(np.abs(world_x) - 130.0) <= 8.0)  # the field's sides at x = +-130 mm
+    inner = fov.copy()
+    inner[np.abs(g_aff[0, 0] * np.arange(g_shape[0]) + g_aff[0, 3]) > 110.0] = False
+    assert not (lat & inner).any()  # no slab top or bottom face in the field's inner x range
 
 
 def test_sphere_candidates_find_both_heads_not_the_midline_blob() -> None:

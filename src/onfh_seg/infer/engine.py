@@ -27,6 +27,7 @@ from onfh_seg.infer.search import (
     coarse_peaks,
     far_from,
     in_field_of_view,
+    lateral_faces,
     lattice_candidates,
     pair_plausible,
     partner_candidates,
@@ -282,7 +283,7 @@ class Segmenter:
         if len(known) == 1 and partner_out_of_view(known[0], x.shape, affine):
             return 0  # a one-hip field of view: the other head cannot be in view, no second head is searched for
         fov = in_field_of_view(g_aff, xc.shape, affine, x.shape)
-        mid = body_midline_x(xc, g_aff, fov)
+        mid = body_midline_x(xc, g_aff, fov, lateral=lateral_faces(g_aff, xc.shape, affine, x.shape))
         # where the partner of a head already found can be, then where the coarse network saw a weak head, then
         # the strongest head-sized spheres (the first head may itself be a false one, so the others are tried
         # when its partner is not found)

@@ -32,6 +32,8 @@ SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
 LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body's midline (adults: 80-100 mm)
 MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
 PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one fine judgement
+CUT_DEPTH = 0.4  # the field of view cuts the body at a side where the body there is this deep (front-to-back) or more,
+# as a share of its deepest column (an ellipse at 92% of its half-width); a shallower edge is where the body ends
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 SCAN_MM = 60.0  # lattice spacing of the last-resort scan: with the judge's re-centring, a head anywhere is caught
 TILT_MARGIN_MM = 10.0  # the heads' x distance can be this much under INTERCAPITAL_MM[0] (a rotated pelvis)
@@ -66,12 +68,30 @@ def in_field_of_view(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affin
     return inside
 
 
+def lateral_faces(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affine: np.ndarray,
+                  shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of a grid within one grid step of the two faces of an image's field of view across the image axis
+    nearest to world x: where the field of view can cut the body at its sides. A thin slab's top and bottom faces
+    (the slice axis) are not among them: the body touches those everywhere."""
+    aff = np.asarray(affine, np.float64)
+    zooms = np.sqrt((aff[:3, :3] ** 2).sum(0))
+    ax = int(np.argmax(np.abs(aff[0, :3]) / zooms))
+    to_in = np.linalg.inv(aff) @ np.asarray(grid_affine, np.float64)
+    g = [np.arange(n, dtype=np.float32).reshape([-1 if a == k else 1 for a in range(3)])
+         for k, n in enumerate(grid_shape[:3])]
+    v = to_in[ax, 0] * g[0] + to_in[ax, 1] * g[1] + to_in[ax, 2] * g[2] + to_in[ax, 3]
+    tol = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(0)).max()) / float(zooms[ax])
+    return np.broadcast_to((v < -0.5 + tol) | (v > shape[ax] - 0.5 - tol), tuple(grid_shape[:3]))
+
+
 def body_midline_x(xc: np.ndarray, g_aff: np.ndarray, fov: np.ndarray | None = None,
-                   min_span_mm: float = MIN_BODY_SPAN_MM) -> float | None:
+                   min_span_mm: float = MIN_BODY_SPAN_MM, lateral: np.ndarray | None = None) -> float | None:
     """World x (mm) of the body's midline, the x-centroid of the signal on an RAS grid (normalised image;
-    ``fov``: the grid voxels inside the image's field of view, default all), or None when it cannot be told:
+    ``fov``: the grid voxels inside the image's field of view, default all; ``lateral``: those on its lateral
+    faces, ``lateral_faces``, default its whole boundary), or None when it cannot be told:
 
     * the body spans less than ``min_span_mm`` in x (one hip at most);
+    * (a side is cut where the body touches the field's side there and is at least ``CUT_DEPTH`` of its depth;)
     * the field of view cuts the body on one side only (a field of view off to one side);
     * it cuts the body on both sides and is narrower than ``PELVIS_FOV_MM`` in x (a one-hip field of view
       centred on that hip would put its "midline" on the head).
@@ -84,8 +104,13 @@ def body_midline_x(xc: np.ndarray, g_aff: np.ndarray, fov: np.ndarray | None = N
     if idx.size == 0 or (idx[-1] - idx[0] + 1) * step < min_span_mm:
         return None
     border = fov & ~ndimage.binary_erosion(fov, border_value=0)  # the field of view's own boundary
+    if lateral is not None:  # its sides only (a thin slab's top and bottom touch the body everywhere)
+        border &= np.asarray(lateral, bool)
     touching = np.flatnonzero((body & border).sum(axis=(1, 2)))
-    cut = (touching.size > 0 and touching.min() <= idx[0] + 1, touching.size > 0 and touching.max() >= idx[-1] - 1)
+    depth = body.any(axis=2).sum(axis=1)  # front-to-back extent of the body per column (rows holding it)
+    deep = depth >= CUT_DEPTH * depth.max()  # a body edge tapering in the field's last columns is the body's own
+    cut = (touching.size > 0 and touching.min() <= idx[0] + 1 and bool(deep[idx[0]]),
+           touching.size > 0 and touching.max() >= idx[-1] - 1 and bool(deep[idx[-1]]))
     fov_cols = np.flatnonzero(fov.any(axis=(1, 2)))
     if cut[0] != cut[1] or (all(cut) and fov_cols.size * step < PELVIS_FOV_MM):
         return None
