@@ -76,6 +76,23 @@ def test_single_head_centre_estimated_from_image():
     assert list(split_hips(labels, FLIP_X, image=image)) == ["right"]
 
 
+@pytest.mark.parametrize("affine", [FLIP_X, PERMUTED], ids=["flipped_x", "permuted"])
+def test_no_body_centre_from_a_field_cutting_the_body_on_one_side(affine):
+    """A 300 mm field of view whose left side cuts the body (an ellipse of half-width 200 mm centred at x = +30 mm)
+    where it is deep, while its right side meets the body's tapering edge: the centroid of what is in view (far right
+    of the midline) is no body centre. Moved so the body is cut where deep on both sides, or in view whole, it is."""
+    shape = FLIP_SHAPE if affine is FLIP_X else PERMUTED_SHAPE
+    xyz = world(shape, affine)  # x from -150 to +150 mm
+
+    def image(cx: float, half: float) -> np.ndarray:
+        body = (((xyz[..., 0] - cx) / half) ** 2 + (xyz[..., 1] / 60.0) ** 2) < 1.0
+        return np.where(body, 600.0, 5.0).astype(np.float32)
+
+    assert estimate_body_centre_x(image(-48.0, 200.0), affine) is None  # right edge at 152 mm: tapering; left cut
+    assert estimate_body_centre_x(image(0.0, 200.0), affine) == pytest.approx(0.0, abs=2.0)  # cut deep on both sides
+    assert estimate_body_centre_x(image(5.0, 140.0), affine) == pytest.approx(5.0, abs=2.0)  # in view whole
+
+
 def test_single_hip_small_fov_is_unknown():
     affine = np.array([[-1.0, 0, 0, 140.0], [0, 1.0, 0, -40.0], [0, 0, 3.0, -45.0], [0, 0, 0, 1]])
     shape = (101, 81, 31)  # x from 140 down to 40: only the right hip

@@ -26,6 +26,10 @@ from onfh_seg.geometry import (
 )
 from onfh_seg.labels import ACETABULUM, HEAD_LABELS
 
+# the field of view cuts the body at a side where the end plane there holds this share of the largest plane's body
+# voxels or more (an ellipse's depth at 92% of its half-width); ``infer.search.CUT_DEPTH`` is the same on the coarse grid
+CUT_SHARE = 0.4
+
 SIDES = ("right", "left", "unknown")
 
 
@@ -112,12 +116,25 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+def cut_on_one_side(fg: np.ndarray, affine: np.ndarray, share: float = CUT_SHARE) -> bool:
+    """Whether the field of view cuts the body (``fg``) at one of its sides only: of the two end planes across the
+    image axis nearest to world x, exactly one holds at least ``share`` of the largest plane's body voxels (a body
+    edge tapering in the last plane is where the body ends, not a cut)."""
+    aff = np.asarray(affine, np.float64)
+    ax = int(np.argmax(np.abs(aff[0, :3]) / np.sqrt((aff[:3, :3] ** 2).sum(0))))
+    area = np.asarray(fg, bool).sum(axis=tuple(a for a in range(3) if a != ax))
+    if area.size < 2 or area.max() == 0:
+        return False
+    return bool(area[0] >= share * area.max()) != bool(area[-1] >= share * area.max())
+
+
 def estimate_body_centre_x(image: np.ndarray, affine: np.ndarray, min_fov_x_mm: float = 180.0) -> float | None:
     """World x of the centroid of the image foreground (intensity > Otsu threshold).
 
     Returns None when the field of view spans less than ``min_fov_x_mm`` along
-    world x (a single-hip field of view cannot show where the pelvis centre is)
-    or when there is no foreground.
+    world x (a single-hip field of view cannot show where the pelvis centre is),
+    when it cuts the body at one side only (``cut_on_one_side``: the centroid of
+    what is in view is off the midline) or when there is no foreground.
     """
     if field_of_view_x_mm(image.shape, affine) < min_fov_x_mm:
         return None
@@ -125,6 +142,8 @@ def estimate_body_centre_x(image: np.ndarray, affine: np.ndarray, min_fov_x_mm: 
     step = max(1, img.size // 1_000_000)
     thr = otsu_threshold(every_nth(img, step))
     fg = img > thr
+    if cut_on_one_side(fg, affine):
+        return None
     centre = mask_centroid_ras(fg, affine)
     return None if centre is None else float(centre[0])
 
