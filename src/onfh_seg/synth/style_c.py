@@ -126,7 +126,8 @@ def sample_protocol(rng: np.random.Generator, pat: Patient, pose: np.ndarray,
     A[:3, 3] = centre - A[:3, :3] @ ((np.array(shape) - 1) / 2)
     geom = ScanGeometry(orientation="axial", fov_kind="slab", shape=shape, affine=A, inplane_mm=inplane,
                         slice_mm=slice_mm, gap_mm=0.0, snr=float(rng.uniform(*o["snr"])),
-                        bias_amplitude=float(rng.uniform(0.2, 0.5)), scale=float(np.exp(rng.uniform(np.log(300), np.log(2500)))))
+                        bias_amplitude=float(rng.uniform(0.2, 0.5)),
+                        scale=float(np.exp(rng.uniform(np.log(300), np.log(2500)))))
     return Protocol(geom, tr_ms=float(rng.uniform(*o["tr_ms"])), te_ms=float(rng.uniform(*o["te_ms"])),
                     flip_deg=float(rng.uniform(*o["flip_deg"])), tilt_deg=tilt)
 
