@@ -5,6 +5,8 @@
 # axis, healthy patients, months 0 and 3 (two poses):
 #   cache/accept_like  the hips 14-22 mm off the field's centre (heads at its lateral edges), 10 patients, seed 9401
 #   cache/accept_edge  30-42 mm off (one head partly beyond the edge), 6 patients, seed 9402
+#   cache/accept_fs    as accept_like with the fat signal 85-95% suppressed (a fat-saturated post-contrast frame,
+#                      without enhancement), 8 patients, seed 9406
 # and three stretching issue 22's list of fields of view (style C, half the patients healthy, months 0 and 3):
 #   cache/slab_stress  12-40 slices of 3-6 mm, tilt 0-30 degrees, 240-320 mm, up to 45 mm off; 12 patients, seed 9403
 #   cache/slab_wide    the same with a 350-450 mm field of view; 8 patients, seed 9404
@@ -36,6 +38,8 @@ make_one accept_like n_patients=10 seed=9401 disease.healthy_fraction=1.0 "${PRO
   'style_c.offcentre_x_mm=[-22,-14]'
 make_one accept_edge n_patients=6 seed=9402 disease.healthy_fraction=1.0 "${PROTOCOL[@]}" \
   'style_c.offcentre_x_mm=[-42,-30]'
+make_one accept_fs n_patients=8 seed=9406 disease.healthy_fraction=1.0 "${PROTOCOL[@]}" \
+  'style_c.offcentre_x_mm=[-22,-14]' 'style_c.fat_suppression=[0.85,0.95]'
 STRESS=('style_c.n_slices=[12,40]' 'style_c.slice_mm=[3.0,6.0]' 'style_c.tilt_deg=[0,30]' style_c.offcentre_fraction=0.8
   'style_c.offcentre_x_mm=[-45,45]')
 make_one slab_stress n_patients=12 seed=9403 disease.healthy_fraction=0.5 "${STRESS[@]}" 'style_c.fov_mm=[240,320]'

@@ -397,6 +397,12 @@ def test_style_c_protocol_ranges_can_be_pinned() -> None:
         fov_centre = p.geom.affine[:3, :3] @ ((np.array(p.geom.shape) - 1) / 2) + p.geom.affine[:3, 3]
         shift = np.linalg.inv(plan.poses[0][:3, :3]) @ (fov_centre - mid_world)
         assert -22.0 <= shift[0] <= -14.0
+    fs = sample_protocol(np.random.default_rng(7), plan.patient, plan.poses[0],
+                         style_options({"style_c": {"fat_suppression": [0.9, 0.9]}}))
+    assert fs.fat_suppression == 0.9
+    fat, plain = (tissue_signal(4.0, 2.27, 15.0, np.random.default_rng(0), f) for f in (0.9, 0.0))
+    assert abs(fat[TISSUES["subcutaneous_fat"]]) < 0.2 * abs(plain[TISSUES["subcutaneous_fat"]])
+    assert np.isclose(abs(fat[TISSUES["muscle"]]), abs(plain[TISSUES["muscle"]]), rtol=0.1)
     a = sample_protocol(np.random.default_rng(7), plan.patient, plan.poses[0])
     b = sample_protocol(np.random.default_rng(7), plan.patient, plan.poses[0], style_options({}))
     assert np.array_equal(a.geom.affine, b.geom.affine) and a.te_ms == b.te_ms and a.geom.snr == b.geom.snr

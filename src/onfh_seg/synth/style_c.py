@@ -61,6 +61,7 @@ DEFAULTS: dict = {
     "tilt_deg": [10.0, 30.0], "tilt_lr_fraction": 0.7, "offcentre_fraction": 0.4, "offcentre_x_mm": [-30.0, 30.0],
     "offcentre_y_mm": [-15.0, 15.0], "offcentre_z_mm": [-12.0, 12.0], "snr": [15.0, 40.0], "tr_ms": [3.5, 5.5],
     "te_ms": [1.2, 2.6], "flip_deg": [10.0, 20.0],
+    "fat_suppression": [0.0, 0.0],  # share of the fat signal removed (a fat-saturated post-contrast frame: ~0.9)
 }
 
 
@@ -73,6 +74,7 @@ class Protocol:
     te_ms: float
     flip_deg: float
     tilt_deg: float
+    fat_suppression: float = 0.0
 
 
 def spgr(pd: np.ndarray, t1_ms: np.ndarray, tr_ms: float, flip_deg: float) -> np.ndarray:
@@ -82,14 +84,16 @@ def spgr(pd: np.ndarray, t1_ms: np.ndarray, tr_ms: float, flip_deg: float) -> np
     return pd * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1)
 
 
-def tissue_signal(tr_ms: float, te_ms: float, flip_deg: float, rng: np.random.Generator) -> np.ndarray:
-    """Complex signal per tissue sub-label: water + fat with the echo time's chemical-shift phase."""
+def tissue_signal(tr_ms: float, te_ms: float, flip_deg: float, rng: np.random.Generator,
+                  fat_suppression: float = 0.0) -> np.ndarray:
+    """Complex signal per tissue sub-label: water + fat with the echo time's chemical-shift phase (the fat signal
+    reduced by ``fat_suppression``, a share)."""
     names = sorted(TISSUES, key=TISSUES.get)
     pd, t1, ff = (np.array([TISSUE_GRE[n][k] for n in names]) for k in range(3))
     t1 = t1 * rng.uniform(0.9, 1.1, t1.size)  # between-subject spread
     phase = 2 * np.pi * FAT_WATER_HZ * te_ms / 1000.0
     water = (1 - ff) * spgr(pd, t1, tr_ms, flip_deg)
-    fat = ff * spgr(pd, np.full_like(t1, FAT_T1_MS), tr_ms, flip_deg)
+    fat = ff * spgr(pd, np.full_like(t1, FAT_T1_MS), tr_ms, flip_deg) * (1.0 - fat_suppression)
     return (water + fat * np.exp(1j * phase)).astype(np.complex64)
 
 
@@ -128,8 +132,12 @@ def sample_protocol(rng: np.random.Generator, pat: Patient, pose: np.ndarray,
                         slice_mm=slice_mm, gap_mm=0.0, snr=float(rng.uniform(*o["snr"])),
                         bias_amplitude=float(rng.uniform(0.2, 0.5)),
                         scale=float(np.exp(rng.uniform(np.log(300), np.log(2500)))))
-    return Protocol(geom, tr_ms=float(rng.uniform(*o["tr_ms"])), te_ms=float(rng.uniform(*o["te_ms"])),
+    prot = Protocol(geom, tr_ms=float(rng.uniform(*o["tr_ms"])), te_ms=float(rng.uniform(*o["te_ms"])),
                     flip_deg=float(rng.uniform(*o["flip_deg"])), tilt_deg=tilt)
+    fs = o.get("fat_suppression", [0.0, 0.0])
+    if float(fs[1]) > 0:  # drawn only when asked for: the default protocols keep their random draws
+        prot.fat_suppression = float(rng.uniform(*fs))
+    return prot
 
 
 def _anatomy_points(affine: np.ndarray, pose: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -155,7 +163,7 @@ def acquire_c(pat: Patient, months: float, pose: np.ndarray, prot: Protocol,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Magnitude image, labels and regenerated mask of one style-C scan (labels at voxel centres)."""
     shape, A = prot.geom.shape, prot.geom.affine
-    table = tissue_signal(prot.tr_ms, prot.te_ms, prot.flip_deg, rng)
+    table = tissue_signal(prot.tr_ms, prot.te_ms, prot.flip_deg, rng, prot.fat_suppression)
     centres = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), -1).reshape(-1, 3)
     acc = np.zeros(centres.shape[0], np.complex64)
     offsets = [((a + 0.5) / SUB[0] - 0.5, (b + 0.5) / SUB[1] - 0.5, (c + 0.5) / SUB[2] - 0.5)
@@ -191,7 +199,9 @@ def generate_patient_c(plan: PatientPlan, out_dir: Path, cfg: dict, index: int) 
             base_lesion_ml = {s: v["lesion_volume_ml"] for s, v in fine.items()}
         acquisition = acquisition_record(prot.geom, prot.geom.bias_amplitude, protocol="3d_spgr_slab",
                                          tr_ms=round(prot.tr_ms, 3), te_ms=round(prot.te_ms, 3),
-                                         flip_deg=round(prot.flip_deg, 2), tilt_deg=round(prot.tilt_deg, 2))
+                                         flip_deg=round(prot.flip_deg, 2), tilt_deg=round(prot.tilt_deg, 2),
+                                         **({"fat_suppression": round(prot.fat_suppression, 3)}
+                                            if prot.fat_suppression > 0 else {}))
         rows.append(write_scan(out_dir, plan, f"{pat.patient_id}_{tp}", tp, m, pose, prot.geom.affine, (img, lab, rg),
                                fine, base_lesion_ml, acquisition, top={"style": "c"}))
     return merge_scores(rows, plan)
