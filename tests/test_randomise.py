@@ -368,3 +368,25 @@ def test_visible_share_leaves_older_draws_unchanged(tmp_path):
     """``acquisitions.visible`` absent or 0 draws the same samples as before."""
     base, zero = one_patient_datasets(tmp_path, {"gre": 0.3}, {"gre": 0.3, "visible": 0.0})
     assert all((base[i][0] == zero[i][0]).all() and (base[i][1] == zero[i][1]).all() for i in range(6))
+
+
+def test_fat_sat_contrast_has_dark_healthy_marrow_and_an_enhancing_band():
+    """``fat_sat_contrast``: fat dark, healthy marrow as dark as a fluid core could be (no viable-marrow floor),
+    muscle enhanced, the band brighter than the viable marrow (the lesion shows by its band)."""
+    from onfh_seg.synth.contrast import fat_sat_contrast
+
+    rng = np.random.default_rng(5)
+    dark_viable = 0
+    for _ in range(100):
+        m = fat_sat_contrast(rng).mean
+        viable = max(m[TISSUES["yellow_marrow"]], m[TISSUES["red_marrow"]])
+        assert m[TISSUES["subcutaneous_fat"]] < 0.35 and m[TISSUES["subcutaneous_fat"]] < m[TISSUES["muscle"]]
+        assert m[TISSUES["band"]] > viable
+        dark_viable += viable < 0.25  # random_contrast raises viable marrow under 0.25 back up
+    assert dark_viable >= 20
+
+
+def test_fat_sat_share_changes_samples_and_absent_share_keeps_old_draws(tmp_path):
+    old, zero, fat = one_patient_datasets(tmp_path, {}, {"fat_sat": 0.0}, {"fat_sat": 1.0})
+    assert all((old[i][0] == zero[i][0]).all() for i in range(6))
+    assert any(not (old[i][0] == fat[i][0]).all() for i in range(6))

@@ -26,7 +26,7 @@ from onfh_seg.labels import NUM_CLASSES
 from onfh_seg.model.augment import build_augment, build_dr_augment
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
+from onfh_seg.synth.contrast import fat_sat_contrast, marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -185,7 +185,8 @@ class RandomisedPatchDataset(Dataset):
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
         # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
         # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
-        # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre); 0: not drawn
+        # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre), a
+        # fat-saturated post-contrast T1 (``fat_sat``: dark healthy marrow, an enhancing band); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -207,9 +208,12 @@ class RandomisedPatchDataset(Dataset):
             t = physeal_scar(t, y, rng, self.spacing_mm / self.pool,
                              (self.acq.get("scar_offset_lo", 0.05), self.acq.get("scar_offset_hi", 0.45)))
         realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
+        fat_sat = not realistic and self.acq.get("fat_sat", 0.0) > 0 and rng.uniform() < self.acq["fat_sat"]
         post = self.acq.get("post_contrast", 0.0)
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
+        elif fat_sat:
+            x = render_random(t, y, rng, fat_sat_contrast(rng))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
