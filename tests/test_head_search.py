@@ -442,3 +442,13 @@ def test_issue22_acquisition_healthy_heads_found_without_lesions(tmp_path, as_di
     for side, hip in got.items():
         assert np.linalg.norm(np.asarray(hip["head_centre_ras_mm"]) - true[side]) < 20.0
         assert hip["lesion_volume_ml"] <= 0.5, (side, hip["lesion_volume_ml"])
+
+
+def test_style_c_defaults_in_config_and_code_agree() -> None:
+    """configs/synth.yaml's ``style_c`` block is style_c.DEFAULTS (the yaml documents it; the code falls back to it)."""
+    from onfh_seg.synth.style_c import DEFAULTS
+
+    cfg = dict(synth_config({})["style_c"])
+    assert set(cfg) == set(DEFAULTS)
+    for key, value in DEFAULTS.items():
+        assert np.allclose(np.asarray(cfg[key], float), np.asarray(value, float)), key
