@@ -27,7 +27,7 @@ from onfh_seg.geometry import (
 from onfh_seg.labels import ACETABULUM, HEAD_LABELS
 
 # the field of view cuts the body at a side where the end plane there holds this share of the largest plane's body
-# voxels or more (an ellipse's depth at 92% of its half-width); ``infer.search.CUT_DEPTH``: the same on the coarse grid
+# voxels or more (an ellipse's depth at 92% of its half-width); ``infer.search`` uses it on the coarse grid
 CUT_SHARE = 0.4
 
 SIDES = ("right", "left", "unknown")

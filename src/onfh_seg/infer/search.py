@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from onfh_seg.hips import CUT_SHARE
+
 INTERCAPITAL_MM = (150.0, 230.0)  # centre-to-centre distance of the two femoral heads in adults
 HEAD_RADII_MM = (20.0, 24.0, 28.0)
 LATTICE_MM = 35.0  # candidate spacing: a 105 mm fine crop then holds any 56 mm head whole from some candidate
@@ -32,8 +34,8 @@ SEPARATION_MM = 45.0  # a candidate this close to a known head is the same head
 LATERAL_MM = 50.0  # a femoral head centre lies at least this far from the body's midline (adults: 80-100 mm)
 MIN_BODY_SPAN_MM = 200.0  # the midline is estimated only when the body spans at least this much in x
 PEAK_MIN_PROB = 0.02  # a coarse probability peak this weak is still worth one fine judgement
-CUT_DEPTH = 0.4  # the field of view cuts the body at a side where the body there is this deep (front-to-back) or more,
-# as a share of its deepest column (an ellipse at 92% of its half-width); a shallower edge is where the body ends
+CUT_DEPTH = CUT_SHARE  # the field of view cuts the body at a side where the body there is this deep (front-to-back)
+# or more, as a share of its deepest column (hips.estimate_body_centre_x's rule); a shallower edge is where it ends
 PELVIS_FOV_MM = 240.0  # a field of view at least this wide in x, cutting the body on both sides, is over the pelvis
 SCAN_MM = 60.0  # lattice spacing of the last-resort scan: with the judge's re-centring, a head anywhere is caught
 TILT_MARGIN_MM = 10.0  # the heads' x distance can be this much under INTERCAPITAL_MM[0] (a rotated pelvis)
