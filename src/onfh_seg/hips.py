@@ -116,12 +116,17 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+def lateral_axis(affine: np.ndarray) -> int:
+    """The image axis nearest to world x (left-right): across it lie the field of view's sides."""
+    aff = np.asarray(affine, np.float64)
+    return int(np.argmax(np.abs(aff[0, :3]) / np.sqrt((aff[:3, :3] ** 2).sum(0))))
+
+
 def cut_on_one_side(fg: np.ndarray, affine: np.ndarray, share: float = CUT_SHARE) -> bool:
     """Whether the field of view cuts the body (``fg``) at one of its sides only: of the two end planes across the
     image axis nearest to world x, exactly one holds at least ``share`` of the largest plane's body voxels (a body
     edge tapering in the last plane is where the body ends, not a cut)."""
-    aff = np.asarray(affine, np.float64)
-    ax = int(np.argmax(np.abs(aff[0, :3]) / np.sqrt((aff[:3, :3] ** 2).sum(0))))
+    ax = lateral_axis(affine)
     area = np.asarray(fg, bool).sum(axis=tuple(a for a in range(3) if a != ax))
     if area.size < 2 or area.max() == 0:
         return False

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.hips import CUT_SHARE
+from onfh_seg.hips import CUT_SHARE, lateral_axis
 
 INTERCAPITAL_MM = (150.0, 230.0)  # centre-to-centre distance of the two femoral heads in adults
 HEAD_RADII_MM = (20.0, 24.0, 28.0)
@@ -56,16 +56,21 @@ def far_from(centre: np.ndarray, known: list[np.ndarray], distance_mm: float = S
     return all(np.linalg.norm(np.asarray(centre) - np.asarray(k)) >= distance_mm for k in known)
 
 
+def _image_index(to_in_row: np.ndarray, grid_shape: tuple[int, ...]) -> np.ndarray:
+    """One image voxel coordinate of every grid voxel (``to_in_row``: a row of grid-to-image index affine), as index
+    vectors broadcast against each other: the same sums as on a full meshgrid, without building it."""
+    g = [np.arange(n, dtype=np.float32).reshape([-1 if a == ax else 1 for a in range(3)])
+         for ax, n in enumerate(grid_shape[:3])]
+    return to_in_row[0] * g[0] + to_in_row[1] * g[1] + to_in_row[2] * g[2] + to_in_row[3]
+
+
 def in_field_of_view(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affine: np.ndarray,
                      shape: tuple[int, ...]) -> np.ndarray:
     """Voxels of a grid whose centres fall inside an image's voxel grid (half a voxel of margin)."""
     to_in = np.linalg.inv(affine) @ grid_affine
-    # index vectors broadcast against each other: the same sums as on a full meshgrid, without building it
-    g = [np.arange(n, dtype=np.float32).reshape([-1 if a == ax else 1 for a in range(3)])
-         for ax, n in enumerate(grid_shape[:3])]
     inside = np.ones(tuple(grid_shape[:3]), bool)
     for r in range(3):
-        v = to_in[r, 0] * g[0] + to_in[r, 1] * g[1] + to_in[r, 2] * g[2] + to_in[r, 3]
+        v = _image_index(to_in[r], grid_shape)
         inside &= (v >= -0.5) & (v <= shape[r] - 0.5)
     return inside
 
@@ -76,13 +81,9 @@ def lateral_faces(grid_affine: np.ndarray, grid_shape: tuple[int, ...], affine: 
     nearest to world x: where the field of view can cut the body at its sides. A thin slab's top and bottom faces
     (the slice axis) are not among them: the body touches those everywhere."""
     aff = np.asarray(affine, np.float64)
-    zooms = np.sqrt((aff[:3, :3] ** 2).sum(0))
-    ax = int(np.argmax(np.abs(aff[0, :3]) / zooms))
-    to_in = np.linalg.inv(aff) @ np.asarray(grid_affine, np.float64)
-    g = [np.arange(n, dtype=np.float32).reshape([-1 if a == k else 1 for a in range(3)])
-         for k, n in enumerate(grid_shape[:3])]
-    v = to_in[ax, 0] * g[0] + to_in[ax, 1] * g[1] + to_in[ax, 2] * g[2] + to_in[ax, 3]
-    tol = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(0)).max()) / float(zooms[ax])
+    ax = lateral_axis(aff)
+    v = _image_index((np.linalg.inv(aff) @ np.asarray(grid_affine, np.float64))[ax], grid_shape)
+    tol = float(np.sqrt((np.asarray(grid_affine)[:3, :3] ** 2).sum(0)).max()) / float(np.linalg.norm(aff[:3, ax]))
     return np.broadcast_to((v < -0.5 + tol) | (v > shape[ax] - 0.5 - tol), tuple(grid_shape[:3]))
 
 
