@@ -18,7 +18,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from onfh_seg.config import infer_settings
-from onfh_seg.infer.anatomy import CAP_DIRECTIONS, AnatomyLimits, cap_coverage, check_anatomy, limits_from_config
+from onfh_seg.infer.anatomy import (
+    CAP_DIRECTIONS, SOCKET_DEPTH_MM, AnatomyLimits, cap_coverage, cap_in_view, check_anatomy, limits_from_config,
+)
 from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
 from onfh_seg.labels import ACETABULUM, HEAD, NECROTIC
@@ -600,6 +602,60 @@ def test_cap_coverage_same_as_every_vector_against_every_direction(cap_deg: floa
         expected = float(hit[CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))].mean())
         assert cap_coverage(offsets, cap_deg) == expected
     assert cap_coverage(np.zeros((0, 3)), cap_deg) == 0.0
+
+
+
+def tilted_slab_hip(tilt_deg: float, n_slices: int, socket: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A whole head (r 22 mm) with its socket (bone 6-16 mm beyond the head's surface, over its upper part) in a
+    thin oblique slab of 2 mm voxels centred on it, tilted ``tilt_deg`` about x: the slab holds the head but cuts
+    off the top of its socket."""
+    t = np.radians(tilt_deg)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(t), -np.sin(t)], [0.0, np.sin(t), np.cos(t)]])
+    shape = (80, 80, n_slices)
+    affine = np.eye(4)
+    affine[:3, :3] = 2.0 * rot
+    affine[:3, 3] = -(affine[:3, :3] @ ((np.array(shape) - 1) / 2.0))
+    world = np.indices(shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3]
+    world = world.reshape(*shape, 3)
+    d = np.linalg.norm(world, axis=-1)
+    labels = np.zeros(shape, np.uint8)
+    if socket:
+        labels[(d > 28.0) & (d < 38.0) & (world[..., 2] > -0.2 * d)] = ACETABULUM
+    labels[d < 22.0] = HEAD
+    return labels, affine
+
+
+def test_whole_head_in_a_thin_slab_is_judged_on_the_socket_in_view() -> None:
+    """Issue 22 (fat-suppressed slabs of accept_fs): a thin oblique slab holds the whole head but not the roof of
+    its socket, so the cap counted over all its directions looked uncovered (0.59 < 0.6) and real heads were
+    refused. Only the cap directions whose socket is in view count now (0.54 -> 0.94 here); without a socket the
+    head is still refused."""
+    labels, affine = tilted_slab_hip(24.0, 23)
+    result = check_anatomy(labels, affine)
+    [head] = result.heads
+    assert result.passed and not head.partial
+    assert 0.5 <= head.cap_in_view < 0.7 and head.cap_coverage > 0.9
+    seen = cap_in_view(np.asarray(head.centre_ras_mm), head.radius_fit_mm, affine, labels.shape, 45.0)
+    assert seen.mean() == head.cap_in_view and not seen.all()
+    off = np.argwhere(labels == ACETABULUM) @ affine[:3, :3].T + affine[:3, 3] - head.centre_ras_mm
+    dist = np.linalg.norm(off, axis=1)
+    off = off[(dist >= head.radius_fit_mm - 4.0) & (dist <= head.radius_fit_mm + 20.0)]
+    assert cap_coverage(off, 45.0) < 0.6 <= cap_coverage(off, 45.0, seen)  # over all directions it would fail
+    bare = check_anatomy(tilted_slab_hip(24.0, 23, socket=False)[0], affine)
+    assert bare.flag == "not_hip_anatomy" and any("superior cap" in r for r in bare.reasons)
+
+
+def test_cap_in_view_follows_the_grid() -> None:
+    """A cap direction is in view when its socket point (``SOCKET_DEPTH_MM`` beyond the sphere) lies inside the
+    grid: all of them for a head deep inside, those below the top face for a grid cut 23 mm above the centre."""
+    assert cap_in_view(np.zeros(3), 22.0, AFFINE, SHAPE, 45.0).all()
+    top = np.diag([2.0, 2.0, 2.0, 1.0])
+    top[:3, 3] = [-150.0, -60.0, -60.0]
+    shape = (150, 60, 42)  # voxel centres up to z = 22 mm: the grid ends at 23 mm
+    cap = CAP_DIRECTIONS[CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(45.0))]
+    expected = cap[:, 2] * (22.0 + SOCKET_DEPTH_MM) <= 23.0
+    assert 0.0 < expected.mean() < 1.0
+    np.testing.assert_array_equal(cap_in_view(np.zeros(3), 22.0, top, shape, 45.0), expected)
 
 
 class DoubtedPartner:

@@ -15,6 +15,9 @@ measure (``hips.find_heads`` + ``select_heads``: at most one per side):
 * a socket must surround it: acetabulum (label 4) within a shell around the
   fitted sphere, covering a share of the directions of the superior cap (world
   +z, within ``cap_deg`` of straight up) and amounting to a minimum volume;
+  only cap directions whose socket lies in the image's field of view count (a
+  thin slab can cut off the roof of a whole head), and with fewer than half of
+  them in view the socket is not judged;
 * the lesion (2+3) must leave some viable head (1).
 
 With two heads their centres must lie at an adult inter-head distance. A scan
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import voxel_box, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import ras_to_voxel, voxel_box, voxel_to_ras, voxel_volume_ml
 from onfh_seg.hips import Head, find_heads, select_heads
 from onfh_seg.labels import ACETABULUM, HEAD, HEAD_LABELS, LESION_LABELS
 
@@ -97,6 +100,7 @@ class HeadCheck:
     acetabulum_ml: float
     lesion_fraction: float
     partial: bool = False  # the head touches the edge of the field of view (cut off)
+    cap_in_view: float = 1.0  # share of the superior cap's directions whose socket lies in the field of view
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -209,10 +213,22 @@ CAP_DIRECTIONS = fibonacci_directions(400)
 CAP_ROWS = 4096  # offsets per block of dot products in ``cap_coverage`` (13 MB)
 # more than the lattice's covering radius (about 7.8 degrees: every unit vector lies that close to some direction)
 CAP_MARGIN_DEG = 15.0
+SOCKET_DEPTH_MM = 5.0  # where the socket of a cap direction is looked for: this far beyond the fitted sphere
+MIN_CAP_IN_VIEW = 0.5  # share of cap directions in view below which the socket is not judged
 
 
-def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
-    """Share of the superior-cap directions (within ``cap_deg`` of +z) hit by some offset vector.
+def cap_in_view(centre: np.ndarray, radius: float, affine: np.ndarray, shape: tuple[int, ...],
+                cap_deg: float) -> np.ndarray:
+    """Per superior-cap direction (``CAP_DIRECTIONS`` within ``cap_deg`` of +z, in order): whether the socket
+    there, ``SOCKET_DEPTH_MM`` beyond the fitted sphere, lies inside the image's field of view."""
+    cap = CAP_DIRECTIONS[CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))]
+    vox = ras_to_voxel(affine, np.asarray(centre, np.float64) + cap * (radius + SOCKET_DEPTH_MM))
+    return np.all((vox >= -0.5) & (vox <= np.asarray(shape[:3], np.float64) - 0.5), axis=1)
+
+
+def cap_coverage(offsets: np.ndarray, cap_deg: float, seen: np.ndarray | None = None) -> float:
+    """Share of the superior-cap directions (within ``cap_deg`` of +z) hit by some offset vector; with ``seen``
+    (``cap_in_view``), the share of the directions in view.
 
     ``offsets`` (n, 3) are world vectors from the head centre to acetabulum
     voxels; each is assigned to its nearest direction of a 400-point lattice.
@@ -222,7 +238,8 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
     the same hits as comparing every vector with every direction.
     """
     cap = CAP_DIRECTIONS[:, 2] >= np.cos(np.radians(cap_deg))
-    if not len(offsets):
+    seen = np.ones(int(cap.sum()), bool) if seen is None else np.asarray(seen, bool)
+    if not len(offsets) or not seen.any():
         return 0.0
     unit = offsets / np.maximum(np.linalg.norm(offsets, axis=1, keepdims=True), 1e-9)
     unit = unit[unit[:, 2] >= np.cos(np.radians(min(cap_deg + CAP_MARGIN_DEG, 180.0)))]
@@ -230,7 +247,7 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float) -> float:
     hit = np.zeros(len(CAP_DIRECTIONS), bool)  # complete for the cap directions only
     for a in range(0, len(unit), CAP_ROWS):  # in row blocks: all rows at once take ~100 MB for a large socket
         hit[near[np.argmax(unit[a:a + CAP_ROWS] @ CAP_DIRECTIONS[near].T, axis=1)]] = True
-    return float(hit[cap].mean())
+    return float(hit[cap][seen].mean())
 
 
 # ---------------------------------------------------------------- per head and scan
@@ -269,7 +286,8 @@ def check_head(
     acet_off = voxel_to_ras(box_affine, acet_idx) - centre
     dist = np.linalg.norm(acet_off, axis=1)
     in_shell = (dist >= radius + limits.shell_mm[0]) & (dist <= radius + limits.shell_mm[1])
-    coverage = cap_coverage(acet_off[in_shell], limits.cap_deg)
+    seen = cap_in_view(centre, radius, affine, labels.shape, limits.cap_deg)
+    coverage = cap_coverage(acet_off[in_shell], limits.cap_deg, seen)
     acet_ml = float(in_shell.sum()) * voxel_volume_ml(affine)
 
     n_head = int(mask.sum())
@@ -282,23 +300,23 @@ def check_head(
         volume_ml=head.volume_ml, radius_fit_mm=radius,
         rel_rms=float(rms / radius) if radius > 0 else float("inf"), axis_ratio=ratio,
         cap_coverage=coverage, acetabulum_ml=acet_ml, lesion_fraction=lesion_fraction, partial=partial,
+        cap_in_view=float(seen.mean()) if len(seen) else 0.0,
     )
     lo, hi = limits.radius_mm
     if not lo <= radius <= hi:
         check.failures.append(f"head sphere radius {radius:.1f} mm outside {lo:g}-{hi:g} mm")
     if not check.rel_rms <= limits.max_rel_rms:
         check.failures.append(f"head surface not spherical (RMS {check.rel_rms:.2f} x radius > {limits.max_rel_rms:g})")
-    if partial:  # only what is visible can be checked: radius, sphericity of the visible surface, lesion
-        if lesion_fraction > limits.max_lesion_fraction or not has_viable:
-            check.failures.append(f"lesion fills the head ({100 * lesion_fraction:.0f}%)")
-        return check
-    if ratio < limits.min_axis_ratio:
+    # a head cut by the field of view: only its radius, the sphericity of its visible surface and its lesion
+    # can be checked; a whole head whose socket is mostly out of view (a thin slab): not its socket
+    if not partial and ratio < limits.min_axis_ratio:
         check.failures.append(f"head flat or elongated (axis ratio {ratio:.2f} < {limits.min_axis_ratio:g})")
-    if coverage < limits.min_cap_coverage:
-        check.failures.append(f"no acetabulum over the head (superior cap {100 * coverage:.0f}% covered "
-                              f"< {100 * limits.min_cap_coverage:.0f}%)")
-    if acet_ml < limits.min_acetabulum_ml:
-        check.failures.append(f"too little acetabulum around the head ({acet_ml:.1f} mL < {limits.min_acetabulum_ml:g} mL)")
+    if not partial and check.cap_in_view >= MIN_CAP_IN_VIEW:
+        if coverage < limits.min_cap_coverage:
+            check.failures.append(f"no acetabulum over the head (superior cap {100 * coverage:.0f}% covered "
+                                  f"< {100 * limits.min_cap_coverage:.0f}%)")
+        if acet_ml < limits.min_acetabulum_ml:
+            check.failures.append(f"too little acetabulum around the head ({acet_ml:.1f} mL < {limits.min_acetabulum_ml:g} mL)")
     if lesion_fraction > limits.max_lesion_fraction or not has_viable:
         check.failures.append(f"lesion fills the head ({100 * lesion_fraction:.0f}%)")
     return check
