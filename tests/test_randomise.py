@@ -390,3 +390,31 @@ def test_fat_sat_share_changes_samples_and_absent_share_keeps_old_draws(tmp_path
     old, zero, fat = one_patient_datasets(tmp_path, {}, {"fat_sat": 0.0}, {"fat_sat": 1.0})
     assert all((old[i][0] == zero[i][0]).all() for i in range(6))
     assert any(not (old[i][0] == fat[i][0]).all() for i in range(6))
+
+
+def test_plain_fat_sat_draws_only_healthy_crops_and_enhances_nothing(tmp_path):
+    """``fat_sat_plain`` (issue 22, accept_fs: fat-suppressed without contrast agent): crops without lesion get the
+    fat-suppressed contrast with nothing enhanced; crops with a lesion are drawn as before; absent or 0 keeps old
+    draws."""
+    from onfh_seg.labels import LESION_LABELS
+    from onfh_seg.synth.contrast import fat_sat_contrast
+
+    for seed in range(20):
+        post, plain = fat_sat_contrast(np.random.default_rng(seed)), fat_sat_contrast(np.random.default_rng(seed), False)
+        for k in ("subcutaneous_fat", "yellow_marrow", "red_marrow", "core_fat"):
+            assert plain.mean[TISSUES[k]] == post.mean[TISSUES[k]]  # the same suppression
+        assert plain.mean[TISSUES["muscle"]] <= post.mean[TISSUES["muscle"]]
+        viable = max(plain.mean[TISSUES["yellow_marrow"]], plain.mean[TISSUES["red_marrow"]])
+        assert plain.mean[TISSUES["band"]] < max(2.0 * viable, 0.2) or plain.mean[TISSUES["band"]] < 0.5
+    from onfh_seg.model.data import RandomisedPatchDataset
+
+    old, zero, fs = one_patient_datasets(tmp_path, {}, {"fat_sat_plain": 0.0}, {"fat_sat_plain": 1.0})
+    old, zero, fs = [RandomisedPatchDataset(d.items, (32, 32, 32), 12, 0.5, seed=0, spacing_mm=2.0, acquisitions=d.acq)
+                     for d in (old, zero, fs)]  # half the crops anywhere: some without lesion
+    kinds = set()
+    for i in range(12):
+        assert (old[i][0] == zero[i][0]).all()
+        lesion = bool(np.isin(old[i][1].numpy(), LESION_LABELS).any())
+        kinds.add(lesion)
+        assert (old[i][0] == fs[i][0]).all() == lesion, i  # redrawn exactly where the crop holds no lesion
+    assert kinds == {True, False}  # both kinds of crop were drawn

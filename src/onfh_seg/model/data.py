@@ -22,7 +22,7 @@ from onfh_seg.geometry import covering_grid, crop_grid, resample, resample_label
 from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.io.manifest import read_manifest, resolve
 from onfh_seg.io.nifti import atomic_write_bytes
-from onfh_seg.labels import NUM_CLASSES
+from onfh_seg.labels import LESION_LABELS, NUM_CLASSES
 from onfh_seg.model.augment import build_augment, build_dr_augment
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
@@ -186,7 +186,9 @@ class RandomisedPatchDataset(Dataset):
         # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
         # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
         # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre), a
-        # fat-saturated post-contrast T1 (``fat_sat``: dark healthy marrow, an enhancing band); 0: not drawn
+        # fat-saturated post-contrast T1 (``fat_sat``: dark healthy marrow, an enhancing band), a fat-suppressed T1
+        # without contrast agent on crops without lesion (``fat_sat_plain``: dark healthy marrow, nothing enhancing;
+        # a lesion there is not drawn so, as it can hardly be seen); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -209,11 +211,13 @@ class RandomisedPatchDataset(Dataset):
                              (self.acq.get("scar_offset_lo", 0.05), self.acq.get("scar_offset_hi", 0.45)))
         realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
         fat_sat = not realistic and self.acq.get("fat_sat", 0.0) > 0 and rng.uniform() < self.acq["fat_sat"]
+        plain = (not realistic and not fat_sat and self.acq.get("fat_sat_plain", 0.0) > 0
+                 and not np.isin(y, LESION_LABELS).any() and rng.uniform() < self.acq["fat_sat_plain"])
         post = self.acq.get("post_contrast", 0.0)
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
-        elif fat_sat:
-            x = render_random(t, y, rng, fat_sat_contrast(rng))
+        elif fat_sat or plain:
+            x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
