@@ -547,6 +547,31 @@ def test_sheared_affine_is_flagged_untrusted(phantom, tmp_path: Path) -> None:
     assert not any("sheared" in w for w in meas["warnings"])
 
 
+
+@pytest.mark.parametrize("description, fat_sat", [("t1_vibe_fs_tra", True), ("t1_vibe_tra", False)])
+def test_fat_suppressed_series_is_measured_but_untrusted(tmp_path: Path, description: str, fat_sat: bool) -> None:
+    """Issue 22: on fat-suppressed T1 most healthy heads got a false lesion (model card, accept_fs). A DICOM series
+    whose name (or ScanOptions) says fat suppression is measured, flagged ``fat_suppressed`` with its reason, and
+    no hip of it is trusted, so no DICOM SR is written; the same series without it is trusted."""
+    cols, rows, n_slices = SHAPE
+    affine = np.diag([-VOXEL_MM, -VOXEL_MM, VOXEL_MM, 1.0])
+    affine[:3, 3] = np.array([(cols - 1) / 2, (rows - 1) / 2, -(n_slices - 1) / 2]) * VOXEL_MM
+    nifti = write_phantom_nifti(tmp_path / "source.nii.gz", affine)
+    write_dicom_series(nifti, tmp_path / "study", description=description, series_number=9)
+    [job] = expand_input(tmp_path / "study")
+    assert job.dicom["fat_suppressed"] is fat_sat
+    result, meas = run_one(tmp_path / "study", tmp_path / "out")
+    assert result["status"] == "ok", result["error"]
+    assert [h["side"] for h in meas["hips"]] == ["right", "left"]
+    if fat_sat:
+        assert meas["qc_flags"] == ["fat_suppressed"] and not any(h["trusted"] for h in meas["hips"])
+        assert "series 9 is fat-suppressed" in meas["qc_reasons"]["fat_suppressed"][0]
+        assert any(w.startswith("fat_suppressed: series 9") for w in meas["warnings"])
+        assert meas["outputs"]["dicom_sr"]["status"] == "not_written", meas["outputs"]
+    else:
+        assert meas["qc_flags"] == [] and all(h["trusted"] for h in meas["hips"])
+        assert isinstance(meas["outputs"]["dicom_sr"], str)
+
 def test_duplicate_dicom_instances_are_deduplicated(hip_dicom: Path, tmp_path: Path) -> None:
     study = tmp_path / "study"
     shutil.copytree(hip_dicom, study / "a")

@@ -22,10 +22,13 @@ QC_FLAGS = (
     "not_mr_like",
     "sheared_geometry",
     "suspect_image_content",
+    "fat_suppressed",
 )
 # Flags after which a scan's numbers are not to be trusted (kept out of the DICOM SR, marked in CSV/JSON/HTML).
+# ``fat_suppressed``: the DICOM headers say fat suppression; the networks were not trained to measure lesions there
+# (model card: most healthy heads of a fat-suppressed development cohort got a false lesion)
 UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "partial_head",
-                   "low_confidence", "not_mr_like", "sheared_geometry", "suspect_image_content")
+                   "low_confidence", "not_mr_like", "sheared_geometry", "suspect_image_content", "fat_suppressed")
 HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape", "partial_head")  # flags that belong to one hip
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from onfh_seg.infer.input_files import file_kind
 from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, is_within, sanitise
+from onfh_seg.io.dicom_rank import fat_suppressed
+from onfh_seg.io.dicom_rules import merge_rules
 from onfh_seg.io.dicom_select import ALL_T1, Selection, select_series
 from onfh_seg.io.dicom_series import (
     DicomError,
@@ -67,14 +69,17 @@ def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude:
         name = sanitise(folder.resolve().name) or "dicom"
         return [ScanJob("dicom", folder, name, image_ref, error=str(exc).splitlines()[0])]
     odd = non_regular_files(folder, exclude)
+    merged = merge_rules(rules)
     if str(series).strip() != ALL_T1:
         chosen = selection.chosen
-        return [_with_skipped(_series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found)),
-                              odd)]
-    return [_with_skipped(job, odd) for job in _all_t1_jobs(folder, image_ref, selection, len(found))]
+        job = _series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found),
+                          fat_suppressed(chosen, merged))
+        return [_with_skipped(job, odd)]
+    return [_with_skipped(job, odd) for job in _all_t1_jobs(folder, image_ref, selection, len(found), merged)]
 
 
-def _all_t1_jobs(folder: Path, image_ref: str, selection: Selection, n_found: int) -> list[ScanJob]:
+def _all_t1_jobs(folder: Path, image_ref: str, selection: Selection, n_found: int,
+                 rules: dict[str, Any]) -> list[ScanJob]:
     """``series=all-t1``: one job per T1 candidate, each saying whether it is the rules' choice."""
     chosen, total = selection.chosen, len(selection.candidates)
     jobs = []
@@ -86,7 +91,7 @@ def _all_t1_jobs(folder: Path, image_ref: str, selection: Selection, n_found: in
             reason = f"series=all-t1: T1 candidate {k} of {total}; the rules choose #{chosen.series_number}"
             choice = f"the rules choose {chosen.series_number})"
         summary = f"series {s.series_number} '{s.description or s.protocol_name}' (series=all-t1, {choice}"
-        jobs.append(_series_job(folder, image_ref, s, reason, summary, n_found))
+        jobs.append(_series_job(folder, image_ref, s, reason, summary, n_found, fat_suppressed(s, rules)))
     return jobs
 
 
@@ -111,8 +116,10 @@ def _with_skipped(job: ScanJob, skipped: list[str]) -> ScanJob:
     return job
 
 
-def _series_job(folder: Path, image_ref: str, chosen: SeriesInfo, reason: str, summary: str, n_found: int) -> ScanJob:
-    """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``."""
+def _series_job(folder: Path, image_ref: str, chosen: SeriesInfo, reason: str, summary: str, n_found: int,
+                fat_sat: bool = False) -> ScanJob:
+    """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``; ``fat_sat``: its headers
+    say fat suppression (``io.dicom_rank.fat_suppressed``)."""
     info: dict[str, Any] = {
         "series_instance_uid": chosen.series_uid,
         "series_number": chosen.series_number,
@@ -122,6 +129,7 @@ def _series_job(folder: Path, image_ref: str, chosen: SeriesInfo, reason: str, s
         "selection_summary": summary,
         "n_files": chosen.n_files,
         "n_series_found": n_found,
+        "fat_suppressed": bool(fat_sat),
     }
     if chosen.duplicates:
         info["duplicate_instances_skipped"] = chosen.duplicates  # same SOPInstanceUID found twice

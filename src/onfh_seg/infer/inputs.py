@@ -62,6 +62,7 @@ from onfh_seg.io.manifest import ManifestError, read_manifest
 from onfh_seg.run.outputs import is_tool_output, scan_name
 
 MANIFEST_KEEP = ("patient_id", "timepoint", "months")
+FAT_SUPPRESSED = "fat_suppressed"  # QC flag of a series whose DICOM headers say fat suppression (quality.QC_FLAGS)
 
 
 @dataclass
@@ -244,7 +245,13 @@ def _load_dicom(job: ScanJob) -> LoadedScan:
     if skipped:
         warnings.append(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} that "
                         f"{'are' if len(skipped) > 1 else 'is'} not a regular file: {', '.join(skipped)}")
-    return LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
+    scan = LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
+    if (job.dicom or {}).get("fat_suppressed"):
+        why = (f"series {job.series.series_number} is fat-suppressed (its name or ScanOptions): the model was not "
+               "trained to measure lesions on fat-suppressed T1, its hips are not trusted")
+        scan.qc_flags, scan.qc_reasons = [FAT_SUPPRESSED], {FAT_SUPPRESSED: [why]}
+        scan.warnings = [*scan.warnings, f"{FAT_SUPPRESSED}: {why}"]
+    return scan
 
 
 def _load_nifti(job: ScanJob) -> LoadedScan:

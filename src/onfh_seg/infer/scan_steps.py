@@ -118,7 +118,7 @@ def measure_scan(scan: LoadedScan, labels: np.ndarray, confidence: float, settin
         gate=bool(settings.anatomy["enabled"]),
     )
     labels, hips, flags = gated.labels, gated.hips, gated.flags
-    if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content): no hip is trusted
+    if scan.qc_flags:  # found while reading (sheared_geometry, suspect_image_content, fat_suppressed): none trusted
         flags = with_scan_flags(flags, scan.qc_flags)
         hips = mark_trust(hips, flags)
         meas["qc_reasons"] = dict(scan.qc_reasons)
