@@ -548,11 +548,12 @@ def test_sheared_affine_is_flagged_untrusted(phantom, tmp_path: Path) -> None:
 
 
 
-@pytest.mark.parametrize("description, fat_sat", [("t1_vibe_fs_tra", True), ("t1_vibe_tra", False)])
+@pytest.mark.parametrize("description, fat_sat", [("t1_vibe_fs_tra", True), ("t1_vibe_dixon_tra_W", True),
+                                                  ("t1_vibe_tra", False)])
 def test_fat_suppressed_series_is_measured_but_untrusted(tmp_path: Path, description: str, fat_sat: bool) -> None:
     """Issue 22: on fat-suppressed T1 most healthy heads got a false lesion (model card, accept_fs). A DICOM series
-    whose name (or ScanOptions) says fat suppression is measured, flagged ``fat_suppressed`` with its reason, and
-    no hip of it is trusted, so no DICOM SR is written; the same series without it is trusted."""
+    whose name (or ScanOptions) says fat suppression, or a Dixon water image, is measured, flagged ``fat_suppressed``
+    with its reason, and no hip of it is trusted, so no DICOM SR is written; the same series without it is trusted."""
     cols, rows, n_slices = SHAPE
     affine = np.diag([-VOXEL_MM, -VOXEL_MM, VOXEL_MM, 1.0])
     affine[:3, 3] = np.array([(cols - 1) / 2, (rows - 1) / 2, -(n_slices - 1) / 2]) * VOXEL_MM

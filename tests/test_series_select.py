@@ -368,3 +368,21 @@ def test_forced_number_shared_by_two_series_asks_for_a_uid(tmp_path: Path) -> No
         select_series(find_series(tmp_path), None, "5")
     assert select_series(find_series(tmp_path), None, second.series_uid).chosen.series_uid == second.series_uid
     assert first.series_uid != second.series_uid
+
+
+def test_dixon_water_by_image_type_or_dixon_name(tmp_path: Path) -> None:
+    """``dixon_water`` (the fat_suppressed QC flag's second source): ImageType W, or a Dixon-named series whose name
+    says water; not another component, and not a non-Dixon name with a stray "w" token."""
+    from onfh_seg.io.dicom_rank import dixon_water
+    from onfh_seg.io.dicom_rules import merge_rules
+
+    write_series(tmp_path, 5, "WATER: Cor LAVA-Flex", tr=6.5, te=2.2, flip=12, scanning="GR", acquisition="3D")
+    write_series(tmp_path, 7, "InPhase: Cor LAVA-Flex", tr=6.5, te=2.2, flip=12, scanning="GR", acquisition="3D")
+    write_series(tmp_path, 401, "T1_mDIXON_COR", tr=5.5, te=1.8, flip=10, scanning="GR", acquisition="3D",
+                 image_type=("DERIVED", "PRIMARY", "W", "W", "DERIVED"))
+    write_series(tmp_path, 403, "T1_mDIXON_COR", tr=5.5, te=1.8, flip=10, scanning="GR", acquisition="3D",
+                 image_type=("DERIVED", "PRIMARY", "IP", "IP", "DERIVED"))
+    write_series(tmp_path, 9, "t1_tse_cor_w", tr=600, te=10)
+    rules = merge_rules(None)
+    water = {s.series_number: dixon_water(s, rules) for s in find_series(tmp_path)}
+    assert water == {5: True, 7: False, 401: True, 403: False, 9: False}

@@ -10,7 +10,7 @@ from typing import Any
 
 from onfh_seg.infer.input_files import file_kind
 from onfh_seg.infer.scan_jobs import ScanJob, dicom_series_name, is_within, sanitise
-from onfh_seg.io.dicom_rank import fat_suppressed
+from onfh_seg.io.dicom_rank import dixon_water, fat_suppressed
 from onfh_seg.io.dicom_rules import merge_rules
 from onfh_seg.io.dicom_select import ALL_T1, Selection, select_series
 from onfh_seg.io.dicom_series import (
@@ -73,9 +73,14 @@ def dicom_jobs(folder: Path, image_ref: str, rules: dict | None = None, exclude:
     if str(series).strip() != ALL_T1:
         chosen = selection.chosen
         job = _series_job(folder, image_ref, chosen, selection.reason, selection.summary, len(found),
-                          fat_suppressed(chosen, merged))
+                          _fat_suppressed(chosen, merged))
         return [_with_skipped(job, odd)]
     return [_with_skipped(job, odd) for job in _all_t1_jobs(folder, image_ref, selection, len(found), merged)]
+
+
+def _fat_suppressed(series: SeriesInfo, rules: dict[str, Any]) -> bool:
+    """Whether the series' fat signal is suppressed: by name or ScanOptions, or as a Dixon water image."""
+    return fat_suppressed(series, rules) or dixon_water(series, rules)
 
 
 def _all_t1_jobs(folder: Path, image_ref: str, selection: Selection, n_found: int,
@@ -91,7 +96,7 @@ def _all_t1_jobs(folder: Path, image_ref: str, selection: Selection, n_found: in
             reason = f"series=all-t1: T1 candidate {k} of {total}; the rules choose #{chosen.series_number}"
             choice = f"the rules choose {chosen.series_number})"
         summary = f"series {s.series_number} '{s.description or s.protocol_name}' (series=all-t1, {choice}"
-        jobs.append(_series_job(folder, image_ref, s, reason, summary, n_found, fat_suppressed(s, rules)))
+        jobs.append(_series_job(folder, image_ref, s, reason, summary, n_found, _fat_suppressed(s, rules)))
     return jobs
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ from onfh_seg.io.dicom_rules import (
     series_names,
 )
 from onfh_seg.io.dicom_series import SeriesInfo, float_or_none
+
+DIXON_NAME = re.compile("dixon|ideal|flex", re.IGNORECASE)  # a series name that says Dixon (vendor names)
 
 
 def _rounded(series: SeriesInfo, keyword: str, digits: int = 2) -> float | None:
@@ -93,6 +96,18 @@ def dixon_component(series: SeriesInfo, rules: Mapping[str, Any]) -> str | None:
         if first_match(spec["patterns"], series_names(series)):
             return name
     return None
+
+
+def dixon_water(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
+    """A Dixon water image (its fat suppressed by construction): ImageType says water, or a Dixon-named series
+    (Dixon, IDEAL, Flex) whose name says water."""
+    spec = rules["dixon_components"].get("water")
+    if spec is None:
+        return False
+    if any(v in spec["image_types"] for v in header_values(first_header(series), "ImageType")[2:]):
+        return True
+    names = series_names(series)
+    return bool(DIXON_NAME.search(names)) and first_match(spec["patterns"], names) is not None
 
 
 def dixon_sets(series: Sequence[SeriesInfo], rules: Mapping[str, Any]) -> tuple[list[SeriesInfo], list[Dropped]]:
@@ -166,7 +181,7 @@ def _covers_both_hips(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
 
 
 def fat_suppressed(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
-    """True when the name or ScanOptions say fat saturation (or the series is a Dixon water image)."""
+    """True when the name or ScanOptions say fat saturation (a Dixon water image: ``dixon_water``)."""
     options = header_values(first_header(series), "ScanOptions")
     if any(o in rules["fat_suppressed_scan_options"] for o in options):
         return True

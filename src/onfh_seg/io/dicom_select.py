@@ -24,7 +24,6 @@ forces a choice, ``series_candidates`` lists every T1 candidate (``series=all-t1
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import nibabel as nib
 
 from onfh_seg.io.dicom import load_series
 from onfh_seg.io.dicom_rank import (
+    DIXON_NAME,
     SET_RULES,
     dixon_component,
     fat_suppressed,
@@ -112,7 +112,7 @@ def describe(series: SeriesInfo, rules: Mapping[str, Any]) -> str:
         else "not T1"
     parts = [" ".join(p for p in (weight, dims if dims in ("2D", "3D") else "", family) if p)]
     component = dixon_component(series, rules)
-    if component is not None and re.search("dixon|ideal|flex", series_names(series), re.IGNORECASE):
+    if component is not None and DIXON_NAME.search(series_names(series)):
         parts.append(f"Dixon {component}")
     if fat_suppressed(series, rules):
         parts.append("fat-suppressed")
