@@ -418,3 +418,18 @@ def test_plain_fat_sat_draws_only_healthy_crops_and_enhances_nothing(tmp_path):
         kinds.add(lesion)
         assert (old[i][0] == fs[i][0]).all() == lesion, i  # redrawn exactly where the crop holds no lesion
     assert kinds == {True, False}  # both kinds of crop were drawn
+
+
+def test_fat_sat_red_marrow_share_moves_red_and_pelvic_marrow_only():
+    """``red_left`` (``acquisitions.fat_sat_red_lo``/``_hi``): red, regenerated and pelvic marrow keep more signal
+    than the femoral head's yellow marrow; the default draws are the old ones."""
+    from onfh_seg.synth.contrast import fat_sat_contrast
+
+    for seed in range(20):
+        old = fat_sat_contrast(np.random.default_rng(seed), False)
+        same = fat_sat_contrast(np.random.default_rng(seed), False, (0.25, 0.55))
+        red = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0))
+        assert (old.mean == same.mean).all()
+        moved = {k for k in TISSUES if red.mean[TISSUES[k]] != old.mean[TISSUES[k]]}
+        assert moved == {"red_marrow", "regenerated", "pelvic_marrow"}
+        assert red.mean[TISSUES["pelvic_marrow"]] > 1.2 * red.mean[TISSUES["yellow_marrow"]]

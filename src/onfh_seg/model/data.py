@@ -216,8 +216,9 @@ class RandomisedPatchDataset(Dataset):
         post = self.acq.get("post_contrast", 0.0)
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
-        elif fat_sat or plain:
-            x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat))
+        elif fat_sat or plain:  # ``fat_sat_red_lo``/``_hi``: red and pelvic marrow's share of signal left
+            red = (self.acq.get("fat_sat_red_lo", 0.25), self.acq.get("fat_sat_red_hi", 0.55))
+            x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat, red_left=red))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
