@@ -371,7 +371,7 @@ def test_forced_number_shared_by_two_series_asks_for_a_uid(tmp_path: Path) -> No
 
 
 def test_dixon_water_by_image_type_or_dixon_name(tmp_path: Path) -> None:
-    """``dixon_water`` (the fat_suppressed QC flag's second source): ImageType W, or a Dixon-named series whose name
+    """``dixon_water`` (the fat_suppressed QC flag's second source): a Dixon-named series whose ImageType or name
     says water; not another component, and not a non-Dixon name with a stray "w" token."""
     from onfh_seg.io.dicom_rank import dixon_water
     from onfh_seg.io.dicom_rules import merge_rules

@@ -124,7 +124,7 @@ def _with_skipped(job: ScanJob, skipped: list[str]) -> ScanJob:
 def _series_job(folder: Path, image_ref: str, chosen: SeriesInfo, reason: str, summary: str, n_found: int,
                 fat_sat: bool = False) -> ScanJob:
     """The job for one chosen series of a study, named ``<SeriesNumber>_<description>``; ``fat_sat``: its headers
-    say fat suppression (``io.dicom_rank.fat_suppressed``)."""
+    say fat suppression (``_fat_suppressed``)."""
     info: dict[str, Any] = {
         "series_instance_uid": chosen.series_uid,
         "series_number": chosen.series_number,

@@ -247,7 +247,7 @@ def _load_dicom(job: ScanJob) -> LoadedScan:
                         f"{'are' if len(skipped) > 1 else 'is'} not a regular file: {', '.join(skipped)}")
     scan = LoadedScan(image, np.asarray(img.affine, np.float64), img, sha, warnings, list(job.series.headers))
     if (job.dicom or {}).get("fat_suppressed"):
-        why = (f"series {job.series.series_number} is fat-suppressed (its name or ScanOptions): the model was not "
+        why = (f"series {job.series.series_number} is fat-suppressed (its name, ScanOptions or Dixon water image): the model was not "
                "trained to measure lesions on fat-suppressed T1, its hips are not trusted")
         scan.qc_flags, scan.qc_reasons = [FAT_SUPPRESSED], {FAT_SUPPRESSED: [why]}
         scan.warnings = [*scan.warnings, f"{FAT_SUPPRESSED}: {why}"]

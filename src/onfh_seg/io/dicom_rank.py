@@ -99,15 +99,9 @@ def dixon_component(series: SeriesInfo, rules: Mapping[str, Any]) -> str | None:
 
 
 def dixon_water(series: SeriesInfo, rules: Mapping[str, Any]) -> bool:
-    """A Dixon water image (its fat suppressed by construction): ImageType says water, or a Dixon-named series
-    (Dixon, IDEAL, Flex) whose name says water."""
-    spec = rules["dixon_components"].get("water")
-    if spec is None:
-        return False
-    if any(v in spec["image_types"] for v in header_values(first_header(series), "ImageType")[2:]):
-        return True
-    names = series_names(series)
-    return bool(DIXON_NAME.search(names)) and first_match(spec["patterns"], names) is not None
+    """A Dixon water image (its fat suppressed by construction): a Dixon-named series (Dixon, IDEAL, Flex) whose
+    ImageType or name says water (``dixon_component``; as ``dicom_select.describe`` calls it "Dixon water")."""
+    return dixon_component(series, rules) == "water" and bool(DIXON_NAME.search(series_names(series)))
 
 
 def dixon_sets(series: Sequence[SeriesInfo], rules: Mapping[str, Any]) -> tuple[list[SeriesInfo], list[Dropped]]:
