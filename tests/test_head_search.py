@@ -355,6 +355,46 @@ def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_s
     assert sides == {"right", "left"}
 
 
+@needs_model
+def test_a_false_first_head_does_not_take_the_place_of_the_real_pair(slab_scan, monkeypatch) -> None:
+    """The coarse stage's only head is a false one between the real heads (made to pass the fine stage and the
+    head checks): the real heads, neither of which can be its partner, are kept aside, and as they can be each
+    other's partner they replace it (before, the first real head found was kept with the false one)."""
+    from onfh_seg.infer.engine import Segmenter
+
+    image, truth = slab_scan
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    false = 0.5 * (true["right"] + true["left"])  # about 90 mm from each: no patient's pair with either
+    seg = Segmenter(MODELS, provider="cpu", threads=2, tta=False)
+    monkeypatch.setattr(seg, "_locate", lambda xc, g: ([false], np.zeros(xc.shape, np.float32)))
+    real_confirm, real_shaped = seg._confirm, seg._head_shaped
+
+    def confirm(x, affine, centre, search=False):  # the false centre 'holds a head' (the right head's crop)
+        if np.linalg.norm(np.asarray(centre) - false) < 1.0:
+            return (false, *real_confirm(x, affine, true["right"], search)[1:])
+        return real_confirm(x, affine, centre, search)
+
+    monkeypatch.setattr(seg, "_confirm", confirm)
+    monkeypatch.setattr(seg, "_head_shaped", lambda found, a, s: bool(
+        np.linalg.norm(found[0] - false) < 1.0 or real_shaped(found, a, s)))
+    img = nib.load(str(image))
+    res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
+    assert len(res.head_centres_ras) == 2 and res.search["heads_added"] == 2
+    assert all(np.linalg.norm(c - false) > 45.0 for c in res.head_centres_ras)
+    got = sorted(res.head_centres_ras, key=lambda c: -c[0])  # right (+x) first
+    assert np.linalg.norm(got[0] - true["right"]) < 20.0 and np.linalg.norm(got[1] - true["left"]) < 20.0
+
+
+def test_first_plausible_pair_in_the_order_found() -> None:
+    """The first two centres, in the order found, that can be one patient's pair; None when no two can."""
+    from onfh_seg.infer.search import first_plausible_pair
+
+    false, right, left, far = (np.array(v, float) for v in ([0, 0, 0], [90, 0, 0], [-95, 5, 0], [90, 0, 120]))
+    assert first_plausible_pair([false, right, left]) == (1, 2)
+    assert first_plausible_pair([right, false, left, far]) == (0, 2)
+    assert first_plausible_pair([false, right, far]) is None and first_plausible_pair([right]) is None
+
+
 def test_pair_plausible_is_an_intercapital_distance_at_one_height() -> None:
     """Two heads 140-240 mm apart in x and within 45 mm front-to-back and in height; not a head and a uterus."""
     right = np.array([90.0, 0.0, 0.0])

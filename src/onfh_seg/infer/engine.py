@@ -17,7 +17,7 @@ import numpy as np
 
 from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
 from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
-from onfh_seg.hips import estimate_body_centre_x, find_heads, select_heads
+from onfh_seg.hips import find_heads, select_heads
 from onfh_seg.infer.anatomy import check_anatomy
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.infer.providers import choose_providers, with_provider_options
@@ -26,9 +26,11 @@ from onfh_seg.infer.search import (
     body_midline_x,
     coarse_peaks,
     far_from,
+    first_plausible_pair,
     in_field_of_view,
     lateral_faces,
     lattice_candidates,
+    mirror_candidate,
     pair_plausible,
     partner_candidates,
     partner_out_of_view,
@@ -174,21 +176,6 @@ class Segmenter:
         _, heads = find_heads(lab, g_aff, min_ml=8.0)
         return [h.centre_ras for h in select_heads(heads)], probs[1:4].sum(0)
 
-    @staticmethod
-    def mirror_candidate(image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
-        """Where the other hip should be: ``centre`` mirrored about the body midline (wide fields of view only).
-
-        The coarse stage sometimes misses one head; the fine stage then checks this candidate.
-        """
-        bx = estimate_body_centre_x(image, affine, min_fov_x_mm=280.0)
-        if bx is None or abs(centre[0] - bx) < 50:
-            return []
-        cand = np.array([2 * bx - centre[0], centre[1], centre[2]])
-        v = np.linalg.inv(affine) @ np.append(cand, 1.0)
-        if np.any(v[:3] < 0) or np.any(v[:3] > np.array(image.shape) - 1):
-            return []
-        return [cand]
-
     def _fine(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, mirror: bool | None = None,
               plain: list[np.ndarray] | None = None,
               crop: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
@@ -298,8 +285,11 @@ class Segmenter:
     def _judge(self, x: np.ndarray, affine: np.ndarray, queue: list[np.ndarray], confirmed: list[tuple],
                mid: float | None, budget: int, avoid: Sequence[np.ndarray] = ()) -> int:
         """The fine stage judges the candidates of ``queue`` in turn (at most ``budget``) until two heads are
-        confirmed; a head it keeps is appended to ``confirmed``. Returns the number judged."""
-        judged = 0
+        confirmed; a head it keeps is appended to ``confirmed``. Returns the number judged. A head that cannot be
+        the first's partner (``pair_plausible``, across the midline) is set aside and its partner looked for next
+        (the first may be false); in the end two set aside that can be a pair replace the first, else the first
+        set aside that is on the other side of the midline is its partner, as before."""
+        judged, spares, fallback = 0, [], []
         known = [r[0] for r in confirmed]
         while queue and len(confirmed) < 2 and judged < budget:
             centre = queue.pop(0)
@@ -308,7 +298,7 @@ class Segmenter:
             judged += 1
             r = self._confirm(x, affine, centre, search=True)
             if (r is None or not far_from(r[0], known, 2 * SEPARATION_MM) or not far_from(r[0], avoid)
-                    or not plausible_head(r[0], mid, known[0] if known else None)):
+                    or not plausible_head(r[0], mid)):
                 continue
             # the head's shape is judged on a mirrored crop around it, whatever ``tta``: without mirroring a
             # real neck scan's false head passed (tests/test_real_cases.py); with ``tta`` that crop is kept
@@ -316,12 +306,23 @@ class Segmenter:
             if not self._head_shaped(mirrored, affine, x.shape):
                 continue
             r = mirrored if self.tta else r
-            confirmed.append(r)
             known.append(r[0])
+            across = not confirmed or plausible_head(r[0], mid, confirmed[0][0])
+            if confirmed and not (across and pair_plausible(confirmed[0][0], r[0])):
+                spares.append(r)
+                fallback += [r] if across else []
+                if first_plausible_pair([h[0] for h in spares]):
+                    break
+                queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
+                continue
+            confirmed.append(r)
             if len(confirmed) == 1:  # one head found: now look where its partner can be, if it can be in view
                 if partner_out_of_view(r[0], x.shape, affine):
                     break
                 queue = partner_candidates(r[0], x.shape, affine, mid, max_n=8) + queue
+        if len(confirmed) == 1 and spares:
+            pair = first_plausible_pair([h[0] for h in spares])
+            confirmed[:] = [spares[i] for i in pair] if pair else confirmed + fallback[:1]
         return judged
 
     def _mirror_measured(self, x: np.ndarray, affine: np.ndarray, found: tuple) -> tuple:
@@ -355,7 +356,7 @@ class Segmenter:
         centres, fg_prob = self._locate(xc, g_aff)
         centres = [c for c in centres if far_from(c, avoid)]
         if len(centres) == 1 and not self.fast:
-            centres += self.mirror_candidate(image, affine, centres[0])
+            centres += mirror_candidate(image, affine, centres[0])
         t["coarse"] = time.perf_counter()
         confirmed: list[tuple] = []
         for centre in centres:
@@ -363,12 +364,13 @@ class Segmenter:
             if r is not None and far_from(r[0], [c[0] for c in confirmed], 2 * SEPARATION_MM) and far_from(r[0], avoid):
                 confirmed.append(r)
         confirmed = self._keep_head_shaped(confirmed, affine, image.shape)
-        n_coarse = len(confirmed)
+        coarse = {id(r[1]) for r in confirmed}
         t["confirm"] = time.perf_counter()
         judged = self._search(x, affine, xc, g_aff, fg_prob, confirmed, avoid) if len(confirmed) < 2 else 0
         t["search"] = time.perf_counter()
+        added = sum(id(r[1]) not in coarse for r in confirmed)
         if self.tta:  # the heads were chosen on plain passes; the search's crops are mirrored already
-            confirmed[:n_coarse] = [self._mirror_measured(x, affine, r) for r in confirmed[:n_coarse]]
+            confirmed = [self._mirror_measured(x, affine, r) if id(r[1]) in coarse else r for r in confirmed]
         self._measured.clear()  # the plain passes kept for it
         labels = np.zeros(image.shape, np.uint8)
         best = np.zeros(image.shape, np.float32)
@@ -393,6 +395,6 @@ class Segmenter:
         timings = {"coarse_s": t["coarse"] - t["start"], "search_s": t["search"] - t["confirm"],
                    "fine_s": (t["confirm"] - t["coarse"]) + (t["fine"] - t["search"]), "post_s": t["post"] - t["fine"],
                    **self._clock}
-        search = {"candidates_judged": judged, "heads_added": len(confirmed) - n_coarse}
+        search = {"candidates_judged": judged, "heads_added": added}
         return SegResult(labels, conf_sum / conf_n if conf_n else 1.0, found, {k: round(v, 3) for k, v in timings.items()},
                          search)

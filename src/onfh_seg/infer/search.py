@@ -14,6 +14,8 @@ stays the judge (``engine.Segmenter`` runs it on each candidate in turn):
 * ``sphere_candidates``: no head found: a gradient Hough transform for spheres
   of femoral-head radius (20-28 mm) on the coarse grid, either contrast
   polarity, local maxima strongest first;
+* ``mirror_candidate``: one head from the coarse stage on a wide field of view: its mirror image about the
+  body midline;
 * ``lattice_candidates``: still no head: a lattice over the body in the field of
   view (the fine network slid over it), nearest to the body's centre first.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.hips import CUT_SHARE, lateral_axis
+from onfh_seg.hips import CUT_SHARE, estimate_body_centre_x, lateral_axis
 
 INTERCAPITAL_MM = (150.0, 230.0)  # centre-to-centre distance of the two femoral heads in adults
 HEAD_RADII_MM = (20.0, 24.0, 28.0)
@@ -140,6 +142,16 @@ def pair_plausible(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(lo <= d[0] <= hi and d[1] <= PAIR_YZ_MM and d[2] <= PAIR_YZ_MM)
 
 
+def first_plausible_pair(centres: list[np.ndarray]) -> tuple[int, int] | None:
+    """Indices (i, j), i < j, of the first two head centres, in the order found, that can be one patient's two
+    femoral heads (``pair_plausible``); None when no two can."""
+    for j in range(1, len(centres)):
+        for i in range(j):
+            if pair_plausible(centres[i], centres[j]):
+                return i, j
+    return None
+
+
 def partner_out_of_view(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> bool:
     """Whether no voxel of the other femoral head can lie in the image's field of view (a one-hip field of
     view): every point of it is nearer in x to the head found than the smallest intercapital distance less the
@@ -168,6 +180,21 @@ def partner_candidates(found: np.ndarray, shape: tuple[int, ...], affine: np.nda
         if all(np.linalg.norm(c - o) >= LATTICE_MM / 3 for o in out):
             out.append(c)
     return out[:max_n]
+
+
+def mirror_candidate(image: np.ndarray, affine: np.ndarray, centre: np.ndarray) -> list[np.ndarray]:
+    """Where the other hip should be: ``centre`` mirrored about the body midline (wide fields of view only).
+
+    The coarse stage sometimes misses one head; the fine stage then checks this candidate.
+    """
+    bx = estimate_body_centre_x(image, affine, min_fov_x_mm=280.0)
+    if bx is None or abs(centre[0] - bx) < 50:
+        return []
+    cand = np.array([2 * bx - centre[0], centre[1], centre[2]])
+    v = np.linalg.inv(affine) @ np.append(cand, 1.0)
+    if np.any(v[:3] < 0) or np.any(v[:3] > np.array(image.shape) - 1):
+        return []
+    return [cand]
 
 
 def into_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
