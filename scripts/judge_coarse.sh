@@ -8,6 +8,9 @@
 # (1) femoral-head Dice on the coarse_slab validation crops and (2) on the coarse_dr crops (scripts/val_dr.py, seed 2202);
 # (3) heads found on the style-C development cohorts cache/dev_c8 + dev_c9 (scripts/eval_locator.py, head search on)
 #     and on the three real development scans (scripts/judge_real.sh).
+# COHORTS (default "dev_c8 dev_c9"): the cohorts of (3); LOC: extra scripts/eval_locator.py flags (e.g. "--tta
+# --pipeline"); TTA: onfh-infer's tta for the real scans (scripts/judge_real.sh); REF_LOC: a folder of eval_locator.py
+# outputs (<cohort>.txt) of the shipped cascade with this engine, used for NAME=shipped's (3) instead of running it again.
 # Uses only development data, never a held-out cohort.
 set -euo pipefail
 out=${1:?out dir}; shift
@@ -32,9 +35,15 @@ grep -H ckpt "$out/val_slab.txt" "$out/val_dr.txt" || true
 
 echo "(3) heads found"
 for n in "${names[@]}"; do
-  for c in dev_c8 dev_c9; do
+  for c in ${COHORTS:-dev_c8 dev_c9}; do
     [ -f "cache/$c/manifest.csv" ] || { echo "  cache/$c missing, skipped"; continue; }
-    "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$out/export_$n" --threads 2 > "$out/loc_${n}_$c.txt" 2>&1
+    if [ "$n" = shipped ] && [ -n "${REF_LOC:-}" ]; then
+      cp "$REF_LOC/$c.txt" "$out/loc_${n}_$c.txt"
+    else
+      # shellcheck disable=SC2086  # LOC holds several flags
+      "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir "$out/export_$n" --threads 2 ${LOC:-} \
+        > "$out/loc_${n}_$c.txt" 2>&1
+    fi
     echo "  $n $c: $(grep TOTAL "$out/loc_${n}_$c.txt")"
   done
 done
