@@ -492,3 +492,25 @@ def test_style_c_defaults_in_config_and_code_agree() -> None:
     assert set(cfg) == set(DEFAULTS)
     for key, value in DEFAULTS.items():
         assert np.allclose(np.asarray(cfg[key], float), np.asarray(value, float)), key
+
+
+@needs_model
+@pytest.mark.parametrize("variant", ["edge", "fat_suppressed"])
+def test_shipped_locator_finds_thin_slab_heads_without_the_search(tmp_path, variant) -> None:
+    """The shipped coarse network (0.1.0+synth.b15c02a8's, trained on thin slabs, slab edges and fat suppression)
+    finds both heads of issue 22's acquisition by itself, the hips 30-42 mm off the field's centre (one head at its
+    edge) or the fat signal suppressed: no search candidate is judged. The previous locator (ebf023da's) needed the
+    search for one head of the first and both of the second (measured 2026-12-05)."""
+    import json
+
+    from onfh_seg.infer.engine import Segmenter
+
+    style = dict(ACCEPT_LIKE, **({"offcentre_x_mm": [-42.0, -30.0]} if variant == "edge" else
+                                 {"fat_suppression": [0.85, 0.95]}))
+    cfg = synth_config({"seed": 9402 if variant == "edge" else 9406, "months": [0], "style": "c", "style_c": style,
+                        "disease": {"healthy_fraction": 1.0}})
+    rows = generate_patient_c(plan_patient(0, cfg), tmp_path, cfg, 0)
+    truth = json.loads((tmp_path / rows[0]["truth"]).read_text())
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    res = segment_both_heads(Segmenter(MODELS, provider="cpu", threads=2), tmp_path / rows[0]["image"], true)
+    assert res.search == {"candidates_judged": 0, "heads_added": 0}
