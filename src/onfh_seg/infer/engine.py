@@ -55,7 +55,7 @@ MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body 
 # the head search confirms a head with this much inside the field of view (a head with at least 5 mL in the
 # field of view counts as visible; the anatomy gate's smallest head component is the same 5 mL)
 SEARCH_MIN_HEAD_ML = 5.0
-
+RECENTRE_MM = 6.0  # a head's crop is cut again around the fine head when its centre lies farther than this from it
 
 @dataclass
 class SegResult:
@@ -219,7 +219,7 @@ class Segmenter:
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-                if np.linalg.norm(c2 - centre) > 6.0:
+                if np.linalg.norm(c2 - centre) > RECENTRE_MM:
                     centre, plain, crop, moved = c2, [], [], True
         if moved:
             probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
