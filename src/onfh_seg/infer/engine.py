@@ -55,7 +55,7 @@ MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body 
 # the head search confirms a head with this much inside the field of view (a head with at least 5 mL in the
 # field of view counts as visible; the anatomy gate's smallest head component is the same 5 mL)
 SEARCH_MIN_HEAD_ML = 5.0
-RECENTRE_MM = 6.0  # a head's crop is cut again around the fine head when its centre lies farther than this from it
+RECENTRE_MM = 1.1  # a crop is cut again around its fine head beyond one voxel (until 2026-12-05: 6 mm)
 
 @dataclass
 class SegResult:
@@ -215,7 +215,7 @@ class Segmenter:
         crop: list[np.ndarray] = []
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
         moved = False
-        if not self.fast or search:  # re-centre once if the fine head centre is far from the coarse one
+        if not self.fast or search:  # re-centre once if the fine head centre is off the crop's (RECENTRE_MM)
             head = np.isin(lab, (1, 2, 3))
             if head.sum() > 0:
                 c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
