@@ -52,10 +52,10 @@ log = logging.getLogger("onfh_seg.engine")
 MIN_HEAD_ML = 10.0  # a fine crop must contain at least this much femoral head to count as a hip
 MAX_SEARCH = 16  # fine-network judgements the head search may spend when the coarse stage finds fewer than two
 MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body (search.lattice_candidates)
-# the head search confirms a head with this much inside the field of view (a head with at least 5 mL in the
-# field of view counts as visible; the anatomy gate's smallest head component is the same 5 mL)
+# the head search confirms a head with this much in the field of view (5 mL in view: visible; the gate's smallest head)
 SEARCH_MIN_HEAD_ML = 5.0
 RECENTRE_MM = 1.1  # a crop is cut again around its fine head beyond one voxel (until 2026-12-05: 6 mm)
+
 
 @dataclass
 class SegResult:
