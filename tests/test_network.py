@@ -138,3 +138,16 @@ def test_training_refuses_a_missing_start_or_teacher_checkpoint_before_any_work(
     from onfh_seg.train import train
     with pytest.raises(FileNotFoundError, match="no checkpoint at no/such.ckpt"):
         train(cfg)
+
+
+def test_distillation_weight_leaves_out_the_samples_of_weight_zero():
+    """Per-sample distillation weights (experiment fine_fskd): a sample of weight 0 adds nothing, the rest are
+    averaged as without weights; all weights 0 give 0."""
+    from onfh_seg.model.module import distillation_loss
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 5, 4, 4, 4), torch.randn(2, 5, 4, 4, 4)
+    only_first = distillation_loss(s, t, weight=torch.tensor([1.0, 0.0]))
+    assert torch.allclose(only_first, distillation_loss(s[:1], t[:1]), atol=1e-6)
+    assert torch.allclose(distillation_loss(s, t, weight=torch.ones(2)), distillation_loss(s, t), atol=1e-6)
+    assert distillation_loss(s, t, weight=torch.zeros(2)) == 0
+    assert not torch.allclose(only_first, distillation_loss(s, t), atol=1e-3)

@@ -433,3 +433,23 @@ def test_fat_sat_red_marrow_share_moves_red_and_pelvic_marrow_only():
         moved = {k for k in TISSUES if red.mean[TISSUES[k]] != old.mean[TISSUES[k]]}
         assert moved == {"red_marrow", "regenerated", "pelvic_marrow"}
         assert red.mean[TISSUES["pelvic_marrow"]] > 1.2 * red.mean[TISSUES["yellow_marrow"]]
+
+
+def test_teacher_weight_is_zero_exactly_on_fat_suppressed_draws(tmp_path):
+    """``teacher_weight`` (data fine_fskd): every sample also carries its distillation weight, 0 where the crop was
+    drawn fat-suppressed (without lesion), 1 elsewhere; image and labels are the draws without it."""
+    from onfh_seg.labels import LESION_LABELS
+    from onfh_seg.model.data import RandomisedPatchDataset
+
+    (fs,) = one_patient_datasets(tmp_path, {"fat_sat_plain": 1.0})
+    fs_plain = RandomisedPatchDataset(fs.items, (32, 32, 32), 12, 0.5, seed=0, spacing_mm=2.0, acquisitions=fs.acq)
+    fs_w = RandomisedPatchDataset(fs.items, (32, 32, 32), 12, 0.5, seed=0, spacing_mm=2.0, acquisitions=fs.acq,
+                                  teacher_weight=True)
+    weights = set()
+    for i in range(12):
+        x, y, w = fs_w[i]
+        assert (x == fs_plain[i][0]).all() and (y == fs_plain[i][1]).all()
+        lesion = bool(np.isin(y.numpy(), LESION_LABELS).any())
+        assert float(w) == (1.0 if lesion else 0.0), i  # fat_sat_plain 1.0: every crop without lesion suppressed
+        weights.add(float(w))
+    assert weights == {0.0, 1.0}

@@ -178,7 +178,7 @@ class RandomisedPatchDataset(Dataset):
     every sample; sample ``i`` of epoch ``e`` (index ``e * length + i``) is a function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
-                 spacing_mm: float = 1.0, acquisitions: dict | None = None):
+                 spacing_mm: float = 1.0, acquisitions: dict | None = None, teacher_weight: bool = False):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
@@ -190,6 +190,9 @@ class RandomisedPatchDataset(Dataset):
         # without contrast agent on crops without lesion (``fat_sat_plain``: dark healthy marrow, nothing enhancing;
         # a lesion there is not drawn so, as it can hardly be seen); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
+        # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
+        # drawn fat-suppressed (the teacher is known to be wrong there), else 1
+        self.teacher_weight = bool(teacher_weight)
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
     def __len__(self) -> int:
@@ -247,6 +250,8 @@ class RandomisedPatchDataset(Dataset):
         s["image"].set_data(torch.from_numpy(noisy)[None])
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
+        if self.teacher_weight:
+            return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(0.0 if fat_sat or plain else 1.0)
         return torch.from_numpy(xn)[None], s["label"].data.long()
 
 
@@ -350,7 +355,8 @@ class SegDataModule(pl.LightningDataModule):
         tr = load_dr_items(cohorts["train"])
         acq = r.get("acquisitions") or None
         self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool,
-                                               spacing_mm=c["spacing"], acquisitions=acq)
+                                               spacing_mm=c["spacing"], acquisitions=acq,
+                                               teacher_weight=bool(r.get("teacher_weight", False)))
         val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
                                         int(r.get("val_samples", 16)), float(r.get("val_fg", 1.0)), int(r["val"]["seed"]),
                                         pool=pool, spacing_mm=c["spacing"], acquisitions=acq)

@@ -26,12 +26,18 @@ def load_teacher(path: str) -> torch.nn.Module:
     return SegModule.load_from_checkpoint(path, map_location="cpu").net.eval().requires_grad_(False)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """Voxel-mean KL divergence of the student's class distribution from the teacher's (both logits, softened by
-    ``temperature``), times temperature^2 (Hinton et al. 2015)."""
+    ``temperature``), times temperature^2 (Hinton et al. 2015). ``weight`` (one per sample): the batch mean is
+    weighted by it, so samples of weight 0 are not distilled (0 when every weight is 0)."""
     t = float(temperature)
     kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="none", log_target=True)
-    return kl.sum(1).mean() * t * t
+    per_sample = kl.sum(1).flatten(1).mean(1) * t * t
+    if weight is None:
+        return per_sample.mean()
+    w = weight.to(per_sample)
+    return (per_sample * w).sum() / w.sum().clamp_min(1.0)
 
 
 class SegModule(pl.LightningModule):
@@ -63,13 +69,14 @@ class SegModule(pl.LightningModule):
             self._teacher.append(load_teacher(self.hparams.teacher).to(self.device))
 
     def training_step(self, batch, _):
-        x, y = batch
+        x, y = batch[0], batch[1]
+        weight = batch[2] if len(batch) > 2 else None  # per-sample distillation weight (RandomisedPatchDataset)
         logits = self(x)
         loss = self.loss(logits, y)
         if self._teacher:
             with torch.no_grad():
                 target = self._teacher[0](x)
-            kd = distillation_loss(logits, target, self.hparams.kd_temperature)
+            kd = distillation_loss(logits, target, self.hparams.kd_temperature, weight)
             self.log("train/kd", kd, on_step=True, on_epoch=True, batch_size=x.shape[0])
             loss = loss + self.hparams.kd_weight * kd
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
