@@ -52,3 +52,32 @@ def test_short_flags_reach_the_tool(tmp_path: Path) -> None:
     res = _run("--provder", "cpu", cwd=tmp_path)
     assert res.returncode == 1 and "unknown key 'provder' (did you mean 'provider'?)" in res.stderr
     assert "usage" not in res.stderr.lower()
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("infer", ["input=scan.nii.gz", "out_dir=out", "workers=1", "tta=false", "anatomy.enabled=false"]),
+    ("track", ["manifest=c/manifest.csv", "infer_dir=results", "out_dir=out"]),
+    ("eval", ["cohort=c/manifest.csv"]),
+])
+def test_one_composition_gives_the_config_hydra_main_gives(tool, args, monkeypatch) -> None:
+    """Issue 28 (a new process's fixed cost): a plain command line is composed once with Hydra's compose API
+    instead of twice by ``hydra.main``; the task gets the same configuration either way, and a flag (``--cfg``)
+    still goes through ``hydra.main``."""
+    import onfh_seg.cli.common as common
+
+    seen: list[dict] = []
+
+    def task(cfg):
+        seen.append(common.to_dict(cfg))
+        return 0
+
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(common, "_composed_once", lambda *a: None)
+        monkeypatch.setattr(sys, "argv", [f"onfh-{tool}", *args])
+        with pytest.raises(SystemExit) as exit_:
+            common.hydra_main(tool, task)
+        assert exit_.value.code == 0
+    assert len(seen) == 2 and seen[0] == seen[1]
+    monkeypatch.undo()
+    assert common._composed_once(tool, common.config_dir(), ["--cfg", "job"]) is None

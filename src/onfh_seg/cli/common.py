@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from onfh_seg import config as _config
@@ -205,6 +205,31 @@ def _hydra_override(key: str, value: str) -> str:
     return f'{key}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _composed_once(config_name: str, folder: str, args: list[str]) -> DictConfig | None:
+    """The job's configuration composed once with Hydra's compose API, its logging set up as ``hydra.main`` sets
+    it, where that is all ``hydra.main`` would do: no command-line flag (``--help``, ``--cfg``, ``-m`` ...), and a
+    config that runs in the current folder without an output subfolder. Else None (``hydra.main`` runs, which
+    composes twice: once for the run mode, once for the run)."""
+    if any(a.startswith("-") for a in args):
+        return None
+    # function-level import: Hydra loads only when a config is composed
+    import logging.config
+
+    from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=folder, version_base="1.3", job_name=config_name):
+        cfg = compose(config_name, overrides=list(args), return_hydra_config=True)
+    h = cfg.hydra
+    if str(h.run.dir) != "." or h.output_subdir is not None or h.job.chdir or h.mode not in (None, RunMode.RUN):
+        return None
+    logging.config.dictConfig(OmegaConf.to_container(h.hydra_logging, resolve=False))  # type: ignore[arg-type]
+    logging.config.dictConfig(OmegaConf.to_container(h.job_logging, resolve=False))  # type: ignore[arg-type]
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:
     """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``.
 
@@ -235,8 +260,7 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1)
 
-    @hydra.main(version_base="1.3", config_path=folder, config_name=config_name)
-    def _app(cfg: DictConfig) -> None:
+    def _run(cfg: DictConfig) -> None:
         try:
             plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
             checked = _config.validate(config_name, plain)  # type: ignore[arg-type]
@@ -245,7 +269,14 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
             raise SystemExit(1)
         run_guarded(lambda: task(OmegaConf.create(checked)))
 
+    @hydra.main(version_base="1.3", config_path=folder, config_name=config_name)
+    def _app(cfg: DictConfig) -> None:
+        _run(cfg)
+
     try:
+        cfg = _composed_once(config_name, folder, sys.argv[1:])
+        if cfg is not None:
+            _run(cfg)
         _app()
     except SystemExit:
         raise
