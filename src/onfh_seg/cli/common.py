@@ -276,7 +276,7 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
     try:
         cfg = _composed_once(config_name, folder, sys.argv[1:])
         if cfg is not None:
-            _run(cfg)
+            _run(cfg)  # exits (run_guarded)
         _app()
     except SystemExit:
         raise
