@@ -184,12 +184,10 @@ def test_resample_in_a_box_or_in_threads_equals_the_whole_grid_bit_for_bit(seed:
     assert np.array_equal(part, whole[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
 
 
-@pytest.mark.parametrize("extent", ["centres", "voxels"])
 @pytest.mark.parametrize("seed", range(8))
-def test_outside_the_sampled_box_the_resampling_is_cval(seed: int, extent: str) -> None:
+def test_outside_the_sampled_box_the_resampling_is_cval(seed: int) -> None:
     """``sampled_box`` holds every destination voxel that samples the source: resampling only it (the engine's
-    crops at the edge of the field of view) and filling the rest with ``cval`` equals the whole grid exactly,
-    and so does the threaded path."""
+    crops at the edge of the field of view) and filling the rest with ``cval`` equals the whole grid exactly."""
     from onfh_seg.geometry import sampled_box
 
     rng = np.random.default_rng(200 + seed)
@@ -197,37 +195,12 @@ def test_outside_the_sampled_box_the_resampling_is_cval(seed: int, extent: str) 
     shape = tuple(int(v) for v in rng.integers(10, 40, 3))
     a, b = _overlapping_grids(rng, src.shape, shape)
     b[:3, 3] += rng.normal(0, 15, 3)  # destinations partly, or wholly, off the source
-    whole = resample(src, a, b, shape, 1, 0.0, extent=extent)
-    lo, hi = sampled_box(src.shape, a, b, shape, extent)
+    whole = resample(src, a, b, shape, 1, 0.0)
+    lo, hi = sampled_box(src.shape, a, b, shape)
     part = np.zeros(shape, np.float32)
     if np.all(hi > lo):
-        part[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = resample(src, a, b, shape, 1, 0.0, box=(lo, hi), extent=extent)
+        part[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = resample(src, a, b, shape, 1, 0.0, box=(lo, hi))
     assert part.tobytes() == whole.tobytes()
-    assert resample(src, a, b, shape, 1, 0.0, threads=2, extent=extent).tobytes() == whole.tobytes()
-
-
-def test_voxel_extent_keeps_the_edge_slices_whole() -> None:
-    """``extent="voxels"`` (the engine's): a thick-slice image ends at its edge slices' faces, as in ITK and 3D
-    Slicer: within half a slice beyond the last centre a sample takes that slice's value, beyond it 0; inside the
-    edge centres the values are those of scipy's constant mode."""
-    rng = np.random.default_rng(3)
-    src = (1.0 + rng.random((6, 7, 5))).astype(np.float32)  # 5 slices of 4 mm: centres at z 0..16, faces -2 and 18
-    a = np.diag([1.0, 1.0, 4.0, 1.0])
-    b = np.diag([1.0, 1.0, 0.5, 1.0])
-    b[:3, 3] = [0.0, 0.0, -4.0]  # z = -4 + 0.5 k, k = 0..47: -4 .. 19.5 mm
-    shape = (6, 7, 48)
-    z = -4.0 + 0.5 * np.arange(48)
-    centres = resample(src, a, b, shape, 1, 0.0)
-    voxels = resample(src, a, b, shape, 1, 0.0, extent="voxels")
-    inside = (z >= 0) & (z <= 16)
-    assert np.array_equal(voxels[:, :, inside], centres[:, :, inside])
-    assert (centres[:, :, ~inside] == 0).all()
-    below, above = (z >= -2) & (z < 0), (z > 16) & (z <= 18)
-    assert np.array_equal(voxels[:, :, below], np.repeat(src[:, :, :1], below.sum(), 2))
-    assert np.array_equal(voxels[:, :, above], np.repeat(src[:, :, -1:], above.sum(), 2))
-    assert (voxels[:, :, (z < -2) | (z > 18)] == 0).all()
-    with pytest.raises(ValueError, match="extent"):
-        resample(src, a, b, shape, extent="faces")
 
 
 @pytest.mark.parametrize("seed", range(4))

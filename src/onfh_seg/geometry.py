@@ -96,17 +96,14 @@ def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray
 
 
 def sampled_box(src_shape: Sequence[int], src_affine: np.ndarray, dst_affine: np.ndarray,
-                dst_shape: Sequence[int], extent: str = "centres") -> tuple[np.ndarray, np.ndarray]:
+                dst_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Destination voxel bounds ``(lo, hi)`` (hi exclusive, clipped) holding every destination voxel whose
-    centre lies within the source grid's voxel centres (``extent="voxels"``: within its voxels, half a voxel
-    further), one voxel of margin; empty (some hi <= lo) if none.
+    centre lies within the source grid's voxel centres, one voxel of margin; empty (some hi <= lo) if none.
 
     ``resample`` gives ``cval`` outside that hull (scipy's constant mode does not interpolate beyond the
     edge voxels), so only this box needs computing."""
-    half = 0.5 if extent == "voxels" else 0.0
     n = np.asarray(src_shape[:3], np.float64) - 1
-    corners = np.array([[i, j, k] for i in (-half, n[0] + half) for j in (-half, n[1] + half)
-                        for k in (-half, n[2] + half)], np.float64)
+    corners = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])], np.float64)
     to_dst = np.linalg.inv(np.asarray(dst_affine, np.float64)) @ np.asarray(src_affine, np.float64)
     d = corners @ to_dst[:3, :3].T + to_dst[:3, 3]
     m = np.array(dst_shape[:3])
@@ -220,54 +217,25 @@ def source_coordinates(vox: np.ndarray, lo: Sequence[int], hi: Sequence[int]) ->
     return out
 
 
-def _within_centres(vox: np.ndarray, box: tuple[Sequence[int], Sequence[int]], shape: Sequence[int]) -> bool:
-    """Whether every destination voxel of ``box`` samples the source within its edge voxels' centres (the
-    destination box's corners, mapped by ``vox``, bound them all)."""
-    lo, hi = np.asarray(box[0], np.float64), np.asarray(box[1], np.float64) - 1
-    corners = np.array([[i, j, k] for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])])
-    c = corners @ vox[:3, :3].T + vox[:3, 3]
-    return bool((c >= 0).all() and (c <= np.asarray(shape[:3], np.float64) - 1).all())
-
-
-def _within_voxels(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Source coordinates (3, ...) moved onto the grid where they lie within half a voxel of it (the edge voxel's
-    own extent), in place; returns where they lie within the voxels."""
-    inside = np.ones(coords.shape[1:], bool)
-    for h in range(3):
-        c = coords[h]
-        inside &= (c >= -0.5) & (c <= shape[h] - 0.5)
-        np.clip(c, 0.0, shape[h] - 1.0, out=c)
-    return inside
-
-
 def resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int],
              order: int = 1, cval: float = 0.0, src_to_dst: np.ndarray | None = None,
-             box: tuple[Sequence[int], Sequence[int]] | None = None, threads: int = 1,
-             extent: str = "centres") -> np.ndarray:
+             box: tuple[Sequence[int], Sequence[int]] | None = None, threads: int = 1) -> np.ndarray:
     """Resample an array onto another grid, world to world (any orientation).
 
     Each destination voxel centre p (world) samples the source at
     ``inv(src_to_dst) @ p`` (``src_to_dst``: a 4x4 world map from the source's
     world to the destination's, e.g. follow-up -> baseline; None: the same
     world). ``order`` 1 = trilinear (float32 out), 0 = nearest neighbour
-    (dtype kept). Outside the source: ``cval``. ``extent``: where the source
-    ends, at its edge voxels' centres (``"centres"``, scipy's constant mode)
-    or half a voxel further, at their faces (``"voxels"``, as ITK and 3D
-    Slicer sample: an edge voxel stands for its whole slice; that half voxel
-    takes the edge voxel's value).
+    (dtype kept). Outside the source: ``cval``.
 
     ``box`` = (lo, hi) computes only those destination voxels (an array of
     shape hi - lo); ``threads`` > 1 splits the work along the first axis. Both
     give exactly the values of the plain whole-grid call.
     """
-    if extent not in ("centres", "voxels"):
-        raise ValueError(f"extent must be 'centres' or 'voxels', got {extent!r}")
     vox = _source_transform(src_affine, dst_affine, src_to_dst)
     src = np.asarray(data) if order == 0 else np.asarray(data).astype(np.float32, copy=False)
     dst_shape = tuple(int(s) for s in dst_shape)
-    if extent == "voxels" and _within_centres(vox, box or ((0, 0, 0), dst_shape), src.shape):
-        extent = "centres"  # every sample lies within the edge centres: the same values, scipy's faster path
-    if box is None and threads <= 1 and extent == "centres":
+    if box is None and threads <= 1:
         out = ndimage.affine_transform(src, vox[:3, :3], offset=vox[:3, 3], output_shape=dst_shape,
                                        order=order, mode="constant", cval=cval, prefilter=False)
         return out.astype(src.dtype, copy=False)
@@ -276,13 +244,7 @@ def resample(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, d
 
     def part(a: int, b: int) -> None:
         coords = source_coordinates(vox, (lo[0] + a, lo[1], lo[2]), (lo[0] + b, hi[1], hi[2]))
-        if extent == "centres":
-            ndimage.map_coordinates(src, coords, output=out[a:b], order=order, mode="constant", cval=cval,
-                                    prefilter=False)
-            return
-        inside = _within_voxels(coords, src.shape)
-        ndimage.map_coordinates(src, coords, output=out[a:b], order=order, mode="nearest", prefilter=False)
-        out[a:b][~inside] = cval
+        ndimage.map_coordinates(src, coords, output=out[a:b], order=order, mode="constant", cval=cval, prefilter=False)
 
     n = out.shape[0]
     chunks = [(n * i // max(1, threads), n * (i + 1) // max(1, threads)) for i in range(max(1, threads))]

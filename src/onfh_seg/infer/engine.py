@@ -55,7 +55,6 @@ MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body 
 # the head search confirms a head with this much in the field of view (5 mL in view: visible; the gate's smallest head)
 SEARCH_MIN_HEAD_ML = 5.0
 RECENTRE_MM = 1.1  # a crop is cut again around its fine head beyond one voxel (until 2026-12-05: 6 mm)
-EXTENT = "voxels"  # the scan ends at its edge voxels' faces, as in ITK and 3D Slicer (until 2026-12-05: their centres)
 
 
 @dataclass
@@ -148,20 +147,20 @@ class Segmenter:
     def _crop_image(self, x: np.ndarray, affine: np.ndarray, f_aff: np.ndarray, f_shape: tuple) -> np.ndarray:
         """The normalised image on a crop grid. Only the crop voxels within the image are resampled; the rest
         is 0, as the resampler gives outside the image (a crop at the edge of the field of view)."""
-        lo, hi = sampled_box(x.shape, affine, f_aff, f_shape, EXTENT)
+        lo, hi = sampled_box(x.shape, affine, f_aff, f_shape)
         if np.all(lo == 0) and np.all(hi == np.array(f_shape)):
-            return self._resample(x, affine, f_aff, f_shape, order=1, extent=EXTENT)
+            return self._resample(x, affine, f_aff, f_shape, order=1)
         out = np.zeros(f_shape, np.float32)
         if np.all(hi > lo):
             out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = self._resample(x, affine, f_aff, f_shape, order=1,
-                                                                         box=(lo, hi), extent=EXTENT)
+                                                                         box=(lo, hi))
         return out
 
     def coarse_grid(self, x: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The normalised image on the coarse stage's RAS grid, and that grid's affine."""
         c = self.meta["coarse"]
         g_aff, g_shape = covering_grid(x.shape, affine, c["spacing_mm"], multiple=c["divisor"])
-        return self._resample(x, affine, g_aff, g_shape, order=1, extent=EXTENT), g_aff
+        return self._resample(x, affine, g_aff, g_shape, order=1), g_aff
 
     def locate_heads(self, x: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
         """Head centres (RAS mm) from the coarse stage."""
