@@ -221,7 +221,8 @@ def _composed_once(config_name: str, folder: str, args: list[str]) -> DictConfig
     with initialize_config_dir(config_dir=folder, version_base="1.3", job_name=config_name):
         cfg = compose(config_name, overrides=list(args), return_hydra_config=True)
     h = cfg.hydra
-    if str(h.run.dir) != "." or h.output_subdir is not None or h.job.chdir or h.mode not in (None, RunMode.RUN):
+    if (str(h.run.dir) != "." or h.output_subdir is not None or h.job.chdir or h.mode not in (None, RunMode.RUN)
+            or h.job.env_set or h.callbacks):  # what hydra.main would also do: change folder, set variables, call back
         return None
     logging.config.dictConfig(OmegaConf.to_container(h.hydra_logging, resolve=False))  # type: ignore[arg-type]
     logging.config.dictConfig(OmegaConf.to_container(h.job_logging, resolve=False))  # type: ignore[arg-type]
