@@ -4,8 +4,9 @@
 
 A head is *visible* when the scan holds at least ``--visible-ml`` (5 mL) of its labels 1-3 (truth JSON,
 ``scan_label_volumes_ml``). A found head counts for the side whose true centre it is nearest to, within 30 mm.
-Also reports false heads (found more than 30 mm from any true head) and healthy hips with a false lesion over
-0.5 mL. Prints one table per model directory.
+Also reports false heads (found more than 30 mm from any true head), healthy hips with a false lesion over
+0.5 mL and per found head its lesion volume (labels 2-3 within 35 mm; mL, with the true one). Prints one table per
+model directory.
 
 By default the engine alone is counted (``Segmenter.segment``: coarse stage, head search, fine stage), as the
 shipping rules so far name it. ``--pipeline`` counts what onfh-infer reports: the engine, then the anatomy gate and
@@ -70,7 +71,7 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
     true = truth_heads(truth, visible_ml)
     vox_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
     out = {"found": 0, "visible": sum(t["visible"] for t in true.values()), "false_heads": 0, "false_lesion": 0,
-           "search_added": search.get("heads_added", 0), "missed": []}
+           "search_added": search.get("heads_added", 0), "missed": [], "lesion_ml": {}}
     matched = set()
     for h in heads:
         d = {s: float(np.linalg.norm(h.centre_ras - t["centre"])) for s, t in true.items()}
@@ -81,6 +82,7 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
         matched.add(side)
         near = np.linalg.norm(np.argwhere(np.isin(labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
                               - h.centre_ras, axis=1) < 35.0 if np.isin(labels, (2, 3)).any() else np.zeros(0, bool)
+        out["lesion_ml"][side] = (round(float(near.sum() * vox_ml), 3), true[side]["lesion_ml"])
         if true[side]["lesion_ml"] == 0 and near.sum() * vox_ml > 0.5:
             out["false_lesion"] += 1
     for s, t in true.items():
@@ -119,7 +121,8 @@ def main() -> None:
                 tot[k] += s[k]
             name = Path(r["image"]).name.replace(".nii.gz", "")
             print(f"{name}: found {s['found']}/{s['visible']} visible, missed {s['missed'] or '-'}, "
-                  f"by search {s['search_added']}, false heads {s['false_heads']}, false lesions {s['false_lesion']}")
+                  f"by search {s['search_added']}, false heads {s['false_heads']}, false lesions {s['false_lesion']}, "
+                  f"lesion mL found/true {' '.join(f'{k} {v[0]}/{v[1]}' for k, v in sorted(s['lesion_ml'].items())) or '-'}")
         print(f"TOTAL: visible heads found {tot['found']}/{tot['visible']}, added by the search {tot['search_added']}, "
               f"false heads {tot['false_heads']}, healthy hips with a false lesion > 0.5 mL {tot['false_lesion']}")
 
