@@ -1,37 +1,53 @@
 #!/usr/bin/env bash
-# A fine-tuning milestone and its weight average with the shipped fine network (WiSE-FT, alpha 0.5), judged side by
-# side with every measurement the rules of configs/experiment/fine_fsplain2.yaml and fine_fsplain3.yaml name:
+# A fine-tuning milestone judged with every measurement the rules of configs/experiment/fine_fsplain2.yaml,
+# fine_fsplain3.yaml, fine_fskd.yaml and fine_fskd2.yaml name:
 #
 #   scripts/judge_milestone.sh CKPT OUT_DIR [PAUSE]      e.g.  outputs/train/fine_fsplain3/run1/checkpoints/step1500.ckpt
 #                                                              outputs/judge_fsplain3 "onfh-train experiment=fine_fsplain3"
+#   WISE=0 scripts/judge_milestone.sh CKPT OUT_DIR       the fine_fskd* rules: the milestone alone (no weight average)
+#                                                        and (2)'s shipped reference (models/ on dev_c8 and dev_c9)
 #
-# Per candidate: scripts/judge_fine.sh with TTA=true RT=cache/rt40 (rules (1)-(5)) and scripts/eval_locator.py on
-# cache/accept_fs (--tta --pipeline, rule (7); made by scripts/make_accept_like.sh); once for the shipped network and
-# both candidates: scripts/val_failure_modes.py --tta (rule (6)). PAUSE: a training run's command line (pkill -f) that
-# is stopped while judging and continued after, also on error. Development data only, never a held-out cohort.
+# Per candidate (the milestone and, unless WISE=0, its weight average with the shipped fine network, WiSE-FT alpha
+# 0.5): scripts/judge_fine.sh with TTA=true RT=cache/rt40 (rules (1)-(5); real development scans from
+# $ONFH_REAL_DATA) and scripts/eval_locator.py on cache/accept_fs --tta --pipeline (rule (7); made by
+# scripts/make_accept_like.sh); once for the shipped network and the candidates: scripts/val_failure_modes.py --tta
+# (rule (6)). PAUSE: a training run's command line (pkill -f) that is stopped while judging and continued after, also
+# on error. About 16 minutes per candidate on the 2-core CPU machine. Development data only, never a held-out cohort.
 set -euo pipefail
-ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}
+ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 py=.venv/bin/python
 [ -f cache/accept_fs/manifest.csv ] || { echo "error: cache/accept_fs missing (scripts/make_accept_like.sh)" >&2; exit 2; }
 mkdir -p "$out"
 name=$(basename "$ck" .ckpt)
 cp "$ck" "$out/$name.ckpt"
-"$py" scripts/average_ckpts.py "$out/wise_$name.ckpt" models/fine.ckpt "$out/$name.ckpt"
+names=("$name")
+if [ "$wise" != 0 ]; then
+  "$py" scripts/average_ckpts.py "$out/wise_$name.ckpt" models/fine.ckpt "$out/$name.ckpt"
+  names+=("wise_$name")
+fi
 if [ -n "$pause" ]; then
   pkill -STOP -f "$pause" || true
   trap 'pkill -CONT -f "$pause" || true' EXIT
 fi
-for n in "$name" "wise_$name"; do
+for n in "${names[@]}"; do
   ( TTA=true RT=cache/rt40 scripts/judge_fine.sh "$out/j_$n" "$n=$out/$n.ckpt" > "$out/j_$n.log" 2>&1
-    "$py" scripts/eval_locator.py cache/accept_fs/manifest.csv --tta --pipeline --model-dir "$out/j_$n/export_$n" \
-      > "$out/accept_fs_$n.txt" 2>&1 ) &
+    "$py" scripts/eval_locator.py cache/accept_fs/manifest.csv --tta --pipeline --threads 1 \
+      --model-dir "$out/j_$n/export_$n" > "$out/accept_fs_$n.txt" 2>&1 ) &
 done
-"$py" scripts/val_failure_modes.py --tta models/fine.ckpt "$out/$name.ckpt" "$out/wise_$name.ckpt" > "$out/fm.txt" 2>&1
+( "$py" scripts/val_failure_modes.py --tta models/fine.ckpt "${names[@]/#/$out/}" > "$out/fm.txt" 2>&1
+  if [ "$wise" = 0 ]; then  # (2)'s shipped reference, measured in the same run
+    for c in dev_c8 dev_c9; do
+      "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir models --threads 1 --tta > "$out/shipped_$c.txt" 2>&1
+    done
+  fi ) &
 wait
-for n in "$name" "wise_$name"; do
-  echo "== $n"; grep -E "^\(|real_|dev_c|lesion\(2\+3\)|rc_lesion" "$out/j_$n.log" || true
+for n in "${names[@]}"; do
+  echo "== $n"; grep -E "^\(|real_|dev_c|lesion\(2\+3\)|rc_lesion|ckpt" "$out/j_$n.log" || true
   echo "  (5) $(grep -m1 lesion_dice_median_hips "$out/j_$n/rt_$n.log" || true)"
   echo "  (7) accept_fs $(grep TOTAL "$out/accept_fs_$n.txt" || true)"
 done
+if [ "$wise" = 0 ]; then
+  echo "== (2) shipped: $(grep TOTAL "$out/shipped_dev_c8.txt") | $(grep TOTAL "$out/shipped_dev_c9.txt")"
+fi
 echo "== (6) healthy heads, false lesions (shipped first)"; grep -E "^##|^healthy +T1 +n=" "$out/fm.txt" || true
