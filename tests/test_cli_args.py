@@ -81,3 +81,22 @@ def test_one_composition_gives_the_config_hydra_main_gives(tool, args, monkeypat
     assert len(seen) == 2 and seen[0] == seen[1]
     monkeypatch.undo()
     assert common._composed_once(tool, common.config_dir(), ["--cfg", "job"]) is None
+
+
+def test_a_tool_with_a_run_folder_is_not_composed_first(monkeypatch, capsys) -> None:
+    """onfh-train's config sets a run folder, so ``_composed_once`` would compose only to hand over to
+    ``hydra.main`` (three compositions in all): onfh-train asks for ``in_place=False`` and it is not called."""
+    import onfh_seg.cli.common as common
+    import onfh_seg.cli.train as train
+
+    asked: list[dict] = []
+    monkeypatch.setattr(train, "hydra_main", lambda name, task, **kw: asked.append({"name": name, **kw}))
+    train.main()
+    assert asked == [{"name": "train", "in_place": False}]
+    calls: list[tuple] = []
+    monkeypatch.setattr(common, "_composed_once", lambda *a: calls.append(a))
+    monkeypatch.setattr(sys, "argv", ["onfh-train", "--cfg", "job"])
+    common.hydra_main("train", lambda cfg: 0, in_place=False)  # hydra.main prints the job's config
+    assert calls == [] and "task_name" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert common._composed_once("train", common.config_dir(), ["trainer=cpu"]) is None  # it would hand over

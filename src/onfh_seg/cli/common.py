@@ -231,12 +231,13 @@ def _composed_once(config_name: str, folder: str, args: list[str]) -> DictConfig
     return cfg
 
 
-def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> None:
+def hydra_main(config_name: str, task: Callable[[DictConfig], int | None], in_place: bool = True) -> None:
     """Start a Hydra app named ``config_name`` whose body is ``task(cfg)``.
 
     Before Hydra runs, ``--version`` is answered and the override keys are
     checked; the composed configuration is validated (:func:`onfh_seg.config.validate`)
-    before ``task`` sees it. Every problem is one line on stderr (exit code 1 for a
+    before ``task`` sees it. ``in_place``: the tool runs in the current folder (composed once,
+    ``_composed_once``); False for a config that sets an output folder (``hydra.main`` composes). Every problem is one line on stderr (exit code 1 for a
     bad setting, 2 for an override Hydra cannot parse).
     """
     # function-level import: Hydra/OmegaConf load only when a config is composed or an error explained
@@ -275,7 +276,7 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], int | None]) -> No
         _run(cfg)
 
     try:
-        cfg = _composed_once(config_name, folder, sys.argv[1:])
+        cfg = _composed_once(config_name, folder, sys.argv[1:]) if in_place else None
         if cfg is not None:
             _run(cfg)  # exits (run_guarded)
         _app()

@@ -20,7 +20,7 @@ def run(cfg: DictConfig) -> int:
 
 
 def main() -> None:
-    hydra_main("train", run)
+    hydra_main("train", run, in_place=False)  # a run folder (hydra.run.dir): hydra.main composes
 
 
 if __name__ == "__main__":
