@@ -35,7 +35,8 @@ for n in "${names[@]}"; do
     "$py" scripts/eval_locator.py cache/accept_fs/manifest.csv --tta --pipeline --threads 1 \
       --model-dir "$out/j_$n/export_$n" > "$out/accept_fs_$n.txt" 2>&1 ) &
 done
-( "$py" scripts/val_failure_modes.py --tta models/fine.ckpt "${names[@]/#/$out/}" > "$out/fm.txt" 2>&1
+ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
+( "$py" scripts/val_failure_modes.py --tta models/fine.ckpt "${ckpts[@]}" > "$out/fm.txt" 2>&1
   if [ "$wise" = 0 ]; then  # (2)'s shipped reference, measured in the same run
     for c in dev_c8 dev_c9; do
       "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir models --threads 1 --tta > "$out/shipped_$c.txt" 2>&1
