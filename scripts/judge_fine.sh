@@ -53,5 +53,7 @@ echo "(5) retest cohort"
 for n in "${names[@]}"; do
   "$bin/onfh-eval" cohort="$rt/manifest.csv" model_dir="$(model_dir "$n")" out_dir="$out/rt_$n" workers=2 tta="$TTA" \
     > "$out/rt_$n.log" 2>&1 || true
-  echo "  $n: $(grep -m1 "rc_lesion_volume_ml " "$out/rt_$n.log" || echo "no RC: see $out/rt_$n.log")"
+  echo "  $n: $(grep -m1 "rc_lesion_volume_ml " "$out/rt_$n.log" || echo "no RC: see $out/rt_$n.log")" \
+    "95% CI $(grep -m1 "rc_lesion_volume_ml_lo95" "$out/rt_$n.log" | awk '{print $2}')-$(grep -m1 \
+    "rc_lesion_volume_ml_hi95" "$out/rt_$n.log" | awk '{print $2}')"
 done
