@@ -75,3 +75,36 @@ def test_generator_makes_a_same_day_retest(tmp_path):
     assert [h["lesion_volume_ml"] for h in a["hips"]] == [h["lesion_volume_ml"] for h in b["hips"]]
     assert not np.allclose(a["affine"], b["affine"])  # a new position: new planes and slice positions
     assert not np.allclose(b["transform_to_baseline"], np.eye(4))
+
+
+def _write_hips(path, diffs):
+    """A hips.csv as onfh-eval writes it: each pair's scan 10 mL, its repeat 10 - d mL (plus a healthy pair)."""
+    cols = ["scan", "side", "stage", "found", "true_lesion_ml", "pred_lesion_ml"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i, d in enumerate(diffs):
+            w.writerow([f"P{i}_m00.nii.gz", "left", "2", "True", "5.0", "10.0"])
+            w.writerow([f"P{i}_m00_retest.nii.gz", "left", "2", "True", "5.0", str(10.0 - d)])
+        w.writerow(["H_m00.nii.gz", "left", "0", "True", "0.0", "0.0"])
+        w.writerow(["H_m00_retest.nii.gz", "left", "0", "True", "0.0", "3.0"])  # healthy: not a pair
+
+
+def test_rc_paired_script_compares_two_networks_on_the_same_pairs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.0, 0.5, 40)
+    _write_hips(tmp_path / "a.csv", d)
+    _write_hips(tmp_path / "b.csv", 2.0 * d)  # the same pairs, twice as far apart
+    _write_hips(tmp_path / "c.csv", d)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "rc_paired.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a.csv"), str(tmp_path / "b.csv")],
+                         capture_output=True, text=True, check=True).stdout
+    rc = 2.77 * np.sqrt(np.mean(d**2) / 2.0)
+    assert f"pairs 40 (A 40, B 40): RC A {rc:.2f} mL, B {2 * rc:.2f} mL, B/A 2.00, paired bootstrap 95% 2.00-2.00" in out
+    same = subprocess.run([sys.executable, str(script), str(tmp_path / "a.csv"), str(tmp_path / "c.csv")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "B/A 1.00, paired bootstrap 95% 1.00-1.00" in same

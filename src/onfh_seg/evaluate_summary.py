@@ -135,15 +135,21 @@ def _scan_stem(scan: str) -> str:
     return scan.replace(".nii.gz", "").replace(".nii", "")
 
 
-def repeatability(hips: list[dict]) -> dict:
-    """Test-retest repeatability over diseased hips measured in a scan and its same-day repeat
-    (``<scan>_retest``): RC (absolute and relative) of lesion volume, % of head and SIR; for the regenerated
-    fraction between the two (truly 0) the 95 % noise limit, 1.96 x its RMS, in points. Empty without pairs."""
+def retest_pairs(hips: list[dict]) -> list[tuple[dict, dict]]:
+    """(scan, same-day repeat ``<scan>_retest``) hip pairs found in both whose hip is diseased (true lesion > 0)."""
     by = {(_scan_stem(h["scan"]), h["side"]): h for h in hips}
     pairs = [(by[(stem[: -len(RETEST_SUFFIX)], side)], h) for (stem, side), h in by.items()
              if stem.endswith(RETEST_SUFFIX) and (stem[: -len(RETEST_SUFFIX)], side) in by]
-    pairs = [(t, r) for t, r in pairs if t.get("found") and r.get("found") and t.get("stage") != "0"
-             and (t.get("true_lesion_ml") or 0) > 0]
+    return [(t, r) for t, r in pairs if t.get("found") and r.get("found") and t.get("stage") != "0"
+            and (t.get("true_lesion_ml") or 0) > 0]
+
+
+def repeatability(hips: list[dict]) -> dict:
+    """Test-retest repeatability over diseased hips measured in a scan and its same-day repeat
+    (``<scan>_retest``, ``retest_pairs``): RC (absolute and relative) of lesion volume, % of head and SIR; for the
+    regenerated fraction between the two (truly 0) the 95 % noise limit, 1.96 x its RMS, in points. Empty without
+    pairs."""
+    pairs = retest_pairs(hips)
     if not pairs:
         return {}
     out: dict = {"n_retest_pairs": len(pairs)}
