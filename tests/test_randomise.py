@@ -453,3 +453,23 @@ def test_teacher_weight_is_zero_exactly_on_fat_suppressed_draws(tmp_path):
         assert float(w) == (1.0 if lesion else 0.0), i  # fat_sat_plain 1.0: every crop without lesion suppressed
         weights.add(float(w))
     assert weights == {0.0, 1.0}
+
+
+def test_teacher_weight_is_zero_on_slab_faces_through_the_head(tmp_path):
+    """``teacher_weight``: 0 also where a slab face was drawn through the head (``slab_edge``; the shipped network
+    calls a necrotic cap at a slab's edge viable), 1 on the other slab draws; the draws themselves are unchanged."""
+    from onfh_seg.model.data import RandomisedPatchDataset
+
+    half, plain_slab = one_patient_datasets(tmp_path, {"slab": 1.0, "slab_edge": 0.5}, {"slab": 1.0})
+    kw = dict(seed=0, spacing_mm=2.0)
+    without = RandomisedPatchDataset(half.items, (32, 32, 32), 16, 0.5, acquisitions=half.acq, **kw)
+    with_w = RandomisedPatchDataset(half.items, (32, 32, 32), 16, 0.5, acquisitions=half.acq, teacher_weight=True, **kw)
+    slab_w = RandomisedPatchDataset(plain_slab.items, (32, 32, 32), 16, 0.5, acquisitions=plain_slab.acq,
+                                    teacher_weight=True, **kw)
+    weights = []
+    for i in range(16):
+        x, y, w = with_w[i]
+        assert (x == without[i][0]).all() and (y == without[i][1]).all()
+        weights.append(float(w))
+        assert float(slab_w[i][2]) == 1.0
+    assert set(weights) == {0.0, 1.0}

@@ -191,7 +191,7 @@ class RandomisedPatchDataset(Dataset):
         # a lesion there is not drawn so, as it can hardly be seen); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
-        # drawn fat-suppressed (the teacher is known to be wrong there), else 1
+        # drawn fat-suppressed or with a slab face through the head (the teacher is known to be wrong there), else 1
         self.teacher_weight = bool(teacher_weight)
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -239,8 +239,10 @@ class RandomisedPatchDataset(Dataset):
                         label=tio.LabelMap(tensor=torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))[None]))
         s = self.acquisition(s)
         noisy = rician(s["image"].data[0].numpy().astype(np.float32), rng)
+        edge = False
         if self.acq.get("slab", 0.0) > 0 and rng.uniform() < self.acq["slab"]:  # no signal outside the slab
-            if self.acq.get("slab_edge", 0.0) > 0 and rng.uniform() < self.acq["slab_edge"]:
+            edge = self.acq.get("slab_edge", 0.0) > 0 and rng.uniform() < self.acq["slab_edge"]
+            if edge:
                 weight, inside = slab_edge(self.patch, self.spacing_mm, rng)  # a face through the head, real edge
             else:
                 inside = slab_mask(self.patch, self.spacing_mm, rng)
@@ -251,7 +253,8 @@ class RandomisedPatchDataset(Dataset):
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
         if self.teacher_weight:
-            return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(0.0 if fat_sat or plain else 1.0)
+            kd = 0.0 if fat_sat or plain or edge else 1.0
+            return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(kd)
         return torch.from_numpy(xn)[None], s["label"].data.long()
 
 
