@@ -5,8 +5,9 @@
 A head is *visible* when the scan holds at least ``--visible-ml`` (5 mL) of its labels 1-3 (truth JSON,
 ``scan_label_volumes_ml``). A found head counts for the side whose true centre it is nearest to, within 30 mm.
 Also reports false heads (found more than 30 mm from any true head), healthy hips with a false lesion over
-0.5 mL and per found head its lesion volume (labels 2-3 within 35 mm; mL, with the true one). Prints one table per
-model directory.
+0.5 mL and per found head its lesion volume (labels 2-3 within 35 mm; mL, with the true one), and the sum of
+|found - true| over found heads with a true lesion over 0.5 mL (line ``LESION:``). Prints one table per model
+directory.
 
 By default the engine alone is counted (``Segmenter.segment``: coarse stage, head search, fine stage), as the
 shipping rules so far name it. ``--pipeline`` counts what onfh-infer reports: the engine, then the anatomy gate and
@@ -94,6 +95,13 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
     return out
 
 
+def lesion_error(lesion_ml: dict[str, tuple[float, float]], min_true_ml: float = 0.5) -> tuple[float, int]:
+    """Sum of |found - true| lesion volume (mL) over found heads whose true lesion is over ``min_true_ml``, and
+    their number."""
+    errors = [abs(found - true) for found, true in lesion_ml.values() if true > min_true_ml]
+    return float(sum(errors)), len(errors)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("manifest")
@@ -113,18 +121,22 @@ def main() -> None:
         if a.no_search:
             seg._search = lambda *args, **kwargs: 0  # noqa: E731  (measurement only)
         tot = {"found": 0, "visible": 0, "false_heads": 0, "false_lesion": 0, "search_added": 0}
+        err_ml, err_n = 0.0, 0
         print(f"## {model_dir} ({seg.version}){' as onfh-infer reports (gate, second look)' if a.pipeline else ''}")
         for r in rows:
             s = score_scan(seg, root / r["image"], json.loads((root / r["truth"]).read_text()), a.visible_ml,
                            a.pipeline)
             for k in tot:
                 tot[k] += s[k]
+            e, n = lesion_error(s["lesion_ml"])
+            err_ml, err_n = err_ml + e, err_n + n
             name = Path(r["image"]).name.replace(".nii.gz", "")
             print(f"{name}: found {s['found']}/{s['visible']} visible, missed {s['missed'] or '-'}, "
                   f"by search {s['search_added']}, false heads {s['false_heads']}, false lesions {s['false_lesion']}, "
                   f"lesion mL found/true {' '.join(f'{k} {v[0]}/{v[1]}' for k, v in sorted(s['lesion_ml'].items())) or '-'}")
         print(f"TOTAL: visible heads found {tot['found']}/{tot['visible']}, added by the search {tot['search_added']}, "
               f"false heads {tot['false_heads']}, healthy hips with a false lesion > 0.5 mL {tot['false_lesion']}")
+        print(f"LESION: |found - true| summed over {err_n} found hips with a true lesion > 0.5 mL: {err_ml:.2f} mL")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@
 # scripts/make_accept_like.sh); once for the shipped network and the candidates: scripts/val_failure_modes.py --tta
 # (rule (6)). PAUSE: a training run's command line (pkill -f) that is stopped while judging and continued after, also
 # on error. About 16 minutes per candidate on the 2-core CPU machine. Development data only, never a held-out cohort.
+#   SLAB=1 (with WISE=0; the fine_fskd5 rule's (9)): also scripts/eval_locator.py --tta --pipeline on the thin-slab
+#   development cohorts cache/slab_edge2, slab_stress and slab_wide, for the milestone and the shipped network
+#   (lines TOTAL and LESION), about 10 more minutes.
 set -euo pipefail
-ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}
+ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}; slab=${SLAB:-0}
+SLABS=(slab_edge2 slab_stress slab_wide)
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 py=.venv/bin/python
 [ -f cache/accept_fs/manifest.csv ] || { echo "error: cache/accept_fs missing (scripts/make_accept_like.sh)" >&2; exit 2; }
@@ -33,7 +37,13 @@ fi
 for n in "${names[@]}"; do
   ( TTA=true RT=cache/rt40 scripts/judge_fine.sh "$out/j_$n" "$n=$out/$n.ckpt" > "$out/j_$n.log" 2>&1
     "$py" scripts/eval_locator.py cache/accept_fs/manifest.csv --tta --pipeline --threads 1 \
-      --model-dir "$out/j_$n/export_$n" > "$out/accept_fs_$n.txt" 2>&1 ) &
+      --model-dir "$out/j_$n/export_$n" > "$out/accept_fs_$n.txt" 2>&1
+    if [ "$slab" = 1 ]; then
+      for c in "${SLABS[@]}"; do
+        "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 \
+          --model-dir "$out/j_$n/export_$n" > "$out/${c}_$n.txt" 2>&1
+      done
+    fi ) &
 done
 ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
 ( "$py" scripts/val_failure_modes.py --tta models/fine.ckpt "${ckpts[@]}" > "$out/fm.txt" 2>&1
@@ -41,14 +51,26 @@ ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
     for c in dev_c8 dev_c9; do
       "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir models --threads 1 --tta > "$out/shipped_$c.txt" 2>&1
     done
+  fi
+  if [ "$slab" = 1 ]; then
+    for c in "${SLABS[@]}"; do
+      "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 --model-dir models \
+        > "$out/shipped_$c.txt" 2>&1
+    done
   fi ) &
 wait
 for n in "${names[@]}"; do
   echo "== $n"; grep -E "^\(|real_|dev_c|lesion\(2\+3\)|rc_lesion|ckpt" "$out/j_$n.log" || true
   echo "  (5) $(grep -m1 lesion_dice_median_hips "$out/j_$n/rt_$n.log" || true)"
   echo "  (7) accept_fs $(grep TOTAL "$out/accept_fs_$n.txt" || true)"
+  if [ "$slab" = 1 ]; then
+    for c in "${SLABS[@]}"; do echo "  (9) $c $(grep -E "TOTAL|LESION" "$out/${c}_$n.txt" | tr '\n' ' ')"; done
+  fi
 done
 if [ "$wise" = 0 ]; then
   echo "== (2) shipped: $(grep TOTAL "$out/shipped_dev_c8.txt") | $(grep TOTAL "$out/shipped_dev_c9.txt")"
+fi
+if [ "$slab" = 1 ]; then
+  for c in "${SLABS[@]}"; do echo "== (9) shipped $c $(grep -E "TOTAL|LESION" "$out/shipped_$c.txt" | tr '\n' ' ')"; done
 fi
 echo "== (6) healthy heads, false lesions (shipped first)"; grep -E "^##|^healthy +T1 +n=" "$out/fm.txt" || true

@@ -361,6 +361,9 @@ def test_eval_locator_counts_the_engine_or_what_onfh_infer_reports(tmp_path: Pat
     assert engine["found"] == 0 and engine["false_heads"] == 2 and sorted(engine["missed"]) == ["left", "right"]
     reported = loc.score_scan(TwoLooks(), image, truth, 5.0, pipeline=True)
     assert reported["found"] == 2 and reported["false_heads"] == 0 and reported["missed"] == []
+    # the lesion-volume error counts found hips with a true lesion over 0.5 mL only
+    assert loc.lesion_error({"left": (3.0, 30.0), "right": (0.2, 0.0)}) == (27.0, 1)
+    assert loc.lesion_error({"left": (6.0, 4.0), "right": (0.4, 0.5)}) == (2.0, 1)
 
 
 class RealWithFalse:
