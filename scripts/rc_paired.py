@@ -1,11 +1,12 @@
 """Two networks' lesion-volume repeatability on one retest cohort, compared pair by pair.
 
-    .venv/bin/python scripts/rc_paired.py <A>/cohort/hips.csv <B>/cohort/hips.csv [--boot 10000] [--seed 0]
+    .venv/bin/python scripts/rc_paired.py <A>/cohort/hips.csv <B>/cohort/hips.csv [--also <A2> <B2>] [--boot 10000] [--seed 0]
 
 Reads the per-hip tables ``onfh-eval`` writes for the same retest cohort (``cache/rt40``) with two networks, takes
 the diseased hips found in a scan and its same-day repeat by both (``evaluate_summary.retest_pairs``), and prints
 each network's RC (as ``onfh-eval``), the ratio RC_B / RC_A and its 95% interval from a paired bootstrap over the
 pairs (the same pairs drawn for both). An interval that holds 1 means the cohort cannot tell the two apart.
+``--also`` adds another retest cohort's two tables (repeatable): its pairs are pooled with the first cohort's.
 Development data only.
 """
 
@@ -40,11 +41,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a")
     ap.add_argument("b")
+    ap.add_argument("--also", nargs=2, action="append", default=[], metavar=("A", "B"),
+                    help="another retest cohort's tables, pooled with the first")
     ap.add_argument("--boot", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     try:
-        da, db = differences(args.a), differences(args.b)
+        da, db = {}, {}
+        for i, (path_a, path_b) in enumerate([(args.a, args.b), *args.also]):
+            da.update({(i, *k): v for k, v in differences(path_a).items()})
+            db.update({(i, *k): v for k, v in differences(path_b).items()})
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

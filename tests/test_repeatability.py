@@ -108,3 +108,9 @@ def test_rc_paired_script_compares_two_networks_on_the_same_pairs(tmp_path):
     same = subprocess.run([sys.executable, str(script), str(tmp_path / "a.csv"), str(tmp_path / "c.csv")],
                           capture_output=True, text=True, check=True).stdout
     assert "B/A 1.00, paired bootstrap 95% 1.00-1.00" in same
+    # a second cohort pooled: the same scan names count apart, 80 pairs, the ratio of the pooled RCs
+    pooled = subprocess.run([sys.executable, str(script), str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
+                             "--also", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")],
+                            capture_output=True, text=True, check=True).stdout
+    ratio = np.sqrt(np.mean(np.concatenate([d, 2.0 * d]) ** 2) / np.mean(d**2))
+    assert f"pairs 80 (A 80, B 80): RC A {rc:.2f} mL, B {ratio * rc:.2f} mL, B/A {ratio:.2f}" in pooled
