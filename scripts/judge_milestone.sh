@@ -16,8 +16,11 @@
 #   SLAB=1 (with WISE=0; the fine_fskd5 rule's (9)): also scripts/eval_locator.py --tta --pipeline on the thin-slab
 #   development cohorts cache/slab_edge2, slab_stress and slab_wide, for the milestone and the shipped network
 #   (lines TOTAL and LESION), about 10 more minutes.
+#   RETEST=1 (with WISE=0; the fine_fskd6 rule's (5)): also onfh-eval on the retest cohort cache/f3 for the milestone,
+#   on cache/rt40 and cache/f3 for the shipped network (kept in OUT_DIR/shipped_rt40, shipped_f3 when already there,
+#   so they may be measured ahead with the same code), and scripts/rc_paired.py on both cohorts pooled.
 set -euo pipefail
-ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}; slab=${SLAB:-0}
+ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}; slab=${SLAB:-0}; retest=${RETEST:-0}
 SLABS=(slab_edge2 slab_stress slab_wide)
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 py=.venv/bin/python
@@ -43,6 +46,10 @@ for n in "${names[@]}"; do
         "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 \
           --model-dir "$out/j_$n/export_$n" > "$out/${c}_$n.txt" 2>&1
       done
+    fi
+    if [ "$retest" = 1 ]; then
+      .venv/bin/onfh-eval cohort=cache/f3/manifest.csv model_dir="$out/j_$n/export_$n" out_dir="$out/f3_$n" workers=1 \
+        tta=true > "$out/f3_$n.log" 2>&1 || true
     fi ) &
 done
 ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
@@ -57,6 +64,12 @@ ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
       "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 --model-dir models \
         > "$out/shipped_$c.txt" 2>&1
     done
+  fi
+  if [ "$retest" = 1 ]; then
+    for c in rt40 f3; do
+      [ -f "$out/shipped_$c/cohort/hips.csv" ] || .venv/bin/onfh-eval cohort="cache/$c/manifest.csv" model_dir=models \
+        out_dir="$out/shipped_$c" workers=1 tta=true > "$out/shipped_$c.log" 2>&1 || true
+    done
   fi ) &
 wait
 for n in "${names[@]}"; do
@@ -69,6 +82,12 @@ for n in "${names[@]}"; do
 done
 if [ "$wise" = 0 ]; then
   echo "== (2) shipped: $(grep TOTAL "$out/shipped_dev_c8.txt") | $(grep TOTAL "$out/shipped_dev_c9.txt")"
+fi
+if [ "$retest" = 1 ]; then
+  for n in "${names[@]}"; do
+    echo "== (5) pooled rt40 + f3, A = shipped, B = $n: $("$py" scripts/rc_paired.py "$out/shipped_rt40/cohort/hips.csv" \
+      "$out/j_$n/rt_$n/cohort/hips.csv" --also "$out/shipped_f3/cohort/hips.csv" "$out/f3_$n/cohort/hips.csv" 2>&1)"
+  done
 fi
 if [ "$slab" = 1 ]; then
   for c in "${SLABS[@]}"; do echo "== (9) shipped $c $(grep -E "TOTAL|LESION" "$out/shipped_$c.txt" | tr '\n' ' ')"; done
