@@ -19,6 +19,7 @@
 #   RETEST=1 (with WISE=0; the fine_fskd6 rule's (5)): also onfh-eval on the retest cohort cache/f3 for the milestone,
 #   on cache/rt40 and cache/f3 for the shipped network (kept in OUT_DIR/shipped_rt40, shipped_f3 when already there,
 #   so they may be measured ahead with the same code), and scripts/rc_paired.py on both cohorts pooled.
+# The shipped network's eval_locator tables (OUT_DIR/shipped_<cohort>.txt) are likewise kept when already complete.
 set -euo pipefail
 ck=${1:?milestone checkpoint}; out=${2:?out dir}; pause=${3:-}; wise=${WISE:-1}; slab=${SLAB:-0}; retest=${RETEST:-0}
 SLABS=(slab_edge2 slab_stress slab_wide)
@@ -56,12 +57,13 @@ ckpts=(); for n in "${names[@]}"; do ckpts+=("$out/$n.ckpt"); done
 ( "$py" scripts/val_failure_modes.py --tta models/fine.ckpt "${ckpts[@]}" > "$out/fm.txt" 2>&1
   if [ "$wise" = 0 ]; then  # (2)'s shipped reference, measured in the same run
     for c in dev_c8 dev_c9; do
-      "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir models --threads 1 --tta > "$out/shipped_$c.txt" 2>&1
+      grep -q TOTAL "$out/shipped_$c.txt" 2>/dev/null || "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --model-dir models --threads 1 --tta > "$out/shipped_$c.txt" 2>&1
     done
   fi
   if [ "$slab" = 1 ]; then
     for c in "${SLABS[@]}"; do
-      "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 --model-dir models \
+      grep -q TOTAL "$out/shipped_$c.txt" 2>/dev/null || \
+        "$py" scripts/eval_locator.py "cache/$c/manifest.csv" --tta --pipeline --threads 1 --model-dir models \
         > "$out/shipped_$c.txt" 2>&1
     done
   fi
