@@ -714,3 +714,28 @@ def test_no_second_look_for_a_convincing_pair() -> None:
     bad = {"passed": True, "heads": [{"component_centre_ras_mm": list(found[1]), "failures": ["no socket"]}]}
     assert [list(c) for c in doubted_heads(found, bad)] == [list(found[1])]
     assert doubted_heads(found, {**bad, "passed": False}) == []  # a refused scan: the other second look
+
+
+def test_cap_fit_bias_script_reports_the_fit_of_true_caps(tmp_path: Path) -> None:
+    """scripts/cap_fit_bias.py: a whole ball and the same ball cut by the field of view, fitted against the truth."""
+    import subprocess
+    import sys
+
+    zz, yy, xx = np.mgrid[0:60, 0:60, 0:60]
+    ball = ((xx - 30) ** 2 + (yy - 30) ** 2 + (zz - 30) ** 2 <= 22**2).astype(np.uint8) * HEAD  # index order x, y, z
+    for sub in ("labels", "truth"):
+        (tmp_path / "coh" / sub).mkdir(parents=True)
+    truth = {"hips": [{"side": "right", "head_centre_ras_mm": [30.0, 30.0, 30.0], "head_radius_mm": 22.0}]}
+    for scan, lab in (("whole", ball), ("cap", ball[:, :, :20])):  # the cap: 12 mm of the ball, cut at z = 19
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(lab), np.eye(4)), tmp_path / "coh" / "labels" / f"{scan}.nii.gz")
+        (tmp_path / "coh" / "truth" / f"{scan}.json").write_text(json.dumps(truth))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cap_fit_bias.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "coh"), "--below", "1.01"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    cap = next(line for line in lines if line.startswith("coh cap right: partial"))
+    whole = next(line for line in lines if line.startswith("whole heads 1:"))
+    assert "/ true 22.0 mm" in cap
+    assert "partial heads 1:" in out
+    fit_whole = float(whole.split("smallest fit ")[1].split(" mm")[0])
+    assert 20.5 <= fit_whole <= 22.5  # a voxelised ball fits within a voxel of its radius
