@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 
 from onfh_seg.config import infer_settings
 from onfh_seg.infer.anatomy import (
-    CAP_DIRECTIONS, SOCKET_DEPTH_MM, AnatomyLimits, cap_coverage, cap_in_view, check_anatomy, limits_from_config,
+    CAP_DIRECTIONS, SOCKET_DEPTH_MM, AnatomyLimits, cap_coverage, cap_in_view, check_anatomy, cut_cap_only,
+    limits_from_config,
 )
 from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
@@ -131,6 +132,23 @@ def test_too_small_head_and_lesion_filling_the_head_fail() -> None:
     labels[tuple(np.argwhere(labels == NECROTIC)[0])] = HEAD  # one viable voxel left
     filled = check_anatomy(labels, AFFINE)
     assert filled.flag == "not_hip_anatomy" and any("lesion fills" in r for r in filled.reasons)
+
+
+def test_a_cut_cap_passes_from_a_lower_radius_a_whole_head_does_not() -> None:
+    """A ball of 15 mm fits 14.3 mm on this grid: cut by the field of view it passes as a cut cap (limit 14 mm),
+    whole it is refused (16 mm); a cut ball of 13 mm is refused either way."""
+    cut = check_anatomy(labels_with({"centre": (-140, 0, 0), "radius": 15.0}), AFFINE)
+    [head] = cut.heads
+    assert cut.passed and head.partial and 14.0 <= head.radius_fit_mm < 16.0 and cut_cap_only(head)
+    whole = check_anatomy(labels_with({"centre": (0, 0, 0), "radius": 15.0}), AFFINE)
+    assert whole.flag == "not_hip_anatomy" and not whole.heads[0].partial and not cut_cap_only(whole.heads[0])
+    small = check_anatomy(labels_with({"centre": (-140, 0, 0), "radius": 13.0}), AFFINE)
+    assert small.flag == "not_hip_anatomy" and any("outside 14-31 mm" in r for r in small.reasons)
+    strict = check_anatomy(labels_with({"centre": (-140, 0, 0), "radius": 15.0}), AFFINE,
+                           limits=AnatomyLimits(partial_min_radius_mm=16.0))
+    assert strict.flag == "not_hip_anatomy"  # before: every head from 16 mm
+    big = check_anatomy(labels_with({"centre": (-140, 0, 0), "radius": 17.0}), AFFINE)
+    assert big.passed and big.heads[0].partial and not cut_cap_only(big.heads[0])
 
 
 def test_no_head_component_is_no_femoral_head_found() -> None:

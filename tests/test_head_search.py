@@ -342,7 +342,7 @@ def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_s
     def refuse_left_once(found, affine, shape):  # the coarse stage's left head fails the checks the first time
         calls.append(found[0])
         if len(calls) <= 2 and found[0][0] < 0:
-            return False
+            return "no"
         return real_check(found, affine, shape)
 
     monkeypatch.setattr(seg, "_head_shaped", refuse_left_once)
@@ -353,6 +353,51 @@ def test_coarse_head_failing_the_head_checks_is_dropped_and_searched_past(slab_s
     _, heads = find_heads(res.labels, img.affine, min_ml=5.0)
     sides = {("right" if h.centre_ras[0] > 0 else "left") for h in heads}
     assert sides == {"right", "left"}
+
+
+@needs_model
+@pytest.mark.parametrize("cut_caps", ["first", "every"])
+def test_a_cut_cap_is_taken_only_as_a_last_resort(slab_scan, monkeypatch, cut_caps) -> None:
+    """The coarse stage finds the right head only; the left head's crops pass the head checks only as a cut cap
+    (the first crop, or every one). A later crop that passes outright is kept instead of the first; with none,
+    the first cut cap is taken after the search, as the right head's partner."""
+    from onfh_seg.infer.engine import Segmenter
+
+    image, truth = slab_scan
+    true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
+    seg = Segmenter(MODELS, provider="cpu", threads=2, tta=False)
+    monkeypatch.setattr(seg, "_locate", lambda xc, g: ([true["right"]], np.zeros(xc.shape, np.float32)))
+    real_shaped = seg._head_shaped
+    left: list[np.ndarray] = []
+
+    def shaped(found, affine, shape):
+        verdict = real_shaped(found, affine, shape)
+        if found[0][0] < 0 and verdict == "yes":
+            left.append(found[0])
+            return "cut cap" if cut_caps == "every" or len(left) == 1 else "yes"
+        return verdict
+
+    monkeypatch.setattr(seg, "_head_shaped", shaped)
+    res = segment_both_heads(seg, image, true)
+    assert res.search["heads_added"] == 1
+    kept = next(c for c in res.head_centres_ras if c[0] < 0)
+    if cut_caps == "first":  # a second crop of the left head was judged and passed: that one is kept
+        assert len(left) == 2 and np.array_equal(kept, left[1])
+    else:  # every crop set aside: the first is taken in the end
+        assert len(left) >= 2 and np.array_equal(kept, left[0])
+
+
+def test_last_resort_takes_a_cut_cap_only_where_no_head_is_known() -> None:
+    """Cut caps set aside are taken in the order found, away from the known heads and as a partner of the first;
+    never more than two heads."""
+    from onfh_seg.infer.search import last_resort
+
+    right, left, left2, front = (np.array(v, float) for v in ([90, 0, 0], [-90, 5, 0], [-85, 0, 5], [-90, 80, 0]))
+    assert last_resort([right], [left, left2], 0.0) == [0]  # left2 is the same head
+    assert last_resort([right, left], [left2], 0.0) == []  # two heads known, or the same head
+    assert last_resort([right], [front, left], 0.0) == [1]  # 80 mm further forward: no partner of the right
+    assert last_resort([right], [np.array([60.0, 0.0, 0.0])], 0.0) == []  # same side of the midline
+    assert last_resort([], [left, right], None) == [0, 1]
 
 
 @needs_model
@@ -375,8 +420,8 @@ def test_a_false_first_head_does_not_take_the_place_of_the_real_pair(slab_scan, 
         return real_confirm(x, affine, centre, search)
 
     monkeypatch.setattr(seg, "_confirm", confirm)
-    monkeypatch.setattr(seg, "_head_shaped", lambda found, a, s: bool(
-        np.linalg.norm(found[0] - false) < 1.0 or real_shaped(found, a, s)))
+    monkeypatch.setattr(seg, "_head_shaped", lambda found, a, s: (
+        "yes" if np.linalg.norm(found[0] - false) < 1.0 else real_shaped(found, a, s)))
     img = nib.load(str(image))
     res = seg.segment(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
     assert len(res.head_centres_ras) == 2 and res.search["heads_added"] == 2

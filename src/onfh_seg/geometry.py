@@ -112,6 +112,18 @@ def sampled_box(src_shape: Sequence[int], src_affine: np.ndarray, dst_affine: np
     return lo, hi
 
 
+def covered_box(src_shape: Sequence[int], src_affine: np.ndarray, dst_affine: np.ndarray,
+                dst_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Destination voxel bounds ``(lo, hi)`` (hi exclusive, at least one voxel, clipped) of the box around the
+    source grid's corner voxel centres: the destination voxels a crop grid covers."""
+    n = np.asarray(src_shape[:3], np.float64) - 1
+    corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])], float)
+    inv = np.linalg.inv(dst_affine)
+    vox = (corners @ src_affine[:3, :3].T + src_affine[:3, 3]) @ inv[:3, :3].T + inv[:3, 3]
+    m = np.array(dst_shape[:3])
+    return np.clip(np.floor(vox.min(0)).astype(int), 0, m - 1), np.clip(np.ceil(vox.max(0)).astype(int) + 1, 1, m)
+
+
 def field_of_view_x_mm(shape: tuple[int, ...], affine: np.ndarray) -> float:
     """Extent of the image grid along world x (mm), from its 8 corner voxel centres."""
     lo, hi = world_bounds(shape, affine)

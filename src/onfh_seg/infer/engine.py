@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from onfh_seg.config import default_model_dir, defaults, resolve_model_dir
-from onfh_seg.geometry import covering_grid, crop_grid, resample, sampled_box
+from onfh_seg.geometry import covered_box, covering_grid, crop_grid, resample, sampled_box
 from onfh_seg.hips import find_heads, select_heads
-from onfh_seg.infer.anatomy import check_anatomy
+from onfh_seg.infer.anatomy import check_anatomy, cut_cap_only
 from onfh_seg.infer.postprocess import clean_labels
 from onfh_seg.infer.providers import choose_providers, with_provider_options
 from onfh_seg.infer.search import (
@@ -29,6 +29,7 @@ from onfh_seg.infer.search import (
     first_plausible_pair,
     in_field_of_view,
     lateral_faces,
+    last_resort,
     lattice_candidates,
     mirror_candidate,
     pair_plausible,
@@ -76,10 +77,9 @@ class Segmenter:
                  tta: bool | None = None, fast: bool | None = None, window: str | None = None,
                  overlap: float | None = None, lesion_threshold: float | str | None = "model",
                  cuda_tf32: bool | None = None):
-        """``None`` means onfh-infer's default (configs/infer.yaml): the shipped model (found in a
-        source checkout or an installed wheel), provider auto, ONNX Runtime's thread count, mirroring on,
-        fast off. ``window``/``overlap``/``lesion_threshold`` default to model.json's (``fine_window``,
-        ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
+        """``None`` means onfh-infer's default (configs/infer.yaml: the shipped model, provider auto, ONNX Runtime's
+        thread count, mirroring on, fast off). ``window``/``overlap``/``lesion_threshold`` default to model.json's
+        (``fine_window``, ``overlap``, ``lesion_threshold``); the defaults there are "patch", 0.5 and argmax."""
         # function-level import: onnxruntime (heavy) loads only when a model is built, off the onfh-infer start path
         import onnxruntime as ort
 
@@ -237,12 +237,7 @@ class Segmenter:
     def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
                        shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
         """The crop's class probabilities on the input voxels it covers: (their slices, probabilities)."""
-        inv = np.linalg.inv(affine)
-        corners = np.array([[a, b, c] for a in (0, f_shape[0] - 1) for b in (0, f_shape[1] - 1) for c in (0, f_shape[2] - 1)], float)
-        world = corners @ f_aff[:3, :3].T + f_aff[:3, 3]
-        vox = world @ inv[:3, :3].T + inv[:3, 3]
-        lo = np.clip(np.floor(vox.min(0)).astype(int), 0, np.array(shape) - 1)
-        hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 1, np.array(shape))
+        lo, hi = covered_box(f_shape, f_aff, affine, shape)
         sub_aff = affine.copy()
         sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
         t_res = time.perf_counter()
@@ -250,45 +245,50 @@ class Segmenter:
         self._clock["resample_s"] += time.perf_counter() - t_res
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), p_in
 
-    def _head_shaped(self, found: tuple, affine: np.ndarray, shape: tuple[int, ...]) -> bool:
+    def _head_shaped(self, found: tuple, affine: np.ndarray, shape: tuple[int, ...]) -> str:
         """Whether a head found by the search passes the anatomy gate's own head checks on the input grid
-        (sphere fit, axis ratio, socket; a head cut by the field of view is judged as the gate judges it)."""
+        (sphere fit, axis ratio, socket; a head cut by the field of view is judged as the gate judges it): "yes",
+        "cut cap" (passes only by the gate's lower radius limit for cut heads: a last resort, ``_search``), "no"."""
         _, probs, _, f_aff, f_shape = found
         sl, p_in = self._to_input_grid(probs, f_aff, f_shape, affine, shape)
         labels = np.zeros(shape, np.uint8)
         labels[sl] = lesion_decision(p_in, self.lesion_threshold)
-        verdict = check_anatomy(clean_labels(labels, affine), affine)
-        return bool(verdict.heads) and all(h.plausible for h in verdict.heads)
+        heads = check_anatomy(clean_labels(labels, affine), affine).heads
+        if not heads or not all(h.plausible for h in heads):
+            return "no"
+        return "cut cap" if any(cut_cap_only(h) for h in heads) else "yes"
 
     def _search(self, x: np.ndarray, affine: np.ndarray, xc: np.ndarray, g_aff: np.ndarray, fg_prob: np.ndarray,
                 confirmed: list[tuple], avoid: Sequence[np.ndarray] = ()) -> int:
         """Look for the heads the coarse stage missed (``infer.search``), the fine stage judging each candidate,
-        until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with none found then, slide it over
-        a lattice of the body (``MAX_SCAN`` more). Appends to ``confirmed``, returns the number judged. No second
-        head is searched for where it cannot be in view (``search.partner_out_of_view``), none kept near ``avoid``."""
+        until two heads are confirmed or ``MAX_SEARCH`` judgements are spent; with none, over a lattice of the body
+        (``MAX_SCAN`` more); then cut caps set aside (``_judge``) as a last resort. Appends to ``confirmed``, returns
+        the number judged. No second head where it cannot be in view (``partner_out_of_view``), none near ``avoid``."""
         known = [r[0] for r in confirmed]
         if len(known) == 1 and partner_out_of_view(known[0], x.shape, affine):
             return 0  # a one-hip field of view: the other head cannot be in view, no second head is searched for
         fov = in_field_of_view(g_aff, xc.shape, affine, x.shape)
         mid = body_midline_x(xc, g_aff, fov, lateral=lateral_faces(g_aff, xc.shape, affine, x.shape))
-        # where the partner of a head already found can be, then where the coarse network saw a weak head, then
-        # the strongest head-sized spheres (the first head may itself be a false one, so the others are tried
-        # when its partner is not found)
+        # where the partner of a head already found can be, then the coarse network's weak heads, then the strongest
+        # head-sized spheres (the first head may itself be a false one: the others are tried without its partner)
         queue = (partner_candidates(known[0], x.shape, affine, mid, max_n=8) if len(known) == 1 else []) + \
             coarse_peaks(fg_prob, g_aff, known, mid) + sphere_candidates(xc, g_aff, known, mid)
-        judged = self._judge(x, affine, queue, confirmed, mid, MAX_SEARCH, avoid)
+        reserve: list[tuple] = []
+        judged = self._judge(x, affine, queue, confirmed, mid, MAX_SEARCH, reserve, avoid)
         if not confirmed:  # nothing head-like where the coarse network or the spheres pointed: scan the body
             judged += self._judge(x, affine, lattice_candidates(xc, g_aff, fov, [], mid, MAX_SCAN), confirmed, mid,
-                                  MAX_SCAN, avoid)
+                                  MAX_SCAN, reserve, avoid)
+        confirmed += [reserve[i] for i in last_resort([r[0] for r in confirmed], [r[0] for r in reserve], mid)]
         return judged
 
     def _judge(self, x: np.ndarray, affine: np.ndarray, queue: list[np.ndarray], confirmed: list[tuple],
-               mid: float | None, budget: int, avoid: Sequence[np.ndarray] = ()) -> int:
+               mid: float | None, budget: int, reserve: list[tuple], avoid: Sequence[np.ndarray] = ()) -> int:
         """The fine stage judges the candidates of ``queue`` in turn (at most ``budget``) until two heads are
         confirmed; a head it keeps is appended to ``confirmed``. Returns the number judged. A head that cannot be
         the first's partner (``pair_plausible``, across the midline) is set aside and its partner looked for next
         (the first may be false); in the end two set aside that can be a pair replace the first, else the first
-        set aside that is on the other side of the midline is its partner, as before."""
+        set aside that is on the other side of the midline is its partner, as before. A head that passes the gate's
+        head checks only as a cut cap is appended to ``reserve`` and the search goes on."""
         judged, spares, fallback = 0, [], []
         known = [r[0] for r in confirmed]
         while queue and len(confirmed) < 2 and judged < budget:
@@ -303,9 +303,11 @@ class Segmenter:
             # the head's shape is judged on a mirrored crop around it, whatever ``tta``: without mirroring a
             # real neck scan's false head passed (tests/test_real_cases.py); with ``tta`` that crop is kept
             mirrored = (r[0], *self._fine(x, affine, r[0], mirror=True))
-            if not self._head_shaped(mirrored, affine, x.shape):
-                continue
+            shaped = self._head_shaped(mirrored, affine, x.shape)
             r = mirrored if self.tta else r
+            if shaped != "yes":
+                reserve += [r] if shaped == "cut cap" else []
+                continue
             known.append(r[0])
             across = not confirmed or plausible_head(r[0], mid, confirmed[0][0])
             if confirmed and not (across and pair_plausible(confirmed[0][0], r[0])):
@@ -332,16 +334,14 @@ class Segmenter:
         return (found[0], *self._fine(x, affine, centre, mirror=True, plain=plain, crop=crop))
 
     def _keep_head_shaped(self, confirmed: list[tuple], affine: np.ndarray, shape: tuple[int, ...]) -> list[tuple]:
-        """The coarse stage's confirmed heads, less those that fail the anatomy gate's own head checks
-        (``_head_shaped``: a bladder, a uterus, an iliac wing taken for a head, which the gate would refuse), so
-        the head search looks for the real ones. Two heads that can be a patient's pair (``pair_plausible``)
-        and a lone head whose partner cannot be in view are kept unchecked: the gate judges them anyway, and
-        checking every coarse head made ``segment`` 1.65x dearer on the demo scans (8.0 vs 4.85 CPU-s, 6 scans)."""
+        """The coarse stage's confirmed heads, less those that fail the gate's head checks (``_head_shaped``: a
+        bladder, an iliac wing...), so the search looks for the real ones. A plausible pair and a lone head whose
+        partner cannot be in view are kept unchecked (the gate judges them; checking made ``segment`` 1.65x dearer)."""
         if len(confirmed) == 2 and pair_plausible(confirmed[0][0], confirmed[1][0]):
             return confirmed
         if len(confirmed) == 1 and partner_out_of_view(confirmed[0][0], shape, affine):
             return confirmed
-        return [r for r in confirmed if self._head_shaped(r, affine, shape)]
+        return [r for r in confirmed if self._head_shaped(r, affine, shape) == "yes"]
 
     def segment(self, image: np.ndarray, affine: np.ndarray, exclude: Sequence[np.ndarray] = ()) -> SegResult:
         """Segment one scan (any orientation); labels come back on the input grid. No head is confirmed within

@@ -152,6 +152,21 @@ def first_plausible_pair(centres: list[np.ndarray]) -> tuple[int, int] | None:
     return None
 
 
+def last_resort(confirmed: list[np.ndarray], reserve: list[np.ndarray], midline_x: float | None) -> list[int]:
+    """Indices into ``reserve`` (heads the search set aside: cut caps that pass the anatomy gate only by its
+    lower radius limit for cut heads) taken after the search, in the order found: while fewer than two heads are
+    known, one at least 2 x ``SEPARATION_MM`` from every known head that can be a known head's partner."""
+    known, taken = list(confirmed), []
+    for i, c in enumerate(reserve):
+        if len(known) >= 2 or not far_from(c, known, 2 * SEPARATION_MM):
+            continue
+        if known and not (plausible_head(c, midline_x, known[0]) and pair_plausible(known[0], c)):
+            continue
+        known.append(c)
+        taken.append(i)
+    return taken
+
+
 def partner_out_of_view(found: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> bool:
     """Whether no voxel of the other femoral head can lie in the image's field of view (a one-hip field of
     view): every point of it is nearer in x to the head found than the smallest intercapital distance less the
