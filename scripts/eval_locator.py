@@ -6,8 +6,10 @@ A head is *visible* when the scan holds at least ``--visible-ml`` (5 mL) of its 
 ``scan_label_volumes_ml``). A found head counts for the side whose true centre it is nearest to, within 30 mm.
 Also reports false heads (found more than 30 mm from any true head), healthy hips with a false lesion over
 0.5 mL and per found head its lesion volume (labels 2-3 within 35 mm; mL, with the true one), and the sum of
-|found - true| over found heads with a true lesion over 0.5 mL (line ``LESION:``). Prints one table per model
-directory.
+|found - true| over found heads with a true lesion over 0.5 mL (line ``LESION:``), and over the same heads
+|found - the true lesion inside the scan's field of view| (line ``LESION IN VIEW:``; truth JSON
+``scan_label_volumes_ml``: a head cut by the field of view holds only part of its lesion there). Prints one
+table per model directory.
 
 By default the engine alone is counted (``Segmenter.segment``: coarse stage, head search, fine stage), as the
 shipping rules so far name it. ``--pipeline`` counts what onfh-infer reports: the engine, then the anatomy gate and
@@ -37,12 +39,14 @@ MATCH_MM = 30.0
 
 
 def truth_heads(truth: dict, visible_ml: float) -> dict[str, dict]:
-    """Per side: world centre, visible head volume in the scan (mL), lesion volume (mL)."""
+    """Per side: world centre, visible head volume in the scan (mL), lesion volume (mL): the whole head's and
+    the part of it inside the scan's field of view."""
     pose_centres: dict[str, dict] = {}
     for h in truth["hips"]:
         v = h["scan_label_volumes_ml"]
         pose_centres[h["side"]] = {"visible_ml": v["femoral_head"] + v["necrotic_zone"] + v["interface_band"],
-                                   "lesion_ml": h["lesion_volume_ml"], "centre": np.asarray(h["head_centre_ras_mm"])}
+                                   "lesion_ml": h["lesion_volume_ml"], "centre": np.asarray(h["head_centre_ras_mm"]),
+                                   "lesion_in_view_ml": v["necrotic_zone"] + v["interface_band"]}
     return {s: {**d, "visible": d["visible_ml"] >= visible_ml} for s, d in pose_centres.items()}
 
 
@@ -72,7 +76,7 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
     true = truth_heads(truth, visible_ml)
     vox_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
     out = {"found": 0, "visible": sum(t["visible"] for t in true.values()), "false_heads": 0, "false_lesion": 0,
-           "search_added": search.get("heads_added", 0), "missed": [], "lesion_ml": {}}
+           "search_added": search.get("heads_added", 0), "missed": [], "lesion_ml": {}, "lesion_in_view_ml": {}}
     matched = set()
     for h in heads:
         d = {s: float(np.linalg.norm(h.centre_ras - t["centre"])) for s, t in true.items()}
@@ -84,6 +88,7 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
         near = np.linalg.norm(np.argwhere(np.isin(labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
                               - h.centre_ras, axis=1) < 35.0 if np.isin(labels, (2, 3)).any() else np.zeros(0, bool)
         out["lesion_ml"][side] = (round(float(near.sum() * vox_ml), 3), true[side]["lesion_ml"])
+        out["lesion_in_view_ml"][side] = (out["lesion_ml"][side][0], true[side]["lesion_in_view_ml"])
         if true[side]["lesion_ml"] == 0 and near.sum() * vox_ml > 0.5:
             out["false_lesion"] += 1
     for s, t in true.items():
@@ -100,6 +105,13 @@ def lesion_error(lesion_ml: dict[str, tuple[float, float]], min_true_ml: float =
     their number."""
     errors = [abs(found - true) for found, true in lesion_ml.values() if true > min_true_ml]
     return float(sum(errors)), len(errors)
+
+
+def lesion_in_view_error(lesion_ml: dict[str, tuple[float, float]], in_view: dict[str, tuple[float, float]],
+                         min_true_ml: float = 0.5) -> float:
+    """Over the hips ``lesion_error`` counts (true lesion over ``min_true_ml``), the sum of |found - the true lesion
+    inside the field of view| (mL); ``in_view``: per side (found, true in view)."""
+    return float(sum(abs(in_view[s][0] - in_view[s][1]) for s, (_, true) in lesion_ml.items() if true > min_true_ml))
 
 
 def main() -> None:
@@ -121,7 +133,7 @@ def main() -> None:
         if a.no_search:
             seg._search = lambda *args, **kwargs: 0  # noqa: E731  (measurement only)
         tot = {"found": 0, "visible": 0, "false_heads": 0, "false_lesion": 0, "search_added": 0}
-        err_ml, err_n = 0.0, 0
+        err_ml, err_n, view_ml = 0.0, 0, 0.0
         print(f"## {model_dir} ({seg.version}){' as onfh-infer reports (gate, second look)' if a.pipeline else ''}")
         for r in rows:
             s = score_scan(seg, root / r["image"], json.loads((root / r["truth"]).read_text()), a.visible_ml,
@@ -130,6 +142,7 @@ def main() -> None:
                 tot[k] += s[k]
             e, n = lesion_error(s["lesion_ml"])
             err_ml, err_n = err_ml + e, err_n + n
+            view_ml += lesion_in_view_error(s["lesion_ml"], s["lesion_in_view_ml"])
             name = Path(r["image"]).name.replace(".nii.gz", "")
             print(f"{name}: found {s['found']}/{s['visible']} visible, missed {s['missed'] or '-'}, "
                   f"by search {s['search_added']}, false heads {s['false_heads']}, false lesions {s['false_lesion']}, "
@@ -137,6 +150,7 @@ def main() -> None:
         print(f"TOTAL: visible heads found {tot['found']}/{tot['visible']}, added by the search {tot['search_added']}, "
               f"false heads {tot['false_heads']}, healthy hips with a false lesion > 0.5 mL {tot['false_lesion']}")
         print(f"LESION: |found - true| summed over {err_n} found hips with a true lesion > 0.5 mL: {err_ml:.2f} mL")
+        print(f"LESION IN VIEW: the same hips, |found - true lesion inside the field of view|: {view_ml:.2f} mL")
 
 
 if __name__ == "__main__":
