@@ -88,7 +88,7 @@ def score_scan(seg: Segmenter, image: Path, truth: dict, visible_ml: float, pipe
         near = np.linalg.norm(np.argwhere(np.isin(labels, (2, 3))) @ img.affine[:3, :3].T + img.affine[:3, 3]
                               - h.centre_ras, axis=1) < 35.0 if np.isin(labels, (2, 3)).any() else np.zeros(0, bool)
         out["lesion_ml"][side] = (round(float(near.sum() * vox_ml), 3), true[side]["lesion_ml"])
-        out["lesion_in_view_ml"][side] = (out["lesion_ml"][side][0], true[side]["lesion_in_view_ml"])
+        out["lesion_in_view_ml"][side] = true[side]["lesion_in_view_ml"]
         if true[side]["lesion_ml"] == 0 and near.sum() * vox_ml > 0.5:
             out["false_lesion"] += 1
     for s, t in true.items():
@@ -107,11 +107,11 @@ def lesion_error(lesion_ml: dict[str, tuple[float, float]], min_true_ml: float =
     return float(sum(errors)), len(errors)
 
 
-def lesion_in_view_error(lesion_ml: dict[str, tuple[float, float]], in_view: dict[str, tuple[float, float]],
+def lesion_in_view_error(lesion_ml: dict[str, tuple[float, float]], in_view: dict[str, float],
                          min_true_ml: float = 0.5) -> float:
     """Over the hips ``lesion_error`` counts (true lesion over ``min_true_ml``), the sum of |found - the true lesion
-    inside the field of view| (mL); ``in_view``: per side (found, true in view)."""
-    return float(sum(abs(in_view[s][0] - in_view[s][1]) for s, (_, true) in lesion_ml.items() if true > min_true_ml))
+    inside the field of view| (mL); ``in_view``: per side, the true lesion in view."""
+    return float(sum(abs(found - in_view[s]) for s, (found, true) in lesion_ml.items() if true > min_true_ml))
 
 
 def main() -> None:

@@ -383,10 +383,8 @@ def test_eval_locator_counts_the_engine_or_what_onfh_infer_reports(tmp_path: Pat
     assert loc.lesion_error({"left": (3.0, 30.0), "right": (0.2, 0.0)}) == (27.0, 1)
     assert loc.lesion_error({"left": (6.0, 4.0), "right": (0.4, 0.5)}) == (2.0, 1)
     # ... and against the lesion inside the field of view (a cut head: 30 mL in all, 5 mL in view)
-    assert reported["lesion_in_view_ml"] == {"left": (reported["lesion_ml"]["left"][0], 0.0),
-                                             "right": (reported["lesion_ml"]["right"][0], 0.0)}
-    assert loc.lesion_in_view_error({"left": (3.0, 30.0), "right": (0.2, 0.0)},
-                                    {"left": (3.0, 5.0), "right": (0.2, 0.0)}) == 2.0
+    assert reported["lesion_in_view_ml"] == {"left": 0.0, "right": 0.0}
+    assert loc.lesion_in_view_error({"left": (3.0, 30.0), "right": (0.2, 0.0)}, {"left": 5.0, "right": 0.0}) == 2.0
 
 
 class RealWithFalse:
