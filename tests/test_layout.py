@@ -133,3 +133,22 @@ def test_function_level_imports_say_why() -> None:
             if i < 0 or "function-level import" not in lines[i]:
                 silent.append(f"{m}:{node.lineno}")
     assert silent == []
+
+
+def _judged_cohorts(script: str) -> set[str]:
+    """The cache/ cohorts a judging script reads: literal cache/<name> paths and the names its loops run over."""
+    names = set(re.findall(r"cache/([a-z][a-z0-9_]*)/manifest", script))
+    for loop in re.findall(r"for c in ([a-z0-9_ ]+);", script) + re.findall(r"SLABS=\(([a-z0-9_ ]+)\)", script):
+        names.update(loop.split())
+    return names
+
+
+def test_dev_cohort_script_makes_every_cohort_the_milestone_judge_reads() -> None:
+    """A fresh machine gets every development cohort scripts/judge_milestone.sh reads from one script."""
+    judged = _judged_cohorts((ROOT / "scripts" / "judge_milestone.sh").read_text(encoding="utf-8"))
+    made = set()
+    for name in ("make_dev_cohorts.sh", "make_accept_like.sh"):
+        made.update(re.findall(r"^make_one ([a-z0-9_]+)", (ROOT / "scripts" / name).read_text(encoding="utf-8"), re.M))
+    assert {"accept_fs", "rt40", "f3", "dev_c8", "dev_c9", "slab_edge2"} <= judged
+    assert sorted(judged - made) == []
+    assert "make_accept_like.sh" in (ROOT / "scripts" / "make_dev_cohorts.sh").read_text(encoding="utf-8")
