@@ -22,17 +22,8 @@ PROTOCOL=('style_c.n_slices=[20,20]' 'style_c.slice_mm=[3.6,3.6]' 'style_c.fov_m
   'style_c.inplane_mm=[1.625,1.625]' 'style_c.tilt_deg=[24,24]' style_c.tilt_lr_fraction=1.0
   style_c.offcentre_fraction=1.0 'style_c.tr_ms=[3.85,3.85]' 'style_c.te_ms=[1.42,1.42]' 'style_c.flip_deg=[10,20]')
 
-make_one() {  # name, then onfh-synth overrides
-  local out=cache/$1; shift
-  if [[ -f $out/manifest.csv && -z ${FORCE:-} ]]; then
-    echo "$out exists (FORCE=1 to regenerate)"; return
-  fi
-  rm -rf "$out.tmp"
-  "$BIN/onfh-synth" out_dir="$out.tmp" style=c 'months=[0,3]' "$@"
-  rm -rf "$out"
-  mv "$out.tmp" "$out"
-  echo "wrote $out/manifest.csv"
-}
+source scripts/cohort_lib.sh
+make_one() { local name=$1; shift; synth_cohort "$name" style=c 'months=[0,3]' "$@"; }  # name, then overrides
 
 make_one accept_like n_patients=10 seed=9401 disease.healthy_fraction=1.0 "${PROTOCOL[@]}" \
   'style_c.offcentre_x_mm=[-22,-14]'

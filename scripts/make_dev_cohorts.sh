@@ -16,17 +16,8 @@ scripts/make_accept_like.sh
 RT=('months=[0]' retest=true 'acquisition.orientations={axial: 0.2, coronal: 0.4, sagittal: 0.4}'
   'acquisition.slice_mm=[4.5,6.0]' 'acquisition.gap_mm=[0.3,1.0]' 'acquisition.snr=[8,15]')
 
-make_one() {  # name, then onfh-synth overrides
-  local out=cache/$1; shift
-  if [[ -f $out/manifest.csv && -z ${FORCE:-} ]]; then
-    echo "$out exists (FORCE=1 to regenerate)"; return
-  fi
-  rm -rf "$out.tmp"
-  "$BIN/onfh-synth" out_dir="$out.tmp" "$@"
-  rm -rf "$out"
-  mv "$out.tmp" "$out"
-  echo "wrote $out/manifest.csv"
-}
+source scripts/cohort_lib.sh
+make_one() { synth_cohort "$@"; }  # name, then onfh-synth overrides
 
 make_one dev_c8 style=c seed=9301 n_patients=8 'months=[0,12]'
 make_one dev_c9 style=c seed=9302 n_patients=8 'months=[0,3,12]'
