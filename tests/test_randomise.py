@@ -215,6 +215,21 @@ def test_slab_edge_has_a_face_near_the_centre_with_a_real_edge():
     assert faces_near >= 15  # the face crosses a head-sized ball round the centre (unless the FOV edge hides it)
 
 
+def test_slab_edge_outside_mm_lets_the_centre_lie_further_beyond_the_face():
+    """``outside_mm``: the sampled centre may lie up to that far beyond the slab face (only a cap of its head in
+    the slab); the default (15 mm) draws exactly as before, so older configurations render the same samples."""
+    from onfh_seg.synth.contrast import slab_edge
+
+    shape, spacing = (48, 48, 48), 1.5
+    c = tuple(n // 2 for n in shape)
+    a = [slab_edge(shape, spacing, np.random.default_rng(s)) for s in range(40)]
+    b = [slab_edge(shape, spacing, np.random.default_rng(s), 15.0) for s in range(40)]
+    assert all((wa == wb).all() and (ia == ib).all() for (wa, ia), (wb, ib) in zip(a, b))
+    far = [slab_edge(shape, spacing, np.random.default_rng(s), 40.0) for s in range(40)]
+    outside = lambda draws: sum(not inside[c] for _, inside in draws)  # noqa: E731
+    assert outside(far) > outside(a)  # the centre beyond the face more often
+
+
 def one_patient_datasets(tmp_path, *acquisitions: dict) -> list:
     """Six-sample randomised datasets (32^3 at 2 mm, seed 0) of one synthetic patient, one per acquisition mix."""
     from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
@@ -234,6 +249,8 @@ def test_slab_edge_share_changes_slab_samples_only(tmp_path):
     samples = [edge[i] for i in range(6)]
     assert any(not (hard[i][0] == samples[i][0]).all() for i in range(6))
     assert any((s[1] == 0).float().mean() > 0.2 and (s[1] > 0).any() for s in samples)  # cut, head still in view
+    further = one_patient_datasets(tmp_path, {"slab": 1.0, "slab_edge": 1.0, "slab_edge_out_mm": 30.0})[0]
+    assert any(not (further[i][0] == samples[i][0]).all() for i in range(6))  # the key reaches slab_edge
 
 
 def test_marrow_mottle_darkens_only_healthy_marrow():

@@ -183,7 +183,8 @@ class RandomisedPatchDataset(Dataset):
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
         # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
-        # edge), heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
+        # edge; ``slab_edge_out_mm``: how far beyond that face the sampled centre may lie, default 15),
+        # heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
         # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
         # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre), a
         # fat-saturated post-contrast T1 (``fat_sat``: dark healthy marrow, an enhancing band), a fat-suppressed T1
@@ -243,7 +244,8 @@ class RandomisedPatchDataset(Dataset):
         if self.acq.get("slab", 0.0) > 0 and rng.uniform() < self.acq["slab"]:  # no signal outside the slab
             edge = self.acq.get("slab_edge", 0.0) > 0 and rng.uniform() < self.acq["slab_edge"]
             if edge:
-                weight, inside = slab_edge(self.patch, self.spacing_mm, rng)  # a face through the head, real edge
+                weight, inside = slab_edge(self.patch, self.spacing_mm, rng,  # a face through the head, real edge
+                                           self.acq.get("slab_edge_out_mm", 15.0))
             else:
                 inside = slab_mask(self.patch, self.spacing_mm, rng)
                 weight = inside

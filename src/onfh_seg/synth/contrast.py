@@ -325,11 +325,13 @@ def _slab_distances(shape: tuple[int, int, int], spacing: float, R: np.ndarray, 
     return [a[0] * g[0] + a[1] * g[1] + a[2] * g[2] - o for a, o in zip(axes, off)]
 
 
-def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator,
+              outside_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """A thin oblique slab whose edge cuts the patch near its centre, with the edge a real slab has.
 
     Returns (signal weight 0-1, inside-the-slab mask). Same geometry draws as ``slab_mask``, but one slab face
-    lies within -15..+25 mm of the patch centre (through a head the sampled centre sits in), and the face is not
+    lies within -``outside_mm``..+25 mm of the patch centre (through a head the sampled centre sits in; the centre
+    up to ``outside_mm`` beyond the face: only a cap of that head in the slab), and the face is not
     a hard cut: the outermost 1-3 partitions lose 20-70% of their signal (the slab's RF profile), and the last
     slice fades to zero over one slice thickness, as resampling a thick-slice slab onto a fine grid does.
     Labels count as in view where the slab is (``inside``): a dimmed edge is still head, not necrosis.
@@ -339,7 +341,7 @@ def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     thick = float(rng.integers(12, 41) * slice_mm)
     fov = rng.uniform(220, 320, 2)
     R = rotation(rng.normal(size=3), np.deg2rad(rng.uniform(0, 30)))
-    face = rng.choice([-1.0, 1.0]) * (thick / 2 - rng.uniform(-15.0, 25.0))  # slab centre so a face is near 0
+    face = rng.choice([-1.0, 1.0]) * (thick / 2 - rng.uniform(-outside_mm, 25.0))  # slab centre so a face is near 0
     off = np.array([face, rng.uniform(-110, 110), rng.uniform(-110, 110)])
     d = _slab_distances(shape, spacing, R, normal_axis, off)
     depth = thick / 2 - np.abs(d[0])  # > 0 inside the slab
