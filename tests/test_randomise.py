@@ -452,6 +452,32 @@ def test_fat_sat_red_marrow_share_moves_red_and_pelvic_marrow_only():
         assert red.mean[TISSUES["pelvic_marrow"]] > 1.2 * red.mean[TISSUES["yellow_marrow"]]
 
 
+def test_fat_sat_marrow_left_and_bone_like_marrow():
+    """``marrow_left`` (``acquisitions.fat_sat_left_lo``/``_hi``) sets how much of fatty marrow's signal is left;
+    ``bone_like_marrow`` (``fat_sat_bone``) draws cortex, subchondral plate and sclerosis at 50-100% of the suppressed
+    marrow instead of darker; the defaults draw exactly as before."""
+    from onfh_seg.synth.contrast import BONE_TISSUES, fat_sat_contrast
+
+    ym = TISSUES["yellow_marrow"]
+    for seed in range(20):
+        old = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0))
+        same = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0), (0.1, 0.35), 0.0)
+        assert (old.mean == same.mean).all() and (old.std == same.std).all()
+        dark = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0), (0.03, 0.03))
+        assert dark.mean[ym] < old.mean[ym] and dark.mean[TISSUES["muscle"]] == old.mean[TISSUES["muscle"]]
+        bone = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0), (0.1, 0.35), 1.0)
+        for k in BONE_TISSUES:
+            assert 0.5 * bone.mean[ym] - 1e-6 <= bone.mean[TISSUES[k]] <= bone.mean[ym] + 1e-6
+
+
+def test_fat_sat_plain_keys_reach_the_samples(tmp_path):
+    """``fat_sat_left_lo``/``_hi`` and ``fat_sat_bone`` change the fat-suppressed samples of a dataset (drawn here as
+    ``fat_sat``, on every crop; ``fat_sat_plain`` takes the same keys on crops without lesion)."""
+    base = {"fat_sat": 1.0, "fat_sat_red_lo": 0.6, "fat_sat_red_hi": 1.0}
+    a, b = one_patient_datasets(tmp_path, base, {**base, "fat_sat_left_lo": 0.03, "fat_sat_bone": 1.0})
+    assert any(not (a[i][0] == b[i][0]).all() for i in range(6))
+
+
 def test_teacher_weight_is_zero_exactly_on_fat_suppressed_draws(tmp_path):
     """``teacher_weight`` (data fine_fskd): every sample also carries its distillation weight, 0 where the crop was
     drawn fat-suppressed (without lesion), 1 elsewhere; image and labels are the draws without it."""

@@ -189,7 +189,9 @@ class RandomisedPatchDataset(Dataset):
         # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre), a
         # fat-saturated post-contrast T1 (``fat_sat``: dark healthy marrow, an enhancing band), a fat-suppressed T1
         # without contrast agent on crops without lesion (``fat_sat_plain``: dark healthy marrow, nothing enhancing;
-        # a lesion there is not drawn so, as it can hardly be seen); 0: not drawn
+        # a lesion there is not drawn so, as it can hardly be seen; ``fat_sat_red_lo``/``_hi``, ``fat_sat_left_lo``/
+        # ``_hi``: red and fatty marrow's share of signal left, ``fat_sat_bone``: share of those draws with bone as
+        # dark as the suppressed marrow, not darker); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
         # drawn fat-suppressed or with a slab face through the head (the teacher is known to be wrong there), else 1
@@ -222,7 +224,9 @@ class RandomisedPatchDataset(Dataset):
             x = render_random(t, y, rng, realistic_contrast(rng))
         elif fat_sat or plain:  # ``fat_sat_red_lo``/``_hi``: red and pelvic marrow's share of signal left
             red = (self.acq.get("fat_sat_red_lo", 0.25), self.acq.get("fat_sat_red_hi", 0.55))
-            x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat, red_left=red))
+            left = (self.acq.get("fat_sat_left_lo", 0.1), self.acq.get("fat_sat_left_hi", 0.35))
+            x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat, red_left=red, marrow_left=left,
+                                                          bone_like_marrow=self.acq.get("fat_sat_bone", 0.0)))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
