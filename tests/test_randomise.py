@@ -390,7 +390,7 @@ def test_visible_share_leaves_older_draws_unchanged(tmp_path):
 def test_fat_sat_contrast_has_dark_healthy_marrow_and_an_enhancing_band():
     """``fat_sat_contrast``: fat dark, healthy marrow as dark as a fluid core could be (no viable-marrow floor),
     muscle enhanced, the band brighter than the viable marrow (the lesion shows by its band)."""
-    from onfh_seg.synth.contrast import fat_sat_contrast
+    from onfh_seg.synth.fat_sat import fat_sat_contrast
 
     rng = np.random.default_rng(5)
     dark_viable = 0
@@ -414,7 +414,7 @@ def test_plain_fat_sat_draws_only_healthy_crops_and_enhances_nothing(tmp_path):
     fat-suppressed contrast with nothing enhanced; crops with a lesion are drawn as before; absent or 0 keeps old
     draws."""
     from onfh_seg.labels import LESION_LABELS
-    from onfh_seg.synth.contrast import fat_sat_contrast
+    from onfh_seg.synth.fat_sat import fat_sat_contrast
 
     for seed in range(20):
         post, plain = fat_sat_contrast(np.random.default_rng(seed)), fat_sat_contrast(np.random.default_rng(seed), False)
@@ -440,7 +440,7 @@ def test_plain_fat_sat_draws_only_healthy_crops_and_enhances_nothing(tmp_path):
 def test_fat_sat_red_marrow_share_moves_red_and_pelvic_marrow_only():
     """``red_left`` (``acquisitions.fat_sat_red_lo``/``_hi``): red, regenerated and pelvic marrow keep more signal
     than the femoral head's yellow marrow; the default draws are the old ones."""
-    from onfh_seg.synth.contrast import fat_sat_contrast
+    from onfh_seg.synth.fat_sat import fat_sat_contrast
 
     for seed in range(20):
         old = fat_sat_contrast(np.random.default_rng(seed), False)
@@ -456,7 +456,7 @@ def test_fat_sat_marrow_left_and_bone_like_marrow():
     """``marrow_left`` (``acquisitions.fat_sat_left_lo``/``_hi``) sets how much of fatty marrow's signal is left;
     ``bone_like_marrow`` (``fat_sat_bone``) draws cortex, subchondral plate and sclerosis at 50-100% of the suppressed
     marrow instead of darker; the defaults draw exactly as before."""
-    from onfh_seg.synth.contrast import BONE_TISSUES, fat_sat_contrast
+    from onfh_seg.synth.fat_sat import BONE_TISSUES, fat_sat_contrast
 
     ym = TISSUES["yellow_marrow"]
     for seed in range(20):
@@ -516,3 +516,48 @@ def test_teacher_weight_is_zero_on_slab_faces_through_the_head(tmp_path):
         weights.append(float(w))
         assert float(slab_w[i][2]) == 1.0
     assert set(weights) == {0.0, 1.0}
+
+
+def test_fat_sat_visible_core_sets_the_core_apart_from_the_suppressed_marrow():
+    """``visible_core`` (``acquisitions.fat_sat_lesion``): each necrotic-core sub-type is darker than the suppressed
+    fatty marrow (at most 60% of it) or brighter by at least 0.08 and 15% of it, the band darker than it; every other
+    tissue is drawn as without it."""
+    from onfh_seg.synth.contrast import CORE_TISSUES
+    from onfh_seg.synth.fat_sat import fat_sat_contrast
+
+    ym, moved = TISSUES["yellow_marrow"], {TISSUES[k] for k in (*CORE_TISSUES, "band")}
+    kinds = set()
+    for seed in range(40):
+        old = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0), (0.03, 0.3), 0.5)
+        new = fat_sat_contrast(np.random.default_rng(seed), False, (0.6, 1.0), (0.03, 0.3), 0.5, visible_core=True)
+        viable = float(new.mean[ym])
+        assert all(old.mean[i] == new.mean[i] for i in range(N_TISSUES) if i not in moved)
+        for k in CORE_TISSUES:
+            c = float(new.mean[TISSUES[k]])
+            dark, bright = c <= 0.6 * viable + 1e-6, c >= viable + max(0.08, 0.15 * viable) - 1e-6
+            assert dark or bright or c == 1.2, (seed, k)
+            kinds.add("dark" if dark else "bright")
+        assert new.mean[TISSUES["band"]] <= 0.55 * viable + 1e-6
+    assert kinds == {"dark", "bright"}
+
+
+def test_fat_sat_lesion_redraws_exactly_the_crops_with_a_lesion(tmp_path):
+    """``acquisitions.fat_sat_lesion``: crops holding a lesion are drawn fat-suppressed (distillation weight 0);
+    crops without are drawn as before; absent or 0 keeps the old draws."""
+    from onfh_seg.labels import LESION_LABELS
+    from onfh_seg.model.data import RandomisedPatchDataset
+
+    base = {"fat_sat_left_lo": 0.03, "fat_sat_left_hi": 0.3}
+    sets = one_patient_datasets(tmp_path, base, {**base, "fat_sat_lesion": 0.0}, {**base, "fat_sat_lesion": 1.0})
+    old, zero, fs = [RandomisedPatchDataset(d.items, (32, 32, 32), 12, 0.5, seed=0, spacing_mm=2.0, acquisitions=d.acq,
+                                            teacher_weight=True) for d in sets]
+    kinds = set()
+    for i in range(12):
+        assert (old[i][0] == zero[i][0]).all() and (old[i][1] == zero[i][1]).all()
+        lesion = bool(np.isin(old[i][1].numpy(), LESION_LABELS).any())
+        kinds.add(lesion)
+        x, y, w = fs[i]
+        assert (x == old[i][0]).all() != lesion, i  # redrawn exactly where the crop holds a lesion
+        assert lesion or (y == old[i][1]).all()
+        assert float(w) == (0.0 if lesion else 1.0), i
+    assert kinds == {True, False}

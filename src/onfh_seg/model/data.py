@@ -26,7 +26,8 @@ from onfh_seg.labels import LESION_LABELS, NUM_CLASSES
 from onfh_seg.model.augment import build_augment, build_dr_augment
 from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
-from onfh_seg.synth.contrast import fat_sat_contrast, marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
+from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
+from onfh_seg.synth.fat_sat import fat_sat_contrast
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -191,10 +192,12 @@ class RandomisedPatchDataset(Dataset):
         # without contrast agent on crops without lesion (``fat_sat_plain``: dark healthy marrow, nothing enhancing;
         # a lesion there is not drawn so, as it can hardly be seen; ``fat_sat_red_lo``/``_hi``, ``fat_sat_left_lo``/
         # ``_hi``: red and fatty marrow's share of signal left, ``fat_sat_bone``: share of those draws with bone as
-        # dark as the suppressed marrow, not darker); 0: not drawn
+        # dark as the suppressed marrow, not darker), the same suppression on crops with a lesion, its core set
+        # apart from the suppressed marrow (``fat_sat_lesion``); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
-        # drawn fat-suppressed or with a slab face through the head (the teacher is known to be wrong there), else 1
+        # drawn fat-suppressed (with or without lesion) or with a slab face through the head (the teacher is known
+        # to be wrong there), else 1
         self.teacher_weight = bool(teacher_weight)
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
@@ -219,14 +222,17 @@ class RandomisedPatchDataset(Dataset):
         fat_sat = not realistic and self.acq.get("fat_sat", 0.0) > 0 and rng.uniform() < self.acq["fat_sat"]
         plain = (not realistic and not fat_sat and self.acq.get("fat_sat_plain", 0.0) > 0
                  and not np.isin(y, LESION_LABELS).any() and rng.uniform() < self.acq["fat_sat_plain"])
+        fs_lesion = (not realistic and not fat_sat and not plain and self.acq.get("fat_sat_lesion", 0.0) > 0
+                     and np.isin(y, LESION_LABELS).any() and rng.uniform() < self.acq["fat_sat_lesion"])
         post = self.acq.get("post_contrast", 0.0)
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
-        elif fat_sat or plain:  # ``fat_sat_red_lo``/``_hi``: red and pelvic marrow's share of signal left
+        elif fat_sat or plain or fs_lesion:  # ``fat_sat_red_lo``/``_hi``: red and pelvic marrow's share of signal left
             red = (self.acq.get("fat_sat_red_lo", 0.25), self.acq.get("fat_sat_red_hi", 0.55))
             left = (self.acq.get("fat_sat_left_lo", 0.1), self.acq.get("fat_sat_left_hi", 0.35))
             x = render_random(t, y, rng, fat_sat_contrast(rng, enhance=fat_sat, red_left=red, marrow_left=left,
-                                                          bone_like_marrow=self.acq.get("fat_sat_bone", 0.0)))
+                                                          bone_like_marrow=self.acq.get("fat_sat_bone", 0.0),
+                                                          visible_core=fs_lesion))
         else:
             x = render_random(t, y, rng, random_contrast(rng, post_contrast=post, visible=self.acq.get("visible", 0.0) > 0))
         if self.acq.get("mottle", 0.0) > 0 and rng.uniform() < self.acq["mottle"]:  # healthy marrow heterogeneity
@@ -259,7 +265,7 @@ class RandomisedPatchDataset(Dataset):
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
         if self.teacher_weight:
-            kd = 0.0 if fat_sat or plain or edge else 1.0
+            kd = 0.0 if fat_sat or plain or fs_lesion or edge else 1.0
             return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(kd)
         return torch.from_numpy(xn)[None], s["label"].data.long()
 

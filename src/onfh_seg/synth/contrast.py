@@ -5,8 +5,7 @@ draws, the painted image, gradient-echo chemical shift and the thin-slab signal 
   constrained only by what defines the disease on T1: the interface band is darker
   than the viable marrow outside it and than a bright necrotic core inside it;
   the necrotic core may be anything from fat-bright to fluid-dark;
-  ``realistic_contrast`` stays close to the spin-echo T1 prior; ``fat_sat_contrast`` is a fat-saturated
-  post-contrast T1 (dark healthy marrow, an enhancing band);
+  ``realistic_contrast`` stays close to the spin-echo T1 prior (fat-suppressed draws: ``synth.fat_sat``);
 * ``render_random`` paints an image from a tissue map with that contrast, smooth
   random texture per tissue, and a band that is faint or invisible in places;
 * ``marrow_mottle`` gives healthy marrow the heterogeneity real heads have (red-marrow islands, trabecular
@@ -113,50 +112,6 @@ def realistic_contrast(rng: np.random.Generator) -> Contrast:
     std = rng.uniform(0.0, 0.03, N_TISSUES).astype(np.float32)
     texture = rng.uniform(0.02, 0.08, N_TISSUES).astype(np.float32)
     return Contrast(mean.astype(np.float32), std, texture, 0.0)
-
-
-FAT_TISSUES = ("subcutaneous_fat", "fat_septa", "pelvic_fat")
-ENHANCING = ("muscle", "vessel", "bladder_wall", "skin", "rectum_wall")
-
-
-BONE_TISSUES = ("subchondral_plate", "femoral_cortex", "pelvic_cortex", "acetabular_sclerosis")
-
-
-def fat_sat_contrast(rng: np.random.Generator, enhance: bool = True,
-                     red_left: tuple[float, float] = (0.25, 0.55), marrow_left: tuple[float, float] = (0.1, 0.35),
-                     bone_like_marrow: float = 0.0) -> Contrast:
-    """A fat-saturated post-contrast T1 (the fat-suppressed frames of issue 22): the T1 prior with fat and the fat
-    share of marrow suppressed, so healthy marrow is dark (as dark as a fluid or fibrous core; ``random_contrast``'s
-    draws never had dark viable marrow); muscle, vessels, skin, bladder and rectal walls, edema and the reactive
-    interface band enhance, the necrotic core does not: the lesion shows by its bright band. ``enhance=False``: the
-    same suppression without contrast agent (nothing enhances; the same draws up to the enhancement). ``red_left``:
-    the share of red, regenerated and pelvic marrow's signal left (less fat in it than in yellow marrow);
-    ``marrow_left``: the share of fatty marrow's signal left (its water). ``bone_like_marrow``: the share of draws in
-    which cortex, subchondral plate and sclerosis are drawn at 50-100% of the suppressed marrow's mean (a suppressed
-    marrow as dark as bone: no dark rim under the cartilage); 0 draws exactly as before."""
-    prior = np.array([T1_PRIOR[k] for k in sorted(T, key=T.get)], np.float32)
-    mean = np.clip(prior + rng.normal(0, 0.06, N_TISSUES), 0.0, 1.2)
-    for k in FAT_TISSUES:
-        mean[T[k]] *= rng.uniform(0.03, 0.2)
-    left = rng.uniform(*marrow_left)  # what is left of fatty marrow: its water
-    mean[T["yellow_marrow"]] *= left
-    mean[T["core_fat"]] *= left * rng.uniform(0.8, 1.2)
-    for k in ("red_marrow", "regenerated", "pelvic_marrow"):
-        mean[T[k]] *= rng.uniform(*red_left)
-    if bone_like_marrow > 0 and rng.uniform() < bone_like_marrow:
-        for k in BONE_TISSUES:
-            mean[T[k]] = mean[T["yellow_marrow"]] * rng.uniform(0.5, 1.0)
-    if enhance:
-        for k in ENHANCING:
-            mean[T[k]] = min(1.2, mean[T[k]] * rng.uniform(1.3, 2.5) + rng.uniform(0.0, 0.2))
-        viable = float(max(mean[T["yellow_marrow"]], mean[T["red_marrow"]]))
-        mean[T["edema_marrow"]] = min(1.2, max(mean[T["edema_marrow"]], viable) * rng.uniform(1.1, 1.8))
-        mean[T["band"]] = min(1.2, max(viable, 0.1) * rng.uniform(2.0, 4.0))  # the enhancing reactive interface
-    mean[T["air"]] = rng.uniform(0.0, 0.05)
-    std = rng.uniform(0.0, 0.06, N_TISSUES).astype(np.float32)
-    texture = rng.uniform(0.0, 0.12, N_TISSUES).astype(np.float32)
-    band_gap = float(rng.uniform(0.0, 0.3)) if rng.uniform() < 0.5 else 0.0
-    return Contrast(mean.astype(np.float32), std, texture, band_gap)
 
 
 def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
