@@ -220,11 +220,12 @@ class RandomisedPatchDataset(Dataset):
                              (self.acq.get("scar_offset_lo", 0.05), self.acq.get("scar_offset_hi", 0.45)))
         realistic = self.acq.get("realistic", 0.0) > 0 and rng.uniform() < self.acq["realistic"]
         fat_sat = not realistic and self.acq.get("fat_sat", 0.0) > 0 and rng.uniform() < self.acq["fat_sat"]
-        lesion = bool(np.isin(y, LESION_LABELS).any())  # fat-suppressed without contrast agent: by the crop's kind
-        plain = (not realistic and not fat_sat and not lesion and self.acq.get("fat_sat_plain", 0.0) > 0
+        # fat-suppressed without contrast agent, by the crop's kind (looked up only where such draws are configured)
+        fs_keys = self.acq.get("fat_sat_plain", 0.0) > 0 or self.acq.get("fat_sat_lesion", 0.0) > 0
+        lesion = not realistic and not fat_sat and fs_keys and bool(np.isin(y, LESION_LABELS).any())
+        plain = (not realistic and not fat_sat and fs_keys and not lesion and self.acq.get("fat_sat_plain", 0.0) > 0
                  and rng.uniform() < self.acq["fat_sat_plain"])
-        fs_lesion = (not realistic and not fat_sat and lesion and self.acq.get("fat_sat_lesion", 0.0) > 0
-                     and rng.uniform() < self.acq["fat_sat_lesion"])
+        fs_lesion = lesion and self.acq.get("fat_sat_lesion", 0.0) > 0 and rng.uniform() < self.acq["fat_sat_lesion"]
         post = self.acq.get("post_contrast", 0.0)
         if realistic:
             x = render_random(t, y, rng, realistic_contrast(rng))
