@@ -561,3 +561,41 @@ def test_fat_sat_lesion_redraws_exactly_the_crops_with_a_lesion(tmp_path):
         assert lesion or (y == old[i][1]).all()
         assert float(w) == (0.0 if lesion else 1.0), i
     assert kinds == {True, False}
+
+
+def test_slab_edge_loss_lo_keeps_the_geometry_and_may_keep_the_last_slice_bright():
+    """``loss_lo``: the same faces and masks, the outermost partitions at least as bright as with the default (0.2;
+    which draws exactly as before), brighter on some draws: slabs whose last slice keeps its signal."""
+    from onfh_seg.synth.contrast import slab_edge
+
+    shape, spacing = (40, 40, 40), 1.5
+    brighter = 0
+    for s in range(20):
+        wa, ia = slab_edge(shape, spacing, np.random.default_rng(s))
+        wb, ib = slab_edge(shape, spacing, np.random.default_rng(s), 15.0, 0.2)
+        w0, i0 = slab_edge(shape, spacing, np.random.default_rng(s), 15.0, 0.0)
+        assert (wa == wb).all() and (ia == ib).all() and (ia == i0).all()
+        assert (w0 >= wa - 1e-6).all()
+        brighter += bool((w0 > wa + 1e-4).any())
+    assert brighter >= 15
+
+
+def test_fat_sat_slab_sets_the_slab_share_of_fat_suppressed_draws_only(tmp_path):
+    """``acquisitions.fat_sat_slab``: the share of fat-suppressed draws cut to a thin slab, in place of ``slab``;
+    every other draw as before (here the crops with a lesion, drawn without suppression); absent keeps ``slab``."""
+    from onfh_seg.labels import LESION_LABELS
+    from onfh_seg.model.data import RandomisedPatchDataset
+
+    base = {"fat_sat_plain": 1.0, "slab": 0.0, "slab_edge": 1.0}
+    sets = one_patient_datasets(tmp_path, base, {**base, "fat_sat_slab": 1.0})
+    old, cut = [RandomisedPatchDataset(d.items, (32, 32, 32), 12, 0.5, seed=0, spacing_mm=2.0, acquisitions=d.acq)
+                for d in sets]
+    kinds = set()
+    for i in range(12):
+        lesion = bool(np.isin(old[i][1].numpy(), LESION_LABELS).any())
+        kinds.add(lesion)
+        same = bool((old[i][0] == cut[i][0]).all())
+        assert same == lesion, i  # fat-suppressed (healthy) crops redrawn with a slab, the others unchanged
+        if not lesion:
+            assert (cut[i][1] == 0).sum() >= (old[i][1] == 0).sum()  # outside the slab: background
+    assert kinds == {True, False}

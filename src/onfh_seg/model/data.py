@@ -183,8 +183,9 @@ class RandomisedPatchDataset(Dataset):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
-        # (``post_contrast``), a thin oblique slab (``slab``; ``slab_edge``: a face through the head with a real
-        # edge; ``slab_edge_out_mm``: how far beyond that face the sampled centre may lie, default 15),
+        # (``post_contrast``), a thin oblique slab (``slab``, on fat-suppressed draws ``fat_sat_slab`` when set;
+        # ``slab_edge``: a face through the head with a real edge; ``slab_edge_out_mm``: how far beyond that face the
+        # sampled centre may lie, default 15; ``slab_edge_loss_lo``: its last partitions' least loss, default 0.2),
         # heterogeneous healthy marrow (``mottle``, at most ``mottle_max_loss`` of its signal, default 0.5),
         # thick slices with a slice profile (``slice_profile``), lesions always visible (``visible``), a physeal scar
         # across the head's base (``scar``; ``scar_offset_lo``/``_hi``: where, in head radii from the centre), a
@@ -253,11 +254,14 @@ class RandomisedPatchDataset(Dataset):
         s = self.acquisition(s)
         noisy = rician(s["image"].data[0].numpy().astype(np.float32), rng)
         edge = False
-        if self.acq.get("slab", 0.0) > 0 and rng.uniform() < self.acq["slab"]:  # no signal outside the slab
+        slab = self.acq.get("fat_sat_slab", self.acq.get("slab", 0.0)) if fat_sat or plain or fs_lesion else \
+            self.acq.get("slab", 0.0)
+        if slab > 0 and rng.uniform() < slab:  # no signal outside the slab
             edge = self.acq.get("slab_edge", 0.0) > 0 and rng.uniform() < self.acq["slab_edge"]
             if edge:
                 weight, inside = slab_edge(self.patch, self.spacing_mm, rng,  # a face through the head, real edge
-                                           self.acq.get("slab_edge_out_mm", 15.0))
+                                           self.acq.get("slab_edge_out_mm", 15.0),
+                                           self.acq.get("slab_edge_loss_lo", 0.2))
             else:
                 inside = slab_mask(self.patch, self.spacing_mm, rng)
                 weight = inside

@@ -291,7 +291,7 @@ def _slab_distances(shape: tuple[int, int, int], spacing: float, R: np.ndarray, 
 
 
 def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Generator,
-              outside_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+              outside_mm: float = 15.0, loss_lo: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """A thin oblique slab whose edge cuts the patch near its centre, with the edge a real slab has.
 
     Returns (signal weight 0-1, inside-the-slab mask). Same geometry draws as ``slab_mask``, but one slab face
@@ -300,6 +300,8 @@ def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     a hard cut: the outermost 1-3 partitions lose 20-70% of their signal (the slab's RF profile), and the last
     slice fades to zero over one slice thickness, as resampling a thick-slice slab onto a fine grid does.
     Labels count as in view where the slab is (``inside``): a dimmed edge is still head, not necrosis.
+    ``loss_lo``: the least signal loss of the outermost partitions (0: some slabs keep their last slice at full
+    signal, as slice oversampling does); the default 0.2 draws exactly as before.
     """
     normal_axis = 2 if rng.uniform() < 0.7 else 1
     slice_mm = float(rng.uniform(3.0, 6.0))
@@ -312,7 +314,7 @@ def slab_edge(shape: tuple[int, int, int], spacing: float, rng: np.random.Genera
     depth = thick / 2 - np.abs(d[0])  # > 0 inside the slab
     in_plane = (np.abs(d[1]) <= fov[0] / 2) & (np.abs(d[2]) <= fov[1] / 2)
     fade = np.clip(depth / slice_mm + 0.5, 0.0, 1.0)  # linear from the last slice centre to half a slice beyond
-    k, loss = int(rng.integers(1, 4)), float(rng.uniform(0.2, 0.7))
+    k, loss = int(rng.integers(1, 4)), float(rng.uniform(loss_lo, 0.7))
     profile = 1.0 - loss * np.clip(1.0 - depth / (k * slice_mm), 0.0, 1.0)
     return (fade * profile * in_plane).astype(np.float32), in_plane & (depth >= 0)
 
