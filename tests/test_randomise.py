@@ -599,3 +599,44 @@ def test_fat_sat_slab_sets_the_slab_share_of_fat_suppressed_draws_only(tmp_path)
         if not lesion:
             assert (cut[i][1] == 0).sum() >= (old[i][1] == 0).sum()  # outside the slab: background
     assert kinds == {True, False}
+
+
+def test_cyst_share_sets_how_many_hips_carry_subchondral_cysts():
+    """``widen_disease(cyst_share=...)``: the default (0.2) draws exactly as before; 1 puts cysts in every hip, 0 in
+    none (training cohorts: ``randomise.train.cyst_share``)."""
+    import copy
+
+    from onfh_seg.synth.randomise import widen_disease
+
+    cfg = synth_config({"seed": 9, "n_patients": 8})
+    for i in range(8):
+        pats = [copy.deepcopy(plan_patient(i, cfg).patient) for _ in range(4)]
+        widen_disease(np.random.default_rng([9, i]), pats[0], shapes=True)
+        widen_disease(np.random.default_rng([9, i]), pats[1], shapes=True, cyst_share=0.2)
+        widen_disease(np.random.default_rng([9, i]), pats[2], shapes=True, cyst_share=1.0)
+        widen_disease(np.random.default_rng([9, i]), pats[3], shapes=True, cyst_share=0.0)
+        for a, b in zip(pats[0].hips.values(), pats[1].hips.values()):
+            assert a.cysts == b.cysts and a.rim_h == b.rim_h and a.edema == b.edema
+        assert all(len(h.cysts) >= 1 for h in pats[2].hips.values())
+        assert all(h.cysts == () for h in pats[3].hips.values())
+
+
+def test_teacher_off_cysts_zeroes_the_distillation_weight_on_crops_with_a_cyst_only(tmp_path):
+    """``randomise.teacher_off_cysts``: the same images and labels; the distillation weight 0 where the crop holds
+    subchondral-cyst tissue (here every hip has cysts, ``cyst_share`` 1), unchanged elsewhere."""
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    cfg["shapes"], cfg["cyst_share"] = True, 1.0
+    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
+    assert any((t == TISSUES["cyst"]).any() for t, _ in items)  # a lesion painted over them may hide some
+    plain, off = [RandomisedPatchDataset(items, (32, 32, 32), 8, 0.5, seed=0, spacing_mm=2.0, teacher_weight=True,
+                                         teacher_off_cysts=o) for o in (False, True)]
+    zeroed = 0
+    for i in range(8):
+        (xa, ya, wa), (xb, yb, wb) = plain[i], off[i]
+        assert (xa == xb).all() and (ya == yb).all()
+        assert float(wa) == 1.0 and float(wb) in (0.0, 1.0)
+        zeroed += float(wb) == 0.0
+    assert 0 < zeroed  # crops round the head hold its cysts

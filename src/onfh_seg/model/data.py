@@ -28,6 +28,7 @@ from onfh_seg.preprocess import NORM_CLIP, normalise
 from onfh_seg.run.pool import Executor, map_jobs
 from onfh_seg.synth.contrast import marrow_mottle, physeal_scar, rician, slab_edge, thick_slices
 from onfh_seg.synth.fat_sat import fat_sat_contrast
+from onfh_seg.synth.patient import TISSUES
 from onfh_seg.synth.randomise import chemical_shift, random_contrast, realistic_contrast, render_random, slab_mask
 
 
@@ -179,7 +180,8 @@ class RandomisedPatchDataset(Dataset):
     every sample; sample ``i`` of epoch ``e`` (index ``e * length + i``) is a function of (seed, e, i)."""
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
-                 spacing_mm: float = 1.0, acquisitions: dict | None = None, teacher_weight: bool = False):
+                 spacing_mm: float = 1.0, acquisitions: dict | None = None, teacher_weight: bool = False,
+                 teacher_off_cysts: bool = False):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
@@ -197,9 +199,9 @@ class RandomisedPatchDataset(Dataset):
         # apart from the suppressed marrow (``fat_sat_lesion``); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
         # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
-        # drawn fat-suppressed (with or without lesion) or with a slab face through the head (the teacher is known
-        # to be wrong there), else 1
-        self.teacher_weight = bool(teacher_weight)
+        # drawn fat-suppressed (with or without lesion), with a slab face through the head or, with
+        # ``teacher_off_cysts``, on a crop with a subchondral cyst (the teacher is known to be wrong there), else 1
+        self.teacher_weight, self.teacher_off_cysts = bool(teacher_weight), bool(teacher_off_cysts)
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
     def __len__(self) -> int:
@@ -271,7 +273,8 @@ class RandomisedPatchDataset(Dataset):
         s = self.spatial(s)
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
         if self.teacher_weight:
-            kd = 0.0 if fat_sat or plain or fs_lesion or edge else 1.0
+            cyst = self.teacher_off_cysts and bool((t == TISSUES["cyst"]).any())
+            kd = 0.0 if fat_sat or plain or fs_lesion or edge or cyst else 1.0
             return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(kd)
         return torch.from_numpy(xn)[None], s["label"].data.long()
 
@@ -370,14 +373,18 @@ class SegDataModule(pl.LightningDataModule):
             gen = dict(r[split])
             cfg = synth_config({k: v for k, v in gen.items() if k in ("seed", "n_patients", "months", "disease", "acquisition")})
             cfg["shapes"] = bool(gen.get("shapes", False))  # lesion shapes, cysts, healthy-hip edema
+            cfg["cyst_share"] = float(gen.get("cyst_share", 0.2))  # share of hips with subchondral cysts (shapes)
             healthy = float(cfg["disease"].get("healthy_fraction", 0.0))  # content does not depend on cohort size
-            out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else "") + (f"_healthy{healthy:g}" if healthy else ""))
+            cysts = f"_cysts{cfg['cyst_share']:g}" if cfg["cyst_share"] != 0.2 else ""
+            out = base / (f"seed{cfg['seed']}" + ("_shapes" if cfg["shapes"] else "") + (f"_healthy{healthy:g}" if healthy else "")
+                          + cysts)
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
         acq = r.get("acquisitions") or None
         self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool,
                                                spacing_mm=c["spacing"], acquisitions=acq,
-                                               teacher_weight=bool(r.get("teacher_weight", False)))
+                                               teacher_weight=bool(r.get("teacher_weight", False)),
+                                               teacher_off_cysts=bool(r.get("teacher_off_cysts", False)))
         val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
                                         int(r.get("val_samples", 16)), float(r.get("val_fg", 1.0)), int(r["val"]["seed"]),
                                         pool=pool, spacing_mm=c["spacing"], acquisitions=acq)

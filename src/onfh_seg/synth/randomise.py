@@ -131,12 +131,12 @@ def save_item(path: Path, tissue: np.ndarray, labels: np.ndarray, affine: np.nda
     atomic_write_bytes(path, buf.getvalue())
 
 
-def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = False) -> None:
+def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = False, cyst_share: float = 0.2) -> None:
     """Shape diversity beyond the default generator (in place).
 
     Band 1-5 mm, shallow sockets, effusion; with ``shapes`` also lesion shapes (wedge,
-    crescent, irregular, multifocal), subchondral cysts (head, not lesion) and bone-marrow
-    edema in healthy hips (not necrosis).
+    crescent, irregular, multifocal), subchondral cysts (head, not lesion; in ``cyst_share`` of the hips, which
+    draws as before at the default 0.2) and bone-marrow edema in healthy hips (not necrosis).
     """
     for h in pat.hips.values():
         h.rim_h = float(h.radius * rng.uniform(-0.25, 0.3))  # shallow sockets (JIC C2 occurs)
@@ -150,7 +150,7 @@ def widen_disease(rng: np.random.Generator, pat: Patient, shapes: bool = False) 
             h.lesion_shape = str(rng.choice(["wedge", "crescent", "irregular", "multifocal"]))
             if h.lesion_shape == "multifocal":
                 h.foci = tuple(_jitter_dir(rng, h.lesion_dir, 0.7) for _ in range(int(rng.integers(1, 3))))
-        if rng.uniform() < 0.2:
+        if rng.uniform() < cyst_share:
             h.cysts = tuple(_random_cyst(rng, h) for _ in range(int(rng.integers(1, 4))))
         if not h.diseased and rng.uniform() < 0.15:
             h.edema = float(rng.uniform(0.25, 0.45))  # transient bone-marrow edema, no necrosis
@@ -176,7 +176,7 @@ def _patient_job(args) -> list[str]:
     out_dir = Path(out_dir)
     plan = plan_patient(index, cfg)
     rng = np.random.default_rng([int(cfg["seed"]), index, 99])
-    widen_disease(rng, plan.patient, shapes=bool(cfg.get("shapes", False)))
+    widen_disease(rng, plan.patient, shapes=bool(cfg.get("shapes", False)), cyst_share=float(cfg.get("cyst_share", 0.2)))
     for h in plan.patient.hips.values():
         calibrate_lesion(h)
     written = []
