@@ -15,7 +15,8 @@ Crops come from the fine_dr2 validation patients (seed 2112) and 6 more validati
 lesions (seed 2121, extent 3-12%; until 2026-12-04 seed 2113, which fine_healthy's training cohort and its
 successors also use, so earlier small-lesion numbers are not comparable). Crops are grouped by what they hold:
 
-* ``healthy``: no lesion: a false lesion (labels 2+3) over 0.5 mL is counted;
+* ``healthy``: no lesion: a false lesion (labels 2+3) over 0.5 mL is counted; those with a subchondral cyst (head,
+  not lesion: a known mimic) are also counted apart as ``healthy cyst``;
 * ``small``: lesion under 3.5 mL;
 * ``bright core``: most of the necrotic core fat- or blood-like (Mitchell A/B);
 * ``wide band``: the band is over 35% of the lesion;
@@ -125,12 +126,13 @@ def main() -> None:
         g = group(t.astype(np.uint8), y)
         if a.why_gre and g != "healthy":
             continue
-        crops.append((g, y, render_pair(t.astype(np.uint8), y, 5000 + i, WHY_GRE if a.why_gre else RENDERINGS)))
+        cyst = g == "healthy" and bool((t == TISSUES["cyst"]).any())  # also counted apart: a known mimic
+        crops.append((g, y, render_pair(t.astype(np.uint8), y, 5000 + i, WHY_GRE if a.why_gre else RENDERINGS), cyst))
     print("crops:", {g: sum(c[0] == g for c in crops) for g in ("healthy", "small", "bright core", "wide band", "other")})
     for ck in a.ckpts:
         m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
         res: dict[tuple[str, str], list] = {}
-        for g, y, images in crops:
+        for g, y, images, cyst in crops:
             true = np.isin(y, (2, 3))
             for style, x in images.items():
                 pred = np.isin(predict(m, x, a.tta), (2, 3))
@@ -138,10 +140,12 @@ def main() -> None:
                 dice = float("nan") if den == 0 else 2 * int((pred & true).sum()) / den
                 verr = float("nan") if not true.any() else (pred.sum() - true.sum()) / true.sum() * 100
                 res.setdefault((g, style), []).append((dice, verr, pred.sum() * VOX_ML))
+                if cyst:
+                    res.setdefault(("healthy cyst", style), []).append((dice, verr, pred.sum() * VOX_ML))
         print(f"## {ck}")
         for (g, style), v in sorted(res.items()):
             d = np.array(v)
-            if g == "healthy":
+            if g in ("healthy", "healthy cyst"):
                 print(f"{g:12s} {style:26s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
                       f"largest {d[:, 2].max():.2f} mL, total {d[:, 2].sum():.2f} mL")
             else:
