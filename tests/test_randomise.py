@@ -640,3 +640,20 @@ def test_teacher_off_cysts_zeroes_the_distillation_weight_on_crops_with_a_cyst_o
         assert float(wa) == 1.0 and float(wb) in (0.0, 1.0)
         zeroed += float(wb) == 0.0
     assert 0 < zeroed  # crops round the head hold its cysts
+
+
+def test_teacher_on_edges_keeps_the_distillation_weight_on_slab_faces(tmp_path):
+    """``randomise.teacher_on_edges``: the same images and labels; crops with a slab face through the head keep
+    the distillation weight 1 (a teacher that learnt slab faces), where by default it is 0."""
+    from onfh_seg.model.data import RandomisedPatchDataset, load_dr_items
+    from onfh_seg.synth.randomise import build_dr_cohort
+
+    cfg = synth_config({"seed": 7, "n_patients": 1, "months": [0]})
+    items = load_dr_items(build_dr_cohort(cfg, tmp_path, "fine", 2.0, 40, workers=1, progress=False))
+    acq = {"slab": 1.0, "slab_edge": 1.0}
+    off, on = [RandomisedPatchDataset(items, (32, 32, 32), 6, 0.5, seed=0, spacing_mm=2.0, acquisitions=acq,
+                                      teacher_weight=True, teacher_on_edges=o) for o in (False, True)]
+    for i in range(6):
+        (xa, ya, wa), (xb, yb, wb) = off[i], on[i]
+        assert (xa == xb).all() and (ya == yb).all()
+        assert float(wa) == 0.0 and float(wb) == 1.0

@@ -181,7 +181,7 @@ class RandomisedPatchDataset(Dataset):
 
     def __init__(self, items, patch: tuple[int, int, int], length: int, fg_prob: float, seed: int, pool: int = 1,
                  spacing_mm: float = 1.0, acquisitions: dict | None = None, teacher_weight: bool = False,
-                 teacher_off_cysts: bool = False):
+                 teacher_off_cysts: bool = False, teacher_on_edges: bool = False):
         self.items, self.patch, self.length, self.fg_prob, self.seed, self.pool = items, tuple(patch), length, fg_prob, seed, pool
         self.spacing_mm = float(spacing_mm)
         # shares of samples drawn as: spin-echo T1 (``realistic``), gradient echo (``gre``), post-contrast
@@ -198,10 +198,11 @@ class RandomisedPatchDataset(Dataset):
         # dark as the suppressed marrow, not darker), the same suppression on crops with a lesion, its core set
         # apart from the suppressed marrow (``fat_sat_lesion``); 0: not drawn
         self.acq = {k: float(v) for k, v in (acquisitions or {}).items()}
-        # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is
-        # drawn fat-suppressed (with or without lesion), with a slab face through the head or, with
-        # ``teacher_off_cysts``, on a crop with a subchondral cyst (the teacher is known to be wrong there), else 1
-        self.teacher_weight, self.teacher_off_cysts = bool(teacher_weight), bool(teacher_off_cysts)
+        # teacher_weight: each sample also returns the weight of its distillation term (SegModule): 0 where it is drawn
+        # fat-suppressed (with or without lesion), with a slab face through the head (unless ``teacher_on_edges``: a
+        # teacher that learnt them) or, with ``teacher_off_cysts``, on a crop with a subchondral cyst, else 1
+        self.teacher_weight, self.teacher_off_cysts, self.teacher_on_edges = map(bool, (teacher_weight,
+                                                                                    teacher_off_cysts, teacher_on_edges))
         self.acquisition, self.spatial = build_dr_augment(anisotropy=not self.acq.get("slice_profile", 0.0))
 
     def __len__(self) -> int:
@@ -274,7 +275,7 @@ class RandomisedPatchDataset(Dataset):
         xn = dr_normalise(s["image"].data[0].numpy().astype(np.float32), rng)
         if self.teacher_weight:
             cyst = self.teacher_off_cysts and bool((t == TISSUES["cyst"]).any())
-            kd = 0.0 if fat_sat or plain or fs_lesion or edge or cyst else 1.0
+            kd = 0.0 if fat_sat or plain or fs_lesion or (edge and not self.teacher_on_edges) or cyst else 1.0
             return torch.from_numpy(xn)[None], s["label"].data.long(), torch.tensor(kd)
         return torch.from_numpy(xn)[None], s["label"].data.long()
 
@@ -381,10 +382,9 @@ class SegDataModule(pl.LightningDataModule):
             cohorts[split] = build_dr_cohort(cfg, out, c["stage"], grid_mm, size, workers=int(r.get("workers", 2)))
         tr = load_dr_items(cohorts["train"])
         acq = r.get("acquisitions") or None
+        kd = {k: bool(r.get(k, False)) for k in ("teacher_weight", "teacher_off_cysts", "teacher_on_edges")}
         self.train_ds = RandomisedPatchDataset(tr, c["patch"], c["n"], c["fg"], c["seed"], pool=pool,
-                                               spacing_mm=c["spacing"], acquisitions=acq,
-                                               teacher_weight=bool(r.get("teacher_weight", False)),
-                                               teacher_off_cysts=bool(r.get("teacher_off_cysts", False)))
+                                               spacing_mm=c["spacing"], acquisitions=acq, **kd)
         val_ds = RandomisedPatchDataset(load_dr_items(cohorts["val"]), c["val_vox"] or c["patch"],
                                         int(r.get("val_samples", 16)), float(r.get("val_fg", 1.0)), int(r["val"]["seed"]),
                                         pool=pool, spacing_mm=c["spacing"], acquisitions=acq)
