@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The fine_fskd* rules' cheap measurements first, before scripts/judge_milestone.sh (about 5 minutes on one core
-# instead of about 45): the rules' (7) and (6), and the thin-slab hip that decided (9) on 2026-12-06.
+# The fine_fskd* rules' cheap measurements first, before scripts/judge_milestone.sh (whose header estimates 16 minutes
+# a candidate plus 10 for SLAB=1, and the retest cohorts): the rules' (7) and (6), and the thin-slab hip that decided
+# (9) on 2026-12-06. The shipped model's took 8m53s on the 2-core machine with a training run beside it (2026-12-07).
 #
 #   scripts/prescreen_fine.sh CKPT OUT_DIR       a fine checkpoint, exported with the shipped coarse network
 #   scripts/prescreen_fine.sh shipped OUT_DIR    the shipped model (models/), the reference
