@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,6 +60,11 @@ def group(tissue: np.ndarray, labels: np.ndarray) -> str:
     if (labels == 3).sum() > 0.35 * lesion.sum():
         return "wide band"
     return "other"
+
+
+def healthy_cyst(group_name: str, tissue: np.ndarray) -> bool:
+    """A healthy crop holding a subchondral cyst (head, not lesion: a known mimic, also counted apart)."""
+    return group_name == "healthy" and bool((tissue == TISSUES["cyst"]).any())
 
 
 def small_lesion_items(out: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -107,6 +113,38 @@ def predict(m: SegModule, x: np.ndarray, tta: bool = False) -> np.ndarray:
     return p.argmax(1)[0].numpy()
 
 
+def score_crops(crops: list[tuple[str, np.ndarray, dict[str, np.ndarray], bool]],
+                predict_fn: Callable[[np.ndarray], np.ndarray]) -> dict[tuple[str, str], list]:
+    """(group, rendering) -> [(lesion Dice, volume error %, predicted lesion mL)] over the crops; a healthy crop
+    with a subchondral cyst is also counted under ``healthy cyst``."""
+    res: dict[tuple[str, str], list] = {}
+    for g, y, images, cyst in crops:
+        true = np.isin(y, (2, 3))
+        for style, x in images.items():
+            pred = np.isin(predict_fn(x), (2, 3))
+            den = int(pred.sum() + true.sum())
+            dice = float("nan") if den == 0 else 2 * int((pred & true).sum()) / den
+            verr = float("nan") if not true.any() else (pred.sum() - true.sum()) / true.sum() * 100
+            res.setdefault((g, style), []).append((dice, verr, pred.sum() * VOX_ML))
+            if cyst:
+                res.setdefault(("healthy cyst", style), []).append((dice, verr, pred.sum() * VOX_ML))
+    return res
+
+
+def report_lines(res: dict[tuple[str, str], list]) -> list[str]:
+    """One line per (group, rendering): false lesions over 0.5 mL for healthy groups, else median Dice and error."""
+    lines = []
+    for (g, style), v in sorted(res.items()):
+        d = np.array(v)
+        if g in ("healthy", "healthy cyst"):
+            lines.append(f"{g:12s} {style:26s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
+                         f"largest {d[:, 2].max():.2f} mL, total {d[:, 2].sum():.2f} mL")
+        else:
+            lines.append(f"{g:12s} {style:26s} n={len(v):2d}  lesion Dice median {np.nanmedian(d[:, 0]):.3f}, "
+                         f"volume error median {np.nanmedian(d[:, 1]):+.1f}%")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpts", nargs="+")
@@ -126,31 +164,14 @@ def main() -> None:
         g = group(t.astype(np.uint8), y)
         if a.why_gre and g != "healthy":
             continue
-        cyst = g == "healthy" and bool((t == TISSUES["cyst"]).any())  # also counted apart: a known mimic
-        crops.append((g, y, render_pair(t.astype(np.uint8), y, 5000 + i, WHY_GRE if a.why_gre else RENDERINGS), cyst))
+        images = render_pair(t.astype(np.uint8), y, 5000 + i, WHY_GRE if a.why_gre else RENDERINGS)
+        crops.append((g, y, images, healthy_cyst(g, t)))
     print("crops:", {g: sum(c[0] == g for c in crops) for g in ("healthy", "small", "bright core", "wide band", "other")})
     for ck in a.ckpts:
         m = SegModule.load_from_checkpoint(ck, map_location="cpu").eval()
-        res: dict[tuple[str, str], list] = {}
-        for g, y, images, cyst in crops:
-            true = np.isin(y, (2, 3))
-            for style, x in images.items():
-                pred = np.isin(predict(m, x, a.tta), (2, 3))
-                den = int(pred.sum() + true.sum())
-                dice = float("nan") if den == 0 else 2 * int((pred & true).sum()) / den
-                verr = float("nan") if not true.any() else (pred.sum() - true.sum()) / true.sum() * 100
-                res.setdefault((g, style), []).append((dice, verr, pred.sum() * VOX_ML))
-                if cyst:
-                    res.setdefault(("healthy cyst", style), []).append((dice, verr, pred.sum() * VOX_ML))
+        res = score_crops(crops, lambda x: predict(m, x, a.tta))
         print(f"## {ck}")
-        for (g, style), v in sorted(res.items()):
-            d = np.array(v)
-            if g in ("healthy", "healthy cyst"):
-                print(f"{g:12s} {style:26s} n={len(v):2d}  false lesion > 0.5 mL: {(d[:, 2] > 0.5).sum()}, "
-                      f"largest {d[:, 2].max():.2f} mL, total {d[:, 2].sum():.2f} mL")
-            else:
-                print(f"{g:12s} {style:26s} n={len(v):2d}  lesion Dice median {np.nanmedian(d[:, 0]):.3f}, "
-                      f"volume error median {np.nanmedian(d[:, 1]):+.1f}%")
+        print("\n".join(report_lines(res)))
 
 
 if __name__ == "__main__":

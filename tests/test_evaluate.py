@@ -174,3 +174,38 @@ def test_cli_rejects_bad_cohort(tmp_path):
     assert E.named_cohorts("a.csv", {"b": None, "c": ["x.csv"]}) == {"cohort": ["a.csv"], "c": ["x.csv"]}
     with pytest.raises(FileNotFoundError):
         E.evaluate_cohorts({"x": str(tmp_path / "missing.csv")}, ROOT / "models", tmp_path)
+
+
+def test_val_failure_modes_counts_healthy_cyst_crops_apart() -> None:
+    """scripts/val_failure_modes.py: a healthy crop with a subchondral cyst is scored under ``healthy`` and again
+    under ``healthy cyst``; false lesions over 0.5 mL are counted per rendering; lesion groups get Dice/error."""
+    import importlib.util
+
+    from onfh_seg.synth.phantom import TISSUES
+
+    spec = importlib.util.spec_from_file_location("val_failure_modes", ROOT / "scripts" / "val_failure_modes.py")
+    vfm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vfm)
+    tissue = np.full((10, 10, 10), TISSUES["yellow_marrow"], np.uint8)
+    with_cyst = tissue.copy()
+    with_cyst[2:4, 2:4, 2:4] = TISSUES["cyst"]
+    healthy = np.ones((10, 10, 10), np.uint8)  # head only
+    assert vfm.group(tissue, healthy) == "healthy"
+    assert vfm.healthy_cyst("healthy", with_cyst) and not vfm.healthy_cyst("healthy", tissue)
+    assert not vfm.healthy_cyst("small", with_cyst)
+    diseased = healthy.copy()
+    diseased[3:8, 3:8, 3:8] = 2  # 125 voxels of 1.331 uL: 0.17 mL, a small lesion
+    assert vfm.group(tissue, diseased) == "small"
+    false = np.zeros((10, 10, 10), np.int64)
+    false[:, :, :5] = 2  # 500 voxels: 0.67 mL of false lesion
+    images = {"T1": np.zeros((10, 10, 10), np.float32), "GRE opposed": np.ones((10, 10, 10), np.float32)}
+    crops = [("healthy", healthy, images, True), ("healthy", healthy, images, False),
+             ("small", diseased, images, False)]
+    res = vfm.score_crops(crops, lambda x: false if x.mean() > 0.5 else diseased)  # GRE: false lesion / exact
+    assert len(res[("healthy", "GRE opposed")]) == 2 and len(res[("healthy cyst", "GRE opposed")]) == 1
+    assert res[("small", "T1")][0][:2] == (1.0, 0.0)
+    lines = dict((ln[:12].strip() + "|" + ln[13:39].strip(), ln) for ln in vfm.report_lines(res))
+    assert "false lesion > 0.5 mL: 1, largest 0.67 mL" in lines["healthy cyst|GRE opposed"]
+    assert "false lesion > 0.5 mL: 2" in lines["healthy|GRE opposed"]
+    assert "false lesion > 0.5 mL: 0, largest 0.17 mL" in lines["healthy cyst|T1"]
+    assert "lesion Dice median 1.000, volume error median +0.0%" in lines["small|T1"]
