@@ -132,6 +132,40 @@ def test_a_student_learns_from_a_teacher_checkpoint_kept_out_of_its_own_weights(
     assert plain._teacher == []
 
 
+def test_false_lesion_term_prices_soft_lesion_ml_on_lesion_free_samples_only():
+    """false_lesion_ml: the batch mean of softmax(2) + softmax(3) summed over a lesion-free sample's voxels, in mL;
+    a sample with a lesion adds 0; fp_weight adds it to the training loss (0, the default, leaves the loss as it was)."""
+    import warnings
+
+    from onfh_seg.model.module import SegModule, false_lesion_ml
+    logits = torch.full((2, 5, 4, 4, 4), -20.0)
+    logits[:, 1] = 20.0  # everything head
+    logits[0, 1, 0, 0, :2] = -20.0
+    logits[0, 3, 0, 0, :2] = 20.0  # sample 0: two voxels of band, certain
+    logits[1, 2, 0, 0, 0] = 20.0
+    logits[1, 1, 0, 0, 0] = -20.0  # sample 1: one voxel of core
+    healthy = torch.ones(2, 1, 4, 4, 4, dtype=torch.long)
+    assert torch.allclose(false_lesion_ml(logits, healthy, 0.5), torch.tensor((2 * 0.5 + 1 * 0.5) / 2), atol=1e-6)
+    diseased = healthy.clone()
+    diseased[1, 0, 3, 3, 3] = 2  # sample 1 holds a lesion: only sample 0's false band counts
+    assert torch.allclose(false_lesion_ml(logits, diseased, 0.5), torch.tensor(2 * 0.5 / 2), atol=1e-6)
+    diseased[0, 0, 3, 3, 3] = 3
+    assert float(false_lesion_ml(logits, diseased, 0.5)) == 0.0
+    net = {"channels": [4, 8, 16], "strides": [2, 2], "act": "leakyrelu", "up_kernel_size": 2}
+    torch.manual_seed(0)
+    m = SegModule(net=net, patch_vox=[16, 16, 16], spacing_mm=1.1, fp_weight=0.2)
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = m.training_step((x, y), 0)
+        m.hparams.fp_weight = 0.0
+        plain = m.training_step((x, y), 0)
+    with torch.no_grad():
+        fp = false_lesion_ml(m(x), y, 1.1**3 / 1000)
+    assert float(fp) > 0 and torch.allclose(plain, m.loss(m(x), y).detach(), atol=1e-5)
+    assert torch.allclose(loss, plain + 0.2 * fp, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", [{"init_from": "no/such.ckpt", "model": {}},
                                  {"init_from": None, "model": {"teacher": "no/such.ckpt", "kd_weight": 1.0}}])
 def test_training_refuses_a_missing_start_or_teacher_checkpoint_before_any_work(cfg):
