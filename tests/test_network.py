@@ -166,6 +166,41 @@ def test_false_lesion_term_prices_soft_lesion_ml_on_lesion_free_samples_only():
     assert torch.allclose(loss, plain + 0.2 * fp, atol=1e-5)
 
 
+def test_lesion_volume_term_pulls_the_soft_volume_to_the_true_one_both_ways():
+    """lesion_volume_error_ml: batch mean of |soft - true lesion mL|; on a lesion-free sample it equals
+    false_lesion_ml's; an under-call costs like an over-call; volume_weight adds it to the training loss."""
+    import warnings
+
+    from onfh_seg.model.module import SegModule, false_lesion_ml, lesion_volume_error_ml
+    logits = torch.full((2, 5, 4, 4, 4), -20.0)
+    logits[:, 1] = 20.0
+    logits[:, 1, 0, 0, :3] = -20.0
+    logits[:, 2, 0, 0, :3] = 20.0  # both samples: three voxels of core, certain
+    healthy = torch.ones(2, 1, 4, 4, 4, dtype=torch.long)
+    assert torch.allclose(lesion_volume_error_ml(logits, healthy, 0.5), false_lesion_ml(logits, healthy, 0.5))
+    exact = healthy.clone()
+    exact[:, 0, 0, 0, :3] = 2
+    assert float(lesion_volume_error_ml(logits, exact, 0.5)) < 1e-6
+    under = healthy.clone()
+    under[:, 0, 0, :2, :] = 3  # eight true voxels, three called: 5 voxels short in each sample
+    over = healthy.clone()
+    over[:, 0, 3, 3, 3] = 2  # one true voxel, three called: 2 too many
+    assert torch.allclose(lesion_volume_error_ml(logits, under, 0.5), torch.tensor(2.5), atol=1e-5)
+    assert torch.allclose(lesion_volume_error_ml(logits, over, 0.5), torch.tensor(1.0), atol=1e-5)
+    net = {"channels": [4, 8, 16], "strides": [2, 2], "act": "leakyrelu", "up_kernel_size": 2}
+    torch.manual_seed(0)
+    m = SegModule(net=net, patch_vox=[16, 16, 16], spacing_mm=1.1, volume_weight=0.3)
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16, dtype=torch.long)
+    y[0, 0, 4:8, 4:8, 4:8] = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = m.training_step((x, y), 0)
+    with torch.no_grad():
+        plain = m.loss(m(x), y)
+        ve = lesion_volume_error_ml(m(x), y, 1.1**3 / 1000)
+    assert float(ve) > 0 and torch.allclose(loss, plain + 0.3 * ve, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", [{"init_from": "no/such.ckpt", "model": {}},
                                  {"init_from": None, "model": {"teacher": "no/such.ckpt", "kd_weight": 1.0}}])
 def test_training_refuses_a_missing_start_or_teacher_checkpoint_before_any_work(cfg):

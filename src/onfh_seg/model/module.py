@@ -50,19 +50,31 @@ def false_lesion_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml: float)
     return (soft * lesion_free.to(soft)).mean()
 
 
+def lesion_volume_error_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml: float) -> torch.Tensor:
+    """Batch mean of |soft lesion volume - true lesion volume| (mL; labels 2 + 3). On a lesion-free sample it is
+    ``false_lesion_ml``'s; on a sample with a lesion it pulls the soft volume to the true one both ways, so pricing
+    false lesions on healthy crops does not also teach the network to call less lesion where there is one
+    (fine_fskd25, fp_weight 0.2 alone: rt40 median lesion Dice 0.877 against 0.925, 2026-12-07)."""
+    soft = F.softmax(logits, 1)[:, 2:4].sum(1).flatten(1).sum(1) * voxel_ml
+    true = (target == 2).logical_or(target == 3).flatten(1).sum(1).to(soft) * voxel_ml
+    return (soft - true).abs().mean()
+
+
 class SegModule(pl.LightningModule):
     """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4).
 
     ``teacher`` (a checkpoint) with ``kd_weight`` > 0: the loss adds ``kd_weight`` x ``distillation_loss`` against
     that network's logits on the same batch (e.g. a narrower network learning from the shipped one). The teacher
     is loaded when fitting starts and is not part of this module's weights or checkpoints. ``fp_weight`` > 0: the
-    loss adds ``fp_weight`` x ``false_lesion_ml`` (soft lesion mL on lesion-free samples).
+    loss adds ``fp_weight`` x ``false_lesion_ml`` (soft lesion mL on lesion-free samples); ``volume_weight`` > 0:
+    ``volume_weight`` x ``lesion_volume_error_ml`` (|soft - true lesion mL| on every sample).
     """
 
     def __init__(self, net: dict, lr: float = 2e-3, weight_decay: float = 1e-5, max_steps: int = 1000,
                  stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None,
                  dice_weight: float = 1.0, ce_weight: float = 1.0, teacher: str | None = None,
-                 kd_weight: float = 0.0, kd_temperature: float = 1.0, fp_weight: float = 0.0):
+                 kd_weight: float = 0.0, kd_temperature: float = 1.0, fp_weight: float = 0.0,
+                 volume_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_unet(**net, out_channels=NUM_CLASSES)
@@ -94,6 +106,10 @@ class SegModule(pl.LightningModule):
             fp = false_lesion_ml(logits, y, float(self.hparams.spacing_mm) ** 3 / 1000.0)
             self.log("train/false_lesion_ml", fp, on_step=True, on_epoch=True, batch_size=x.shape[0])
             loss = loss + self.hparams.fp_weight * fp
+        if self.hparams.get("volume_weight", 0.0) > 0:
+            ve = lesion_volume_error_ml(logits, y, float(self.hparams.spacing_mm) ** 3 / 1000.0)
+            self.log("train/lesion_volume_error_ml", ve, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            loss = loss + self.hparams.volume_weight * ve
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
