@@ -40,14 +40,23 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return (per_sample * w).sum() / w.sum().clamp_min(1.0)
 
 
+def soft_lesion_ml(logits: torch.Tensor, voxel_ml: float) -> torch.Tensor:
+    """Per sample: softmax of labels 2 + 3 summed over the voxels, in mL."""
+    return F.softmax(logits, 1)[:, 2:4].sum(1).flatten(1).sum(1) * voxel_ml
+
+
+def true_lesion_ml(target: torch.Tensor, voxel_ml: float) -> torch.Tensor:
+    """Per sample: voxels labelled 2 or 3, in mL."""
+    return (target == 2).logical_or(target == 3).flatten(1).sum(1).float() * voxel_ml
+
+
 def false_lesion_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml: float) -> torch.Tensor:
     """Batch mean of the soft lesion volume (mL: softmax of labels 2 + 3 summed over voxels) on the samples whose
     truth holds no lesion; samples with a lesion count 0. A healthy crop's false lesion barely moves Dice (its
     absent classes are saturated) or the voxel-mean cross-entropy (a 0.5 mL false band on a subchondral cyst was
     0.07-0.12% of the loss, 2026-12-07): this term prices it in mL, as the healthy-hip rules count it."""
-    lesion_free = ~(target == 2).logical_or(target == 3).flatten(1).any(1)
-    soft = F.softmax(logits, 1)[:, 2:4].sum(1).flatten(1).sum(1) * voxel_ml
-    return (soft * lesion_free.to(soft)).mean()
+    soft = soft_lesion_ml(logits, voxel_ml)
+    return (soft * (true_lesion_ml(target, voxel_ml) == 0).to(soft)).mean()
 
 
 def lesion_volume_error_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml: float) -> torch.Tensor:
@@ -55,9 +64,7 @@ def lesion_volume_error_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml:
     ``false_lesion_ml``'s; on a sample with a lesion it pulls the soft volume to the true one both ways, so pricing
     false lesions on healthy crops does not also teach the network to call less lesion where there is one
     (fine_fskd25, fp_weight 0.2 alone: rt40 median lesion Dice 0.877 against 0.925, 2026-12-07)."""
-    soft = F.softmax(logits, 1)[:, 2:4].sum(1).flatten(1).sum(1) * voxel_ml
-    true = (target == 2).logical_or(target == 3).flatten(1).sum(1).to(soft) * voxel_ml
-    return (soft - true).abs().mean()
+    return (soft_lesion_ml(logits, voxel_ml) - true_lesion_ml(target, voxel_ml)).abs().mean()
 
 
 class SegModule(pl.LightningModule):
