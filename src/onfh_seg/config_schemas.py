@@ -218,6 +218,8 @@ class ModelSettings:
     teacher: Union[Path_, None] = dataclasses.field()  # distillation (SegModule): a checkpoint to learn from
     kd_weight: float = dataclasses.field(metadata={"min": 0})  # > 0 with a teacher
     kd_temperature: float = dataclasses.field(metadata={"min": 0.01})
+    fp_weight: float = dataclasses.field(metadata={"min": 0})  # soft lesion mL on lesion-free samples
+    volume_weight: float = dataclasses.field(metadata={"min": 0})  # |soft - true lesion mL| on every sample
 
 
 @dataclass
