@@ -114,3 +114,39 @@ def test_rc_paired_script_compares_two_networks_on_the_same_pairs(tmp_path):
                             capture_output=True, text=True, check=True).stdout
     ratio = np.sqrt(np.mean(np.concatenate([d, 2.0 * d]) ** 2) / np.mean(d**2))
     assert f"pairs 80 (A 80, B 80): RC A {rc:.2f} mL, B {ratio * rc:.2f} mL, B/A {ratio:.2f}" in pooled
+
+
+def _write_longitudinal(path, lesion_changes, head_pct=(10.0, 11.0)):
+    """An onfh-track longitudinal.csv of baseline + same-day repeat per patient: one diseased right hip with the
+    given repeat lesion change, and a healthy left hip (no ``sir_change`` row: not counted)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "hip", "months", "metric", "value"])
+        for i, dl in enumerate(lesion_changes):
+            p = f"P{i:03d}"
+            for value, pct in ((0.0, head_pct[0]), (dl, head_pct[1])):
+                w.writerow([p, "right", "0.0", "lesion_change_ml", value])
+                w.writerow([p, "right", "0.0", "percent_head_involved", pct])
+            w.writerow([p, "right", "0.0", "sir_change", 0.05])
+            w.writerow([p, "right", "0.0", "regenerated_pct", -3.0])
+            w.writerow([p, "right", "0.0", "head_height_loss_mm", 0.5])
+            w.writerow([p, "left", "0.0", "lesion_change_ml", 0.0])
+            w.writerow([p, "left", "0.0", "lesion_change_ml", 9.0])  # healthy hip: left out
+
+
+def test_retest_rc_script_gives_1_96_rms_per_cohort_and_pooled(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _write_longitudinal(tmp_path / "a.csv", [1.0, -1.0, 1.0, -1.0])
+    _write_longitudinal(tmp_path / "b.csv", [2.0, -2.0, 2.0, -2.0])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "retest_rc.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a.csv"), str(tmp_path / "b.csv")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "hips 4  lesion_ml 1.960  percent_head_pts 1.960  sir 0.098  regenerated_pts 5.880  head_height_mm 0.980" in out[0]
+    assert "lesion_ml 3.920" in out[1]
+    pooled = 1.96 * np.sqrt((4 * 1.0 + 4 * 4.0) / 8)
+    assert out[2].startswith("pooled: hips 8") and f"lesion_ml {pooled:.3f}" in out[2]
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
