@@ -346,6 +346,7 @@ def test_second_look_excludes_the_refused_structures_and_keeps_an_accepted_resul
     (labels, hips, flags, _), meas = run_steps(seg)
     assert seg.excluded == [[], [[90.0, 0.0, 30.0]]]  # the first look it accepts with two hips is kept
     assert "not_hip_anatomy" not in flags and sorted(h["side"] for h in hips) == ["left", "right"]
+    assert "head_set_aside" not in flags  # both hips reported: what was refused was no head
     assert labels.any() and meas["anatomy"]["passed"] is True
     look = meas["head_search"]["second_look"]
     assert look["kept"] is True and look["excluded_ras_mm"] == [[90.0, 0.0, 30.0]] and look["looks"] == 1
@@ -452,6 +453,11 @@ def test_second_look_keeps_the_first_one_hip_look_when_no_look_finds_two() -> No
     (labels, hips, flags, _), meas = run_steps(seg)
     assert len(seg.excluded) == 4  # the first look, then all three exclusion sets
     assert [h["side"] for h in hips] == ["right"] and "not_hip_anatomy" not in flags
+    # one hip reported after a refusal: flagged, with the refused structure's place, but the hip stays trusted
+    assert flags == ["head_set_aside"] and hips[0]["trusted"] is True
+    assert meas["qc_reasons"]["head_set_aside"] == [
+        "the anatomy gate refused the structure(s) first found as heads at RAS (0, 20, -10) mm; 1 hip reported "
+        "without them"]
     look = meas["head_search"]["second_look"]
     assert look["kept"] is True and look["looks"] == 3 and look["excluded_ras_mm"] == [list(RealWithFalse.FALSE)]
     assert meas["anatomy"]["passed"] is True and len(meas["anatomy"]["heads"]) == 1

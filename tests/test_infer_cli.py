@@ -21,6 +21,7 @@ from conftest import cli_env, no_temporaries, read_csv, run_cli, synth_cohort
 from test_batch import FAKE_ENGINE, base_cfg, factory, truncated_copy
 
 from onfh_seg.run.batch import run_batch
+from onfh_seg.run.records import BatchSummary
 from onfh_seg.infer.inputs import expand_input, load_scan
 from onfh_seg.infer.scan_jobs import dicom_series_name
 from onfh_seg.measure import CSV_COLUMNS, HIP_KEYS, HIP_QC_KEYS
@@ -206,6 +207,17 @@ def test_outputs_names_grid_json_csv(cohort, fake_model, tmp_path: Path) -> None
                                                       ("plain", "right"), ("plain", "left")]
     cols, errors = read_csv(out / "errors.csv")
     assert cols == ["scan", "image", "error"] and errors == []
+
+
+def test_console_names_scans_with_a_head_set_aside() -> None:
+    """A scan measured with one hip after the anatomy gate refused a structure found as a head (flag
+    ``head_set_aside``) counts as done, and the console names it: a head may be missing there."""
+    summary = BatchSummary.of(Path("."), [{"name": "a", "status": "ok", "set_aside": True},
+                                          {"name": "b", "status": "ok", "no_hip": True},
+                                          {"name": "c", "status": "ok"}])
+    assert (summary.done, summary.set_aside, summary.no_hip) == (2, ["a"], ["b"])
+    assert summary.line() == ("done 2 (a head set aside by the anatomy gate in a), no hip found 1 (b), skipped 0, "
+                              "failed 0")
 
 
 def test_seg_keeps_unusual_header_geometry(fake_model, tmp_path: Path) -> None:

@@ -23,12 +23,15 @@ QC_FLAGS = (
     "sheared_geometry",
     "suspect_image_content",
     "fat_suppressed",
+    "head_set_aside",
 )
 # Flags after which a scan's numbers are not to be trusted (kept out of the DICOM SR, marked in CSV/JSON/HTML).
 # ``fat_suppressed``: the DICOM headers say fat suppression; the networks were not trained to measure lesions there
 # (model card: most healthy heads of a fat-suppressed development cohort got a false lesion)
 UNTRUSTED_FLAGS = ("not_hip_anatomy", "implausible_head_volume", "implausible_head_shape", "partial_head",
                    "low_confidence", "not_mr_like", "sheared_geometry", "suspect_image_content", "fat_suppressed")
+# ``head_set_aside`` (infer.scan_steps.second_look) is a warning, not a verdict on the hips measured: the anatomy gate
+# refused a structure found as a head and fewer than two hips are reported, so a head may be missing
 HIP_FLAGS = ("implausible_head_volume", "implausible_head_shape", "partial_head")  # flags that belong to one hip
 
 

@@ -39,7 +39,7 @@ from onfh_seg.config_schemas import DicomSettings, InferSettings
 from onfh_seg.errors import one_line
 from onfh_seg.infer.inputs import LoadedScan, load_scan
 from onfh_seg.infer.scan_jobs import ScanJob
-from onfh_seg.infer.scan_steps import NOT_HIP_ANATOMY, measure_scan, second_look, segment_scan
+from onfh_seg.infer.scan_steps import NOT_HIP_ANATOMY, SET_ASIDE, measure_scan, second_look, segment_scan
 from onfh_seg.io.files import atomic_write_bytes, atomic_write_text
 from onfh_seg.io.nifti import make_image
 from onfh_seg.labels import LABELS
@@ -342,5 +342,6 @@ def process_scan(job: ScanJob, out_dir: str | Path, segmenter: Any, settings: In
         "output_errors": output_errors(meas),
         # refused as not a hip (anatomy gate or DICOM headers): the console counts these apart
         "no_hip": any(f in (NO_FEMORAL_HEAD, NOT_HIP_ANATOMY) for f in meas.get("qc_flags") or []),
+        "set_aside": SET_ASIDE in (meas.get("qc_flags") or []),  # a refused structure left out: named apart too
         **info,
     }

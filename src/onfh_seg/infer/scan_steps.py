@@ -17,6 +17,7 @@ from onfh_seg.quality import mark_trust, with_scan_flags
 
 NOT_HIP_ANATOMY = "not_hip_anatomy"  # onfh_seg.io.dicom_select.NOT_HIP_ANATOMY (not imported: pydicom only for DICOM)
 IMPLAUSIBLE = "implausible_head_shape"
+SET_ASIDE = "head_set_aside"  # onfh_seg.quality.QC_FLAGS: a refused structure left out, fewer than two hips reported
 SAME_HEAD_MM = 30.0  # a found head centre and a gate head's component centroid this close are the same structure
 
 
@@ -78,8 +79,9 @@ def second_look(scan: LoadedScan, segmenter: Any, settings: InferSettings, limit
     - when it kept one of two heads and doubted the other (``doubted_heads``: e.g. a midline structure taken for
       the partner, which hides a real partner at the edge of the field of view), excluding the doubted one: the
       look is kept if it has more convincing hips.
-    Else the first result stands. Either way the record says so (``head_search.second_look``). Returns (labels,
-    hips, flags, confidence)."""
+    Else the first result stands. Either way the record says so (``head_search.second_look``). A look kept after a
+    refusal that reports fewer than two hips is flagged ``head_set_aside`` (the refused structure may have been a
+    head: the user looks). Returns (labels, hips, flags, confidence)."""
     refused = NOT_HIP_ANATOMY in first[2]
     doubted = [] if refused else doubted_heads(found, meas.get("anatomy"))
     if not (refused or doubted) or not found or not _accepts_exclude(segmenter):
@@ -105,7 +107,14 @@ def second_look(scan: LoadedScan, segmenter: Any, settings: InferSettings, limit
         meas["head_search"], meas["anatomy"] = {**first_search, "second_look": look}, first_anatomy
         return first
     meas["head_search"], meas["anatomy"] = {**best[2], "second_look": look}, best[3]
-    return best[1]
+    labels, hips, flags, confidence = best[1]
+    if refused and len(hips) < 2:
+        flags = with_scan_flags(flags, [SET_ASIDE])
+        meas.setdefault("qc_reasons", {})[SET_ASIDE] = [
+            "the anatomy gate refused the structure(s) first found as heads at RAS "
+            + ", ".join(f"({', '.join(f'{v:.0f}' for v in c)})" for c in look["excluded_ras_mm"])
+            + f" mm; {len(hips)} hip reported without them"]
+    return labels, hips, flags, confidence
 
 
 def measure_scan(scan: LoadedScan, labels: np.ndarray, confidence: float, settings: InferSettings, limits: Any,

@@ -40,6 +40,7 @@ class BatchSummary:
     results: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
     no_hip: list[str] = field(default_factory=list)  # scans refused: no femoral head found, or not hip anatomy
+    set_aside: list[str] = field(default_factory=list)  # measured scans flagged head_set_aside (a head may be missing)
 
     @classmethod
     def of(cls, out_dir: Path, results: list[dict]) -> BatchSummary:
@@ -48,7 +49,8 @@ class BatchSummary:
         return cls(done=sum(r["status"] == "ok" and not r.get("no_hip") for r in results),
                    skipped=sum(r["status"] == "skipped" for r in results),
                    failed=sum(r["status"] == "error" and not r.get("no_hip") for r in results),
-                   results=results, out_dir=out_dir, no_hip=no_hip)
+                   results=results, out_dir=out_dir, no_hip=no_hip,
+                   set_aside=[r["name"] for r in results if r.get("set_aside") and r["status"] == "ok"])
 
     @property
     def exit_code(self) -> int:
@@ -65,9 +67,10 @@ class BatchSummary:
 
     def line(self) -> str:
         text = f"done {self.done}, "
+        if self.set_aside:  # measured, but the gate refused a structure found as a head: named, a head may be missing
+            text = f"done {self.done} (a head set aside by the anatomy gate in {_names(self.set_aside)}), "
         if self.no_hip:  # counted apart and named: a refusal is an answer, not a measurement
-            names = ", ".join(self.no_hip[:5]) + (f", +{len(self.no_hip) - 5} more" if len(self.no_hip) > 5 else "")
-            text += f"no hip found {len(self.no_hip)} ({names}), "
+            text += f"no hip found {len(self.no_hip)} ({_names(self.no_hip)}), "
         text += f"skipped {self.skipped}, failed {self.failed}"
         reruns = self.reruns
         if reruns:
@@ -75,6 +78,11 @@ class BatchSummary:
             why = next(iter(reruns)) if len(reruns) == 1 else ", ".join(f"{c} {r}" for r, c in reruns.items())
             text += f"; re-run {n}: {why}"
         return text
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    """Up to ``most`` scan names, then how many more."""
+    return ", ".join(names[:most]) + (f", +{len(names) - most} more" if len(names) > most else "")
 
 
 def _number(text: Any) -> Any:
