@@ -201,6 +201,51 @@ def test_lesion_volume_term_pulls_the_soft_volume_to_the_true_one_both_ways():
     assert float(ve) > 0 and torch.allclose(loss, plain + 0.3 * ve, atol=1e-5)
 
 
+def test_retest_view_turns_and_shifts_a_crop_but_keeps_its_volume():
+    """retest_view: no turn, shift or noise gives the crop back; a turn of up to 3 degrees and a shift of up to 2
+    voxels moves a ball (its voxels change) but keeps its volume within 3%; the noise has the asked SD."""
+    from onfh_seg.model.module import retest_view
+    z, y, x = torch.meshgrid(*(torch.arange(32.0),) * 3, indexing="ij")
+    ball = (((z - 15.5) ** 2 + (y - 14.0) ** 2 + (x - 17.0) ** 2) < 64).float()[None, None].repeat(2, 1, 1, 1, 1)
+    assert torch.allclose(retest_view(ball, 0.0, 0.0, 0.0), ball, atol=1e-5)
+    torch.manual_seed(3)
+    moved = retest_view(ball, 3.0, 2.0, 0.0)
+    assert float((moved - ball).abs().sum()) > 50  # it moved
+    assert torch.allclose(moved.sum((1, 2, 3, 4)), ball.sum((1, 2, 3, 4)), rtol=0.03)
+    noisy = retest_view(torch.zeros(2, 1, 32, 32, 32), 0.0, 0.0, 0.05)
+    assert abs(float(noisy.std()) - 0.05) < 0.002
+
+
+def test_lesion_consistency_term_prices_a_volume_change_on_the_repeat_view():
+    """lesion_consistency_ml: 0 for the same call twice, the mL difference otherwise; consistency_weight adds it
+    to the training loss, from a second pass on the crop's retest_view."""
+    import warnings
+
+    from onfh_seg.model.module import SegModule, lesion_consistency_ml, retest_view
+    logits = torch.full((2, 5, 4, 4, 4), -20.0)
+    logits[:, 1] = 20.0
+    other = logits.clone()
+    other[:, 1, 0, 0, :3] = -20.0
+    other[:, 3, 0, 0, :3] = 20.0  # three voxels of band more
+    assert float(lesion_consistency_ml(logits, logits, 0.5)) < 1e-6
+    assert torch.allclose(lesion_consistency_ml(logits, other, 0.5), torch.tensor(1.5), atol=1e-5)
+    net = {"channels": [4, 8, 16], "strides": [2, 2], "act": "leakyrelu", "up_kernel_size": 2}
+    torch.manual_seed(0)
+    m = SegModule(net=net, patch_vox=[16, 16, 16], spacing_mm=1.1, consistency_weight=0.5)
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.ones(2, 1, 16, 16, 16, dtype=torch.long)
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = m.training_step((x, y), 0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        logits = m(x)
+        repeat = m(retest_view(x, 3.0, 2.0, 0.05))  # the same draw as inside training_step
+        plain = m.loss(logits, y)
+        cons = lesion_consistency_ml(logits, repeat, 1.1**3 / 1000)
+    assert float(cons) > 0 and torch.allclose(loss, plain + 0.5 * cons, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", [{"init_from": "no/such.ckpt", "model": {}},
                                  {"init_from": None, "model": {"teacher": "no/such.ckpt", "kd_weight": 1.0}}])
 def test_training_refuses_a_missing_start_or_teacher_checkpoint_before_any_work(cfg):

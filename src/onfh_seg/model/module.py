@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,31 @@ def lesion_volume_error_ml(logits: torch.Tensor, target: torch.Tensor, voxel_ml:
     return (soft_lesion_ml(logits, voxel_ml) - true_lesion_ml(target, voxel_ml)).abs().mean()
 
 
+def retest_view(x: torch.Tensor, max_deg: float, max_shift_vox: float, noise_sd: float) -> torch.Tensor:
+    """The batch as a same-day repeat scan might show it: each sample turned by up to ``max_deg`` degrees about a
+    random axis and shifted by up to ``max_shift_vox`` voxels per axis (trilinear, border values), with fresh
+    Gaussian noise of ``noise_sd`` (the crops' normalised units) added. Drawn from torch's seeded generator."""
+    b, dev = x.shape[0], x.device
+    axis = F.normalize(torch.randn(b, 3, device=dev), dim=1)
+    angle = (torch.rand(b, device=dev) * 2 - 1) * math.radians(max_deg)
+    k = torch.zeros(b, 3, 3, device=dev)  # the cross-product matrix of each axis (Rodrigues' formula)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    rot = torch.eye(3, device=dev).expand(b, 3, 3) + s * k + (1 - c) * (k @ k)
+    size = torch.tensor(x.shape[:1:-1], dtype=x.dtype, device=dev)  # (W, H, D): affine_grid's x, y, z order
+    shift = (torch.rand(b, 3, device=dev) * 2 - 1) * max_shift_vox * 2.0 / size
+    grid = F.affine_grid(torch.cat([rot.to(x.dtype), shift[:, :, None]], 2), list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return moved + noise_sd * torch.randn_like(moved)
+
+
+def lesion_consistency_ml(logits: torch.Tensor, logits_repeat: torch.Tensor, voxel_ml: float) -> torch.Tensor:
+    """Batch mean of |soft lesion volume on the crop - on its ``retest_view``| (mL): a lesion measured the same on
+    a same-day repeat, which the retest rules count (the pooled repeatability coefficient of lesion volume)."""
+    return (soft_lesion_ml(logits, voxel_ml) - soft_lesion_ml(logits_repeat, voxel_ml)).abs().mean()
+
+
 class SegModule(pl.LightningModule):
     """3D segmentation of femoral head (1), necrotic zone (2), interface band (3), acetabulum (4).
 
@@ -74,14 +101,17 @@ class SegModule(pl.LightningModule):
     that network's logits on the same batch (e.g. a narrower network learning from the shipped one). The teacher
     is loaded when fitting starts and is not part of this module's weights or checkpoints. ``fp_weight`` > 0: the
     loss adds ``fp_weight`` x ``false_lesion_ml`` (soft lesion mL on lesion-free samples); ``volume_weight`` > 0:
-    ``volume_weight`` x ``lesion_volume_error_ml`` (|soft - true lesion mL| on every sample).
+    ``volume_weight`` x ``lesion_volume_error_ml`` (|soft - true lesion mL| on every sample); ``consistency_weight``
+    > 0: ``consistency_weight`` x ``lesion_consistency_ml`` against a second pass on each crop's ``retest_view``
+    (turned up to ``consistency_deg``, shifted up to ``consistency_shift_vox``, noise ``consistency_noise``).
     """
 
     def __init__(self, net: dict, lr: float = 2e-3, weight_decay: float = 1e-5, max_steps: int = 1000,
                  stage: str = "fine", spacing_mm: float = 1.1, patch_vox: list[int] | None = None,
                  dice_weight: float = 1.0, ce_weight: float = 1.0, teacher: str | None = None,
                  kd_weight: float = 0.0, kd_temperature: float = 1.0, fp_weight: float = 0.0,
-                 volume_weight: float = 0.0):
+                 volume_weight: float = 0.0, consistency_weight: float = 0.0, consistency_deg: float = 3.0,
+                 consistency_shift_vox: float = 2.0, consistency_noise: float = 0.05):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_unet(**net, out_channels=NUM_CLASSES)
@@ -117,6 +147,12 @@ class SegModule(pl.LightningModule):
             ve = lesion_volume_error_ml(logits, y, float(self.hparams.spacing_mm) ** 3 / 1000.0)
             self.log("train/lesion_volume_error_ml", ve, on_step=True, on_epoch=True, batch_size=x.shape[0])
             loss = loss + self.hparams.volume_weight * ve
+        if self.hparams.get("consistency_weight", 0.0) > 0:
+            h = self.hparams
+            repeat = self(retest_view(x, h.consistency_deg, h.consistency_shift_vox, h.consistency_noise))
+            cons = lesion_consistency_ml(logits, repeat, float(h.spacing_mm) ** 3 / 1000.0)
+            self.log("train/lesion_consistency_ml", cons, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            loss = loss + h.consistency_weight * cons
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
