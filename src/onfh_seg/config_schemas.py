@@ -220,6 +220,10 @@ class ModelSettings:
     kd_temperature: float = dataclasses.field(metadata={"min": 0.01})
     fp_weight: float = dataclasses.field(metadata={"min": 0})  # soft lesion mL on lesion-free samples
     volume_weight: float = dataclasses.field(metadata={"min": 0})  # |soft - true lesion mL| on every sample
+    consistency_weight: float = dataclasses.field(metadata={"min": 0})  # |soft lesion mL - on a retest_view|
+    consistency_deg: float = dataclasses.field(metadata={"min": 0})  # retest_view: turned up to this, in degrees,
+    consistency_shift_vox: float = dataclasses.field(metadata={"min": 0})  # shifted up to this, in voxels,
+    consistency_noise: float = dataclasses.field(metadata={"min": 0})  # noise SD added (normalised intensity)
 
 
 @dataclass
