@@ -185,15 +185,15 @@ def robust_sphere(points: np.ndarray, keep: float = 0.8) -> tuple[np.ndarray, fl
     return centre, radius, float(np.sqrt(np.mean(resid**2)))
 
 
-def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...], depth: int = 1) -> np.ndarray:
-    """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) within ``depth`` voxels of its faces."""
+def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) on a face of the volume."""
     out = np.zeros(mask.shape, bool)
     for ax in range(3):
-        n, lo = mask.shape[ax], int(offset[ax])
-        near = (slice(0, max(0, min(n, depth - lo))), slice(max(0, min(n, shape[ax] - depth - lo)), n))
-        for sl in near:
-            idx = (slice(None),) * ax + (sl,)
-            out[idx] |= mask[idx]
+        lo, hi = int(offset[ax]), int(offset[ax]) + mask.shape[ax] - 1
+        if lo == 0:
+            out[(slice(None),) * ax + (0,)] |= mask[(slice(None),) * ax + (0,)]
+        if hi == shape[ax] - 1:
+            out[(slice(None),) * ax + (-1,)] |= mask[(slice(None),) * ax + (-1,)]
     return out
 
 
@@ -220,9 +220,6 @@ CAP_ROWS = 4096  # offsets per block of dot products in ``cap_coverage`` (13 MB)
 CAP_MARGIN_DEG = 15.0
 SOCKET_DEPTH_MM = 5.0  # where the socket of a cap direction is looked for: this far beyond the fitted sphere
 MIN_CAP_IN_VIEW = 0.5  # share of cap directions in view below which the socket is not judged
-# a cut head's boundary this near a face of the view may be the cut too (partial volume, a slab profile fading at the
-# face): a cut head is fitted with and without it and judged on the better fit (until 2026-12-07: with it)
-CUT_FACE_VOX = 2
 
 
 def cap_in_view(centre: np.ndarray, radius: float, affine: np.ndarray, shape: tuple[int, ...],
@@ -261,15 +258,6 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float, seen: np.ndarray | None = 
 # ---------------------------------------------------------------- per head and scan
 
 
-def head_sphere(mask: np.ndarray, box_affine: np.ndarray, offset: np.ndarray, shape: tuple[int, ...],
-                fallback: np.ndarray, cut_vox: int) -> tuple[np.ndarray, float, float]:
-    """``robust_sphere`` of a head component's boundary (``mask``, a box at ``offset`` of a volume of ``shape``)
-    without the voxels within ``cut_vox`` of the volume's faces; (``fallback``, 0, inf) under 10 points."""
-    boundary = mask & ~ndimage.binary_erosion(mask) & ~edge_voxels(mask, offset, shape, cut_vox)
-    pts = voxel_to_ras(box_affine, np.argwhere(boundary))
-    return robust_sphere(pts) if len(pts) >= 10 else (np.asarray(fallback, np.float64), 0.0, np.inf)
-
-
 def check_head(
     labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Head, limits: AnatomyLimits,
     component_box: tuple[slice, ...] | None = None,
@@ -292,12 +280,11 @@ def check_head(
 
     # a head cut by the edge of the field of view: the cut face is not head surface, and the visible
     # part of a sphere is flatter than a ball, with its socket possibly out of view
-    partial = bool(edge_voxels(mask, offset, labels.shape).any())
-    centre, radius, rms = head_sphere(mask, box_affine, offset, labels.shape, head.centre_ras, 1)
-    if partial:  # the cut may take the slice next to the face too: the better of the two fits
-        fit = head_sphere(mask, box_affine, offset, labels.shape, head.centre_ras, CUT_FACE_VOX)
-        if fit[1] > 0 and (radius <= 0 or fit[2] / fit[1] < rms / radius):
-            centre, radius, rms = fit
+    on_edge = edge_voxels(mask, offset, labels.shape)
+    partial = bool(on_edge.any())
+    boundary = mask & ~ndimage.binary_erosion(mask) & ~on_edge
+    pts = voxel_to_ras(box_affine, np.argwhere(boundary))
+    centre, radius, rms = robust_sphere(pts) if len(pts) >= 10 else (head.centre_ras, 0.0, np.inf)
     ratio = axis_ratio(voxel_to_ras(box_affine, np.argwhere(mask)))
 
     acet_idx = np.argwhere(lab == ACETABULUM)
