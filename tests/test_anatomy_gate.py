@@ -18,9 +18,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from onfh_seg.config import infer_settings
+from onfh_seg.geometry import share_in_ball
 from onfh_seg.infer.anatomy import (
-    CAP_DIRECTIONS, SOCKET_DEPTH_MM, AnatomyLimits, cap_coverage, cap_in_view, check_anatomy, cut_cap_only,
-    limits_from_config,
+    CAP_DIRECTIONS, CUT_FACE_VOX, SOCKET_DEPTH_MM, AnatomyLimits, cap_coverage, cap_in_view, check_anatomy,
+    cut_cap_only, head_sphere, limits_from_config,
 )
 from onfh_seg.io.dicom_series import DicomError, SeriesInfo
 from onfh_seg.io.dicom_select import select_t1_series
@@ -673,6 +674,79 @@ def test_whole_head_in_a_thin_slab_is_judged_on_the_socket_in_view() -> None:
     assert cap_coverage(off, 45.0) < 0.6 <= cap_coverage(off, 45.0, seen)  # over all directions it would fail
     bare = check_anatomy(tilted_slab_hip(24.0, 23, socket=False)[0], affine)
     assert bare.flag == "not_hip_anatomy" and any("superior cap" in r for r in bare.reasons)
+
+
+def slab_cut(kind: str, faded_radius_mm: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
+    """A head (ball r 22 mm, a flat disc, or a curved plate: the 19-22 mm shell of that ball) in a slab of six
+    6-mm slices whose top face passes 4 mm above its centre; in the outermost slice only the part within
+    ``faded_radius_mm`` of the axis is labelled (a slab profile fading at the face), so the slice next to it shows
+    a planar ring."""
+    shape = (80, 80, 6)
+    affine = np.diag([2.0, 2.0, 6.0, 1.0])
+    affine[:3, 3] = [-80.0, -80.0, 4.0 - 6.0 * 5]
+    world = (np.indices(shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3]).reshape(*shape, 3)
+    d = np.linalg.norm(world, axis=-1)
+    labels = np.zeros(shape, np.uint8)
+    labels[(d > 25.0) & (d < 35.0)] = ACETABULUM
+    if kind == "disc":
+        labels[(np.linalg.norm(world[..., :2], axis=-1) < 30.0) & (world[..., 2] > -12.0)] = HEAD
+    elif kind == "plate":
+        labels[(d > 19.0) & (d < 22.0)] = HEAD
+    else:
+        labels[d < 22.0] = HEAD
+    top = labels[..., -1]
+    top[(np.linalg.norm(world[..., -1, :2], axis=-1) > faded_radius_mm) & (top == HEAD)] = 0
+    return labels, affine
+
+
+def test_a_cut_head_is_judged_on_the_better_fit_with_or_without_the_slice_next_to_the_cut() -> None:
+    """Issue 22 (slab_edge2 P005_m03's left head, 2026-12-07): where the outermost slice of a thin slab holds only
+    part of the cut, the slice next to it shows a planar ring that was fitted as head surface (here radius 17.5 mm,
+    RMS 0.114 x radius: refused). A cut head is now fitted also without its boundary within two voxels of the faces
+    and judged on the better fit: this head fits 21.7 mm (truth 22) and passes. A flat disc cut the same way is still
+    refused; a head that does not touch a face is fitted as before."""
+    for fade in (6.0, 99.0):
+        labels, affine = slab_cut("ball", faded_radius_mm=fade)
+        result = check_anatomy(labels, affine)
+        [head] = result.heads
+        assert result.passed and head.partial and 20.5 < head.radius_fit_mm < 22.5 and head.sphere_fill > 0.6
+        mask = np.isin(labels, (1, 2, 3))
+        fits = [head_sphere(mask, affine, np.zeros(3), labels.shape, np.zeros(3), k) for k in (1, CUT_FACE_VOX)]
+        assert head.rel_rms == pytest.approx(min(rms / r for _, r, rms in fits))
+    labels, affine = slab_cut("ball", faded_radius_mm=6.0)
+    (_, r1, rms1), (_, r2, rms2) = (head_sphere(np.isin(labels, (1, 2, 3)), affine, np.zeros(3), labels.shape,
+                                                np.zeros(3), k) for k in (1, CUT_FACE_VOX))
+    assert rms1 / r1 > 0.11 > 0.06 > rms2 / r2 and r1 < 18.0  # with the ring: refused before
+    for fade in (99.0, 6.0):
+        assert check_anatomy(*slab_cut("disc", faded_radius_mm=fade)).flag == "not_hip_anatomy"
+    whole = check_anatomy(labels_with({"centre": (0, 0, 0), "radius": 22.0}), AFFINE)
+    assert whole.passed and not whole.heads[0].partial and 21.0 < whole.heads[0].radius_fit_mm < 23.0
+    assert whole.heads[0].sphere_fill == 1.0  # not measured for a whole head
+
+
+def test_a_cut_head_must_fill_its_sphere() -> None:
+    """Issue 22 (the real neck T2 scan, 2026-12-07): a thin curved structure cut by the field of view can fit a
+    sphere well by its surface alone (here a 3-mm shell of a 22-mm ball: radius and sphericity pass; the gate before
+    2026-12-07 passed it as a hip). A cut head
+    must hold at least ``min_cut_fill`` of its fitted sphere's voxels in the grid; the shell holds a fraction."""
+    labels, affine = slab_cut("plate")
+    result = check_anatomy(labels, affine)
+    [head] = result.heads
+    assert head.partial and 16.0 <= head.radius_fit_mm <= 31.0 and head.rel_rms < 0.11
+    assert head.sphere_fill < 0.5 and result.flag == "not_hip_anatomy"
+    assert any("fills" in f for f in head.failures) and len(head.failures) == 1
+
+
+def test_share_in_ball_counts_the_grid_part_only() -> None:
+    """The share is over the ball's voxels in the grid: a ball half out of the grid, full where it is in view."""
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    labels = np.zeros((40, 40, 20), np.uint8)
+    idx = np.indices(labels.shape).transpose(1, 2, 3, 0)
+    labels[np.linalg.norm(idx - [20, 20, 19], axis=-1) <= 10] = 1
+    assert share_in_ball(labels, affine, np.array([20.0, 20.0, 19.0]), 10.0, 1) == pytest.approx(1.0)
+    assert share_in_ball(labels, affine, np.array([20.0, 20.0, 19.0]), 10.0, 2) == 0.0
+    assert 0.1 < share_in_ball(labels, affine, np.array([20.0, 20.0, 19.0]), 20.0, 1) < 0.2
+    assert share_in_ball(labels, affine, np.array([500.0, 0.0, 0.0]), 10.0, 1) == 0.0
 
 
 def test_cap_in_view_follows_the_grid() -> None:

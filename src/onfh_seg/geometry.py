@@ -166,6 +166,61 @@ def ball_mask(shape: tuple[int, ...], affine: np.ndarray, centre_ras: np.ndarray
     return mask
 
 
+
+def share_in_ball(labels: np.ndarray, affine: np.ndarray, centre_ras: np.ndarray, radius_mm: float, value: int) -> float:
+    """Share of the grid's voxels within ``radius_mm`` of a world point (those in the grid only) where ``labels``
+    equals ``value``; 0 where the ball misses the grid."""
+    lo, hi = voxel_box(labels.shape, affine, centre_ras, radius_mm)
+    if np.any(hi <= lo):
+        return 0.0
+    box_affine = np.array(affine, np.float64, copy=True)
+    box_affine[:3, 3] = voxel_to_ras(affine, lo)
+    ball = ball_mask(tuple(int(v) for v in hi - lo), box_affine, np.asarray(centre_ras, np.float64), radius_mm)
+    n = int(ball.sum())
+    return float(np.count_nonzero(labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball] == value) / n) if n else 0.0
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through ``points`` (n, 3): centre and radius (algebraic fit)."""
+    p = np.asarray(points, np.float64)
+    a = np.column_stack([2.0 * p, np.ones(len(p))])
+    b = np.sum(p * p, axis=1)
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    centre = sol[:3]
+    radius = float(np.sqrt(max(sol[3] + centre @ centre, 0.0)))
+    return centre, radius
+
+
+def robust_sphere(points: np.ndarray, keep: float = 0.8) -> tuple[np.ndarray, float, float]:
+    """Sphere fit, refitted on the ``keep`` share of points nearest to it.
+
+    Returns centre, radius and the RMS distance of the kept points from the
+    refitted sphere.
+    """
+    centre, radius = fit_sphere(points)
+    dist = np.abs(np.linalg.norm(points - centre, axis=1) - radius)
+    n_keep = max(4, int(round(keep * len(points))))
+    inner = points[np.argsort(dist)[:n_keep]]
+    centre, radius = fit_sphere(inner)
+    resid = np.linalg.norm(inner - centre, axis=1) - radius
+    return centre, radius, float(np.sqrt(np.mean(resid**2)))
+
+
+def axis_ratio(points: np.ndarray) -> float:
+    """sqrt(smallest / largest eigenvalue) of the covariance of ``points``: 1 for a ball, ~0 for a disc."""
+    if len(points) < 4:
+        return 0.0
+    ev = np.linalg.eigvalsh(np.cov(np.asarray(points, np.float64).T))
+    return float(np.sqrt(max(ev[0], 0.0) / ev[-1])) if ev[-1] > 0 else 0.0
+
+
+def fibonacci_directions(n: int) -> np.ndarray:
+    """``n`` near-uniform unit vectors on the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (1.0 + 5**0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
+
 # ---------------------------------------------------------------- RAS-aligned grids
 
 

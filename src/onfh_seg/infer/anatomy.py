@@ -41,7 +41,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from onfh_seg.geometry import ras_to_voxel, voxel_box, voxel_to_ras, voxel_volume_ml
+from onfh_seg.geometry import (
+    axis_ratio, fibonacci_directions, ras_to_voxel, robust_sphere, share_in_ball, voxel_box, voxel_to_ras,
+    voxel_volume_ml,
+)
 from onfh_seg.hips import Head, find_heads, select_heads
 from onfh_seg.labels import ACETABULUM, HEAD, HEAD_LABELS, LESION_LABELS
 
@@ -56,6 +59,10 @@ class AnatomyLimits:
     # 6.4-8.3 mL: 0.68-0.74 of their radius, scripts/cap_fit_bias.py); the head search takes such a head only as
     # a last resort (engine._judge). Structures refused for their radius alone on development data: 12.2-12.5 mm
     partial_min_radius_mm: float = 14.0
+    # a cut head must fill its fitted sphere where the grid holds it (|head in ball| / |ball in grid|): a flat
+    # structure can fit a sphere well with its surface alone (a real neck T2: 0.11; cut heads passing on seven
+    # development cohorts, two networks: 0.73 or more)
+    min_cut_fill: float = 0.5
     max_rel_rms: float = 0.11  # RMS surface-to-sphere distance / radius (inner 80 % of points)
     min_axis_ratio: float = 0.58  # sqrt(smallest / largest covariance eigenvalue) of the head voxels
     shell_mm: tuple[float, float] = (-4.0, 20.0)  # acetabulum searched from r + lo to r + hi around the sphere
@@ -106,6 +113,7 @@ class HeadCheck:
     lesion_fraction: float
     partial: bool = False  # the head touches the edge of the field of view (cut off)
     cap_in_view: float = 1.0  # share of the superior cap's directions whose socket lies in the field of view
+    sphere_fill: float = 1.0  # a cut head: share of its fitted sphere's voxels in the grid that it holds
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -159,59 +167,16 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- geometry pieces
 
 
-def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares sphere through ``points`` (n, 3): centre and radius (algebraic fit)."""
-    p = np.asarray(points, np.float64)
-    a = np.column_stack([2.0 * p, np.ones(len(p))])
-    b = np.sum(p * p, axis=1)
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    centre = sol[:3]
-    radius = float(np.sqrt(max(sol[3] + centre @ centre, 0.0)))
-    return centre, radius
-
-
-def robust_sphere(points: np.ndarray, keep: float = 0.8) -> tuple[np.ndarray, float, float]:
-    """Sphere fit, refitted on the ``keep`` share of points nearest to it.
-
-    Returns centre, radius and the RMS distance of the kept points from the
-    refitted sphere.
-    """
-    centre, radius = fit_sphere(points)
-    dist = np.abs(np.linalg.norm(points - centre, axis=1) - radius)
-    n_keep = max(4, int(round(keep * len(points))))
-    inner = points[np.argsort(dist)[:n_keep]]
-    centre, radius = fit_sphere(inner)
-    resid = np.linalg.norm(inner - centre, axis=1) - radius
-    return centre, radius, float(np.sqrt(np.mean(resid**2)))
-
-
-def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) on a face of the volume."""
+def edge_voxels(mask: np.ndarray, offset: np.ndarray, shape: tuple[int, ...], depth: int = 1) -> np.ndarray:
+    """Voxels of ``mask`` (a box at index ``offset`` of a volume of ``shape``) within ``depth`` voxels of its faces."""
     out = np.zeros(mask.shape, bool)
     for ax in range(3):
-        lo, hi = int(offset[ax]), int(offset[ax]) + mask.shape[ax] - 1
-        if lo == 0:
-            out[(slice(None),) * ax + (0,)] |= mask[(slice(None),) * ax + (0,)]
-        if hi == shape[ax] - 1:
-            out[(slice(None),) * ax + (-1,)] |= mask[(slice(None),) * ax + (-1,)]
+        n, lo = mask.shape[ax], int(offset[ax])
+        near = (slice(0, max(0, min(n, depth - lo))), slice(max(0, min(n, shape[ax] - depth - lo)), n))
+        for sl in near:
+            idx = (slice(None),) * ax + (sl,)
+            out[idx] |= mask[idx]
     return out
-
-
-def axis_ratio(points: np.ndarray) -> float:
-    """sqrt(smallest / largest eigenvalue) of the covariance of ``points``: 1 for a ball, ~0 for a disc."""
-    if len(points) < 4:
-        return 0.0
-    ev = np.linalg.eigvalsh(np.cov(np.asarray(points, np.float64).T))
-    return float(np.sqrt(max(ev[0], 0.0) / ev[-1])) if ev[-1] > 0 else 0.0
-
-
-def fibonacci_directions(n: int) -> np.ndarray:
-    """``n`` near-uniform unit vectors on the sphere (Fibonacci lattice)."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    phi = np.pi * (1.0 + 5**0.5) * i
-    r = np.sqrt(1.0 - z * z)
-    return np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
 
 
 CAP_DIRECTIONS = fibonacci_directions(400)
@@ -220,6 +185,9 @@ CAP_ROWS = 4096  # offsets per block of dot products in ``cap_coverage`` (13 MB)
 CAP_MARGIN_DEG = 15.0
 SOCKET_DEPTH_MM = 5.0  # where the socket of a cap direction is looked for: this far beyond the fitted sphere
 MIN_CAP_IN_VIEW = 0.5  # share of cap directions in view below which the socket is not judged
+# a cut head's boundary this near a face of the view may be the cut too (partial volume, a slab profile fading at the
+# face): a cut head is fitted with and without it and judged on the better fit (until 2026-12-07: with it)
+CUT_FACE_VOX = 2
 
 
 def cap_in_view(centre: np.ndarray, radius: float, affine: np.ndarray, shape: tuple[int, ...],
@@ -258,6 +226,15 @@ def cap_coverage(offsets: np.ndarray, cap_deg: float, seen: np.ndarray | None = 
 # ---------------------------------------------------------------- per head and scan
 
 
+def head_sphere(mask: np.ndarray, box_affine: np.ndarray, offset: np.ndarray, shape: tuple[int, ...],
+                fallback: np.ndarray, cut_vox: int) -> tuple[np.ndarray, float, float]:
+    """``robust_sphere`` of a head component's boundary (``mask``, a box at ``offset`` of a volume of ``shape``)
+    without the voxels within ``cut_vox`` of the volume's faces; (``fallback``, 0, inf) under 10 points."""
+    boundary = mask & ~ndimage.binary_erosion(mask) & ~edge_voxels(mask, offset, shape, cut_vox)
+    pts = voxel_to_ras(box_affine, np.argwhere(boundary))
+    return robust_sphere(pts) if len(pts) >= 10 else (np.asarray(fallback, np.float64), 0.0, np.inf)
+
+
 def check_head(
     labels: np.ndarray, affine: np.ndarray, cc: np.ndarray, head: Head, limits: AnatomyLimits,
     component_box: tuple[slice, ...] | None = None,
@@ -280,11 +257,12 @@ def check_head(
 
     # a head cut by the edge of the field of view: the cut face is not head surface, and the visible
     # part of a sphere is flatter than a ball, with its socket possibly out of view
-    on_edge = edge_voxels(mask, offset, labels.shape)
-    partial = bool(on_edge.any())
-    boundary = mask & ~ndimage.binary_erosion(mask) & ~on_edge
-    pts = voxel_to_ras(box_affine, np.argwhere(boundary))
-    centre, radius, rms = robust_sphere(pts) if len(pts) >= 10 else (head.centre_ras, 0.0, np.inf)
+    partial = bool(edge_voxels(mask, offset, labels.shape).any())
+    centre, radius, rms = head_sphere(mask, box_affine, offset, labels.shape, head.centre_ras, 1)
+    if partial:  # the cut may take the slice next to the face too: the better of the two fits
+        fit = head_sphere(mask, box_affine, offset, labels.shape, head.centre_ras, CUT_FACE_VOX)
+        if fit[1] > 0 and (radius <= 0 or fit[2] / fit[1] < rms / radius):
+            centre, radius, rms = fit
     ratio = axis_ratio(voxel_to_ras(box_affine, np.argwhere(mask)))
 
     acet_idx = np.argwhere(lab == ACETABULUM)
@@ -313,6 +291,11 @@ def check_head(
         check.failures.append(f"head sphere radius {radius:.1f} mm outside {lo:g}-{hi:g} mm")
     if not check.rel_rms <= limits.max_rel_rms:
         check.failures.append(f"head surface not spherical (RMS {check.rel_rms:.2f} x radius > {limits.max_rel_rms:g})")
+    if partial and lo <= radius <= hi:
+        check.sphere_fill = share_in_ball(cc, affine, centre, radius, head.component)
+        if check.sphere_fill < limits.min_cut_fill:
+            check.failures.append(f"cut head fills {100 * check.sphere_fill:.0f}% of its sphere in view "
+                                  f"(< {100 * limits.min_cut_fill:.0f}%)")
     # a head cut by the field of view: only its radius, the sphericity of its visible surface and its lesion
     # can be checked; a whole head whose socket is mostly out of view (a thin slab): not its socket
     if not partial and ratio < limits.min_axis_ratio:
