@@ -14,6 +14,7 @@ from onfh_seg.infer.search import (
     in_field_of_view,
     lateral_faces,
     far_from,
+    head_centre,
     lattice_candidates,
     pair_plausible,
     partner_candidates,
@@ -559,3 +560,48 @@ def test_shipped_locator_finds_thin_slab_heads_without_the_search(tmp_path, vari
     true = {h["side"]: np.asarray(h["head_centre_ras_mm"]) for h in truth["hips"]}
     res = segment_both_heads(Segmenter(MODELS, provider="cpu", threads=2), tmp_path / rows[0]["image"], true)
     assert res.search == {"candidates_judged": 0, "heads_added": 0}
+
+
+@needs_model
+@pytest.mark.parametrize("start_x, radius, confirmed, passes", [(22.0, 12.0, True, 3), (14.0, 8.0, False, 2)])
+def test_a_near_miss_of_the_search_is_cut_again_around_its_head(monkeypatch, start_x, radius, confirmed,
+                                                                passes) -> None:
+    """A search candidate whose re-centred crop holds at least half of the head the search needs, not all of it
+    (the crop still moving towards a head at its edge), is cut again around its head in view once more and
+    confirmed there; one holding less than half is not (``engine.NEAR_MISS``; the fine network is a stand-in that
+    labels a ball as head)."""
+    from onfh_seg.infer import engine
+    from onfh_seg.infer.engine import Segmenter
+
+    seg = Segmenter(MODELS, provider="cpu", threads=1)
+    spacing = float(seg.meta["fine"]["spacing_mm"])
+    head_at = np.zeros(3)  # a ball (12 mm: 7.2 mL; 8 mm: 2.1 mL) seen through crops of 21 voxels (23 mm)
+    calls: list[np.ndarray] = []
+
+    def fine(x, affine, centre, mirror=False, plain=None, crop=None):
+        calls.append(np.asarray(centre, float))
+        f_aff = ras_grid((21, 21, 21), spacing, centre)
+        lab = ball((21, 21, 21), f_aff, head_at, radius).astype(np.uint8)
+        probs = np.stack([1.0 - lab, lab, 0 * lab, 0 * lab, 0 * lab]).astype(np.float32)
+        return probs, lab, f_aff, lab.shape
+
+    monkeypatch.setattr(seg, "_fine", fine)
+    x = np.zeros((100, 100, 100), np.float32)  # a field of view that holds every crop
+    affine = ras_grid(x.shape, 1.0, (0.0, 0.0, 0.0))
+    r = seg._confirm(x, affine, np.array([start_x, 0.0, 0.0]), search=True)
+    assert (r is not None) == confirmed
+    assert len(calls) == passes
+    if confirmed:
+        assert np.linalg.norm(r[0] - head_at) < 4.0
+        monkeypatch.setattr(engine, "NEAR_MISS", 1.01)  # without the second cut the same candidate is not confirmed
+        calls.clear()
+        assert seg._confirm(x, affine, np.array([start_x, 0.0, 0.0]), search=True) is None
+        assert len(calls) == 2
+
+
+def test_head_centre_is_the_mean_of_the_head_voxels_in_world_mm() -> None:
+    aff = ras_grid((10, 10, 10), 2.0, (5.0, 0.0, 0.0))
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:4, 5, 5] = True
+    assert np.allclose(head_centre(mask, aff), aff[:3, :3] @ np.array([2.5, 5, 5]) + aff[:3, 3])
+    assert head_centre(np.zeros_like(mask), aff) is None

@@ -27,6 +27,7 @@ from onfh_seg.infer.search import (
     coarse_peaks,
     far_from,
     first_plausible_pair,
+    head_centre,
     in_field_of_view,
     lateral_faces,
     last_resort,
@@ -55,6 +56,7 @@ MAX_SEARCH = 16  # fine-network judgements the head search may spend when the co
 MAX_SCAN = 48  # and, when it found none, judgements over a lattice of the body (search.lattice_candidates)
 # the head search confirms a head with this much in the field of view (5 mL in view: visible; the gate's smallest head)
 SEARCH_MIN_HEAD_ML = 5.0
+NEAR_MISS = 0.5  # a search crop holding this share of SEARCH_MIN_HEAD_ML in view, not all, is cut again once
 RECENTRE_MM = 1.1  # a crop is cut again around its fine head beyond one voxel (until 2026-12-05: 6 mm)
 
 
@@ -206,7 +208,7 @@ class Segmenter:
 
     def _confirm(self, x: np.ndarray, affine: np.ndarray, centre: np.ndarray, search: bool = False) -> tuple | None:
         """The fine stage as judge: (centre, probs, labels, crop affine, crop shape) when the crop around
-        ``centre`` (re-centred once on the fine head) holds at least ``MIN_HEAD_ML`` of femoral head.
+        ``centre`` (re-centred once on the fine head; a search's near miss twice) holds ``MIN_HEAD_ML`` of head.
 
         No pass is mirrored, whatever ``tta``: heads are chosen on plain passes (``segment`` mirrors the measured
         crops of the heads it keeps). For the head search (``search``) only head voxels inside the image's field
@@ -214,25 +216,22 @@ class Segmenter:
         plain: list[np.ndarray] = []
         crop: list[np.ndarray] = []
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
-        moved = False
-        if not self.fast or search:  # re-centre once if the fine head centre is off the crop's (RECENTRE_MM)
-            head = np.isin(lab, (1, 2, 3))
-            if head.sum() > 0:
-                c2 = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-                if np.linalg.norm(c2 - centre) > RECENTRE_MM:
-                    centre, plain, crop, moved = c2, [], [], True
-        if moved:
+        c2 = head_centre(np.isin(lab, (1, 2, 3)), f_aff)
+        if (not self.fast or search) and c2 is not None and np.linalg.norm(c2 - centre) > RECENTRE_MM:
+            centre, plain, crop = c2, [], []  # re-centred once on the fine head (RECENTRE_MM)
             probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
         if self.tta and not search:  # for ``_mirror_measured`` (a search candidate is re-cropped there)
             self._measured[id(probs)] = (centre, plain, crop)
-        head = np.isin(lab, (1, 2, 3))
-        if search:
-            head &= in_field_of_view(f_aff, f_shape, affine, x.shape)
-        head_ml = head.sum() * float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
-        if head_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage does not confirm a head here
+        vox_ml = float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
+        head = np.isin(lab, (1, 2, 3)) & (in_field_of_view(f_aff, f_shape, affine, x.shape) if search else True)
+        c2 = head_centre(head, f_aff)  # a search's near miss is cut again around its head in view, once (NEAR_MISS)
+        if search and c2 is not None and NEAR_MISS * SEARCH_MIN_HEAD_ML <= head.sum() * vox_ml < SEARCH_MIN_HEAD_ML \
+                and np.linalg.norm(c2 - centre) > RECENTRE_MM:
+            probs, lab, f_aff, f_shape = self._fine(x, affine, c2, mirror=False)
+            head = np.isin(lab, (1, 2, 3)) & in_field_of_view(f_aff, f_shape, affine, x.shape)
+        if head.sum() * vox_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage confirms no head
             return None
-        fine_centre = f_aff[:3, :3] @ np.argwhere(head).mean(0) + f_aff[:3, 3]
-        return fine_centre, probs, lab, f_aff, f_shape
+        return head_centre(head, f_aff), probs, lab, f_aff, f_shape
 
     def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
                        shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:

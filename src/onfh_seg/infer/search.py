@@ -53,6 +53,13 @@ def inside_fov(centre: np.ndarray, shape: tuple[int, ...], affine: np.ndarray, m
     return bool(np.all(ijk[:3] >= lo) and np.all(ijk[:3] <= hi))
 
 
+def head_centre(head: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """World centre (mm) of a crop's head voxels (a boolean mask on the grid of ``affine``); None when empty."""
+    if not head.any():
+        return None
+    return affine[:3, :3] @ np.argwhere(head).mean(0) + affine[:3, 3]
+
+
 def far_from(centre: np.ndarray, known: list[np.ndarray], distance_mm: float = SEPARATION_MM) -> bool:
     """Whether ``centre`` is at least ``distance_mm`` from every known head centre."""
     return all(np.linalg.norm(np.asarray(centre) - np.asarray(k)) >= distance_mm for k in known)
