@@ -216,22 +216,23 @@ class Segmenter:
         plain: list[np.ndarray] = []
         crop: list[np.ndarray] = []
         probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
-        c2 = head_centre(np.isin(lab, (1, 2, 3)), f_aff)
-        if (not self.fast or search) and c2 is not None and np.linalg.norm(c2 - centre) > RECENTRE_MM:
+        c2 = head_centre(np.isin(lab, (1, 2, 3)), f_aff) if not self.fast or search else None
+        if c2 is not None and np.linalg.norm(c2 - centre) > RECENTRE_MM:
             centre, plain, crop = c2, [], []  # re-centred once on the fine head (RECENTRE_MM)
             probs, lab, f_aff, f_shape = self._fine(x, affine, centre, mirror=False, plain=plain, crop=crop)
         if self.tta and not search:  # for ``_mirror_measured`` (a search candidate is re-cropped there)
             self._measured[id(probs)] = (centre, plain, crop)
         vox_ml = float(self.meta["fine"]["spacing_mm"]) ** 3 / 1000.0
         head = np.isin(lab, (1, 2, 3)) & (in_field_of_view(f_aff, f_shape, affine, x.shape) if search else True)
-        c2 = head_centre(head, f_aff)  # a search's near miss is cut again around its head in view, once (NEAR_MISS)
-        if search and c2 is not None and NEAR_MISS * SEARCH_MIN_HEAD_ML <= head.sum() * vox_ml < SEARCH_MIN_HEAD_ML \
-                and np.linalg.norm(c2 - centre) > RECENTRE_MM:
-            probs, lab, f_aff, f_shape = self._fine(x, affine, c2, mirror=False)
+        found = head_centre(head, f_aff)  # a search's near miss is cut again around its head in view, once (NEAR_MISS)
+        if search and found is not None and NEAR_MISS * SEARCH_MIN_HEAD_ML <= head.sum() * vox_ml < SEARCH_MIN_HEAD_ML \
+                and np.linalg.norm(found - centre) > RECENTRE_MM:
+            probs, lab, f_aff, f_shape = self._fine(x, affine, found, mirror=False)
             head = np.isin(lab, (1, 2, 3)) & in_field_of_view(f_aff, f_shape, affine, x.shape)
+            found = head_centre(head, f_aff)
         if head.sum() * vox_ml < (SEARCH_MIN_HEAD_ML if search else MIN_HEAD_ML):  # the fine stage confirms no head
             return None
-        return head_centre(head, f_aff), probs, lab, f_aff, f_shape
+        return found, probs, lab, f_aff, f_shape
 
     def _to_input_grid(self, probs: np.ndarray, f_aff: np.ndarray, f_shape: tuple, affine: np.ndarray,
                        shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
