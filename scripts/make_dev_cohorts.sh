@@ -8,11 +8,14 @@
 #            networks only on tables made from the same cohort, as judge_milestone.sh does)
 #   rt40     test-retest, seed 2025, 40 patients, month 0 + same-day repeat (docs/benchmarks.md, "Repeatability")
 #   f3       the same with seed 2031 (docs/training_history.md, "F3, retest")
+#   cache/dr/fine_1.1mm_112/seed2112_shapes (and the training patients)   the fine validation crops of (3), (4), (6):
+#            scripts/make_dr_caches.py, as the fine_fskd runs' first step renders them
 # None is a held-out cohort. Usage: scripts/make_dev_cohorts.sh   (about 30 minutes on one core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 scripts/make_accept_like.sh
+"$BIN/python" scripts/make_dr_caches.py fine_fskd36
 RT=('months=[0]' retest=true 'acquisition.orientations={axial: 0.2, coronal: 0.4, sagittal: 0.4}'
   'acquisition.slice_mm=[4.5,6.0]' 'acquisition.gap_mm=[0.3,1.0]' 'acquisition.snr=[8,15]')
 
